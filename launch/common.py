@@ -1,0 +1,148 @@
+"""Shared launcher plumbing: one-line errors, run configs, model restore.
+
+Flags are parsed only in launch/; everything here turns them into plain values
+for the library. Budgets on the command line use SAT's 0-255 pixel scale
+(`--attack_epsilon=4` means 4/255) and are converted once, here.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl import app  # noqa: E402
+
+
+class FlagError(ValueError):
+    """A flag value is invalid; the message names the flag and allowed values."""
+
+
+def pixels(value):
+    """SAT's 0-255 budget units -> the library's [0, 1] units."""
+    return float(value) / 255.0
+
+
+def int_list(flag_name, values):
+    try:
+        out = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise FlagError(f"--{flag_name} must be a comma-separated list of integers, got {values}")
+    if any(v < 0 for v in out):
+        raise FlagError(f"--{flag_name} must hold non-negative integers, got {values}")
+    return out
+
+
+def require(condition, message):
+    if not condition:
+        raise FlagError(message)
+
+
+def choice(flag_name, value, allowed):
+    if value not in allowed:
+        raise FlagError(f"--{flag_name}={value!r} is unknown; choose one of {sorted(allowed)}")
+    return value
+
+
+def run(main):
+    """`absl.app.run(main)`, turning expected failures into one-line errors."""
+    from sat_tf import distribute, train_lib
+
+    expected = (FlagError, distribute.StrategyError, FileNotFoundError, train_lib.DivergenceError)
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except expected as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    app.run(guarded)
+
+
+RUN_CONFIG = "run_config.json"
+
+
+def save_run_config(workdir, config):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, RUN_CONFIG), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+
+
+def load_run_config(workdir):
+    path = os.path.join(workdir, RUN_CONFIG)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: --workdir must be a directory written by launch/train.py"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def restore_model(workdir, checkpoint=None):
+    """Rebuilds the model of a training run and restores its weights.
+
+    Args:
+        workdir: a directory written by launch/train.py.
+        checkpoint: a checkpoint prefix; defaults to the latest in the workdir.
+    Returns:
+        (model, run_config)
+    """
+    import tensorflow as tf
+
+    from sat_tf import models
+
+    config = load_run_config(workdir)
+    model = models.build_model(config["model"], **config["model_kwargs"])
+    if checkpoint is None:
+        checkpoint = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if checkpoint is None:
+        raise FileNotFoundError(
+            f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first or pass --checkpoint"
+        )
+    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+    return model, config
+
+
+def eval_attacks(iters, *, epsilon, step_size, norm="linf", loss="ce", restarts=1, targeted=False):
+    """{"clean": None, "pgd10": attack, ...} for evaluation (budgets in [0, 1])."""
+    from sat_tf import attacks
+
+    table = {"clean": None}
+    for k in iters:
+        if k == 0:
+            continue
+        table[f"pgd{k}"] = attacks.get_attack(
+            "pgd",
+            eps=epsilon,
+            step_size=step_size,
+            steps=k,
+            norm=norm,
+            loss=loss,
+            targeted=targeted,
+            random_start=True,
+            restarts=restarts,
+            step_size_rule="max_eps_over_steps",
+        )
+    return table
+
+
+def evaluation_dataset_fn(dataset, split, *, data_dir, batch_size, limit=None):
+    from sat_tf import data
+
+    def dataset_fn(ctx):
+        return data.load_split(
+            dataset,
+            split,
+            data_dir=data_dir,
+            batch_size=batch_size,
+            input_context=ctx,
+            limit=limit,
+        )
+
+    return dataset_fn
+
+
+def print_progress(name, batches, total):
+    print(f"\r  {name}: batch {batches}/{total}", end="\n" if batches >= total else "", flush=True)

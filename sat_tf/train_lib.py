@@ -1,0 +1,288 @@
+"""Adversarial training under `tf.distribute`: the step, the loop, checkpoints.
+
+Each replica attacks its own shard with BatchNorm in inference mode
+(`model(x, training=False)`), then takes the loss on the adversarial batch with
+`training=True`. Label smoothing enters the training loss only (never the
+attack); L2 weight decay (lambda/2 * sum w^2) covers conv/dense kernels only,
+coupled through the gradient as in TF1/PyTorch. The attack is any callable
+`attack(logits_fn, x, y, seed=...) -> x_adv` (see `sat_tf.attacks`); this module
+never imports models or attacks.
+
+Determinism: attack seeds are derived from (run seed, optimizer step, replica
+id), and the data order from (run seed, epoch), so a run resumed from a
+checkpoint replays exactly the batches and attacks of the uninterrupted run.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sat_tf import distribute
+
+
+class DivergenceError(FloatingPointError):
+    """The training loss became NaN/Inf; no checkpoint was written for it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Plain values that define one adversarial training step.
+
+    Attributes:
+        global_batch_size: examples per step summed over all replicas.
+        num_classes: for the (smoothed) one-hot targets.
+        label_smoothing: training loss only. SAT uses 0.1.
+        weight_decay: L2 coefficient lambda of lambda/2 * sum(w^2) over kernels.
+        jit_compile: XLA-compile the attack + loss + gradients (never the
+            optimizer update, which breaks Mirrored/MultiWorker on CPU).
+        seed: run seed for attack randomness.
+        steps_per_execution: optimizer steps per `tf.function` call
+            (TPUEstimator's iterations_per_loop): fewer host round trips.
+    """
+
+    global_batch_size: int
+    num_classes: int
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
+    jit_compile: bool = False
+    seed: int = 0
+    steps_per_execution: int = 1
+
+
+def decayed_variables(model):
+    """The variables that get L2 weight decay: conv and dense kernels only.
+
+    BN gamma/beta, biases and activation parameters (e.g. SmoothReLU's beta_raw)
+    are excluded, as SAT's `.*/W` pattern does.
+    """
+    return [v for v in model.trainable_variables if v.path.split("/")[-1].endswith("kernel")]
+
+
+def make_seed(run_seed, step, replica_id):
+    """A stateless [2] int32 seed unique to (run, optimizer step, replica)."""
+    base = tf.constant([int(run_seed) & 0x7FFFFFFF, 0x5A7], dtype=tf.int32)
+    seed = tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int32))
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica_id, tf.int32))
+
+
+def make_train_function(model, optimizer, attack, strategy, config):
+    """Builds `train(iterator, num_steps) -> dict of summed metrics`.
+
+    The returned metrics are sums over the steps run: `loss_sum` (training loss
+    times examples), `correct` (top-1 on the adversarial batch), `count`.
+    """
+    kernels = decayed_variables(model)
+    wd = float(config.weight_decay)
+
+    def grad_fn(x, y, seed):
+        x = tf.cast(x, tf.float32)
+        x_adv = tf.stop_gradient(
+            attack(lambda z: model(z, training=False), x, y, seed=seed)
+        )
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(x_adv, training=True), tf.float32)
+            targets = tf.one_hot(y, config.num_classes)
+            if config.label_smoothing:
+                targets = targets * (1.0 - config.label_smoothing) + (
+                    config.label_smoothing / config.num_classes
+                )
+            per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+            loss = tf.nn.compute_average_loss(
+                per_example, global_batch_size=config.global_batch_size
+            )
+            if wd and kernels:
+                l2 = 0.5 * wd * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
+                loss += tf.nn.scale_regularization_loss(l2)
+        grads = tape.gradient(loss, model.trainable_variables)
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+        )
+        return tf.reduce_sum(per_example), correct, grads
+
+    if config.jit_compile:
+        grad_fn = tf.function(grad_fn, jit_compile=True)
+
+    def replica_step(x, y):
+        y = tf.cast(y, tf.int32)
+        replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = make_seed(config.seed, optimizer.iterations, replica_id)
+        loss_sum, correct, grads = grad_fn(x, y, seed)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        count = tf.cast(tf.shape(y)[0], tf.float32)
+        return loss_sum, correct, count
+
+    def reduce(values):
+        return [strategy.reduce("SUM", v, axis=None) for v in values]
+
+    @tf.function
+    def train(iterator, num_steps):
+        totals = [tf.constant(0.0)] * 3
+        for _ in tf.range(num_steps):
+            values = reduce(strategy.run(replica_step, args=next(iterator)))
+            totals = [t + v for t, v in zip(totals, values)]
+        return dict(zip(("loss_sum", "correct", "count"), totals))
+
+    return train
+
+
+def _checkpoint_dir(workdir, strategy):
+    # Under MultiWorkerMirrored every worker must take part in `save`; only the
+    # chief's copy is the real one, the others write to a scratch directory.
+    directory = os.path.join(workdir, "checkpoints")
+    if distribute.is_chief(strategy):
+        return directory
+    task_id = strategy.cluster_resolver.task_id
+    return os.path.join(workdir, "scratch", f"worker{task_id}", "checkpoints")
+
+
+class _Progress:
+    """A one-line progress bar with images/s, printed only by the chief."""
+
+    def __init__(self, enabled, epoch, epochs, steps):
+        self.enabled, self.epoch, self.epochs, self.steps = enabled, epoch, epochs, steps
+
+    def update(self, step, metrics):
+        if not self.enabled:
+            return
+        width = 24
+        done = int(width * step / max(self.steps, 1))
+        fields = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        line = (
+            f"\repoch {self.epoch + 1}/{self.epochs} "
+            f"[{'=' * done}{'.' * (width - done)}] {step}/{self.steps}  {fields}"
+        )
+        print(line, end="\n" if step >= self.steps else "", flush=True)
+
+
+def fit(
+    model,
+    optimizer,
+    attack,
+    strategy,
+    dataset_fn,
+    *,
+    config,
+    epochs,
+    steps_per_epoch,
+    workdir,
+    checkpoint_every_steps=0,
+    max_checkpoints=3,
+    verbose=True,
+    epoch_end_fn=None,
+):
+    """Runs (or resumes) adversarial training and returns the per-epoch history.
+
+    Args:
+        model, optimizer: created under `strategy.scope()`.
+        attack: `attack(logits_fn, x, y, seed=...) -> x_adv`.
+        dataset_fn: `dataset_fn(epoch, input_context) -> tf.data.Dataset` of
+            per-replica batches (images in [0, 1], int labels), at least
+            `steps_per_epoch` batches per replica, deterministic given epoch.
+        config: a `StepConfig`.
+        epochs, steps_per_epoch: length of the run.
+        workdir: checkpoints go to `workdir/checkpoints`, TensorBoard scalars to
+            `workdir/tensorboard`, the history to `workdir/history.json`.
+        checkpoint_every_steps: also save every N steps (0: at epoch ends only).
+        epoch_end_fn: optional `fn(epoch) -> dict` of extra scalars (e.g. eval).
+    """
+    chief = distribute.is_chief(strategy)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(
+        checkpoint, _checkpoint_dir(workdir, strategy), max_to_keep=max_checkpoints
+    )
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        if verbose and chief:
+            print(f"resumed from {manager.latest_checkpoint} at step {int(optimizer.iterations)}")
+    train = make_train_function(model, optimizer, attack, strategy, config)
+    writer = (
+        tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        if chief
+        else tf.summary.create_noop_writer()
+    )
+    history_path = os.path.join(workdir, "history.json")
+    history = []
+    if os.path.exists(history_path):
+        with open(history_path) as f:
+            history = json.load(f)
+    total_steps = epochs * steps_per_epoch
+    chunk = max(int(config.steps_per_execution), 1)
+
+    while int(optimizer.iterations) < total_steps:
+        step = int(optimizer.iterations)
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+
+        def per_pipeline(ctx, epoch=epoch, done=done_in_epoch):
+            # Each pipeline feeds num_replicas/num_pipelines replicas per step.
+            per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+            return dataset_fn(epoch, ctx).skip(done * per_step)
+
+        iterator = iter(strategy.distribute_datasets_from_function(per_pipeline))
+        progress = _Progress(verbose and chief, epoch, epochs, steps_per_epoch)
+        sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+        epoch_start = time.perf_counter()
+        while done_in_epoch < steps_per_epoch:
+            n = min(chunk, steps_per_epoch - done_in_epoch)
+            if checkpoint_every_steps:
+                to_save = checkpoint_every_steps - (int(optimizer.iterations) % checkpoint_every_steps)
+                n = min(n, to_save)
+            t0 = time.perf_counter()
+            out = {k: float(v) for k, v in train(iterator, tf.constant(n)).items()}
+            seconds = time.perf_counter() - t0
+            done_in_epoch += n
+            global_step = int(optimizer.iterations)
+            if not math.isfinite(out["loss_sum"]):
+                last = manager.latest_checkpoint or "none"
+                raise DivergenceError(
+                    f"training loss is {out['loss_sum']} at step {global_step}; "
+                    f"stopped without saving (last good checkpoint: {last}). "
+                    "Lower --learning_rate or the attack step, or check the data"
+                )
+            for k in sums:
+                sums[k] += out[k]
+            lr = float(optimizer.learning_rate)
+            metrics = {
+                "loss": out["loss_sum"] / max(out["count"], 1.0),
+                "adv_acc": out["correct"] / max(out["count"], 1.0),
+                "lr": lr,
+                "img/s": out["count"] / max(seconds, 1e-9),
+            }
+            with writer.as_default(step=global_step):
+                tf.summary.scalar("train/loss", metrics["loss"])
+                tf.summary.scalar("train/adv_accuracy", metrics["adv_acc"])
+                tf.summary.scalar("train/learning_rate", lr)
+                tf.summary.scalar("train/images_per_second", metrics["img/s"])
+            progress.update(done_in_epoch, metrics)
+            if checkpoint_every_steps and global_step % checkpoint_every_steps == 0:
+                manager.save(checkpoint_number=global_step)
+        manager.save(checkpoint_number=int(optimizer.iterations))
+        record = {
+            "epoch": epoch + 1,
+            "step": int(optimizer.iterations),
+            "train_loss": sums["loss_sum"] / max(sums["count"], 1.0),
+            "train_adv_accuracy": sums["correct"] / max(sums["count"], 1.0),
+            "seconds": time.perf_counter() - epoch_start,
+        }
+        if epoch_end_fn is not None:
+            record.update(epoch_end_fn(epoch))
+        with writer.as_default(step=int(optimizer.iterations)):
+            for key, value in record.items():
+                if key not in ("epoch", "step", "train_loss", "train_adv_accuracy"):
+                    tf.summary.scalar(f"epoch/{key}", value)
+        writer.flush()
+        history.append(record)
+        if chief:
+            with open(history_path, "w") as f:
+                json.dump(history, f, indent=1)
+    return history
+
+
+def weights_digest(model):
+    """A float64 checksum of all weights, for quick equality checks in logs."""
+    return float(sum(np.abs(np.asarray(w, np.float64)).sum() for w in model.get_weights()))

@@ -1,0 +1,41 @@
+"""sat_tf: Smooth Adversarial Training and sibling robustness methods for TF2 / Keras 3.
+
+The repository keeps `models/` and `attacks/` at the top level (fixed layout) but
+installs exactly one top-level package, `sat_tf`; the two folders are remapped to
+`sat_tf.models` and `sat_tf.attacks` (as Keras maps `keras/src`). PEP 660 editable
+installs honour the remap, which is why pyproject.toml declares a build system.
+"""
+
+from setuptools import setup
+
+setup(
+    name="sat-tf",
+    version="0.1.0",
+    description="Smooth Adversarial Training (SAT) for TensorFlow 2 / Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["sat_tf", "sat_tf.models", "sat_tf.attacks"],
+    package_dir={
+        "sat_tf": "sat_tf",
+        "sat_tf.models": "models",
+        "sat_tf.attacks": "attacks",
+    },
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.0",
+        "absl-py",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "matplotlib",
+        "tensorflow-datasets",
+        # tensorflow-datasets 4.9.10 imports it without declaring it.
+        "importlib_resources",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-timeout"],
+        "notebooks": ["jupyter", "nbconvert"],
+        "crosscheck": ["torch==2.13.0"],
+    },
+)
