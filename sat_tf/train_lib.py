@@ -79,6 +79,11 @@ def make_train_function(model, optimizer, attack, strategy, config):
     """
     kernels = decayed_variables(model)
     wd = float(config.weight_decay)
+    if not optimizer.built:
+        # Slot variables made lazily inside the replicated graph loop fail to
+        # initialise; create them up front, under the strategy.
+        with strategy.scope():
+            optimizer.build(model.trainable_variables)
 
     def grad_fn(x, y, seed):
         x = tf.cast(x, tf.float32)
