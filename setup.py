@@ -29,6 +29,7 @@ setup(
         "scipy",
         "scikit-learn",
         "matplotlib",
+        "tensorboard",  # TF 2.21 no longer pulls it in; tf.summary needs it
         "tensorflow-datasets",
         # tensorflow-datasets 4.9.10 imports it without declaring it.
         "importlib_resources",

@@ -12,7 +12,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from absl import app  # noqa: E402
+from absl import app, logging  # noqa: E402
 
 
 class FlagError(ValueError):
@@ -52,6 +52,10 @@ def run(main):
     expected = (FlagError, distribute.StrategyError, FileNotFoundError, train_lib.DivergenceError)
 
     def guarded(argv):
+        logging.set_verbosity(logging.WARNING)
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
         try:
             return main(argv)
         except expected as err:

@@ -73,8 +73,9 @@ flags.DEFINE_bool("export", True, "Export a SavedModel to <workdir>/saved_model 
 
 def validate():
     """Checks every flag before any expensive work; raises FlagError."""
-    from sat_tf import activations, attacks, distribute, models
+    from sat_tf import activations, attacks, data, distribute, models
 
+    common.choice("dataset", FLAGS.dataset, set(data.list_datasets()))
     common.choice("model", FLAGS.model, set(models.list_models()))
     common.choice("activation", FLAGS.activation.lower(), set(activations.list_activations()))
     common.choice("attack", FLAGS.attack, set(attacks.list_attacks()))
@@ -102,9 +103,7 @@ def training_attack():
     if FLAGS.attack == "none" or FLAGS.attack_iter == 0 or FLAGS.attack_epsilon == 0:
         return attacks.get_attack("none"), {"name": "none"}
     kwargs = {"eps": common.pixels(FLAGS.attack_epsilon)}
-    if FLAGS.attack == "fgsm":
-        kwargs["eps"] = common.pixels(FLAGS.attack_epsilon)
-    else:
+    if FLAGS.attack != "fgsm":
         kwargs.update(
             step_size=common.pixels(FLAGS.attack_step_size),
             steps=FLAGS.attack_iter,
@@ -171,7 +170,7 @@ def main(argv):
         "model_kwargs": model_kwargs,
         "train_attack": attack_config,
         "eval": {"epsilon": eval_eps, "step_size": eval_step, "iters": common.int_list("eval_attack_iters", FLAGS.eval_attack_iters)},
-        "flags": {f.name: f.value for f in FLAGS.get_key_flags_for_module(sys.argv[0])},
+        "flags": {f.name: f.value for f in FLAGS.get_flags_for_module(sys.argv[0])},
         "replicas": replicas,
         "steps_per_epoch": steps_per_epoch,
         "jit": jit,

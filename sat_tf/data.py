@@ -1,0 +1,366 @@
+"""Image-classification data: scikit-learn digits (built in) and prepared tfds datasets.
+
+Every pipeline yields `(images, labels)`: float32 `[B, H, W, C]` in [0, 1] and
+int32 `[B]` 0-based labels (SPEC §3). Nothing here downloads anything.
+
+Datasets:
+- `"digits"`: scikit-learn's `load_digits()` (1 797 real 8x8 grey digits, values
+  0..16, divided by 16). A stratified 80/20 split with `random_state=0` gives
+  **1 437 train / 360 test** images (test: 35-37 per class).
+- tfds datasets (`TFDS_DATASETS`: cifar10, cifar100, svhn_cropped, mnist,
+  fashion_mnist), read only from a *prepared* directory
+  `<data_dir>/<name>/<version>/dataset_info.json`. `data_dir` defaults to
+  `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`. If no prepared version is there,
+  `DatasetNotFoundError` is raised at once (no tfds import, no network), with the
+  command that prepares it on a machine that has network. svhn_cropped's `extra`
+  split is not used.
+
+Offline reading (checked in tfds 4.9.10 source): we never call `tfds.load` (when
+files are missing it downloads: minutes of DNS retries without network) nor
+`tfds.builder(name, data_dir=...)` (it picks the version of the installed
+dataset *code*; if the disk holds another version, it finds no
+`dataset_info.json`, calls `DatasetInfo.initialize_from_bucket` (a GCS lookup,
+switched off in 4.9.10 by `gcs_utils._is_gcs_disabled`, not in older releases)
+and then fails in `as_dataset`). We check the directory ourselves and open
+exactly that version with `tfds.builder_from_directory`, a `ReadOnlyBuilder`: it
+needs no dataset code, reads only `dataset_info.json`/`features.json` from that
+directory, and cannot download (its `_download_and_prepare` raises);
+`as_dataset` only reads the local record files.
+
+These datasets are small (at most ~100k 32x32 images, <= ~300 MB as uint8), so a
+split is decoded once per process into memory (cached), like digits. Every
+pipeline then works on indices, which makes the order and the augmentation
+*stateless*: a function of `seed` only (not of `tf.random.set_seed`, not of how
+many datasets were built before), so an epoch can be rebuilt exactly on resume.
+"""
+
+import dataclasses
+import functools
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+DIGITS = "digits"
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Random shift (zero-pad by `pad`, random crop back) and optional horizontal flip."""
+
+    pad: int
+    flip: bool
+
+
+# Per-dataset training augmentation. Digits (sklearn, SVHN, MNIST) are not
+# flip-invariant, so they only get the shift; CIFAR gets the standard
+# pad-4 crop + flip; Fashion-MNIST clothes are left/right symmetric.
+AUGMENTATIONS = {
+    DIGITS: Augmentation(pad=1, flip=False),
+    "cifar10": Augmentation(pad=4, flip=True),
+    "cifar100": Augmentation(pad=4, flip=True),
+    "svhn_cropped": Augmentation(pad=4, flip=False),
+    "mnist": Augmentation(pad=2, flip=False),
+    "fashion_mnist": Augmentation(pad=2, flip=True),
+}
+TFDS_DATASETS = tuple(name for name in AUGMENTATIONS if name != DIGITS)
+
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A tfds dataset is not prepared in the data directory (we never download)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset.
+
+    Attributes:
+        name: registry name, e.g. `"digits"` or `"cifar10"`.
+        num_classes: labels are `0 .. num_classes - 1`.
+        image_shape: `(H, W, C)`.
+        num_train, num_test: examples in the `"train"` / `"test"` split.
+        class_names: label names, or None.
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple
+    num_train: int
+    num_test: int
+    class_names: tuple | None = None
+
+
+def list_datasets():
+    """Names accepted by `dataset_info` and `load_split`."""
+    return sorted(AUGMENTATIONS)
+
+
+def default_data_dir():
+    """`$TFDS_DATA_DIR` if set, else `~/tensorflow_datasets` (tfds's own default)."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def dataset_info(name, data_dir=None):
+    """Returns the `DatasetInfo` of `name` without loading its examples.
+
+    For tfds datasets this reads only the prepared `dataset_info.json` and
+    `features.json`, and raises `DatasetNotFoundError` if they are absent.
+    """
+    _check_name(name)
+    if name == DIGITS:
+        arrays = _digits_arrays()
+        return DatasetInfo(
+            name=DIGITS,
+            num_classes=10,
+            image_shape=(8, 8, 1),
+            num_train=len(arrays["train"][1]),
+            num_test=len(arrays["test"][1]),
+            class_names=tuple(str(i) for i in range(10)),
+        )
+    builder = _tfds_builder(find_prepared_dataset(name, data_dir))
+    image_key, label_key = _supervised_keys(builder)
+    features = builder.info.features
+    label_feature = features[label_key]
+    names = getattr(label_feature, "names", None)
+    return DatasetInfo(
+        name=name,
+        num_classes=int(label_feature.num_classes),
+        image_shape=tuple(int(d) for d in features[image_key].shape),
+        num_train=int(builder.info.splits["train"].num_examples),
+        num_test=int(builder.info.splits["test"].num_examples),
+        class_names=tuple(names) if names else None,
+    )
+
+
+def find_prepared_dataset(name, data_dir=None):
+    """Returns `<data_dir>/<name>/<version>` of the newest prepared version.
+
+    Raises:
+        DatasetNotFoundError: no `<data_dir>/<name>/<version>/dataset_info.json`.
+            The one-line message names the directory searched and the fix.
+    """
+    given = bool(data_dir)
+    data_dir = os.fspath(data_dir) if given else default_data_dir()
+    if "://" not in data_dir:
+        data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    root = os.path.join(data_dir, name)
+    versions = []
+    if tf.io.gfile.isdir(root):
+        for entry in tf.io.gfile.listdir(root):
+            entry = entry.rstrip("/")
+            if _VERSION_RE.match(entry) and tf.io.gfile.exists(
+                os.path.join(root, entry, "dataset_info.json")
+            ):
+                versions.append(entry)
+    if not versions:
+        where = data_dir if given else f"{data_dir} ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+        raise DatasetNotFoundError(
+            f"{name} not found in {where}: expected {root}/<version>/dataset_info.json, and "
+            f"sat_tf never downloads. To fix, on a machine with network run `python -c \"import "
+            f"tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{data_dir}')"
+            f".download_and_prepare()\"` (or `tfds build {name} --data_dir={data_dir}`), copy "
+            f"the resulting {root} folder to {root} here, then pass --data_dir={data_dir} "
+            f"(or set TFDS_DATA_DIR={data_dir})."
+        )
+    newest = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
+    return os.path.join(root, newest)
+
+
+def load_split(
+    name,
+    split,
+    *,
+    data_dir=None,
+    batch_size,
+    shuffle=False,
+    repeat=False,
+    seed=0,
+    drop_remainder=False,
+    augment=False,
+    input_context=None,
+    limit=None,
+):
+    """Builds a batched `tf.data.Dataset` of `(images, labels)`.
+
+    Images are float32 `[B, H, W, C]` in [0, 1]; labels int32 `[B]`, 0-based.
+
+    Order of operations: take the first `limit` examples of the split; if
+    `shuffle`, permute them with a permutation drawn from `(seed, epoch)` (the
+    same on every input pipeline); keep every `num_input_pipelines`-th example
+    starting at `input_pipeline_id` (exactly `ds.shard(n, id)`, so pipelines are
+    disjoint and together cover the data in every epoch); `repeat` repeats this
+    with a new permutation per epoch; `augment` draws each example's shift/flip
+    from `(seed, input_pipeline_id, position in the stream)`; then batch. The
+    whole stream is a pure function of the arguments: it does not depend on
+    `tf.random.set_seed` or on other datasets built earlier.
+
+    Args:
+        name: one of `list_datasets()`.
+        split: `"train"` or `"test"`.
+        data_dir: root of prepared tfds datasets (ignored for digits). Defaults
+            to `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`.
+        batch_size: the GLOBAL batch size. With `input_context` each pipeline
+            batches `input_context.get_per_replica_batch_size(batch_size)`.
+        shuffle: permute the examples (anew in every epoch).
+        repeat: repeat indefinitely.
+        seed: int; determines the permutation and the augmentation.
+        drop_remainder: drop a last partial batch.
+        augment: random shift (+ flip where the dataset allows, see
+            `AUGMENTATIONS`). Meant for training.
+        input_context: a `tf.distribute.InputContext` (from
+            `strategy.distribute_datasets_from_function`), or None.
+        limit: use only the first `limit` examples of the split, or None.
+
+    Raises:
+        ValueError: unknown dataset or split, or a bad batch size / limit.
+        DatasetNotFoundError: a tfds dataset is not prepared in `data_dir`.
+    """
+    _check_name(name)
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r} for {name}. Known: {list(SPLITS)}")
+    if int(batch_size) < 1:
+        raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
+    if limit is not None and int(limit) < 0:
+        raise ValueError(f"`limit` must be >= 0 or None. Received: limit={limit}")
+    if name == DIGITS:
+        images, labels = _digits_arrays()[split]
+    else:
+        version_dir = find_prepared_dataset(name, data_dir)
+        images, labels = _tfds_arrays(version_dir, split, None if limit is None else int(limit))
+    if limit is not None:
+        images, labels = images[: int(limit)], labels[: int(limit)]
+
+    num_pipelines, pipeline_id = 1, 0
+    per_pipeline_batch = int(batch_size)
+    if input_context is not None:
+        num_pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+        per_pipeline_batch = input_context.get_per_replica_batch_size(int(batch_size))
+
+    num_examples = len(labels)
+    images = tf.constant(images)
+    labels = tf.constant(labels, tf.int32)
+    shuffle_seed = tf.constant([int(seed), 1], tf.int64)
+    augment_seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([int(seed), 2], tf.int64), pipeline_id
+    )
+
+    def epoch_indices(epoch):
+        order = tf.range(num_examples, dtype=tf.int64)
+        if shuffle:
+            epoch_seed = tf.random.experimental.stateless_fold_in(shuffle_seed, epoch)
+            order = tf.random.experimental.stateless_shuffle(order, seed=epoch_seed)
+        return tf.data.Dataset.from_tensor_slices(order[pipeline_id::num_pipelines])
+
+    epochs = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
+    ds = epochs.flat_map(epoch_indices)
+
+    aug = AUGMENTATIONS[name]
+
+    def example(position, index):
+        image = _to_unit_float(tf.gather(images, index))
+        if augment:
+            image = _augment(
+                image, tf.random.experimental.stateless_fold_in(augment_seed, position), aug
+            )
+        return image, tf.gather(labels, index)
+
+    ds = ds.enumerate().map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(per_pipeline_batch, drop_remainder=drop_remainder)
+    if input_context is not None:
+        # Already split per input pipeline; do not let tf.distribute shard again.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF
+        )
+        ds = ds.with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# === Helpers ===
+
+
+def _check_name(name):
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"Unknown dataset {name!r}. Known: {list_datasets()}")
+
+
+def _to_unit_float(image):
+    if image.dtype == tf.uint8:
+        return tf.cast(image, tf.float32) / 255.0
+    return tf.cast(image, tf.float32)
+
+
+def _augment(image, seed, aug):
+    """Zero-pads by `aug.pad`, crops back at a random offset, maybe flips. Stateless."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    shape = image.shape
+    padded = tf.pad(image, [[aug.pad, aug.pad], [aug.pad, aug.pad], [0, 0]])
+    image = tf.image.stateless_random_crop(padded, shape, seed=crop_seed)
+    if aug.flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    return image
+
+
+@functools.lru_cache(maxsize=None)
+def _digits_arrays():
+    """{split: (images float32 [N, 8, 8, 1] in [0, 1], labels int32 [N])}, read-only."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    labels = digits.target.astype(np.int32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images,
+        labels,
+        test_size=DIGITS_TEST_FRACTION,
+        random_state=DIGITS_SPLIT_SEED,
+        stratify=labels,
+    )
+    arrays = {"train": (x_train, y_train), "test": (x_test, y_test)}
+    for pair in arrays.values():
+        for array in pair:
+            array.setflags(write=False)
+    return arrays
+
+
+@functools.lru_cache(maxsize=None)
+def _tfds_builder(version_dir):
+    import tensorflow_datasets as tfds
+
+    return tfds.builder_from_directory(version_dir)
+
+
+def _supervised_keys(builder):
+    keys = builder.info.supervised_keys
+    if keys and len(keys) == 2 and all(isinstance(k, str) for k in keys):
+        return tuple(keys)
+    return "image", "label"
+
+
+@functools.lru_cache(maxsize=None)
+def _tfds_arrays(version_dir, split, limit):
+    """Decodes (the first `limit` examples of) a prepared split into numpy, in file order."""
+    builder = _tfds_builder(version_dir)
+    image_key, label_key = _supervised_keys(builder)
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    if limit is not None:
+        ds = ds.take(limit)
+    ds = ds.map(lambda ex: (ex[image_key], ex[label_key]), num_parallel_calls=tf.data.AUTOTUNE)
+    image_shape = tuple(int(d) for d in builder.info.features[image_key].shape)
+    images = [np.zeros((0, *image_shape), np.uint8)]
+    labels = [np.zeros((0,), np.int32)]
+    for x, y in ds.batch(4096).as_numpy_iterator():
+        images.append(x)
+        labels.append(y.astype(np.int32))
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels

@@ -1,0 +1,196 @@
+"""The launchers end to end, each in its own process, as a user runs them.
+
+One tiny training run (module fixture) feeds the evaluate/export/serving tests;
+kill-and-resume, multi-worker and the flag errors run their own processes.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--epochs=2", "--limit_train=256", "--limit_test=96", "--batch_size=32",
+    "--attack_iter=1", "--eval_attack_iters=2,3", "--warmup_epochs=0",
+]
+
+
+def launch(script, *flags, env=None, timeout=600, check=True):
+    cmd = [sys.executable, os.path.join(ROOT, "launch", script), *flags]
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def checkpoint_weights(directory):
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(directory)
+    keys = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith("model/") and "OPTIMIZER_SLOT" not in k)
+    return {k: reader.get_tensor(k) for k in keys}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run") / "digits")
+    proc = launch("train.py", *TINY, f"--workdir={workdir}")
+    return workdir, proc
+
+
+def test_main_job_tiny_writes_everything(tiny_run):
+    workdir, proc = tiny_run
+    for rel in ("run_config.json", "history.json", "model.keras", "report/robustness.json",
+                "report/robustness.md", "report/robustness.png", "saved_model/saved_model.pb"):
+        assert os.path.exists(os.path.join(workdir, rel)), rel
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    assert [h["epoch"] for h in history] == [1, 2]
+    results = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
+    assert set(results) == {"clean", "pgd2", "pgd3"}
+    assert all(r["count"] == 96 for r in results.values())
+    # Attacks can only lower accuracy, and a trained net beats chance (10 %).
+    assert results["pgd3"]["top1"] <= results["clean"]["top1"]
+    assert results["clean"]["top1"] > 0.3
+    assert "img/s" in proc.stdout and "| pgd3 |" in proc.stdout
+
+
+def test_evaluate_reproduces_the_training_report(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    out = str(tmp_path / "report")
+    launch("evaluate.py", f"--workdir={workdir}", "--steps=2,3", "--limit=96", f"--output_dir={out}", "--seed=1")
+    ours = json.load(open(os.path.join(out, "robustness.json")))["results"]
+    train_report = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
+    assert ours["clean"] == train_report["clean"]
+    assert ours["pgd3"] == train_report["pgd3"]  # same seed, same attack: same numbers
+    assert os.path.getsize(os.path.join(out, "robustness.png")) > 1000
+
+
+def test_export_reloads_without_sat_tf(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    exported = str(tmp_path / "served")
+    launch("export.py", f"--workdir={workdir}", f"--output={exported}")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 8, 8, 1)).astype(np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    script = f"""
+import sys, numpy as np, tensorflow as tf
+served = tf.saved_model.load({exported!r})
+images = np.load({str(tmp_path / 'images.npy')!r})
+out = served.signatures["serving_default"](images=tf.constant(images))
+flt = served.serve_float(tf.constant(images.astype(np.float32) / 255.0))
+assert not any(m.startswith("sat_tf") for m in sys.modules), "sat_tf was imported"
+np.save({str(tmp_path / 'served.npy')!r}, out["logits"].numpy())
+assert np.allclose(out["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
+assert np.abs(flt["logits"].numpy() - out["logits"].numpy()).max() < 1e-4
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=str(tmp_path))
+    import keras
+
+    import sat_tf.models  # noqa: F401
+
+    model = keras.saving.load_model(os.path.join(workdir, "model.keras"), safe_mode=True)
+    expected = model(images.astype(np.float32) / 255.0, training=False).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
+    flags = [*TINY, "--checkpoint_every_steps=2", "--deterministic", "--export=false", "--eval_attack_iters=1"]
+    whole = str(tmp_path / "whole")
+    launch("train.py", *flags, f"--workdir={whole}")
+
+    killed = str(tmp_path / "killed")
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), *flags, f"--workdir={killed}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    state = os.path.join(killed, "checkpoints", "checkpoint")
+    deadline = time.time() + 300
+    while not os.path.exists(state) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(state), "no checkpoint before the kill"
+    first = open(state).read()
+    assert "ckpt-16" not in first, "the run finished before it could be killed"
+
+    proc = launch("train.py", *flags, f"--workdir={killed}")
+    assert "resumed from" in proc.stdout
+    a, b = checkpoint_weights(os.path.join(whole, "checkpoints")), checkpoint_weights(os.path.join(killed, "checkpoints"))
+    assert a.keys() == b.keys() and len(a) > 5
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_multi_worker_processes_end_with_identical_weights(tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workdir = str(tmp_path / "mwms")
+    flags = ["--strategy=multi_worker", "--epochs=1", "--limit_train=128", "--limit_test=32",
+             "--batch_size=16", "--attack_iter=2", "--eval_attack_iters=1", "--export=false",
+             f"--workdir={workdir}"]
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "launch", "train.py"), *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-4000:]
+    assert "epoch 1/1" in outs[0][0] and "epoch 1/1" not in outs[1][0]  # only the chief prints
+    chief = checkpoint_weights(os.path.join(workdir, "checkpoints"))
+    other = checkpoint_weights(os.path.join(workdir, "scratch", "worker1", "checkpoints"))
+    trainable = [k for k in chief if "moving_" not in k]
+    assert len(trainable) > 5
+    for key in trainable:
+        np.testing.assert_array_equal(chief[key], other[key], err_msg=key)
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--model=resnet9000"], "--model='resnet9000' is unknown"),
+        (["--activation=tanhh"], "--activation='tanhh' is unknown"),
+        (["--attack=cw"], "--attack='cw' is unknown"),
+        (["--strategy=horovod"], "--strategy='horovod' is unknown"),
+        (["--attack_epsilon=-1"], "--attack_epsilon must be in [0, 255]"),
+        (["--attack_step_size=0"], "--attack_step_size must be > 0"),
+        (["--strategy=tpu"], "--strategy=tpu needs --tpu"),
+        (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "/nonexistent/tfds"),
+        (["--dataset=imagenet_9"], "imagenet_9"),
+    ],
+)
+def test_bad_flags_fail_fast_with_one_line(flags, needle):
+    start = time.time()
+    proc = launch("train.py", *flags, "--workdir=/tmp/sat_tf_never_written", check=False, timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert needle in lines[-1], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert time.time() - start < 60
+
+
+def test_unreachable_tpu_fails_fast_instead_of_hanging():
+    port = _free_port()  # nothing listens there
+    start = time.time()
+    proc = launch("train.py", f"--tpu=grpc://127.0.0.1:{port}", check=False, timeout=120)
+    assert proc.returncode == 2
+    assert f"--tpu=grpc://127.0.0.1:{port}: nothing answers" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.time() - start < 60
