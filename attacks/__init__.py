@@ -1,0 +1,91 @@
+"""Adversarial attacks as pure functions of a logits callable.
+
+Every attack has the shape `attack(logits_fn, x, y, *, seed=None, **kwargs)
+-> x_adv`, with `x` float32 in `[0, 1]`, `y` 0-based integer labels and
+budgets in `[0, 1]` pixel units. `get_attack(name, **kwargs)` binds the
+budget once, e.g. in a launcher:
+
+    attack = get_attack("pgd", eps=4 / 255, step_size=4 / 255, steps=1,
+                        prob_start_from_clean=0.2)      # SAT training
+    x_adv = attack(lambda z: model(z, training=False), x, y, seed=seed)
+"""
+
+import functools
+import inspect
+
+import tensorflow as tf
+
+from sat_tf.attacks.base import clip_to_box
+from sat_tf.attacks.base import cross_entropy
+from sat_tf.attacks.base import cw_margin
+from sat_tf.attacks.base import project_l2
+from sat_tf.attacks.base import project_linf
+from sat_tf.attacks.pgd import fgsm
+from sat_tf.attacks.pgd import pgd
+
+
+def identity_attack(logits_fn, x, y, *, seed=None, **unused_kwargs):
+    """No attack (clean training / evaluation): returns `x` as float32.
+
+    Budget keyword arguments (`eps`, `steps`, ...) are accepted and ignored,
+    so a launcher can bind the same arguments whatever the attack name.
+    """
+    del logits_fn, y, seed, unused_kwargs
+    return tf.stop_gradient(tf.cast(x, tf.float32))
+
+
+ATTACKS = {
+    "pgd": pgd,
+    "pgd_l2": functools.partial(pgd, norm="l2"),
+    "pgd_cw": functools.partial(pgd, loss="cw"),
+    "fgsm": fgsm,
+    "fgsm_l2": functools.partial(fgsm, norm="l2"),
+    "none": identity_attack,
+}
+
+
+def list_attacks():
+    """Sorted names accepted by `get_attack`."""
+    return sorted(ATTACKS)
+
+
+def get_attack(name, **kwargs):
+    """The attack `name` with `kwargs` bound.
+
+    Args:
+        name: a key of `ATTACKS` (see `list_attacks()`).
+        **kwargs: keyword arguments of that attack, e.g. `eps`, `step_size`,
+            `steps`. Keywords passed at call time override them.
+
+    Returns:
+        A callable `attack(logits_fn, x, y, *, seed=None, **overrides)`.
+
+    Raises:
+        ValueError: unknown `name`.
+        TypeError: a keyword the attack does not take.
+    """
+    if name not in ATTACKS:
+        raise ValueError(f"Unknown attack {name!r}. Known: {list_attacks()}")
+    fn = ATTACKS[name]
+    try:
+        inspect.signature(fn).bind_partial(None, None, None, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"Bad arguments for attack {name!r}: {e}") from None
+    attack = functools.partial(fn, **kwargs)
+    attack.__name__ = name  # partial objects accept attributes.
+    return attack
+
+
+__all__ = [
+    "ATTACKS",
+    "clip_to_box",
+    "cross_entropy",
+    "cw_margin",
+    "fgsm",
+    "get_attack",
+    "identity_attack",
+    "list_attacks",
+    "pgd",
+    "project_l2",
+    "project_linf",
+]
