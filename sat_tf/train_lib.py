@@ -136,6 +136,11 @@ def make_train_function(model, optimizer, attack, strategy, config):
     return train
 
 
+def _global_step(optimizer):
+    # `int(var)` fails on the MirroredVariable of multi-worker strategies.
+    return int(optimizer.iterations.numpy())
+
+
 def _checkpoint_dir(workdir, strategy):
     # Under MultiWorkerMirrored every worker must take part in `save`; only the
     # chief's copy is the real one, the others write to a scratch directory.
@@ -204,7 +209,7 @@ def fit(
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         if verbose and chief:
-            print(f"resumed from {manager.latest_checkpoint} at step {int(optimizer.iterations)}")
+            print(f"resumed from {manager.latest_checkpoint} at step {_global_step(optimizer)}")
     train = make_train_function(model, optimizer, attack, strategy, config)
     writer = (
         tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
@@ -219,8 +224,8 @@ def fit(
     total_steps = epochs * steps_per_epoch
     chunk = max(int(config.steps_per_execution), 1)
 
-    while int(optimizer.iterations) < total_steps:
-        step = int(optimizer.iterations)
+    while _global_step(optimizer) < total_steps:
+        step = _global_step(optimizer)
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
 
         def per_pipeline(ctx, epoch=epoch, done=done_in_epoch):
@@ -235,13 +240,13 @@ def fit(
         while done_in_epoch < steps_per_epoch:
             n = min(chunk, steps_per_epoch - done_in_epoch)
             if checkpoint_every_steps:
-                to_save = checkpoint_every_steps - (int(optimizer.iterations) % checkpoint_every_steps)
+                to_save = checkpoint_every_steps - (_global_step(optimizer) % checkpoint_every_steps)
                 n = min(n, to_save)
             t0 = time.perf_counter()
             out = {k: float(v) for k, v in train(iterator, tf.constant(n)).items()}
             seconds = time.perf_counter() - t0
             done_in_epoch += n
-            global_step = int(optimizer.iterations)
+            global_step = _global_step(optimizer)
             if not math.isfinite(out["loss_sum"]):
                 last = manager.latest_checkpoint or "none"
                 raise DivergenceError(
@@ -251,7 +256,7 @@ def fit(
                 )
             for k in sums:
                 sums[k] += out[k]
-            lr = float(optimizer.learning_rate)
+            lr = float(np.asarray(optimizer.learning_rate))
             metrics = {
                 "loss": out["loss_sum"] / max(out["count"], 1.0),
                 "adv_acc": out["correct"] / max(out["count"], 1.0),
@@ -266,17 +271,17 @@ def fit(
             progress.update(done_in_epoch, metrics)
             if checkpoint_every_steps and global_step % checkpoint_every_steps == 0:
                 manager.save(checkpoint_number=global_step)
-        manager.save(checkpoint_number=int(optimizer.iterations))
+        manager.save(checkpoint_number=_global_step(optimizer))
         record = {
             "epoch": epoch + 1,
-            "step": int(optimizer.iterations),
+            "step": _global_step(optimizer),
             "train_loss": sums["loss_sum"] / max(sums["count"], 1.0),
             "train_adv_accuracy": sums["correct"] / max(sums["count"], 1.0),
             "seconds": time.perf_counter() - epoch_start,
         }
         if epoch_end_fn is not None:
             record.update(epoch_end_fn(epoch))
-        with writer.as_default(step=int(optimizer.iterations)):
+        with writer.as_default(step=_global_step(optimizer)):
             for key, value in record.items():
                 if key not in ("epoch", "step", "train_loss", "train_adv_accuracy"):
                     tf.summary.scalar(f"epoch/{key}", value)
