@@ -38,7 +38,7 @@ flags.DEFINE_integer("limit_test", None, "Evaluate only the first N test images.
 # Model.
 flags.DEFINE_string("model", "digits_cnn", "Model registry name (see sat_tf.models.list_models()).")
 flags.DEFINE_string("activation", "silu", "Activation registry name, used at every site.")
-flags.DEFINE_string("preprocessing", None, "sat | imagenet | cifar | center | none (default: the model's).")
+flags.DEFINE_string("preprocessing", None, "sat | imagenet | cifar | imagenet_center | cifar_center | none (default: the model's).")
 # Optimisation.
 flags.DEFINE_integer("epochs", 30, "Training epochs.")
 flags.DEFINE_integer("batch_size", 64, "Global batch size (over all replicas).")

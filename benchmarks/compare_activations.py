@@ -1,0 +1,69 @@
+r"""ReLU vs SiLU (or any activations) under the main job, over several seeds.
+
+Runs `launch/train.py` once per (activation, seed) in a fresh process, reads
+each run's report/robustness.json and prints a markdown table of
+mean ± standard deviation (and min-max) of clean / PGD-k top-1 accuracy.
+
+    python benchmarks/compare_activations.py                       # relu,silu x 3 seeds
+    python benchmarks/compare_activations.py --activations=relu,silu,softplus,smooth_relu \
+        --seeds=0,1,2,3,4 --out=runs/compare
+
+Extra flags after `--` go to every train.py run.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(activation, seed, out, extra):
+    workdir = os.path.join(out, f"{activation}_seed{seed}")
+    report = os.path.join(workdir, "report", "robustness.json")
+    if not os.path.exists(report):
+        cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
+               f"--activation={activation}", f"--seed={seed}", f"--workdir={workdir}",
+               "--export=false", *extra]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        print(f"  {activation} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+    with open(report) as f:
+        return json.load(f)["results"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--activations", default="relu,silu")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", default="runs/compare_activations")
+    args, extra = parser.parse_known_args()
+    extra = [e for e in extra if e != "--"]
+    activations = args.activations.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    table = {a: [run(a, s, args.out, extra) for s in seeds] for a in activations}
+    columns = list(table[activations[0]][0])
+    header = "| activation | " + " | ".join(f"{c} top-1 (%)" for c in columns) + " |"
+    lines = [header, "|---" * (len(columns) + 1) + "|"]
+    for activation, runs in table.items():
+        cells = []
+        for c in columns:
+            values = [100 * r[c]["top1"] for r in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f} ({min(values):.1f}–{max(values):.1f})")
+        lines.append(f"| {activation} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print(f"\n{len(seeds)} seeds each ({', '.join(map(str, seeds))}); mean ± std (min–max)\n")
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Layering rules, checked on the syntax tree of every project file.
+
+`python -m pytest` from the repo root puts the checkout on sys.path, which would
+hide an `import models` at run time; the syntax tree does not lie.
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FILES = sorted(
+    p for folder in ("sat_tf", "models", "attacks", "launch", "tests", "benchmarks")
+    for p in (ROOT / folder).rglob("*.py")
+)
+
+
+def imported_modules(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+FORBIDDEN = {
+    "sat_tf/activations.py": ("sat_tf.models", "sat_tf.attacks", "sat_tf.train_lib", "absl", "launch"),
+    "models/": ("sat_tf.attacks", "sat_tf.train_lib", "sat_tf.data", "sat_tf.evaluation", "absl", "launch"),
+    "attacks/": ("sat_tf.models", "sat_tf.activations", "sat_tf.train_lib", "keras.Model", "absl", "launch"),
+    "sat_tf/train_lib.py": ("sat_tf.models", "sat_tf.attacks", "absl", "launch"),
+    "sat_tf/data.py": ("sat_tf.models", "sat_tf.attacks", "absl", "launch"),
+    "sat_tf/evaluation.py": ("sat_tf.models", "sat_tf.attacks", "absl", "launch"),
+    "sat_tf/export.py": ("sat_tf.attacks", "absl", "launch"),
+    "sat_tf/": ("absl.flags", "launch"),
+}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_top_level_models_or_attacks_imports(path):
+    for name in imported_modules(path):
+        root = name.split(".")[0]
+        assert root not in ("models", "attacks", "utils"), f"{path}: `{name}` must be sat_tf.{name}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_layering(path):
+    rel = str(path.relative_to(ROOT))
+    for prefix, banned in FORBIDDEN.items():
+        if not rel.startswith(prefix):
+            continue
+        for name in imported_modules(path):
+            for bad in banned:
+                assert not (name == bad or name.startswith(bad + ".")), f"{rel} imports {name}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_flags_are_defined_only_in_launch(path):
+    rel = str(path.relative_to(ROOT))
+    if rel.startswith(("launch/", "tests/test_import_rules.py")):
+        return
+    assert "flags.DEFINE_" not in path.read_text(), rel
+
+
+def test_installed_namespace_is_sat_tf_only(tmp_path):
+    """Outside the checkout, `models`/`attacks` are not importable; sat_tf.* are."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.util as u, sat_tf.models, sat_tf.attacks;"
+        "assert u.find_spec('models') is None and u.find_spec('attacks') is None;"
+        "print(sat_tf.models.__file__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("models/__init__.py")
