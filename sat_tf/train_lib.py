@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import keras
@@ -152,14 +153,24 @@ def _checkpoint_dir(workdir, strategy):
 
 
 class _Progress:
-    """A one-line progress bar with images/s, printed only by the chief."""
+    """A one-line progress bar with images/s, printed only by the chief.
+
+    On a terminal it redraws in place; in a log file it writes a line at each
+    quarter of the epoch so logs stay readable.
+    """
 
     def __init__(self, enabled, epoch, epochs, steps):
         self.enabled, self.epoch, self.epochs, self.steps = enabled, epoch, epochs, steps
+        self.tty = sys.stdout.isatty()
+        self.next_log = 0
 
     def update(self, step, metrics):
         if not self.enabled:
             return
+        if not self.tty:
+            if step < self.next_log and step < self.steps:
+                return
+            self.next_log = step + max(self.steps // 4, 1)
         width = 24
         done = int(width * step / max(self.steps, 1))
         fields = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
@@ -167,7 +178,10 @@ class _Progress:
             f"\repoch {self.epoch + 1}/{self.epochs} "
             f"[{'=' * done}{'.' * (width - done)}] {step}/{self.steps}  {fields}"
         )
-        print(line, end="\n" if step >= self.steps else "", flush=True)
+        if self.tty:
+            print(line, end="\n" if step >= self.steps else "", flush=True)
+        else:
+            print(line[1:], flush=True)
 
 
 def fit(
