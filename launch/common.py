@@ -45,6 +45,41 @@ def choice(flag_name, value, allowed):
     return value
 
 
+def _parse_value(text):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def activation_spec(name, options):
+    """The model's `activation=`: a registry name, or with `--activation_options`
+    (e.g. `mode=attacker,alpha=10`) a JSON-able serialized layer config."""
+    if not options:
+        return name
+    import keras
+
+    from sat_tf import activations
+
+    kwargs = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        require(sep and key, f"--activation_options entries must be key=value, got {item!r}")
+        kwargs[key.strip()] = _parse_value(value.strip())
+    try:
+        layer = activations.get_activation(name, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise FlagError(f"--activation_options={','.join(options)} do not fit --activation={name}: {err}")
+    spec = keras.saving.serialize_keras_object(layer)
+    spec["config"].pop("name", None)
+    return spec
+
+
 def run(main):
     """`absl.app.run(main)`, turning expected failures into one-line errors."""
     from sat_tf import distribute, train_lib

@@ -38,6 +38,7 @@ flags.DEFINE_integer("limit_test", None, "Evaluate only the first N test images.
 # Model.
 flags.DEFINE_string("model", "digits_cnn", "Model registry name (see sat_tf.models.list_models()).")
 flags.DEFINE_string("activation", "silu", "Activation registry name, used at every site.")
+flags.DEFINE_list("activation_options", [], "Activation arguments as key=value, e.g. mode=attacker,alpha=10 for relu_smooth_grad.")
 flags.DEFINE_string("preprocessing", None, "sat | imagenet | cifar | imagenet_center | cifar_center | none (default: the model's).")
 # Optimisation.
 flags.DEFINE_integer("epochs", 30, "Training epochs.")
@@ -140,7 +141,7 @@ def main(argv):
     model_kwargs = {
         "num_classes": info.num_classes,
         "input_shape": list(info.image_shape),
-        "activation": FLAGS.activation.lower(),
+        "activation": common.activation_spec(FLAGS.activation.lower(), FLAGS.activation_options),
     }
     if FLAGS.preprocessing is not None:
         model_kwargs["preprocessing"] = FLAGS.preprocessing

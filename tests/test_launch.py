@@ -174,6 +174,11 @@ def test_two_multi_worker_processes_end_with_identical_weights(tmp_path):
         (["--attack_epsilon=-1"], "--attack_epsilon must be in [0, 255]"),
         (["--attack_step_size=0"], "--attack_step_size must be > 0"),
         (["--strategy=tpu"], "--strategy=tpu needs --tpu"),
+        (["--tpu=local"], "--tpu=local: no TPU could be initialised"),
+        (["--tpu=my-tpu"], "--tpu=my-tpu: resolving a Cloud TPU by name needs"),
+        (["--batch_size=0"], "--batch_size must be > 0"),
+        (["--activation=relu_smooth_grad", "--activation_options=mode=sideways"], "do not fit --activation=relu_smooth_grad"),
+        (["--eval_attack_iters=ten"], "--eval_attack_iters must be a comma-separated list"),
         (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "/nonexistent/tfds"),
         (["--dataset=imagenet_9"], "imagenet_9"),
     ],
@@ -196,3 +201,18 @@ def test_unreachable_tpu_fails_fast_instead_of_hanging():
     assert f"--tpu=grpc://127.0.0.1:{port}: nothing answers" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert time.time() - start < 60
+
+
+def test_activation_options_reach_every_site():
+    sys.path.insert(0, ROOT)
+    from launch import common
+
+    from sat_tf import models
+
+    spec = common.activation_spec("relu_smooth_grad", ["mode=attacker", "alpha=5"])
+    json.dumps(spec)  # stored in run_config.json
+    model = models.build_model("digits_cnn", activation=spec)
+    sites = [layer for layer in model.layers if type(layer).__name__ == "ReLUSmoothGrad"]
+    assert len(sites) == 3 and len({layer.name for layer in sites}) == 3
+    assert all(layer.mode == "attacker" and layer.alpha == 5 for layer in sites)
+    assert common.activation_spec("silu", []) == "silu"
