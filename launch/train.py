@@ -116,6 +116,7 @@ def training_attack():
 def main(argv):
     del argv
     validate()
+    activation = common.activation_spec(FLAGS.activation.lower(), FLAGS.activation_options)
     start = time.perf_counter()
     import keras
     import tensorflow as tf
@@ -141,7 +142,7 @@ def main(argv):
     model_kwargs = {
         "num_classes": info.num_classes,
         "input_shape": list(info.image_shape),
-        "activation": common.activation_spec(FLAGS.activation.lower(), FLAGS.activation_options),
+        "activation": activation,
     }
     if FLAGS.preprocessing is not None:
         model_kwargs["preprocessing"] = FLAGS.preprocessing
