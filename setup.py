@@ -35,7 +35,14 @@ setup(
         "importlib_resources",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout"],
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "scikit-image",  # real sample photos for the ImageNet pipeline tests
+            "nbclient",  # notebooks are executed in CI
+            "nbformat",
+            "ipykernel",
+        ],
         "notebooks": ["jupyter", "nbconvert"],
         "crosscheck": ["torch==2.13.0"],
     },

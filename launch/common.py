@@ -93,6 +93,9 @@ def run(main):
         tf.get_logger().setLevel("ERROR")
         try:
             return main(argv)
+        except train_lib.PreemptedError as err:
+            print(f"preempted: {err}", file=sys.stderr, flush=True)
+            sys.exit(143)  # 128 + SIGTERM, what schedulers expect
         except expected as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)

@@ -14,10 +14,13 @@ checkpoint replays exactly the batches and attacks of the uninterrupted run.
 """
 
 import dataclasses
+import inspect
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import keras
@@ -29,6 +32,11 @@ from sat_tf import distribute
 
 class DivergenceError(FloatingPointError):
     """The training loss became NaN/Inf; no checkpoint was written for it."""
+
+
+class PreemptedError(RuntimeError):
+    """SIGTERM arrived (e.g. a preemptible VM's notice); a checkpoint was saved
+    at the last finished step and rerunning the same command resumes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +53,10 @@ class StepConfig:
         seed: run seed for attack randomness.
         steps_per_execution: optimizer steps per `tf.function` call
             (TPUEstimator's iterations_per_loop): fewer host round trips.
+        attack_grad_scale: multiplies the gradient flowing back from the
+            logits during the attack (SAT's fp16 attack used 128), so float16
+            activations' input gradients do not underflow. The attack only
+            uses the gradient's direction, so this changes nothing else.
     """
 
     global_batch_size: int
@@ -54,6 +66,7 @@ class StepConfig:
     jit_compile: bool = False
     seed: int = 0
     steps_per_execution: int = 1
+    attack_grad_scale: float = 1.0
 
 
 def decayed_variables(model):
@@ -72,11 +85,34 @@ def make_seed(run_seed, step, replica_id):
     return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica_id, tf.int32))
 
 
-def make_train_function(model, optimizer, attack, strategy, config):
+@tf.custom_gradient
+def _scale_backward(x, scale):
+    def grad(upstream):
+        return upstream * tf.cast(scale, upstream.dtype), None
+
+    return tf.identity(x), grad
+
+
+def _is_loss_scaled(optimizer):
+    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def make_train_function(model, optimizer, attack, strategy, config, *, ema=None, batches=None):
     """Builds `train(iterator, num_steps) -> dict of summed metrics`.
 
     The returned metrics are sums over the steps run: `loss_sum` (training loss
     times examples), `correct` (top-1 on the adversarial batch), `count`.
+
+    Mixed precision: with a `keras.optimizers.LossScaleOptimizer` (float16)
+    the loss is scaled before the gradient and the optimizer unscales (and
+    skips non-finite steps); the attack's inputs, projection and step
+    arithmetic stay float32 (the model's input and logits are float32).
+
+    Args:
+        ema: optional `sat_tf.ema.WeightEMA`, updated after every step.
+        batches: optional int64 variable counting batches consumed (unlike
+            `optimizer.iterations`, it also counts steps a loss-scale
+            optimizer skipped), used for epoch bookkeeping.
     """
     kernels = decayed_variables(model)
     wd = float(config.weight_decay)
@@ -86,11 +122,15 @@ def make_train_function(model, optimizer, attack, strategy, config):
         with strategy.scope():
             optimizer.build(model.trainable_variables)
 
+    grad_scale = float(config.attack_grad_scale)
+
+    def attack_logits(z):
+        logits = tf.cast(model(z, training=False), tf.float32)
+        return _scale_backward(logits, grad_scale) if grad_scale != 1.0 else logits
+
     def grad_fn(x, y, seed):
         x = tf.cast(x, tf.float32)
-        x_adv = tf.stop_gradient(
-            attack(lambda z: model(z, training=False), x, y, seed=seed)
-        )
+        x_adv = tf.stop_gradient(attack(attack_logits, x, y, seed=seed))
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x_adv, training=True), tf.float32)
             targets = tf.one_hot(y, config.num_classes)
@@ -105,6 +145,8 @@ def make_train_function(model, optimizer, attack, strategy, config):
             if wd and kernels:
                 l2 = 0.5 * wd * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
                 loss += tf.nn.scale_regularization_loss(l2)
+            if _is_loss_scaled(optimizer):
+                loss = optimizer.scale_loss(loss)
         grads = tape.gradient(loss, model.trainable_variables)
         correct = tf.reduce_sum(
             tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
@@ -132,14 +174,13 @@ def make_train_function(model, optimizer, attack, strategy, config):
         for _ in tf.range(num_steps):
             values = reduce(strategy.run(replica_step, args=next(iterator)))
             totals = [t + v for t, v in zip(totals, values)]
+            if ema is not None:
+                ema.update(optimizer.iterations)
+            if batches is not None:
+                batches.assign_add(1)
         return dict(zip(("loss_sum", "correct", "count"), totals))
 
     return train
-
-
-def _global_step(optimizer):
-    # `int(var)` fails on the MirroredVariable of multi-worker strategies.
-    return int(optimizer.iterations.numpy())
 
 
 def _checkpoint_dir(workdir, strategy):
@@ -184,6 +225,35 @@ class _Progress:
             print(line[1:], flush=True)
 
 
+class _SigtermFlag:
+    """Turns SIGTERM into a flag checked between steps (main thread only)."""
+
+    def __init__(self):
+        self.raised = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+def _accepts_skip(dataset_fn):
+    try:
+        return "skip_batches" in inspect.signature(dataset_fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def fit(
     model,
     optimizer,
@@ -199,6 +269,7 @@ def fit(
     max_checkpoints=3,
     verbose=True,
     epoch_end_fn=None,
+    ema=None,
 ):
     """Runs (or resumes) adversarial training and returns the per-epoch history.
 
@@ -208,23 +279,39 @@ def fit(
         dataset_fn: `dataset_fn(epoch, input_context) -> tf.data.Dataset` of
             per-replica batches (images in [0, 1], int labels), at least
             `steps_per_epoch` batches per replica, deterministic given epoch.
+            If it also takes `skip_batches=`, a resumed epoch asks it to skip
+            that many of its batches itself (cheaply, before decoding);
+            otherwise the batches are skipped with `Dataset.skip`.
         config: a `StepConfig`.
         epochs, steps_per_epoch: length of the run.
         workdir: checkpoints go to `workdir/checkpoints`, TensorBoard scalars to
             `workdir/tensorboard`, the history to `workdir/history.json`.
         checkpoint_every_steps: also save every N steps (0: at epoch ends only).
-        epoch_end_fn: optional `fn(epoch) -> dict` of extra scalars (e.g. eval).
+        epoch_end_fn: optional `fn(epoch) -> dict` of extra scalars (e.g. eval),
+            written to TensorBoard as `epoch/<key>` and to the history.
+        ema: optional `sat_tf.ema.WeightEMA` (created under the strategy
+            scope), updated every step and checkpointed.
+
+    Raises:
+        DivergenceError: the loss became NaN/Inf (nothing is saved).
+        PreemptedError: SIGTERM arrived; a checkpoint of the last finished
+            step was saved first.
     """
     chief = distribute.is_chief(strategy)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    with strategy.scope():
+        batches = tf.Variable(0, dtype=tf.int64, trainable=False, name="batches_seen")
+    trackables = {"model": model, "optimizer": optimizer, "batches": batches}
+    if ema is not None:
+        trackables["ema"] = ema
+    checkpoint = tf.train.Checkpoint(**trackables)
     manager = tf.train.CheckpointManager(
         checkpoint, _checkpoint_dir(workdir, strategy), max_to_keep=max_checkpoints
     )
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         if verbose and chief:
-            print(f"resumed from {manager.latest_checkpoint} at step {_global_step(optimizer)}")
-    train = make_train_function(model, optimizer, attack, strategy, config)
+            print(f"resumed from {manager.latest_checkpoint} at step {int(batches.numpy())}")
+    train = make_train_function(model, optimizer, attack, strategy, config, ema=ema, batches=batches)
     writer = (
         tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
         if chief
@@ -237,73 +324,85 @@ def fit(
             history = json.load(f)
     total_steps = epochs * steps_per_epoch
     chunk = max(int(config.steps_per_execution), 1)
+    skip_inside = _accepts_skip(dataset_fn)
 
-    while _global_step(optimizer) < total_steps:
-        step = _global_step(optimizer)
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+    def seen():
+        return int(batches.numpy())
 
-        def per_pipeline(ctx, epoch=epoch, done=done_in_epoch):
-            # Each pipeline feeds num_replicas/num_pipelines replicas per step.
-            per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-            return dataset_fn(epoch, ctx).skip(done * per_step)
+    with _SigtermFlag() as sigterm:
+        while seen() < total_steps:
+            epoch, done_in_epoch = divmod(seen(), steps_per_epoch)
 
-        iterator = iter(strategy.distribute_datasets_from_function(per_pipeline))
-        progress = _Progress(verbose and chief, epoch, epochs, steps_per_epoch)
-        sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-        epoch_start = time.perf_counter()
-        while done_in_epoch < steps_per_epoch:
-            n = min(chunk, steps_per_epoch - done_in_epoch)
-            if checkpoint_every_steps:
-                to_save = checkpoint_every_steps - (_global_step(optimizer) % checkpoint_every_steps)
-                n = min(n, to_save)
-            t0 = time.perf_counter()
-            out = {k: float(v) for k, v in train(iterator, tf.constant(n)).items()}
-            seconds = time.perf_counter() - t0
-            done_in_epoch += n
-            global_step = _global_step(optimizer)
-            if not math.isfinite(out["loss_sum"]):
-                last = manager.latest_checkpoint or "none"
-                raise DivergenceError(
-                    f"training loss is {out['loss_sum']} at step {global_step}; "
-                    f"stopped without saving (last good checkpoint: {last}). "
-                    "Lower --learning_rate or the attack step, or check the data"
-                )
-            for k in sums:
-                sums[k] += out[k]
-            lr = float(np.asarray(optimizer.learning_rate))
-            metrics = {
-                "loss": out["loss_sum"] / max(out["count"], 1.0),
-                "adv_acc": out["correct"] / max(out["count"], 1.0),
-                "lr": lr,
-                "img/s": out["count"] / max(seconds, 1e-9),
+            def per_pipeline(ctx, epoch=epoch, done=done_in_epoch):
+                # Each pipeline feeds num_replicas/num_pipelines replicas per step.
+                skip = done * (ctx.num_replicas_in_sync // ctx.num_input_pipelines)
+                if skip_inside:
+                    return dataset_fn(epoch, ctx, skip_batches=skip)
+                return dataset_fn(epoch, ctx).skip(skip)
+
+            iterator = iter(strategy.distribute_datasets_from_function(per_pipeline))
+            progress = _Progress(verbose and chief, epoch, epochs, steps_per_epoch)
+            sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+            epoch_start = time.perf_counter()
+            while done_in_epoch < steps_per_epoch:
+                n = min(chunk, steps_per_epoch - done_in_epoch)
+                if checkpoint_every_steps:
+                    n = min(n, checkpoint_every_steps - seen() % checkpoint_every_steps)
+                t0 = time.perf_counter()
+                out = {k: float(v) for k, v in train(iterator, tf.constant(n)).items()}
+                seconds = time.perf_counter() - t0
+                done_in_epoch += n
+                global_step = seen()
+                if not math.isfinite(out["loss_sum"]):
+                    last = manager.latest_checkpoint or "none"
+                    raise DivergenceError(
+                        f"training loss is {out['loss_sum']} at step {global_step}; "
+                        f"stopped without saving (last good checkpoint: {last}). "
+                        "Lower --learning_rate or the attack step, or check the data"
+                    )
+                for k in sums:
+                    sums[k] += out[k]
+                lr = float(np.asarray(optimizer.learning_rate))
+                metrics = {
+                    "loss": out["loss_sum"] / max(out["count"], 1.0),
+                    "adv_acc": out["correct"] / max(out["count"], 1.0),
+                    "lr": lr,
+                    "img/s": out["count"] / max(seconds, 1e-9),
+                }
+                with writer.as_default(step=global_step):
+                    tf.summary.scalar("train/loss", metrics["loss"])
+                    tf.summary.scalar("train/adv_accuracy", metrics["adv_acc"])
+                    tf.summary.scalar("train/learning_rate", lr)
+                    tf.summary.scalar("train/images_per_second", metrics["img/s"])
+                progress.update(done_in_epoch, metrics)
+                if sigterm.raised:
+                    path = manager.save(checkpoint_number=global_step)
+                    writer.flush()
+                    raise PreemptedError(
+                        f"SIGTERM at step {global_step}: saved {path}; "
+                        "rerun the same command to resume"
+                    )
+                if checkpoint_every_steps and global_step % checkpoint_every_steps == 0:
+                    manager.save(checkpoint_number=global_step)
+            manager.save(checkpoint_number=seen())
+            record = {
+                "epoch": epoch + 1,
+                "step": seen(),
+                "train_loss": sums["loss_sum"] / max(sums["count"], 1.0),
+                "train_adv_accuracy": sums["correct"] / max(sums["count"], 1.0),
+                "seconds": time.perf_counter() - epoch_start,
             }
-            with writer.as_default(step=global_step):
-                tf.summary.scalar("train/loss", metrics["loss"])
-                tf.summary.scalar("train/adv_accuracy", metrics["adv_acc"])
-                tf.summary.scalar("train/learning_rate", lr)
-                tf.summary.scalar("train/images_per_second", metrics["img/s"])
-            progress.update(done_in_epoch, metrics)
-            if checkpoint_every_steps and global_step % checkpoint_every_steps == 0:
-                manager.save(checkpoint_number=global_step)
-        manager.save(checkpoint_number=_global_step(optimizer))
-        record = {
-            "epoch": epoch + 1,
-            "step": _global_step(optimizer),
-            "train_loss": sums["loss_sum"] / max(sums["count"], 1.0),
-            "train_adv_accuracy": sums["correct"] / max(sums["count"], 1.0),
-            "seconds": time.perf_counter() - epoch_start,
-        }
-        if epoch_end_fn is not None:
-            record.update(epoch_end_fn(epoch))
-        with writer.as_default(step=_global_step(optimizer)):
-            for key, value in record.items():
-                if key not in ("epoch", "step", "train_loss", "train_adv_accuracy"):
-                    tf.summary.scalar(f"epoch/{key}", value)
-        writer.flush()
-        history.append(record)
-        if chief:
-            with open(history_path, "w") as f:
-                json.dump(history, f, indent=1)
+            if epoch_end_fn is not None:
+                record.update(epoch_end_fn(epoch))
+            with writer.as_default(step=seen()):
+                for key, value in record.items():
+                    if key not in ("epoch", "step", "train_loss", "train_adv_accuracy"):
+                        tf.summary.scalar(f"epoch/{key}", value)
+            writer.flush()
+            history.append(record)
+            if chief:
+                with open(history_path, "w") as f:
+                    json.dump(history, f, indent=1)
     return history
 
 
