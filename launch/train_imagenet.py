@@ -325,7 +325,7 @@ def main(argv):
         return results
 
     if FLAGS.mode != "eval":
-        def dataset_fn(epoch, ctx):
+        def dataset_fn(epoch, ctx, skip_batches=0):
             return imagenet_input.load_imagenet(
                 "train",
                 data_dir=FLAGS.data_dir,
@@ -339,6 +339,7 @@ def main(argv):
                 deterministic=FLAGS.deterministic,
                 label_offset=label_offset,
                 drop_remainder=True,
+                skip_batches=skip_batches,
             )
 
         periodic_iters = common.int_list("periodic_eval_attack_iters", FLAGS.periodic_eval_attack_iters)

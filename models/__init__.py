@@ -55,3 +55,4 @@ def build_model(model_name, /, **kwargs):
 from sat_tf.models import cifar  # noqa: E402,F401
 from sat_tf.models import digits  # noqa: E402,F401
 from sat_tf.models import resnet  # noqa: E402,F401
+from sat_tf.models import efficientnet  # noqa: E402,F401

@@ -28,8 +28,20 @@ IMAGENET_NETS = {
     "resnext50_32x8d",
     "resnext101_32x8d",
     "resnext152_32x8d",
+    *(f"efficientnet_b{i}" for i in range(9)),
+    "efficientnet_l1",
 }
-SLOW_NETS = {"resnext101_32x8d", "resnext152_32x8d"}  # > 10 s each
+SLOW_NETS = {  # > 10 s each
+    "resnext101_32x8d",
+    "resnext152_32x8d",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "efficientnet_b8",
+    "efficientnet_l1",
+}
+# EfficientNet-L2 (480M weights) is not built here: tests/test_efficientnet.py
+# checks its stage table and parameter count from the scaling rules.
+UNBUILT_NETS = {"efficientnet_l2"}
 
 # Trainable parameters at the default num_classes. Sources: torchvision
 # (ResNet/ResNeXt: same layers and counts as the SAT nets), pytorch-cifar
@@ -54,6 +66,21 @@ PARAM_COUNTS = {
     "wide_resnet34_10": 46_160_474,
     "wide_resnet28_10": 36_479_194,
     "digits_cnn": 28_842,  # measured
+    # EfficientNet: keras.applications EfficientNetB0-B7 trainable weights
+    # (same architecture; B0 5,288,548 and B7 66,347,960 are the published
+    # counts); B8 and L2 as timm's tf_efficientnet_b8 / l2; L1 (SAT's bL1)
+    # has no outside source: measured.
+    "efficientnet_b0": 5_288_548,
+    "efficientnet_b1": 7_794_184,
+    "efficientnet_b2": 9_109_994,
+    "efficientnet_b3": 12_233_232,
+    "efficientnet_b4": 19_341_616,
+    "efficientnet_b5": 30_389_784,
+    "efficientnet_b6": 43_040_704,
+    "efficientnet_b7": 66_347_960,
+    "efficientnet_b8": 87_413_142,
+    "efficientnet_l1": 272_630_564,  # measured
+    "efficientnet_l2": 480_309_308,
 }
 
 # Activation sites, counted from the reference architectures:
@@ -76,6 +103,16 @@ ACTIVATION_SITES = {
     "wide_resnet34_10": 2 * 15 + 1,
     "wide_resnet28_10": 2 * 12 + 1,
     "digits_cnn": 3,
+    # EfficientNet: stem + head + 3 per MBConv block (expand, depthwise, SE
+    # reduce), minus the expand conv the first stage's blocks (ratio 1) lack.
+    # (blocks, first-stage blocks) = (sum ceil(d * r), ceil(d * 1)).
+    **{
+        f"efficientnet_{v}": 2 + 3 * blocks - first
+        for v, (blocks, first) in {
+            "b0": (16, 1), "b1": (23, 2), "b2": (23, 2), "b3": (26, 2), "b4": (32, 2),
+            "b5": (39, 3), "b6": (45, 3), "b7": (55, 4), "b8": (61, 4), "l1": (63, 4), "l2": (88, 6),
+        }.items()
+    },
 }
 
 
@@ -104,6 +141,7 @@ def _model_params():
     return [
         pytest.param(n, marks=pytest.mark.slow) if n in SLOW_NETS else n
         for n in models.list_models()
+        if n not in UNBUILT_NETS
     ]
 
 

@@ -1,0 +1,218 @@
+"""SavedModel export: every signature, reloaded where sat_tf is never imported,
+agrees with the Keras model; top-k; JPEG/PNG batches of mixed sizes; input errors;
+the launcher's TF Serving README.
+
+Tiny random models: a 3-class ResNet-18 at 32x32x3 (default top_k=5 clipped
+to 3, crop_padding=32) and the digits CNN at 8x8x1 (grayscale path), exported
+through launch/export.py with --top_k=3 --crop_padding=0.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+ATOL = 1e-5
+# name -> (registry name, build kwargs, export kwargs, expected k)
+MODELS = {
+    "resnet": ("resnet18", dict(input_shape=(32, 32, 3), num_classes=3), dict(), 3),  # top_k=5 -> 3
+    # Exported by launch/export.py --top_k=3 --crop_padding=0.
+    "digits": ("digits_cnn", dict(), dict(top_k=3, crop_padding=0), 3),
+}
+SERVED = """
+import json, os, sys
+import numpy as np, tensorflow as tf
+root = sys.argv[1]
+for name in json.load(open(os.path.join(root, "names.json"))):
+    loaded = tf.saved_model.load(os.path.join(root, name, "saved_model"))  # kept alive below
+    inputs = np.load(os.path.join(root, name, "inputs.npz"))
+    blobs = [open(os.path.join(root, "jpeg", f), "rb").read() for f in sorted(os.listdir(os.path.join(root, "jpeg")))]
+    calls = {
+        "serving_default": lambda: loaded.signatures["serving_default"](images=tf.constant(inputs["uint8"])),
+        "serve_uint8": lambda: loaded.serve_uint8(tf.constant(inputs["uint8"])),
+        "serve_float": lambda: loaded.signatures["serve_float"](images=tf.constant(inputs["float"])),
+        "serve_jpeg": lambda: loaded.signatures["serve_jpeg"](image_bytes=tf.constant(blobs)),
+        "serve_jpeg_fn": lambda: loaded.serve_jpeg(tf.constant(blobs[:2])),
+    }
+    results = {}
+    for call, fn in calls.items():
+        for key, value in fn().items():
+            results[f"{call}/{key}"] = value.numpy()
+    np.savez(os.path.join(root, name, "served.npz"), **results)
+assert "sat_tf" not in sys.modules and not any(m.startswith("sat_tf.") for m in sys.modules), "sat_tf was imported"
+print("ok")
+"""
+
+
+def photos():
+    """Real photos of different sizes and aspect ratios, JPEG-encoded."""
+    from skimage import data as skdata
+
+    chelsea = skdata.chelsea()  # 300x451 RGB
+    return {
+        "0_chelsea.jpg": chelsea,
+        "1_astronaut.jpg": skdata.astronaut(),  # 512x512 RGB
+        "2_camera_gray.jpg": skdata.camera()[..., None],  # 512x512 grayscale JPEG
+        "3_chelsea_portrait.jpg": chelsea[:, 120:300],  # 300x180
+        "4_coffee.png": skdata.coffee()[:, :500],  # 400x500 RGB, PNG
+    }
+
+
+def expected_pixels(fname, image, blob, size, crop_padding):
+    """What serve_jpeg must feed the model: preprocess_for_eval for JPEG; for
+    PNG the same centre window cut from the original pixels, same resize."""
+    from sat_tf import imagenet_input
+
+    if fname.endswith(".jpg"):
+        return imagenet_input.preprocess_for_eval(tf.constant(blob), size, crop_padding=crop_padding)
+    top, left, crop, _ = imagenet_input.center_crop_window(*image.shape[:2], size, crop_padding)
+    window = image[top:top + crop, left:left + crop].astype(np.float32)
+    resized = tf.compat.v1.image.resize_bicubic(window[None], [size, size])[0]
+    return tf.clip_by_value(resized / 255.0, 0.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    import keras
+
+    from sat_tf import export, models
+
+    root = tmp_path_factory.mktemp("export")
+    os.makedirs(root / "jpeg")
+    files = []
+    for fname, image in photos().items():
+        encode = tf.io.encode_png if fname.endswith(".png") else tf.io.encode_jpeg
+        blob = encode(image).numpy()
+        (root / "jpeg" / fname).write_bytes(blob)
+        files.append((fname, image, blob))
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    expected, launcher = {}, None
+    for name, (arch, build, kwargs, k) in MODELS.items():
+        model = models.build_model(arch, **build)
+        out = root / name / "saved_model"
+        if name == "digits":
+            os.makedirs(root / name)
+            model.save(root / name / "model.keras")
+            launcher = subprocess.run(
+                [sys.executable, os.path.join(ROOT, "launch", "export.py"),
+                 f"--model_path={root / name / 'model.keras'}", f"--output={out}", "--top_k=3", "--crop_padding=0"],
+                capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT,
+            )
+            assert launcher.returncode == 0, launcher.stderr[-3000:]
+        else:
+            export.export_saved_model(model, str(out), **kwargs)
+        height, width, channels = model.input_shape[1:]
+        uint8 = rng.integers(0, 256, size=(4, height, width, channels)).astype(np.uint8)
+        floats = rng.uniform(0, 1, size=(3, height, width, channels)).astype(np.float32)
+        np.savez(root / name / "inputs.npz", uint8=uint8, float=floats)
+        crop_padding = kwargs.get("crop_padding", 32)
+        pixels = tf.stack([expected_pixels(*f, height, crop_padding) for f in files])
+        if channels == 1:
+            pixels = tf.image.rgb_to_grayscale(pixels)
+        expected[name] = {
+            "serving_default": model(uint8.astype(np.float32) / 255.0, training=False).numpy(),
+            "serve_uint8": model(uint8.astype(np.float32) / 255.0, training=False).numpy(),
+            "serve_float": model(floats, training=False).numpy(),
+            "serve_jpeg": model(pixels, training=False).numpy(),
+            "serve_jpeg_fn": model(pixels[:2], training=False).numpy(),
+            "k": k,
+        }
+    (root / "names.json").write_text(json.dumps(list(MODELS)))
+    proc = subprocess.run([sys.executable, "-c", SERVED, str(root)], capture_output=True, text=True,
+                          timeout=300, env=ENV, cwd=str(root))
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-5000:]
+    served = {name: dict(np.load(root / name / "served.npz")) for name in MODELS}
+    return root, expected, served, launcher
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_signature_agrees_with_keras_without_sat_tf(exported, name):
+    _, expected, served, _ = exported
+    for call in ("serving_default", "serve_uint8", "serve_float", "serve_jpeg", "serve_jpeg_fn"):
+        logits = served[name][f"{call}/logits"]
+        np.testing.assert_allclose(logits, expected[name][call], rtol=ATOL, atol=ATOL, err_msg=call)
+        probabilities = served[name][f"{call}/probabilities"]
+        np.testing.assert_allclose(probabilities, tf.nn.softmax(logits).numpy(), atol=1e-6)
+        np.testing.assert_array_equal(served[name][f"{call}/classes"], logits.argmax(-1))
+    assert served[name]["serve_jpeg/logits"].shape[0] == len(photos())  # mixed sizes in one batch
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_top_k_is_sorted_and_clipped_to_the_class_count(exported, name):
+    _, expected, served, _ = exported
+    k = expected[name]["k"]
+    for call in ("serving_default", "serve_float", "serve_jpeg"):
+        probabilities = served[name][f"{call}/probabilities"]
+        classes = served[name][f"{call}/top_k_classes"]
+        values = served[name][f"{call}/top_k_probabilities"]
+        assert classes.shape == values.shape == (len(probabilities), k)
+        assert classes.dtype == np.int32
+        np.testing.assert_array_equal(classes, np.argsort(-probabilities, axis=-1, kind="stable")[:, :k])
+        np.testing.assert_allclose(values, np.take_along_axis(probabilities, classes, -1), atol=1e-7)
+        assert np.all(np.diff(values, axis=-1) <= 0)
+        np.testing.assert_array_equal(classes[:, 0], served[name][f"{call}/classes"])
+
+
+def test_wrong_inputs_give_readable_errors(exported):
+    root, _, _, _ = exported
+    loaded = tf.saved_model.load(str(root / "digits" / "saved_model"))
+    default = loaded.signatures["serving_default"]
+
+    def error(fn, *args, **kwargs):
+        with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError)) as info:
+            fn(*args, **kwargs)
+        return str(info.value)
+
+    # Signatures (what TF Serving runs) do not check shapes; the graph does.
+    wrong_size = error(default, images=tf.zeros((2, 16, 16, 1), tf.uint8))
+    assert "serve_uint8 expects uint8 images (0..255) of shape [batch, 8, 8, 1]; got shape" in wrong_size
+    assert "[2 16 16 1]" in wrong_size
+    assert "shape [batch, 8, 8, 1]" in error(default, images=tf.zeros((2, 8, 8), tf.uint8))
+    assert "shape [batch, 8, 8, 1]" in error(loaded.signatures["serve_float"], images=tf.zeros((1, 8, 8, 3)))
+    assert "expected to be a uint8 tensor but is a float" in error(default, images=tf.zeros((2, 8, 8, 1)))
+    # Loaded functions refuse before running, naming the expected spec.
+    assert "TensorSpec(shape=(None, 8, 8, 1), dtype=tf.uint8" in error(loaded.serve_uint8, tf.zeros((2, 8, 8, 1)))
+    assert "TensorSpec(shape=(None, 8, 8, 1), dtype=tf.float32" in error(
+        loaded.serve_float, tf.zeros((2, 16, 16, 1)))
+    # 0..255 floats sent to serve_float.
+    assert "serve_float expects float32 pixels in [0, 1]" in error(
+        loaded.signatures["serve_float"], images=tf.fill((1, 8, 8, 1), 255.0))
+    jpeg = loaded.signatures["serve_jpeg"]
+    assert "Shape of tensor image_bytes [1,1] is not compatible with expected shape [?]" in error(
+        jpeg, image_bytes=tf.constant([[b"x"]]))
+    assert "expected to be a string tensor" in error(jpeg, image_bytes=tf.zeros((2,), tf.uint8))
+    assert "Unknown image file format" in error(
+        jpeg, image_bytes=tf.constant([b"not an image"]))
+
+
+def test_launcher_writes_the_serving_readme_and_top_k(exported):
+    root, _, served, launcher = exported
+    out = os.path.abspath(root / "digits" / "saved_model")
+    readme = (root / "digits" / "saved_model" / "README.serving.md").read_text()
+    command = f"docker run --rm -p 8501:8501 -v {out}:/models/digits_cnn/1 -e MODEL_NAME=digits_cnn tensorflow/serving"
+    assert command in readme
+    assert '"signature_name": "serve_jpeg"' in readme and '{"b64": ' in readme
+    assert "http://localhost:8501/v1/models/digits_cnn:predict" in readme
+    assert "`top_k_classes` int32[B, 3]" in readme
+    assert "centre crop of 8/(8+0) of the shorter side" in readme  # --crop_padding=0
+    assert readme in launcher.stdout  # printed as well
+    assert served["digits"]["serving_default/top_k_classes"].shape[-1] == 3
+
+
+def test_non_square_model_skips_serve_jpeg_with_a_reason(tmp_path):
+    from sat_tf import export, models
+
+    model = models.build_model("digits_cnn", input_shape=(8, 12, 1))
+    with pytest.warns(UserWarning, match="serve_jpeg needs a square model input"):
+        export.export_saved_model(model, str(tmp_path / "sm"), top_k=2)
+    signatures = export.describe_signatures(str(tmp_path / "sm"))
+    assert set(signatures) == {"serving_default", "serve", "serve_uint8", "serve_float"}
+    assert signatures["serve_float"][1]["top_k_classes"].shape.as_list() == [None, 2]
+    assert export.jpeg_unsupported_reason((8, 8, 4)) and export.jpeg_unsupported_reason((8, 8, 1)) is None

@@ -1,0 +1,154 @@
+"""launch/train_imagenet.py end to end on real-photo TFRecords (tests/conftest.py)."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "launch", "train_imagenet.py")
+
+
+def _tiny_flags(data, workdir, *extra):
+    return [
+        f"--data_dir={data.data_dir}",
+        f"--workdir={workdir}",
+        "--model=resnet18",
+        "--image_size=32",
+        f"--num_label_classes={data.num_classes}",
+        f"--num_train_images={data.num_train}",
+        "--train_batch_size=8",
+        "--eval_batch_size=8",
+        "--train_epochs=2",
+        "--warmup_epochs=0.5",
+        "--lr_decay_epochs=1",
+        "--base_learning_rate=0.4",
+        "--eval_attack_iters=2",
+        "--periodic_eval_attack_iters=1",
+        "--deterministic",
+        *extra,
+    ]
+
+
+def _run(flags, *, timeout=600, check=True):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, *flags], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train_imagenet.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _checkpoint_tensors(workdir):
+    path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    reader = tf.train.load_checkpoint(path)
+    names = [n for n in reader.get_variable_to_shape_map() if n.startswith(("model/", "ema/")) and "OPTIMIZER_SLOT" not in n]
+    return path, {n: reader.get_tensor(n) for n in names}
+
+
+def _tensorboard_tags(workdir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    tags = set()
+    for path in glob.glob(os.path.join(workdir, "tensorboard", "events*")):
+        acc = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["tensors"])
+    return tags
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_imagenet, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("imagenet") / "run")
+    proc = _run(_tiny_flags(tiny_imagenet, workdir, "--moving_average_decay=0.9"))
+    return workdir, proc
+
+
+def test_train_and_eval_writes_reports_tensorboard_checkpoints_and_export(trained, tiny_imagenet):
+    workdir, proc = trained
+    with open(os.path.join(workdir, "report", "robustness.json")) as f:
+        results = json.load(f)["results"]
+    # Raw and EMA ("enhanced") rows, clean and PGD-2, over the whole validation split.
+    assert set(results) == {"clean", "pgd2", "ema_clean", "ema_pgd2"}
+    for row in results.values():
+        assert row["count"] == tiny_imagenet.num_eval
+        assert 0.0 <= row["top1"] <= row["top5"] <= 1.0
+    assert results["pgd2"]["top1"] <= results["clean"]["top1"]
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[-1]["step"] == 2 * (tiny_imagenet.num_train // 8)
+    # Epoch 1 ran the periodic evaluation (clean + PGD-1); the last epoch the full one.
+    assert {"eval/clean_top1", "eval/pgd1_top5", "eval/ema_pgd1_top1"} <= set(history[0])
+    tags = _tensorboard_tags(workdir)
+    assert {"train/loss", "train/adv_accuracy", "train/images_per_second", "epoch/eval/clean_top1"} <= tags
+    config = json.load(open(os.path.join(workdir, "run_config.json")))
+    assert config["train_attack"]["eps"] == pytest.approx(4 / 255)
+    assert config["train_attack"]["prob_start_from_clean"] == 0.2
+    assert config["precision"] == "float32" and config["jit"] is False
+    assert os.path.exists(os.path.join(workdir, "saved_model", "saved_model.pb"))
+    assert "| pgd2 |" in proc.stdout
+
+
+def test_eval_mode_reproduces_the_final_evaluation(trained, tiny_imagenet):
+    workdir, _ = trained
+    before = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
+    _run(_tiny_flags(tiny_imagenet, workdir, "--moving_average_decay=0.9", "--mode=eval"))
+    after = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
+    for name in before:
+        assert after[name]["top1"] == pytest.approx(before[name]["top1"])
+        assert after[name]["top5"] == pytest.approx(before[name]["top5"])
+
+
+def test_sigterm_then_rerun_reaches_the_uninterrupted_weights(trained, tiny_imagenet, tmp_path):
+    reference_dir, _ = trained
+    workdir = str(tmp_path / "preempted")
+    flags = _tiny_flags(tiny_imagenet, workdir, "--moving_average_decay=0.9", "--mode=train", "--noexport")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if line.startswith("epoch 1/2") and "] 2/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.time() < deadline, "no progress line"
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    assert "preempted: SIGTERM at step" in err and "rerun the same command" in err
+    saved = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    assert saved is not None and int(saved.rsplit("-", 1)[1]) < 2 * (tiny_imagenet.num_train // 8)
+    _run(flags)
+    _, resumed = _checkpoint_tensors(workdir)
+    _, reference = _checkpoint_tensors(reference_dir)
+    assert resumed.keys() == reference.keys() and len(resumed) > 50
+    for name, value in reference.items():
+        np.testing.assert_allclose(resumed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--data_dir=/nonexistent/imagenet"], "/nonexistent/imagenet"),
+        (["--use_bfloat16"], "--use_bfloat16"),
+        (["--use_fp16"], "--use_fp16"),
+        (["--attack_epsilon=300"], "--attack_epsilon"),
+        (["--model=resnet51"], "--model='resnet51'"),
+        (["--mode=eval", "--init_checkpoint=/nonexistent/ckpt"], "--init_checkpoint"),
+    ],
+)
+def test_bad_flags_fail_fast_with_one_line(tiny_imagenet, tmp_path, extra, message):
+    start = time.time()
+    proc = _run(_tiny_flags(tiny_imagenet, str(tmp_path / "bad"), *extra), check=False, timeout=120)
+    assert proc.returncode == 2
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
+    assert time.time() - start < 60
