@@ -43,7 +43,7 @@ flags.DEFINE_string("data_dir", None, "Directory of train-*/validation-* TFRecor
 flags.DEFINE_enum("data_source", "tfrecord", ["tfrecord", "tfds"], "tensorflow/tpu TFRecords or tfds imagenet2012 (manual download).")
 flags.DEFINE_enum("tfrecord_labels", "one_based", ["one_based", "zero_based"], "Label convention of the TFRecords (tensorflow/tpu: 1..1000, shifted to 0..999).")
 flags.DEFINE_integer("num_train_images", 1281167, "Training images (defines steps per epoch).")
-flags.DEFINE_integer("num_eval_images", None, "Evaluate only the first N validation images (default: all).")
+flags.DEFINE_integer("num_eval_images", None, "Evaluate only the first N validation images (default: all; multi-host runs evaluate N // eval_batch_size full batches, N defaulting to 50000).")
 flags.DEFINE_integer("num_label_classes", 1000, "Classes.")
 flags.DEFINE_integer("image_size", None, "Input resolution (default: the model's, e.g. 224 / 600 for efficientnet_l1).")
 flags.DEFINE_bool("deterministic", False, "Deterministic input order/augmentation and TF ops (bitwise-reproducible resumes; slower).")
@@ -139,8 +139,10 @@ def validate():
         )
     if FLAGS.init_checkpoint:
         common.require(
-            os.path.exists(FLAGS.init_checkpoint + ".index") or FLAGS.init_checkpoint.startswith("gs://"),
-            f"--init_checkpoint={FLAGS.init_checkpoint}: no {FLAGS.init_checkpoint}.index; pass the checkpoint prefix, e.g. Res50-silu/Res50-silu",
+            os.path.exists(FLAGS.init_checkpoint + ".index")
+            or os.path.isdir(FLAGS.init_checkpoint)
+            or FLAGS.init_checkpoint.startswith("gs://"),
+            f"--init_checkpoint={FLAGS.init_checkpoint}: no {FLAGS.init_checkpoint}.index; pass the checkpoint prefix (e.g. Res50-silu/Res50-silu) or its directory",
         )
 
 
@@ -301,8 +303,7 @@ def main(argv):
         )
 
     def eval_dataset_fn(ctx):
-        return imagenet_input.load_imagenet(
-            "validation",
+        kwargs = dict(
             data_dir=FLAGS.data_dir,
             image_size=image_size,
             batch_size=ctx.get_per_replica_batch_size(FLAGS.eval_batch_size),
@@ -310,8 +311,16 @@ def main(argv):
             training=False,
             input_context=ctx,
             label_offset=label_offset,
-            limit=FLAGS.num_eval_images,
         )
+        if ctx.num_input_pipelines == 1:
+            # One pipeline: the whole split (or its first N images), once, in order.
+            return imagenet_input.load_imagenet("validation", limit=FLAGS.num_eval_images, **kwargs)
+        # Several hosts must run the same number of steps, or the collectives
+        # wait forever: N // batch full batches each, as TPUEstimator's eval.
+        num_eval = FLAGS.num_eval_images or imagenet_input.NUM_EVAL_IMAGES
+        steps = num_eval // FLAGS.eval_batch_size
+        dataset = imagenet_input.load_imagenet("validation", repeat=True, drop_remainder=True, **kwargs)
+        return dataset.take(steps)
 
     def run_evaluation(iters, seed):
         from sat_tf import evaluation

@@ -40,39 +40,41 @@ class WeightEMA(tf.Module):
         if not 0.0 < float(decay) < 1.0:
             raise ValueError(f"`decay` must be in (0, 1). Received: decay={decay}")
         self.decay = float(decay)
-        self._weights = _averaged(model)
+        # A function, not a list attribute: the checkpoint must hold only the
+        # shadows here, not a second path to the model's own weights.
+        self._model_weights = lambda: _averaged(model)
         self.shadows = [
             tf.Variable(tf.convert_to_tensor(w), trainable=False, name=f"ema_{i}")
-            for i, w in enumerate(self._weights)
+            for i, w in enumerate(self._model_weights())
         ]
 
     def update(self, step):
         """shadow <- d * shadow + (1 - d) * weight, d = min(decay, (1+step)/(10+step))."""
         step = tf.cast(step, tf.float32)
         decay = tf.minimum(self.decay, (1.0 + step) / (10.0 + step))
-        for shadow, weight in zip(self.shadows, self._weights):
+        for shadow, weight in zip(self.shadows, self._model_weights()):
             value = tf.cast(tf.convert_to_tensor(weight), shadow.dtype)
             shadow.assign(decay * shadow + (1.0 - decay) * value)
 
     @contextlib.contextmanager
     def swapped(self):
         """Temporarily loads the shadows into the model; restores on exit."""
-        backups = [tf.identity(tf.convert_to_tensor(w)) for w in self._weights]
-        for weight, shadow in zip(self._weights, self.shadows):
+        backups = [tf.identity(tf.convert_to_tensor(w)) for w in self._model_weights()]
+        for weight, shadow in zip(self._model_weights(), self.shadows):
             weight.assign(tf.convert_to_tensor(shadow))
         try:
             yield
         finally:
-            for weight, backup in zip(self._weights, backups):
+            for weight, backup in zip(self._model_weights(), backups):
                 weight.assign(backup)
 
     def reset_from_model(self):
         """Sets the shadows to the model's current weights (e.g. after
         loading pretrained weights, so the average does not start random)."""
-        for shadow, weight in zip(self.shadows, self._weights):
+        for shadow, weight in zip(self.shadows, self._model_weights()):
             shadow.assign(tf.cast(tf.convert_to_tensor(weight), shadow.dtype))
 
     def copy_to_model(self):
         """Loads the shadows into the model for good (e.g. before export)."""
-        for weight, shadow in zip(self._weights, self.shadows):
+        for weight, shadow in zip(self._model_weights(), self.shadows):
             weight.assign(tf.convert_to_tensor(shadow))
