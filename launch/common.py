@@ -106,6 +106,22 @@ def run(main):
 RUN_CONFIG = "run_config.json"
 
 
+def make_run_config(flag_values, *, dataset, model, model_kwargs, train_attack, eval_epsilon,
+                    eval_step_size, eval_iters, **extra):
+    """The run_config.json of a training run: what `restore_model` and the
+    evaluate/export launchers read back, plus the launcher's flags."""
+    return {
+        "dataset": dataset,
+        "data_dir": flag_values.data_dir,
+        "model": model,
+        "model_kwargs": model_kwargs,
+        "train_attack": train_attack,
+        "eval": {"epsilon": eval_epsilon, "step_size": eval_step_size, "iters": eval_iters},
+        "flags": {f.name: f.value for f in flag_values.get_flags_for_module(sys.argv[0])},
+        **extra,
+    }
+
+
 def save_run_config(workdir, config):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, RUN_CONFIG), "w") as f:

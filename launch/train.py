@@ -165,18 +165,19 @@ def main(argv):
     eval_step = (
         eval_eps / 4 if FLAGS.eval_attack_step_size is None else common.pixels(FLAGS.eval_attack_step_size)
     )
-    run_config = {
-        "dataset": FLAGS.dataset,
-        "data_dir": FLAGS.data_dir,
-        "model": FLAGS.model,
-        "model_kwargs": model_kwargs,
-        "train_attack": attack_config,
-        "eval": {"epsilon": eval_eps, "step_size": eval_step, "iters": common.int_list("eval_attack_iters", FLAGS.eval_attack_iters)},
-        "flags": {f.name: f.value for f in FLAGS.get_flags_for_module(sys.argv[0])},
-        "replicas": replicas,
-        "steps_per_epoch": steps_per_epoch,
-        "jit": jit,
-    }
+    run_config = common.make_run_config(
+        FLAGS,
+        dataset=FLAGS.dataset,
+        model=FLAGS.model,
+        model_kwargs=model_kwargs,
+        train_attack=attack_config,
+        eval_epsilon=eval_eps,
+        eval_step_size=eval_step,
+        eval_iters=common.int_list("eval_attack_iters", FLAGS.eval_attack_iters),
+        replicas=replicas,
+        steps_per_epoch=steps_per_epoch,
+        jit=jit,
+    )
     if chief:
         common.save_run_config(FLAGS.workdir, run_config)
         print(
@@ -246,7 +247,8 @@ def main(argv):
     print(report.markdown_table(results, title=title))
     model.save(os.path.join(FLAGS.workdir, "model.keras"))
     if FLAGS.export:
-        export.export_saved_model(model, os.path.join(FLAGS.workdir, "saved_model"))
+        # Non-ImageNet data sets are evaluated uncropped: serve_jpeg resizes the whole image.
+        export.export_saved_model(model, os.path.join(FLAGS.workdir, "saved_model"), crop_padding=0)
     total = (time.perf_counter() - start) / 60
     print(f"report: {paths['markdown']}  plot: {paths['png']}  total {total:.2f} min", flush=True)
     return 0

@@ -279,20 +279,21 @@ def main(argv):
     attack, attack_config = training_attack()
     eval_eps = common.pixels(FLAGS.attack_epsilon if FLAGS.eval_attack_epsilon is None else FLAGS.eval_attack_epsilon)
     eval_step = common.pixels(FLAGS.eval_attack_step_size)
-    run_config = {
-        "dataset": "imagenet",
-        "data_dir": FLAGS.data_dir,
-        "model": FLAGS.model,
-        "model_kwargs": model_kwargs,
-        "train_attack": attack_config,
-        "eval": {"epsilon": eval_eps, "step_size": eval_step, "iters": common.int_list("eval_attack_iters", FLAGS.eval_attack_iters)},
-        "flags": {f.name: f.value for f in FLAGS.get_flags_for_module(sys.argv[0])},
-        "replicas": replicas,
-        "strategy": strategy_name,
-        "precision": policy,
-        "steps_per_epoch": steps_per_epoch,
-        "jit": jit,
-    }
+    run_config = common.make_run_config(
+        FLAGS,
+        dataset="imagenet",
+        model=FLAGS.model,
+        model_kwargs=model_kwargs,
+        train_attack=attack_config,
+        eval_epsilon=eval_eps,
+        eval_step_size=eval_step,
+        eval_iters=common.int_list("eval_attack_iters", FLAGS.eval_attack_iters),
+        replicas=replicas,
+        strategy=strategy_name,
+        precision=policy,
+        steps_per_epoch=steps_per_epoch,
+        jit=jit,
+    )
     if chief:
         common.save_run_config(FLAGS.workdir, run_config)
         print(
