@@ -147,6 +147,7 @@ def test_sigterm_then_rerun_reaches_the_uninterrupted_weights(trained, tiny_imag
         (["--attack_epsilon=300"], "--attack_epsilon"),
         (["--model=resnet51"], "--model='resnet51'"),
         (["--mode=eval", "--init_checkpoint=/nonexistent/ckpt"], "--init_checkpoint"),
+        (["--tpu=local"], "--tpu=local"),
     ],
 )
 def test_bad_flags_fail_fast_with_one_line(tiny_imagenet, tmp_path, extra, message):
@@ -196,3 +197,20 @@ def test_two_worker_processes_train_and_evaluate_in_step(tiny_imagenet, tmp_path
     assert len(names) > 10
     for name in names:
         np.testing.assert_array_equal(chief.get_tensor(name), other.get_tensor(name), err_msg=name)
+
+
+def test_efficientnet_with_rmsprop_and_ema_trains(tiny_imagenet, tmp_path):
+    # EfficientNet's knobs through the launcher: drop-connect in training,
+    # RMSProp, weight EMA, BN/dropout overrides; the final report has EMA rows.
+    workdir = str(tmp_path / "effnet")
+    flags = _tiny_flags(
+        tiny_imagenet, workdir, "--model=efficientnet_b0", "--train_epochs=1", "--optimizer=rmsprop",
+        "--base_learning_rate=0.016", "--moving_average_decay=0.99", "--batch_norm_momentum=0.99",
+        "--dropout_rate=0.3", "--survival_prob=0.7", "--eval_attack_iters=1", "--noexport",
+    )
+    _run(flags)
+    config = json.load(open(os.path.join(workdir, "run_config.json")))
+    assert config["model_kwargs"]["survival_prob"] == 0.7 and config["model_kwargs"]["bn_momentum"] == 0.99
+    results = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
+    assert set(results) == {"clean", "pgd1", "ema_clean", "ema_pgd1"}
+    assert all(row["count"] == tiny_imagenet.num_eval for row in results.values())
