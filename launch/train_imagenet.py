@@ -307,7 +307,7 @@ def main(argv):
         kwargs = dict(
             data_dir=FLAGS.data_dir,
             image_size=image_size,
-            batch_size=ctx.get_per_replica_batch_size(FLAGS.eval_batch_size),
+            batch_size=FLAGS.eval_batch_size,
             source=FLAGS.data_source,
             training=False,
             input_context=ctx,
@@ -340,7 +340,7 @@ def main(argv):
                 "train",
                 data_dir=FLAGS.data_dir,
                 image_size=image_size,
-                batch_size=ctx.get_per_replica_batch_size(FLAGS.train_batch_size),
+                batch_size=FLAGS.train_batch_size,
                 source=FLAGS.data_source,
                 training=True,
                 input_context=ctx,

@@ -316,10 +316,11 @@ def load_imagenet(
         data_dir: the directory holding the shards (`source="tfrecord"`), or
             the tfds data dir holding `imagenet2012/<version>/` (`"tfds"`).
         image_size: S.
-        batch_size: the batch of THIS pipeline. Under `tf.distribute`
-            (`distribute_datasets_from_function`) that is the per-replica batch,
-            `input_context.get_per_replica_batch_size(global_batch)`. (Unlike
-            `sat_tf.data.load_split`, which takes the global batch.)
+        batch_size: the GLOBAL batch size, as `sat_tf.data.load_split`. With
+            `input_context` each pipeline batches
+            `input_context.get_per_replica_batch_size(batch_size)` (it must
+            divide by the replicas), which is what
+            `distribute_datasets_from_function` expects.
         source: `"tfrecord"` (tensorflow/tpu shards) or `"tfds"` (a prepared
             `imagenet2012`, read without downloading; its labels are 0-based,
             so `label_offset` is ignored).
@@ -399,11 +400,14 @@ def load_imagenet(
             image = preprocess_for_eval(image_bytes, image_size, crop_padding)
         return image, label
 
+    batch = int(batch_size)
+    if input_context is not None:
+        batch = input_context.get_per_replica_batch_size(batch)
     ds = records.enumerate()
     if skip_batches:
-        ds = ds.skip(int(skip_batches) * int(batch_size))  # before decoding: cheap
+        ds = ds.skip(int(skip_batches) * batch)  # before decoding: cheap
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+    ds = ds.batch(batch, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
     if input_context is not None:

@@ -296,7 +296,9 @@ def test_load_imagenet_with_input_context(tiny_imagenet):
     assert len(whole_y) == tiny_imagenet.num_eval
     shards = []
     for i in range(3):  # 2 files, 3 pipelines: record sharding
-        ds = ii.load_imagenet("validation", input_context=_ctx(i, 3), deterministic=False, **kw)
+        # batch_size is global: 12 over 3 replicas is 4 per pipeline, as above.
+        ds = ii.load_imagenet("validation", input_context=_ctx(i, 3), deterministic=False, **{**kw, "batch_size": 12})
+        assert ds.element_spec[0].shape.as_list() == [None, 32, 32, 3]
         assert ds.options().experimental_distribute.auto_shard_policy == (
             tf.data.experimental.AutoShardPolicy.OFF
         )
@@ -307,7 +309,7 @@ def test_load_imagenet_with_input_context(tiny_imagenet):
     assert rows == sorted((int(y), x.tobytes()) for x, y in zip(whole_x, whole_y))
     # `limit` counts this pipeline's records, after sharding.
     for i in range(3):
-        ds = ii.load_imagenet("validation", input_context=_ctx(i, 3), limit=2, **kw)
+        ds = ii.load_imagenet("validation", input_context=_ctx(i, 3), limit=2, **{**kw, "batch_size": 12})
         assert len(_collect(ds)[1]) == 2
 
 
@@ -458,7 +460,7 @@ def test_tfds_source_reads_jpegs_with_0_based_labels(tiny_imagenet, tmp_path):
     assert rows == sorted((int(yi), xi.tobytes()) for xi, yi in zip(*ours))
     # Training and sharding go through the same pipeline.
     parts = [
-        _collect(ii.load_imagenet("train", input_context=_ctx(i, 2), **{**kw, "batch_size": 4}))[1]
+        _collect(ii.load_imagenet("train", input_context=_ctx(i, 2), **{**kw, "batch_size": 8}))[1]
         for i in (0, 1)
     ]
     assert sorted(np.concatenate(parts)) == sorted(r.label for r in tiny_imagenet.records["train"])
