@@ -8,6 +8,10 @@ budget once, e.g. in a launcher:
     attack = get_attack("pgd", eps=4 / 255, step_size=4 / 255, steps=1,
                         prob_start_from_clean=0.2)      # SAT training
     x_adv = attack(lambda z: model(z, training=False), x, y, seed=seed)
+
+SmoothAdv's attacks on the smoothed soft classifier (`smoothadv_pgd`,
+`smoothadv_ddn`, registry `SMOOTHADV_ATTACKS`) also take the fixed noise
+draws, `noise=sample_noise(x, m, sigma, seed)`; see `attacks/smoothadv.py`.
 """
 
 import functools
@@ -22,6 +26,12 @@ from sat_tf.attacks.base import project_l2
 from sat_tf.attacks.base import project_linf
 from sat_tf.attacks.pgd import fgsm
 from sat_tf.attacks.pgd import pgd
+from sat_tf.attacks.smoothadv import SMOOTHADV_ATTACKS
+from sat_tf.attacks.smoothadv import noisy_copies
+from sat_tf.attacks.smoothadv import sample_noise
+from sat_tf.attacks.smoothadv import smoothadv_ddn
+from sat_tf.attacks.smoothadv import smoothadv_pgd
+from sat_tf.attacks.smoothadv import smoothed_nll
 
 
 def identity_attack(logits_fn, x, y, *, seed=None, **unused_kwargs):
@@ -88,4 +98,10 @@ __all__ = [
     "pgd",
     "project_l2",
     "project_linf",
+    "noisy_copies",
+    "sample_noise",
+    "smoothadv_ddn",
+    "smoothadv_pgd",
+    "smoothed_nll",
+    "SMOOTHADV_ATTACKS",
 ]

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from launch import common  # noqa: E402
+from launch import smoothing_flags  # noqa: E402  (defines --noise_sd, --smoothadv_*)
 
 FLAGS = flags.FLAGS
 # Data.
@@ -96,6 +97,7 @@ def validate():
     common.int_list("lr_decay_epochs", FLAGS.lr_decay_epochs)
     if FLAGS.eval_attack_epsilon is not None:
         common.require(0 <= FLAGS.eval_attack_epsilon <= 255, f"--eval_attack_epsilon must be in [0, 255], got {FLAGS.eval_attack_epsilon}")
+    smoothing_flags.validate()
 
 
 def training_attack():
@@ -146,7 +148,12 @@ def main(argv):
     }
     if FLAGS.preprocessing is not None:
         model_kwargs["preprocessing"] = FLAGS.preprocessing
-    attack, attack_config = training_attack()
+    smoothing = None
+    if smoothing_flags.enabled():
+        attack, smoothing = smoothing_flags.objective(steps_per_epoch)
+        attack_config = {"name": "smoothadv" if attack.adversarial else "gaussian_noise", **smoothing}
+    else:
+        attack, attack_config = training_attack()
     total_steps = FLAGS.epochs * steps_per_epoch
     peak_lr = schedules.scaled_learning_rate(FLAGS.learning_rate, FLAGS.batch_size)
     with strategy.scope():
@@ -177,6 +184,7 @@ def main(argv):
         replicas=replicas,
         steps_per_epoch=steps_per_epoch,
         jit=jit,
+        **({"smoothing": smoothing} if smoothing else {}),
     )
     if chief:
         common.save_run_config(FLAGS.workdir, run_config)
@@ -204,7 +212,7 @@ def main(argv):
     step_config = train_lib.StepConfig(
         global_batch_size=FLAGS.batch_size,
         num_classes=info.num_classes,
-        label_smoothing=FLAGS.label_smoothing,
+        label_smoothing=smoothing_flags.label_smoothing(),
         weight_decay=FLAGS.weight_decay,
         jit_compile=jit,
         seed=FLAGS.seed,
@@ -226,20 +234,29 @@ def main(argv):
 
     iters = run_config["eval"]["iters"]
     eval_batch = max(replicas, (256 // replicas) * replicas)
+    if smoothing:
+        # The base classifier's clean and noisy accuracy; certificates come from launch/certify.py.
+        eval_table = {"clean": None, f"noise_sd={FLAGS.noise_sd:g}": smoothing_flags.noise_attack(FLAGS.noise_sd)}
+        title = f"{FLAGS.model}/{FLAGS.activation} on {FLAGS.dataset}, base classifier of {attack_config['name']} (sigma={FLAGS.noise_sd:g})"
+    else:
+        eval_table = common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step)
+        title = f"{FLAGS.model}/{FLAGS.activation} on {FLAGS.dataset}, eps={FLAGS.eval_attack_epsilon or FLAGS.attack_epsilon:g}/255"
     results = evaluation.evaluate(
         model,
         strategy,
         common.evaluation_dataset_fn(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, batch_size=eval_batch, limit=FLAGS.limit_test),
-        common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step),
+        eval_table,
         seed=FLAGS.seed + 1,
     )
     if not chief:
         return 0
-    title = f"{FLAGS.model}/{FLAGS.activation} on {FLAGS.dataset}, eps={FLAGS.eval_attack_epsilon or FLAGS.attack_epsilon:g}/255"
-    meta = {
-        "workdir": FLAGS.workdir,
-        "epsilon (0-255)": round(eval_eps * 255, 3),
-        "step (0-255)": round(eval_step * 255, 3),
+    meta = {"workdir": FLAGS.workdir}
+    if smoothing:
+        meta.update({"noise_sd": FLAGS.noise_sd, "smoothadv": attack_config["name"],
+                     "smoothadv epsilon (1/256)": FLAGS.smoothadv_epsilon})
+    else:
+        meta.update({"epsilon (0-255)": round(eval_eps * 255, 3), "step (0-255)": round(eval_step * 255, 3)})
+    meta |= {
         "final train loss": round(history[-1]["train_loss"], 4) if history else None,
         "train minutes": round(train_minutes, 2),
     }
@@ -251,6 +268,8 @@ def main(argv):
         export.export_saved_model(model, os.path.join(FLAGS.workdir, "saved_model"), crop_padding=0)
     total = (time.perf_counter() - start) / 60
     print(f"report: {paths['markdown']}  plot: {paths['png']}  total {total:.2f} min", flush=True)
+    if smoothing and FLAGS.noise_sd > 0:
+        print(f"certify the smoothed classifier: python launch/certify.py --workdir={FLAGS.workdir}", flush=True)
     return 0
 
 

@@ -5,8 +5,10 @@ Each replica attacks its own shard with BatchNorm in inference mode
 `training=True`. Label smoothing enters the training loss only (never the
 attack); L2 weight decay (lambda/2 * sum w^2) covers conv/dense kernels only,
 coupled through the gradient as in TF1/PyTorch. The attack is any callable
-`attack(logits_fn, x, y, seed=...) -> x_adv` (see `sat_tf.attacks`); this module
-never imports models or attacks.
+`attack(logits_fn, x, y, seed=...) -> x_adv` (see `sat_tf.attacks`), or an
+objective that builds the training rows (`AttackObjective`; randomized
+smoothing's noise and SmoothAdv objectives live in `sat_tf.smoothadv`); this
+module never imports models or attacks.
 
 Determinism: attack seeds are derived from (run seed, optimizer step, replica
 id), and the data order from (run seed, epoch), so a run resumed from a
@@ -97,8 +99,41 @@ def _is_loss_scaled(optimizer):
     return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
 
+class AttackObjective:
+    """Adversarial training on `attack(x)`: Madry PGD-AT, SAT, clean ("none").
+
+    An objective turns a replica's batch into the rows the model trains on,
+    outside the gradient tape (so the attack's own graph is not recorded):
+    `training_batch(logits_fn, x, y, *, seed, step) -> (x_train, y_train)`
+    with `rows_per_example` training rows per input image (global loss
+    normalisation uses `global_batch_size * rows_per_example`). `logits_fn`
+    runs the model in inference mode; `step` is the number of batches
+    consumed before this one (for schedules such as an epsilon warm-up).
+    See `sat_tf.smoothadv` for randomized-smoothing objectives.
+    """
+
+    rows_per_example = 1
+
+    def __init__(self, attack):
+        self.attack = attack
+
+    def training_batch(self, logits_fn, x, y, *, seed, step):
+        del step
+        return self.attack(logits_fn, x, y, seed=seed), y
+
+
+def as_objective(attack_or_objective):
+    """An attack callable becomes an `AttackObjective`; objectives pass through."""
+    if hasattr(attack_or_objective, "training_batch"):
+        return attack_or_objective
+    return AttackObjective(attack_or_objective)
+
+
 def make_train_function(model, optimizer, attack, strategy, config, *, ema=None, batches=None):
     """Builds `train(iterator, num_steps) -> dict of summed metrics`.
+
+    `attack` is an attack callable `attack(logits_fn, x, y, seed=...)` or an
+    objective (see `AttackObjective`).
 
     The returned metrics are sums over the steps run: `loss_sum` (training loss
     times examples), `correct` (top-1 on the adversarial batch), `count`.
@@ -123,14 +158,17 @@ def make_train_function(model, optimizer, attack, strategy, config, *, ema=None,
             optimizer.build(model.trainable_variables)
 
     grad_scale = float(config.attack_grad_scale)
+    objective = as_objective(attack)
+    rows_per_step = config.global_batch_size * int(objective.rows_per_example)
 
     def attack_logits(z):
         logits = tf.cast(model(z, training=False), tf.float32)
         return _scale_backward(logits, grad_scale) if grad_scale != 1.0 else logits
 
-    def grad_fn(x, y, seed):
+    def grad_fn(x, y, seed, step):
         x = tf.cast(x, tf.float32)
-        x_adv = tf.stop_gradient(attack(attack_logits, x, y, seed=seed))
+        x_adv, y = objective.training_batch(attack_logits, x, y, seed=seed, step=step)
+        x_adv, y = tf.stop_gradient(x_adv), tf.cast(y, tf.int32)
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x_adv, training=True), tf.float32)
             targets = tf.one_hot(y, config.num_classes)
@@ -139,9 +177,7 @@ def make_train_function(model, optimizer, attack, strategy, config, *, ema=None,
                     config.label_smoothing / config.num_classes
                 )
             per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
-            loss = tf.nn.compute_average_loss(
-                per_example, global_batch_size=config.global_batch_size
-            )
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=rows_per_step)
             if wd and kernels:
                 l2 = 0.5 * wd * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
                 loss += tf.nn.scale_regularization_loss(l2)
@@ -160,9 +196,10 @@ def make_train_function(model, optimizer, attack, strategy, config, *, ema=None,
         y = tf.cast(y, tf.int32)
         replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
         seed = make_seed(config.seed, optimizer.iterations, replica_id)
-        loss_sum, correct, grads = grad_fn(x, y, seed)
+        step = tf.identity(batches) if batches is not None else optimizer.iterations
+        loss_sum, correct, grads = grad_fn(x, y, seed, tf.cast(step, tf.int64))
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        count = tf.cast(tf.shape(y)[0], tf.float32)
+        count = tf.cast(tf.shape(y)[0] * int(objective.rows_per_example), tf.float32)
         return loss_sum, correct, count
 
     def reduce(values):
@@ -275,7 +312,8 @@ def fit(
 
     Args:
         model, optimizer: created under `strategy.scope()`.
-        attack: `attack(logits_fn, x, y, seed=...) -> x_adv`.
+        attack: `attack(logits_fn, x, y, seed=...) -> x_adv`, or an objective
+            such as `sat_tf.smoothadv.SmoothAdvObjective` (see `AttackObjective`).
         dataset_fn: `dataset_fn(epoch, input_context) -> tf.data.Dataset` of
             per-replica batches (images in [0, 1], int labels), at least
             `steps_per_epoch` batches per replica, deterministic given epoch.
