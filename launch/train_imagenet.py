@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from launch import common  # noqa: E402
+from launch import smoothing_flags  # noqa: E402  (defines --noise_sd, --smoothadv_*)
 
 FLAGS = flags.FLAGS
 # Cluster.
@@ -132,6 +133,7 @@ def validate():
     common.int_list("eval_attack_iters", FLAGS.eval_attack_iters)
     common.int_list("periodic_eval_attack_iters", FLAGS.periodic_eval_attack_iters)
     common.int_list("lr_decay_epochs", FLAGS.lr_decay_epochs)
+    smoothing_flags.validate()
     if FLAGS.mode == "eval":
         common.require(
             FLAGS.init_checkpoint or os.path.isdir(os.path.join(FLAGS.workdir, "checkpoints")),
@@ -276,7 +278,12 @@ def main(argv):
         if ema is not None:
             ema.reset_from_model()  # average from the loaded weights, not the random init
 
-    attack, attack_config = training_attack()
+    smoothing = None
+    if smoothing_flags.enabled():
+        attack, smoothing = smoothing_flags.objective(steps_per_epoch)
+        attack_config = {"name": "smoothadv" if attack.adversarial else "gaussian_noise", **smoothing}
+    else:
+        attack, attack_config = training_attack()
     eval_eps = common.pixels(FLAGS.attack_epsilon if FLAGS.eval_attack_epsilon is None else FLAGS.eval_attack_epsilon)
     eval_step = common.pixels(FLAGS.eval_attack_step_size)
     run_config = common.make_run_config(
@@ -293,6 +300,7 @@ def main(argv):
         precision=policy,
         steps_per_epoch=steps_per_epoch,
         jit=jit,
+        **({"smoothing": smoothing} if smoothing else {}),
     )
     if chief:
         common.save_run_config(FLAGS.workdir, run_config)
@@ -326,7 +334,10 @@ def main(argv):
     def run_evaluation(iters, seed):
         from sat_tf import evaluation
 
-        attacks = common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step)
+        if smoothing:  # the base classifier under noise; certificates come from launch/certify.py
+            attacks = {"clean": None, f"noise_sd={FLAGS.noise_sd:g}": smoothing_flags.noise_attack(FLAGS.noise_sd)}
+        else:
+            attacks = common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step)
         results = evaluation.evaluate(model, strategy, eval_dataset_fn, attacks, seed=seed)
         if ema is not None:
             with ema.swapped():
@@ -366,7 +377,7 @@ def main(argv):
         step_config = train_lib.StepConfig(
             global_batch_size=FLAGS.train_batch_size,
             num_classes=FLAGS.num_label_classes,
-            label_smoothing=FLAGS.label_smoothing,
+            label_smoothing=smoothing_flags.label_smoothing(),
             weight_decay=FLAGS.weight_decay,
             jit_compile=jit,
             seed=FLAGS.seed,
@@ -401,7 +412,9 @@ def main(argv):
         iters = run_config["eval"]["iters"]
         results = run_evaluation(iters, seed=FLAGS.seed + 1)
         if chief:
-            title = f"{FLAGS.model}/{FLAGS.activation} on ImageNet validation ({image_size}px), eps={eval_eps * 255:g}/255"
+            title = f"{FLAGS.model}/{FLAGS.activation} on ImageNet validation ({image_size}px), " + (
+                f"base classifier of {attack_config['name']} (sigma={FLAGS.noise_sd:g})" if smoothing else f"eps={eval_eps * 255:g}/255"
+            )
             meta = {
                 "workdir": FLAGS.workdir,
                 "checkpoint": FLAGS.init_checkpoint or "workdir",

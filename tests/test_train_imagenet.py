@@ -214,3 +214,25 @@ def test_efficientnet_with_rmsprop_and_ema_trains(tiny_imagenet, tmp_path):
     results = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
     assert set(results) == {"clean", "pgd1", "ema_clean", "ema_pgd1"}
     assert all(row["count"] == tiny_imagenet.num_eval for row in results.values())
+
+
+def test_smoothadv_imagenet_run_uses_the_smoothing_objective(tiny_imagenet, tmp_path):
+    # SmoothAdv's ImageNet protocol through the same launcher: noise + PGD on
+    # the smoothed classifier, m = 2 shared draws, evaluation of the base
+    # classifier clean and under noise (certification is launch/certify.py).
+    workdir = str(tmp_path / "smoothadv")
+    flags = _tiny_flags(
+        tiny_imagenet, workdir, "--train_epochs=1", "--noise_sd=0.5", "--smoothadv_attack=pgd",
+        "--smoothadv_epsilon=255", "--smoothadv_steps=1", "--smoothadv_num_noise_vec=2",
+        "--smoothadv_train_multi_noise", "--noexport",
+    )
+    _run(flags)
+    config = json.load(open(os.path.join(workdir, "run_config.json")))
+    assert config["smoothing"] == {
+        "noise_sd": 0.5, "attack": "pgd", "epsilon": 255 / 256, "epsilon_256": 255.0, "steps": 1,
+        "num_noise_vec": 2, "multi_noise": True, "warmup": 1, "gamma_ddn": 0.05,
+    }
+    results = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
+    assert set(results) == {"clean", "noise_sd=0.5"}
+    proc = _run(_tiny_flags(tiny_imagenet, str(tmp_path / "bad"), "--noise_sd=0.5", "--attack_iter=2"), check=False)
+    assert proc.returncode == 2 and "--attack_iter" in proc.stderr.strip().splitlines()[-1]
