@@ -204,3 +204,13 @@ def evaluation_dataset_fn(dataset, split, *, data_dir, batch_size, limit=None):
 
 def print_progress(name, batches, total):
     print(f"\r  {name}: batch {batches}/{total}", end="\n" if batches >= total else "", flush=True)
+
+
+def progress_line(done, total, text):
+    """`image k/K  text`: redrawn in place on a terminal; in a log file one
+    line per tenth of the work, so logs stay readable."""
+    line = f"  image {done}/{total}  {text}"
+    if sys.stdout.isatty():
+        print("\r" + line, end="\n" if done >= total else "", flush=True)
+    elif done >= total or done % max(total // 10, 1) == 0:
+        print(line, flush=True)

@@ -1,0 +1,105 @@
+"""launch/predict.py: SmoothAdv empirical robustness of a smoothed classifier,
+checked against the same computation done in-process from the library."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *flags, check=True):
+    cmd = [sys.executable, os.path.join(ROOT, "launch", script), *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def noise_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("predict") / "digits_noise")
+    run("train.py", "--noise_sd=0.25", "--epochs=3", "--limit_train=512", "--limit_test=32",
+        "--batch_size=32", "--export=false", f"--workdir={workdir}")
+    return workdir
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+@pytest.mark.parametrize("attack", ["pgd", "ddn"])
+def test_predict_matches_the_library_computation(noise_run, tmp_path, attack):
+    out = str(tmp_path / "pred.tsv")
+    proc = run("predict.py", f"--workdir={noise_run}", f"--attack={attack}", "--N=300", "--epsilon=128",
+               "--num_steps=3", "--num_noise_vec=4", "--skip=3", "--max=10", "--seed=5", f"--outfile={out}")
+    lines = open(out).read().splitlines()
+    assert lines[0] == "idx\tlabel\tpredict\tbasePredict\tcorrect\ttime"
+    rows = read_rows(out)
+    assert [int(r["idx"]) for r in rows] == [0, 3, 6, 9]
+    summary = json.load(open(str(tmp_path / "pred.json")))
+    assert summary["images"] == 4 and summary["epsilon"] == 0.5
+    assert summary["empirical_accuracy"] == np.mean([int(r["correct"]) for r in rows])
+    assert "empirical accuracy" in proc.stdout
+
+    # The same attack + PREDICT, in-process, from the library.
+    sys.path.insert(0, ROOT)
+    from launch import common
+    from sat_tf import attacks, data, smoothing
+
+    model, _ = common.restore_model(noise_run)
+    fn = lambda z: model(z, training=False)  # noqa: E731
+    smooth = smoothing.Smooth(fn, 10, 0.25, batch_size=1000)
+    images = list(data.load_split("digits", "test", batch_size=1).take(10))
+    extra = {}
+    if attack == "ddn":
+        extra = {"init_norm": 1.0, "gamma": 1 - (3 / 510 / 0.5) ** (1 / 3)}
+    for row in rows:
+        index = int(row["idx"])
+        x, y = images[index]
+        seed = tf.constant([5, index], tf.int32)
+        noise = attacks.sample_noise(x, 4, 0.25, seed)
+        x_adv = attacks.SMOOTHADV_ATTACKS[attack](fn, x, y, noise=noise, eps=0.5, steps=3, seed=seed, **extra)
+        assert int(row["label"]) == int(y[0])
+        assert int(row["basePredict"]) == int(tf.argmax(fn(x_adv)[0]))
+        expected = smooth.predict(x_adv[0], 300, 0.001, seed=(5 * 1_000_003 + index) & 0x7FFFFFFF)
+        assert int(row["predict"]) == expected
+        assert int(row["correct"]) == int(expected == int(y[0]))
+
+
+def test_predict_base_attack_and_default_outfile(noise_run):
+    run("predict.py", f"--workdir={noise_run}", "--N=100", "--epsilon=64", "--num_steps=2",
+        "--base_attack", "--max=4")
+    path = os.path.join(noise_run, "predict", "pgd_0.250_noise_0.25_mtest_1.tsv")
+    assert [int(r["idx"]) for r in read_rows(path)] == [0, 1, 2, 3]
+    assert json.load(open(path[:-4] + ".json"))["base_attack"] is True
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [(["--N=0"], "--N"), (["--alpha=1.5"], "--alpha"), (["--skip=0"], "--skip"),
+     (["--epsilon=-1"], "--epsilon"), (["--num_noise_vec=0"], "--num_noise_vec")],
+)
+def test_predict_rejects_bad_flags(noise_run, flags, needle):
+    proc = run("predict.py", f"--workdir={noise_run}", *flags, check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and needle in last
+
+
+def test_predict_needs_sigma_for_a_run_without_noise(tmp_path):
+    workdir = str(tmp_path / "plain")
+    run("train.py", "--epochs=1", "--limit_train=64", "--limit_test=16", "--batch_size=32", "--attack=none",
+        "--export=false", f"--workdir={workdir}")
+    proc = run("predict.py", f"--workdir={workdir}", "--N=10", check=False)
+    assert proc.returncode == 2 and "--sigma is required" in proc.stderr
+    proc = run("predict.py", f"--workdir={tmp_path / 'missing'}", check=False)
+    assert proc.returncode == 2 and "run_config.json" in proc.stderr
