@@ -2,6 +2,7 @@ r"""Export a trained model as a SavedModel for TF Serving.
 
     python launch/export.py --workdir=runs/digits_sat --output=runs/digits_sat/saved_model
     python launch/export.py --model_path=runs/digits_sat/model.keras --output=/tmp/served --top_k=3
+    python launch/export.py --workdir=runs/digits_noise --smoothed_sigma=0.25 --smoothed_n=1000
 
 Signatures: `serving_default` / `serve_uint8` take uint8 images [B, H, W, C];
 `serve_float` takes float32 images in [0, 1]; `serve_jpeg` takes a string [B]
@@ -10,6 +11,12 @@ evaluation does; `--crop_padding`, `--nojpeg`). All return `logits`,
 `probabilities`, `classes`, `top_k_classes` and `top_k_probabilities`
 (`--top_k`). Preprocessing is inside the model, so clients send raw pixels.
 Reload anywhere with `tf.saved_model.load(path)`, no sat_tf needed.
+
+`predict_smoothed` (randomized smoothing PREDICT with abstain, float32 images
+in [0, 1]) is added when `--smoothed_sigma` is set, and by default for a
+workdir trained with `--noise_sd` > 0 (that sigma; `--smoothed_sigma=0` turns
+it off). Its n, alpha, batch and seed (`--smoothed_*`) are fixed in the graph,
+so each image always gets the same answer.
 
 After exporting, prints the signatures and a ready-to-run TF Serving command
 (docker + curl), and writes the same text to <output>/README.serving.md.
@@ -37,6 +44,47 @@ flags.DEFINE_integer(
     "serve_jpeg centre crop: the central S/(S+crop_padding) of the shorter side, as ImageNet eval (0: whole side).",
 )
 flags.DEFINE_string("serving_name", None, "MODEL_NAME in the printed TF Serving command (default: the model's name).")
+flags.DEFINE_float(
+    "smoothed_sigma", None,
+    "Add `predict_smoothed` with this noise sigma ([0, 1] pixel units). Default: the workdir's "
+    "--noise_sd if it trained with one, else no signature; 0 turns it off.",
+)
+flags.DEFINE_integer("smoothed_n", 1000, "predict_smoothed: noise samples per image.")
+flags.DEFINE_float("smoothed_alpha", 0.001, "predict_smoothed: abstain when the binomial test's p-value exceeds it.")
+flags.DEFINE_integer("smoothed_batch", None, "predict_smoothed: noise samples per forward pass (default: min(n, 1000)).")
+flags.DEFINE_integer("smoothed_seed", 0, "predict_smoothed: the fixed noise seed (answers are deterministic per image).")
+SMOOTHED_FLAGS = ("smoothed_n", "smoothed_alpha", "smoothed_batch", "smoothed_seed")
+
+
+def check_smoothed_flags():
+    """Raises FlagError for a bad --smoothed_* value (before any model loads)."""
+    sigma = FLAGS.smoothed_sigma
+    common.require(sigma is None or sigma >= 0, f"--smoothed_sigma must be >= 0 (0: off), got {sigma}")
+    common.require(1 <= FLAGS.smoothed_n < 2**31, f"--smoothed_n must be in [1, 2**31), got {FLAGS.smoothed_n}")
+    alpha = FLAGS.smoothed_alpha
+    common.require(0 < alpha < 1, f"--smoothed_alpha must be in (0, 1), got {alpha}")
+    batch = FLAGS.smoothed_batch
+    common.require(batch is None or batch >= 1, f"--smoothed_batch must be >= 1, got {batch}")
+
+
+def smoothed_serving(run_config):
+    """The SmoothedServing for export_saved_model, or None (no predict_smoothed)."""
+    from sat_tf import export
+
+    sigma = FLAGS.smoothed_sigma
+    if sigma is None:  # a run trained with noise gets its own sigma
+        sigma = ((run_config or {}).get("smoothing") or {}).get("noise_sd") or 0.0
+    if sigma <= 0:
+        stray = [f"--{name}" for name in SMOOTHED_FLAGS if FLAGS[name].present]
+        if stray and FLAGS.smoothed_sigma is None:
+            raise common.FlagError(
+                f"{stray[0]} needs --smoothed_sigma (no training run with --noise_sd to take it from)"
+            )
+        return None
+    return export.SmoothedServing(
+        float(sigma), n=FLAGS.smoothed_n, alpha=FLAGS.smoothed_alpha,
+        batch_size=FLAGS.smoothed_batch, seed=FLAGS.smoothed_seed,
+    )
 
 
 def main(argv):
@@ -47,6 +95,7 @@ def main(argv):
     )
     common.require(FLAGS.top_k >= 1, f"--top_k must be at least 1, got {FLAGS.top_k}")
     common.require(FLAGS.crop_padding >= 0, f"--crop_padding must be non-negative, got {FLAGS.crop_padding}")
+    check_smoothed_flags()
     from sat_tf import export
 
     if FLAGS.model_path:
@@ -58,9 +107,11 @@ def main(argv):
             raise FileNotFoundError(f"--model_path={FLAGS.model_path} does not exist")
         model = keras.saving.load_model(FLAGS.model_path, safe_mode=True)
         output = FLAGS.output or os.path.splitext(FLAGS.model_path)[0] + "_saved_model"
+        run_config = None
     else:
-        model, _ = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
+        model, run_config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
         output = FLAGS.output or os.path.join(FLAGS.workdir, "saved_model")
+    smoothed = smoothed_serving(run_config)
     image_shape = tuple(model.input_shape[1:])
     notes = []
     reason = export.jpeg_unsupported_reason(image_shape) if FLAGS.jpeg else "--nojpeg"
@@ -78,7 +129,8 @@ def main(argv):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No serve_jpeg signature")  # printed above
         export.export_saved_model(
-            model, output, top_k=FLAGS.top_k, jpeg=FLAGS.jpeg, crop_padding=FLAGS.crop_padding
+            model, output, top_k=FLAGS.top_k, jpeg=FLAGS.jpeg, crop_padding=FLAGS.crop_padding,
+            smoothed=smoothed,
         )
     text = export.serving_readme(output, FLAGS.serving_name or model.name, notes=notes)
     with open(os.path.join(output, "README.serving.md"), "w") as f:

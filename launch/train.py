@@ -265,7 +265,9 @@ def main(argv):
     model.save(os.path.join(FLAGS.workdir, "model.keras"))
     if FLAGS.export:
         # Non-ImageNet data sets are evaluated uncropped: serve_jpeg resizes the whole image.
-        export.export_saved_model(model, os.path.join(FLAGS.workdir, "saved_model"), crop_padding=0)
+        # A noise-trained run also serves its smoothed classifier (predict_smoothed, n=1000, alpha=0.001).
+        smoothed = export.SmoothedServing(sigma=FLAGS.noise_sd) if FLAGS.noise_sd > 0 else None
+        export.export_saved_model(model, os.path.join(FLAGS.workdir, "saved_model"), crop_padding=0, smoothed=smoothed)
     total = (time.perf_counter() - start) / 60
     print(f"report: {paths['markdown']}  plot: {paths['png']}  total {total:.2f} min", flush=True)
     if smoothing and FLAGS.noise_sd > 0:

@@ -33,10 +33,25 @@ tensor image_bytes [...] is not compatible with expected shape [?]").
 `serve_float` also refuses pixels outside [0, 1] (or NaN), which is what
 0..255 floats sent by mistake look like.
 
+`predict_smoothed` (with `smoothed=SmoothedServing(sigma, n, alpha, ...)`):
+`images` float32 [B, H, W, C] in [0, 1], checked as for `serve_float`; per
+image Cohen et al.'s PREDICT (`smoothing.Smooth.predict`). Returns
+`smoothed_classes` [B] (int32, -1 = abstain), `counts` [B, N] (int32),
+`pvalues` [B] (float64) and the noiseless top-1 `classes` [B]. σ, n, α, the
+batch and the seed are graph constants (also in
+`assets.extra/predict_smoothed.json`, see `smoothed_settings`). The fixed
+seed makes answers deterministic: an image always gets the same noise, so
+the same answer, whatever else is in the batch. The α guarantee is over the
+noise, i.e. the seed's choice; an image crafted knowing the seed is outside
+it. Each image costs n forward passes.
+
 The result reloads with plain `tf.saved_model.load` and needs no sat_tf. Keep
 a reference to the loaded object while calling its functions.
 """
 
+import dataclasses
+import json
+import numbers
 import os
 import re
 import warnings
@@ -44,10 +59,57 @@ import warnings
 import keras
 import tensorflow as tf
 
-from sat_tf import imagenet_input
+from sat_tf import imagenet_input, smoothing
 
-SIGNATURES = ("serving_default", "serve_uint8", "serve_float", "serve_jpeg")
+SIGNATURES = ("serving_default", "serve_uint8", "serve_float", "serve_jpeg", "predict_smoothed")
 OUTPUTS = ("logits", "probabilities", "classes", "top_k_classes", "top_k_probabilities")
+SMOOTHED_OUTPUTS = ("smoothed_classes", "counts", "pvalues", "classes")
+SMOOTHED_SETTINGS = os.path.join("assets.extra", "predict_smoothed.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class SmoothedServing:
+    """Settings of the `predict_smoothed` signature, baked into the graph.
+
+    Example:
+        export_saved_model(model, "/tmp/sm", smoothed=SmoothedServing(0.25, n=1000))
+
+    Args:
+        sigma: noise standard deviation in [0, 1] pixel units (> 0); use the
+            σ the model was trained with.
+        n: noise samples per image (>= 1). Defaults to `1000`.
+        alpha: abstain when the p-value exceeds it, 0 < alpha < 1. Defaults to
+            `0.001`.
+        batch_size: noise samples per forward pass. Defaults to min(n, 1000).
+        seed: the noise seed; fixed, so answers are deterministic per image.
+            Defaults to `0`.
+    """
+
+    sigma: float
+    n: int = 1000
+    alpha: float = 0.001
+    batch_size: int = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.sigma > 0:
+            raise ValueError(f"`sigma` must be > 0. Received: sigma={self.sigma}")
+        if not _is_int(self.n) or not 1 <= self.n < 2**31:
+            raise ValueError(f"`n` must be an integer in [1, 2**31). Received: n={self.n}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"`alpha` must be in (0, 1). Received: alpha={self.alpha}")
+        if self.batch_size is None:  # frozen: the default depends on n
+            object.__setattr__(self, "batch_size", min(self.n, 1000))
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(
+                f"`batch_size` must be an integer >= 1. Received: batch_size={self.batch_size}"
+            )
+        if not _is_int(self.seed):
+            raise ValueError(f"`seed` must be an integer. Received: seed={self.seed}")
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def jpeg_unsupported_reason(image_shape):
@@ -100,8 +162,68 @@ def _check_shape(tensor, expected, what):
     return tf.ensure_shape(tensor, (None, *expected))
 
 
+def _check_unit_range(images, message):
+    """Fails at run time unless every pixel is in [0, 1] (NaN fails too)."""
+    in_range = tf.logical_and(tf.reduce_all(images >= 0.0), tf.reduce_all(images <= 1.0))
+    assertion = tf.debugging.Assert(
+        in_range, [message, tf.reduce_min(images), tf.reduce_max(images)]
+    )
+    with tf.control_dependencies([assertion]):
+        return tf.identity(images)
+
+
+def _smoothed_endpoint(model, image_shape, num_classes, smoothed):
+    """The `predict_smoothed` function: PREDICT with abstain, plus the noiseless top-1."""
+
+    def logits_fn(z):
+        return model(z, training=False)
+
+    def predict_smoothed(images):
+        images = _check_shape(
+            images, image_shape, "predict_smoothed expects float32 images in [0, 1]"
+        )
+        images = _check_unit_range(
+            images,
+            "predict_smoothed expects float32 pixels in [0, 1] (divide 0..255 "
+            "images by 255); got min, max",
+        )
+        out = smoothing.predict_batch_graph(
+            logits_fn, images, n=smoothed.n, alpha=smoothed.alpha, sigma=smoothed.sigma,
+            num_classes=num_classes, batch_size=smoothed.batch_size, seed=smoothed.seed,
+        )
+        logits = tf.cast(logits_fn(images), tf.float32)
+        out["classes"] = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return out
+
+    return predict_smoothed
+
+
+def _write_smoothed_settings(path, smoothed, num_classes):
+    file = os.path.join(path, SMOOTHED_SETTINGS)
+    if smoothed is None:  # re-exporting into the same folder: drop stale settings
+        if os.path.exists(file):
+            os.remove(file)
+        return
+    settings = {**dataclasses.asdict(smoothed), "num_classes": int(num_classes),
+                "abstain": smoothing.ABSTAIN}
+    # assets.extra: the SavedModel folder for files the graph does not load.
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    with open(file, "w") as f:
+        json.dump(settings, f, indent=2, sort_keys=True)
+
+
+def smoothed_settings(path):
+    """The `SmoothedServing` fields (plus num_classes) a SavedModel's
+    `predict_smoothed` was exported with, or None if it has none."""
+    try:
+        with open(os.path.join(path, SMOOTHED_SETTINGS)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
 def export_saved_model(
-    model, path, *, image_shape=None, top_k=5, jpeg=True, crop_padding=32
+    model, path, *, image_shape=None, top_k=5, jpeg=True, crop_padding=32, smoothed=None
 ):
     """Writes a SavedModel with uint8, float and JPEG serving signatures.
 
@@ -116,6 +238,9 @@ def export_saved_model(
         crop_padding: `preprocess_for_eval`'s centre-crop padding for
             `serve_jpeg` (32 as ImageNet evaluation; 0 keeps the whole shorter
             side). Defaults to `32`.
+        smoothed: a `SmoothedServing` adds the `predict_smoothed` signature
+            (randomized smoothing PREDICT with those fixed settings). Defaults
+            to `None` (no such signature).
     Returns:
         `path`.
     """
@@ -133,7 +258,16 @@ def export_saved_model(
         raise ValueError(
             f"`crop_padding` must be non-negative. Received: crop_padding={crop_padding}"
         )
+    if smoothed is not None and not isinstance(smoothed, SmoothedServing):
+        raise ValueError(
+            f"`smoothed` must be a SmoothedServing or None. Received: smoothed={smoothed!r}"
+        )
     num_classes = model.output_shape[-1]
+    if smoothed is not None and not num_classes:
+        raise ValueError(
+            f"`smoothed` needs a model with a known class count. Received: "
+            f"output_shape={model.output_shape}"
+        )
     k = min(int(top_k), int(num_classes)) if num_classes else int(top_k)
     height, width, channels = (int(d) for d in image_shape)
 
@@ -153,20 +287,11 @@ def export_saved_model(
         images = _check_shape(
             images, image_shape, "serve_float expects float32 images in [0, 1]"
         )
-        in_range = tf.logical_and(
-            tf.reduce_all(images >= 0.0), tf.reduce_all(images <= 1.0)
+        images = _check_unit_range(
+            images,
+            "serve_float expects float32 pixels in [0, 1] (send 0..255 "
+            "images as uint8 to serve_uint8); got min, max",
         )
-        assertion = tf.debugging.Assert(
-            in_range,
-            [
-                "serve_float expects float32 pixels in [0, 1] (send 0..255 "
-                "images as uint8 to serve_uint8); got min, max",
-                tf.reduce_min(images),
-                tf.reduce_max(images),
-            ],
-        )
-        with tf.control_dependencies([assertion]):
-            images = tf.identity(images)
         return _outputs(model, images, k)
 
     # The first endpoint is also written as `serving_default`.
@@ -217,7 +342,14 @@ def export_saved_model(
 
         bytes_spec = tf.TensorSpec((None,), tf.string, name="image_bytes")
         archive.add_endpoint("serve_jpeg", serve_jpeg, input_signature=[bytes_spec])
+    if smoothed is not None:
+        archive.add_endpoint(
+            "predict_smoothed",
+            _smoothed_endpoint(model, image_shape, int(num_classes), smoothed),
+            input_signature=[float_spec],
+        )
     archive.write_out(path, verbose=False)
+    _write_smoothed_settings(path, smoothed, num_classes)
     return path
 
 
@@ -237,10 +369,36 @@ def _format_spec(spec):
     return f"{spec.dtype.name}[{dims}]"
 
 
+def _smoothed_note(settings):
+    """What `predict_smoothed` does, with the exported settings when known."""
+    fixed = "n, sigma, alpha and the seed"
+    if settings:
+        fixed = (
+            f"n = {settings['n']}, sigma = {settings['sigma']:g}, alpha = "
+            f"{settings['alpha']:g}, seed = {settings['seed']} (batches of "
+            f"{settings['batch_size']})"
+        )
+    return (
+        "`predict_smoothed` is randomized smoothing (Cohen et al. 2019, PREDICT) "
+        "on float32 `images` in [0, 1]: each image is copied n times with "
+        "Gaussian noise of standard deviation sigma ([0, 1] pixel units, not "
+        "clipped), the base model's top-1 is counted over the copies (`counts`), "
+        "and `smoothed_classes` is the top class, or -1 (abstain) when the "
+        "two-sided binomial test of the top two counts has p-value (`pvalues`) "
+        "> alpha; `classes` is the base model's noiseless top-1. Fixed at export: "
+        f"{fixed}. The fixed seed makes the answers deterministic: the same image "
+        "always gets the same answer. Each image costs n forward passes."
+    )
+
+
 def serving_readme(path, model_name, *, signatures=None, notes=()):
     """Markdown: the signatures of the SavedModel at `path` (plus `notes`,
     one line each) and how to serve it with TF Serving (docker + REST `curl`
-    examples). `model_name` becomes TF Serving's MODEL_NAME."""
+    examples). `model_name` becomes TF Serving's MODEL_NAME.
+
+    Example:
+        print(serving_readme("/tmp/sm", "digits"))
+    """
     path = os.path.abspath(path)
     signatures = signatures or describe_signatures(path)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name) or "model"
@@ -257,6 +415,11 @@ def serving_readme(path, model_name, *, signatures=None, notes=()):
         "`serving_default` is `serve_uint8` (`serve` too, Keras' name). Pixels: "
         "`images` are uint8 0..255 (`serve_float`: float32 in [0, 1]); the "
         "model's preprocessing is inside the graph.",
+        *(
+            ("", _smoothed_note(smoothed_settings(path)))
+            if "predict_smoothed" in signatures
+            else ()
+        ),
         *(line for note in notes for line in ("", note)),
         "",
         "## TF Serving (REST on port 8501)",
@@ -290,6 +453,20 @@ def serving_readme(path, model_name, *, signatures=None, notes=()):
             "```",
             "",
         ]
+    if "predict_smoothed" in signatures:
+        shape = signatures["predict_smoothed"][0]["images"].shape
+        zeros = f"np.full((1, {', '.join(str(d) for d in shape[1:])}), 0.5, np.float32)"
+        lines += [
+            "`predict_smoothed` (float32 pixels in [0, 1]; -1 in "
+            "`smoothed_classes` means abstain):",
+            "",
+            "```sh",
+            "python -c \"import json, numpy as np; print(json.dumps("
+            f"{{'signature_name': 'predict_smoothed', 'instances': {zeros}.tolist()}}))\" \\",
+            f"  | curl -s -X POST {url} -d @-",
+            "```",
+            "",
+        ]
     lines += [
         "Inspect: `saved_model_cli show --all --dir " + path + "`.",
         "In Python (no sat_tf needed; keep `loaded` alive while calling):",
@@ -298,6 +475,11 @@ def serving_readme(path, model_name, *, signatures=None, notes=()):
         "import tensorflow as tf",
         f"loaded = tf.saved_model.load({path!r})",
         "out = loaded.signatures[\"serving_default\"](images=uint8_batch)",
+        *(
+            ['smoothed = loaded.signatures["predict_smoothed"](images=float_batch)']
+            if "predict_smoothed" in signatures
+            else []
+        ),
         "```",
         "",
     ]

@@ -314,7 +314,7 @@ def test_train_launcher_smoothadv_run(tmp_path):
     proc = launch_train(
         tmp_path, "--noise_sd=0.25", "--smoothadv_attack=ddn", "--smoothadv_epsilon=128",
         "--smoothadv_steps=2", "--smoothadv_num_noise_vec=2", "--smoothadv_train_multi_noise",
-        "--smoothadv_warmup=2",
+        "--smoothadv_warmup=2", "--export",
     )
     config = json.load(open(tmp_path / "run_config.json"))
     assert config["smoothing"]["noise_sd"] == 0.25 and config["smoothing"]["epsilon"] == 0.5
@@ -323,6 +323,10 @@ def test_train_launcher_smoothadv_run(tmp_path):
     results = json.load(open(tmp_path / "report" / "robustness.json"))["results"]
     assert set(results) == {"clean", "noise_sd=0.25"}
     assert "launch/certify.py" in proc.stdout
+    loaded = tf.saved_model.load(str(tmp_path / "saved_model"))
+    assert "predict_smoothed" in loaded.signatures  # the smoothed classifier is served too
+    out = loaded.signatures["predict_smoothed"](images=tf.fill([2, 8, 8, 1], 0.5))
+    assert out["smoothed_classes"].shape == (2,) and int(tf.reduce_sum(out["counts"][0])) == 1000
 
 
 @pytest.mark.parametrize(
