@@ -94,16 +94,12 @@ def attack_kwargs():
     return kwargs
 
 
-def image_seed(index):
-    return (FLAGS.seed * 1_000_003 + index) & 0x7FFFFFFF
-
-
 def main(argv):
     del argv
     validate()
     import tensorflow as tf
 
-    from sat_tf import attacks, data, distribute, smoothing
+    from sat_tf import attacks, certification, data, distribute, smoothing
 
     model, run_config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
     sigma = smoothing_sigma(run_config)
@@ -144,7 +140,7 @@ def main(argv):
             seed = tf.constant([FLAGS.seed, index], tf.int32)
             x_adv, base = adversarial(x, y, seed)
             label = int(y[0])
-            prediction = smooth.predict(x_adv[0], FLAGS.N, FLAGS.alpha, seed=image_seed(index))
+            prediction = smooth.predict(x_adv[0], FLAGS.N, FLAGS.alpha, seed=certification.image_seed(FLAGS.seed, index))
             hit = int(prediction == label)
             elapsed = datetime.timedelta(seconds=time.perf_counter() - t0)
             print(f"{index}\t{label}\t{prediction}\t{int(base[0])}\t{hit}\t{elapsed}", file=f, flush=True)

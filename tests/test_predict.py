@@ -53,7 +53,7 @@ def test_predict_matches_the_library_computation(noise_run, tmp_path, attack):
     # The same attack + PREDICT, in-process, from the library.
     sys.path.insert(0, ROOT)
     from launch import common
-    from sat_tf import attacks, data, smoothing
+    from sat_tf import attacks, certification, data, smoothing
 
     model, _ = common.restore_model(noise_run)
     fn = lambda z: model(z, training=False)  # noqa: E731
@@ -70,7 +70,7 @@ def test_predict_matches_the_library_computation(noise_run, tmp_path, attack):
         x_adv = attacks.SMOOTHADV_ATTACKS[attack](fn, x, y, noise=noise, eps=0.5, steps=3, seed=seed, **extra)
         assert int(row["label"]) == int(y[0])
         assert int(row["basePredict"]) == int(tf.argmax(fn(x_adv)[0]))
-        expected = smooth.predict(x_adv[0], 300, 0.001, seed=(5 * 1_000_003 + index) & 0x7FFFFFFF)
+        expected = smooth.predict(x_adv[0], 300, 0.001, seed=certification.image_seed(5, index))
         assert int(row["predict"]) == expected
         assert int(row["correct"]) == int(expected == int(y[0]))
 
