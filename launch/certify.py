@@ -111,12 +111,10 @@ def default_outfile(sigma):
     return os.path.join(FLAGS.workdir, "certify", f"noise_{sigma:g}{suffix}.tsv")
 
 
-def images_to_certify(dataset, data_dir, indices):
+def images_to_certify(split, indices):
     """Yields (idx, image [H, W, C], label) for `indices` (sorted), in order."""
-    from sat_tf import data
-
     wanted, stop = set(indices), (indices[-1] + 1 if indices else 0)
-    ds = data.load_split(dataset, FLAGS.split, data_dir=data_dir, batch_size=256, limit=stop)
+    ds = split.batches(256, limit=stop)
     idx = 0
     for images, labels in ds:
         for x, y in zip(images.numpy(), labels.numpy()):
@@ -159,30 +157,43 @@ def plot_only(table_radii):
     return 0
 
 
+def training_description(config):
+    """How the base classifier was trained, for plot labels: "Gaussian", "SmoothAdv-PGD ε=0.25 m=2", ..."""
+    smoothing = config.get("smoothing") or {}
+    if not smoothing:
+        return config.get("train_attack", {}).get("name", "")
+    if smoothing.get("attack", "none") == "none":
+        return "Gaussian"
+    return f"SmoothAdv-{smoothing['attack'].upper()} ε={smoothing['epsilon']:g} m={smoothing['num_noise_vec']}"
+
+
 def progress(k, total, rows, samples, seconds):
     from sat_tf import certification
 
     accuracy = certification.certified_accuracy(rows, [0.0])[0]
     abstain = sum(r.predict == -1 for r in rows)
-    print(
-        f"\r  image {k}/{total}: certified acc (r=0) {accuracy:.3f}, {abstain} abstain, "
-        f"{samples / max(seconds, 1e-9):,.0f} samples/s",
-        end="\n" if k >= total else "", flush=True,
+    common.progress_line(
+        k, total, f"certified acc (r=0) {accuracy:.3f}, {abstain} abstain, {samples / max(seconds, 1e-9):,.0f} samples/s"
     )
 
 
-def smoothed_classifier(sigma, num_classes, strategy):
-    """Restores the run's model (under `strategy`) and wraps it in `Smooth`."""
+def smoothed_classifier(sigma, config, strategy):
+    """Restores the run's model (under `strategy`), wraps it in `Smooth`; also the split to certify."""
     from sat_tf import smoothing
 
     with strategy.scope():
         model, config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
+    split = common.RunSplit(
+        config, dataset=FLAGS.dataset or config["dataset"], split=FLAGS.split,
+        data_dir=FLAGS.data_dir or config.get("data_dir"), image_size=model.input_shape[1],
+    )
+    num_classes = split.num_classes
     outputs = int(model.output_shape[-1])
     common.require(outputs == num_classes, f"--dataset has {num_classes} classes but the model outputs {outputs}")
     # One callable for every image: the sampler's tf.function is traced once.
     logits_fn = lambda z: model(z, training=False)  # noqa: E731
     sharded = strategy if strategy.num_replicas_in_sync > 1 else None
-    return smoothing.Smooth(logits_fn, num_classes, sigma, batch_size=FLAGS.batch, strategy=sharded), config
+    return smoothing.Smooth(logits_fn, num_classes, sigma, batch_size=FLAGS.batch, strategy=sharded), config, split
 
 
 def certify_rows(smooth, images, out, total, chief):
@@ -219,16 +230,15 @@ def main(argv):
 
     config = common.load_run_config(FLAGS.workdir)
     sigma = resolve_sigma(config)
-    dataset = common.choice("dataset", FLAGS.dataset or config["dataset"], set(data.list_datasets()))
-    data_dir = FLAGS.data_dir or config.get("data_dir")
-    info = data.dataset_info(dataset, data_dir=data_dir)
+    dataset = common.choice("dataset", FLAGS.dataset or config["dataset"], set(data.list_datasets()) | {"imagenet"})
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-    smooth, config = smoothed_classifier(sigma, info.num_classes, strategy)
-    split_size = info.num_test if FLAGS.split == "test" else info.num_train
+    smooth, config, split = smoothed_classifier(sigma, config, strategy)
+    split_size = split.size
     indices = certification.selected_indices(split_size, FLAGS.skip, FLAGS.max)
     chief = distribute.is_chief(strategy)
     outfile = FLAGS.outfile or default_outfile(sigma)
     meta = {
+        "training": training_description(config),
         "sigma": sigma, "N0": FLAGS.N0, "N": FLAGS.N, "alpha": FLAGS.alpha, "skip": FLAGS.skip,
         "max": FLAGS.max, "workdir": FLAGS.workdir, "seed": FLAGS.seed, "images": 0,
         "seconds": None, "dataset": dataset, "split": FLAGS.split, "batch": FLAGS.batch,
@@ -244,7 +254,7 @@ def main(argv):
             flush=True,
         )
     with open(outfile if chief else os.devnull, "w") as out:  # only the chief writes
-        images = images_to_certify(dataset, data_dir, indices)
+        images = images_to_certify(split, indices)
         rows, seconds = certify_rows(smooth, images, out, len(indices), chief)
     if not chief:
         return 0

@@ -214,3 +214,57 @@ def progress_line(done, total, text):
         print("\r" + line, end="\n" if done >= total else "", flush=True)
     elif done >= total or done % max(total // 10, 1) == 0:
         print(line, flush=True)
+
+
+class RunSplit:
+    """One split of a run's data, in its fixed order: a registry data set
+    (`sat_tf.data`) or, for launch/train_imagenet.py runs ("imagenet"), the
+    TFRecord/tfds ImageNet validation (split "test") or train images with
+    evaluation preprocessing at the model's size.
+
+    Attributes:
+        num_classes, size: classes and images of the split (ImageNet's size is
+            the run's --num_eval_images, else 50000: the split may end sooner).
+    """
+
+    def __init__(self, run_config, *, dataset, split, data_dir, image_size):
+        from sat_tf import data
+
+        self.dataset, self.split, self.data_dir = dataset, split, data_dir
+        self.image_size = int(image_size)
+        self.flags = run_config.get("flags", {})
+        if dataset == "imagenet":
+            from sat_tf import imagenet_input
+
+            self.num_classes = int(run_config["model_kwargs"]["num_classes"])
+            evaluating = split == "test"
+            self.size = int(
+                (self.flags.get("num_eval_images") or imagenet_input.NUM_EVAL_IMAGES)
+                if evaluating else self.flags.get("num_train_images") or 1281167
+            )
+            if self.flags.get("data_source", "tfrecord") == "tfrecord":
+                imagenet_input.list_files(data_dir, "validation" if evaluating else "train")  # fail fast
+            return
+        choice("dataset", dataset, set(data.list_datasets()) | {"imagenet"})
+        info = data.dataset_info(dataset, data_dir=data_dir)
+        self.num_classes = info.num_classes
+        self.size = info.num_test if split == "test" else info.num_train
+
+    def batches(self, batch_size, limit=None):
+        """tf.data of (float32 images [b, H, W, C] in [0, 1], int32 labels [b]), in order."""
+        if self.dataset != "imagenet":
+            from sat_tf import data
+
+            return data.load_split(self.dataset, self.split, data_dir=self.data_dir, batch_size=batch_size, limit=limit)
+        from sat_tf import imagenet_input
+
+        return imagenet_input.load_imagenet(
+            "validation" if self.split == "test" else "train",
+            data_dir=self.data_dir,
+            image_size=self.image_size,
+            batch_size=batch_size,
+            source=self.flags.get("data_source", "tfrecord"),
+            training=False,
+            label_offset=-1 if self.flags.get("tfrecord_labels", "one_based") == "one_based" else 0,
+            limit=limit,
+        )

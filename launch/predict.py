@@ -99,15 +99,18 @@ def main(argv):
     validate()
     import tensorflow as tf
 
-    from sat_tf import attacks, certification, data, distribute, smoothing
+    from sat_tf import attacks, certification, distribute, smoothing
 
     model, run_config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
     sigma = smoothing_sigma(run_config)
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     dataset = FLAGS.dataset or run_config["dataset"]
-    info = data.dataset_info(dataset, data_dir=FLAGS.data_dir or run_config.get("data_dir"))
+    split = common.RunSplit(
+        run_config, dataset=dataset, split=FLAGS.split, data_dir=FLAGS.data_dir or run_config.get("data_dir"),
+        image_size=model.input_shape[1],
+    )
     logits_fn = lambda z: model(z, training=False)  # noqa: E731  one callable: one trace
-    smooth = smoothing.Smooth(logits_fn, info.num_classes, sigma, batch_size=FLAGS.batch, strategy=strategy)
+    smooth = smoothing.Smooth(logits_fn, split.num_classes, sigma, batch_size=FLAGS.batch, strategy=strategy)
     kwargs = attack_kwargs()
     attack = attacks.SMOOTHADV_ATTACKS[FLAGS.attack]
     m = FLAGS.num_noise_vec
@@ -122,9 +125,9 @@ def main(argv):
         FLAGS.workdir, "predict", f"{FLAGS.attack}_{FLAGS.epsilon / 256:.3f}_noise_{sigma:.3}_mtest_{m}.tsv"
     )
     os.makedirs(os.path.dirname(os.path.abspath(outfile)), exist_ok=True)
-    images = data.load_split(dataset, FLAGS.split, data_dir=FLAGS.data_dir or run_config.get("data_dir"), batch_size=1)
-    total = info.num_test if FLAGS.split == "test" else info.num_train
+    total = split.size
     last = total if FLAGS.max < 0 else min(total, FLAGS.max)
+    images = split.batches(1, limit=last)
     selected = len(range(0, last, FLAGS.skip))
     print(f"predict: {FLAGS.attack} eps={kwargs['eps']:.4f} steps={FLAGS.num_steps} m_test={m} sigma={sigma:g} "
           f"N={FLAGS.N} alpha={FLAGS.alpha} on {selected} {dataset}/{FLAGS.split} images -> {outfile}", flush=True)

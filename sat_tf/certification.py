@@ -209,7 +209,7 @@ def markdown_table(curves, radii, title=None):
     lines.append("|---" * (len(radii) + 2) + "|")
     for label, accuracy in table.items():
         cells = [
-            f"**{a:.3f}**" if len(table) > 1 and a == b else f"{a:.3f}"
+            f"**{a:.3f}**" if len(table) > 1 and a == b > 0 else f"{a:.3f}"
             for a, b in zip(accuracy, best)
         ]
         lines.append(f"| {label} | {len(curves[label])} | " + " | ".join(cells) + " |")
@@ -267,10 +267,11 @@ def read_sidecar(tsv_path):
 
 
 def curve_label(tsv_path):
-    """"σ = 0.25" from the sidecar, else the TSV's file name."""
+    """"σ = 0.25, SmoothAdv-PGD ε=0.25 m=2" from the sidecar, else the TSV's file name."""
     meta = read_sidecar(tsv_path) or {}
     if isinstance(meta.get("sigma"), (int, float)):
-        return f"σ = {meta['sigma']:g}"
+        training = f", {meta['training']}" if meta.get("training") else ""
+        return f"σ = {meta['sigma']:g}{training}"
     return os.path.basename(os.fspath(tsv_path))
 
 

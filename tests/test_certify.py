@@ -220,7 +220,7 @@ def test_certify_writes_the_reference_tsv_and_reports(certified):
     assert open(stem + ".png", "rb").read(8) == PNG_MAGIC
     accuracy = certification.certified_accuracy(rows, [0.0, 0.5])
     table = open(stem + ".md").read()
-    assert f"| σ = 0.25 | 10 | {accuracy[0]:.3f} | " in table and "r = 1.50" in table
+    assert f"| σ = 0.25, Gaussian | 10 | {accuracy[0]:.3f} | " in table and "r = 1.50" in table
     assert "| curve | images | r = 0.00 |" in proc.stdout and "image 10/10" in proc.stdout
 
 
@@ -279,7 +279,7 @@ def test_plot_only_draws_several_tsvs(certified, tmp_path):
                   "--radii=0,0.5")
     assert open(out, "rb").read(8) == PNG_MAGIC
     table = open(str(tmp_path / "plots" / "sigmas.md")).read().replace("**", "")  # bold = best
-    assert "| σ = 0.25 | 10 |" in table and "| sigma_0.12 | 8 | 0.500 | 0.125 |" in table
+    assert "| σ = 0.25, Gaussian | 10 |" in table and "| sigma_0.12 | 8 | 0.500 | 0.125 |" in table
     assert "r = 0.50 |" in proc.stdout
 
 

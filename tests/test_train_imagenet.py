@@ -234,5 +234,17 @@ def test_smoothadv_imagenet_run_uses_the_smoothing_objective(tiny_imagenet, tmp_
     }
     results = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
     assert set(results) == {"clean", "noise_sd=0.5"}
+    # Certify and attack the smoothed classifier on the validation TFRecords (reference protocol, tiny N).
+    for script, extra in (("certify.py", ["--N0=10", "--N=60", "--batch=30"]),
+                          ("predict.py", ["--N=60", "--batch=30", "--num_steps=1", "--num_noise_vec=2"])):
+        out = os.path.join(workdir, f"{script}.tsv")
+        cmd = [sys.executable, os.path.join(ROOT, "launch", script), f"--workdir={workdir}", "--max=6", "--skip=2",
+               f"--outfile={out}", *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [line.split("\t") for line in open(out).read().splitlines()[1:]]
+        assert [int(r[0]) for r in rows] == [0, 2, 4]
+        assert all(0 <= int(r[1]) < tiny_imagenet.num_classes for r in rows)  # 0-based labels
     proc = _run(_tiny_flags(tiny_imagenet, str(tmp_path / "bad"), "--noise_sd=0.5", "--attack_iter=2"), check=False)
     assert proc.returncode == 2 and "--attack_iter" in proc.stderr.strip().splitlines()[-1]
