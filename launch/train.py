@@ -51,6 +51,7 @@ flags.DEFINE_float("warmup_epochs", 2, "Linear LR warm-up epochs.")
 flags.DEFINE_float("weight_decay", 5e-4, "L2 coefficient (lambda/2 * sum w^2) on conv/dense kernels.")
 flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the training loss (never the attack).")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (Nesterov).")
+flags.DEFINE_bool("nesterov", True, "Nesterov momentum (SAT); --nonesterov: plain momentum (Cohen / SmoothAdv / PyTorch SGD).")
 # Adversarial training (SAT units: 0-255).
 flags.DEFINE_string("attack", "pgd", "Training attack: pgd, pgd_l2, fgsm or none (clean training).")
 flags.DEFINE_integer("attack_iter", 2, "PGD steps in training.")
@@ -165,7 +166,7 @@ def main(argv):
             decay=FLAGS.lr_schedule,
             boundaries=[int(e) * steps_per_epoch for e in FLAGS.lr_decay_epochs],
         )
-        optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum, nesterov=True)
+        optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov)
     eval_eps = common.pixels(
         FLAGS.attack_epsilon if FLAGS.eval_attack_epsilon is None else FLAGS.eval_attack_epsilon
     )

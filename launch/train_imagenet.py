@@ -71,6 +71,7 @@ flags.DEFINE_list("lr_decay_epochs", ["30", "60", "90"], "Epochs where the step 
 flags.DEFINE_float("warmup_epochs", 5, "Linear warm-up epochs.")
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "rmsprop"], "sgd: Nesterov (SAT ResNet); rmsprop: decay 0.9, momentum 0.9, eps 1e-3 (EfficientNet).")
 flags.DEFINE_float("momentum", 0.9, "Momentum.")
+flags.DEFINE_bool("nesterov", True, "Nesterov momentum (SAT); --nonesterov: plain momentum (Cohen / SmoothAdv / PyTorch SGD).")
 flags.DEFINE_float("weight_decay", 1e-4, "L2 coefficient (lambda/2 sum w^2) on conv/dense kernels.")
 flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the training loss only.")
 flags.DEFINE_float("moving_average_decay", 0.0, "Weight EMA decay (0: off; EfficientNet 0.9999). Evaluation then also reports the EMA ('enhanced') model.")
@@ -209,7 +210,7 @@ def make_optimizer(schedule, policy):
     import keras
 
     if FLAGS.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum, nesterov=True)
+        optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov)
     else:
         optimizer = keras.optimizers.RMSprop(schedule, rho=0.9, momentum=FLAGS.momentum, epsilon=1e-3)
     if policy == "mixed_float16":
