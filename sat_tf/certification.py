@@ -175,7 +175,7 @@ def plot_certified_accuracy(curves, path, max_radius=None, title=None):
     import matplotlib.pyplot as plt
 
     radii, x_max = plot_radii(curves, max_radius)
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
     for label, rows in curves.items():
         ax.plot(radii, certified_accuracy(rows, radii), label=label)
     ax.set_xlim(0, x_max)
@@ -185,7 +185,7 @@ def plot_certified_accuracy(curves, path, max_radius=None, title=None):
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper right", fontsize="small", framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
