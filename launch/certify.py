@@ -40,7 +40,7 @@ from absl import flags  # noqa: E402
 from launch import common  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "runs/digits_sat", "A training workdir (run_config.json + checkpoints).")
+flags.DEFINE_string("workdir", "runs/digits_noise_0.25", "A training workdir (run_config.json + checkpoints); the default is what `python launch/train.py --noise_sd=0.25 --workdir=runs/digits_noise_0.25` writes.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest in the workdir).")
 flags.DEFINE_float("sigma", None, "Noise sd in [0, 1] pixel units (default: the run's training --noise_sd).")
 flags.DEFINE_string("dataset", None, "Override the dataset of the run.")

@@ -132,7 +132,8 @@ def load_run_config(workdir):
     path = os.path.join(workdir, RUN_CONFIG)
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"{path} does not exist: --workdir must be a directory written by launch/train.py"
+            f"{path} does not exist: --workdir must be a directory written by launch/train.py "
+            f"(e.g. python launch/train.py --workdir={workdir}; add --noise_sd=0.25 for certify/predict)"
         )
     with open(path) as f:
         return json.load(f)

@@ -37,7 +37,7 @@ from absl import flags  # noqa: E402
 from launch import common  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A training workdir (run_config.json + checkpoints).")
+flags.DEFINE_string("workdir", "runs/digits_noise_0.25", "A training workdir (run_config.json + checkpoints); the default is what `python launch/train.py --noise_sd=0.25 --workdir=runs/digits_noise_0.25` writes.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest in --workdir).")
 flags.DEFINE_float("sigma", None, "Noise sigma of the smoothed classifier (default: the run's --noise_sd).")
 flags.DEFINE_string("dataset", None, "Override the run's dataset.")
@@ -64,7 +64,7 @@ HEADER = "idx\tlabel\tpredict\tbasePredict\tcorrect\ttime"
 
 
 def validate():
-    common.require(FLAGS.workdir, "--workdir is required: a directory written by launch/train.py")
+    common.require(FLAGS.workdir, "--workdir is required: a directory written by launch/train.py --noise_sd=...")
     common.require(FLAGS.skip >= 1, f"--skip must be >= 1, got {FLAGS.skip}")
     common.require(FLAGS.N >= 1, f"--N must be >= 1, got {FLAGS.N}")
     common.require(0 < FLAGS.alpha < 1, f"--alpha must be in (0, 1), got {FLAGS.alpha}")
