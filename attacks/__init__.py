@@ -32,6 +32,8 @@ from sat_tf.attacks.smoothadv import sample_noise
 from sat_tf.attacks.smoothadv import smoothadv_ddn
 from sat_tf.attacks.smoothadv import smoothadv_pgd
 from sat_tf.attacks.smoothadv import smoothed_nll
+from sat_tf.attacks.trades import kl_to_clean
+from sat_tf.attacks.trades import trades_pgd
 
 
 def identity_attack(logits_fn, x, y, *, seed=None, **unused_kwargs):
@@ -50,6 +52,7 @@ ATTACKS = {
     "pgd_cw": functools.partial(pgd, loss="cw"),
     "fgsm": fgsm,
     "fgsm_l2": functools.partial(fgsm, norm="l2"),
+    "trades": trades_pgd,
     "none": identity_attack,
 }
 
@@ -94,6 +97,7 @@ __all__ = [
     "fgsm",
     "get_attack",
     "identity_attack",
+    "kl_to_clean",
     "list_attacks",
     "pgd",
     "project_l2",
@@ -103,5 +107,6 @@ __all__ = [
     "smoothadv_ddn",
     "smoothadv_pgd",
     "smoothed_nll",
+    "trades_pgd",
     "SMOOTHADV_ATTACKS",
 ]

@@ -122,6 +122,52 @@ class AttackObjective:
         return self.attack(logits_fn, x, y, seed=seed), y
 
 
+def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
+    """Per-example softmax cross-entropy with optional label smoothing, [B]."""
+    targets = tf.one_hot(labels, num_classes)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return tf.nn.softmax_cross_entropy_with_logits(targets, tf.cast(logits, tf.float32))
+
+
+def default_loss(forward, batch, weights, *, num_classes, label_smoothing):
+    """Cross-entropy on `batch = (rows, labels)`: the loss of `AttackObjective`.
+
+    Objectives may define their own `loss(forward, batch, weights, *,
+    num_classes, label_smoothing) -> (per_example_loss [R], logits [R, C],
+    labels [R])`, computed inside the gradient tape: `forward(z)` runs the
+    model in training mode (at the perturbed weights if the objective asked
+    for a `weight_perturbation`), and `weights` are the tensors `forward`
+    uses, aligned with `model.trainable_variables` (for gradients with
+    respect to one of them, e.g. RAT's final dense kernel).
+    """
+    del weights
+    rows, labels = batch
+    logits = tf.cast(forward(rows), tf.float32)
+    return cross_entropy(logits, labels, num_classes, label_smoothing), logits, labels
+
+
+class _Forward:
+    """`model(z, training=True)`, or at perturbed weights through
+    `stateless_call`, threading BatchNorm's moving statistics so that they
+    can be written back after the step (as plain training calls would)."""
+
+    def __init__(self, model, weights=None):
+        self.model, self.weights = model, weights
+        self.state = None if weights is None else [tf.identity(v) for v in model.non_trainable_variables]
+
+    def __call__(self, z):
+        if self.weights is None:
+            return self.model(z, training=True)
+        out, self.state = self.model.stateless_call(self.weights, self.state, z, training=True)
+        return out
+
+    def write_back(self):
+        if self.weights is not None:
+            for variable, value in zip(self.model.non_trainable_variables, self.state):
+                variable.assign(value)
+
+
 def as_objective(attack_or_objective):
     """An attack callable becomes an `AttackObjective`; objectives pass through."""
     if hasattr(attack_or_objective, "training_batch"):
@@ -149,7 +195,8 @@ def make_train_function(model, optimizer, attack, strategy, config, *, ema=None,
             `optimizer.iterations`, it also counts steps a loss-scale
             optimizer skipped), used for epoch bookkeeping.
     """
-    kernels = decayed_variables(model)
+    kernel_ids = {id(v) for v in decayed_variables(model)}
+    kernel_index = [i for i, v in enumerate(model.trainable_variables) if id(v) in kernel_ids]
     wd = float(config.weight_decay)
     if not optimizer.built:
         # Slot variables made lazily inside the replicated graph loop fail to
@@ -165,27 +212,35 @@ def make_train_function(model, optimizer, attack, strategy, config, *, ema=None,
         logits = tf.cast(model(z, training=False), tf.float32)
         return _scale_backward(logits, grad_scale) if grad_scale != 1.0 else logits
 
+    loss_fn = getattr(objective, "loss", default_loss)
+    perturbation_fn = getattr(objective, "weight_perturbation", None)
+
     def grad_fn(x, y, seed, step):
         x = tf.cast(x, tf.float32)
-        x_adv, y = objective.training_batch(attack_logits, x, y, seed=seed, step=step)
-        x_adv, y = tf.stop_gradient(x_adv), tf.cast(y, tf.int32)
+        batch = objective.training_batch(attack_logits, x, tf.cast(y, tf.int32), seed=seed, step=step)
+        batch = tf.nest.map_structure(tf.stop_gradient, batch)
+        weights = list(model.trainable_variables)
+        perturbation = perturbation_fn(batch, step) if perturbation_fn else None
+        if perturbation is not None:  # AWP: gradients at w + v, applied to w
+            weights = [w + v if v is not None else tf.identity(w) for w, v in zip(weights, perturbation)]
+        forward = _Forward(model, None if perturbation is None else weights)
         with tf.GradientTape() as tape:
-            logits = tf.cast(model(x_adv, training=True), tf.float32)
-            targets = tf.one_hot(y, config.num_classes)
-            if config.label_smoothing:
-                targets = targets * (1.0 - config.label_smoothing) + (
-                    config.label_smoothing / config.num_classes
-                )
-            per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+            if perturbation is not None:
+                tape.watch(weights)
+            per_example, logits, labels = loss_fn(
+                forward, batch, weights, num_classes=config.num_classes,
+                label_smoothing=config.label_smoothing,
+            )
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=rows_per_step)
-            if wd and kernels:
-                l2 = 0.5 * wd * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
+            if wd and kernel_index:
+                l2 = 0.5 * wd * tf.add_n([tf.reduce_sum(tf.square(weights[i])) for i in kernel_index])
                 loss += tf.nn.scale_regularization_loss(l2)
             if _is_loss_scaled(optimizer):
                 loss = optimizer.scale_loss(loss)
-        grads = tape.gradient(loss, model.trainable_variables)
+        grads = tape.gradient(loss, weights)
+        forward.write_back()
         correct = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)), tf.float32)
         )
         return tf.reduce_sum(per_example), correct, grads
 

@@ -2,6 +2,9 @@
 
 Run in its own process (logical devices must be configured before TF starts).
 Prints the max |difference| of trainable weights and of the summed loss.
+argv: activation, "jit" or "nojit", objective ("pgd" default, "trades",
+"trades_rat_awp"; RAT's constants and AWP's perturbation come from each
+replica's own batch, so that one is only checked to run and stay finite).
 The model has no BatchNorm: per-replica batch statistics would (correctly)
 differ from full-batch statistics; everything else must agree.
 """
@@ -18,7 +21,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sat_tf import activations, attacks, distribute, train_lib  # noqa: E402
+from sat_tf import activations, attacks, distribute, objectives, train_lib  # noqa: E402
 
 GLOBAL_BATCH = 8
 
@@ -35,7 +38,14 @@ def build():
 rng = np.random.default_rng(0)
 X = rng.uniform(size=(4 * GLOBAL_BATCH, 6, 6, 1)).astype(np.float32)
 Y = rng.integers(0, 3, size=(4 * GLOBAL_BATCH,)).astype(np.int32)
-attack = attacks.get_attack("pgd", eps=8 / 255, step_size=2 / 255, steps=3, random_start=False)
+OBJECTIVE = sys.argv[3] if len(sys.argv) > 3 else "pgd"
+OBJECTIVES = {
+    "pgd": lambda model: attacks.get_attack("pgd", eps=8 / 255, step_size=2 / 255, steps=3, random_start=False),
+    "trades": lambda model: objectives.TradesObjective(model, steps=3, beta=6.0),
+    "trades_rat_awp": lambda model: objectives.TradesObjective(
+        model, steps=3, beta=6.0, rat_alpha=0.2, attack_weight_noise=1e-4, awp_gamma=0.005, awp_warmup_epochs=0
+    ),
+}
 
 
 def run(strategy):
@@ -46,7 +56,7 @@ def run(strategy):
         global_batch_size=GLOBAL_BATCH, num_classes=3, label_smoothing=0.1, weight_decay=1e-3,
         jit_compile=len(sys.argv) > 2 and sys.argv[2] == "jit",
     )
-    train = train_lib.make_train_function(model, optimizer, attack, strategy, config)
+    train = train_lib.make_train_function(model, optimizer, OBJECTIVES[OBJECTIVE](model), strategy, config)
 
     def dataset_fn(ctx):
         ds = tf.data.Dataset.from_tensor_slices((X, Y))

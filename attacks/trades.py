@@ -1,0 +1,61 @@
+"""TRADES' inner maximisation (Zhang et al., 2019): PGD on the KL divergence.
+
+The attack needs no labels: it moves x' away from the model's own clean
+prediction, maximising KL(p(x) || p(x')) (summed over classes; the clean
+distribution is a constant). As the released TRADES / RAT code: start at
+x + 0.001 * N(0, 1) (not clipped), then `steps` times x' += step * sign(g),
+project onto the L-inf ball and clip to [0, 1].
+
+Reference: https://arxiv.org/abs/1901.08573 (yaodongyu/TRADES `trades.py`,
+reused by Alexkael/Randomized-Adversarial-Training).
+
+    x_adv = trades_pgd(lambda z: model(z, training=False), x, y,
+                       eps=8 / 255, step_size=2 / 255, steps=10, seed=[0, 1])
+"""
+
+import tensorflow as tf
+
+from sat_tf.attacks import base
+from sat_tf.attacks.pgd import _as_seed
+
+START_SCALE = 0.001  # the reference's 0.001 * randn start
+
+
+def kl_to_clean(clean_probs, logits):
+    """Per-example KL(p || softmax(logits)) = sum_k p_k (log p_k - log q_k), shape [B]."""
+    logits = tf.cast(logits, tf.float32)
+    return tf.reduce_sum(
+        tf.math.xlogy(clean_probs, clean_probs) - clean_probs * tf.nn.log_softmax(logits), axis=-1
+    )
+
+
+def trades_pgd(logits_fn, x, y=None, *, eps, step_size, steps, seed=None):
+    """L-inf PGD on KL(p(x) || p(x')); `y` is ignored (TRADES is label-free).
+
+    Args:
+        logits_fn: the model in inference mode (BatchNorm statistics fixed).
+        x: [B, ...] float32 in [0, 1].
+        eps, step_size: L-inf budget and step in [0, 1] units.
+        steps: Python int >= 0.
+        seed: stateless seed of the 0.001 * N(0, 1) start.
+
+    Returns:
+        x' in the eps-ball around x and in [0, 1].
+    """
+    del y
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"`steps` must be a Python int >= 0. Received: steps={steps!r}")
+    x = tf.convert_to_tensor(x, tf.float32)
+    clean_probs = tf.stop_gradient(tf.nn.softmax(tf.cast(logits_fn(x), tf.float32)))
+    start = x + START_SCALE * base.random_normal(tf.shape(x), _as_seed(seed))
+
+    def body(i, x_adv):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            loss = tf.reduce_sum(kl_to_clean(clean_probs, logits_fn(x_adv)))
+        grad = tape.gradient(loss, x_adv)
+        x_adv = base.project_linf(x_adv + step_size * tf.sign(grad), x, eps)
+        return i + 1, base.clip_to_box(x_adv)
+
+    _, x_adv = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), start), parallel_iterations=1)
+    return tf.stop_gradient(base.clip_to_box(x_adv))
