@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from launch import common  # noqa: E402
+from launch import objective_flags  # noqa: E402  (defines --objective, --preset, --trades_beta, --rat_*, --awp_*)
 from launch import smoothing_flags  # noqa: E402  (defines --noise_sd, --smoothadv_*)
 
 FLAGS = flags.FLAGS
@@ -98,7 +99,12 @@ def validate():
     common.int_list("lr_decay_epochs", FLAGS.lr_decay_epochs)
     if FLAGS.eval_attack_epsilon is not None:
         common.require(0 <= FLAGS.eval_attack_epsilon <= 255, f"--eval_attack_epsilon must be in [0, 255], got {FLAGS.eval_attack_epsilon}")
+    common.require(
+        not (smoothing_flags.enabled() and FLAGS.objective != "adversarial"),
+        f"--objective={FLAGS.objective} cannot be combined with --noise_sd/--smoothadv_attack",
+    )
     smoothing_flags.validate()
+    objective_flags.validate()
 
 
 def training_attack():
@@ -118,6 +124,7 @@ def training_attack():
 
 def main(argv):
     del argv
+    preset = objective_flags.apply_preset()
     validate()
     activation = common.activation_spec(FLAGS.activation.lower(), FLAGS.activation_options)
     start = time.perf_counter()
@@ -167,6 +174,9 @@ def main(argv):
             boundaries=[int(e) * steps_per_epoch for e in FLAGS.lr_decay_epochs],
         )
         optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov)
+    objective, objective_config = objective_flags.objective(model, info.num_classes, steps_per_epoch)
+    if objective is not None:
+        attack, attack_config = objective, objective_config
     eval_eps = common.pixels(
         FLAGS.attack_epsilon if FLAGS.eval_attack_epsilon is None else FLAGS.eval_attack_epsilon
     )
@@ -186,6 +196,7 @@ def main(argv):
         steps_per_epoch=steps_per_epoch,
         jit=jit,
         **({"smoothing": smoothing} if smoothing else {}),
+        **({"preset": {"name": FLAGS.preset, "applied": preset}} if FLAGS.preset else {}),
     )
     if chief:
         common.save_run_config(FLAGS.workdir, run_config)

@@ -1,0 +1,55 @@
+"""launch/train.py with --objective (TRADES / AWP / RAT) and --preset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--epochs=1", "--limit_train=128", "--limit_test=32", "--batch_size=32", "--export=false",
+        "--attack_iter=2", "--eval_attack_iters=2"]
+
+
+def train(workdir, *flags, check=True):
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), *TINY, f"--workdir={workdir}", *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.mark.parametrize("objective", ["trades", "awp_trades_rat"])
+def test_objectives_train_and_record_their_settings(tmp_path, objective):
+    train(tmp_path, f"--objective={objective}", "--awp_warmup=0", "--trades_beta=3")
+    config = json.load(open(tmp_path / "run_config.json"))
+    attack = config["train_attack"]
+    assert attack["name"] == objective and attack["beta"] == 3.0 and attack["steps"] == 2
+    if objective == "awp_trades_rat":
+        assert attack["rat_alpha"] == 0.2 and attack["awp_gamma"] == 0.005 and attack["rat_c"] == 0.8
+        assert "attack_weight_noise" not in attack  # RAT's AWP variant: no attacker weight noise
+    history = json.load(open(tmp_path / "history.json"))
+    assert history[-1]["train_loss"] == history[-1]["train_loss"]  # finite
+
+
+def test_preset_fills_unset_flags_and_explicit_flags_win(tmp_path):
+    train(tmp_path, "--preset=rat_digits", "--attack_epsilon=16")
+    config = json.load(open(tmp_path / "run_config.json"))
+    applied = config["preset"]["applied"]
+    assert config["preset"]["name"] == "rat_digits"
+    assert applied["objective"] == "trades_rat" and applied["trades_beta"] == 6.0
+    assert "attack_epsilon" not in applied and "epochs" not in applied  # given on the command line
+    assert abs(config["train_attack"]["eps"] - 16 / 255) < 1e-9
+    assert config["train_attack"]["attack_weight_noise"] == 1e-4
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [(["--objective=trades", "--noise_sd=0.25"], "--objective=trades"), (["--rat_alpha=2"], "--rat_alpha"),
+     (["--objective=trades", "--attack_iter=0"], "--attack_iter"), (["--preset=nope"], "--preset")],
+)
+def test_bad_objective_flags(tmp_path, flags, needle):
+    proc = train(tmp_path, *flags, check=False)
+    assert proc.returncode in (1, 2) and needle in proc.stderr
