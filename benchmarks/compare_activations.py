@@ -22,19 +22,35 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(activation, seed, out, extra):
-    workdir = os.path.join(out, f"{activation}_seed{seed}")
+def run(name, seed, out, flags):
+    """report/robustness.json results of `launch/train.py *flags --seed=seed` (reused if present)."""
+    workdir = os.path.join(out, f"{name}_seed{seed}")
     report = os.path.join(workdir, "report", "robustness.json")
     if not os.path.exists(report):
         cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-               f"--activation={activation}", f"--seed={seed}", f"--workdir={workdir}",
-               "--export=false", *extra]
+               *flags, f"--seed={seed}", f"--workdir={workdir}", "--export=false"]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        print(f"  {activation} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"  {name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     with open(report) as f:
         return json.load(f)["results"]
+
+
+def table_lines(table, first_column="activation"):
+    """Markdown rows: mean ± std (min–max) of each result column over the runs of each row."""
+    first = next(iter(table.values()))[0]
+    columns = list(first)
+    lines = [f"| {first_column} | " + " | ".join(f"{c} top-1 (%)" for c in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for name, runs in table.items():
+        cells = []
+        for c in columns:
+            values = [100 * r[c]["top1"] for r in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f} ({min(values):.1f}–{max(values):.1f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main():
@@ -46,17 +62,8 @@ def main():
     extra = [e for e in extra if e != "--"]
     activations = args.activations.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    table = {a: [run(a, s, args.out, extra) for s in seeds] for a in activations}
-    columns = list(table[activations[0]][0])
-    header = "| activation | " + " | ".join(f"{c} top-1 (%)" for c in columns) + " |"
-    lines = [header, "|---" * (len(columns) + 1) + "|"]
-    for activation, runs in table.items():
-        cells = []
-        for c in columns:
-            values = [100 * r[c]["top1"] for r in runs]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f} ({min(values):.1f}–{max(values):.1f})")
-        lines.append(f"| {activation} | " + " | ".join(cells) + " |")
+    table = {a: [run(a, s, args.out, [f"--activation={a}", *extra]) for s in seeds] for a in activations}
+    lines = table_lines(table)
     text = "\n".join(lines)
     print(f"\n{len(seeds)} seeds each ({', '.join(map(str, seeds))}); mean ± std (min–max)\n")
     print(text)
