@@ -249,6 +249,12 @@ class BlockArgs:
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     init: InitScheme = INIT_SCHEMES["sat"]
+    # The activation instance `act` shares across this build's sites when its
+    # class sets `SHARED = True` (Sparta). A fresh dict per BlockArgs, i.e. per
+    # model build; mutable inside the frozen dataclass by design.
+    shared_layers: dict = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def channel_axis(self):
@@ -302,8 +308,24 @@ def batch_norm(x, args, *, zero_gamma=False, name):
 
 
 def act(x, args, *, name):
-    """A new activation layer (own weights, e.g. SmoothReLU's beta_raw)."""
-    return activations.get_activation(args.activation, name=name)(x)
+    """The activation at one site: a new layer with its own weights (e.g.
+    SmoothReLU's beta_raw), named `name`.
+
+    Exception: an activation class with `SHARED = True` (Sparta) gets ONE
+    instance per model build, named by its `SHARED_NAME` and given the
+    model's `data_format`, called at every site, so the network has one
+    transferable parameter set. It lives in `args.shared_layers`, fresh per
+    `BlockArgs`, so models never share weights, and a `.keras` reload (which
+    re-runs the builder) restores the same sharing.
+    """
+    layer = activations.get_activation(args.activation, name=name)
+    if not getattr(layer, "SHARED", False):
+        return layer(x)
+    if "activation" not in args.shared_layers:
+        args.shared_layers["activation"] = activations.get_activation(
+            args.activation, name=layer.SHARED_NAME, data_format=args.data_format
+        )
+    return args.shared_layers["activation"](x)
 
 
 def image_input(input_shape, preprocessing, data_format):

@@ -13,6 +13,8 @@ import numbers
 import keras
 from keras import ops
 
+from sat_tf.sparta import Sparta
+
 RELU_SMOOTH_GRAD_MODES = ("attacker", "optimizer", "both")
 
 
@@ -387,6 +389,7 @@ ACTIVATIONS = {
     "smooth_relu": SmoothReLU,
     "mish": Mish,
     "relu_smooth_grad": ReLUSmoothGrad,
+    "sparta": Sparta,  # a reconstruction, shared per model: sat_tf/sparta.py
 }
 # Aliases are spelled out.
 ACTIVATIONS["swish"] = ACTIVATIONS["silu"]
