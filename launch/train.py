@@ -41,6 +41,7 @@ flags.DEFINE_integer("limit_test", None, "Evaluate only the first N test images.
 flags.DEFINE_string("model", "digits_cnn", "Model registry name (see sat_tf.models.list_models()).")
 flags.DEFINE_string("activation", "silu", "Activation registry name, used at every site.")
 flags.DEFINE_list("activation_options", [], "Activation arguments as key=value, e.g. mode=attacker,alpha=10 for relu_smooth_grad.")
+flags.DEFINE_string("load_sparta", None, "A sparta.npz (written by a --activation=sparta run) to load into this run's Sparta, frozen (transfer).")
 flags.DEFINE_string("preprocessing", None, "sat | imagenet | cifar | imagenet_center | cifar_center | none (default: the model's).")
 # Optimisation.
 flags.DEFINE_integer("epochs", 30, "Training epochs.")
@@ -174,6 +175,13 @@ def main(argv):
             boundaries=[int(e) * steps_per_epoch for e in FLAGS.lr_decay_epochs],
         )
         optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov)
+    if FLAGS.load_sparta:
+        from sat_tf import sparta
+
+        try:  # frozen before the train function is built: it leaves trainable_variables
+            sparta.load_sparta(FLAGS.load_sparta, model, freeze=True)
+        except (ValueError, OSError, tf.errors.OpError) as err:
+            raise common.FlagError(f"--load_sparta={FLAGS.load_sparta}: {err}")
     objective, objective_config = objective_flags.objective(model, info.num_classes, steps_per_epoch)
     if objective is not None:
         attack, attack_config = objective, objective_config
@@ -275,6 +283,10 @@ def main(argv):
     paths = report.write_report(results, os.path.join(FLAGS.workdir, "report"), meta=meta, title=title)
     print(report.markdown_table(results, title=title))
     model.save(os.path.join(FLAGS.workdir, "model.keras"))
+    if FLAGS.activation.lower() == "sparta":
+        from sat_tf import sparta
+
+        print(f"sparta weights: {sparta.save_sparta(os.path.join(FLAGS.workdir, 'sparta.npz'), model)}", flush=True)
     if FLAGS.export:
         # Non-ImageNet data sets are evaluated uncropped: serve_jpeg resizes the whole image.
         # A noise-trained run also serves its smoothed classifier (predict_smoothed, n=1000, alpha=0.001).

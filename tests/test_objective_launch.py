@@ -68,3 +68,20 @@ def test_compare_objectives_smoke(tmp_path):
     assert "| trades |" in table and "| pgd_at |" in table and " ± " in table
     bad = subprocess.run([sys.executable, cmd[1], "--rows=nope"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "--rows" in bad.stderr
+
+
+def test_sparta_transfer_through_the_launcher(tmp_path):
+    # Train with Sparta, then train another network with those Sparta weights loaded and frozen.
+    import numpy as np
+
+    train(tmp_path / "source", "--activation=sparta", "--attack=pgd")
+    source = np.load(tmp_path / "source" / "sparta.npz")
+    train(tmp_path / "target", "--activation=sparta", "--attack=pgd", "--seed=5",
+          f"--load_sparta={tmp_path / 'source' / 'sparta.npz'}")
+    target = np.load(tmp_path / "target" / "sparta.npz")
+    for key in ("gate_weights", "gate_bias"):
+        np.testing.assert_array_equal(source[key], target[key])
+    assert np.abs(source["gate_weights"] - np.pad([[1.0]], 1)).max() > 0  # the source run trained it
+    proc = train(tmp_path / "bad", "--activation=silu", f"--load_sparta={tmp_path / 'source' / 'sparta.npz'}",
+                 check=False)
+    assert proc.returncode == 2 and "--load_sparta" in proc.stderr
