@@ -1,0 +1,221 @@
+"""Named evaluation protocols: which attacks, with which budget, in which rows.
+
+A protocol is data (`PROTOCOLS`, one dict): a budget in [0, 1] pixel units
+(`epsilon`, `step_size`, and the step counts `steps` of the iterative rows;
+None means "the run's", from run_config.json) and its report rows, each a
+`sat_tf.attacks.get_attack` name with fixed keyword arguments. Plain Python,
+no absl: launch/evaluate.py selects one with `--protocol`, a library user
+builds the same attack table directly:
+
+    >>> from launch import protocols
+    >>> budget = protocols.resolve_budget(protocols.PROTOCOLS["rat_cifar"], run_eval=None)
+    >>> budget
+    {'epsilon': 0.031, 'step_size': 0.003, 'steps': [20]}
+    >>> table = protocols.build_attacks(protocols.PROTOCOLS["rat_cifar"], **budget)
+    >>> list(table)
+    ['clean', 'fgsm', 'pgd20', 'cw20']
+    >>> table["cw20"].keywords["cw_kappa"], table["cw20"].keywords["loss"]
+    (50.0, 'cw')
+    >>> # sat_tf.evaluation.evaluate(model, strategy, dataset_fn, table)
+
+Budget precedence (`resolve_budget`): an explicit value > the protocol's >
+the run's. FGSM rows take `epsilon` only: their one step is `epsilon`.
+
+References (RAT / TRADES / AWP evaluation, `eval_attack.py` of
+Alexkael/Randomized-Adversarial-Training; see reference_code.md §5.4):
+PGD-20 L-inf with eps 0.031 and step 0.003 (not 8/255 and 2/255), uniform
+random start in the eps-ball, CE, sign steps; CW-inf-20, the same loop on
+the margin loss clamped at kappa = 50; FGSM, one step of eps from x; SVHN
+uses eps 4/255 and step 1/255.
+"""
+
+import dataclasses
+
+# evaluate.py flags that may change row arguments; a protocol lists those it
+# leaves open (`Protocol.row_flags`), the others are fixed by its rows.
+ROW_FLAGS = ("norm", "loss", "targeted", "restarts")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One family of report rows.
+
+    Attributes:
+        name: the row name, or its prefix when `iterative` ("pgd" gives
+            "pgd20" for 20 steps).
+        attack: a `sat_tf.attacks.get_attack` name; None is the clean row.
+        iterative: one row per step count, with `step_size` and `steps`.
+        kwargs: fixed keyword arguments of the attack.
+    """
+
+    name: str
+    attack: str | None = None
+    iterative: bool = False
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """A named evaluation: rows plus a budget in [0, 1] units (None: the run's).
+
+    Attributes:
+        description: what the protocol runs, in one line.
+        rows: `Row`s, in report order.
+        epsilon, step_size: budget in [0, 1] pixel units, or None.
+        steps: step counts of the iterative rows, or None.
+        row_flags: the `ROW_FLAGS` a caller may override (evaluate.py refuses
+            the others, so a protocol's fixed rows cannot be changed silently).
+    """
+
+    description: str
+    rows: tuple
+    epsilon: float | None = None
+    step_size: float | None = None
+    steps: tuple | None = None
+    row_flags: frozenset = frozenset({"restarts"})
+
+
+_CLEAN = Row("clean")
+# Uniform start in the eps-ball, one run, the step as given (the reference
+# has no max(step, eps/steps) rule).
+_PGD = Row("pgd", "pgd", iterative=True, kwargs={
+    "norm": "linf", "loss": "ce", "targeted": False, "random_start": True, "restarts": 1,
+    "step_size_rule": "fixed",
+})
+_CW = Row("cw", "pgd_cw", iterative=True, kwargs={**_PGD.kwargs, "loss": "cw", "cw_kappa": 50.0})
+_FGSM = Row("fgsm", "fgsm", kwargs={"norm": "linf", "loss": "ce", "targeted": False})
+# SAT / Feature Denoising: step = max(step, eps / steps); what evaluate.py
+# and train.py have always run (common.eval_attacks).
+_SAT_PGD = Row("pgd", "pgd", iterative=True, kwargs={**_PGD.kwargs, "step_size_rule": "max_eps_over_steps"})
+
+PROTOCOLS = {
+    "run": Protocol(
+        "The run's eval budget and PGD-k steps (run_config.json); --norm/--loss/--targeted/--restarts apply.",
+        rows=(_CLEAN, _SAT_PGD),
+        row_flags=frozenset(ROW_FLAGS),
+    ),
+    "sat_imagenet": Protocol(
+        "SAT ImageNet: PGD-10/20/50/200, eps 4/255, step 1/255, random start.",
+        rows=(_CLEAN, _SAT_PGD),
+        epsilon=4 / 255,
+        step_size=1 / 255,
+        steps=(10, 20, 50, 200),
+        row_flags=frozenset(ROW_FLAGS),
+    ),
+    "rat_cifar": Protocol(
+        "RAT/TRADES/AWP CIFAR: FGSM, PGD-20 and CW-inf-20 (kappa 50), eps 0.031, step 0.003.",
+        rows=(_CLEAN, _FGSM, _PGD, _CW),
+        epsilon=0.031,
+        step_size=0.003,
+        steps=(20,),
+    ),
+    "rat_svhn": Protocol(
+        "RAT/TRADES/AWP SVHN: FGSM, PGD-20 and CW-inf-20 (kappa 50), eps 4/255, step 1/255.",
+        rows=(_CLEAN, _FGSM, _PGD, _CW),
+        epsilon=4 / 255,
+        step_size=1 / 255,
+        steps=(20,),
+    ),
+    "strong": Protocol(
+        "A stronger check at the run's budget: PGD-100 and CW-inf-100 (kappa 50), 5 restarts each.",
+        rows=(
+            _CLEAN,
+            dataclasses.replace(_PGD, kwargs={**_PGD.kwargs, "restarts": 5}),
+            dataclasses.replace(_CW, kwargs={**_CW.kwargs, "restarts": 5}),
+        ),
+        steps=(100,),
+    ),
+}
+
+
+def list_protocols():
+    """Sorted names of `PROTOCOLS`."""
+    return sorted(PROTOCOLS)
+
+
+def resolve_budget(protocol, run_eval, *, epsilon=None, step_size=None, steps=None):
+    """The budget to evaluate with: explicit > the protocol's > the run's.
+
+    Args:
+        protocol: a `Protocol`.
+        run_eval: the run's `{"epsilon", "step_size", "iters"}` (the "eval"
+            entry of run_config.json), or None if the protocol fixes all three.
+        epsilon, step_size: explicit values in [0, 1] units, or None.
+        steps: explicit step counts, or None.
+
+    Returns:
+        `{"epsilon": float, "step_size": float, "steps": [int, ...]}`.
+
+    Example:
+        >>> resolve_budget(PROTOCOLS["rat_svhn"], None, epsilon=8 / 255) == {
+        ...     "epsilon": 8 / 255, "step_size": 1 / 255, "steps": [20]}
+        True
+    """
+    run_eval = run_eval or {}
+    keys = (("epsilon", epsilon, "epsilon"), ("step_size", step_size, "step_size"), ("steps", steps, "iters"))
+    budget = {}
+    for name, explicit, run_key in keys:
+        value = next((v for v in (explicit, getattr(protocol, name), run_eval.get(run_key)) if v is not None), None)
+        if value is None:
+            raise ValueError(f"The protocol sets no {name} and no run value was given. Received: {run_eval=}")
+        budget[name] = list(value) if name == "steps" else float(value)
+    return budget
+
+
+def build_attacks(protocol, *, epsilon, step_size, steps, **overrides):
+    """`{row name: attack or None}` for `sat_tf.evaluation.evaluate`.
+
+    Args:
+        protocol: a `Protocol`.
+        epsilon, step_size, steps: the budget (see `resolve_budget`).
+        **overrides: keyword arguments for every iterative row (evaluate.py's
+            `--restarts` etc.); they win over the rows' own.
+
+    Example:
+        >>> list(build_attacks(PROTOCOLS["strong"], epsilon=0.03, step_size=0.01, steps=[50]))
+        ['clean', 'pgd50', 'cw50']
+    """
+    from sat_tf import attacks
+
+    table = {}
+    for row in protocol.rows:
+        for name, kwargs in _expand(row, epsilon, step_size, steps, overrides):
+            table[name] = None if row.attack is None else attacks.get_attack(row.attack, **kwargs)
+    return table
+
+
+def _expand(row, epsilon, step_size, steps, overrides):
+    """(name, kwargs) pairs of one `Row`."""
+    if row.attack is None:
+        return [(row.name, None)]
+    if not row.iterative:
+        return [(row.name, {"eps": epsilon, **row.kwargs})]
+    # PGD-0 is the clean row again: skipped, as evaluate.py always has.
+    return [
+        (f"{row.name}{k}", {"eps": epsilon, "step_size": step_size, "steps": k, **row.kwargs, **overrides})
+        for k in steps
+        if k > 0
+    ]
+
+
+def describe(table):
+    """`{row: "attack key=value ..."}`, the attack parameters for a report.
+
+    Example:
+        >>> table = build_attacks(PROTOCOLS["rat_cifar"], epsilon=0.031, step_size=0.003, steps=[20])
+        >>> describe(table)["fgsm"]
+        'fgsm eps=0.031 loss=ce norm=linf targeted=False'
+    """
+    out = {}
+    for name, attack in table.items():
+        if attack is None:
+            out[name] = "no attack"
+            continue
+        items = [f"{k}={_short(v)}" for k, v in sorted(attack.keywords.items())]
+        out[name] = " ".join([attack.__name__, *items])
+    return out
+
+
+def _short(value):
+    # 4/255 reads 0.0156863, and 0.031 stays 0.031.
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

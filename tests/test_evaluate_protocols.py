@@ -1,0 +1,207 @@
+"""launch/evaluate.py --protocol: the RAT / TRADES / AWP evaluation and friends.
+
+The expected parameters below are copied by hand from the reference's
+eval_attack.py (reference_code.md §5.4), not from launch/protocols.py, so a
+typo in the preset table fails here.
+"""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from launch import common  # noqa: E402
+from launch import protocols  # noqa: E402
+from sat_tf import attacks  # noqa: E402
+
+_PGD = {"func": attacks.pgd, "norm": "linf", "loss": "ce", "targeted": False, "random_start": True,
+        "prob_start_from_clean": 0.0, "step_size_rule": "fixed", "restarts": 1, "cw_kappa": 50.0}
+_FGSM = {"func": attacks.fgsm, "norm": "linf", "loss": "ce", "targeted": False, "cw_kappa": 50.0}
+RAT_CIFAR = {
+    "fgsm": {**_FGSM, "eps": 0.031},
+    "pgd20": {**_PGD, "eps": 0.031, "step_size": 0.003, "steps": 20},
+    "cw20": {**_PGD, "eps": 0.031, "step_size": 0.003, "steps": 20, "loss": "cw", "cw_kappa": 50.0},
+}
+RAT_SVHN = {
+    "fgsm": {**_FGSM, "eps": 4 / 255},
+    "pgd20": {**_PGD, "eps": 4 / 255, "step_size": 1 / 255, "steps": 20},
+    "cw20": {**_PGD, "eps": 4 / 255, "step_size": 1 / 255, "steps": 20, "loss": "cw", "cw_kappa": 50.0},
+}
+# A run whose own budget must lose to the presets' fixed values.
+RUN_EVAL = {"epsilon": 0.5, "step_size": 0.25, "iters": [7]}
+
+
+def effective(attack):
+    """Every argument the bound attack runs with (bound keywords + defaults)."""
+    bound = inspect.signature(attack.func).bind(None, None, None, **attack.keywords)
+    bound.apply_defaults()
+    params = {k: v for k, v in bound.arguments.items() if k not in ("logits_fn", "x", "y", "seed")}
+    return {"func": attack.func, **params}
+
+
+def table(name, run_eval=RUN_EVAL, **explicit):
+    protocol = protocols.PROTOCOLS[name]
+    return protocols.build_attacks(protocol, **protocols.resolve_budget(protocol, run_eval, **explicit))
+
+
+@pytest.mark.parametrize("name,expected", [("rat_cifar", RAT_CIFAR), ("rat_svhn", RAT_SVHN)])
+def test_rat_presets_have_the_reference_parameters(name, expected):
+    got = table(name)
+    assert list(got) == ["clean", "fgsm", "pgd20", "cw20"] and got["clean"] is None
+    assert {row: effective(attack) for row, attack in got.items() if attack} == expected
+
+
+def test_explicit_values_beat_the_preset_and_the_preset_beats_the_run():
+    got = table("rat_cifar", epsilon=8 / 255, steps=[10, 0, 50])
+    assert list(got) == ["clean", "fgsm", "pgd10", "pgd50", "cw10", "cw50"]  # PGD-0 is the clean row
+    assert effective(got["fgsm"])["eps"] == 8 / 255
+    assert effective(got["cw50"]) == {**RAT_CIFAR["cw20"], "eps": 8 / 255, "steps": 50}
+    strong = table("strong")  # no budget of its own: the run's
+    assert list(strong) == ["clean", "pgd100", "cw100"]
+    assert effective(strong["cw100"]) == {**_PGD, "eps": 0.5, "step_size": 0.25, "steps": 100,
+                                          "loss": "cw", "restarts": 5}
+    restarted = protocols.build_attacks(protocols.PROTOCOLS["strong"], epsilon=0.1, step_size=0.1, steps=[3],
+                                        restarts=2)
+    assert effective(restarted["pgd3"])["restarts"] == 2
+
+
+def test_default_protocol_builds_what_evaluate_always_built():
+    ours = table("run")
+    theirs = common.eval_attacks([7], epsilon=0.5, step_size=0.25)
+    assert list(ours) == list(theirs) == ["clean", "pgd7"]
+    assert effective(ours["pgd7"]) == effective(theirs["pgd7"])
+    sat = table("sat_imagenet")
+    assert list(sat) == ["clean", "pgd10", "pgd20", "pgd50", "pgd200"]
+    assert effective(sat["pgd200"]) == {**effective(theirs["pgd7"]), "eps": 4 / 255, "step_size": 1 / 255,
+                                        "steps": 200}
+
+
+# === One step on a linear model, by hand ===
+
+def linear_problem(margins):
+    """logits = flatten(x) @ w + offset; `offset` sets each example's initial
+    CW margin max_{j != y} z_j - z_y to `margins[i]` (a constant: no gradient)."""
+    rng = np.random.default_rng(0)
+    b, d, c = len(margins), 16, 10
+    x = rng.uniform(0.2, 0.8, size=(b, 4, 4, 1)).astype(np.float32)
+    y = rng.integers(0, c, size=b)
+    w = rng.normal(size=(d, c)).astype(np.float32)
+    z0 = x.reshape(b, d).astype(np.float64) @ w
+    offset = np.zeros((b, c))
+    for i, m in enumerate(margins):
+        offset[i, y[i]] = np.delete(z0[i], y[i]).max() - z0[i, y[i]] - m
+
+    def logits_fn(z):
+        return tf.matmul(tf.reshape(z, [b, d]), w) + tf.constant(offset, tf.float32)
+
+    return x, y, w, z0 + offset, logits_fn
+
+
+def one_step(x, grad, eps, step):
+    """The reference's update: sign step, project to the eps-ball, clip to [0, 1]."""
+    moved = x + np.float32(step) * np.sign(grad).reshape(x.shape).astype(np.float32)
+    return np.clip(np.clip(moved, x - np.float32(eps), x + np.float32(eps)), 0.0, 1.0)
+
+
+def ce_grad(w, z, y):
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (p - np.eye(z.shape[1])[y]) @ w.T
+
+
+def margin_grad(w, z, y, kappa):
+    """d min(max_{j != y} z_j - z_y, kappa) / dx: zero where the clamp is active."""
+    other = np.where(np.eye(z.shape[1])[y] > 0, -np.inf, z).argmax(-1)
+    active = (z[np.arange(len(y)), other] - z[np.arange(len(y)), y]) < kappa
+    return (w[:, other] - w[:, y]).T * active[:, None]
+
+
+def test_cw_row_takes_one_sign_step_on_the_kappa_50_margin():
+    # Margins 45 and 55 straddle kappa = 50: only the examples below it move.
+    x, y, w, z, logits_fn = linear_problem([-20.0, -3.0, 10.0, 45.0, 55.0, 80.0])
+    got = table("rat_cifar")["cw20"](logits_fn, x, y, steps=1, random_start=False, seed=0).numpy()
+    want = one_step(x, margin_grad(w, z, y, kappa=50.0), 0.031, 0.003)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.array_equal(got[4:], x[4:]) and not np.allclose(got[3], x[3])
+    # The test can tell the losses apart: CE or an unclamped margin would move differently.
+    assert not np.allclose(got, one_step(x, ce_grad(w, z, y), 0.031, 0.003), atol=1e-6)
+    assert not np.allclose(got, one_step(x, margin_grad(w, z, y, kappa=np.inf), 0.031, 0.003), atol=1e-6)
+
+
+@pytest.mark.parametrize("row,eps,step,overrides", [("fgsm", 0.031, 0.031, {}),
+                                                     ("pgd20", 0.031, 0.003, {"steps": 1, "random_start": False})])
+def test_fgsm_and_pgd_rows_step_on_the_cross_entropy(row, eps, step, overrides):
+    x, y, w, z, logits_fn = linear_problem([0.0] * 6)
+    got = table("rat_cifar")[row](logits_fn, x, y, seed=0, **overrides).numpy()
+    np.testing.assert_allclose(got, one_step(x, ce_grad(w, z, y), eps, step), atol=1e-6)
+
+
+# === The launcher, end to end ===
+
+def launch(script, *flags, check=True):
+    cmd = [sys.executable, os.path.join(ROOT, "launch", script), *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    # Clean training for 3 short epochs: accurate enough (~70 %) that the
+    # attacks have something to lower, in about 10 s.
+    path = str(tmp_path_factory.mktemp("protocols") / "digits")
+    launch("train.py", "--epochs=3", "--limit_train=512", "--limit_test=32", "--batch_size=32", "--export=false",
+           "--attack=none", "--learning_rate=2", "--warmup_epochs=0", "--eval_attack_iters=1", "--deterministic",
+           f"--workdir={path}")
+    return path
+
+
+def report(directory):
+    with open(os.path.join(directory, "robustness.json")) as f:
+        return json.load(f)
+
+
+def test_rat_cifar_end_to_end(workdir, tmp_path):
+    proc = launch("evaluate.py", f"--workdir={workdir}", "--protocol=rat_cifar", "--limit=32", f"--output_dir={tmp_path}")
+    out = report(tmp_path)
+    results, meta = out["results"], out["meta"]
+    assert list(results) == ["clean", "fgsm", "pgd20", "cw20"]
+    assert all(row["count"] == 32 for row in results.values())
+    clean = results["clean"]["top1"]
+    assert clean > 0.3 and all(results[k]["top1"] <= clean for k in ("fgsm", "pgd20", "cw20"))
+    assert min(results[k]["top1"] for k in ("fgsm", "pgd20", "cw20")) < clean
+    assert meta["protocol"] == "rat_cifar" and meta["epsilon"] == 0.031 and meta["step"] == 0.003
+    assert meta["steps"] == [20] and "cw_kappa=50" in meta["attacks"]["cw20"]
+    assert "| cw20 |" in proc.stdout
+
+
+def test_flags_override_the_protocol_end_to_end(workdir, tmp_path):
+    launch("evaluate.py", f"--workdir={workdir}", "--protocol=rat_svhn", "--attack_epsilon=8", "--steps=3",
+           "--restarts=2", "--limit=32", f"--output_dir={tmp_path}")
+    out = report(tmp_path)
+    assert list(out["results"]) == ["clean", "fgsm", "pgd3", "cw3"]
+    meta = out["meta"]
+    assert meta["epsilon"] == 8 / 255 and meta["step"] == 1 / 255 and meta["steps"] == [3]
+    assert "restarts=2" in meta["attacks"]["cw3"] and "restarts" not in meta["attacks"]["fgsm"]
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--protocol=foo"], f"--protocol='foo' is unknown; choose one of {protocols.list_protocols()}"),
+    (["--protocol=rat_cifar", "--loss=cw"], "--loss is fixed by --protocol=rat_cifar"),
+])
+def test_bad_protocol_flags_fail_with_one_line(flags, needle):
+    proc = launch("evaluate.py", "--workdir=/tmp/sat_tf_never_written", *flags, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].startswith(f"error: {needle}"), errors
+    assert "Traceback" not in proc.stderr
