@@ -85,3 +85,17 @@ def test_sparta_transfer_through_the_launcher(tmp_path):
     proc = train(tmp_path / "bad", "--activation=silu", f"--load_sparta={tmp_path / 'source' / 'sparta.npz'}",
                  check=False)
     assert proc.returncode == 2 and "--load_sparta" in proc.stderr
+
+
+def test_cifar_preset_flags_parse_and_train_on_a_small_stand_in(tmp_path):
+    # The rat_cifar10 recipe (no CIFAR data here): every preset flag is applied and
+    # validated, with the data set, model and length overridden to run in seconds.
+    train(tmp_path, "--preset=rat_cifar10", "--dataset=digits", "--model=digits_cnn", "--attack_iter=1",
+          "--epochs=1")
+    config = json.load(open(tmp_path / "run_config.json"))
+    applied = config["preset"]["applied"]
+    assert applied["lr_decay_epochs"] == ["100", "150"] and applied["weight_decay"] == 5e-4
+    assert applied["nesterov"] is False and applied["preprocessing"] == "none" and applied["learning_rate"] == 0.2
+    assert config["train_attack"]["name"] == "trades_rat" and config["train_attack"]["rat_alpha"] == 0.2
+    assert config["model_kwargs"]["preprocessing"] == "none"
+    assert abs(config["train_attack"]["eps"] - 8 / 255) < 1e-9 and config["flags"]["nesterov"] is False
