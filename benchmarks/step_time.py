@@ -18,7 +18,6 @@ only (see benchmarks/imagenet_input_throughput.py for the input pipeline).
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from sat_tf import attacks, models, train_lib  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import certify_throughput  # noqa: E402  (shared machine description)
 
 
 def make_train(model_name, activation, batch, image_shape, num_classes, k, jit):
@@ -66,13 +68,8 @@ def time_steps(train, iterator, warmup, steps):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    cpu, cores = certify_throughput.machine()
+    return f"{cpu}, {cores} cores, TensorFlow {tf.__version__}, Keras {keras.__version__}"
 
 
 def main(argv=None):
