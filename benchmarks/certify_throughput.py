@@ -22,14 +22,14 @@ import argparse
 import contextlib
 import datetime
 import os
-import platform
-import re
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import _report  # noqa: E402
+
+ROOT = _report.ROOT
 SECTION = "## Certification throughput"
 SIGMA = 0.25
 MODELS = {  # name -> (registry name, input shape, batches, samples per timed call)
@@ -155,13 +155,7 @@ def run(args):
 
 
 def machine():
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return model, os.cpu_count()
+    return _report.machine()
 
 
 def markdown(results, args):
@@ -198,18 +192,6 @@ def markdown(results, args):
     return "\n".join(lines) + "\n"
 
 
-def update_section(path, section):
-    """Replaces the `## Certification throughput` section of `path` (or appends it)."""
-    text = open(path).read() if os.path.exists(path) else "# sat_tf benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def main(argv=None):
     args = _parse_args(argv)
     _two_logical_cpus()
@@ -217,7 +199,7 @@ def main(argv=None):
     section = markdown(results, args)
     print("\n" + section)
     if args.output:
-        update_section(args.output, section)
+        _report.update_section(args.output, SECTION, section)
         print(f"updated {args.output}")
 
 

@@ -7,15 +7,48 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 
-def test_step_time_quick_reports_clean_and_pgd_rows(tmp_path):
+def test_step_time_quick_group_times_interleaved_cases_and_writes_its_section(tmp_path):
     import step_time
 
-    out = tmp_path / "table.md"
-    rows = step_time.main(["--quick", f"--output={out}"])
-    assert [(r[0], r[2]) for r in rows] == [("silu", 0), ("silu", 1)]
-    clean, pgd1 = rows
-    assert clean[7] == 1.0 and clean[8] == 1.0 and abs(pgd1[8] - 5 / 3) < 1e-9
-    assert all(r[3] > 0 and r[4] <= r[3] <= r[5] for r in rows)  # min <= median <= max
-    assert pgd1[3] > clean[3]  # an attack step costs more than a clean one
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# sat_tf benchmarks\n\n## Other section\n\nkept\n")
+    rows = step_time.main(["--groups=quick", "--warmup=1", "--steps=2", f"--output={out}"])["quick"]
+    clean, pgd1, clean4 = rows
+    assert [(r["case"].k, r["case"].per_call) for r in rows] == [(0, 1), (1, 1), (0, 4)]
+    assert all(0 < r["low"] <= r["median"] <= r["high"] for r in rows)
+    assert all(r["traces"] == 1 for r in rows)  # no retracing across rounds
+    assert clean["x_clean"] == 1.0 and pgd1["bound"] == 5 / 3
+    assert pgd1["x_clean"] == pgd1["median"] / clean["median"] > 1  # an attack step costs more than a clean one
     text = out.read_text()
-    assert "| silu | off | 1 |" in text and "bound (2K+3)/3" in text
+    assert "## Other section\n\nkept" in text and "## Step time: quick" in text
+    assert "| tf | silu | off | float32 | 1 | 1 |" in text and "× (2K+3)/3 clean" in text
+    # Rerunning replaces the section instead of appending a second copy.
+    step_time.main(["--groups=quick", "--warmup=1", "--steps=1", f"--output={out}"])
+    assert out.read_text().count("## Step time: quick") == 1
+
+
+def test_step_time_rejects_unknown_groups():
+    import pytest
+    import step_time
+
+    with pytest.raises(SystemExit):
+        step_time.main(["--groups=ksweep,nope"])
+
+
+def test_verdicts_compare_against_the_issue_targets():
+    import step_time
+
+    group = step_time.GROUPS["ksweep"]
+    Case = step_time.Case
+    rows = [dict(case=c, median=m, low=m, high=m, first=1.0, traces=1) for c, m in [
+        (Case("tf", "relu", 0), 1.0), (Case("tf", "relu", 3), 3.1), (Case("tf", "silu", 0), 1.0),
+        (Case("tf", "silu", 1), 1.9), (Case("tf", "relu", 1), 1.6),
+        (Case("torch", "relu", 0), 1.1), (Case("torch", "relu", 3), 4.5)]]
+    checks = {target: ok for target, _, ok in step_time.verdicts(group, step_time.derive(group, rows))}
+    bound, torch = "step ≤ 1.05 × (2K+3)/3 clean", "ours ≥ 1.25× PyTorch (floor 1.0×)"
+    assert checks[f"tf relu K=3 float32: {bound}"] is True  # 3.1 / 3 <= 1.05
+    assert checks[f"tf silu K=1 float32: {bound}"] is False  # 1.9 > 1.05 * 5/3
+    assert checks["tf silu K=1 float32: ≤ 1.03 × relu"] is False  # 1.9 / 1.6 = 1.19
+    assert checks[f"tf relu K=0 float32: {torch}"] == "floor only"  # 1.1x
+    assert checks[f"tf relu K=3 float32: {torch}"] == "yes"  # 1.45x
+    assert len(checks) == 6  # relu K=1 has no torch row, silu K=0 no relu-ratio target
