@@ -1,0 +1,171 @@
+"""benchmarks/torch_reference.py computes what sat_tf computes, so timing the two side by side is a fair comparison.
+
+Keras weights ported into the torch ResNet-18 give the same logits and the same PGD path; the torch SGD step is
+the update the docstring promises (weight decay on conv/linear weights only); the sampler is Cohen's loop; the
+worker answers its JSON protocol.
+"""
+
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch cross-check: pip install -e '.[crosscheck]'")
+
+import keras  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from sat_tf import attacks, models  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import torch_reference  # noqa: E402
+
+EPS, STEP = 8 / 255, 2 / 255
+
+
+@pytest.fixture(scope="module", params=["relu", "silu", "gelu", "softplus", "smooth_relu"])
+def ported(request):
+    """A Keras resnet18_cifar with random BN statistics (and per-site beta_raw) and its torch port, both eval."""
+    keras.utils.set_random_seed(0)
+    model = models.build_model("resnet18_cifar", num_classes=10, input_shape=[32, 32, 3], activation=request.param)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            stats = [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), rng.uniform(0.5, 2, c)]
+            layer.set_weights(stats)
+        elif layer.weights and layer.weights[0].path.endswith("beta_raw"):
+            layer.set_weights([np.float32(rng.uniform(1.0, 4.0))])  # beta 1..16: the sites differ
+    torch_model = torch_reference.ResNet18Cifar(request.param)
+    torch_reference.load_keras_weights(torch_model, model)
+    x = np.random.default_rng(2).uniform(size=(4, 32, 32, 3)).astype(np.float32)
+    y = np.array([0, 3, 7, 9])
+    return model, torch_model.eval(), x, y
+
+
+def to_torch(x_nhwc):
+    """NHWC numpy -> NCHW torch view, which is channels_last in memory."""
+    return torch.from_numpy(x_nhwc).permute(0, 3, 1, 2)
+
+
+def test_ported_weights_give_the_same_logits_and_parameter_count(ported):
+    model, torch_model, x, _ = ported
+    ours = model(x, training=False).numpy()
+    with torch.no_grad():
+        theirs = torch_model(to_torch(x)).numpy()
+    assert np.max(np.abs(theirs - ours)) <= 1e-5 * np.max(np.abs(ours))  # erf GELU for tanh: 7e-5
+    keras_count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert torch_reference.count_params(torch_model) == keras_count
+
+
+def test_pgd_follows_our_pgd(ported):
+    model, torch_model, x, y = ported
+    attack = attacks.get_attack("pgd", eps=EPS, step_size=STEP, steps=3, random_start=False)
+    ours = attack(lambda z: model(z, training=False), x, y, seed=0).numpy()
+    theirs = torch_reference.pgd_linf(
+        torch_model, to_torch(x), torch.from_numpy(y), eps=EPS, step_size=STEP, steps=3, random_start=False
+    ).permute(0, 2, 3, 1).numpy()
+    diff = np.abs(theirs - ours)
+    assert np.mean(diff < 1e-6) >= 0.99  # sign ties of tiny gradients may differ
+    assert diff.max() <= 2 * STEP + 1e-6
+    assert np.mean(np.abs(ours - x)) > STEP  # the attack did move
+    for x_adv in (ours, theirs):
+        assert np.abs(x_adv - x).max() <= EPS + 1e-6
+        assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+def test_pgd_random_start_is_uniform_in_the_ball_and_seeded():
+    model = torch_reference.ResNet18Cifar()
+    x = torch.full((2, 3, 32, 32), 0.5)
+    y = torch.tensor([1, 2])
+
+    def start(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return torch_reference.pgd_linf(model, x, y, eps=EPS, step_size=STEP, steps=0, generator=gen) - x
+
+    delta = start(0)
+    assert delta.abs().max() <= EPS + 1e-7 and delta.abs().max() > 0.99 * EPS
+    assert abs(delta.mean().item()) < 0.05 * EPS
+    assert torch.equal(delta, start(0)) and not torch.equal(delta, start(1))
+
+
+def test_train_step_is_nesterov_sgd_with_decay_on_conv_and_linear_weights_only():
+    torch.manual_seed(0)
+    model = torch_reference.ResNet18Cifar("smooth_relu")
+    lr, momentum, wd = 0.1, 0.9, 0.1  # a large wd, so the decay term stands far above float noise
+    step = torch_reference.make_train_step(model, 0, lr=lr, weight_decay=wd)
+    x = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+
+    reference = copy.deepcopy(model).train()
+    loss = F.cross_entropy(reference(x), y)
+    decayed = ["conv1.weight", "layer2.0.shortcut.0.weight", "linear.weight"]
+    names = decayed + ["bn1.weight", "layer2.0.shortcut.1.weight", "linear.bias", "act1.beta_raw"]
+    ref_params = dict(reference.named_parameters())
+    grads = dict(zip(names, torch.autograd.grad(loss, [ref_params[n] for n in names])))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    assert step(x, y) == pytest.approx(loss.item(), rel=1e-5)
+    after = dict(model.named_parameters())
+    for name in names:
+        w0, grad = before[name], grads[name]
+        # Nesterov from a zero buffer: buf = g, update = g + momentum * buf.
+        with_decay = w0 - lr * (1 + momentum) * (grad + wd * w0)
+        without_decay = w0 - lr * (1 + momentum) * grad
+        expected, other = (with_decay, without_decay) if name in decayed else (without_decay, with_decay)
+        assert (after[name] - expected).abs().max() < 1e-6, name
+        assert (after[name] - other).abs().max() > 1e-4, name
+
+
+def test_bfloat16_pgd_step_trains():
+    torch.manual_seed(0)
+    model = torch_reference.ResNet18Cifar("silu")
+    step = torch_reference.make_train_step(model, 1, precision="bfloat16")
+    before = model.conv1.weight.detach().clone()
+    loss = step(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
+    assert np.isfinite(loss) and not torch.equal(before, model.conv1.weight)
+    assert model.conv1.weight.dtype == torch.float32  # autocast, not a bf16 model
+
+
+def test_certify_sampler_is_cohens_loop():
+    torch.manual_seed(0)
+    model = torch_reference.ResNet18Cifar().eval()
+    x = torch.rand(3, 32, 32)
+    sizes = []
+    model.register_forward_hook(lambda module, inputs, output: sizes.append(inputs[0].shape[0]))
+    counts = torch_reference.make_certify_sampler(model, sigma=0.25, batch_size=10)(x, 25)
+    assert sizes == [10, 10, 5] and counts.shape == (10,) and counts.sum() == 25
+
+    clean = int(model(x[None]).argmax())
+    counts = torch_reference.make_certify_sampler(model, sigma=0.0, batch_size=10)(x, 25)
+    assert counts[clean] == 25  # no noise: every copy is the clean prediction
+
+
+def test_importing_the_module_does_not_import_torch():
+    code = "import sys, torch_reference; assert 'torch' not in sys.modules; torch_reference.Worker"
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "benchmarks")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_worker_protocol_round_trip():
+    with torch_reference.Worker(threads=1) as worker:
+        train = {"kind": "train", "activation": "relu", "k": 1, "batch": 2}
+        assert worker.request(op="build", id="train", **train)["params"] == 11173962
+        assert worker.request(op="build", id="certify", kind="certify", batch=10, num=20)["ok"]
+        for name in ("train", "certify"):
+            first = worker.request(op="time", id=name, n=2)
+            assert len(first["times"]) == 2 and min(first["times"]) > 0
+            assert first["first"] == first["times"][0]
+            assert worker.request(op="time", id=name, n=1)["first"] == first["first"]
+        with pytest.raises(RuntimeError, match="no-such-id"):
+            worker.request(op="time", id="no-such-id", n=1)
+        with pytest.raises(RuntimeError, match="unknown keys"):
+            worker.request(op="build", id="bad", lr=0.1, **train)
+        assert worker.request(op="rss")["max_rss_mb"] > 0  # still serving after errors
+        assert worker.request(op="quit") == {"ok": True}
+        assert worker._proc.wait(timeout=30) == 0
