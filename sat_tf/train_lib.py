@@ -378,7 +378,9 @@ def fit(
         config: a `StepConfig`.
         epochs, steps_per_epoch: length of the run.
         workdir: checkpoints go to `workdir/checkpoints`, TensorBoard scalars to
-            `workdir/tensorboard`, the history to `workdir/history.json`.
+            `workdir/tensorboard`, the history to `workdir/history.json` (one
+            record per epoch; `train_traces` counts the train function's
+            traces so far, 1 unless something retraces it).
         checkpoint_every_steps: also save every N steps (0: at epoch ends only).
         epoch_end_fn: optional `fn(epoch) -> dict` of extra scalars (e.g. eval),
             written to TensorBoard as `epoch/<key>` and to the history.
@@ -484,12 +486,15 @@ def fit(
                 "train_loss": sums["loss_sum"] / max(sums["count"], 1.0),
                 "train_adv_accuracy": sums["correct"] / max(sums["count"], 1.0),
                 "seconds": time.perf_counter() - epoch_start,
+                # 1 for a healthy run: every call (any chunk size, any epoch's
+                # iterator) reuses the first trace.
+                "train_traces": train.experimental_get_tracing_count(),
             }
             if epoch_end_fn is not None:
                 record.update(epoch_end_fn(epoch))
             with writer.as_default(step=seen()):
                 for key, value in record.items():
-                    if key not in ("epoch", "step", "train_loss", "train_adv_accuracy"):
+                    if key not in ("epoch", "step", "train_loss", "train_adv_accuracy", "train_traces"):
                         tf.summary.scalar(f"epoch/{key}", value)
             writer.flush()
             history.append(record)

@@ -179,6 +179,22 @@ def test_nan_loss_stops_without_checkpoint(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints" / "checkpoint")
 
 
+def test_fit_traces_the_train_function_once_for_any_chunk_and_epoch(tmp_path):
+    # Chunks of 2, 1 (checkpoint boundary), 2, ... and a new iterator every epoch:
+    # none of them may retrace (graph growth, memory creep, trace time per epoch).
+    model = _tiny_model(with_bn=True)
+    x, y = _batch()
+    strategy = tf.distribute.get_strategy()
+    config = train_lib.StepConfig(global_batch_size=8, num_classes=3, steps_per_execution=2)
+    history = train_lib.fit(
+        model, keras.optimizers.SGD(0.1), _shift_attack, strategy,
+        lambda epoch, ctx: tf.data.Dataset.from_tensors((x, y)).repeat(5),
+        config=config, epochs=3, steps_per_epoch=5, checkpoint_every_steps=3, workdir=str(tmp_path), verbose=False,
+    )
+    assert [h["step"] for h in history] == [5, 10, 15]
+    assert [h["train_traces"] for h in history] == [1, 1, 1]
+
+
 @pytest.mark.parametrize(
     "decay,step,expected",
     [
