@@ -13,6 +13,7 @@ import numbers
 import keras
 from keras import ops
 
+from sat_tf import fused
 from sat_tf.sparta import Sparta
 
 RELU_SMOOTH_GRAD_MODES = ("attacker", "optimizer", "both")
@@ -38,12 +39,76 @@ def parametric_softplus(x, alpha):
 
 def silu(x):
     """`x * sigmoid(x)` (Swish with beta = 1)."""
+    if fused.enabled():
+        return _fused_kernels()["silu"](x)
     return ops.silu(x)
 
 
 def gelu(x, approximate=True):
     """`x * Phi(x)`; `approximate=True` is the SAT code's tanh form."""
+    if fused.enabled():
+        return _fused_kernels()["gelu_tanh" if approximate else "gelu_erf"](x)
     return ops.gelu(x, approximate=approximate)
+
+
+@functools.cache
+def _fused_kernels():
+    """SiLU, GELU and SmoothReLU as one XLA kernel each way (`sat_tf.fused`): the same formulas."""
+    import math
+
+    import tensorflow as tf
+
+    def silu_derivative(x):
+        s = tf.sigmoid(x)
+        return s * (1.0 + x * (1.0 - s))
+
+    c, k = math.sqrt(2.0 / math.pi), 0.044715
+
+    def gelu_tanh(x):
+        return 0.5 * x * (1.0 + tf.tanh(c * (x + k * x * x * x)))
+
+    def gelu_tanh_derivative(x):
+        t = tf.tanh(c * (x + k * x * x * x))
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * k * x * x)
+
+    def gelu_erf(x):  # erfc, not 1 + erf: no cancellation in the left tail (as tf.nn.gelu)
+        return 0.5 * x * tf.math.erfc(x * (-1.0 / math.sqrt(2.0)))
+
+    def gelu_erf_derivative(x):
+        return (0.5 * tf.math.erfc(x * (-1.0 / math.sqrt(2.0)))
+                + x * tf.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi)))
+
+    def smooth_relu_forward(x, beta):
+        return tf.nn.relu(x - tf.math.log1p(beta * tf.abs(x)) / beta)
+
+    def smooth_relu_backward(upstream, x, beta):
+        # f = x - log1p(beta x) / beta for x > 0, else 0; the beta term is
+        # summed outside XLA (tf.reduce_sum's tree reduction, in float32).
+        positive, bx = x > 0, beta * x
+        dx = tf.where(positive, upstream * bx / (1.0 + bx), tf.zeros_like(x))
+        dbeta = tf.where(positive, upstream * (tf.math.log1p(bx) / (beta * beta) - x / (beta * (1.0 + bx))),
+                         tf.zeros_like(x))
+        return dx, tf.cast(dbeta, tf.float32)
+
+    forward_kernel = tf.function(smooth_relu_forward, jit_compile=True, autograph=False)
+    backward_kernel = tf.function(smooth_relu_backward, jit_compile=True, autograph=False)
+
+    def smooth_relu(x, beta):
+        def with_gradient(x, beta):
+            def grad(upstream):
+                dx, dbeta = backward_kernel(upstream, x, beta)
+                return dx, tf.cast(tf.reduce_sum(dbeta), beta.dtype)
+
+            return forward_kernel(x, beta), grad
+
+        return tf.custom_gradient(with_gradient)(x, tf.convert_to_tensor(beta, x.dtype))
+
+    return {
+        "smooth_relu": smooth_relu,
+        "silu": fused.elementwise(lambda x: x * tf.sigmoid(x), silu_derivative),
+        "gelu_tanh": fused.elementwise(gelu_tanh, gelu_tanh_derivative),
+        "gelu_erf": fused.elementwise(gelu_erf, gelu_erf_derivative),
+    }
 
 
 def elu(x, alpha=1.0):
@@ -58,6 +123,8 @@ def celu(x, alpha=1.0):
 
 def smooth_relu(x, beta):
     """`relu(x - log(beta * |x| + 1) / beta)`, with `log1p` for small `|x|`."""
+    if fused.enabled() and len(getattr(beta, "shape", ())) == 0:
+        return _fused_kernels()["smooth_relu"](x, beta)
     return ops.relu(x - ops.log1p(beta * ops.abs(x)) / beta)
 
 

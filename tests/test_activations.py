@@ -1,5 +1,6 @@
 """sat_tf.activations: NumPy values/gradients, registry, saving, export, XLA."""
 
+import contextlib
 import functools
 
 import keras
@@ -393,3 +394,34 @@ def test_saved_model_export(model, tmp_path):
     _, g_revived = _value_and_grad(revived.serve, x)
     _, g_keras = _value_and_grad(lambda t: model(t, training=False), x)
     np.testing.assert_allclose(g_revived, g_keras, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["silu", "gelu", "gelu_erf", "smooth_relu"])
+def test_fused_kernels_equal_the_plain_ops(name):
+    # sat_tf.fused: one XLA kernel forward and one backward must give the
+    # plain-op values and gradients (input and SmoothReLU's beta_raw).
+    from sat_tf import fused
+
+    x = tf.constant(np.random.default_rng(0).normal(0.0, 3.0, (4, 5, 6, 3)).astype(np.float32))
+    upstream = tf.sin(x)
+    results = []
+    for context in (fused.disabled, contextlib.nullcontext):
+        with context():
+            layer = get_activation(name, **({"initial_beta_raw": 1.5} if name == "smooth_relu" else {}))
+            layer.build(x.shape)
+            step = tf.function(lambda z, layer=layer: _forward_backward(layer, z, upstream))
+            results.append(step(x))
+            graph = step.get_concrete_function(x).graph
+            top_level = {op.type for op in graph.get_operations()}
+            # Fused: the elementwise math lives in XLA-compiled functions, not in the step's graph.
+            assert ("Tanh" in top_level or "Sigmoid" in top_level or "Log1p" in top_level
+                    or "Erfc" in top_level or "Erf" in top_level) == (context is fused.disabled), top_level
+    for plain, fast in zip(*results):
+        np.testing.assert_allclose(fast, plain, rtol=2e-5, atol=2e-5)
+
+
+def _forward_backward(layer, x, upstream):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(layer(x) * upstream)
+    return [layer(x), *tape.gradient(total, [x, *layer.trainable_variables])]
