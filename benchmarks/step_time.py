@@ -26,6 +26,7 @@ first-call (trace) time, the graph size and the peak RSS.
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -44,7 +45,8 @@ sys.path.insert(0, HERE)
 import _report  # noqa: E402
 
 Built = collections.namedtuple("Built", "run traces nodes")
-Case = collections.namedtuple("Case", "framework activation k jit precision per_call", defaults=(False, "float32", 1))
+Case = collections.namedtuple("Case", "framework activation k jit precision per_call fused",
+                              defaults=(False, "float32", 1, True))
 KS = (0, 1, 3, 7, 10)
 SMOOTH = ("silu", "gelu", "softplus", "smooth_relu", "sparta")
 TARGETS = {"bound": 1.05, "silu": 1.03, "smooth": 1.08, "torch": 1.25, "torch_floor": 1.0, "memory": 1.10}
@@ -87,6 +89,10 @@ GROUPS = {
         "resnet50", (64, 64, 3), 1000, 32,
         cases=tuple(Case("tf", a, k) for a in ("relu", "silu") for k in (0, 1, 3)),
     ),
+    "fusion": Group(
+        "Fused kernels on vs off: batch norm and SiLU (ResNet-18 CIFAR, batch 128, float32)", **R18,
+        cases=tuple(Case("tf", a, k, fused=f) for f in (True, False) for a in ("relu", "silu") for k in (0, 1)),
+    ),
     "host": Group(
         "Host overhead: steps per tf.function call (digits CNN, batch 128)",
         "digits_cnn", (8, 8, 1), 10, 128,
@@ -98,10 +104,11 @@ GROUPS = {
     ),
     "quick": Group(
         "Smoke run (digits CNN, batch 16)", "digits_cnn", (8, 8, 1), 10, 16,
-        cases=(Case("tf", "silu", 0), Case("tf", "silu", 1), Case("tf", "silu", 0, per_call=4)),
+        cases=(Case("tf", "silu", 0), Case("tf", "silu", 1), Case("tf", "silu", 0, per_call=4),
+               Case("tf", "silu", 1, fused=False)),
     ),
 }
-FULL = ("ksweep", "activations", "xla", "bf16", "resnet50", "host", "certify", "memory")
+FULL = ("ksweep", "activations", "fusion", "xla", "bf16", "resnet50", "host", "certify", "memory")
 
 
 # === TensorFlow cases ===
@@ -113,7 +120,7 @@ def build_tf(group, case):
     import numpy as np
     import tensorflow as tf
 
-    from sat_tf import attacks, models, smoothing, train_lib
+    from sat_tf import attacks, fused, models, smoothing, train_lib
 
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if case.precision == "bfloat16" else "float32")
@@ -139,15 +146,20 @@ def build_tf(group, case):
     y = tf.constant(rng.integers(0, group.num_classes, group.batch).astype(np.int32))
     iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat()))
     per_call = tf.constant(case.per_call)
-    return Built(lambda: float(train(iterator, per_call)["loss_sum"]),  # float(): wait for the step to finish
-                 train.experimental_get_tracing_count, lambda: graph_nodes(train, iterator, per_call))
+
+    def run():
+        # The plain-op variant must be traced (its first call) inside fused.disabled().
+        with contextlib.nullcontext() if case.fused or train.experimental_get_tracing_count() else fused.disabled():
+            return float(train(iterator, per_call)["loss_sum"])  # float(): wait for the step to finish
+
+    return Built(run, train.experimental_get_tracing_count, lambda: graph_nodes(train, iterator, per_call))
 
 
 # === Driver ===
 
 
 def label(case):
-    extras = [f"{case.per_call} steps/call"] if case.per_call > 1 else []
+    extras = ([f"{case.per_call} steps/call"] if case.per_call > 1 else []) + ([] if case.fused else ["plain ops"])
     return " ".join([case.framework, case.activation, f"K={case.k}", "xla" if case.jit else "", case.precision,
                      *extras]).replace("  ", " ")
 
@@ -249,13 +261,14 @@ def markdown(name, group, rows, args):
             lines.append(f"| {r['case'].framework} | {n / r['median']:,.0f} | {n / r['high']:,.0f}–{n / r['low']:,.0f} "
                          f"| {r['first']:.1f} | {fmt(r['ours_vs_torch'])} |")
     else:
-        lines += [f"| framework | activation | XLA | precision | K | steps/call | {unit} (median) | min–max | "
-                  "first call (s) | traces | × clean | bound (2K+3)/3 | × bound | × relu | ours / torch |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| framework | activation | XLA | precision | BN/act kernels | K | steps/call | {unit} (median) | "
+                  "min–max | first call (s) | traces | × clean | bound (2K+3)/3 | × bound | × relu | ours / torch |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             c = r["case"]
             lines.append(
-                f"| {c.framework} | {c.activation} | {'on' if c.jit else 'off'} | {c.precision} | {c.k} | "
+                f"| {c.framework} | {c.activation} | {'on' if c.jit else 'off'} | {c.precision} | "
+                f"{'–' if c.framework == 'torch' else 'fused' if c.fused else 'plain'} | {c.k} | "
                 f"{c.per_call} | {r['median']:.3f} | {r['low']:.3f}–{r['high']:.3f} | {r['first']:.1f} | "
                 f"{fmt(r['traces'], 'd')} | {fmt(r['x_clean'])} | {r['bound']:.2f} | {fmt(r['x_bound'])} | "
                 f"{fmt(r['x_relu'], '.3f')} | {fmt(r['ours_vs_torch'])} |")
@@ -289,17 +302,27 @@ def probe(spec):
     activation, k = spec.split(",")
     group = GROUPS["ksweep"]
     case = Case("tf", activation, int(k))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mb()
     run, traces, nodes = build_tf(group, case)
-    built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    built = peak_rss_mb()
     start = time.perf_counter()
     graph_size = nodes()  # traces the train function (no execution)
     trace = time.perf_counter() - start
     first = _timed(run)  # graph optimisation + kernel set-up + one step
     steady = statistics.median(_timed(run) for _ in range(3))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(json.dumps(dict(k=int(k), trace=trace, first=first, steady=steady, rss_import=before, rss_built=built,
                           rss_peak=peak, graph_nodes=graph_size, traces=traces())))
+
+
+def peak_rss_mb():
+    """This process's resident-set high-water mark. /proc's VmHWM, because ru_maxrss survives fork + exec
+    on Linux and would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _timed(fn):

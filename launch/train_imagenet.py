@@ -161,8 +161,11 @@ def pick_strategy():
 
 
 def precision_policy(strategy):
-    """bf16 on TPU by default; fp16 only on request and only on GPU."""
+    """bf16 on TPU by default, on request on GPUs and bf16-capable CPUs (1.5x faster there, BENCHMARKS.md);
+    fp16 only on request and only on GPU. CPUs default to float32."""
     import tensorflow as tf
+
+    from sat_tf import distribute
 
     on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
     has_gpu = bool(tf.config.list_logical_devices("GPU"))
@@ -172,8 +175,9 @@ def precision_policy(strategy):
         return "mixed_float16"
     if use_bf16:
         common.require(
-            on_tpu or has_gpu,
-            "--use_bfloat16 on a CPU-only host runs slower than float32; drop the flag (it is on by default on TPU)",
+            on_tpu or has_gpu or distribute.cpu_has_bf16(),
+            "--use_bfloat16 on a CPU without AVX512-BF16/AMX is emulated and slower than float32; drop the flag "
+            "(it is on by default on TPU)",
         )
         return "mixed_bfloat16"
     return "float32"

@@ -21,7 +21,7 @@ import math
 import keras
 from keras import ops
 
-from sat_tf import activations
+from sat_tf import activations, fused
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -309,11 +309,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
     in float32, moving averages updated with the *biased* batch variance (the kernel reports the
     unbiased one, so it is rescaled by (n - 1) / n). Falls back to the Keras computation when the
     kernel does not apply (another backend, not 4-D, channels not last, a mask, synchronized or
-    renorm).
+    renorm) and inside `sat_tf.fused.disabled()`.
     """
 
     def _fusable(self, inputs, mask):
-        return (keras.backend.backend() == "tensorflow" and mask is None and len(inputs.shape) == 4
+        return (fused.enabled() and mask is None and len(inputs.shape) == 4
                 and self.axis in (-1, 3) and not self.synchronized and not self.renorm)
 
     def call(self, inputs, training=None, mask=None):

@@ -22,13 +22,14 @@ _enabled = True
 
 
 def enabled():
-    """Whether activations take the fused path (TensorFlow backend and not switched off)."""
+    """Whether activations and `models.layers.BatchNormalization` take the fused path (TensorFlow backend and
+    not switched off)."""
     return _enabled and keras.backend.backend() == "tensorflow"
 
 
 @contextlib.contextmanager
 def disabled():
-    """Builds and runs the plain-op activations inside the block (for comparisons and tests)."""
+    """Activations and batch norms traced inside the block use the plain ops (for comparisons and tests)."""
     global _enabled
     previous, _enabled = _enabled, False
     try:

@@ -13,15 +13,17 @@ def test_step_time_quick_group_times_interleaved_cases_and_writes_its_section(tm
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# sat_tf benchmarks\n\n## Other section\n\nkept\n")
     rows = step_time.main(["--groups=quick", "--warmup=1", "--steps=2", f"--output={out}"])["quick"]
-    clean, pgd1, clean4 = rows
-    assert [(r["case"].k, r["case"].per_call) for r in rows] == [(0, 1), (1, 1), (0, 4)]
+    clean, pgd1, clean4, plain = rows
+    assert [(r["case"].k, r["case"].per_call, r["case"].fused) for r in rows] == [
+        (0, 1, True), (1, 1, True), (0, 4, True), (1, 1, False)]
     assert all(0 < r["low"] <= r["median"] <= r["high"] for r in rows)
     assert all(r["traces"] == 1 for r in rows)  # no retracing across rounds
     assert clean["x_clean"] == 1.0 and pgd1["bound"] == 5 / 3
     assert pgd1["x_clean"] == pgd1["median"] / clean["median"] > 1  # an attack step costs more than a clean one
     text = out.read_text()
     assert "## Other section\n\nkept" in text and "## Step time: quick" in text
-    assert "| tf | silu | off | float32 | 1 | 1 |" in text and "× (2K+3)/3 clean" in text
+    assert "| tf | silu | off | float32 | fused | 1 | 1 |" in text and "× (2K+3)/3 clean" in text
+    assert "| tf | silu | off | float32 | plain | 1 | 1 |" in text and plain["x_clean"] is None  # no plain clean row
     # Rerunning replaces the section instead of appending a second copy.
     step_time.main(["--groups=quick", "--warmup=1", "--steps=1", f"--output={out}"])
     assert out.read_text().count("## Step time: quick") == 1

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sat_tf import distribute
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "train_imagenet.py")
 
@@ -142,7 +144,9 @@ def test_sigterm_then_rerun_reaches_the_uninterrupted_weights(trained, tiny_imag
     "extra, message",
     [
         (["--data_dir=/nonexistent/imagenet"], "/nonexistent/imagenet"),
-        (["--use_bfloat16"], "--use_bfloat16"),
+        pytest.param(["--use_bfloat16"], "--use_bfloat16", marks=pytest.mark.skipif(
+            distribute.cpu_has_bf16(), reason="this CPU has AVX512-BF16/AMX: --use_bfloat16 is valid here "
+            "(test_cpu_bf16_detection covers the decision)")),
         (["--use_fp16"], "--use_fp16"),
         (["--attack_epsilon=300"], "--attack_epsilon"),
         (["--model=resnet51"], "--model='resnet51'"),
@@ -157,6 +161,17 @@ def test_bad_flags_fail_fast_with_one_line(tiny_imagenet, tmp_path, extra, messa
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
     assert time.time() - start < 60
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu vme avx512f avx512_bf16 avx512_vnni", True), ("fpu amx_bf16 amx_tile", True),
+    ("fpu vme avx2 avx512f avx512bw", False), (None, False),
+])
+def test_cpu_bf16_detection(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    if flags is not None:
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert distribute.cpu_has_bf16(str(cpuinfo)) is expected
 
 
 def _free_port():
