@@ -29,6 +29,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
 import resource
@@ -167,6 +168,10 @@ def label(case):
 def run_group(group, warmup, steps, worker_factory):
     """Builds every case, then times them in interleaved rounds; returns one dict per case."""
     runners, traces, worker = {}, {}, None
+    if importlib.util.find_spec("torch") is None and any(c.framework == "torch" for c in group.cases):
+        print("PyTorch is not installed (pip install -e '.[crosscheck]'): timing without the PyTorch cases",
+              file=sys.stderr, flush=True)
+        group = dataclasses.replace(group, cases=tuple(c for c in group.cases if c.framework != "torch"))
     for case in group.cases:
         if case.framework == "tf":
             built = build_tf(group, case)
@@ -200,7 +205,7 @@ def run_group(group, warmup, steps, worker_factory):
         median = statistics.median(times[case])
         rows.append(dict(case=case, median=median, low=min(times[case]), high=max(times[case]), first=first[case],
                          traces=traces[case]() if case in traces else None))
-    return rows
+    return group, rows
 
 
 def derive(group, rows):
@@ -404,7 +409,8 @@ def main(argv=None):
             heading = "## Step time: memory"
         else:
             group = GROUPS[name]
-            results[name] = derive(group, run_group(group, args.warmup, args.steps, worker_factory))
+            group, rows = run_group(group, args.warmup, args.steps, worker_factory)
+            results[name] = derive(group, rows)
             section, heading = markdown(name, group, results[name], args), f"## Step time: {name}"
         print(section)
         if args.output:

@@ -54,3 +54,21 @@ def test_verdicts_compare_against_the_issue_targets():
     assert checks[f"tf relu K=0 float32: {torch}"] == "floor only"  # 1.1x
     assert checks[f"tf relu K=3 float32: {torch}"] == "yes"  # 1.45x
     assert len(checks) == 6  # relu K=1 has no torch row, silu K=0 no relu-ratio target
+
+
+def test_torch_cases_are_dropped_with_a_note_when_torch_is_missing(monkeypatch, capsys):
+    import importlib.util
+
+    import step_time
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
+    group = step_time.dataclasses.replace(step_time.GROUPS["quick"], cases=(
+        step_time.Case("tf", "silu", 0), step_time.Case("torch", "silu", 0)))
+
+    def no_worker():
+        raise AssertionError("the PyTorch worker must not start")
+
+    group, rows = step_time.run_group(group, warmup=1, steps=1, worker_factory=no_worker)
+    assert [r["case"].framework for r in rows] == ["tf"] and len(group.cases) == 1
+    assert "PyTorch is not installed" in capsys.readouterr().err
