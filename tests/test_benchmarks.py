@@ -72,3 +72,20 @@ def test_torch_cases_are_dropped_with_a_note_when_torch_is_missing(monkeypatch, 
     group, rows = step_time.run_group(group, warmup=1, steps=1, worker_factory=no_worker)
     assert [r["case"].framework for r in rows] == ["tf"] and len(group.cases) == 1
     assert "PyTorch is not installed" in capsys.readouterr().err
+
+
+def test_profile_sums_op_events_by_type_per_step():
+    import profile_ops
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/host:CPU")
+    for key, name in enumerate(["conv1:_MklNativeConv2D", "conv2:_MklNativeConv2D", "ExecutorState::Process",
+                                "StatefulPartitionedCall:__inference_train_1", "XlaLaunch::Start", "act:Relu"], 1):
+        plane.event_metadata[key].name = name
+    line = plane.lines.add(name="tf_Compute")
+    for key, ps in [(1, 3e12), (2, 1e12), (3, 9e12), (4, 9e12), (5, 2e12), (6, 1e12), (1, 2e12)]:
+        line.events.add(metadata_id=key, duration_ps=int(ps))
+    space.planes.add(name="/device:TPU:0").event_metadata[1].name = "ignored:Conv2D"
+    totals = profile_ops.op_seconds(space.SerializeToString(), steps=2)
+    assert dict(totals) == {"_MklNativeConv2D": 3.0, "XLA kernels": 1.0, "Relu": 0.5}
