@@ -33,7 +33,11 @@ from sat_tf import distribute
 
 
 class DivergenceError(FloatingPointError):
-    """The training loss became NaN/Inf; no checkpoint was written for it."""
+    """The training loss or a gradient became NaN/Inf; no checkpoint was
+    written after it (the last good one is intact)."""
+
+
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 class PreemptedError(RuntimeError):
@@ -168,6 +172,34 @@ class _Forward:
                 variable.assign(value)
 
 
+def all_finite(tensors):
+    """True iff no tensor holds a NaN/Inf (one reduction per tensor)."""
+    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
+    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+
+
+def _apply_unless(skip, apply, grads):
+    """`apply(grads)` unless `skip` (identical on every replica).
+
+    The optimizer's update calls `merge_call` on strategies that need it, and
+    a replica-context `cond` may not contain one, so there the `cond` runs in
+    cross-replica context (the pattern of Keras' LossScaleOptimizer).
+    """
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(skip, lambda: None, lambda: apply(grads))
+        return
+
+    def cross_replica(distribution, skip, grads):
+        first = distribution.experimental_local_results(skip)[0]
+
+        def run():
+            distribution.extended.call_for_each_replica(apply, args=(grads,))
+
+        tf.cond(first, lambda: None, run)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(skip, grads))
+
+
 def as_objective(attack_or_objective):
     """An attack callable becomes an `AttackObjective`; objectives pass through."""
     if hasattr(attack_or_objective, "training_batch"):
@@ -175,14 +207,25 @@ def as_objective(attack_or_objective):
     return AttackObjective(attack_or_objective)
 
 
-def make_train_function(model, optimizer, attack, strategy, config, *, ema=None, batches=None):
+def make_train_function(model, optimizer, attack, strategy, config, *, ema=None, batches=None,
+                        on_nonfinite="stop"):
     """Builds `train(iterator, num_steps) -> dict of summed metrics`.
 
     `attack` is an attack callable `attack(logits_fn, x, y, seed=...)` or an
     objective (see `AttackObjective`).
 
     The returned metrics are sums over the steps run: `loss_sum` (training loss
-    times examples), `correct` (top-1 on the adversarial batch), `count`.
+    times examples), `correct` (top-1 on the adversarial batch), `count`, and
+    `nonfinite_loss` / `nonfinite_grad`: steps whose loss / some gradient was
+    NaN or Inf on any replica.
+
+    Non-finite steps: with `on_nonfinite="stop"` the update is applied as
+    computed and the caller stops (see `fit`); with `"skip"` the step is
+    undone on every replica alike (a scalar all-reduce decides): no optimizer
+    update (`optimizer.iterations` does not advance), BatchNorm moving
+    statistics restored, and the step left out of `loss_sum`/`correct`/`count`.
+    A loss-scale optimizer (float16) skips non-finite gradients itself, so
+    only the loss is checked then.
 
     Mixed precision: with a `keras.optimizers.LossScaleOptimizer` (float16)
     the loss is scaled before the gradient and the optimizer unscales (and
@@ -195,6 +238,10 @@ def make_train_function(model, optimizer, attack, strategy, config, *, ema=None,
             `optimizer.iterations`, it also counts steps a loss-scale
             optimizer skipped), used for epoch bookkeeping.
     """
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite={on_nonfinite!r}; choose one of {NONFINITE_POLICIES}")
+    skip_nonfinite = on_nonfinite == "skip"
+    check_grads = not _is_loss_scaled(optimizer)
     kernel_ids = {id(v) for v in decayed_variables(model)}
     kernel_index = [i for i, v in enumerate(model.trainable_variables) if id(v) in kernel_ids]
     wd = float(config.weight_decay)
@@ -247,30 +294,57 @@ def make_train_function(model, optimizer, attack, strategy, config, *, ema=None,
     if config.jit_compile:
         grad_fn = tf.function(grad_fn, jit_compile=True)
 
+    def apply(grads):
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
     def replica_step(x, y):
         y = tf.cast(y, tf.int32)
-        replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
-        seed = make_seed(config.seed, optimizer.iterations, replica_id)
+        context = tf.distribute.get_replica_context()
+        seed = make_seed(config.seed, optimizer.iterations, context.replica_id_in_sync_group)
         step = tf.identity(batches) if batches is not None else optimizer.iterations
+        if skip_nonfinite:
+            statistics = [tf.identity(v) for v in model.non_trainable_variables]
         loss_sum, correct, grads = grad_fn(x, y, seed, tf.cast(step, tf.int64))
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
         count = tf.cast(tf.shape(y)[0] * int(objective.rows_per_example), tf.float32)
-        return loss_sum, correct, count
+        bad_loss = tf.cast(tf.logical_not(tf.math.is_finite(loss_sum)), tf.float32)
+        bad_grad = tf.constant(0.0)
+        if check_grads:
+            bad_grad = tf.cast(tf.logical_not(all_finite(grads)), tf.float32)
+        if not skip_nonfinite:
+            apply(grads)
+            return loss_sum, correct, count, bad_loss, bad_grad
+        # Every replica must take the same branch: decide on the all-reduced flag.
+        bad = context.all_reduce("SUM", bad_loss + bad_grad) > 0
+        _apply_unless(bad, apply, grads)
+
+        def restore():
+            for variable, value in zip(model.non_trainable_variables, statistics):
+                variable.assign(value)
+            return tf.constant(0)
+
+        tf.cond(bad, restore, lambda: tf.constant(0))
+        keep = 1.0 - tf.cast(bad, tf.float32)
+        loss_sum = tf.where(bad, 0.0, loss_sum)
+        return loss_sum, correct * keep, count * keep, bad_loss, bad_grad
 
     def reduce(values):
         return [strategy.reduce("SUM", v, axis=None) for v in values]
 
+    names = ("loss_sum", "correct", "count", "nonfinite_loss", "nonfinite_grad")
+
     @tf.function
     def train(iterator, num_steps):
-        totals = [tf.constant(0.0)] * 3
+        totals = [tf.constant(0.0)] * len(names)
         for _ in tf.range(num_steps):
             values = reduce(strategy.run(replica_step, args=next(iterator)))
+            # A step counts once however many replicas saw the NaN.
+            values[3:] = [tf.minimum(v, 1.0) for v in values[3:]]
             totals = [t + v for t, v in zip(totals, values)]
             if ema is not None:
                 ema.update(optimizer.iterations)
             if batches is not None:
                 batches.assign_add(1)
-        return dict(zip(("loss_sum", "correct", "count"), totals))
+        return dict(zip(names, totals))
 
     return train
 
@@ -283,6 +357,75 @@ def _checkpoint_dir(workdir, strategy):
         return directory
     task_id = strategy.cluster_resolver.task_id
     return os.path.join(workdir, "scratch", f"worker{task_id}", "checkpoints")
+
+
+class CheckpointError(RuntimeError):
+    """The workdir lists checkpoints but none of them can be read."""
+
+
+def unreadable(path):
+    """Why checkpoint `path` cannot be restored (one line), or None if every
+    tensor reads back with a matching checksum."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as err:  # the reader raises OpError, IndexError, ValueError, ...
+        return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    return None
+
+
+def restore_latest(checkpoint, directory, log=print):
+    """Restores the newest readable checkpoint listed in `directory`.
+
+    A checkpoint is listed (in the `checkpoint` state file, replaced
+    atomically) only after all its files are written, so one cut short by a
+    crash is never seen; one damaged later (a truncated copy, a bad disk) is
+    reported and the next older one is used.
+
+    Returns:
+        The restored checkpoint's path, or None if none is listed.
+    Raises:
+        CheckpointError: checkpoints are listed but none is readable.
+    """
+    state = tf.train.get_checkpoint_state(directory)
+    if state is None or not state.model_checkpoint_path:
+        return None
+    candidates = [p for p in state.all_model_checkpoint_paths if p != state.model_checkpoint_path]
+    problems = []
+    for path in [state.model_checkpoint_path, *reversed(candidates)]:
+        problem = unreadable(path)
+        if problem is None:
+            checkpoint.restore(path).assert_existing_objects_matched()
+            return path
+        problems.append(f"{path}: {problem}")
+        log(f"warning: checkpoint {path} is unreadable ({problem}); trying an older one")
+    raise CheckpointError(
+        f"no readable checkpoint in {directory} ({'; '.join(problems)}). To start afresh, move "
+        f"{directory} away (nothing was deleted)"
+    )
+
+
+def _write_json(path, value):
+    """Writes JSON through a temporary file and a rename, so a crash leaves
+    either the old or the new file (also on gs://, via tf.io.gfile)."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(temporary, "w") as f:
+        json.dump(value, f, indent=1)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def _read_history(path, step):
+    """The epoch records of `path` up to global step `step` (records written
+    after the restored checkpoint belong to steps that will be rerun)."""
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            history = json.load(f)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path} is not valid JSON ({err}); move it away to rewrite it") from None
+    return [record for record in history if int(record.get("step", 0)) <= step]
 
 
 class _Progress:
@@ -362,6 +505,8 @@ def fit(
     verbose=True,
     epoch_end_fn=None,
     ema=None,
+    on_nonfinite="stop",
+    max_skipped_steps=100,
 ):
     """Runs (or resumes) adversarial training and returns the per-epoch history.
 
@@ -386,11 +531,23 @@ def fit(
             written to TensorBoard as `epoch/<key>` and to the history.
         ema: optional `sat_tf.ema.WeightEMA` (created under the strategy
             scope), updated every step and checkpointed.
+        on_nonfinite: a NaN/Inf loss or gradient "stop"s the run (nothing is
+            saved after it) or is "skip"ped (see `make_train_function`),
+            counted in the history's `skipped_steps`.
+        max_skipped_steps: with "skip", stop once more steps were skipped.
+
+    Crash safety: a rerun restores the newest readable checkpoint (see
+    `restore_latest`), drops history records past it and replays the rest
+    exactly (see the module docstring). Under MultiWorkerMirrored every
+    worker restores from the chief's `workdir/checkpoints` (the workdir must
+    be shared, e.g. gs:// or NFS), so workers restarted after a crash agree.
 
     Raises:
-        DivergenceError: the loss became NaN/Inf (nothing is saved).
+        DivergenceError: a NaN/Inf loss or gradient (with "stop"), or more
+            than `max_skipped_steps` of them (with "skip").
         PreemptedError: SIGTERM arrived; a checkpoint of the last finished
             step was saved first.
+        CheckpointError: checkpoints are listed but none can be read.
     """
     chief = distribute.is_chief(strategy)
     with strategy.scope():
@@ -402,21 +559,25 @@ def fit(
     manager = tf.train.CheckpointManager(
         checkpoint, _checkpoint_dir(workdir, strategy), max_to_keep=max_checkpoints
     )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+
+    def log(message):
         if verbose and chief:
-            print(f"resumed from {manager.latest_checkpoint} at step {int(batches.numpy())}")
-    train = make_train_function(model, optimizer, attack, strategy, config, ema=ema, batches=batches)
+            print(message, flush=True)
+
+    restored = restore_latest(checkpoint, os.path.join(workdir, "checkpoints"), log)
+    if restored:
+        log(f"resumed from {restored} at step {int(batches.numpy())}")
+    train = make_train_function(
+        model, optimizer, attack, strategy, config, ema=ema, batches=batches, on_nonfinite=on_nonfinite
+    )
     writer = (
         tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
         if chief
         else tf.summary.create_noop_writer()
     )
     history_path = os.path.join(workdir, "history.json")
-    history = []
-    if os.path.exists(history_path):
-        with open(history_path) as f:
-            history = json.load(f)
+    history = _read_history(history_path, int(batches.numpy()))
+    skipped_total = sum(int(record.get("skipped_steps", 0)) for record in history)
     total_steps = epochs * steps_per_epoch
     chunk = max(int(config.steps_per_execution), 1)
     skip_inside = _accepts_skip(dataset_fn)
@@ -437,7 +598,7 @@ def fit(
 
             iterator = iter(strategy.distribute_datasets_from_function(per_pipeline))
             progress = _Progress(verbose and chief, epoch, epochs, steps_per_epoch)
-            sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+            sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "skipped": 0}
             epoch_start = time.perf_counter()
             while done_in_epoch < steps_per_epoch:
                 n = min(chunk, steps_per_epoch - done_in_epoch)
@@ -448,14 +609,28 @@ def fit(
                 seconds = time.perf_counter() - t0
                 done_in_epoch += n
                 global_step = seen()
-                if not math.isfinite(out["loss_sum"]):
+                bad = int(max(out["nonfinite_loss"], out["nonfinite_grad"]))
+                if bad or not math.isfinite(out["loss_sum"]):
+                    what = "loss" if out["nonfinite_loss"] or not math.isfinite(out["loss_sum"]) else "gradient"
+                    where = f"step {global_step}" if n == 1 else f"steps {global_step - n + 1}-{global_step}"
                     last = manager.latest_checkpoint or "none"
-                    raise DivergenceError(
-                        f"training loss is {out['loss_sum']} at step {global_step}; "
-                        f"stopped without saving (last good checkpoint: {last}). "
-                        "Lower --learning_rate or the attack step, or check the data"
-                    )
-                for k in sums:
+                    if on_nonfinite == "stop":
+                        raise DivergenceError(
+                            f"NaN/Inf training {what} at {where}; stopped without saving (last good "
+                            f"checkpoint: {last}). Lower --learning_rate or the attack step, check the "
+                            "data, or rerun with --on_nonfinite=skip to skip such steps"
+                        )
+                    skipped_total += bad
+                    sums["skipped"] += bad
+                    log(f"warning: skipped {bad} step(s) with a NaN/Inf {what} at {where} "
+                        f"({skipped_total} skipped so far)")
+                    if skipped_total > max_skipped_steps:
+                        raise DivergenceError(
+                            f"{skipped_total} steps had a NaN/Inf loss or gradient (more than "
+                            f"--max_skipped_steps={max_skipped_steps}); stopped at {where} without "
+                            f"saving (last good checkpoint: {last}). Lower --learning_rate or check the data"
+                        )
+                for k in ("loss_sum", "correct", "count"):
                     sums[k] += out[k]
                 lr = float(np.asarray(optimizer.learning_rate))
                 metrics = {
@@ -479,28 +654,34 @@ def fit(
                     )
                 if checkpoint_every_steps and global_step % checkpoint_every_steps == 0:
                     manager.save(checkpoint_number=global_step)
-            manager.save(checkpoint_number=seen())
             record = {
                 "epoch": epoch + 1,
                 "step": seen(),
                 "train_loss": sums["loss_sum"] / max(sums["count"], 1.0),
                 "train_adv_accuracy": sums["correct"] / max(sums["count"], 1.0),
                 "seconds": time.perf_counter() - epoch_start,
+                "skipped_steps": sums["skipped"],
                 # 1 for a healthy run: every call (any chunk size, any epoch's
                 # iterator) reuses the first trace.
                 "train_traces": train.experimental_get_tracing_count(),
             }
+            history.append(record)
+            # The record goes first: a crash before the checkpoint below drops
+            # it on resume (its step is past the restored one), a crash after
+            # leaves it without the epoch_end_fn scalars.
+            if chief:
+                _write_json(history_path, history)
+            manager.save(checkpoint_number=seen())
             if epoch_end_fn is not None:
                 record.update(epoch_end_fn(epoch))
+                if chief:
+                    _write_json(history_path, history)
             with writer.as_default(step=seen()):
                 for key, value in record.items():
-                    if key not in ("epoch", "step", "train_loss", "train_adv_accuracy", "train_traces"):
+                    if key not in ("epoch", "step", "train_loss", "train_adv_accuracy", "train_traces",
+                                   "skipped_steps"):
                         tf.summary.scalar(f"epoch/{key}", value)
             writer.flush()
-            history.append(record)
-            if chief:
-                with open(history_path, "w") as f:
-                    json.dump(history, f, indent=1)
     return history
 
 
