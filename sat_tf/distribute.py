@@ -138,6 +138,15 @@ def is_chief(strategy):
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
+def num_workers(strategy):
+    """Processes taking part in the strategy's collectives (1 unless multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return 1
+    jobs = resolver.cluster_spec().as_dict()
+    return sum(len(jobs.get(job, ())) for job in ("chief", "worker"))
+
+
 def jit_default(strategy):
     """Whether to XLA-compile the attack + gradient function by default.
 

@@ -45,6 +45,19 @@ class PreemptedError(RuntimeError):
     at the last finished step and rerunning the same command resumes."""
 
 
+class WorkerFailedError(RuntimeError):
+    """Another worker of a multi-worker job stopped (crash, kill -9, lost
+    host) and the collectives aborted. Restarting every worker with the same
+    command resumes the job from the chief's last checkpoint."""
+
+
+# What a collective raises on the survivors when a peer dies.
+_PEER_FAILURES = (
+    tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+    tf.errors.DeadlineExceededError,
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
     """Plain values that define one adversarial training step.
@@ -547,6 +560,7 @@ def fit(
             than `max_skipped_steps` of them (with "skip").
         PreemptedError: SIGTERM arrived; a checkpoint of the last finished
             step was saved first.
+        WorkerFailedError: a peer worker died (multi-worker runs).
         CheckpointError: checkpoints are listed but none can be read.
     """
     chief = distribute.is_chief(strategy)
@@ -605,7 +619,17 @@ def fit(
                 if checkpoint_every_steps:
                     n = min(n, checkpoint_every_steps - seen() % checkpoint_every_steps)
                 t0 = time.perf_counter()
-                out = {k: float(v) for k, v in train(iterator, tf.constant(n)).items()}
+                try:
+                    out = {k: float(v) for k, v in train(iterator, tf.constant(n)).items()}
+                except _PEER_FAILURES as err:
+                    if distribute.num_workers(strategy) < 2:
+                        raise
+                    reason = str(err).strip().splitlines()[0][:160]
+                    raise WorkerFailedError(
+                        f"a peer worker stopped during steps {seen() + 1}-{seen() + n} ({type(err).__name__}: "
+                        f"{reason}); restart every worker with the same command to resume from "
+                        f"{manager.latest_checkpoint or 'the start'}"
+                    ) from None
                 seconds = time.perf_counter() - t0
                 done_in_epoch += n
                 global_step = seen()

@@ -1,7 +1,8 @@
 """The launchers end to end, each in its own process, as a user runs them.
 
 One tiny training run (module fixture) feeds the evaluate/export/serving tests;
-kill-and-resume, multi-worker and the flag errors run their own processes.
+kill-and-resume and the flag errors run their own processes (multi-worker:
+tests/test_multiworker_restart.py).
 """
 
 import json
@@ -136,32 +137,6 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def test_two_multi_worker_processes_end_with_identical_weights(tmp_path):
-    ports = [_free_port(), _free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    workdir = str(tmp_path / "mwms")
-    flags = ["--strategy=multi_worker", "--epochs=1", "--limit_train=128", "--limit_test=32",
-             "--batch_size=16", "--attack_iter=2", "--eval_attack_iters=1", "--export=false",
-             f"--workdir={workdir}"]
-    procs = []
-    for index in range(2):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "launch", "train.py"), *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
-    outs = [p.communicate(timeout=400) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-4000:]
-    assert "epoch 1/1" in outs[0][0] and "epoch 1/1" not in outs[1][0]  # only the chief prints
-    chief = checkpoint_weights(os.path.join(workdir, "checkpoints"))
-    other = checkpoint_weights(os.path.join(workdir, "scratch", "worker1", "checkpoints"))
-    trainable = [k for k in chief if "_trainable_variables" in k]
-    assert len(trainable) > 5
-    for key in trainable:
-        np.testing.assert_array_equal(chief[key], other[key], err_msg=key)
 
 
 @pytest.mark.parametrize(
