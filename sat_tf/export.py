@@ -31,7 +31,13 @@ not the shape, so the graph checks it: "serve_uint8 expects uint8 images
 (0..255) of shape [batch, H, W, C]; got shape [...]" (`serve_jpeg`: "Shape of
 tensor image_bytes [...] is not compatible with expected shape [?]").
 `serve_float` also refuses pixels outside [0, 1] (or NaN), which is what
-0..255 floats sent by mistake look like.
+0..255 floats sent by mistake look like. `serve_jpeg` refuses empty strings
+("serve_jpeg got empty image_bytes strings at indices [...]"); other bytes
+fail in the decoder ("Unknown image file format ...", "Invalid JPEG data").
+An empty batch gives empty outputs ([0, N], ...). From Python, pass
+`tf.Tensor`s: TF converts a NumPy array or list to the declared dtype
+without a check, so float [0, 1] pixels given to `serve_uint8` as NumPy
+become zeros (and ints above 255 wrap) before the graph sees them.
 
 `predict_smoothed` (with `smoothed=SmoothedServing(sigma, n, alpha, ...)`):
 `images` float32 [B, H, W, C] in [0, 1], checked as for `serve_float`; per
@@ -125,8 +131,23 @@ def jpeg_unsupported_reason(image_shape):
     return None
 
 
+def _logits(model, images):
+    """float32 logits; an empty batch gives [0, N] without calling the model
+    (TF's conv kernels refuse a batch of 0 with an unrelated shape error)."""
+    num_classes = model.output_shape[-1]
+
+    def call():
+        return tf.cast(model(images, training=False), tf.float32)
+
+    if not num_classes:
+        return call()
+    return tf.cond(
+        tf.shape(images)[0] > 0, call, lambda: tf.zeros([0, num_classes], tf.float32)
+    )
+
+
 def _outputs(model, images, top_k):
-    logits = tf.cast(model(images, training=False), tf.float32)
+    logits = _logits(model, images)
     probabilities = tf.nn.softmax(logits, axis=-1)
     top_k_probabilities, top_k_classes = tf.math.top_k(probabilities, k=top_k)
     return {
@@ -191,8 +212,7 @@ def _smoothed_endpoint(model, image_shape, num_classes, smoothed):
             logits_fn, images, n=smoothed.n, alpha=smoothed.alpha, sigma=smoothed.sigma,
             num_classes=num_classes, batch_size=smoothed.batch_size, seed=smoothed.seed,
         )
-        logits = tf.cast(logits_fn(images), tf.float32)
-        out["classes"] = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        out["classes"] = tf.argmax(_logits(model, images), axis=-1, output_type=tf.int32)
         return out
 
     return predict_smoothed
@@ -335,6 +355,13 @@ def export_saved_model(
             # with expected shape [?]" (a graph-level rank check would be
             # constant-folded away: the rank is known statically).
             image_bytes = tf.ensure_shape(image_bytes, (None,))
+            empty = tf.where(tf.equal(tf.strings.length(image_bytes), 0))[:, 0]
+            assertion = tf.debugging.Assert(
+                tf.equal(tf.size(empty), 0),
+                ["serve_jpeg got empty image_bytes strings at indices", empty],
+            )
+            with tf.control_dependencies([assertion]):
+                image_bytes = tf.identity(image_bytes)
             images = tf.map_fn(
                 preprocess, image_bytes, fn_output_signature=pixel_spec
             )

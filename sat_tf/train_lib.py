@@ -676,7 +676,9 @@ def fit(
                         f"SIGTERM at step {global_step}: saved {path}; "
                         "rerun the same command to resume"
                     )
-                if checkpoint_every_steps and global_step % checkpoint_every_steps == 0:
+                # The epoch's last step is saved below, after its history record.
+                if (checkpoint_every_steps and global_step % checkpoint_every_steps == 0
+                        and done_in_epoch < steps_per_epoch):
                     manager.save(checkpoint_number=global_step)
             record = {
                 "epoch": epoch + 1,

@@ -1,6 +1,8 @@
 """SavedModel export: every signature, reloaded where sat_tf is never imported,
-agrees with the Keras model; top-k; JPEG/PNG batches of mixed sizes; input errors;
-the launcher's TF Serving README.
+agrees with the Keras model; top-k; JPEG/PNG batches of mixed sizes; input
+errors (wrong rank/channels/size/dtype, out-of-range floats, empty batches,
+bad bytes) through signatures and loaded functions; the launcher's TF Serving
+README.
 
 Tiny random models: a 3-class ResNet-18 at 32x32x3 (default top_k=5 clipped
 to 3, crop_padding=32) and the digits CNN at 8x8x1 (grayscale path), exported
@@ -190,6 +192,90 @@ def test_wrong_inputs_give_readable_errors(exported):
     assert "expected to be a string tensor" in error(jpeg, image_bytes=tf.zeros((2,), tf.uint8))
     assert "Unknown image file format" in error(
         jpeg, image_bytes=tf.constant([b"not an image"]))
+
+
+def error_message(fn, *args, **kwargs):
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError)) as info:
+        fn(*args, **kwargs)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_input_fault_names_the_expected_spec(exported, name):
+    """Wrong rank, channels, H/W, dtypes, out-of-range or NaN floats, empty
+    batches and bad bytes, through both the signatures (TF Serving) and the
+    loaded functions."""
+    root, expected, _, _ = exported
+    loaded = tf.saved_model.load(str(root / name / "saved_model"))
+    sigs = loaded.signatures
+    h, w, c = sigs["serve_float"].structured_input_signature[1]["images"].shape[1:]
+    dims = f"of shape [batch, {h}, {w}, {c}]; got shape"
+
+    def spec(dtype):
+        return f"TensorSpec(shape=(None, {h}, {w}, {c}), dtype=tf.{dtype}"
+
+    uint8_what = "serve_uint8 expects uint8 images (0..255)"
+    float_what = "serve_float expects float32 images in [0, 1]"
+    for shape in [(1, 2, h, w, c), (2, h, w), (h, w), (2, h, w, c + 2), (2, h + 1, w, c), (2, h, w - 1, c)]:
+        got = "[" + " ".join(map(str, shape)) + "]"
+        for sig, dtype, what in (("serving_default", tf.uint8, uint8_what), ("serve_float", tf.float32, float_what)):
+            message = error_message(sigs[sig], images=tf.zeros(shape, dtype))
+            assert f"{what} {dims}] {got}" in message, (sig, shape, message)
+        assert spec("uint8") in error_message(loaded.serve_uint8, tf.zeros(shape, tf.uint8))
+        assert spec("float32") in error_message(loaded.serve_float, tf.zeros(shape))
+    c_names = {tf.float64: "double", tf.float32: "float", tf.int32: "int32", tf.int64: "int64", tf.uint8: "uint8"}
+    for sig, fn, want, wrong in (
+        ("serving_default", loaded.serve_uint8, tf.uint8, (tf.float64, tf.float32, tf.int32, tf.int64)),
+        ("serve_float", loaded.serve_float, tf.float32, (tf.float64, tf.uint8, tf.int32)),
+    ):
+        for dtype in wrong:
+            images = tf.zeros((2, h, w, c), dtype)
+            message = error_message(sigs[sig], images=images)
+            assert f"was expected to be a {c_names[want]} tensor but is a {c_names[dtype]} tensor" in message
+            assert spec(want.name) in error_message(fn, images)
+    # serve_float documents [0, 1]: NaN, inf and 0..255 floats are refused.
+    for value in (np.nan, np.inf, -0.5, 1.5, 255.0):
+        images = np.full((2, h, w, c), 0.5, np.float32)
+        images[1, 0, 0, 0] = value
+        for fn in (lambda x: sigs["serve_float"](images=x), loaded.serve_float):
+            assert "serve_float expects float32 pixels in [0, 1]" in error_message(fn, tf.constant(images))
+    # An empty batch gives empty outputs.
+    k = expected[name]["k"]
+    num_classes = expected[name]["serve_float"].shape[-1]
+    empty_images = {"uint8": tf.zeros((0, h, w, c), tf.uint8), "float": tf.zeros((0, h, w, c))}
+    no_bytes = tf.constant([], tf.string)
+    for out in (
+        sigs["serving_default"](images=empty_images["uint8"]), loaded.serve_uint8(empty_images["uint8"]),
+        sigs["serve_float"](images=empty_images["float"]), loaded.serve_float(empty_images["float"]),
+        sigs["serve_jpeg"](image_bytes=no_bytes), loaded.serve_jpeg(no_bytes),
+    ):
+        assert out["logits"].shape == out["probabilities"].shape == (0, num_classes)
+        assert out["top_k_classes"].shape == out["top_k_probabilities"].shape == (0, k)
+        assert out["classes"].shape == (0,)
+    # serve_jpeg: empty strings, truncated JPEGs, raw pixels, a scalar.
+    photo = (root / "jpeg" / "0_chelsea.jpg").read_bytes()
+    for fn in (lambda b: sigs["serve_jpeg"](image_bytes=b), loaded.serve_jpeg):
+        assert "serve_jpeg got empty image_bytes strings at indices] [1]" in error_message(
+            fn, tf.constant([photo, b""]))
+        assert "Invalid JPEG data" in error_message(fn, tf.constant([photo[:300]]))
+        raw = np.zeros((h, w, c), np.uint8).tobytes()
+        assert "Unknown image file format" in error_message(fn, tf.constant([raw]))
+    assert "Shape of tensor image_bytes [] is not compatible with expected shape [?]" in error_message(
+        sigs["serve_jpeg"], image_bytes=tf.constant(photo))
+    assert "TensorSpec(shape=(None,), dtype=tf.string" in error_message(loaded.serve_jpeg, tf.constant(photo))
+
+
+def test_numpy_inputs_are_cast_to_the_declared_dtype_unchecked(exported):
+    """The limitation sat_tf/export.py documents: from Python, TF converts a
+    NumPy array to the signature's dtype before the graph runs, so [0, 1]
+    float pixels sent to serve_uint8 silently become zeros. Pass tf.Tensors."""
+    root, _, _, _ = exported
+    loaded = tf.saved_model.load(str(root / "digits" / "saved_model"))
+    floats = np.random.default_rng(0).uniform(0.1, 0.9, size=(2, 8, 8, 1))
+    zeros = loaded.serve_uint8(tf.zeros((2, 8, 8, 1), tf.uint8))["logits"].numpy()
+    np.testing.assert_array_equal(loaded.serve_uint8(floats)["logits"], zeros)
+    np.testing.assert_array_equal(loaded.signatures["serving_default"](images=floats)["logits"], zeros)
+    assert "dtype=tf.uint8" in error_message(loaded.serve_uint8, tf.constant(floats))  # tensors are checked
 
 
 def test_launcher_writes_the_serving_readme_and_top_k(exported):
