@@ -116,12 +116,20 @@ def main(argv):
     )
     common.require(FLAGS.output_dir, "--output_dir is required")
     common.choice("split", FLAGS.split, set(DEFAULT_SHARDS))
-    num_shards = FLAGS.num_shards or DEFAULT_SHARDS[FLAGS.split]
+    num_shards = DEFAULT_SHARDS[FLAGS.split] if FLAGS.num_shards is None else FLAGS.num_shards
     common.require(num_shards >= 1, f"--num_shards must be >= 1, got {num_shards}")
     if not os.path.isdir(FLAGS.input_dir):
         raise FileNotFoundError(f"--input_dir={FLAGS.input_dir} is not a directory")
+    common.require(
+        not os.path.isfile(FLAGS.output_dir), f"--output_dir={FLAGS.output_dir} is a file; pass a directory"
+    )
     synsets = read_synsets(FLAGS.labels_file) if FLAGS.labels_file else None
     images = find_images(FLAGS.input_dir, synsets)
+    common.require(
+        num_shards <= len(images),
+        f"--num_shards={num_shards} exceeds the {len(images)} images (empty shards); "
+        f"allowed: [1, {len(images)}]",
+    )
     if FLAGS.split == "train":
         random.Random(FLAGS.seed).shuffle(images)
     num_classes = len(synsets) if synsets else len({synset for _, _, synset in images})

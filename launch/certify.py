@@ -71,8 +71,8 @@ def validate():
     common.require(FLAGS.skip >= 1, f"--skip must be >= 1, got {FLAGS.skip}")
     common.require(FLAGS.max == -1 or FLAGS.max >= 1, f"--max must be -1 (all) or >= 1, got {FLAGS.max}")
     common.require(FLAGS.batch >= 1, f"--batch must be >= 1, got {FLAGS.batch}")
-    common.require(FLAGS.sigma is None or FLAGS.sigma > 0, f"--sigma must be > 0, got {FLAGS.sigma}")
-    common.choice("split", FLAGS.split, {"train", "test"})
+    common.require(FLAGS.sigma is None or 0 < FLAGS.sigma <= 10, f"--sigma must be in (0, 10] ([0, 1] pixel units), got {FLAGS.sigma}")
+    common.check_run_flags(FLAGS)
     if FLAGS.plot_only:
         common.require(FLAGS.plot_with, "--plot_only needs --plot_with=a.tsv,b.tsv")
         common.require(FLAGS.plot_output, "--plot_only needs --plot_output=curves.png")
@@ -231,6 +231,7 @@ def main(argv):
     config = common.load_run_config(FLAGS.workdir)
     sigma = resolve_sigma(config)
     dataset = common.choice("dataset", FLAGS.dataset or config["dataset"], set(data.list_datasets()) | {"imagenet"})
+    common.check_run_data(config, dataset=dataset, split=FLAGS.split, data_dir=FLAGS.data_dir or config.get("data_dir"))
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     smooth, config, split = smoothed_classifier(sigma, config, strategy)
     split_size = split.size

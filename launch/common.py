@@ -12,7 +12,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from absl import app, logging  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 
 class FlagError(ValueError):
@@ -43,6 +43,63 @@ def choice(flag_name, value, allowed):
     if value not in allowed:
         raise FlagError(f"--{flag_name}={value!r} is unknown; choose one of {sorted(allowed)}")
     return value
+
+
+def check_strategy(strategy, tpu):
+    """--strategy is a known name and --tpu does not contradict it (a TPU
+    address with --strategy=mirrored would be silently ignored)."""
+    from sat_tf import distribute
+
+    if strategy is not None:
+        choice("strategy", strategy, set(distribute.STRATEGIES))
+    require(
+        not tpu or strategy in (None, "default", "tpu"),
+        f"--tpu={tpu} needs --strategy=tpu (or no --strategy), got --strategy={strategy}",
+    )
+
+
+def check_step_size(step_flag, step, epsilon_flag, epsilon):
+    """An attack step larger than the ball's diameter (2 epsilon) only lands on
+    its boundary: such a value is a unit mix-up, not a stronger attack."""
+    require(
+        step <= 2 * epsilon,
+        f"--{step_flag}={step:g} exceeds 2 x --{epsilon_flag}={epsilon:g} (both on the 0-255 scale); "
+        f"allowed: (0, {2 * epsilon:g}]",
+    )
+
+
+def check_seed(seed):
+    require(0 <= seed < 2**32, f"--seed must be in [0, 2**32), got {seed}")
+
+
+def check_checkpoint(flag_name, path):
+    """A checkpoint prefix (or directory) that exists; remote paths pass unchecked."""
+    if path is None or "://" in path:
+        return
+    require(
+        os.path.exists(path + ".index") or os.path.isdir(path),
+        f"--{flag_name}={path}: no {path}.index; pass an existing checkpoint prefix "
+        "(e.g. <workdir>/checkpoints/ckpt-3) or omit it for the latest",
+    )
+
+
+def check_run_data(run_config, *, dataset, split, data_dir):
+    """Fails in seconds, before any model is built, if a run's data is absent
+    (DatasetNotFoundError names the path and the fix; nothing is downloaded)."""
+    from sat_tf import data
+
+    choice("split", split, {"train", "test"})
+    choice("dataset", dataset, set(data.list_datasets()) | {"imagenet"})
+    if dataset != "imagenet":
+        data.dataset_info(dataset, data_dir=data_dir)
+        return
+    from sat_tf import imagenet_input
+
+    imagenet_split = "validation" if split == "test" else "train"
+    if run_config.get("flags", {}).get("data_source", "tfrecord") == "tfrecord":
+        imagenet_input.list_files(data_dir, imagenet_split)
+    else:
+        imagenet_input._tfds_files_and_parser(data_dir, imagenet_split)
 
 
 def _parse_value(text):
@@ -82,9 +139,10 @@ def activation_spec(name, options):
 
 def run(main):
     """`absl.app.run(main)`, turning expected failures into one-line errors."""
-    from sat_tf import distribute, train_lib
+    from sat_tf import distribute, record_faults, train_lib
 
-    expected = (FlagError, distribute.StrategyError, FileNotFoundError, train_lib.DivergenceError)
+    expected = (FlagError, distribute.StrategyError, FileNotFoundError, train_lib.DivergenceError,
+                train_lib.CheckpointError, record_faults.CorruptRecordError)
 
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)
@@ -96,11 +154,38 @@ def run(main):
         except train_lib.PreemptedError as err:
             print(f"preempted: {err}", file=sys.stderr, flush=True)
             sys.exit(143)  # 128 + SIGTERM, what schedulers expect
+        except train_lib.WorkerFailedError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(143)  # retryable, as a preemption: restart every worker
         except expected as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse_flags)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, but a bad value or unknown flag is one `error:` line
+    (absl names the flag and, for enums, the allowed values) and exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:
+        print(f"error: {err} (see --helpshort)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+
+def check_run_flags(flag_values):
+    """The flags shared by launchers that read a trained run: --split,
+    --dataset, --seed, --strategy/--tpu and --checkpoint."""
+    choice("split", flag_values.split, {"train", "test"})
+    if flag_values.dataset is not None:
+        from sat_tf import data
+
+        choice("dataset", flag_values.dataset, set(data.list_datasets()) | {"imagenet"})
+    check_seed(flag_values.seed)
+    check_strategy(flag_values.strategy, flag_values.tpu)
+    check_checkpoint("checkpoint", flag_values.checkpoint)
 
 
 RUN_CONFIG = "run_config.json"
@@ -123,9 +208,14 @@ def make_run_config(flag_values, *, dataset, model, model_kwargs, train_attack, 
 
 
 def save_run_config(workdir, config):
+    """Writes run_config.json through a temporary file and a rename, so a
+    crash leaves the old file or the new one, never half of one."""
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, RUN_CONFIG), "w") as f:
+    path = os.path.join(workdir, RUN_CONFIG)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
+    os.replace(temporary, path)
 
 
 def load_run_config(workdir):

@@ -87,7 +87,16 @@ def main(argv):
                    "--checkpoint is required (a TF1 prefix such as zoo/Res50-silu/Res50-silu)")
     common.require(FLAGS.output is None or FLAGS.output.endswith(".keras"),
                    f"--output must end in .keras, got {FLAGS.output}")
-    from sat_tf import models, zoo
+    common.require(FLAGS.image_size is None or 16 <= FLAGS.image_size <= 2048,
+                   f"--image_size must be in [16, 2048], got {FLAGS.image_size}")
+    common.require(FLAGS.num_classes is None or FLAGS.num_classes >= 1,
+                   f"--num_classes must be >= 1, got {FLAGS.num_classes}")
+    from sat_tf import activations, models, zoo
+
+    if FLAGS.model is not None:
+        common.choice("model", FLAGS.model, set(models.list_models()))
+    if FLAGS.activation is not None:
+        common.choice("activation", FLAGS.activation.lower().replace("-", "_"), set(activations.list_activations()))
 
     entry = None
     if FLAGS.zoo_name:

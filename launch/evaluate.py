@@ -68,9 +68,20 @@ def validate():
     """
     common.require(FLAGS.restarts >= 1, f"--restarts must be >= 1, got {FLAGS.restarts}")
     common.require(FLAGS.batch_size >= 1, f"--batch_size must be >= 1, got {FLAGS.batch_size}")
+    common.require(FLAGS.limit is None or FLAGS.limit >= 1, f"--limit must be >= 1 (or unset), got {FLAGS.limit}")
+    common.choice("split", FLAGS.split, {"train", "test"})
+    if FLAGS.dataset is not None:
+        from sat_tf import data
+
+        common.choice("dataset", FLAGS.dataset, set(data.list_datasets()))
+    common.check_seed(FLAGS.seed)
+    common.check_strategy(FLAGS.strategy, FLAGS.tpu)
+    common.check_checkpoint("checkpoint", FLAGS.checkpoint)
     for name in ("attack_epsilon", "attack_step_size"):
         value = FLAGS[name].value
         common.require(value is None or 0 <= value <= 255, f"--{name} must be in [0, 255] (0-255 scale), got {value}")
+    if FLAGS.attack_epsilon and FLAGS.attack_step_size is not None:
+        common.check_step_size("attack_step_size", FLAGS.attack_step_size, "attack_epsilon", FLAGS.attack_epsilon)
     if FLAGS.steps is not None:
         common.int_list("steps", FLAGS.steps)
     name = common.choice("protocol", "run" if FLAGS.protocol is None else FLAGS.protocol, protocols.PROTOCOLS)
@@ -116,13 +127,18 @@ def main(argv):
     del argv
     _, protocol, overrides = validate()
     start = time.perf_counter()
-    from sat_tf import data, distribute, evaluation, report
+    from sat_tf import distribute, evaluation, report
 
     config = common.load_run_config(FLAGS.workdir)
-    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     dataset = FLAGS.dataset or config["dataset"]
+    common.require(
+        dataset != "imagenet",
+        f"--workdir={FLAGS.workdir} is an ImageNet run: evaluate it with launch/train_imagenet.py --mode=eval "
+        f"--workdir={FLAGS.workdir} --data_dir=...",
+    )
     data_dir = FLAGS.data_dir or config.get("data_dir")
-    data.dataset_info(dataset, data_dir=data_dir)
+    common.check_run_data(config, dataset=dataset, split=FLAGS.split, data_dir=data_dir)
+    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     with strategy.scope():
         model, config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
     budget = protocols.resolve_budget(protocol, config["eval"], **budget_flags())

@@ -59,7 +59,7 @@ SMOOTHED_FLAGS = ("smoothed_n", "smoothed_alpha", "smoothed_batch", "smoothed_se
 def check_smoothed_flags():
     """Raises FlagError for a bad --smoothed_* value (before any model loads)."""
     sigma = FLAGS.smoothed_sigma
-    common.require(sigma is None or sigma >= 0, f"--smoothed_sigma must be >= 0 (0: off), got {sigma}")
+    common.require(sigma is None or 0 <= sigma <= 10, f"--smoothed_sigma must be in [0, 10] (0: off), got {sigma}")
     common.require(1 <= FLAGS.smoothed_n < 2**31, f"--smoothed_n must be in [1, 2**31), got {FLAGS.smoothed_n}")
     alpha = FLAGS.smoothed_alpha
     common.require(0 < alpha < 1, f"--smoothed_alpha must be in (0, 1), got {alpha}")
@@ -95,7 +95,21 @@ def main(argv):
     )
     common.require(FLAGS.top_k >= 1, f"--top_k must be at least 1, got {FLAGS.top_k}")
     common.require(FLAGS.crop_padding >= 0, f"--crop_padding must be non-negative, got {FLAGS.crop_padding}")
+    common.require(
+        FLAGS.model_path is None or FLAGS.model_path.endswith(".keras"),
+        f"--model_path={FLAGS.model_path} must be a .keras file (written by launch/train.py as <workdir>/model.keras)",
+    )
+    common.require(
+        not (FLAGS.model_path and FLAGS.checkpoint),
+        "--checkpoint applies to --workdir only; a --model_path file holds its own weights",
+    )
+    common.check_checkpoint("checkpoint", FLAGS.checkpoint)
     check_smoothed_flags()
+    if FLAGS.model_path and not os.path.exists(FLAGS.model_path):
+        raise FileNotFoundError(f"--model_path={FLAGS.model_path} does not exist")
+    # A missing run or a --smoothed_* clash fails here, before any model is built.
+    run_config = common.load_run_config(FLAGS.workdir) if FLAGS.workdir else None
+    smoothed = smoothed_serving(run_config)
     from sat_tf import export
 
     if FLAGS.model_path:
@@ -103,15 +117,11 @@ def main(argv):
 
         import sat_tf.models  # noqa: F401  registers the custom layers
 
-        if not os.path.exists(FLAGS.model_path):
-            raise FileNotFoundError(f"--model_path={FLAGS.model_path} does not exist")
         model = keras.saving.load_model(FLAGS.model_path, safe_mode=True)
         output = FLAGS.output or os.path.splitext(FLAGS.model_path)[0] + "_saved_model"
-        run_config = None
     else:
         model, run_config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
         output = FLAGS.output or os.path.join(FLAGS.workdir, "saved_model")
-    smoothed = smoothed_serving(run_config)
     image_shape = tuple(model.input_shape[1:])
     notes = []
     reason = export.jpeg_unsupported_reason(image_shape) if FLAGS.jpeg else "--nojpeg"

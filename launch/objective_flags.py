@@ -14,6 +14,8 @@ attack with the `--attack_epsilon/--attack_step_size/--attack_iter` budget
 recipe (see PRESETS); flags given explicitly always win.
 """
 
+import math
+
 from absl import flags
 
 from launch import common
@@ -77,12 +79,14 @@ def apply_preset():
 
 
 def validate():
-    common.require(FLAGS.trades_beta >= 0, f"--trades_beta must be >= 0, got {FLAGS.trades_beta}")
+    common.require(0 <= FLAGS.trades_beta < math.inf, f"--trades_beta must be >= 0 and finite, got {FLAGS.trades_beta}")
     common.require(0 <= FLAGS.rat_alpha <= 1, f"--rat_alpha must be in [0, 1], got {FLAGS.rat_alpha}")
+    if FLAGS.rat_second_weight is not None:
+        common.require(0 <= FLAGS.rat_second_weight <= 1, f"--rat_second_weight must be in [0, 1], got {FLAGS.rat_second_weight}")
     if FLAGS.rat_c is not None:
         common.require(0 < FLAGS.rat_c < 1, f"--rat_c must be in (0, 1), got {FLAGS.rat_c}")
-    common.require(FLAGS.rat_weight_noise >= 0, f"--rat_weight_noise must be >= 0, got {FLAGS.rat_weight_noise}")
-    common.require(FLAGS.awp_gamma >= 0, f"--awp_gamma must be >= 0, got {FLAGS.awp_gamma}")
+    common.require(0 <= FLAGS.rat_weight_noise < math.inf, f"--rat_weight_noise must be >= 0 and finite, got {FLAGS.rat_weight_noise}")
+    common.require(0 <= FLAGS.awp_gamma <= 1, f"--awp_gamma must be in [0, 1] (relative perturbation), got {FLAGS.awp_gamma}")
     common.require(FLAGS.awp_warmup >= 0, f"--awp_warmup must be >= 0, got {FLAGS.awp_warmup}")
     if FLAGS.objective != "adversarial":
         common.require(FLAGS.attack_iter >= 1, f"--objective={FLAGS.objective} needs --attack_iter >= 1 (TRADES' attack steps)")

@@ -73,7 +73,11 @@ def validate():
     common.require(FLAGS.num_steps >= 1, f"--num_steps must be >= 1, got {FLAGS.num_steps}")
     common.require(1 <= FLAGS.num_noise_vec <= 4096, f"--num_noise_vec must be in [1, 4096], got {FLAGS.num_noise_vec}")
     if FLAGS.sigma is not None:
-        common.require(FLAGS.sigma > 0, f"--sigma must be > 0, got {FLAGS.sigma}")
+        common.require(0 < FLAGS.sigma <= 10, f"--sigma must be in (0, 10] ([0, 1] pixel units), got {FLAGS.sigma}")
+    common.require(FLAGS.max == -1 or FLAGS.max >= 1, f"--max must be -1 (all) or >= 1, got {FLAGS.max}")
+    common.require(0 < FLAGS.init_norm_ddn <= 4096, f"--init_norm_ddn must be in (0, 4096] (1/256 units), got {FLAGS.init_norm_ddn}")
+    common.require(0 < FLAGS.gamma_ddn < 1, f"--gamma_ddn must be in (0, 1), got {FLAGS.gamma_ddn}")
+    common.check_run_flags(FLAGS)
 
 
 def smoothing_sigma(run_config):
@@ -101,10 +105,12 @@ def main(argv):
 
     from sat_tf import attacks, certification, distribute, smoothing
 
-    model, run_config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
+    run_config = common.load_run_config(FLAGS.workdir)
     sigma = smoothing_sigma(run_config)
-    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     dataset = FLAGS.dataset or run_config["dataset"]
+    common.check_run_data(run_config, dataset=dataset, split=FLAGS.split, data_dir=FLAGS.data_dir or run_config.get("data_dir"))
+    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    model, run_config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
     split = common.RunSplit(
         run_config, dataset=dataset, split=FLAGS.split, data_dir=FLAGS.data_dir or run_config.get("data_dir"),
         image_size=model.input_shape[1],

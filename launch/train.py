@@ -18,6 +18,7 @@ CIFAR-10 from a prepared tfds directory, on all local GPUs:
       --epochs=100 --batch_size=128 --attack_epsilon=8 --attack_step_size=2 --attack_iter=7
 """
 
+import math
 import os
 import sys
 import time
@@ -70,6 +71,8 @@ flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc://host:port (implies
 flags.DEFINE_enum("jit", "auto", ["auto", "true", "false"], "XLA for attack+gradients (auto: on for TPU/GPU, off on CPU).")
 flags.DEFINE_integer("steps_per_execution", 1, "Optimizer steps per tf.function call.")
 flags.DEFINE_integer("checkpoint_every_steps", 0, "Also checkpoint every N steps (0: each epoch).")
+flags.DEFINE_enum("on_nonfinite", "stop", ["stop", "skip"], "A NaN/Inf loss or gradient: stop (last good checkpoint kept) or skip the step on every replica.")
+flags.DEFINE_integer("max_skipped_steps", 100, "With --on_nonfinite=skip, stop once more steps than this were skipped.")
 flags.DEFINE_string("workdir", "runs/digits_sat", "Where checkpoints, logs, reports and exports go.")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and attacks.")
 flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (bitwise-reproducible resumes).")
@@ -78,28 +81,48 @@ flags.DEFINE_bool("export", True, "Export a SavedModel to <workdir>/saved_model 
 
 def validate():
     """Checks every flag before any expensive work; raises FlagError."""
-    from sat_tf import activations, attacks, data, distribute, models
+    from sat_tf import activations, attacks, data, models
+    from sat_tf.models import layers as model_layers
 
     common.choice("dataset", FLAGS.dataset, set(data.list_datasets()))
     common.choice("model", FLAGS.model, set(models.list_models()))
     common.choice("activation", FLAGS.activation.lower(), set(activations.list_activations()))
     common.choice("attack", FLAGS.attack, set(attacks.list_attacks()))
-    common.choice("strategy", FLAGS.strategy, set(distribute.STRATEGIES))
+    common.check_strategy(FLAGS.strategy, FLAGS.tpu)
+    if FLAGS.preprocessing is not None:
+        common.choice("preprocessing", FLAGS.preprocessing.lower(), set(model_layers.PREPROCESSING) | {"none"})
+    for name in ("limit_train", "limit_test"):
+        common.require(FLAGS[name].value is None or FLAGS[name].value >= 1, f"--{name} must be >= 1 (or unset), got {FLAGS[name].value}")
     common.require(FLAGS.epochs > 0, f"--epochs must be > 0, got {FLAGS.epochs}")
     common.require(FLAGS.batch_size > 0, f"--batch_size must be > 0, got {FLAGS.batch_size}")
-    common.require(FLAGS.learning_rate > 0, f"--learning_rate must be > 0, got {FLAGS.learning_rate}")
+    common.require(0 < FLAGS.learning_rate < math.inf, f"--learning_rate must be > 0 and finite, got {FLAGS.learning_rate}")
+    common.require(0 <= FLAGS.warmup_epochs < math.inf, f"--warmup_epochs must be >= 0 and finite, got {FLAGS.warmup_epochs}")
+    common.require(0 <= FLAGS.momentum < 1, f"--momentum must be in [0, 1), got {FLAGS.momentum}")
     common.require(0 <= FLAGS.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}")
-    common.require(FLAGS.weight_decay >= 0, f"--weight_decay must be >= 0, got {FLAGS.weight_decay}")
+    common.require(0 <= FLAGS.weight_decay < math.inf, f"--weight_decay must be >= 0 and finite, got {FLAGS.weight_decay}")
     common.require(0 <= FLAGS.attack_epsilon <= 255, f"--attack_epsilon must be in [0, 255] (0-255 pixel scale), got {FLAGS.attack_epsilon}")
     common.require(FLAGS.attack_iter >= 0, f"--attack_iter must be >= 0, got {FLAGS.attack_iter}")
     if FLAGS.attack not in ("none",) and FLAGS.attack_iter > 0:
         common.require(FLAGS.attack_step_size > 0, f"--attack_step_size must be > 0 (0-255 scale), got {FLAGS.attack_step_size}")
+        if FLAGS.attack != "fgsm" and FLAGS.attack_epsilon > 0 and not smoothing_flags.enabled():
+            common.check_step_size("attack_step_size", FLAGS.attack_step_size, "attack_epsilon", FLAGS.attack_epsilon)
     common.require(0 <= FLAGS.prob_start_from_clean <= 1, f"--prob_start_from_clean must be in [0, 1], got {FLAGS.prob_start_from_clean}")
     common.require(FLAGS.steps_per_execution >= 1, f"--steps_per_execution must be >= 1, got {FLAGS.steps_per_execution}")
+    common.require(FLAGS.checkpoint_every_steps >= 0, f"--checkpoint_every_steps must be >= 0 (0: each epoch), got {FLAGS.checkpoint_every_steps}")
+    common.require(FLAGS.max_skipped_steps >= 0, f"--max_skipped_steps must be >= 0, got {FLAGS.max_skipped_steps}")
+    common.check_seed(FLAGS.seed)
     common.int_list("eval_attack_iters", FLAGS.eval_attack_iters)
     common.int_list("lr_decay_epochs", FLAGS.lr_decay_epochs)
     if FLAGS.eval_attack_epsilon is not None:
         common.require(0 <= FLAGS.eval_attack_epsilon <= 255, f"--eval_attack_epsilon must be in [0, 255], got {FLAGS.eval_attack_epsilon}")
+    if FLAGS.eval_attack_step_size is not None:
+        common.require(0 < FLAGS.eval_attack_step_size <= 255, f"--eval_attack_step_size must be in (0, 255] (0-255 scale), got {FLAGS.eval_attack_step_size}")
+        eval_eps = FLAGS.attack_epsilon if FLAGS.eval_attack_epsilon is None else FLAGS.eval_attack_epsilon
+        if eval_eps > 0:
+            common.check_step_size("eval_attack_step_size", FLAGS.eval_attack_step_size, "eval_attack_epsilon", eval_eps)
+    if FLAGS.load_sparta:
+        common.require(FLAGS.activation.lower() == "sparta", f"--load_sparta needs --activation=sparta, got --activation={FLAGS.activation}")
+        common.require("://" in FLAGS.load_sparta or os.path.isfile(FLAGS.load_sparta), f"--load_sparta={FLAGS.load_sparta} does not exist (a sparta.npz written by a --activation=sparta run)")
     common.require(
         not (smoothing_flags.enabled() and FLAGS.objective != "adversarial"),
         f"--objective={FLAGS.objective} cannot be combined with --noise_sd/--smoothadv_attack",
@@ -249,6 +272,8 @@ def main(argv):
         steps_per_epoch=steps_per_epoch,
         workdir=FLAGS.workdir,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+        on_nonfinite=FLAGS.on_nonfinite,
+        max_skipped_steps=FLAGS.max_skipped_steps,
     )
     train_minutes = (time.perf_counter() - start) / 60
 

@@ -23,6 +23,7 @@ A run writes <workdir>/checkpoints (resumable: rerun the same command),
 tensorboard/, history.json, report/robustness.{json,md,png}, saved_model/.
 """
 
+import math
 import os
 import sys
 import time
@@ -48,6 +49,7 @@ flags.DEFINE_integer("num_eval_images", None, "Evaluate only the first N validat
 flags.DEFINE_integer("num_label_classes", 1000, "Classes.")
 flags.DEFINE_integer("image_size", None, "Input resolution (default: the model's, e.g. 224 / 600 for efficientnet_l1).")
 flags.DEFINE_bool("deterministic", False, "Deterministic input order/augmentation and TF ops (bitwise-reproducible resumes; slower).")
+flags.DEFINE_enum("bad_records", "error", ["error", "skip"], "A truncated/corrupt shard or undecodable image: fail naming the file (error), or drop it and report the count (skip).")
 # Model.
 flags.DEFINE_string("model", "resnet50", "Model registry name (resnet50, resnext50_32x4d, efficientnet_b0..b8/l1/l2, ...).")
 flags.DEFINE_string("activation", "silu", "Activation at every site (relu, silu, gelu, elu, softplus, smooth_relu, mish, ...).")
@@ -92,6 +94,8 @@ flags.DEFINE_bool("use_fp16", False, "float16 mixed precision with dynamic loss 
 flags.DEFINE_enum("jit", "auto", ["auto", "true", "false"], "XLA for attack + gradients (auto: on for TPU/GPU).")
 flags.DEFINE_integer("steps_per_execution", 1, "Steps per tf.function call (TPUEstimator's iterations_per_loop).")
 flags.DEFINE_integer("checkpoint_every_steps", 0, "Also checkpoint every N steps (0: each epoch).")
+flags.DEFINE_enum("on_nonfinite", "stop", ["stop", "skip"], "A NaN/Inf loss or gradient: stop (last good checkpoint kept) or skip the step on every replica.")
+flags.DEFINE_integer("max_skipped_steps", 100, "With --on_nonfinite=skip, stop once more steps than this were skipped.")
 flags.DEFINE_string("workdir", "runs/imagenet_sat", "Checkpoints, logs, reports and exports.")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and attacks.")
 flags.DEFINE_bool("export", True, "Export a SavedModel (EMA weights if enabled) at the end of training.")
@@ -106,31 +110,50 @@ _MODEL_OVERRIDES = {
 
 def validate():
     """Every flag is checked before any expensive work (FlagError, one line)."""
-    from sat_tf import activations, distribute, models
+    from sat_tf import activations, models
 
     common.choice("model", FLAGS.model, set(models.list_models()))
     common.choice("activation", FLAGS.activation.lower(), set(activations.list_activations()))
-    if FLAGS.strategy is not None:
-        common.choice("strategy", FLAGS.strategy, set(distribute.STRATEGIES))
+    common.check_strategy(FLAGS.strategy, FLAGS.tpu)
     common.require(FLAGS.data_dir, "--data_dir is required: a directory of train-*/validation-* TFRecords (or a tfds data_dir with --data_source=tfds)")
     for name in ("train_batch_size", "eval_batch_size", "train_epochs", "num_train_images", "num_label_classes", "steps_per_execution"):
         common.require(FLAGS[name].value > 0, f"--{name} must be > 0, got {FLAGS[name].value}")
+    for name in ("train_steps", "num_eval_images"):
+        common.require(FLAGS[name].value is None or FLAGS[name].value >= 1, f"--{name} must be >= 1 (or unset), got {FLAGS[name].value}")
     if FLAGS.image_size is not None:
-        common.require(FLAGS.image_size >= 16, f"--image_size must be >= 16, got {FLAGS.image_size}")
-    common.require(FLAGS.base_learning_rate > 0, f"--base_learning_rate must be > 0, got {FLAGS.base_learning_rate}")
+        common.require(16 <= FLAGS.image_size <= 2048, f"--image_size must be in [16, 2048], got {FLAGS.image_size}")
+    for name, low, high in (("batch_norm_momentum", 0, 1), ("dropout_rate", 0, 1)):
+        value = FLAGS[name].value
+        common.require(value is None or low <= value < high, f"--{name} must be in [{low}, {high}), got {value}")
+    if FLAGS.batch_norm_epsilon is not None:
+        common.require(0 < FLAGS.batch_norm_epsilon < 1, f"--batch_norm_epsilon must be in (0, 1), got {FLAGS.batch_norm_epsilon}")
+    if FLAGS.survival_prob is not None:
+        common.require(0 < FLAGS.survival_prob <= 1, f"--survival_prob must be in (0, 1], got {FLAGS.survival_prob}")
+    common.require(0 < FLAGS.base_learning_rate < math.inf, f"--base_learning_rate must be > 0 and finite, got {FLAGS.base_learning_rate}")
+    common.require(0 <= FLAGS.warmup_epochs < math.inf, f"--warmup_epochs must be >= 0 and finite, got {FLAGS.warmup_epochs}")
+    common.require(0 <= FLAGS.momentum < 1, f"--momentum must be in [0, 1), got {FLAGS.momentum}")
+    common.require(FLAGS.checkpoint_every_steps >= 0, f"--checkpoint_every_steps must be >= 0 (0: each epoch), got {FLAGS.checkpoint_every_steps}")
+    common.require(FLAGS.max_skipped_steps >= 0, f"--max_skipped_steps must be >= 0, got {FLAGS.max_skipped_steps}")
+    common.check_seed(FLAGS.seed)
     common.require(0 <= FLAGS.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}")
-    common.require(FLAGS.weight_decay >= 0, f"--weight_decay must be >= 0, got {FLAGS.weight_decay}")
+    common.require(0 <= FLAGS.weight_decay < math.inf, f"--weight_decay must be >= 0 and finite, got {FLAGS.weight_decay}")
     common.require(0 <= FLAGS.moving_average_decay < 1, f"--moving_average_decay must be in [0, 1), got {FLAGS.moving_average_decay}")
     common.require(0 <= FLAGS.attack_epsilon <= 255, f"--attack_epsilon must be in [0, 255] (0-255 pixel scale), got {FLAGS.attack_epsilon}")
     common.require(FLAGS.attack_iter >= 0, f"--attack_iter must be >= 0, got {FLAGS.attack_iter}")
     if FLAGS.attack_iter > 0 and FLAGS.attack_epsilon > 0:
         common.require(FLAGS.attack_step_size > 0, f"--attack_step_size must be > 0 (0-255 scale), got {FLAGS.attack_step_size}")
+        if not smoothing_flags.enabled():
+            common.check_step_size("attack_step_size", FLAGS.attack_step_size, "attack_epsilon", FLAGS.attack_epsilon)
     common.require(0 <= FLAGS.prob_start_from_clean <= 1, f"--prob_start_from_clean must be in [0, 1], got {FLAGS.prob_start_from_clean}")
     if FLAGS.eval_attack_epsilon is not None:
         common.require(0 <= FLAGS.eval_attack_epsilon <= 255, f"--eval_attack_epsilon must be in [0, 255], got {FLAGS.eval_attack_epsilon}")
-    common.require(FLAGS.eval_attack_step_size > 0, f"--eval_attack_step_size must be > 0, got {FLAGS.eval_attack_step_size}")
+    common.require(0 < FLAGS.eval_attack_step_size <= 255, f"--eval_attack_step_size must be in (0, 255] (0-255 scale), got {FLAGS.eval_attack_step_size}")
+    eval_eps = FLAGS.attack_epsilon if FLAGS.eval_attack_epsilon is None else FLAGS.eval_attack_epsilon
+    if eval_eps > 0:
+        common.check_step_size("eval_attack_step_size", FLAGS.eval_attack_step_size, "eval_attack_epsilon", eval_eps)
     common.require(FLAGS.eval_every_epochs >= 0, f"--eval_every_epochs must be >= 0, got {FLAGS.eval_every_epochs}")
     common.require(not (FLAGS.use_fp16 and FLAGS.use_bfloat16), "--use_fp16 and --use_bfloat16 are exclusive; pick one")
+    check_precision()
     common.int_list("eval_attack_iters", FLAGS.eval_attack_iters)
     common.int_list("periodic_eval_attack_iters", FLAGS.periodic_eval_attack_iters)
     common.int_list("lr_decay_epochs", FLAGS.lr_decay_epochs)
@@ -147,6 +170,51 @@ def validate():
             or FLAGS.init_checkpoint.startswith("gs://"),
             f"--init_checkpoint={FLAGS.init_checkpoint}: no {FLAGS.init_checkpoint}.index; pass the checkpoint prefix (e.g. Res50-silu/Res50-silu) or its directory",
         )
+    for name in ("init_use_ema", "channel_order"):
+        common.require(
+            FLAGS.init_checkpoint or not FLAGS[name].present,
+            f"--{name}={FLAGS[name].value} applies to --init_checkpoint only; pass one or drop the flag",
+        )
+    check_data()
+
+
+def check_precision():
+    """--use_fp16 / --use_bfloat16 fit the hardware; checked before the strategy
+    exists (a TPU is assumed when one is asked for; precision_policy re-checks).
+    Physical devices only: listing logical ones would start the TF runtime, and
+    MultiWorkerMirroredStrategy must be created before that."""
+    if not (FLAGS.use_fp16 or FLAGS.use_bfloat16):
+        return
+    import tensorflow as tf
+
+    from sat_tf import distribute
+
+    wants_tpu = bool(FLAGS.tpu) or FLAGS.strategy == "tpu"
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if FLAGS.use_fp16:
+        common.require(has_gpu and not wants_tpu, "--use_fp16 needs a GPU (float16 is slow or unsupported on CPU/TPU); use --use_bfloat16 on TPU or drop the flag")
+    if FLAGS.use_bfloat16:
+        common.require(
+            wants_tpu or has_gpu or distribute.cpu_has_bf16(),
+            "--use_bfloat16 on a CPU without AVX512-BF16/AMX is emulated and slower than float32; drop the flag "
+            "(it is on by default on TPU)",
+        )
+
+
+def check_data():
+    """Absent data fails here in seconds, before the strategy or the model exist
+    (DatasetNotFoundError names the path and the fix; nothing is downloaded)."""
+    from sat_tf import data, imagenet_input
+
+    splits = {"train": ["train"], "eval": ["validation"], "train_and_eval": ["train", "validation"]}[FLAGS.mode]
+    for split in splits:
+        if FLAGS.data_source == "tfrecord":
+            imagenet_input.list_files(FLAGS.data_dir, split)
+        else:
+            try:
+                data.find_prepared_dataset(imagenet_input.TFDS_NAME, FLAGS.data_dir)
+            except data.DatasetNotFoundError:
+                imagenet_input._tfds_files_and_parser(FLAGS.data_dir, split)  # raises, with the manual-download fix
 
 
 def pick_strategy():
@@ -316,8 +384,22 @@ def main(argv):
             flush=True,
         )
 
+    from sat_tf import record_faults
+
+    bad_log = record_faults.BadRecordLog()  # this process's pipelines append bad records here
+    bad_reported = [0]
+
+    def report_bad_records(force=False):
+        count = bad_log.count
+        if FLAGS.bad_records == "skip" and chief and count and (force or count > bad_reported[0]):
+            print(f"bad records: {bad_log.summary()}", flush=True)
+        bad_reported[0] = count
+        return count
+
     def eval_dataset_fn(ctx):
         kwargs = dict(
+            bad_records=FLAGS.bad_records,
+            bad_record_log=bad_log,
             data_dir=FLAGS.data_dir,
             image_size=image_size,
             batch_size=FLAGS.eval_batch_size,
@@ -343,11 +425,13 @@ def main(argv):
             attacks = {"clean": None, f"noise_sd={FLAGS.noise_sd:g}": smoothing_flags.noise_attack(FLAGS.noise_sd)}
         else:
             attacks = common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step)
-        results = evaluation.evaluate(model, strategy, eval_dataset_fn, attacks, seed=seed)
-        if ema is not None:
-            with ema.swapped():
-                ema_results = evaluation.evaluate(model, strategy, eval_dataset_fn, attacks, seed=seed)
-            results.update({f"ema_{name}": row for name, row in ema_results.items()})
+        with record_faults.named_errors():
+            results = evaluation.evaluate(model, strategy, eval_dataset_fn, attacks, seed=seed)
+            if ema is not None:
+                with ema.swapped():
+                    ema_results = evaluation.evaluate(model, strategy, eval_dataset_fn, attacks, seed=seed)
+                results.update({f"ema_{name}": row for name, row in ema_results.items()})
+        report_bad_records()
         return results
 
     if FLAGS.mode != "eval":
@@ -366,18 +450,22 @@ def main(argv):
                 label_offset=label_offset,
                 drop_remainder=True,
                 skip_batches=skip_batches,
+                bad_records=FLAGS.bad_records,
+                bad_record_log=bad_log,
             )
 
         periodic_iters = common.int_list("periodic_eval_attack_iters", FLAGS.periodic_eval_attack_iters)
 
         def epoch_end_fn(epoch):
+            # Distinct bad records/shard remainders seen so far (skip mode; error mode stops at the first).
+            extra = {"skipped_records": report_bad_records(force=True)} if FLAGS.bad_records == "skip" else {}
             due = FLAGS.eval_every_epochs and (epoch + 1) % FLAGS.eval_every_epochs == 0
             if FLAGS.mode == "train" or not due or epoch + 1 == epochs:
-                return {}
+                return extra
             results = run_evaluation(periodic_iters, seed=FLAGS.seed + 1)
             if chief:
                 print(report.markdown_table(results, title=f"epoch {epoch + 1}"), flush=True)
-            return {f"eval/{name}_{k}": row[k] for name, row in results.items() for k in ("top1", "top5")}
+            return {**extra, **{f"eval/{name}_{k}": row[k] for name, row in results.items() for k in ("top1", "top5")}}
 
         step_config = train_lib.StepConfig(
             global_batch_size=FLAGS.train_batch_size,
@@ -389,20 +477,23 @@ def main(argv):
             steps_per_execution=FLAGS.steps_per_execution,
             attack_grad_scale=128.0 if policy == "mixed_float16" else 1.0,
         )
-        history = train_lib.fit(
-            model,
-            optimizer,
-            attack,
-            strategy,
-            dataset_fn,
-            config=step_config,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            workdir=FLAGS.workdir,
-            checkpoint_every_steps=FLAGS.checkpoint_every_steps,
-            epoch_end_fn=epoch_end_fn,
-            ema=ema,
-        )
+        with record_faults.named_errors():
+            history = train_lib.fit(
+                model,
+                optimizer,
+                attack,
+                strategy,
+                dataset_fn,
+                config=step_config,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                workdir=FLAGS.workdir,
+                checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+                on_nonfinite=FLAGS.on_nonfinite,
+                max_skipped_steps=FLAGS.max_skipped_steps,
+                epoch_end_fn=epoch_end_fn,
+                ema=ema,
+            )
         del history
     elif not FLAGS.init_checkpoint:
         checkpoint = tf.train.Checkpoint(model=model, **({"ema": ema} if ema is not None else {}))

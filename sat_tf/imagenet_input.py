@@ -46,6 +46,16 @@ and `drop_remainder`.
 
 Nothing here downloads anything: missing data raises `DatasetNotFoundError`
 at once, with the fix in the message.
+
+Bad data (`bad_records`, both sources; see `sat_tf.record_faults` for what is
+and is not detected): a truncated/corrupt shard or an undecodable image fails
+with a message naming the shard and record (`"error"`, the default; hosts get
+`CorruptRecordError` via `record_faults.named_errors`), or is dropped and
+logged (`"skip"`). The healthy stream is unchanged. With `"skip"`,
+`skip_batches` counts stream positions before decoding, so a resumed epoch is
+exact only if no record was dropped earlier in it (a shard cut short only
+shortens the stream and keeps it exact, unless none of its records was
+readable).
 """
 
 import collections.abc
@@ -56,6 +66,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from sat_tf import record_faults
 from sat_tf.data import DatasetNotFoundError, default_data_dir, find_prepared_dataset
 
 NUM_CLASSES = 1000
@@ -308,6 +319,8 @@ def load_imagenet(
     shuffle_buffer=1024,
     cycle_length=16,
     skip_batches=0,
+    bad_records="error",
+    bad_record_log=None,
 ):
     """A `tf.data.Dataset` of `(images, labels)`: float32 `[B, S, S, 3]` in [0, 1], int32 `[B]`.
 
@@ -346,6 +359,12 @@ def load_imagenet(
         skip_batches: start this many batches into the stream, skipping the
             records before they are decoded (a resumed epoch); the examples
             that follow are exactly those of the unskipped stream.
+        bad_records: `"error"`: a corrupt/truncated shard or an undecodable
+            image fails the iterator with a message naming the shard, record
+            and fix; `"skip"`: it is dropped (for a shard, its unreadable rest)
+            and logged.
+        bad_record_log: a `record_faults.BadRecordLog` the bad records are
+            appended to (count, entries, summary); None prints them to stderr.
 
     Raises:
         ValueError: bad split, source, sizes.
@@ -365,6 +384,7 @@ def load_imagenet(
     shuffle = training if shuffle is None else bool(shuffle)
     drop_remainder = training if drop_remainder is None else bool(drop_remainder)
     image_size = int(image_size)
+    record_faults.check_mode(bad_records)
 
     if source == "tfds":
         files, parse = _tfds_files_and_parser(data_dir, split)
@@ -378,6 +398,7 @@ def load_imagenet(
         pipeline_id = int(input_context.input_pipeline_id)
     records = _pipeline_records(
         files,
+        sizes=record_faults.file_sizes(files),
         num_pipelines=num_pipelines,
         pipeline_id=pipeline_id,
         shuffle=shuffle,
@@ -391,14 +412,11 @@ def load_imagenet(
         tf.constant([int(seed), 3], tf.int64), pipeline_id
     )
 
-    def example(position, serialized):
-        image_bytes, label = parse(serialized)
+    def preprocess(position, image_bytes):
         if training:
             example_seed = tf.random.experimental.stateless_fold_in(augment_seed, position)
-            image = preprocess_for_train(image_bytes, image_size, example_seed, crop_padding)
-        else:
-            image = preprocess_for_eval(image_bytes, image_size, crop_padding)
-        return image, label
+            return preprocess_for_train(image_bytes, image_size, example_seed, crop_padding)
+        return preprocess_for_eval(image_bytes, image_size, crop_padding)
 
     batch = int(batch_size)
     if input_context is not None:
@@ -406,7 +424,10 @@ def load_imagenet(
     ds = records.enumerate()
     if skip_batches:
         ds = ds.skip(int(skip_batches) * batch)  # before decoding: cheap
-    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = record_faults.decode_checked(
+        ds, parse, preprocess, image_size, mode=bad_records, log=bad_record_log,
+        start=int(skip_batches) * batch,
+    )
     ds = ds.batch(batch, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
@@ -426,6 +447,7 @@ def shard_mode(num_files, num_pipelines):
 def _pipeline_records(
     files,
     *,
+    sizes=None,
     num_pipelines=1,
     pipeline_id=0,
     shuffle=False,
@@ -440,17 +462,22 @@ def _pipeline_records(
     Per epoch: permute the files with a seed shared by all pipelines (unless
     `limit` is set: then file order); keep `files[id::n]` or, with fewer files
     than pipelines, interleave deterministically and keep every n-th record;
-    take `limit`; block-shuffle.
+    take `limit`; block-shuffle. With the files' byte `sizes`, each element is
+    `(serialized, path, index in shard, ...)` (`record_faults.read_shard`).
     """
     files = list(files)
     by_files = shard_mode(len(files), num_pipelines) == "files"
     file_seed = tf.constant([seed, 1], tf.int64)
     record_seed = tf.constant([seed, 2], tf.int64)
     all_files = tf.constant(files, tf.string)
+    if sizes is not None:
+        all_files = (all_files, tf.constant([int(n) for n in sizes], tf.int64))
     per_pipeline = len(files) // num_pipelines + 1 if by_files else len(files)
     cycle = max(1, min(cycle_length, per_pipeline))
 
-    def read(path):
+    def read(path, size=None):
+        if size is not None:
+            return record_faults.read_shard(path, size, buffer_size=8 * 1024 * 1024)
         return tf.data.TFRecordDataset(path, buffer_size=8 * 1024 * 1024)
 
     def epoch_records(epoch):
@@ -460,9 +487,9 @@ def _pipeline_records(
                 tf.range(len(files)),
                 seed=tf.random.experimental.stateless_fold_in(file_seed, epoch),
             )
-            order = tf.gather(all_files, index)
+            order = tf.nest.map_structure(lambda t: tf.gather(t, index), all_files)
         if by_files:
-            order = order[pipeline_id::num_pipelines]
+            order = tf.nest.map_structure(lambda t: t[pipeline_id::num_pipelines], order)
         records = tf.data.Dataset.from_tensor_slices(order).interleave(
             read,
             cycle_length=cycle,
@@ -480,7 +507,10 @@ def _pipeline_records(
             records = _block_shuffle(records, shuffle_buffer, epoch_seed)
         return records
 
-    epochs = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
+    # range(int64 max), not Dataset.counter(): counter() is a `scan`, and an eagerly
+    # built scan adds its function to the global default graph for good (TF 2.21,
+    # scan_op.py): ~70 KB and ~130 Python objects leaked per pipeline, i.e. per epoch.
+    epochs = tf.data.Dataset.range(np.iinfo(np.int64).max) if repeat else tf.data.Dataset.range(1)
     return epochs.flat_map(epoch_records)
 
 
@@ -489,10 +519,10 @@ def _block_shuffle(records, block, seed):
 
     def permute(index, chunk):
         perm = tf.random.experimental.stateless_shuffle(
-            tf.range(tf.shape(chunk)[0]),
+            tf.range(tf.shape(tf.nest.flatten(chunk)[0])[0]),
             seed=tf.random.experimental.stateless_fold_in(seed, index),
         )
-        return tf.gather(chunk, perm)
+        return tf.nest.map_structure(lambda t: tf.gather(t, perm), chunk)
 
     return records.batch(max(int(block), 1)).enumerate().map(permute).unbatch()
 

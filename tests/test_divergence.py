@@ -148,3 +148,23 @@ def test_skip_agrees_across_mirrored_replicas():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["nonfinite_loss"] == 1.0 and result["iterations"] == 2
     assert result["finite"] and result["replicas_agree"]
+
+
+def test_launcher_stops_on_divergence_with_one_line_and_a_readable_checkpoint(tmp_path):
+    # An absurd LR: step 1 trains, its update overflows the weights, step 2's loss is NaN/Inf.
+    workdir = str(tmp_path / "run")
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--learning_rate=1e30", "--warmup_epochs=0",
+           "--checkpoint_every_steps=1", "--epochs=1", "--limit_train=128", "--limit_test=32", "--export=false",
+           f"--workdir={workdir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    checkpoint = os.path.join(workdir, "checkpoints", "ckpt-1")
+    assert last.startswith("error: NaN/Inf training loss at step 2") and checkpoint in last, last
+    assert _checkpoint_state(workdir) == ["ckpt-1"] and train_lib.unreadable(checkpoint) is None
+    reader = tf.train.load_checkpoint(checkpoint)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if np.issubdtype(np.asarray(value).dtype, np.floating):
+            assert np.all(np.isfinite(value)), name

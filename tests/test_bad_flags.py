@@ -1,0 +1,432 @@
+"""Bad flags, bad configs and absent data fail at once, in one line, in every launcher.
+
+Each case must end with exit code 2 and exactly one stderr line, `error: ...`,
+naming the flag (or the path) and what is allowed, before any model is built
+or data is read. The many cases run in one process through each launcher's
+real `common.run(main)` (tests/scripts/bad_flags_batch.py: one TensorFlow
+import for all, expensive work replaced by sentinels, 2 logical CPUs); one real
+subprocess per launcher checks the end-to-end behaviour and the time to error.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = os.path.join(ROOT, "tests", "scripts", "bad_flags_batch.py")
+# TensorFlow's C++ start-up lines (absl logging before InitializeLog, the CPU
+# feature banner); they are printed while `import tensorflow` runs, before any
+# launcher code, and no environment variable removes them.
+NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWE]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] .*"
+    r"|To enable the following instructions: .*)$"
+)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_config(dataset, data_dir=None, *, noise_sd=None, model="digits_cnn", shape=(8, 8, 1), classes=10, flags=None):
+    config = {
+        "dataset": dataset, "data_dir": data_dir, "model": model,
+        "model_kwargs": {"num_classes": classes, "input_shape": list(shape), "activation": "silu"},
+        "train_attack": {"name": "none"}, "eval": {"epsilon": 8 / 255, "step_size": 2 / 255, "iters": [10]},
+        "flags": flags or {},
+    }
+    if noise_sd:
+        config["smoothing"] = {"noise_sd": noise_sd, "attack": "none"}
+    return config
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_flags")
+    out = {"tmp": str(root), "missing": str(root / "missing"), "port": str(_free_port())}
+    for name in ("empty", "shards", "images/n01", "ws"):
+        os.makedirs(root / name)
+    for name in ("empty", "shards", "images", "ws"):
+        out[name] = str(root / name)
+    for split in ("train", "validation"):  # list_files only globs: empty shards pass validation
+        (root / "shards" / f"{split}-00000-of-00001").write_bytes(b"")
+    (root / "images" / "n01" / "a.JPEG").write_bytes(b"\xff\xd8\xff")
+    (root / "m.keras").write_bytes(b"")
+    (root / "a_file").write_text("x")
+    out["keras"], out["a_file"] = str(root / "m.keras"), str(root / "a_file")
+    runs = {
+        "digits_run": _run_config("digits"),
+        "noise_run": _run_config("digits", noise_sd=0.25),
+        "cifar_run": _run_config("cifar10", out["empty"], noise_sd=0.25, model="resnet18_cifar", shape=(32, 32, 3)),
+        "imagenet_run": _run_config("imagenet", out["empty"], noise_sd=0.25, model="resnet50", shape=(224, 224, 3),
+                                    classes=1000, flags={"data_source": "tfrecord"}),
+    }
+    for name, config in runs.items():
+        os.makedirs(root / name)
+        (root / name / "run_config.json").write_text(json.dumps(config))
+        out[name] = str(root / name)
+    return out
+
+
+# (launcher, flags, needle). Placeholders: see `paths`. A needle "reached:<fn>"
+# is a valid command line: validation lets it through to the expensive `fn`.
+TRAIN = [
+    (["--dataset=imagenet_9"], "--dataset='imagenet_9' is unknown; choose one of ['cifar10'"),
+    (["--model=resnet9000"], "--model='resnet9000' is unknown; choose one of"),
+    (["--activation=tanhh"], "--activation='tanhh' is unknown; choose one of"),
+    (["--attack=cw"], "--attack='cw' is unknown; choose one of"),
+    (["--strategy=horovod"], "--strategy='horovod' is unknown; choose one of ['default', 'mirrored'"),
+    (["--preprocessing=zca"], "--preprocessing='zca' is unknown; choose one of ['cifar'"),
+    (["--objective=mart"], "flag --objective=mart: value should be one of <adversarial|awp_trades"),
+    (["--lr_schedule=linear"], "flag --lr_schedule=linear: value should be one of <step|cosine|constant>"),
+    (["--preset=nope"], "flag --preset=nope: value should be one of"),
+    (["--epochs=ten"], "flag --epochs=ten: invalid literal for int()"),
+    (["--epoch=3"], "Unknown command line flag 'epoch'. Did you mean: epochs ?"),
+    (["--attack_epsilon=-1"], "--attack_epsilon must be in [0, 255] (0-255 pixel scale), got -1"),
+    (["--attack_epsilon=300"], "--attack_epsilon must be in [0, 255] (0-255 pixel scale), got 300"),
+    (["--attack_epsilon=nan"], "--attack_epsilon must be in [0, 255] (0-255 pixel scale), got nan"),
+    (["--attack_step_size=0"], "--attack_step_size must be > 0 (0-255 scale), got 0"),
+    (["--attack_epsilon=4"], "--attack_step_size=16 exceeds 2 x --attack_epsilon=4 (both on the 0-255 scale); allowed: (0, 8]"),
+    (["--eval_attack_step_size=-1"], "--eval_attack_step_size must be in (0, 255]"),
+    (["--eval_attack_epsilon=2", "--eval_attack_step_size=8"], "--eval_attack_step_size=8 exceeds 2 x --eval_attack_epsilon=2"),
+    (["--eval_attack_epsilon=256"], "--eval_attack_epsilon must be in [0, 255], got 256"),
+    (["--attack_iter=-1"], "--attack_iter must be >= 0, got -1"),
+    (["--learning_rate=0"], "--learning_rate must be > 0 and finite, got 0"),
+    (["--learning_rate=inf"], "--learning_rate must be > 0 and finite, got inf"),
+    (["--learning_rate=nan"], "--learning_rate must be > 0 and finite, got nan"),
+    (["--momentum=1.5"], "--momentum must be in [0, 1), got 1.5"),
+    (["--label_smoothing=1"], "--label_smoothing must be in [0, 1), got 1"),
+    (["--weight_decay=-1e-4"], "--weight_decay must be >= 0 and finite, got -0.0001"),
+    (["--warmup_epochs=-1"], "--warmup_epochs must be >= 0 and finite, got -1"),
+    (["--epochs=0"], "--epochs must be > 0, got 0"),
+    (["--batch_size=0"], "--batch_size must be > 0, got 0"),
+    (["--limit_train=0"], "--limit_train must be >= 1 (or unset), got 0"),
+    (["--limit_test=-5"], "--limit_test must be >= 1 (or unset), got -5"),
+    (["--prob_start_from_clean=2"], "--prob_start_from_clean must be in [0, 1], got 2"),
+    (["--steps_per_execution=0"], "--steps_per_execution must be >= 1, got 0"),
+    (["--checkpoint_every_steps=-1"], "--checkpoint_every_steps must be >= 0 (0: each epoch), got -1"),
+    (["--on_nonfinite=ignore"], "flag --on_nonfinite=ignore: value should be one of <stop|skip>"),
+    (["--max_skipped_steps=-1"], "--max_skipped_steps must be >= 0, got -1"),
+    (["--seed=-1"], "--seed must be in [0, 2**32), got -1"),
+    (["--eval_attack_iters=ten"], "--eval_attack_iters must be a comma-separated list of integers"),
+    (["--lr_decay_epochs=-5"], "--lr_decay_epochs must hold non-negative integers"),
+    (["--activation=relu_smooth_grad", "--activation_options=mode=sideways"], "do not fit --activation=relu_smooth_grad"),
+    (["--load_sparta={missing}/sparta.npz"], "--load_sparta needs --activation=sparta, got --activation=silu"),
+    (["--activation=sparta", "--load_sparta={missing}/sparta.npz"], "--load_sparta={missing}/sparta.npz does not exist"),
+    (["--noise_sd=-0.25"], "--noise_sd must be in [0, 10]"),
+    (["--noise_sd=0.25", "--attack_epsilon=8"], "--attack_epsilon sets SAT's L-inf training attack and cannot be combined with --noise_sd"),
+    (["--smoothadv_num_noise_vec=0"], "--smoothadv_num_noise_vec must be in [1, 256], got 0"),
+    (["--objective=trades", "--noise_sd=0.25"], "--objective=trades cannot be combined with --noise_sd"),
+    (["--objective=trades", "--attack_iter=0"], "--objective=trades needs --attack_iter >= 1"),
+    (["--trades_beta=-1"], "--trades_beta must be >= 0 and finite, got -1"),
+    (["--rat_alpha=2"], "--rat_alpha must be in [0, 1], got 2"),
+    (["--awp_gamma=5"], "--awp_gamma must be in [0, 1]"),
+    (["--strategy=tpu"], "--strategy=tpu needs --tpu=NAME|local|grpc://HOST:PORT"),
+    (["--tpu=grpc://127.0.0.1:{port}"], "--tpu=grpc://127.0.0.1:{port}: nothing answers at 127.0.0.1:{port}"),
+    (["--tpu=grpc://tpu-without-port"], "--tpu=grpc://tpu-without-port is not of the form grpc://HOST:PORT"),
+    (["--tpu=grpc://127.0.0.1:{port}", "--strategy=mirrored"], "--tpu=grpc://127.0.0.1:{port} needs --strategy=tpu (or no --strategy), got --strategy=mirrored"),
+    (["--strategy=mirrored", "--batch_size=33"], "--batch_size=33 must be divisible by the 2 replicas of --strategy=mirrored"),
+    (["--batch_size=4096"], "--batch_size=4096 exceeds the"),
+    (["--dataset=cifar10", "--data_dir={empty}"], "cifar10 not found in {empty}: expected {empty}/cifar10/<version>/dataset_info.json"),
+    (["--strategy=mirrored", "--batch_size=32"], "reached:build_model"),
+    (["--preset=rat_digits"], "reached:build_model"),
+]
+IMAGENET_BASE = ["--data_dir={shards}", "--workdir={ws}/imagenet"]
+TRAIN_IMAGENET = [
+    (["--model=resnet51"], "--model='resnet51' is unknown"),
+    (["--activation=swishh"], "--activation='swishh' is unknown"),
+    (["--strategy=horovod"], "--strategy='horovod' is unknown"),
+    (["--mode=serve"], "flag --mode=serve: value should be one of <train|eval|train_and_eval>"),
+    (["--on_nonfinite=retry"], "flag --on_nonfinite=retry: value should be one of <stop|skip>"),
+    (["--max_skipped_steps=-3"], "--max_skipped_steps must be >= 0, got -3"),
+    (["--data_source=gcs"], "flag --data_source=gcs: value should be one of <tfrecord|tfds>"),
+    (["--optimizer=adam"], "flag --optimizer=adam: value should be one of <sgd|rmsprop>"),
+    (["--data_dir="], "--data_dir is required"),
+    (["--data_dir={empty}"], "no ImageNet TFRecords {empty}/train-*"),
+    (["--data_dir={empty}", "--mode=eval", "--init_checkpoint={shards}"], "no ImageNet TFRecords {empty}/validation-*"),
+    (["--data_dir={empty}", "--data_source=tfds"], "imagenet2012 not found in {empty}"),
+    (["--train_batch_size=0"], "--train_batch_size must be > 0, got 0"),
+    (["--eval_batch_size=-8"], "--eval_batch_size must be > 0, got -8"),
+    (["--train_steps=0"], "--train_steps must be >= 1 (or unset), got 0"),
+    (["--num_eval_images=0"], "--num_eval_images must be >= 1 (or unset), got 0"),
+    (["--image_size=8"], "--image_size must be in [16, 2048], got 8"),
+    (["--image_size=100000"], "--image_size must be in [16, 2048], got 100000"),
+    (["--base_learning_rate=-0.1"], "--base_learning_rate must be > 0 and finite, got -0.1"),
+    (["--base_learning_rate=inf"], "--base_learning_rate must be > 0 and finite, got inf"),
+    (["--warmup_epochs=nan"], "--warmup_epochs must be >= 0 and finite, got nan"),
+    (["--momentum=-0.1"], "--momentum must be in [0, 1), got -0.1"),
+    (["--attack_epsilon=300"], "--attack_epsilon must be in [0, 255]"),
+    (["--attack_step_size=9"], "--attack_step_size=9 exceeds 2 x --attack_epsilon=4"),
+    (["--eval_attack_step_size=0"], "--eval_attack_step_size must be in (0, 255] (0-255 scale), got 0.0"),
+    (["--eval_attack_epsilon=2", "--eval_attack_step_size=5"], "--eval_attack_step_size=5 exceeds 2 x --eval_attack_epsilon=2"),
+    (["--moving_average_decay=1"], "--moving_average_decay must be in [0, 1), got 1"),
+    (["--batch_norm_momentum=1.5"], "--batch_norm_momentum must be in [0, 1), got 1.5"),
+    (["--batch_norm_epsilon=0"], "--batch_norm_epsilon must be in (0, 1), got 0"),
+    (["--survival_prob=0"], "--survival_prob must be in (0, 1], got 0"),
+    (["--dropout_rate=1"], "--dropout_rate must be in [0, 1), got 1"),
+    (["--seed=-3"], "--seed must be in [0, 2**32), got -3"),
+    (["--noise_sd=20"], "--noise_sd must be in [0, 10]"),
+    (["--eval_attack_iters=1,x"], "--eval_attack_iters must be a comma-separated list of integers"),
+    (["--use_fp16", "--use_bfloat16"], "--use_fp16 and --use_bfloat16 are exclusive; pick one"),
+    (["--use_fp16"], "--use_fp16 needs a GPU"),
+    (["--use_bfloat16", "NO_BF16"], "--use_bfloat16 on a CPU without AVX512-BF16/AMX is emulated"),
+    (["--mode=eval"], "--mode=eval needs --init_checkpoint or a trained --workdir (no checkpoints in {ws}/imagenet)"),
+    (["--mode=eval", "--init_checkpoint={missing}/Res50"], "--init_checkpoint={missing}/Res50: no {missing}/Res50.index"),
+    (["--init_use_ema"], "--init_use_ema=True applies to --init_checkpoint only"),
+    (["--channel_order=bgr"], "--channel_order=bgr applies to --init_checkpoint only"),
+    (["--tpu=grpc://127.0.0.1:{port}"], "--tpu=grpc://127.0.0.1:{port}: nothing answers"),
+    (["--tpu=grpc://127.0.0.1:{port}", "--strategy=mirrored"], "needs --strategy=tpu (or no --strategy), got --strategy=mirrored"),
+    (["--strategy=mirrored", "--train_batch_size=3"], "--train_batch_size=3 must be divisible by the 2 replicas of --strategy=mirrored"),
+    (["--strategy=mirrored", "--train_batch_size=8", "--eval_batch_size=5"], "--eval_batch_size=5 must be divisible by the 2 replicas"),
+    (["--train_batch_size=8", "--image_size=32", "--num_train_images=48"], "reached:build_model"),
+]
+RUN = ["--workdir={digits_run}"]
+EVALUATE = [
+    (["--protocol=pgd1000"], "--protocol='pgd1000' is unknown; choose one of ['rat_cifar'"),
+    (["--protocol=rat_cifar", "--norm=l2"], "--norm is fixed by --protocol=rat_cifar"),
+    (["--norm=l3"], "flag --norm=l3: value should be one of <linf|l2>"),
+    (["--loss=mse"], "flag --loss=mse: value should be one of <ce|cw>"),
+    (["--attack_epsilon=-2"], "--attack_epsilon must be in [0, 255] (0-255 scale), got -2"),
+    (["--attack_step_size=300"], "--attack_step_size must be in [0, 255] (0-255 scale), got 300"),
+    (["--attack_epsilon=4", "--attack_step_size=10"], "--attack_step_size=10 exceeds 2 x --attack_epsilon=4"),
+    (["--restarts=0"], "--restarts must be >= 1, got 0"),
+    (["--batch_size=0"], "--batch_size must be >= 1, got 0"),
+    (["--limit=0"], "--limit must be >= 1 (or unset), got 0"),
+    (["--steps=10,x"], "--steps must be a comma-separated list of integers"),
+    (["--split=validation"], "--split='validation' is unknown; choose one of ['test', 'train']"),
+    (["--dataset=cifar11"], "--dataset='cifar11' is unknown; choose one of"),
+    (["--seed=-1"], "--seed must be in [0, 2**32), got -1"),
+    (["--strategy=horovod"], "--strategy='horovod' is unknown"),
+    (["--tpu=grpc://127.0.0.1:{port}"], "--tpu=grpc://127.0.0.1:{port}: nothing answers"),
+    (["--tpu=my-tpu", "--strategy=mirrored"], "--tpu=my-tpu needs --strategy=tpu (or no --strategy), got --strategy=mirrored"),
+    (["--checkpoint={missing}/ckpt-1"], "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index"),
+    (["--workdir={missing}"], "{missing}/run_config.json does not exist: --workdir must be a directory written by launch/train.py"),
+    (["--workdir={cifar_run}"], "cifar10 not found in {empty}"),
+    (["--workdir={imagenet_run}"], "is an ImageNet run: evaluate it with launch/train_imagenet.py --mode=eval"),
+    ([], "reached:build_model"),
+]
+NOISE_RUN = ["--workdir={noise_run}"]
+CERTIFY = [
+    (["--N=0"], "--N must be >= 1, got 0"),
+    (["--N0=0"], "--N0 must be >= 1, got 0"),
+    (["--alpha=1.5"], "--alpha must be in (0, 1), got 1.5"),
+    (["--skip=0"], "--skip must be >= 1, got 0"),
+    (["--max=0"], "--max must be -1 (all) or >= 1, got 0"),
+    (["--batch=0"], "--batch must be >= 1, got 0"),
+    (["--sigma=-1"], "--sigma must be in (0, 10] ([0, 1] pixel units), got -1"),
+    (["--sigma=inf"], "--sigma must be in (0, 10] ([0, 1] pixel units), got inf"),
+    (["--split=val"], "--split='val' is unknown; choose one of ['test', 'train']"),
+    (["--dataset=mnist2"], "--dataset='mnist2' is unknown"),
+    (["--radii=a"], "--radii must be a comma-separated list of numbers"),
+    (["--radii=-1"], "--radii must be a non-empty list of non-negative numbers"),
+    (["--plot_only"], "--plot_only needs --plot_with=a.tsv,b.tsv"),
+    (["--plot_with={missing}/a.tsv"], "--plot_with: {missing}/a.tsv does not exist"),
+    (["--seed=-1"], "--seed must be in [0, 2**32), got -1"),
+    (["--strategy=horovod"], "--strategy='horovod' is unknown"),
+    (["--tpu=grpc://127.0.0.1:{port}"], "--tpu=grpc://127.0.0.1:{port}: nothing answers"),
+    (["--tpu=local", "--strategy=one_device"], "--tpu=local needs --strategy=tpu (or no --strategy), got --strategy=one_device"),
+    (["--checkpoint={missing}/ckpt-1"], "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index"),
+    (["--workdir={digits_run}"], "--sigma is required: {digits_run} was not trained with --noise_sd > 0"),
+    (["--workdir={missing}"], "{missing}/run_config.json does not exist"),
+    (["--workdir={cifar_run}"], "cifar10 not found in {empty}"),
+    (["--workdir={imagenet_run}"], "no ImageNet TFRecords {empty}/validation-*"),
+    ([], "reached:build_model"),
+]
+PREDICT = [
+    (["--N=0"], "--N must be >= 1, got 0"),
+    (["--alpha=1.5"], "--alpha must be in (0, 1), got 1.5"),
+    (["--skip=0"], "--skip must be >= 1, got 0"),
+    (["--batch=0"], "--batch must be >= 1, got 0"),
+    (["--max=0"], "--max must be -1 (all) or >= 1, got 0"),
+    (["--epsilon=-1"], "--epsilon must be in [0, 4096] (1/256 units: 64 means 0.25), got -1"),
+    (["--epsilon=5000"], "--epsilon must be in [0, 4096] (1/256 units: 64 means 0.25), got 5000"),
+    (["--num_steps=0"], "--num_steps must be >= 1, got 0"),
+    (["--num_noise_vec=0"], "--num_noise_vec must be in [1, 4096], got 0"),
+    (["--sigma=0"], "--sigma must be in (0, 10] ([0, 1] pixel units), got 0"),
+    (["--init_norm_ddn=0"], "--init_norm_ddn must be in (0, 4096] (1/256 units), got 0"),
+    (["--gamma_ddn=1"], "--gamma_ddn must be in (0, 1), got 1"),
+    (["--attack=cw"], "flag --attack=cw: value should be one of <pgd|ddn>"),
+    (["--split=val"], "--split='val' is unknown; choose one of ['test', 'train']"),
+    (["--seed=-1"], "--seed must be in [0, 2**32), got -1"),
+    (["--strategy=horovod"], "--strategy='horovod' is unknown"),
+    (["--tpu=grpc://127.0.0.1:{port}"], "--tpu=grpc://127.0.0.1:{port}: nothing answers"),
+    (["--tpu=local", "--strategy=mirrored"], "--tpu=local needs --strategy=tpu (or no --strategy), got --strategy=mirrored"),
+    (["--checkpoint={missing}/ckpt-1"], "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index"),
+    (["--workdir="], "--workdir is required"),
+    (["--workdir={digits_run}"], "--sigma is required: the run was not trained with --noise_sd"),
+    (["--workdir={missing}"], "{missing}/run_config.json does not exist"),
+    (["--workdir={cifar_run}"], "cifar10 not found in {empty}"),
+    (["--workdir={imagenet_run}"], "no ImageNet TFRecords {empty}/validation-*"),
+    ([], "reached:build_model"),
+]
+EXPORT = [
+    ([], "pass exactly one of --workdir (a training run) or --model_path (a .keras file)"),
+    (["--workdir={digits_run}", "--model_path={keras}"], "pass exactly one of --workdir"),
+    (["--workdir={digits_run}", "--top_k=0"], "--top_k must be at least 1, got 0"),
+    (["--workdir={digits_run}", "--crop_padding=-1"], "--crop_padding must be non-negative, got -1"),
+    (["--workdir={digits_run}", "--smoothed_sigma=-1"], "--smoothed_sigma must be in [0, 10] (0: off), got -1"),
+    (["--workdir={digits_run}", "--smoothed_sigma=0.25", "--smoothed_n=0"], "--smoothed_n must be in [1, 2**31), got 0"),
+    (["--workdir={digits_run}", "--smoothed_sigma=0.25", "--smoothed_alpha=1"], "--smoothed_alpha must be in (0, 1), got 1"),
+    (["--workdir={digits_run}", "--smoothed_sigma=0.25", "--smoothed_batch=0"], "--smoothed_batch must be >= 1, got 0"),
+    (["--workdir={digits_run}", "--smoothed_n=10"], "--smoothed_n needs --smoothed_sigma"),
+    (["--model_path={tmp}/model.h5"], "--model_path={tmp}/model.h5 must be a .keras file"),
+    (["--model_path={missing}/model.keras"], "--model_path={missing}/model.keras does not exist"),
+    (["--model_path={keras}", "--checkpoint={missing}/ckpt-1"], "--checkpoint applies to --workdir only"),
+    (["--workdir={digits_run}", "--checkpoint={missing}/ckpt-1"], "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index"),
+    (["--workdir={missing}"], "{missing}/run_config.json does not exist"),
+    (["--workdir={digits_run}"], "reached:build_model"),
+    (["--model_path={keras}"], "reached:load_model"),
+]
+CONVERT = [
+    ([], "--checkpoint is required (a TF1 prefix such as zoo/Res50-silu/Res50-silu)"),
+    (["--checkpoint={missing}/Res50", "--output=out.h5"], "--output must end in .keras, got out.h5"),
+    (["--checkpoint={missing}/Res50", "--image_size=0"], "--image_size must be in [16, 2048], got 0"),
+    (["--checkpoint={missing}/Res50", "--num_classes=0"], "--num_classes must be >= 1, got 0"),
+    (["--checkpoint={missing}/Res50", "--model=resnet49"], "--model='resnet49' is unknown"),
+    (["--checkpoint={missing}/Res50", "--activation=swishy"], "--activation='swishy' is unknown"),
+    (["--checkpoint={missing}/Res50", "--zoo_name=Res51-silu"], "--zoo_name='Res51-silu' is unknown; choose one of"),
+    (["--checkpoint={missing}/Res50", "--channel_order=gbr"], "flag --channel_order=gbr: value should be one of <rgb|bgr>"),
+    (["--checkpoint={missing}/Res50"], "TF1 checkpoint {missing}/Res50 not found (expected {missing}/Res50.index"),
+    (["--checkpoint={empty}"], "no TF1 checkpoint in directory {empty} (no *.index file)"),
+]
+BUILD = [
+    (["--output_dir={ws}/records"], "--input_dir is required"),
+    (["--input_dir={images}"], "--output_dir is required"),
+    (["--input_dir={images}", "--output_dir={ws}/records", "--split=test"], "--split='test' is unknown; choose one of ['train', 'validation']"),
+    (["--input_dir={images}", "--output_dir={ws}/records", "--num_shards=0"], "--num_shards must be >= 1, got 0"),
+    (["--input_dir={images}", "--output_dir={ws}/records", "--num_shards=5"], "--num_shards=5 exceeds the 1 images (empty shards); allowed: [1, 1]"),
+    (["--input_dir={images}", "--output_dir={ws}/records"], "--num_shards=1024 exceeds the 1 images"),
+    (["--input_dir={images}", "--output_dir={a_file}", "--num_shards=1"], "--output_dir={a_file} is a file; pass a directory"),
+    (["--input_dir={missing}", "--output_dir={ws}/records"], "--input_dir={missing} is not a directory"),
+    (["--input_dir={empty}", "--output_dir={ws}/records"], "--input_dir={empty} has no class folders"),
+    (["--input_dir={images}", "--output_dir={ws}/records", "--labels_file={missing}/synsets.txt"], "--labels_file={missing}/synsets.txt does not exist"),
+    (["--input_dir={images}", "--output_dir={ws}/records", "--num_shards=1"], "reached:write_tfrecords"),
+]
+CASES = (
+    [("train", ["--workdir={ws}/train", *f], n) for f, n in TRAIN]
+    + [("train_imagenet", [*IMAGENET_BASE, *f], n) for f, n in TRAIN_IMAGENET]
+    + [("evaluate", [*RUN, *f], n) for f, n in EVALUATE]
+    + [("certify", [*NOISE_RUN, *f], n) for f, n in CERTIFY]
+    + [("predict", [*NOISE_RUN, *f], n) for f, n in PREDICT]
+    + [("export", f, n) for f, n in EXPORT]
+    + [("convert_checkpoint", f, n) for f, n in CONVERT]
+    + [("build_imagenet_tfrecords", f, n) for f, n in BUILD]
+)
+CASE_IDS = [f"{launcher}:{' '.join(a for a in argv if not a.startswith('--workdir={ws}'))}" for launcher, argv, _ in CASES]
+LAUNCHERS = sorted({launcher for launcher, _, _ in CASES})
+
+
+@pytest.fixture(scope="module")
+def batch(paths, tmp_path_factory):
+    """Every case of CASES, run in one process (one TensorFlow import)."""
+    cases = [
+        {"id": case_id, "launcher": launcher, "argv": [a.format(**paths) for a in argv if a != "NO_BF16"],
+         "no_bf16": "NO_BF16" in argv}
+        for case_id, (launcher, argv, _) in zip(CASE_IDS, CASES)
+    ]
+    root = tmp_path_factory.mktemp("batch")
+    with open(root / "cases.json", "w") as f:
+        json.dump(cases, f)
+    proc = subprocess.run([sys.executable, BATCH, str(root / "cases.json"), str(root / "results.json")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(root / "results.json") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=CASE_IDS)
+def test_bad_flag_is_one_line_before_expensive_work(batch, paths, case):
+    needle = CASES[case][2]
+    result = batch[CASE_IDS[case]]
+    needle = needle.format(**paths)
+    if needle.startswith("reached:"):  # a valid command line gets through validation
+        assert result["code"] == needle, result["stderr"][-2000:]
+        assert result["stderr"] == ""
+        return
+    lines = [line for line in result["stderr"].splitlines() if line.strip()]
+    assert result["code"] == 2, f"{result['code']}: {result['stderr'][-2000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), result["stderr"][-2000:]
+    assert needle in lines[0], lines[0]
+    assert result["seconds"] < 5, result  # in-process: validation only, nothing expensive
+
+
+def test_every_launcher_is_covered():
+    launchers = {name[:-3] for name in os.listdir(os.path.join(ROOT, "launch"))
+                 if name.endswith(".py") and name not in ("__init__.py", "common.py")}
+    helpers = {"objective_flags", "smoothing_flags", "protocols"}  # flag modules, not launchers
+    assert set(LAUNCHERS) == launchers - helpers
+
+
+# === End to end: the real launchers, one subprocess each, with the time to error ===
+
+E2E = [  # (launcher, flags, needle, what)
+    ("train", ["--dataset=cifar10", "--data_dir={empty}", "--workdir={ws}/e2e"], "cifar10 not found in {empty}", "absent data"),
+    ("train_imagenet", ["--data_dir={empty}", "--workdir={ws}/e2e_imagenet"], "no ImageNet TFRecords {empty}/train-*", "absent data"),
+    ("evaluate", ["--workdir={cifar_run}"], "cifar10 not found in {empty}", "data gone"),
+    ("certify", ["--workdir={missing}"], "{missing}/run_config.json does not exist", "missing workdir"),
+    ("predict", ["--workdir={imagenet_run}"], "no ImageNet TFRecords {empty}/validation-*", "data gone"),
+    ("export", ["--workdir={digits_run}", "--smoothed_sigma=nan"], "--smoothed_sigma must be in [0, 10]", "bad flag"),
+    ("convert_checkpoint", ["--checkpoint={missing}/Res50"], "TF1 checkpoint {missing}/Res50 not found", "absent file"),
+    ("build_imagenet_tfrecords", ["--input_dir={missing}", "--output_dir={ws}/e2e_records"],
+     "--input_dir={missing} is not a directory", "absent data"),
+]
+
+
+@pytest.fixture(scope="module")
+def e2e(paths):
+    """Runs E2E two at a time (CI has 2 cores); {launcher: (code, stderr, wall s, CPU s)}.
+
+    The CPU time (user + sys of the launcher process, from wait4) is the work
+    done before the error, whatever else the host runs; the wall time adds the
+    waits (a network retry would show there) and the host's load.
+    """
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+    def launch(case):
+        launcher, flags, _, _ = case
+        with tempfile.TemporaryFile("w+") as err:
+            start = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch", f"{launcher}.py"),
+                                     *(f.format(**paths) for f in flags)],
+                                    stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env=env)
+            timer = threading.Timer(120, proc.kill)
+            timer.start()
+            _, status, usage = os.wait4(proc.pid, 0)
+            timer.cancel()
+            wall = time.perf_counter() - start
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            err.seek(0)
+            return launcher, (proc.returncode, err.read(), wall, usage.ru_utime + usage.ru_stime)
+
+    with futures.ThreadPoolExecutor(2) as pool:
+        results = dict(pool.map(launch, E2E))
+    print("\ntime to error (s) of the real launchers, 2 at a time: wall / CPU")
+    for launcher, _, _, what in E2E:
+        print(f"  {launcher:26s} {what:16s} {results[launcher][2]:5.1f} / {results[launcher][3]:4.1f}")
+    return results
+
+
+@pytest.mark.parametrize("case", E2E, ids=[c[0] for c in E2E])
+def test_launcher_fails_in_seconds_with_one_line(e2e, paths, case):
+    launcher, _, needle, _ = case
+    code, stderr, wall, cpu = e2e[launcher]
+    lines = [line for line in stderr.splitlines() if line.strip() and not NOISE.match(line)]
+    assert code == 2, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    assert needle.format(**paths) in lines[0], lines[0]
+    # ~5 s of CPU, nearly all `import tensorflow`; 4.3-6.5 s wall on an idle
+    # 2-core host. The wall bound only catches hangs and retry back-offs: a
+    # loaded host stretches the import several-fold.
+    assert cpu < 10, f"{launcher}: {cpu:.1f} s of CPU before the error"
+    assert wall < 90, f"{launcher}: {wall:.1f} s to error"
