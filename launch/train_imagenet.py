@@ -310,12 +310,6 @@ def main(argv):
             FLAGS[name].value % replicas == 0,
             f"--{name}={FLAGS[name].value} must be divisible by the {replicas} replicas of --strategy={strategy_name}",
         )
-    # Fail in seconds if the data is absent (never a network retry).
-    split_files = "train" if FLAGS.mode != "eval" else "validation"
-    if FLAGS.data_source == "tfrecord":
-        imagenet_input.list_files(FLAGS.data_dir, split_files)
-        if FLAGS.mode != "train":
-            imagenet_input.list_files(FLAGS.data_dir, "validation")
     policy = precision_policy(strategy)
     keras.mixed_precision.set_global_policy(policy)
     chief = distribute.is_chief(strategy)
