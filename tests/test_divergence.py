@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -156,8 +157,10 @@ def test_launcher_stops_on_divergence_with_one_line_and_a_readable_checkpoint(tm
     cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--learning_rate=1e30", "--warmup_epochs=0",
            "--checkpoint_every_steps=1", "--epochs=1", "--limit_train=128", "--limit_test=32", "--export=false",
            f"--workdir={workdir}"]
+    start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    print(f"\ndivergence: exit {proc.returncode} after {time.perf_counter() - start:.1f} s (whole launcher run)")
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     checkpoint = os.path.join(workdir, "checkpoints", "ckpt-1")

@@ -96,6 +96,7 @@ def test_killed_worker_restart_resumes_to_the_weights_of_a_clean_restart(tmp_pat
     assert chief.returncode == 143, err[-3000:]
     assert lines[-1].startswith("error: a peer worker stopped during steps"), err[-3000:]
     assert f"to resume from {os.path.join(workdir, 'checkpoints', f'ckpt-{EPOCH}')}" in lines[-1]
+    print(f"\nthe surviving worker stopped {seconds:.1f} s after the kill (exit {chief.returncode})")
     assert seconds < 60, f"the surviving worker took {seconds:.0f} s to stop"
 
     chief_out, worker_out = _finish(_start(workdir, ports))  # the restart protocol: same command, same cluster
