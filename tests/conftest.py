@@ -1,4 +1,4 @@
-"""Shared pytest set-up: TF backend, quiet logs, and the `slow` gate."""
+"""Shared pytest set-up: TF backend, quiet logs, and the `slow` and `exhaustive` gates."""
 
 import os
 
@@ -13,19 +13,30 @@ def pytest_addoption(parser):
     parser.addoption(
         "--run_slow", action="store_true", default=False, help="run tests marked slow"
     )
+    parser.addoption(
+        "--run_exhaustive", action="store_true", default=False,
+        help="run tests marked exhaustive (every registry variant; beyond CI's 30-minute budget)",
+    )
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~10 s; needs --run_slow")
+    config.addinivalue_line(
+        "markers", "exhaustive: repeats a covered check for every depth/width variant; needs --run_exhaustive"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run_slow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --run_slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    gates = {
+        "slow": (config.getoption("--run_slow"), "slow: run with --run_slow"),
+        "exhaustive": (config.getoption("--run_exhaustive"), "exhaustive: run with --run_exhaustive"),
+    }
+    for marker, (enabled, reason) in gates.items():
+        if enabled:
+            continue
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 # === Tiny ImageNet in the tensorflow/tpu TFRecord format ===

@@ -26,7 +26,8 @@ fails with "Could not locate class ...". launch/export.py does exactly this.
 One fresh process (started once, in the fixture) does all the reloading. The
 fast run covers one registry entry per model class and block type; the other
 entries differ only in depth/width numbers in the same config keys and run
-with --run_slow (EfficientNet-L2 is never built: 480M weights, a 1.9 GB file).
+with --run_exhaustive, outside CI: together ~5 minutes of building and saving
+on 2 cores (EfficientNet-L2 is never built: 480M weights, a 1.9 GB file).
 """
 
 import ast
@@ -239,7 +240,7 @@ def _model_params():
         if name in UNBUILT:
             params.append(pytest.param(name, marks=pytest.mark.skip(reason="480M weights: a 1.9 GB .keras file")))
         elif name not in FAST_MODELS:
-            params.append(pytest.param(name, marks=pytest.mark.slow))
+            params.append(pytest.param(name, marks=pytest.mark.exhaustive))
         else:
             params.append(name)
     return params
@@ -250,7 +251,7 @@ def test_every_model_reloads_in_safe_mode_in_a_fresh_process(built, name, tmp_pa
     key = f"model/{name}"
     if name in FAST_MODELS:
         report, outputs, expected = built["report"], built["outputs"], built["expected"]
-    else:  # --run_slow: its own archive and process
+    else:  # --run_exhaustive: its own archive and process
         inputs, expected = {}, {}
         model = models.build_model(name, input_shape=model_shape(name), num_classes=3)
         archive = save_archive(model, tmp_path / f"{name}.keras", inputs, expected, key)
