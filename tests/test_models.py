@@ -31,7 +31,7 @@ IMAGENET_NETS = {
     *(f"efficientnet_b{i}" for i in range(9)),
     "efficientnet_l1",
 }
-SLOW_NETS = {  # > 10 s each
+SLOW_NETS = {  # > 10 s each: --run_exhaustive (outside CI)
     "resnext101_32x8d",
     "resnext152_32x8d",
     "efficientnet_b6",
@@ -139,7 +139,7 @@ def is_relu(layer):
 
 def _model_params():
     return [
-        pytest.param(n, marks=pytest.mark.slow) if n in SLOW_NETS else n
+        pytest.param(n, marks=pytest.mark.exhaustive) if n in SLOW_NETS else n
         for n in models.list_models()
         if n not in UNBUILT_NETS
     ]

@@ -140,29 +140,6 @@ def test_sigterm_then_rerun_reaches_the_uninterrupted_weights(trained, tiny_imag
         np.testing.assert_allclose(resumed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--data_dir=/nonexistent/imagenet"], "/nonexistent/imagenet"),
-        pytest.param(["--use_bfloat16"], "--use_bfloat16", marks=pytest.mark.skipif(
-            distribute.cpu_has_bf16(), reason="this CPU has AVX512-BF16/AMX: --use_bfloat16 is valid here "
-            "(test_cpu_bf16_detection covers the decision)")),
-        (["--use_fp16"], "--use_fp16"),
-        (["--attack_epsilon=300"], "--attack_epsilon"),
-        (["--model=resnet51"], "--model='resnet51'"),
-        (["--mode=eval", "--init_checkpoint=/nonexistent/ckpt"], "--init_checkpoint"),
-        (["--tpu=local"], "--tpu=local"),
-    ],
-)
-def test_bad_flags_fail_fast_with_one_line(tiny_imagenet, tmp_path, extra, message):
-    start = time.time()
-    proc = _run(_tiny_flags(tiny_imagenet, str(tmp_path / "bad"), *extra), check=False, timeout=120)
-    assert proc.returncode == 2
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
-    assert time.time() - start < 60
-
-
 @pytest.mark.parametrize("flags, expected", [
     ("fpu vme avx512f avx512_bf16 avx512_vnni", True), ("fpu amx_bf16 amx_tile", True),
     ("fpu vme avx2 avx512f avx512bw", False), (None, False),
