@@ -27,6 +27,7 @@ STEP_SIZE_RULES = ("fixed", "max_eps_over_steps")
 # Keys for deriving independent sub-seeds from the caller's seed.
 _TARGETS, _RESTARTS = 0, 1
 _START, _COIN = 0, 1
+_POINT_KEY = 0x50474431  # "PGD1": the per-point draws' stream
 
 
 def pgd(
@@ -46,6 +47,7 @@ def pgd(
     restarts=1,
     cw_kappa=50.0,
     seed=None,
+    point_ids=None,
 ):
     """Projected gradient ascent on a per-example loss (Madry et al., 2018).
 
@@ -101,6 +103,11 @@ def pgd(
             for the stateless random ops. The same seed gives the same
             result (eager, `tf.function` and XLA alike). None draws a fresh
             seed with `tf.random.uniform`.
+        point_ids: optional int `[B]` identities of the points. Given, the
+            random start and targets are drawn per point from (seed, point
+            id), so a point's result does not depend on its batch (how
+            evaluation shards points over replicas and resumes). The
+            whole-batch clean-start coin stays one draw per call.
 
     Returns:
         `tf.stop_gradient(x_adv)`, float32, same shape as `x`.
@@ -116,13 +123,13 @@ def pgd(
         norm=norm, loss=loss, targeted=targeted, random_start=random_start,
         prob_start_from_clean=prob_start_from_clean,
         step_size_rule=step_size_rule, restarts=restarts, cw_kappa=cw_kappa,
-        seed=seed,
+        seed=seed, point_ids=point_ids,
     )
 
 
 def fgsm(
     logits_fn, x, y, *, eps, norm="linf", loss="ce", targeted=False,
-    cw_kappa=50.0, seed=None,
+    cw_kappa=50.0, seed=None, point_ids=None,
 ):
     """Fast gradient sign method (Goodfellow et al., 2015).
 
@@ -139,14 +146,14 @@ def fgsm(
         logits_fn, x, y, eps=eps, step_size=eps, steps=1, norm=norm,
         loss=loss, targeted=targeted, random_start=False,
         prob_start_from_clean=0.0, step_size_rule="fixed", restarts=1,
-        cw_kappa=cw_kappa, seed=seed,
+        cw_kappa=cw_kappa, seed=seed, point_ids=point_ids,
     )
 
 
 def _run_attack(
     logits_fn, x, y, *, eps, step_size, steps, norm, loss, targeted,
     random_start, prob_start_from_clean, step_size_rule, restarts,
-    cw_kappa, seed,
+    cw_kappa, seed, point_ids=None,
 ):
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
     y = tf.convert_to_tensor(y)
@@ -163,9 +170,15 @@ def _run_attack(
 
     if targeted:
         num_classes = tf.shape(logits_fn(x))[-1]
-        labels = base.random_targets(
-            y, num_classes, base.fold_seed(seed, _TARGETS)
-        )
+        if point_ids is None:
+            labels = base.random_targets(
+                y, num_classes, base.fold_seed(seed, _TARGETS)
+            )
+        else:
+            offset = 1 + base.point_randint(
+                seed, point_ids, num_classes - 1, _POINT_KEY, _TARGETS
+            )
+            labels = tf.math.floormod(y + offset, num_classes)
     else:
         labels = y
 
@@ -189,13 +202,16 @@ def _run_attack(
         x_adv = x_adv + step_size * direction(grad)
         return (tf.stop_gradient(base.clip_to_box(project(x_adv, x, eps))),)
 
-    def single_run(run_seed):
+    def single_run(run_seed, run=0):
         x_adv = x
         if random_start:
-            delta = _random_delta(
-                tf.shape(x), x.shape.rank, eps, norm,
-                base.fold_seed(run_seed, _START),
-            )
+            if point_ids is None:
+                delta = _random_delta(
+                    tf.shape(x), x.shape.rank, eps, norm,
+                    base.fold_seed(run_seed, _START),
+                )
+            else:
+                delta = _point_delta(x, eps, norm, seed, point_ids, run)
             coin = base.random_uniform([], base.fold_seed(run_seed, _COIN))
             prob = tf.cast(prob_start_from_clean, tf.float32)
             keep = tf.cast(coin >= prob, tf.float32)
@@ -215,7 +231,7 @@ def _run_attack(
         return tf.stop_gradient(x_adv)
 
     def restart(r, best_x, best_success, best_obj):
-        x_r = single_run(base.fold_seed(restart_seed, r))
+        x_r = single_run(base.fold_seed(restart_seed, r), r)
         logits = tf.cast(logits_fn(x_r), tf.float32)
         obj = objective(logits)
         pred = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -261,6 +277,21 @@ def _random_delta(shape, rank, eps, norm, seed):
         open_at_zero=True,
     )
     return direction * (eps * tf.exp(tf.math.log(u) / dim))
+
+
+def _point_delta(x, eps, norm, seed, point_ids, run):
+    """`_random_delta` drawn per point from (seed, point id, run)."""
+    shape = tf.shape(x)[1:]
+    if norm == "linf":
+        u = base.point_uniform(seed, point_ids, shape, _POINT_KEY, _START, run)
+        return eps * (2.0 * u - 1.0)
+    direction = base.l2_normalize(
+        base.point_normal(seed, point_ids, shape, _POINT_KEY, _START, run, 0)
+    )
+    dim = tf.cast(tf.reduce_prod(shape), tf.float32)
+    u = 1.0 - base.point_uniform(seed, point_ids, [], _POINT_KEY, _START, run, 1)
+    radius = eps * tf.exp(tf.math.log(u) / dim)
+    return direction * tf.reshape(radius, [-1] + [1] * (x.shape.rank - 1))
 
 
 def _as_seed(seed):

@@ -7,6 +7,15 @@ Attack seeds depend only on (seed, attack index, batch index, replica), so a
 rerun gives the same numbers.
 """
 
+import base64
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import time
+
+import numpy as np
 import tensorflow as tf
 
 from sat_tf import train_lib
@@ -66,3 +75,496 @@ def evaluate(model, strategy, dataset_fn, attacks, *, top_k=5, seed=1234, progre
             "count": int(totals[2]),
         }
     return results
+
+
+# === Per-point evaluation: independent rows, AutoAttack, worst case ========
+#
+# `evaluate_points` keeps one flag per point and row, so it can report the
+# per-image worst case over every attack of a protocol, shard points over the
+# replicas of any strategy, and resume an interrupted evaluation from a state
+# file. Every random draw is keyed by (seed, point id), so a point's result is
+# the same on one device, on N replicas and across a resume.
+
+
+WORST_CASE = "worst case"
+STATE_VERSION = 1
+
+
+class EvaluationStateError(ValueError):
+    """A state file that does not belong to this evaluation; the message names the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackRow:
+    """A report row in which every point is attacked on its own (or not at all).
+
+    Attributes:
+        name: the row name ("clean", "pgd20", ...).
+        attack: `attack(logits_fn, x, y, *, seed, [point_ids])` or None for
+            the clean row.
+        norm: the norm the perturbation size is reported in.
+    """
+
+    name: str
+    attack: object = None
+    norm: str = "linf"
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoAttackRows:
+    """AutoAttack as report rows: robust accuracy after each of its attacks.
+
+    Attributes:
+        eps: radius in [0, 1] pixel units (L-inf) or L2 length.
+        norm: "linf" or "l2".
+        version: "standard", "plus" or "rand".
+        attacks: optional subset/order of attack names (`attacks.autoattack.plan`).
+        options: optional `{attack: {keyword: value}}` settings.
+        name: the final row's name; the per-attack rows are `name/attack`.
+    """
+
+    eps: float
+    norm: str = "linf"
+    version: str = "standard"
+    attacks: tuple = None
+    options: dict = None
+    name: str = "autoattack"
+
+    def specs(self):
+        from sat_tf.attacks import autoattack
+
+        return autoattack.plan(self.version, attacks=self.attacks, options=self.options)
+
+    def row_names(self):
+        return [f"{self.name}/{spec.name}" for spec in self.specs()]
+
+    def describe(self):
+        parts = [f"version={self.version}", f"norm={self.norm}", f"eps={self.eps:.6g}"]
+        return f"AutoAttack {' '.join(parts)}: " + ", ".join(spec.describe() for spec in self.specs())
+
+
+def evaluate_points(
+    logits_fn,
+    x,
+    y,
+    rows,
+    *,
+    strategy=None,
+    batch_size=256,
+    seed=0,
+    top_k=5,
+    state_path=None,
+    identity=None,
+    jit_compile=False,
+    progress=None,
+):
+    """Clean and adversarial accuracy per point, AutoAttack, and the worst case.
+
+    Args:
+        logits_fn: callable `[b, H, W, C] float32 in [0, 1] -> [b, N]` logits
+            (a model in inference mode, a reloaded SavedModel endpoint, ...),
+            created under `strategy`'s scope when it holds variables.
+        x: float32 images `[P, H, W, C]` in [0, 1] (NumPy, held on the host).
+        y: integer labels `[P]`.
+        rows: `AttackRow`s and at most one `AutoAttackRows`, in report order.
+        strategy: a `tf.distribute.Strategy` (default: the current one). Each
+            chunk of points is split over its replicas.
+        batch_size: points per chunk (rounded up to a multiple of the
+            replicas); the last chunk is padded and its padding masked.
+        seed: evaluation seed (an int). Row i's attack gets `[seed, i]`;
+            AutoAttack's attacks all get `[seed, index of its rows]`.
+        top_k: the k of the second accuracy column.
+        state_path: optional JSON file (any `tf.io.gfile` path). Per-point
+            results are written to it after every chunk (atomically); a rerun
+            with the same arguments continues where it stopped and ends with
+            the result of an uninterrupted run.
+        identity: optional JSON-able description of the model and data,
+            stored in the state; a state written for another identity is
+            refused.
+        jit_compile: compile each replica's attack with XLA.
+        progress: optional `fn(row, done, total, seconds)` called after each
+            chunk (`done`/`total` points of that row).
+
+    Returns:
+        `{"rows": {name: {"top1", "top5", "count", "max_norm", "nan",
+        "seconds"}}, "warnings": [...], "flags": {name: bool [P]}}` where
+        AutoAttack's rows have `top5` None, the last row is `WORST_CASE` (a
+        point counts only if it survives every row), and `flags` are the
+        per-point results (top-1 correct, or still robust for AutoAttack).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).astype(np.int32)
+    if x.ndim < 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"Expected images [P, ...] and labels [P]. Received: x {x.shape}, y {y.shape}")
+    aa_rows = [row for row in rows if isinstance(row, AutoAttackRows)]
+    if len(aa_rows) > 1:
+        raise ValueError("At most one AutoAttackRows per evaluation.")
+    names = _row_names(rows)
+    state = _State(state_path, _fingerprint(rows, x, y, seed, top_k, identity), len(y))
+    engine = _Engine(logits_fn, strategy, x, y, batch_size=batch_size, jit_compile=jit_compile)
+    for index, row in enumerate(rows):
+        if isinstance(row, AutoAttackRows):
+            _run_autoattack(engine, state, row, index, seed, top_k, progress)
+        else:
+            _run_row(engine, state, row, index, seed, top_k, progress)
+    return _summary(state, rows, names)
+
+
+def _row_names(rows):
+    names = []
+    for row in rows:
+        if isinstance(row, AutoAttackRows):
+            names += ["clean" if "clean" not in names else None, *row.row_names(), row.name]
+        elif isinstance(row, AttackRow):
+            names.append(row.name)
+        else:
+            raise TypeError(f"rows must be AttackRow or AutoAttackRows. Received: {row!r}")
+    names = [n for n in names if n]
+    duplicates = sorted({n for n in names if names.count(n) > 1} - {"clean"})
+    if duplicates or WORST_CASE in names:
+        raise ValueError(f"Row names must be unique and not {WORST_CASE!r}. Received: {names}")
+    return names
+
+
+def _fingerprint(rows, x, y, seed, top_k, identity):
+    described = []
+    for row in rows:
+        if isinstance(row, AutoAttackRows):
+            described.append(row.describe())
+        else:
+            attack = row.attack
+            keywords = getattr(attack, "keywords", {})
+            func = getattr(attack, "func", attack)
+            described.append([row.name, getattr(func, "__name__", repr(func)) if attack else None,
+                              {k: repr(v) for k, v in sorted(keywords.items())}])
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(x).tobytes())
+    digest.update(np.ascontiguousarray(y).tobytes())
+    return {"rows": described, "points": int(len(y)), "data_sha256": digest.hexdigest(), "seed": int(seed),
+            "top_k": int(top_k), "identity": identity}
+
+
+def _pack(flags):
+    return base64.b64encode(np.packbits(np.asarray(flags, bool)).tobytes()).decode("ascii")
+
+
+def _unpack(text, count):
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))[:count]
+    return bits.astype(bool)
+
+
+class _State:
+    """Per-point results of every row, kept in memory and mirrored to a JSON file."""
+
+    def __init__(self, path, fingerprint, count):
+        self.path, self.count = path, count
+        self.fingerprint = json.loads(json.dumps(fingerprint))
+        self.rows, self.extra = {}, {}
+        if path and tf.io.gfile.exists(path):
+            self._load()
+
+    def _load(self):
+        try:
+            with tf.io.gfile.GFile(self.path, "r") as f:
+                saved = json.load(f)
+        except (ValueError, tf.errors.OpError) as err:
+            raise EvaluationStateError(
+                f"{self.path} is not a readable evaluation state ({err}); delete it to start over"
+            ) from None
+        if saved.get("version") != STATE_VERSION or saved.get("fingerprint") != self.fingerprint:
+            raise EvaluationStateError(
+                f"{self.path} was written by a different evaluation (other model, data, rows or seed); "
+                "delete it, or pass another output directory, to start over"
+            )
+        for name, row in saved["rows"].items():
+            self.rows[name] = {
+                key: _unpack(value, self.count) if key in ("done", "top1", "top5") else value
+                for key, value in row.items()
+            }
+        self.extra = saved.get("extra", {})
+
+    def row(self, name):
+        if name not in self.rows:
+            self.rows[name] = {"done": np.zeros(self.count, bool), "top1": np.zeros(self.count, bool),
+                               "top5": np.zeros(self.count, bool), "max_norm": 0.0, "nan": 0, "seconds": 0.0,
+                               "finished": False}
+        return self.rows[name]
+
+    def save(self):
+        if not self.path:
+            return
+        rows = {
+            name: {key: _pack(value) if key in ("done", "top1", "top5") else value for key, value in row.items()}
+            for name, row in self.rows.items()
+        }
+        text = json.dumps({"version": STATE_VERSION, "fingerprint": self.fingerprint, "rows": rows,
+                           "extra": self.extra})
+        directory = os.path.dirname(self.path)
+        if directory:
+            tf.io.gfile.makedirs(directory)
+        tmp = f"{self.path}.tmp"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(text)
+        tf.io.gfile.rename(tmp, self.path, overwrite=True)
+
+
+class _Engine:
+    """Runs a replica function over chunks of point ids under a strategy."""
+
+    def __init__(self, logits_fn, strategy, x, y, *, batch_size, jit_compile):
+        self.logits_fn, self.strategy, self.x, self.y = logits_fn, strategy, x, y
+        self.replicas = strategy.num_replicas_in_sync
+        self.per_replica = max(1, -(-int(batch_size) // self.replicas))
+        self.chunk = self.per_replica * self.replicas
+        self.jit_compile = jit_compile
+        self.chief = _is_chief(strategy)
+
+    def step_fn(self, replica_fn):
+        """A tf.function running `replica_fn(x, y, ids, valid)` per replica and
+        gathering its per-point outputs (a tuple of `[b]` tensors) to every host."""
+        compiled = tf.function(replica_fn, jit_compile=True) if self.jit_compile else replica_fn
+        was_bool = []
+
+        def as_numbers(*args):
+            # Collectives do not take bool: such outputs travel as int32.
+            outputs = compiled(*args)
+            was_bool[:] = [v.dtype == tf.bool for v in outputs]
+            return tuple(tf.cast(v, tf.int32) if b else v for v, b in zip(outputs, was_bool))
+
+        @tf.function
+        def step(x, y, ids, valid):
+            outputs = self.strategy.run(as_numbers, args=(x, y, ids, valid))
+            gathered = [self.strategy.gather(v, axis=0) for v in outputs]
+            return tuple(tf.cast(v, tf.bool) if b else v for v, b in zip(gathered, was_bool))
+
+        return step
+
+    def run(self, step, ids):
+        """Outputs of `step` for the points `ids` (host NumPy, padding dropped)."""
+        count = len(ids)
+        padded = np.concatenate([ids, np.full(self.chunk - count, ids[-1], ids.dtype)])
+        valid = np.arange(self.chunk) < count
+        b = self.per_replica
+
+        def value(ctx, array):
+            r = ctx.replica_id_in_sync_group
+            return tf.constant(array[r * b:(r + 1) * b])
+
+        args = [
+            self.strategy.experimental_distribute_values_from_function(lambda ctx, a=a: value(ctx, a))
+            for a in (self.x[padded], self.y[padded], padded.astype(np.int32), valid)
+        ]
+        outputs = step(*args)
+        return tf.nest.map_structure(lambda v: np.asarray(v)[:count], outputs)
+
+    def chunks(self, ids):
+        for start in range(0, len(ids), self.chunk):
+            yield ids[start:start + self.chunk]
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def _perturbation(x_adv, x, norm):
+    delta = tf.reshape(x_adv - x, [tf.shape(x)[0], -1])
+    finite = tf.where(tf.math.is_finite(delta), delta, tf.zeros_like(delta))
+    if norm == "l2":
+        size = tf.norm(finite, axis=-1)
+    elif norm == "l1":
+        size = tf.reduce_sum(tf.abs(finite), -1)
+    else:
+        size = tf.reduce_max(tf.abs(finite), -1)
+    nans = tf.reduce_sum(tf.cast(tf.math.is_nan(tf.reshape(x_adv, [tf.shape(x)[0], -1])), tf.int32), -1)
+    return size, nans
+
+
+def _takes_point_ids(attack):
+    try:
+        return "point_ids" in inspect.signature(attack).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _run_row(engine, state, row, index, seed, top_k, progress):
+    record = state.row(row.name)
+    if record["finished"]:
+        return
+    row_seed = tf.constant([int(seed), index], tf.int64)
+    logits_fn, attack = engine.logits_fn, row.attack
+    keyed = attack is not None and _takes_point_ids(attack)
+
+    def replica_fn(x, y, ids, valid):
+        del valid
+        x = tf.cast(x, tf.float32)
+        if attack is None:
+            x_adv = x
+        elif keyed:
+            x_adv = attack(logits_fn, x, y, seed=row_seed, point_ids=ids)
+        else:
+            x_adv = attack(logits_fn, x, y, seed=row_seed)
+        logits = tf.cast(logits_fn(x_adv), tf.float32)
+        k = min(top_k, logits.shape[-1])
+        top1 = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y)
+        topk = tf.math.in_top_k(y, logits, k)
+        size, nans = _perturbation(x_adv, x, row.norm)
+        return top1, topk, size, nans
+
+    _run_chunks(engine, state, record, row.name, replica_fn, np.flatnonzero(~record["done"]), progress,
+                lambda ids, out: _update_row(record, ids, out))
+    record["finished"] = True
+    if engine.chief:
+        state.save()
+
+
+def _update_row(record, ids, outputs):
+    top1, topk, size, nans = outputs
+    record["top1"][ids] = top1
+    record["top5"][ids] = topk
+    record["done"][ids] = True
+    record["max_norm"] = max(record["max_norm"], float(np.max(size, initial=0.0)))
+    record["nan"] += int(np.sum(nans))
+
+
+def _run_chunks(engine, state, record, name, replica_fn, ids, progress, update):
+    total = state.count
+    step = engine.step_fn(replica_fn) if len(ids) else None
+    for chunk in engine.chunks(ids):
+        start = time.perf_counter()
+        update(chunk, engine.run(step, chunk))
+        record["seconds"] += time.perf_counter() - start
+        if engine.chief:
+            state.save()
+        if progress is not None:
+            progress(name, int(record["done"].sum()), total, record["seconds"])
+
+
+def _run_autoattack(engine, state, rows, index, seed, top_k, progress):
+    from sat_tf.attacks import autoattack
+
+    aa_seed = tf.constant([int(seed), index], tf.int64)
+    specs = rows.specs()
+    logits_fn = engine.logits_fn
+    clean = state.row("clean")
+    if not clean.get("finished"):
+        _run_row(engine, state, AttackRow("clean"), index, seed, top_k, progress)
+    if "autoattack" not in state.extra:
+        state.extra["autoattack"] = _model_checks(engine, rows, specs)
+    robust = clean["top1"].copy()
+    for spec in specs:
+        name = f"{rows.name}/{spec.name}"
+        record = state.row(name)
+        record.setdefault("zero_gradient", 0)
+        if record["finished"]:
+            robust = record["top1"].copy()
+            continue
+        # Points broken by this attack before an interruption stay broken.
+        robust &= ~(record["done"] & ~record["top1"])
+
+        def replica_fn(x, y, ids, valid, spec=spec):
+            x = tf.cast(x, tf.float32)
+            x_att, zero = spec.run(logits_fn, x, y, eps=rows.eps, norm=rows.norm, seed=aa_seed, point_ids=ids,
+                                   active=valid)
+            pred = tf.argmax(tf.cast(logits_fn(x_att), tf.float32), -1, output_type=tf.int32)
+            survived = tf.logical_or(tf.equal(pred, y), tf.logical_not(valid))
+            size, nans = _perturbation(x_att, x, rows.norm)
+            zero = tf.zeros_like(valid) if zero is None else zero
+            return survived, size, nans, zero
+
+        def update(ids, outputs, record=record):
+            survived, size, nans, zero = outputs
+            robust[ids] = survived
+            record["done"][ids] = True
+            broken = ~survived
+            record["max_norm"] = max(record["max_norm"], float(np.max(size[broken], initial=0.0)))
+            record["nan"] += int(np.sum(nans[broken]))
+            record["zero_gradient"] += int(np.sum(zero))
+            record["top1"][:] = robust
+
+        pending = np.flatnonzero(robust & ~record["done"])
+        record["top1"][:] = robust
+        _run_chunks(engine, state, record, name, replica_fn, pending, progress, update)
+        record["done"][:] = True  # points broken earlier need no attack: their flag is final
+        record["top1"][:] = robust
+        record["finished"] = True
+        if engine.chief:
+            state.save()
+
+
+def _model_checks(engine, rows, specs):
+    """The reference's model checks on the first chunk of points (once per evaluation)."""
+    from sat_tf.attacks import autoattack
+
+    ids = np.arange(min(engine.chunk, len(engine.y)))
+    logits_fn = engine.logits_fn
+    sample = engine.x[ids]
+    logits = tf.cast(logits_fn(tf.constant(sample)), tf.float32)
+    autoattack.validate_classes(logits.shape[-1], specs)
+    checks = tf.function(
+        lambda z: autoattack.output_checks(logits_fn, z, tf.cast(logits_fn(z), tf.float32),
+                                           randomised=rows.version == "rand")
+    )(tf.constant(sample))
+    return {key: np.asarray(value).item() for key, value in checks.items()}
+
+
+def _summary(state, rows, names):
+    from sat_tf.attacks import autoattack
+
+    sources, autoattack_rows = {}, set()
+    for row in rows:
+        if isinstance(row, AutoAttackRows):
+            per_attack = row.row_names()
+            sources.update({name: name for name in per_attack})
+            sources[row.name] = per_attack[-1]  # the final row: robust after every attack
+            autoattack_rows.update([*per_attack, row.name])
+    warnings = []
+    for row in rows:
+        if isinstance(row, AutoAttackRows):
+            accuracy = {"clean": float(state.rows["clean"]["top1"].mean())}
+            for name in row.row_names():
+                accuracy[name.split("/", 1)[1]] = float(state.rows[name]["top1"].mean())
+            checks = dict(state.extra.get("autoattack", {}))
+            zero = sum(state.rows[name].get("zero_gradient", 0) for name in row.row_names())
+            checks["zero_gradient"] = np.ones(zero, bool)
+            warnings += autoattack.check_warnings(checks, accuracy, version=row.version,
+                                                  attacks=[s.name for s in row.specs()])
+    count = state.count
+    table, flags = {}, {}
+    worst = np.ones(count, bool)
+    for name in names:
+        record = state.rows[sources.get(name, name)]
+        top1 = record["top1"]
+        table[name] = {
+            "top1": float(top1.mean()) if count else 0.0,
+            "top5": None if name in autoattack_rows else float(record["top5"].mean()),
+            "count": int(count),
+            "max_norm": float(record["max_norm"]),
+            "nan": int(record["nan"]),
+            "seconds": round(float(record["seconds"]), 3),
+        }
+        flags[name] = top1.copy()
+        worst &= top1
+    for row in rows:
+        if isinstance(row, AutoAttackRows):  # the final row sums up its attacks
+            per_attack = [table[name] for name in row.row_names()]
+            table[row.name].update(
+                max_norm=max(r["max_norm"] for r in per_attack),
+                nan=sum(r["nan"] for r in per_attack),
+                seconds=round(sum(r["seconds"] for r in per_attack), 3),
+            )
+    attacked = [r for n, r in table.items() if n != "clean" and n not in (row.name for row in rows
+                                                                          if isinstance(row, AutoAttackRows))]
+    table[WORST_CASE] = {
+        "top1": float(worst.mean()) if count else 0.0,
+        "top5": None,
+        "count": int(count),
+        "max_norm": max((r["max_norm"] for r in attacked), default=0.0),
+        "nan": sum(r["nan"] for r in attacked),
+        "seconds": round(sum(r["seconds"] for r in attacked) + table.get("clean", {}).get("seconds", 0.0), 3),
+    }
+    flags[WORST_CASE] = worst
+    return {"rows": table, "warnings": warnings, "flags": flags}
