@@ -9,6 +9,13 @@ budget once, e.g. in a launcher:
                         prob_start_from_clean=0.2)      # SAT training
     x_adv = attack(lambda z: model(z, training=False), x, y, seed=seed)
 
+AutoAttack (Croce & Hein, 2020): `autoattack(logits_fn, x, y, eps=8 / 255,
+version="standard", seed=0)` runs APGD-CE, APGD-T, FAB-T and Square exactly
+as the reference composes them and returns the adversarial images, the
+per-point robust flags after each attack and the sanity-check warnings;
+`AutoAttackRows` reports it through `sat_tf.evaluation.evaluate_points`. The
+single attacks (`apgd`, `fab`, `square`) are in the registry too.
+
 SmoothAdv's attacks on the smoothed soft classifier (`smoothadv_pgd`,
 `smoothadv_ddn`, registry `SMOOTHADV_ATTACKS`) also take the fixed noise
 draws, `noise=sample_noise(x, m, sigma, seed)`; see `attacks/smoothadv.py`.
@@ -19,11 +26,16 @@ import inspect
 
 import tensorflow as tf
 
+from sat_tf.attacks.apgd import apgd
+from sat_tf.attacks.autoattack import AutoAttackResult
+from sat_tf.attacks.autoattack import AutoAttackRows
+from sat_tf.attacks.autoattack import autoattack
 from sat_tf.attacks.base import clip_to_box
 from sat_tf.attacks.base import cross_entropy
 from sat_tf.attacks.base import cw_margin
 from sat_tf.attacks.base import project_l2
 from sat_tf.attacks.base import project_linf
+from sat_tf.attacks.fab import fab
 from sat_tf.attacks.pgd import fgsm
 from sat_tf.attacks.pgd import pgd
 from sat_tf.attacks.smoothadv import SMOOTHADV_ATTACKS
@@ -32,6 +44,7 @@ from sat_tf.attacks.smoothadv import sample_noise
 from sat_tf.attacks.smoothadv import smoothadv_ddn
 from sat_tf.attacks.smoothadv import smoothadv_pgd
 from sat_tf.attacks.smoothadv import smoothed_nll
+from sat_tf.attacks.square import square
 from sat_tf.attacks.trades import kl_to_clean
 from sat_tf.attacks.trades import trades_pgd
 
@@ -53,6 +66,12 @@ ATTACKS = {
     "fgsm": fgsm,
     "fgsm_l2": functools.partial(fgsm, norm="l2"),
     "trades": trades_pgd,
+    "apgd": apgd,
+    "apgd_dlr": functools.partial(apgd, loss="dlr"),
+    "apgd_t": functools.partial(apgd, loss="dlr_targeted"),
+    "fab": functools.partial(fab, targeted=False),
+    "fab_t": fab,
+    "square": square,
     "none": identity_attack,
 }
 
@@ -91,6 +110,12 @@ def get_attack(name, **kwargs):
 
 __all__ = [
     "ATTACKS",
+    "AutoAttackResult",
+    "AutoAttackRows",
+    "apgd",
+    "autoattack",
+    "fab",
+    "square",
     "clip_to_box",
     "cross_entropy",
     "cw_margin",

@@ -29,7 +29,7 @@ The whole composition is one graph of fixed shapes: points that are broken
 or not attacked are masked, never re-batched, so it runs eagerly, inside
 `tf.function`, under XLA and per replica in `strategy.run`. Random draws are
 keyed by (seed, point id), so a point's result does not depend on its batch.
-`sat_tf.evaluation.autoattack_evaluate` runs the same attacks over a data set
+`AutoAttackRows` with `sat_tf.evaluation.evaluate_points` runs the same attacks over a data set
 with the reference's re-batching between attacks (points still robust, in
 chunks), sharded over replicas and resumable; it gives the same per-point
 result.
@@ -43,6 +43,7 @@ References:
 """
 
 import dataclasses
+import functools
 import inspect
 import numbers
 from typing import NamedTuple
@@ -158,6 +159,68 @@ def plan(version="standard", *, attacks=None, options=None):
             raise ValueError(f"options for {name!r}: {err}") from None
         specs.append(AttackSpec(name, fn, kwargs))
     return specs
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoAttackRows:
+    """AutoAttack as report rows of `sat_tf.evaluation.evaluate_points`.
+
+    The evaluator runs the attacks in order, each on the points still robust
+    (re-batched between attacks, as the reference does), sharded over
+    replicas and resumable, and reports robust accuracy after each one as
+    `name/attack` plus the final row `name`.
+
+    Attributes:
+        eps: radius in [0, 1] pixel units (L-inf) or L2 length.
+        norm: "linf" or "l2".
+        version: "standard", "plus" or "rand".
+        attacks: optional subset/order of attack names (see `plan`).
+        options: optional `{attack: {keyword: value}}` (see `plan`).
+        name: the final row's name.
+
+    Example:
+        >>> rows = AutoAttackRows(eps=8 / 255)
+        >>> [name for name, _ in rows.stages()]
+        ['apgd-ce', 'apgd-t', 'fab-t', 'square']
+    """
+
+    eps: float
+    norm: str = "linf"
+    version: str = "standard"
+    attacks: tuple = None
+    options: dict = None
+    name: str = "autoattack"
+
+    def __post_init__(self):
+        _validate(eps=self.eps, norm=self.norm, version=self.version, seed=0)
+        self.specs()  # checks attacks/options now, not in the middle of an evaluation
+
+    def specs(self):
+        return plan(self.version, attacks=self.attacks, options=self.options)
+
+    def stages(self):
+        """`[(attack name, run)]`, `run(logits_fn, x, y, *, seed, point_ids, active)`."""
+        return [(spec.name, functools.partial(_run_stage, spec, self.eps, self.norm)) for spec in self.specs()]
+
+    def describe(self):
+        settings = f"version={self.version} norm={self.norm} eps={self.eps:.6g}"
+        return f"AutoAttack {settings}: " + ", ".join(spec.describe() for spec in self.specs())
+
+    def model_checks(self, logits_fn, x):
+        """The reference's model checks on a sample of points, as Python values."""
+        x = tf.constant(x, tf.float32)
+        logits = tf.cast(logits_fn(x), tf.float32)
+        validate_classes(logits.shape[-1], self.specs())
+        checks = tf.function(lambda z: output_checks(logits_fn, z, tf.cast(logits_fn(z), tf.float32),
+                                                     randomised=self.version == "rand"))(x)
+        return {key: np.asarray(value).item() for key, value in checks.items()}
+
+    def warnings(self, checks, accuracy):
+        return check_warnings(checks, accuracy, version=self.version, attacks=[s.name for s in self.specs()])
+
+
+def _run_stage(spec, eps, norm, logits_fn, x, y, *, seed, point_ids=None, active=None):
+    return spec.run(logits_fn, x, y, eps=eps, norm=norm, seed=seed, point_ids=point_ids, active=active)
 
 
 class AutoAttackResult(NamedTuple):

@@ -24,6 +24,20 @@ def pixels(value):
     return float(value) / 255.0
 
 
+def fraction(flag_name, text):
+    """`8/255`, `0.031` or `0.5` -> a finite float >= 0 (FlagError otherwise)."""
+    import math
+
+    numerator, slash, denominator = str(text).partition("/")
+    try:
+        value = float(numerator) / float(denominator) if slash else float(numerator)
+    except (ValueError, ZeroDivisionError):
+        raise FlagError(f"--{flag_name} must be a number or a fraction like 8/255, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise FlagError(f"--{flag_name} must be finite and >= 0, got {text!r}")
+    return value
+
+
 def int_list(flag_name, values):
     try:
         out = [int(v) for v in values]
@@ -100,6 +114,11 @@ def check_run_data(run_config, *, dataset, split, data_dir):
         imagenet_input.list_files(data_dir, imagenet_split)
     else:
         imagenet_input._tfds_files_and_parser(data_dir, imagenet_split)
+
+
+def parse_value(text):
+    """A flag's `key=value` value as bool, int, float or str."""
+    return _parse_value(text)
 
 
 def _parse_value(text):
@@ -275,6 +294,19 @@ def eval_attacks(iters, *, epsilon, step_size, norm="linf", loss="ce", restarts=
             step_size_rule="max_eps_over_steps",
         )
     return table
+
+
+def load_arrays(dataset, split, *, data_dir, limit=None):
+    """A registry data set's split as NumPy (images float32 in [0, 1], int32 labels), in its fixed order."""
+    import numpy as np
+
+    from sat_tf import data
+
+    xs, ys = [], []
+    for x, y in data.load_split(dataset, split, data_dir=data_dir, batch_size=1024, limit=limit):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def evaluation_dataset_fn(dataset, split, *, data_dir, batch_size, limit=None):

@@ -1,31 +1,53 @@
-r"""Robustness evaluation: clean + attacked top-1/top-5, as JSON, markdown and a PNG.
+r"""Robustness evaluation: clean, PGD rows and AutoAttack, per image, as JSON, markdown and a PNG.
 
-    python launch/evaluate.py --workdir=runs/digits_sat --steps=10,20,50,200
-    python launch/evaluate.py --workdir=runs/digits_sat --attack_epsilon=8 --attack_step_size=1
+    python launch/evaluate.py --workdir=runs/digits_sat
+    python launch/evaluate.py --workdir=runs/digits_sat --protocol=autoattack --eps=32/255
+    python launch/evaluate.py --workdir=runs/digits_sat --protocol=autoattack --norm=l2 --eps=0.5
     python launch/evaluate.py --workdir=runs/cifar_rat --protocol=rat_cifar
+    python launch/evaluate.py --model_path=model.keras --dataset=cifar10 --eps=8/255 --mean=0.4914,0.4822,0.4465 \
+        --std=0.2471,0.2435,0.2616
 
-The model and dataset come from <workdir>/run_config.json (written by
-launch/train.py) and the latest checkpoint (or --checkpoint).
+The model comes from <workdir>/run_config.json (written by launch/train.py)
+and the latest checkpoint (or --checkpoint), or from --model_path: any
+`.keras` file (loaded with safe_mode) or a SavedModel exported by
+launch/export.py (its differentiable `logits_float` endpoint). For a model
+that does not take [0, 1] pixels, say what it takes: --input_range=0,255 or
+-1,1 maps the pixels, then --mean/--std normalise them (per channel, in the
+mapped units) before the model sees them. Attacks always work on [0, 1]
+pixels, so budgets mean the same for every model.
 
 --protocol picks a named evaluation from launch/protocols.py (PROTOCOLS):
 
-    run           (default) clean + PGD-k at the run's budget and steps
-    sat_imagenet  clean + PGD-10/20/50/200, eps 4/255, step 1/255
-    rat_cifar     clean, fgsm, pgd20, cw20: eps 0.031, step 0.003, CW kappa 50
-    rat_svhn      the same rows with eps 4/255, step 1/255
-    strong        clean, pgd100, cw100 at the run's budget, 5 restarts each
+    run           (default) clean + PGD-k at the run's budget and steps, and AutoAttack standard
+    autoattack    clean + AutoAttack (--autoattack picks the version)
+    sat_imagenet  clean + PGD-10/20/50/200, eps 4/255, step 1/255, and AutoAttack standard
+    rat_cifar     clean, fgsm, pgd20, cw20: eps 0.031, step 0.003, CW kappa 50; AutoAttack standard at 8/255
+    rat_svhn      the same rows with eps 4/255, step 1/255; AutoAttack standard
+    strong        clean, pgd100, cw100 at the run's budget, 5 restarts each; AutoAttack plus
 
-Protocols store budgets in [0, 1] units (0.031 is 0.031, not 7.905/255);
-the flags use the 0-255 scale (SAT convention) and are converted once.
-Precedence, per value: an explicit flag (--attack_epsilon, --attack_step_size,
---steps, --restarts) > the protocol's value > the run's (run_config.json
-"eval"). FGSM rows ignore --attack_step_size (their one step is epsilon).
---norm, --loss and --targeted shape the PGD rows of `run` and `sat_imagenet`
-only; the other protocols fix them per row, and giving them is an error.
-`run` and `sat_imagenet` use SAT's step = max(step, epsilon/steps) (Feature
-Denoising); the RAT protocols use the step as given, as the reference does.
+Every report ends with the per-image worst case: an image counts as robust
+only if it survives every row. AutoAttack's rows are its robust accuracy
+after each of its attacks; its sanity checks (randomised model, softmax
+outputs, zero gradients, Square beating the gradient attacks) are printed
+and stored as warnings.
+
+Budgets: --eps takes natural units (8/255, 0.031 or, for L2, 0.5); the older
+--attack_epsilon/--attack_step_size take the 0-255 scale. Precedence, per
+value: an explicit flag > the protocol's value > the run's (run_config.json
+"eval"). FGSM rows ignore the step. --norm, --loss and --targeted shape the PGD
+rows of `run` and `sat_imagenet` only (--norm also sets AutoAttack's threat
+model for `run` and `autoattack`); the other protocols fix them, and giving
+them is an error.
+
+Long evaluations resume: per-image results go to <output_dir>/evaluation_state.json
+after every chunk of --batch_size images; rerun the same command after an
+interruption and it continues where it stopped (--noresume starts over).
+The points are sharded over the replicas of --strategy; the result does not
+depend on the strategy, batch size or resumption (random draws are keyed by
+image index and seed).
 """
 
+import math
 import os
 import sys
 import time
@@ -41,23 +63,57 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("protocol", None, f"Named evaluation, one of {protocols.list_protocols()} (default: run).")
 flags.DEFINE_string("workdir", "runs/digits_sat", "A training workdir (run_config.json + checkpoints).")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest in the workdir).")
-flags.DEFINE_string("dataset", None, "Override the dataset of the run.")
+flags.DEFINE_string("model_path", None, "Evaluate this .keras file or SavedModel instead of a training run (needs --dataset).")
+flags.DEFINE_list("input_range", ["0", "1"], "The pixel range the --model_path model takes: 0,1 (default), 0,255 or -1,1.")
+flags.DEFINE_list("mean", None, "Per-channel mean subtracted (in --input_range units) before a --model_path model.")
+flags.DEFINE_list("std", None, "Per-channel std divided by (in --input_range units) before a --model_path model.")
+flags.DEFINE_string("dataset", None, "Override the dataset of the run (required with --model_path).")
 flags.DEFINE_string("data_dir", None, "Override the tfds data directory of the run.")
 flags.DEFINE_string("split", "test", "Split to evaluate.")
 flags.DEFINE_integer("limit", None, "Evaluate only the first N images.")
-flags.DEFINE_enum("attack", "pgd", ["pgd"], "Attack family.")
+flags.DEFINE_enum("attack", "pgd", ["pgd"], "Attack family of the iterative rows.")
 flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model.")
 flags.DEFINE_enum("loss", "ce", ["ce", "cw"], "Attack loss (cross-entropy or CW margin).")
 flags.DEFINE_bool("targeted", False, "Random-target targeted PGD (Feature Denoising protocol).")
 flags.DEFINE_list("steps", None, "PGD steps of the iterative rows (default: the protocol's, else the run's).")
+flags.DEFINE_string("eps", None, "Budget in natural units: 8/255 or 0.031 (L-inf), 0.5 (L2).")
 flags.DEFINE_float("attack_epsilon", None, "Budget on the 0-255 scale (default: the protocol's, else the run's).")
 flags.DEFINE_float("attack_step_size", None, "Step on the 0-255 scale (default: the protocol's, else the run's).")
 flags.DEFINE_integer("restarts", 1, "Random restarts of the PGD/CW rows; the worst case per image counts.")
-flags.DEFINE_integer("batch_size", 256, "Global evaluation batch size.")
+flags.DEFINE_enum("autoattack", "protocol", ["protocol", "standard", "plus", "rand", "none"],
+                  "AutoAttack version beside the rows (protocol: the protocol's own).")
+flags.DEFINE_list("autoattack_options", [], "Per-attack settings, attack.key=value (e.g. square.queries=1000): "
+                  "a quicker, weaker AutoAttack than the standard one, reported as such.")
+flags.DEFINE_integer("batch_size", 256, "Images per chunk (over all replicas).")
 flags.DEFINE_string("strategy", "default", "default | one_device | mirrored | multi_worker | tpu.")
 flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc://host:port.")
-flags.DEFINE_string("output_dir", None, "Report directory (default: <workdir>/report).")
+flags.DEFINE_enum("jit", "auto", ["auto", "true", "false"], "XLA for the attacks (auto: on for TPU/GPU, off on CPU).")
+flags.DEFINE_string("output_dir", None, "Report directory (default: <workdir>/report, or ./report for --model_path).")
+flags.DEFINE_bool("resume", True, "Continue an interrupted evaluation from <output_dir>/evaluation_state.json.")
 flags.DEFINE_integer("seed", 1, "Evaluation seed.")
+
+STATE_FILE = "evaluation_state.json"
+
+
+def natural_budget(text):
+    """`8/255`, `0.031` or `0.5` -> a float >= 0 (FlagError otherwise)."""
+    value = common.fraction("eps", text)
+    common.require(value <= 255, f"--eps={text} is above 255; use natural units (8/255, 0.031, or 0.5 for L2)")
+    return value
+
+
+def parse_autoattack_options(items):
+    """`["square.queries=1000", "apgd-ce.steps=50"]` -> `{"square": {"queries": 1000}, ...}`."""
+    from sat_tf.attacks import autoattack
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        attack, dot, name = key.strip().partition(".")
+        common.require(sep and dot and name, f"--autoattack_options entries must be attack.key=value, got {item!r}")
+        common.choice("autoattack_options", attack, set(autoattack.ATTACK_NAMES))
+        options.setdefault(attack, {})[name] = common.parse_value(value.strip())
+    return options
 
 
 def validate():
@@ -77,6 +133,16 @@ def validate():
     common.check_seed(FLAGS.seed)
     common.check_strategy(FLAGS.strategy, FLAGS.tpu)
     common.check_checkpoint("checkpoint", FLAGS.checkpoint)
+    if FLAGS.model_path is not None:
+        common.require(FLAGS.dataset is not None, "--model_path needs --dataset (the data the model was trained on)")
+        common.require(FLAGS.checkpoint is None, "--checkpoint belongs to a --workdir run; drop it with --model_path")
+        common.require(os.path.exists(FLAGS.model_path) or "://" in FLAGS.model_path,
+                       f"--model_path={FLAGS.model_path} does not exist (a .keras file or a SavedModel directory)")
+    model_input()  # checks --input_range/--mean/--std
+    common.require(FLAGS.eps is None or FLAGS.attack_epsilon is None,
+                   "give the budget once: --eps (natural units) or --attack_epsilon (0-255 scale)")
+    if FLAGS.eps is not None:
+        natural_budget(FLAGS.eps)
     for name in ("attack_epsilon", "attack_step_size"):
         value = FLAGS[name].value
         common.require(value is None or 0 <= value <= 255, f"--{name} must be in [0, 255] (0-255 scale), got {value}")
@@ -84,6 +150,7 @@ def validate():
         common.check_step_size("attack_step_size", FLAGS.attack_step_size, "attack_epsilon", FLAGS.attack_epsilon)
     if FLAGS.steps is not None:
         common.int_list("steps", FLAGS.steps)
+    parse_autoattack_options(FLAGS.autoattack_options)
     name = common.choice("protocol", "run" if FLAGS.protocol is None else FLAGS.protocol, protocols.PROTOCOLS)
     protocol = protocols.PROTOCOLS[name]
     overrides = {}
@@ -91,16 +158,41 @@ def validate():
         if not FLAGS[flag].present:  # the rows' own values; for `run` they equal the flag defaults
             continue
         common.require(
-            flag in protocol.row_flags,
+            flag in protocol.row_flags or (flag == "norm" and name == "autoattack"),
             f"--{flag} is fixed by --protocol={name}; drop it, or use --protocol=run to choose it",
         )
-        overrides[flag] = FLAGS[flag].value
+        if flag in protocol.row_flags:
+            overrides[flag] = FLAGS[flag].value
     return name, protocol, overrides
+
+
+def model_input():
+    """(low, high, mean, std) of the --model_path model's input, checked."""
+    try:
+        low, high = (float(v) for v in FLAGS.input_range)
+    except (TypeError, ValueError):
+        raise common.FlagError(f"--input_range must be two numbers LOW,HIGH (e.g. 0,255), got {FLAGS.input_range}")
+    common.require(high > low, f"--input_range must have LOW < HIGH, got {FLAGS.input_range}")
+    stats = []
+    for name in ("mean", "std"):
+        values = FLAGS[name].value
+        try:
+            stats.append(None if values is None else [float(v) for v in values])
+        except ValueError:
+            raise common.FlagError(f"--{name} must be comma-separated numbers, got {values}")
+    mean, std = stats
+    common.require(std is None or all(s > 0 for s in std), f"--std must be > 0, got {FLAGS.std}")
+    custom = (low, high) != (0.0, 1.0) or mean is not None or std is not None
+    common.require(not custom or FLAGS.model_path is not None,
+                   "--input_range/--mean/--std describe a --model_path model; a --workdir run has its own")
+    return low, high, mean, std
 
 
 def budget_flags():
     """The explicit budget flags in [0, 1] units (None where not given)."""
     eps, step = FLAGS.attack_epsilon, FLAGS.attack_step_size
+    if FLAGS.eps is not None:
+        eps = natural_budget(FLAGS.eps) * 255
     return {
         "epsilon": None if eps is None else common.pixels(eps),
         "step_size": None if step is None else common.pixels(step),
@@ -108,57 +200,152 @@ def budget_flags():
     }
 
 
-def report_text(config, dataset, budget, table):
-    """(title, meta) of the report. Without --protocol both read exactly as
-    before protocols existed, so old and new default reports compare."""
-    run = f"{config['model']}/{config['model_kwargs'].get('activation')} on {dataset}:{FLAGS.split}"
+def model_logits(strategy):
+    """(logits_fn, description, run_eval) for --workdir or --model_path."""
+    import tensorflow as tf
+
+    if FLAGS.model_path is None:
+        with strategy.scope():
+            model, config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
+        description = f"{config['model']}/{config['model_kwargs'].get('activation')}"
+        return (lambda z: model(z, training=False)), description, config, config["eval"]
+    from sat_tf import export
+
+    low, high, mean, std = model_input()
+    with strategy.scope():
+        raw, description = export.load_any_model(FLAGS.model_path)
+
+    def logits_fn(z):
+        z = low + z * (high - low)
+        if mean is not None:
+            z = z - tf.constant(mean, z.dtype)
+        if std is not None:
+            z = z / tf.constant(std, z.dtype)
+        return raw(z)
+
+    config = {"model": description, "model_kwargs": {}, "dataset": FLAGS.dataset, "data_dir": FLAGS.data_dir}
+    return logits_fn, description, config, {"epsilon": None, "step_size": None, "iters": [20]}
+
+
+def load_points(config, dataset, data_dir):
+    """The evaluation images and labels as NumPy, in the split's fixed order."""
+    import numpy as np
+
+    split = common.RunSplit(config, dataset=dataset, split=FLAGS.split, data_dir=data_dir,
+                            image_size=config.get("flags", {}).get("image_size") or 0)
+    xs, ys = [], []
+    for x, y in split.batches(256, limit=FLAGS.limit):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    common.require(xs, f"--dataset={dataset} --split={FLAGS.split} holds no images")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def resolve(protocol, run_eval, name):
+    """The budget, with the step defaulting to epsilon/4 (SAT's ratio) where nothing sets it."""
+    explicit = budget_flags()
+    run_eval = dict(run_eval)
+    if run_eval.get("epsilon") is None:
+        run_eval["epsilon"] = explicit["epsilon"] if explicit["epsilon"] is not None else protocol.epsilon
+        common.require(run_eval["epsilon"] is not None,
+                       f"--protocol={name} on --model_path needs a budget: pass --eps (e.g. --eps=8/255)")
+    if run_eval.get("step_size") is None:
+        eps = explicit["epsilon"] if explicit["epsilon"] is not None else run_eval["epsilon"]
+        run_eval["step_size"] = eps / 4
+    return protocols.resolve_budget(protocol, run_eval, **explicit)
+
+
+class Progress:
+    """One line per chunk: the row, images left, elapsed and estimated remaining time."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self, row, done, total, seconds):
+        left = total - done
+        rate = done / seconds if seconds > 0 else 0.0
+        eta = left / rate if rate > 0 else math.nan
+        common.progress_line(done, total, f"{row}: {left} images left, elapsed {_clock(time.perf_counter() - self.start)}"
+                             f", remaining for this row ~{_clock(eta)}")
+
+
+def _clock(seconds):
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def report_text(description, dataset, budget, rows, protocol_name):
+    """(title, meta) of the report."""
+    from sat_tf import attacks
+
+    run = f"{description} on {dataset}:{FLAGS.split}"
     eps, step = budget["epsilon"], budget["step_size"]
-    scaled = {"epsilon (0-255)": round(eps * 255, 3), "step (0-255)": round(step * 255, 3)}
-    if FLAGS.protocol is None:
-        meta = {**scaled, "norm": FLAGS.norm, "loss": FLAGS.loss, "targeted": FLAGS.targeted,
-                "restarts": FLAGS.restarts}
-        return f"{run}, {FLAGS.norm} eps={eps * 255:g}/255", meta
-    meta = {"protocol": FLAGS.protocol, "epsilon": eps, "step": step, **scaled, "steps": budget["steps"],
-            "attacks": protocols.describe(table)}
-    return f"{run}, protocol {FLAGS.protocol}, eps={eps:.6g}", meta
+    meta = {"protocol": protocol_name, "epsilon": eps, "step": step, "epsilon (0-255)": round(eps * 255, 3),
+            "step (0-255)": round(step * 255, 3), "steps": budget["steps"], "norm": FLAGS.norm,
+            "loss": FLAGS.loss, "targeted": FLAGS.targeted, "restarts": FLAGS.restarts, "attacks": {}}
+    for row in rows:
+        if isinstance(row, attacks.AutoAttackRows):
+            meta["attacks"][row.name] = row.describe()
+            meta["autoattack"] = {"version": row.version, "norm": row.norm, "epsilon": row.eps,
+                                  "attacks": [spec.name for spec in row.specs()],
+                                  "options": row.options or {}}
+        elif row.attack is not None:
+            meta["attacks"][row.name] = protocols.describe({row.name: row.attack})[row.name]
+    return f"{run}, protocol {protocol_name}, eps={eps:.6g}", meta
 
 
 def main(argv):
     del argv
-    _, protocol, overrides = validate()
+    name, protocol, overrides = validate()
     start = time.perf_counter()
     from sat_tf import distribute, evaluation, report
 
-    config = common.load_run_config(FLAGS.workdir)
-    dataset = FLAGS.dataset or config["dataset"]
-    common.require(
-        dataset != "imagenet",
-        f"--workdir={FLAGS.workdir} is an ImageNet run: evaluate it with launch/train_imagenet.py --mode=eval "
-        f"--workdir={FLAGS.workdir} --data_dir=...",
-    )
-    data_dir = FLAGS.data_dir or config.get("data_dir")
-    common.check_run_data(config, dataset=dataset, split=FLAGS.split, data_dir=data_dir)
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-    with strategy.scope():
-        model, config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
-    budget = protocols.resolve_budget(protocol, config["eval"], **budget_flags())
-    attacks = protocols.build_attacks(protocol, **budget, **overrides)
-    replicas = strategy.num_replicas_in_sync
-    batch = max(replicas, FLAGS.batch_size // replicas * replicas)
-    results = evaluation.evaluate(
-        model,
-        strategy,
-        common.evaluation_dataset_fn(dataset, FLAGS.split, data_dir=data_dir, batch_size=batch, limit=FLAGS.limit),
-        attacks,
-        seed=FLAGS.seed,
-    )
+    if FLAGS.model_path is None:
+        config = common.load_run_config(FLAGS.workdir)
+        dataset = FLAGS.dataset or config["dataset"]
+        common.require(
+            dataset != "imagenet",
+            f"--workdir={FLAGS.workdir} is an ImageNet run: evaluate it with launch/train_imagenet.py --mode=eval "
+            f"--workdir={FLAGS.workdir} --data_dir=...",
+        )
+        data_dir = FLAGS.data_dir or config.get("data_dir")
+        common.check_run_data(config, dataset=dataset, split=FLAGS.split, data_dir=data_dir)
+    else:
+        dataset, data_dir = FLAGS.dataset, FLAGS.data_dir
+        common.check_run_data({}, dataset=dataset, split=FLAGS.split, data_dir=data_dir)
+    logits_fn, description, config, run_eval = model_logits(strategy)
+    budget = resolve(protocol, run_eval, name)
+    version = None if FLAGS.autoattack == "none" else FLAGS.autoattack
+    rows = protocols.build_rows(protocol, **budget, norm=FLAGS.norm, autoattack=version,
+                                autoattack_options=parse_autoattack_options(FLAGS.autoattack_options), **overrides)
+    x, y = load_points(config, dataset, data_dir)
+    out = FLAGS.output_dir or (os.path.join(FLAGS.workdir, "report") if FLAGS.model_path is None else "report")
+    state_path = os.path.join(out, STATE_FILE)
+    if not FLAGS.resume and os.path.exists(state_path):
+        os.remove(state_path)
+    jit = distribute.jit_default(strategy) if FLAGS.jit == "auto" else FLAGS.jit == "true"
+    identity = {"model": FLAGS.model_path or os.path.abspath(FLAGS.workdir), "checkpoint": FLAGS.checkpoint,
+                "dataset": dataset, "split": FLAGS.split, "limit": FLAGS.limit, "input": FLAGS.input_range,
+                "mean": FLAGS.mean, "std": FLAGS.std}
+    try:
+        results = evaluation.evaluate_points(
+            logits_fn, x, y, rows, strategy=strategy, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+            state_path=state_path, identity=identity, jit_compile=jit, progress=Progress(),
+        )
+    except evaluation.EvaluationStateError as err:
+        raise common.FlagError(f"{err} (or pass --noresume)")
     if not distribute.is_chief(strategy):
         return 0
-    title, meta = report_text(config, dataset, budget, attacks)
-    meta = {"workdir": FLAGS.workdir, **meta, "minutes": round((time.perf_counter() - start) / 60, 2)}
-    out = FLAGS.output_dir or os.path.join(FLAGS.workdir, "report")
-    paths = report.write_report(results, out, meta=meta, title=title)
-    print(report.markdown_table(results, title=title))
+    title, meta = report_text(description, dataset, budget, rows, name)
+    meta = {"workdir": FLAGS.workdir if FLAGS.model_path is None else None, "model_path": FLAGS.model_path,
+            **meta, "images": len(y), "minutes": round((time.perf_counter() - start) / 60, 2)}
+    paths = report.write_report(results["rows"], out, meta=meta, title=title, warnings=results["warnings"])
+    print(report.markdown_table(results["rows"], title=title))
+    for warning in results["warnings"]:
+        print(f"warning: {warning}", flush=True)
     print(f"report: {paths['markdown']}  json: {paths['json']}  plot: {paths['png']}", flush=True)
     return 0
 

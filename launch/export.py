@@ -10,6 +10,8 @@ of encoded JPEG files (decoded and centre-cropped inside the graph as ImageNet
 evaluation does; `--crop_padding`, `--nojpeg`). All return `logits`,
 `probabilities`, `classes`, `top_k_classes` and `top_k_probabilities`
 (`--top_k`). Preprocessing is inside the model, so clients send raw pixels.
+`logits_float` (float32 images in [0, 1] -> `logits`, `classes`) is for
+attacks and robustness evaluation: differentiable, no input checks.
 Reload anywhere with `tf.saved_model.load(path)`, no sat_tf needed.
 
 `predict_smoothed` (randomized smoothing PREDICT with abstain, float32 images

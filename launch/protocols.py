@@ -2,10 +2,12 @@
 
 A protocol is data (`PROTOCOLS`, one dict): a budget in [0, 1] pixel units
 (`epsilon`, `step_size`, and the step counts `steps` of the iterative rows;
-None means "the run's", from run_config.json) and its report rows, each a
-`sat_tf.attacks.get_attack` name with fixed keyword arguments. Plain Python,
-no absl: launch/evaluate.py selects one with `--protocol`, a library user
-builds the same attack table directly:
+None means "the run's", from run_config.json), its report rows, each a
+`sat_tf.attacks.get_attack` name with fixed keyword arguments, and the
+AutoAttack version it reports beside them (every protocol has one: a robust
+accuracy is published only with AutoAttack beside PGD). Plain Python, no absl:
+launch/evaluate.py selects one with `--protocol`, a library user builds the
+same rows directly:
 
     >>> from launch import protocols
     >>> budget = protocols.resolve_budget(protocols.PROTOCOLS["rat_cifar"], run_eval=None)
@@ -16,7 +18,12 @@ builds the same attack table directly:
     ['clean', 'fgsm', 'pgd20', 'cw20']
     >>> table["cw20"].keywords["cw_kappa"], table["cw20"].keywords["loss"]
     (50.0, 'cw')
-    >>> # sat_tf.evaluation.evaluate(model, strategy, dataset_fn, table)
+    >>> rows = protocols.build_rows(protocols.PROTOCOLS["rat_cifar"], **budget)
+    >>> [getattr(row, "name") for row in rows]
+    ['clean', 'fgsm', 'pgd20', 'cw20', 'autoattack']
+    >>> rows[-1].eps == 8 / 255, rows[-1].version
+    (True, 'standard')
+    >>> # sat_tf.evaluation.evaluate_points(logits_fn, x, y, rows)
 
 Budget precedence (`resolve_budget`): an explicit value > the protocol's >
 the run's. FGSM rows take `epsilon` only: their one step is `epsilon`.
@@ -26,7 +33,9 @@ Alexkael/Randomized-Adversarial-Training; see reference_code.md §5.4):
 PGD-20 L-inf with eps 0.031 and step 0.003 (not 8/255 and 2/255), uniform
 random start in the eps-ball, CE, sign steps; CW-inf-20, the same loop on
 the margin loss clamped at kappa = 50; FGSM, one step of eps from x; SVHN
-uses eps 4/255 and step 1/255.
+uses eps 4/255 and step 1/255. RAT's AutoAttack (`eval_autoattack.py`) is
+the standard version at eps 8/255 (not 0.031), on the first 1 000 test images
+(we default to all of them; `--limit=1000` reproduces theirs).
 """
 
 import dataclasses
@@ -63,6 +72,10 @@ class Protocol:
         rows: `Row`s, in report order.
         epsilon, step_size: budget in [0, 1] pixel units, or None.
         steps: step counts of the iterative rows, or None.
+        autoattack: the AutoAttack version reported beside the rows
+            ("standard", "plus", "rand"), or None.
+        autoattack_epsilon: AutoAttack's radius when the paper's differs from
+            the PGD rows' (RAT: 8/255 beside PGD's 0.031); None: `epsilon`.
         row_flags: the `ROW_FLAGS` a caller may override (evaluate.py refuses
             the others, so a protocol's fixed rows cannot be changed silently).
     """
@@ -73,6 +86,8 @@ class Protocol:
     step_size: float | None = None
     steps: tuple | None = None
     row_flags: frozenset = frozenset({"restarts"})
+    autoattack: str | None = "standard"
+    autoattack_epsilon: float | None = None
 
 
 _CLEAN = Row("clean")
@@ -90,12 +105,13 @@ _SAT_PGD = Row("pgd", "pgd", iterative=True, kwargs={**_PGD.kwargs, "step_size_r
 
 PROTOCOLS = {
     "run": Protocol(
-        "The run's eval budget and PGD-k steps (run_config.json); --norm/--loss/--targeted/--restarts apply.",
+        "The run's eval budget and PGD-k steps (run_config.json) and AutoAttack standard; "
+        "--norm/--loss/--targeted/--restarts apply.",
         rows=(_CLEAN, _SAT_PGD),
         row_flags=frozenset(ROW_FLAGS),
     ),
     "sat_imagenet": Protocol(
-        "SAT ImageNet: PGD-10/20/50/200, eps 4/255, step 1/255, random start.",
+        "SAT ImageNet: PGD-10/20/50/200, eps 4/255, step 1/255, random start; AutoAttack standard.",
         rows=(_CLEAN, _SAT_PGD),
         epsilon=4 / 255,
         step_size=1 / 255,
@@ -103,27 +119,38 @@ PROTOCOLS = {
         row_flags=frozenset(ROW_FLAGS),
     ),
     "rat_cifar": Protocol(
-        "RAT/TRADES/AWP CIFAR: FGSM, PGD-20 and CW-inf-20 (kappa 50), eps 0.031, step 0.003.",
+        "RAT/TRADES/AWP CIFAR: FGSM, PGD-20 and CW-inf-20 (kappa 50), eps 0.031, step 0.003; "
+        "AutoAttack standard at 8/255.",
         rows=(_CLEAN, _FGSM, _PGD, _CW),
         epsilon=0.031,
         step_size=0.003,
         steps=(20,),
+        autoattack_epsilon=8 / 255,
     ),
     "rat_svhn": Protocol(
-        "RAT/TRADES/AWP SVHN: FGSM, PGD-20 and CW-inf-20 (kappa 50), eps 4/255, step 1/255.",
+        "RAT/TRADES/AWP SVHN: FGSM, PGD-20 and CW-inf-20 (kappa 50), eps 4/255, step 1/255; "
+        "AutoAttack standard.",
         rows=(_CLEAN, _FGSM, _PGD, _CW),
         epsilon=4 / 255,
         step_size=1 / 255,
         steps=(20,),
     ),
     "strong": Protocol(
-        "A stronger check at the run's budget: PGD-100 and CW-inf-100 (kappa 50), 5 restarts each.",
+        "A stronger check at the run's budget: PGD-100 and CW-inf-100 (kappa 50), 5 restarts each; "
+        "AutoAttack plus.",
         rows=(
             _CLEAN,
             dataclasses.replace(_PGD, kwargs={**_PGD.kwargs, "restarts": 5}),
             dataclasses.replace(_CW, kwargs={**_CW.kwargs, "restarts": 5}),
         ),
         steps=(100,),
+        autoattack="plus",
+    ),
+    "autoattack": Protocol(
+        "AutoAttack alone at the run's budget (--autoattack picks the version, --norm the threat model).",
+        rows=(_CLEAN,),
+        steps=(),
+        row_flags=frozenset(),
     ),
 }
 
@@ -160,6 +187,40 @@ def resolve_budget(protocol, run_eval, *, epsilon=None, step_size=None, steps=No
             raise ValueError(f"The protocol sets no {name} and no run value was given. Received: {run_eval=}")
         budget[name] = list(value) if name == "steps" else float(value)
     return budget
+
+
+def build_rows(protocol, *, epsilon, step_size, steps, norm="linf", autoattack="protocol",
+               autoattack_options=None, **overrides):
+    """The report rows of `protocol` for `sat_tf.evaluation.evaluate_points`.
+
+    Args:
+        protocol: a `Protocol`.
+        epsilon, step_size, steps: the budget (see `resolve_budget`).
+        norm: AutoAttack's threat model ("linf" or "l2"); the PGD rows take
+            theirs from the rows (or `overrides`).
+        autoattack: the version, None for no AutoAttack, or "protocol" for
+            the protocol's own.
+        autoattack_options: `{attack: {keyword: value}}` (see
+            `sat_tf.attacks.autoattack.plan`).
+        **overrides: as `build_attacks`.
+
+    Returns:
+        A list of `evaluation.AttackRow` and at most one `AutoAttackRows`.
+    """
+    from sat_tf import attacks, evaluation
+
+    table = build_attacks(protocol, epsilon=epsilon, step_size=step_size, steps=steps, **overrides)
+    rows = [
+        evaluation.AttackRow(name, attack, norm=(attack.keywords.get("norm", "linf") if attack else "linf"))
+        for name, attack in table.items()
+    ]
+    version = protocol.autoattack if autoattack == "protocol" else autoattack
+    if version:
+        eps = epsilon if protocol.autoattack_epsilon is None or epsilon != protocol.epsilon else (
+            protocol.autoattack_epsilon)
+        rows.append(attacks.AutoAttackRows(eps=float(eps), norm=norm, version=version,
+                                              options=autoattack_options or None))
+    return rows
 
 
 def build_attacks(protocol, *, epsilon, step_size, steps, **overrides):

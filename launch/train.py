@@ -18,6 +18,7 @@ CIFAR-10 from a prepared tfds directory, on all local GPUs:
       --epochs=100 --batch_size=128 --attack_epsilon=8 --attack_step_size=2 --attack_iter=7
 """
 
+import functools
 import math
 import os
 import sys
@@ -65,6 +66,8 @@ flags.DEFINE_float("prob_start_from_clean", 0.2, "Probability the whole batch st
 flags.DEFINE_list("eval_attack_iters", ["10", "20"], "PGD steps to evaluate after training.")
 flags.DEFINE_float("eval_attack_epsilon", None, "Eval budget, 0-255 (default: --attack_epsilon).")
 flags.DEFINE_float("eval_attack_step_size", None, "Eval step, 0-255 (default: epsilon/4, SAT's 4/1 ratio).")
+flags.DEFINE_enum("eval_autoattack", "standard", ["standard", "plus", "rand", "none"],
+                  "AutoAttack version reported beside PGD after training (L-inf, the eval budget).")
 # Systems.
 flags.DEFINE_string("strategy", "default", "default | one_device | mirrored | multi_worker | tpu.")
 flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc://host:port (implies --strategy=tpu).")
@@ -155,7 +158,7 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from sat_tf import data, distribute, evaluation, export, models, report, schedules, train_lib
+    from sat_tf import attacks, data, distribute, evaluation, export, models, report, schedules, train_lib
 
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -281,18 +284,32 @@ def main(argv):
     eval_batch = max(replicas, (256 // replicas) * replicas)
     if smoothing:
         # The base classifier's clean and noisy accuracy; certificates come from launch/certify.py.
-        eval_table = {"clean": None, f"noise_sd={FLAGS.noise_sd:g}": smoothing_flags.noise_attack(FLAGS.noise_sd)}
+        rows = [evaluation.AttackRow("clean"),
+                evaluation.AttackRow(f"noise_sd={FLAGS.noise_sd:g}", smoothing_flags.noise_attack(FLAGS.noise_sd))]
         title = f"{FLAGS.model}/{FLAGS.activation} on {FLAGS.dataset}, base classifier of {attack_config['name']} (sigma={FLAGS.noise_sd:g})"
     else:
-        eval_table = common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step)
+        rows = [evaluation.AttackRow(name, attack)
+                for name, attack in common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step).items()]
+        if FLAGS.eval_autoattack != "none":
+            rows.append(attacks.AutoAttackRows(eps=eval_eps, version=FLAGS.eval_autoattack))
         title = f"{FLAGS.model}/{FLAGS.activation} on {FLAGS.dataset}, eps={FLAGS.eval_attack_epsilon or FLAGS.attack_epsilon:g}/255"
-    results = evaluation.evaluate(
-        model,
-        strategy,
-        common.evaluation_dataset_fn(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, batch_size=eval_batch, limit=FLAGS.limit_test),
-        eval_table,
-        seed=FLAGS.seed + 1,
+    x_test, y_test = common.load_arrays(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, limit=FLAGS.limit_test)
+    # Per optimizer step, so a longer rerun in this workdir never meets the old weights' results; an
+    # interrupted evaluation of these weights resumes.
+    step = int(optimizer.iterations.numpy())
+    state_path = os.path.join(FLAGS.workdir, "report", f"evaluation_state-{step}.json")
+    evaluate = functools.partial(
+        evaluation.evaluate_points, lambda z: model(z, training=False), x_test, y_test, rows, strategy=strategy,
+        batch_size=eval_batch, seed=FLAGS.seed + 1, state_path=state_path, jit_compile=jit,
+        identity={"workdir": os.path.abspath(FLAGS.workdir), "step": step},
     )
+    try:
+        outcome = evaluate()
+    except evaluation.EvaluationStateError:  # the same weights evaluated with other eval flags: start over
+        if chief:
+            tf.io.gfile.remove(state_path)
+        outcome = evaluate()
+    results = outcome["rows"]
     if not chief:
         return 0
     meta = {"workdir": FLAGS.workdir}
@@ -301,12 +318,16 @@ def main(argv):
                      "smoothadv epsilon (1/256)": FLAGS.smoothadv_epsilon})
     else:
         meta.update({"epsilon (0-255)": round(eval_eps * 255, 3), "step (0-255)": round(eval_step * 255, 3)})
+        aa = [row for row in rows if isinstance(row, attacks.AutoAttackRows)]
+        if aa:
+            meta["autoattack"] = aa[0].describe()
     meta |= {
         "final train loss": round(history[-1]["train_loss"], 4) if history else None,
         "train minutes": round(train_minutes, 2),
     }
-    paths = report.write_report(results, os.path.join(FLAGS.workdir, "report"), meta=meta, title=title)
-    print(report.markdown_table(results, title=title))
+    paths = report.write_report(results, os.path.join(FLAGS.workdir, "report"), meta=meta, title=title,
+                                warnings=outcome["warnings"])
+    print(report.markdown_table(results, title=title, warnings=outcome["warnings"]))
     model.save(os.path.join(FLAGS.workdir, "model.keras"))
     if FLAGS.activation.lower() == "sparta":
         from sat_tf import sparta

@@ -110,39 +110,6 @@ class AttackRow:
     norm: str = "linf"
 
 
-@dataclasses.dataclass(frozen=True)
-class AutoAttackRows:
-    """AutoAttack as report rows: robust accuracy after each of its attacks.
-
-    Attributes:
-        eps: radius in [0, 1] pixel units (L-inf) or L2 length.
-        norm: "linf" or "l2".
-        version: "standard", "plus" or "rand".
-        attacks: optional subset/order of attack names (`attacks.autoattack.plan`).
-        options: optional `{attack: {keyword: value}}` settings.
-        name: the final row's name; the per-attack rows are `name/attack`.
-    """
-
-    eps: float
-    norm: str = "linf"
-    version: str = "standard"
-    attacks: tuple = None
-    options: dict = None
-    name: str = "autoattack"
-
-    def specs(self):
-        from sat_tf.attacks import autoattack
-
-        return autoattack.plan(self.version, attacks=self.attacks, options=self.options)
-
-    def row_names(self):
-        return [f"{self.name}/{spec.name}" for spec in self.specs()]
-
-    def describe(self):
-        parts = [f"version={self.version}", f"norm={self.norm}", f"eps={self.eps:.6g}"]
-        return f"AutoAttack {' '.join(parts)}: " + ", ".join(spec.describe() for spec in self.specs())
-
-
 def evaluate_points(
     logits_fn,
     x,
@@ -166,7 +133,9 @@ def evaluate_points(
             created under `strategy`'s scope when it holds variables.
         x: float32 images `[P, H, W, C]` in [0, 1] (NumPy, held on the host).
         y: integer labels `[P]`.
-        rows: `AttackRow`s and at most one `AutoAttackRows`, in report order.
+        rows: `AttackRow`s and at most one cascade (e.g.
+            `sat_tf.attacks.AutoAttackRows`): attacks run in order, each on
+            the points still robust, reported after each one; in report order.
         strategy: a `tf.distribute.Strategy` (default: the current one). Each
             chunk of points is split over its replicas.
         batch_size: points per chunk (rounded up to a multiple of the
@@ -197,29 +166,36 @@ def evaluate_points(
     y = np.asarray(y).astype(np.int32)
     if x.ndim < 2 or y.shape != (x.shape[0],):
         raise ValueError(f"Expected images [P, ...] and labels [P]. Received: x {x.shape}, y {y.shape}")
-    aa_rows = [row for row in rows if isinstance(row, AutoAttackRows)]
-    if len(aa_rows) > 1:
-        raise ValueError("At most one AutoAttackRows per evaluation.")
+    if sum(_is_cascade(row) for row in rows) > 1:
+        raise ValueError("At most one cascade (AutoAttackRows) per evaluation.")
     names = _row_names(rows)
     state = _State(state_path, _fingerprint(rows, x, y, seed, top_k, identity), len(y))
     engine = _Engine(logits_fn, strategy, x, y, batch_size=batch_size, jit_compile=jit_compile)
     for index, row in enumerate(rows):
-        if isinstance(row, AutoAttackRows):
-            _run_autoattack(engine, state, row, index, seed, top_k, progress)
+        if _is_cascade(row):
+            _run_cascade(engine, state, row, index, seed, top_k, progress)
         else:
             _run_row(engine, state, row, index, seed, top_k, progress)
     return _summary(state, rows, names)
 
 
+def _is_cascade(row):
+    return not isinstance(row, AttackRow) and hasattr(row, "stages")
+
+
+def _stage_names(row):
+    return [f"{row.name}/{name}" for name, _ in row.stages()]
+
+
 def _row_names(rows):
     names = []
     for row in rows:
-        if isinstance(row, AutoAttackRows):
-            names += ["clean" if "clean" not in names else None, *row.row_names(), row.name]
+        if _is_cascade(row):
+            names += ["clean" if "clean" not in names else None, *_stage_names(row), row.name]
         elif isinstance(row, AttackRow):
             names.append(row.name)
         else:
-            raise TypeError(f"rows must be AttackRow or AutoAttackRows. Received: {row!r}")
+            raise TypeError(f"rows must be AttackRow or a cascade such as AutoAttackRows. Received: {row!r}")
     names = [n for n in names if n]
     duplicates = sorted({n for n in names if names.count(n) > 1} - {"clean"})
     if duplicates or WORST_CASE in names:
@@ -230,7 +206,7 @@ def _row_names(rows):
 def _fingerprint(rows, x, y, seed, top_k, identity):
     described = []
     for row in rows:
-        if isinstance(row, AutoAttackRows):
+        if _is_cascade(row):
             described.append(row.describe())
         else:
             attack = row.attack
@@ -443,36 +419,33 @@ def _run_chunks(engine, state, record, name, replica_fn, ids, progress, update):
             progress(name, int(record["done"].sum()), total, record["seconds"])
 
 
-def _run_autoattack(engine, state, rows, index, seed, top_k, progress):
-    from sat_tf.attacks import autoattack
-
-    aa_seed = tf.constant([int(seed), index], tf.int64)
-    specs = rows.specs()
+def _run_cascade(engine, state, cascade, index, seed, top_k, progress):
+    """The cascade's stages in order, each on the points still robust (re-batched between stages)."""
+    stage_seed = tf.constant([int(seed), index], tf.int64)
     logits_fn = engine.logits_fn
     clean = state.row("clean")
     if not clean.get("finished"):
         _run_row(engine, state, AttackRow("clean"), index, seed, top_k, progress)
-    if "autoattack" not in state.extra:
-        state.extra["autoattack"] = _model_checks(engine, rows, specs)
+    if cascade.name not in state.extra:
+        sample = engine.x[: min(engine.chunk, len(engine.y))]
+        state.extra[cascade.name] = cascade.model_checks(logits_fn, sample)
     robust = clean["top1"].copy()
-    for spec in specs:
-        name = f"{rows.name}/{spec.name}"
+    for (stage, run), name in zip(cascade.stages(), _stage_names(cascade)):
         record = state.row(name)
         record.setdefault("zero_gradient", 0)
         if record["finished"]:
             robust = record["top1"].copy()
             continue
-        # Points broken by this attack before an interruption stay broken.
+        # Points broken by this stage before an interruption stay broken.
         robust &= ~(record["done"] & ~record["top1"])
 
-        def replica_fn(x, y, ids, valid, spec=spec):
+        def replica_fn(x, y, ids, valid, run=run):
             x = tf.cast(x, tf.float32)
-            x_att, zero = spec.run(logits_fn, x, y, eps=rows.eps, norm=rows.norm, seed=aa_seed, point_ids=ids,
-                                   active=valid)
+            x_att, zero = run(logits_fn, x, y, seed=stage_seed, point_ids=ids, active=valid)
             pred = tf.argmax(tf.cast(logits_fn(x_att), tf.float32), -1, output_type=tf.int32)
             survived = tf.logical_or(tf.equal(pred, y), tf.logical_not(valid))
-            size, nans = _perturbation(x_att, x, rows.norm)
-            zero = tf.zeros_like(valid) if zero is None else zero
+            size, nans = _perturbation(x_att, x, cascade.norm)
+            zero = tf.zeros_like(valid) if zero is None else tf.logical_and(zero, valid)
             return survived, size, nans, zero
 
         def update(ids, outputs, record=record):
@@ -495,43 +468,21 @@ def _run_autoattack(engine, state, rows, index, seed, top_k, progress):
             state.save()
 
 
-def _model_checks(engine, rows, specs):
-    """The reference's model checks on the first chunk of points (once per evaluation)."""
-    from sat_tf.attacks import autoattack
-
-    ids = np.arange(min(engine.chunk, len(engine.y)))
-    logits_fn = engine.logits_fn
-    sample = engine.x[ids]
-    logits = tf.cast(logits_fn(tf.constant(sample)), tf.float32)
-    autoattack.validate_classes(logits.shape[-1], specs)
-    checks = tf.function(
-        lambda z: autoattack.output_checks(logits_fn, z, tf.cast(logits_fn(z), tf.float32),
-                                           randomised=rows.version == "rand")
-    )(tf.constant(sample))
-    return {key: np.asarray(value).item() for key, value in checks.items()}
-
-
 def _summary(state, rows, names):
-    from sat_tf.attacks import autoattack
-
-    sources, autoattack_rows = {}, set()
-    for row in rows:
-        if isinstance(row, AutoAttackRows):
-            per_attack = row.row_names()
-            sources.update({name: name for name in per_attack})
-            sources[row.name] = per_attack[-1]  # the final row: robust after every attack
-            autoattack_rows.update([*per_attack, row.name])
+    sources, cascade_rows = {}, set()
     warnings = []
     for row in rows:
-        if isinstance(row, AutoAttackRows):
-            accuracy = {"clean": float(state.rows["clean"]["top1"].mean())}
-            for name in row.row_names():
-                accuracy[name.split("/", 1)[1]] = float(state.rows[name]["top1"].mean())
-            checks = dict(state.extra.get("autoattack", {}))
-            zero = sum(state.rows[name].get("zero_gradient", 0) for name in row.row_names())
-            checks["zero_gradient"] = np.ones(zero, bool)
-            warnings += autoattack.check_warnings(checks, accuracy, version=row.version,
-                                                  attacks=[s.name for s in row.specs()])
+        if not _is_cascade(row):
+            continue
+        per_stage = _stage_names(row)
+        sources[row.name] = per_stage[-1]  # the final row: robust after every stage
+        cascade_rows.update([*per_stage, row.name])
+        accuracy = {"clean": float(state.rows["clean"]["top1"].mean())}
+        for (stage, _), name in zip(row.stages(), per_stage):
+            accuracy[stage] = float(state.rows[name]["top1"].mean())
+        checks = dict(state.extra.get(row.name, {}))
+        checks["zero_gradient"] = np.ones(sum(state.rows[n].get("zero_gradient", 0) for n in per_stage), bool)
+        warnings += row.warnings(checks, accuracy)
     count = state.count
     table, flags = {}, {}
     worst = np.ones(count, bool)
@@ -540,7 +491,7 @@ def _summary(state, rows, names):
         top1 = record["top1"]
         table[name] = {
             "top1": float(top1.mean()) if count else 0.0,
-            "top5": None if name in autoattack_rows else float(record["top5"].mean()),
+            "top5": None if name in cascade_rows else float(record["top5"].mean()),
             "count": int(count),
             "max_norm": float(record["max_norm"]),
             "nan": int(record["nan"]),
@@ -549,15 +500,15 @@ def _summary(state, rows, names):
         flags[name] = top1.copy()
         worst &= top1
     for row in rows:
-        if isinstance(row, AutoAttackRows):  # the final row sums up its attacks
-            per_attack = [table[name] for name in row.row_names()]
+        if _is_cascade(row):  # the final row sums up its stages
+            per_attack = [table[name] for name in _stage_names(row)]
             table[row.name].update(
                 max_norm=max(r["max_norm"] for r in per_attack),
                 nan=sum(r["nan"] for r in per_attack),
                 seconds=round(sum(r["seconds"] for r in per_attack), 3),
             )
-    attacked = [r for n, r in table.items() if n != "clean" and n not in (row.name for row in rows
-                                                                          if isinstance(row, AutoAttackRows))]
+    finals = {row.name for row in rows if _is_cascade(row)}
+    attacked = [r for n, r in table.items() if n != "clean" and n not in finals]
     table[WORST_CASE] = {
         "top1": float(worst.mean()) if count else 0.0,
         "top5": None,

@@ -1,5 +1,5 @@
 """SavedModel export for serving: raw images or JPEG bytes in, logits,
-probabilities and top-k out.
+probabilities and top-k out; plus a differentiable `logits_float` for attacks.
 
 The model's own preprocessing (SAT `2x - 1`, mean/std) is a layer inside the
 model, so the signatures only turn client data into [0, 1] pixels:
@@ -18,10 +18,29 @@ model, so the signatures only turn client data into [0, 1] pixels:
   through `tf.image.rgb_to_grayscale`. Non-square
   models and channel counts other than 1 or 3 get no `serve_jpeg` (a
   warning says why).
+- `logits_float`: `images`, float32 [B, H, W, C] in [0, 1] -> `logits`
+  float32 [B, N] and `classes` [B] (int32 top-1). For attacks and robustness
+  evaluation (input gradients), not for serving: between `images` and
+  `logits` there is only the model (inference mode) and a cast; no control
+  flow and no input checks (pixel range, image size through the signature;
+  an empty batch fails inside the model, as with the Keras model).
 
-Every signature returns `logits` [B, N] and `probabilities` [B, N] (float32),
-`classes` [B] (int32 top-1), `top_k_classes` [B, k] (int32) and
+The `serve_*` signatures return `logits` [B, N] and `probabilities` [B, N]
+(float32), `classes` [B] (int32 top-1), `top_k_classes` [B, k] (int32) and
 `top_k_probabilities` [B, k] (float32, descending), k = min(top_k, N).
+
+Gradients. After `tf.saved_model.load` (sat_tf not needed) `logits_float`
+and `serve_float` are differentiable with respect to `images`, as loaded
+functions (`loaded.logits_float(x)["logits"]`) and as signatures:
+`tf.GradientTape` gradients and jacobians (`batch_jacobian`, as FAB uses)
+equal the Keras model's (`model(x, training=False)`: BatchNorm uses its
+moving statistics). Attack through `logits_float`: it
+never refuses a float32 input, whereas `serve_float` stops the whole batch
+on one pixel outside [0, 1]. `serve_float` keeps every check: they are
+assertions on control dependencies, off the gradient path, and an empty
+batch is handled without a `tf.cond`. `load_logits_fn(path)` returns a
+SavedModel's `logits_float` as a `logits_fn` for sat_tf's attacks and
+evaluation.
 
 Input checks. Loaded functions (`loaded.serve_uint8(x)`) refuse a wrong dtype
 or shape before running, naming the expected `TensorSpec(shape=(None, H, W,
@@ -67,7 +86,12 @@ import tensorflow as tf
 
 from sat_tf import imagenet_input, smoothing
 
-SIGNATURES = ("serving_default", "serve_uint8", "serve_float", "serve_jpeg", "predict_smoothed")
+# The differentiable endpoint (signature and loaded function) for attacks.
+LOGITS_SIGNATURE = "logits_float"
+SIGNATURES = (
+    "serving_default", "serve_uint8", "serve_float", "serve_jpeg", "predict_smoothed",
+    LOGITS_SIGNATURE,
+)
 OUTPUTS = ("logits", "probabilities", "classes", "top_k_classes", "top_k_probabilities")
 SMOOTHED_OUTPUTS = ("smoothed_classes", "counts", "pvalues", "classes")
 SMOOTHED_SETTINGS = os.path.join("assets.extra", "predict_smoothed.json")
@@ -132,18 +156,17 @@ def jpeg_unsupported_reason(image_shape):
 
 
 def _logits(model, images):
-    """float32 logits; an empty batch gives [0, N] without calling the model
-    (TF's conv kernels refuse a batch of 0 with an unrelated shape error)."""
-    num_classes = model.output_shape[-1]
-
-    def call():
-        return tf.cast(model(images, training=False), tf.float32)
-
-    if not num_classes:
-        return call()
-    return tf.cond(
-        tf.shape(images)[0] > 0, call, lambda: tf.zeros([0, num_classes], tf.float32)
+    """float32 logits, differentiable: no control flow between `images` and
+    the logits. An empty batch gives [0, N]: TF's kernels refuse a batch of
+    0 with an unrelated shape error (a Flatten's Reshape), so the model runs
+    on one zero image appended to an empty batch and its row is dropped; a
+    non-empty batch gets nothing appended (a concat with 0 rows)."""
+    batch = tf.shape(images)[0]
+    filler = tf.zeros(
+        tf.concat([[1 - tf.minimum(batch, 1)], tf.shape(images)[1:]], axis=0), images.dtype
     )
+    logits = model(tf.concat([images, filler], axis=0), training=False)
+    return tf.cast(logits, tf.float32)[:batch]
 
 
 def _outputs(model, images, top_k):
@@ -245,7 +268,8 @@ def smoothed_settings(path):
 def export_saved_model(
     model, path, *, image_shape=None, top_k=5, jpeg=True, crop_padding=32, smoothed=None
 ):
-    """Writes a SavedModel with uint8, float and JPEG serving signatures.
+    """Writes a SavedModel with uint8, float and JPEG serving signatures,
+    and the differentiable `logits_float` (see the module docstring).
 
     Args:
         model: a Keras model taking float [0, 1] NHWC images, returning logits.
@@ -314,10 +338,17 @@ def export_saved_model(
         )
         return _outputs(model, images, k)
 
+    def logits_float(images):
+        # Nothing but the model and a cast between `images` and `logits`:
+        # attacks differentiate it (gradients, jacobians).
+        logits = tf.cast(model(images, training=False), tf.float32)
+        return {"logits": logits, "classes": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+
     # The first endpoint is also written as `serving_default`.
     archive.add_endpoint("serve_uint8", serve_uint8, input_signature=[uint8_spec])
     archive.add_endpoint("serve_float", serve_float, input_signature=[float_spec])
     archive.add_endpoint("serve", serve_uint8, input_signature=[uint8_spec])
+    archive.add_endpoint(LOGITS_SIGNATURE, logits_float, input_signature=[float_spec])
 
     reason = jpeg_unsupported_reason(image_shape) if jpeg else None
     if reason:
@@ -380,6 +411,65 @@ def export_saved_model(
     return path
 
 
+def load_logits_fn(path):
+    """The differentiable logits of a SavedModel written by `export_saved_model`.
+
+    Loads `path` with `tf.saved_model.load` and returns its `logits_float`
+    as a function for attacks and evaluation (input gradients, no input
+    checks; see the module docstring).
+
+    Example:
+        logits_fn, info = load_logits_fn("/tmp/sm")
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            loss = tf.reduce_sum(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits_fn(images))
+            )
+        gradient = tape.gradient(loss, images)
+
+    Args:
+        path: a SavedModel directory.
+    Returns:
+        `(logits_fn, info)`: `logits_fn(images)` maps float32 [B, H, W, C]
+        pixels in [0, 1] (a `tf.Tensor`; other dtypes and shapes are refused,
+        naming the expected `TensorSpec`) to float32 logits [B, N], and keeps
+        the loaded SavedModel alive. `info`: {"path", "endpoint",
+        "image_shape": [H, W, C], "num_classes": N (None if unknown),
+        "signatures": sorted names}.
+    Raises:
+        FileNotFoundError: `path` holds no SavedModel.
+        ValueError: the SavedModel has no `logits_float` (exported by an older
+            sat_tf, or by something else): re-export it.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not tf.saved_model.contains_saved_model(path):
+        raise FileNotFoundError(f"No SavedModel at {path} (no saved_model.pb)")
+    loaded = tf.saved_model.load(path)
+    if not hasattr(loaded, LOGITS_SIGNATURE) or LOGITS_SIGNATURE not in loaded.signatures:
+        raise ValueError(
+            f"The SavedModel at {path} has no differentiable `{LOGITS_SIGNATURE}` endpoint "
+            f"(exported by an older sat_tf?): re-export it with the current version "
+            f"(launch/export.py or sat_tf.export.export_saved_model)."
+        )
+    signature = loaded.signatures[LOGITS_SIGNATURE]
+    image_shape = signature.structured_input_signature[1]["images"].shape[1:]
+    num_classes = signature.structured_outputs["logits"].shape[-1]
+
+    def logits_fn(images):
+        # `loaded` lives as long as this function does. A tf.Tensor keeps its
+        # dtype (NumPy would be cast to float32 unchecked, uint8 included).
+        return loaded.logits_float(tf.convert_to_tensor(images))["logits"]
+
+    info = {
+        "path": path,
+        "endpoint": LOGITS_SIGNATURE,
+        "image_shape": [int(d) for d in image_shape],
+        "num_classes": None if num_classes is None else int(num_classes),
+        "signatures": sorted(loaded.signatures),
+    }
+    return logits_fn, info
+
+
 def describe_signatures(path):
     """{signature: ({input: TensorSpec}, {output: TensorSpec})} of a SavedModel."""
     loaded = tf.saved_model.load(path)
@@ -394,6 +484,15 @@ def describe_signatures(path):
 def _format_spec(spec):
     dims = ", ".join("B" if d is None else str(d) for d in spec.shape)
     return f"{spec.dtype.name}[{dims}]"
+
+
+_LOGITS_NOTE = (
+    f"`{LOGITS_SIGNATURE}` is for attacks and robustness evaluation, not "
+    "serving: float32 `images` in [0, 1] -> `logits` and `classes`, "
+    "differentiable after `tf.saved_model.load` (input gradients equal the "
+    "Keras model's). It does no input checks (out-of-range pixels are not "
+    "refused; use `serve_float` to serve floats)."
+)
 
 
 def _smoothed_note(settings):
@@ -442,6 +541,11 @@ def serving_readme(path, model_name, *, signatures=None, notes=()):
         "`serving_default` is `serve_uint8` (`serve` too, Keras' name). Pixels: "
         "`images` are uint8 0..255 (`serve_float`: float32 in [0, 1]); the "
         "model's preprocessing is inside the graph.",
+        *(
+            ("", _LOGITS_NOTE)
+            if LOGITS_SIGNATURE in signatures
+            else ()
+        ),
         *(
             ("", _smoothed_note(smoothed_settings(path)))
             if "predict_smoothed" in signatures
@@ -507,7 +611,42 @@ def serving_readme(path, model_name, *, signatures=None, notes=()):
             if "predict_smoothed" in signatures
             else []
         ),
+        *(
+            [f'logits = loaded.{LOGITS_SIGNATURE}(float_batch)["logits"]  # differentiable']
+            if LOGITS_SIGNATURE in signatures
+            else []
+        ),
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def load_any_model(path):
+    """A model file as a logits function: a `.keras` file or a SavedModel directory.
+
+    `.keras` files load with `safe_mode=True` (no Python code runs from the
+    file; sat_tf's layers are registered by importing `sat_tf.models`). A
+    SavedModel must have been written by `export_saved_model` (its
+    differentiable `logits_float`, see `load_logits_fn`).
+
+    Returns:
+        `(logits_fn, description)`: `logits_fn(images)` maps float32 images to
+        float32 logits (the model's own input convention), `description` names
+        the model for reports.
+    """
+    path = os.fspath(path)
+    if path.endswith(".keras"):
+        from sat_tf import models  # noqa: F401  (registers sat_tf's layers for deserialisation)
+
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"No such model file: {path}")
+        model = keras.models.load_model(path, safe_mode=True, compile=False)
+
+        def keras_logits(images):
+            return tf.cast(model(images, training=False), tf.float32)
+
+        keras_logits.model = model  # keeps the model reachable from the function
+        return keras_logits, f"{model.name} ({os.path.basename(path)})"
+    logits_fn, info = load_logits_fn(path)
+    return logits_fn, f"SavedModel {os.path.basename(os.path.normpath(path))}"

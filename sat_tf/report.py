@@ -1,18 +1,37 @@
-"""Robustness reports: JSON, a markdown table and a PNG robustness curve."""
+"""Robustness reports: JSON, a markdown table and a PNG.
 
+`results` maps a row name to `{"top1", "top5", "count"}` and, from
+`evaluation.evaluate_points`, also `"max_norm"`, `"nan"` and `"seconds"`;
+`top5` is None for AutoAttack's rows and the worst case (AutoAttack is a
+top-1 evaluation). Files are written through `tf.io.gfile`, so `gs://`
+directories work.
+"""
+
+import io
 import json
 import os
 import re
 
+ROBUSTNESS_FILES = {"json": "robustness.json", "markdown": "robustness.md", "png": "robustness.png"}
 
-def markdown_table(results, title=None):
-    """`results` as from `sat_tf.evaluation.evaluate`: one row per attack."""
+
+def markdown_table(results, title=None, warnings=()):
+    """One row per attack; the perturbation columns appear when the rows carry them."""
     lines = [f"### {title}", ""] if title else []
-    lines += ["| attack | top-1 (%) | top-5 (%) | images |", "|---|---|---|---|"]
+    extended = any("max_norm" in row for row in results.values())
+    if extended:
+        lines += ["| row | top-1 (%) | top-5 (%) | images | max perturbation | NaN | seconds |",
+                  "|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| attack | top-1 (%) | top-5 (%) | images |", "|---|---|---|---|"]
     for name, row in results.items():
-        lines.append(
-            f"| {name} | {100 * row['top1']:.2f} | {100 * row['top5']:.2f} | {row['count']} |"
-        )
+        top5 = "—" if row.get("top5") is None else f"{100 * row['top5']:.2f}"
+        cells = [name, f"{100 * row['top1']:.2f}", top5, str(row["count"])]
+        if extended:
+            cells += [f"{row.get('max_norm', 0.0):.4g}", str(row.get("nan", 0)), f"{row.get('seconds', 0.0):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if warnings:
+        lines += ["", "Warnings (AutoAttack's sanity checks):", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines) + "\n"
 
 
@@ -22,48 +41,79 @@ def _attack_steps(name):
 
 
 def robustness_curve(results, path, title="robustness"):
-    """Plots top-1 accuracy against PGD steps (clean as step 0); writes a PNG."""
+    """Top-1 accuracy of every row as bars and, when there are PGD rows,
+    top-1/top-5 against the PGD steps (clean as step 0); writes a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import tensorflow as tf
 
     points = []
     for name, row in results.items():
-        steps = 0 if name == "clean" else _attack_steps(name)
-        if steps is not None:
+        steps = 0 if name == "clean" else (_attack_steps(name) if name.startswith("pgd") else None)
+        if steps is not None and row.get("top5") is not None:
             points.append((steps, 100 * row["top1"], 100 * row["top5"]))
     points.sort()
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    xs = [p[0] for p in points]
-    ax.plot(xs, [p[1] for p in points], "o-", label="top-1")
-    ax.plot(xs, [p[2] for p in points], "s--", label="top-5", alpha=0.7)
-    ax.set_xlabel("PGD steps (0 = clean)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 103)
-    ax.set_xticks(xs)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    curve = len(points) > 1
+    fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(10.5 if curve else 5.5, 3.8), dpi=120, squeeze=False)
+    bars = axes[0][0]
+    names = list(results)
+    values = [100 * results[n]["top1"] for n in names]
+    colors = ["#4c72b0" if results[n].get("top5") is not None else "#c44e52" for n in names]
+    bars.barh(range(len(names)), values, color=colors)
+    for i, value in enumerate(values):
+        bars.text(min(value + 1, 85), i, f"{value:.1f}", va="center", fontsize=8)
+    bars.set_yticks(range(len(names)), names, fontsize=8)
+    bars.invert_yaxis()
+    bars.set_xlim(0, 100)
+    bars.set_xlabel("top-1 accuracy (%)  (red: AutoAttack rows and the worst case)")
+    bars.grid(axis="x", alpha=0.3)
+    bars.set_title(title, fontsize=9)
+    if curve:
+        ax = axes[0][1]
+        xs = [p[0] for p in points]
+        ax.plot(xs, [p[1] for p in points], "o-", label="top-1")
+        ax.plot(xs, [p[2] for p in points], "s--", label="top-5", alpha=0.7)
+        for name in ("autoattack", "worst case"):
+            if name in results:
+                ax.axhline(100 * results[name]["top1"], ls=":", color="#c44e52" if name == "autoattack" else "k",
+                           label=f"{name} (top-1)")
+        ax.set_xlabel("PGD steps (0 = clean)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 103)
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(buffer.getvalue())
     return path
 
 
-def write_report(results, directory, *, meta=None, title="robustness"):
-    """Writes `robustness.json`, `robustness.md` and `robustness.png`."""
-    os.makedirs(directory, exist_ok=True)
-    paths = {
-        "json": os.path.join(directory, "robustness.json"),
-        "markdown": os.path.join(directory, "robustness.md"),
-        "png": os.path.join(directory, "robustness.png"),
-    }
-    with open(paths["json"], "w") as f:
-        json.dump({"results": results, "meta": meta or {}}, f, indent=2)
-    with open(paths["markdown"], "w") as f:
-        f.write(markdown_table(results, title=title))
-        if meta:
-            f.write("\n" + "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n")
+def write_report(results, directory, *, meta=None, title="robustness", warnings=()):
+    """Writes `robustness.json`, `robustness.md` and `robustness.png` (atomically each)."""
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(directory)
+    paths = {key: os.path.join(directory, name) for key, name in ROBUSTNESS_FILES.items()}
+    _write(paths["json"], json.dumps({"results": results, "warnings": list(warnings), "meta": meta or {}},
+                                     indent=2))
+    text = markdown_table(results, title=title, warnings=warnings)
+    if meta:
+        text += "\n" + "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n"
+    _write(paths["markdown"], text)
     robustness_curve(results, paths["png"], title=title)
     return paths
+
+
+def _write(path, text):
+    import tensorflow as tf
+
+    tmp = f"{path}.tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -19,7 +19,9 @@ def test_step_time_quick_group_times_interleaved_cases_and_writes_its_section(tm
     assert all(0 < r["low"] <= r["median"] <= r["high"] for r in rows)
     assert all(r["traces"] == 1 for r in rows)  # no retracing across rounds
     assert clean["x_clean"] == 1.0 and pgd1["bound"] == 5 / 3
-    assert pgd1["x_clean"] == pgd1["median"] / clean["median"] > 1  # an attack step costs more than a clean one
+    # Structure and sanity only: which case is faster is a measurement (BENCHMARKS.md), not a smoke test. Two
+    # steps of a tiny model on a shared machine once timed PGD-1 below the clean step and failed CI.
+    assert pgd1["x_clean"] == pgd1["median"] / clean["median"] and 0 < pgd1["x_clean"] < float("inf")
     text = out.read_text()
     assert "## Other section\n\nkept" in text and "## Step time: quick" in text
     assert "| tf | silu | off | float32 | fused | 1 | 1 |" in text and "× (2K+3)/3 clean" in text

@@ -2,11 +2,15 @@
 agrees with the Keras model; top-k; JPEG/PNG batches of mixed sizes; input
 errors (wrong rank/channels/size/dtype, out-of-range floats, empty batches,
 bad bytes) through signatures and loaded functions; the launcher's TF Serving
-README.
+README. Attackable: where sat_tf is never imported, `logits_float` and
+`serve_float` (function and signature) give the Keras model's input
+gradients and jacobians (pfor); `logits_float` has no control flow or check;
+`load_logits_fn`.
 
-Tiny random models: a 3-class ResNet-18 at 32x32x3 (default top_k=5 clipped
-to 3, crop_padding=32) and the digits CNN at 8x8x1 (grayscale path), exported
-through launch/export.py with --top_k=3 --crop_padding=0.
+Tiny random models with random BatchNorm statistics: a 3-class ResNet-18 at
+32x32x3 (default top_k=5 clipped to 3, crop_padding=32) and the digits CNN at
+8x8x1 (grayscale path), exported through launch/export.py with --top_k=3
+--crop_padding=0.
 """
 
 import json
@@ -46,6 +50,33 @@ for name in json.load(open(os.path.join(root, "names.json"))):
     for call, fn in calls.items():
         for key, value in fn().items():
             results[f"{call}/{key}"] = value.numpy()
+    results["logits_float_signature/classes"] = loaded.signatures["logits_float"](
+        images=tf.constant(inputs["float"]))["classes"].numpy()
+    # Attacks: the input gradient of a summed cross-entropy and, for the
+    # digits CNN, the jacobian (pfor, as FAB uses) through the endpoints. The
+    # ResNet only through one function and one signature (each gradient
+    # costs ~1 s, a jacobian over its backward graph ~7 s, on 2 cores).
+    x, labels = tf.constant(inputs["float"]), tf.constant(inputs["labels"])
+    differentiable = {
+        "logits_float": lambda t: loaded.logits_float(t)["logits"],
+        "logits_float_signature": lambda t: loaded.signatures["logits_float"](images=t)["logits"],
+        "serve_float_fn": lambda t: loaded.serve_float(t)["logits"],
+        "serve_float_signature": lambda t: loaded.signatures["serve_float"](images=t)["logits"],
+    }
+    if name != "digits":
+        differentiable = {k: differentiable[k] for k in ("logits_float", "serve_float_signature")}
+    for kind, fn in differentiable.items():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = fn(x)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        results[f"{kind}/logits"] = logits.numpy()
+        results[f"{kind}/gradient"] = tape.gradient(loss, x).numpy()
+        if name == "digits" and kind in ("logits_float", "serve_float_signature"):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                logits = fn(x)
+            results[f"{kind}/jacobian"] = tape.batch_jacobian(logits, x).numpy()
     np.savez(os.path.join(root, name, "served.npz"), **results)
 assert "sat_tf" not in sys.modules and not any(m.startswith("sat_tf.") for m in sys.modules), "sat_tf was imported"
 print("ok")
@@ -79,6 +110,30 @@ def expected_pixels(fname, image, blob, size, crop_padding):
     return tf.clip_by_value(resized / 255.0, 0.0, 1.0)
 
 
+def randomise_batchnorm(model, rng):
+    """Non-trivial moving statistics, gamma and beta: gradients through
+    inference-mode BatchNorm are then not those of the identity."""
+    for w in model.weights:
+        if w.path.endswith(("moving_variance", "gamma")):
+            w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype("float32"))
+        elif w.path.endswith(("moving_mean", "beta")):
+            w.assign(rng.normal(0, 0.1, size=w.shape).astype("float32"))
+
+
+def keras_derivatives(model, x, labels, jacobian):
+    """What the served endpoints must reproduce: the Keras model's summed
+    cross-entropy input gradient (and batch jacobian), inference mode."""
+    x = tf.constant(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        logits = model(x, training=False)
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    derivatives = {"gradient": tape.gradient(loss, x).numpy()}
+    if jacobian:
+        derivatives["jacobian"] = tape.batch_jacobian(logits, x).numpy()
+    return derivatives
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     import keras
@@ -98,6 +153,7 @@ def exported(tmp_path_factory):
     expected, launcher = {}, None
     for name, (arch, build, kwargs, k) in MODELS.items():
         model = models.build_model(arch, **build)
+        randomise_batchnorm(model, np.random.default_rng(1))
         out = root / name / "saved_model"
         if name == "digits":
             os.makedirs(root / name)
@@ -113,7 +169,8 @@ def exported(tmp_path_factory):
         height, width, channels = model.input_shape[1:]
         uint8 = rng.integers(0, 256, size=(4, height, width, channels)).astype(np.uint8)
         floats = rng.uniform(0, 1, size=(3, height, width, channels)).astype(np.float32)
-        np.savez(root / name / "inputs.npz", uint8=uint8, float=floats)
+        labels = rng.integers(0, model.output_shape[-1], size=3).astype(np.int32)
+        np.savez(root / name / "inputs.npz", uint8=uint8, float=floats, labels=labels)
         crop_padding = kwargs.get("crop_padding", 32)
         pixels = tf.stack([expected_pixels(*f, height, crop_padding) for f in files])
         if channels == 1:
@@ -125,6 +182,7 @@ def exported(tmp_path_factory):
             "serve_jpeg": model(pixels, training=False).numpy(),
             "serve_jpeg_fn": model(pixels[:2], training=False).numpy(),
             "k": k,
+            "derivatives": keras_derivatives(model, floats, labels, jacobian=name == "digits"),
         }
     (root / "names.json").write_text(json.dumps(list(MODELS)))
     proc = subprocess.run([sys.executable, "-c", SERVED, str(root)], capture_output=True, text=True,
@@ -160,6 +218,114 @@ def test_top_k_is_sorted_and_clipped_to_the_class_count(exported, name):
         np.testing.assert_allclose(values, np.take_along_axis(probabilities, classes, -1), atol=1e-7)
         assert np.all(np.diff(values, axis=-1) <= 0)
         np.testing.assert_array_equal(classes[:, 0], served[name][f"{call}/classes"])
+
+
+def assert_keras_derivatives(served, expected, kinds):
+    """Each of `kinds` the SERVED script differentiated (endpoints reloaded
+    without sat_tf) gives the Keras model's logits and input gradient (and
+    jacobian, where computed); returns the kinds checked."""
+    derivatives = expected["derivatives"]
+    assert np.abs(derivatives["gradient"]).min(axis=(1, 2, 3)).max() > 0  # not a vacuous comparison
+    checked = [kind for kind in kinds if f"{kind}/gradient" in served]
+    for kind in checked:
+        np.testing.assert_allclose(served[f"{kind}/logits"], expected["serve_float"], rtol=ATOL, atol=ATOL, err_msg=kind)
+        for key, value in derivatives.items():
+            if f"{kind}/{key}" in served:
+                np.testing.assert_allclose(
+                    served[f"{kind}/{key}"], value, rtol=1e-4, atol=ATOL, err_msg=f"{kind}/{key}")
+    return checked
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_logits_float_gives_the_keras_gradients_without_sat_tf(exported, name):
+    _, expected, served, _ = exported
+    kinds = ["logits_float", "logits_float_signature"]
+    assert assert_keras_derivatives(served[name], expected[name], kinds) == (
+        kinds if name == "digits" else ["logits_float"])
+    assert ("logits_float/jacobian" in served[name]) == (name == "digits")
+    np.testing.assert_allclose(
+        served[name]["logits_float/logits"], served[name]["serve_float/logits"], rtol=ATOL, atol=ATOL)
+    np.testing.assert_array_equal(
+        served[name]["logits_float_signature/classes"], served[name]["serve_float/classes"])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_serve_float_is_differentiable_after_reload(exported, name):
+    """serve_float's empty-batch tf.cond used to sit between images and
+    logits: after reload, batch_jacobian (pfor) through it failed."""
+    _, expected, served, _ = exported
+    kinds = ["serve_float_fn", "serve_float_signature"]
+    assert assert_keras_derivatives(served[name], expected[name], kinds) == (
+        kinds if name == "digits" else ["serve_float_signature"])
+    assert ("serve_float_signature/jacobian" in served[name]) == (name == "digits")
+
+
+def op_types(concrete_function):
+    graph_def = concrete_function.graph.as_graph_def()
+    return {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+
+
+def test_logits_float_has_no_control_flow_and_serving_keeps_its_checks(exported):
+    root, _, _, _ = exported
+    loaded = tf.saved_model.load(str(root / "digits" / "saved_model"))
+    checks_and_control_flow = {"Assert", "If", "StatelessIf", "While", "StatelessWhile", "Case", "StatelessCase"}
+    for fn in (loaded.signatures["logits_float"], *loaded.logits_float.concrete_functions):
+        ops = op_types(fn)
+        assert "Conv2D" in ops and not ops & checks_and_control_flow, ops & checks_and_control_flow
+    assert "Assert" in op_types(loaded.signatures["serve_float"])
+    assert set(loaded.signatures["logits_float"].structured_outputs) == {"logits", "classes"}
+    # 0..255 floats: logits_float computes, serve_float refuses (function and signature).
+    images = tf.fill((2, 8, 8, 1), 255.0)
+    assert loaded.logits_float(images)["logits"].shape == (2, 10)
+    assert loaded.signatures["logits_float"](images=images)["classes"].shape == (2,)
+    for fn in (lambda x: loaded.signatures["serve_float"](images=x), loaded.serve_float):
+        assert "serve_float expects float32 pixels in [0, 1]" in error_message(fn, images)
+    # The loaded function, like every other, refuses a wrong dtype or shape before running.
+    assert "TensorSpec(shape=(None, 8, 8, 1), dtype=tf.float32" in error_message(
+        loaded.logits_float, tf.zeros((2, 8, 8, 1), tf.uint8))
+    assert "TensorSpec(shape=(None, 8, 8, 1), dtype=tf.float32" in error_message(
+        loaded.logits_float, tf.zeros((2, 16, 16, 1)))
+
+
+def test_load_logits_fn_returns_the_differentiable_endpoint(exported, tmp_path):
+    import keras
+
+    from sat_tf import export
+
+    root, expected, _, _ = exported
+    path = root / "digits" / "saved_model"
+    logits_fn, info = export.load_logits_fn(path)
+    assert info == {
+        "path": os.path.abspath(path), "endpoint": "logits_float", "image_shape": [8, 8, 1], "num_classes": 10,
+        "signatures": sorted(["serving_default", "serve", "serve_uint8", "serve_float", "serve_jpeg", "logits_float"]),
+    }
+    json.dumps(info)
+    inputs = np.load(root / "digits" / "inputs.npz")
+    x = tf.constant(inputs["float"])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = logits_fn(x)
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(inputs["labels"], logits))
+    np.testing.assert_allclose(logits, expected["digits"]["serve_float"], rtol=ATOL, atol=ATOL)
+    np.testing.assert_allclose(
+        tape.gradient(loss, x), expected["digits"]["derivatives"]["gradient"], rtol=1e-4, atol=ATOL)
+    # NumPy keeps its dtype: float64 (or uint8) pixels are refused, not cast.
+    assert "dtype=tf.float32" in error_message(logits_fn, inputs["float"].astype(np.float64))
+    # A SavedModel exported before logits_float existed.
+    inputs_ = keras.Input((8, 8, 1))
+    old = keras.Model(inputs_, keras.layers.Dense(3)(keras.layers.Flatten()(inputs_)))
+    archive = keras.export.ExportArchive()
+    archive.track(old)
+    archive.add_endpoint(
+        "serve_float", lambda x: {"logits": old(x)}, input_signature=[tf.TensorSpec((None, 8, 8, 1), tf.float32)])
+    archive.write_out(str(tmp_path / "old"), verbose=False)
+    with pytest.raises(ValueError) as err:
+        export.load_logits_fn(tmp_path / "old")
+    message = str(err.value)
+    assert f"The SavedModel at {tmp_path / 'old'} has no differentiable `logits_float` endpoint" in message
+    assert "re-export it with the current version" in message and "\n" not in message
+    with pytest.raises(FileNotFoundError, match=f"No SavedModel at {tmp_path}"):
+        export.load_logits_fn(tmp_path)
 
 
 def test_wrong_inputs_give_readable_errors(exported):
@@ -288,6 +454,8 @@ def test_launcher_writes_the_serving_readme_and_top_k(exported):
     assert "http://localhost:8501/v1/models/digits_cnn:predict" in readme
     assert "`top_k_classes` int32[B, 3]" in readme
     assert "centre crop of 8/(8+0) of the shorter side" in readme  # --crop_padding=0
+    assert "- `logits_float`: `images` float32[B, 8, 8, 1] -> `classes` int32[B], `logits` float32[B, 10]" in readme
+    assert "`logits_float` is for attacks and robustness evaluation" in readme
     assert readme in launcher.stdout  # printed as well
     assert served["digits"]["serving_default/top_k_classes"].shape[-1] == 3
 
@@ -299,6 +467,6 @@ def test_non_square_model_skips_serve_jpeg_with_a_reason(tmp_path):
     with pytest.warns(UserWarning, match="serve_jpeg needs a square model input"):
         export.export_saved_model(model, str(tmp_path / "sm"), top_k=2)
     signatures = export.describe_signatures(str(tmp_path / "sm"))
-    assert set(signatures) == {"serving_default", "serve", "serve_uint8", "serve_float"}
+    assert set(signatures) == {"serving_default", "serve", "serve_uint8", "serve_float", "logits_float"}
     assert signatures["serve_float"][1]["top_k_classes"].shape.as_list() == [None, 2]
     assert export.jpeg_unsupported_reason((8, 8, 4)) and export.jpeg_unsupported_reason((8, 8, 1)) is None
