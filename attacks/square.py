@@ -90,7 +90,8 @@ def p_schedule(iteration, p_init=0.8, queries=5000, rescale_schedule=False):
     stage = _stage(iteration, queries, rescale_schedule)
     if isinstance(stage, int):
         return p_init / 2**stage
-    return tf.constant(p_init, tf.float64) / tf.pow(tf.constant(2.0, tf.float64), tf.cast(stage, tf.float64))
+    halvings = tf.pow(tf.constant(2.0, tf.float64), tf.cast(stage, tf.float64))
+    return tf.constant(p_init, tf.float64) / halvings
 
 
 def square_side(p, height, width, norm="linf", channels=1):
@@ -363,7 +364,8 @@ def _make_run(logits_fn, x, y, *, eps, norm, queries, p_init, rescale_schedule, 
         if norm == "linf":
             x_best = _linf_start(x, eps, _linf_start_draws(seed, ids, restart, shape))
         else:
-            x_best = _l2_start(x, eps, start_layout, _l2_start_draws(seed, ids, restart, shape, start_layout[2]))
+            draws = _l2_start_draws(seed, ids, restart, shape, start_layout[2])
+            x_best = _l2_start(x, eps, start_layout, draws)
         margin_best, wrong_best = _evaluate(logits_fn, x_best, y)
 
         def to_fool(margin):
@@ -439,7 +441,10 @@ def _step_draws(seed, ids, restart, iteration, side, shape, norm):
         lengths.update(row2=height, col2=width)
     scalars = len(lengths) + (norm == "l2")  # + the transpose
     u = base.point_uniform(seed, ids, [scalars + channels], _SQUARE, restart, _STEP, iteration)
-    draws = {name: _randint(u[:, k], length - side) for k, (name, length) in enumerate(lengths.items())}
+    draws = {
+        name: _randint(u[:, k], length - side)
+        for k, (name, length) in enumerate(lengths.items())
+    }
     draws["signs"] = tf.where(u[:, scalars:] >= 0.5, 1.0, -1.0)
     if norm == "l2":
         draws["transpose"] = u[:, len(lengths)] > 0.5
@@ -456,10 +461,13 @@ def _randint(u, maxval):
 
 
 def _linf_start(x, eps, signs):
+    """`clip(x + eps * signs)`: a corner of the ball (vertical stripes)."""
     return base.clip_to_box(x + eps * signs)
 
 
 def _l2_start(x, eps, layout, draws):
+    """The grid of `eta` blocks (see `_l2_start_layout`), each transposed
+    and signed per channel as drawn, scaled to L2 norm `eps`, then clipped."""
     patterns, block_index, _ = layout
     transpose, signs = draws
     shape = tf.shape(x)
@@ -530,7 +538,8 @@ def _l2_candidate(x, x_best, eps, side, eta_profiles, stage, draws):
     delta = x_best - x
     old = delta * in_1
     eta = _place_eta(eta_profiles, stage, local_row, local_col, draws["transpose"])
-    new = eta[..., None] * in_1 * draws["signs"][:, None, None, :] + old / (1e-12 + window_norm(old))
+    signed_eta = eta[..., None] * in_1 * draws["signs"][:, None, None, :]
+    new = signed_eta + old / (1e-12 + window_norm(old))
     norm_image = base.lp_norm(delta, "l2", keepdims=True)
     room = tf.maximum(tf.square(eps) - tf.square(norm_image), 0.0) / channels
     new = new / (1e-12 + window_norm(new)) * tf.sqrt(room + tf.square(window_norm(delta * in_both)))

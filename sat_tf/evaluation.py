@@ -319,9 +319,10 @@ class _Engine:
     def run(self, step, ids):
         """Outputs of `step` for the points `ids` (host NumPy, padding dropped)."""
         count = len(ids)
-        padded = np.concatenate([ids, np.full(self.chunk - count, ids[-1], ids.dtype)])
-        valid = np.arange(self.chunk) < count
-        b = self.per_replica
+        size = self.padded_size(count)
+        padded = np.concatenate([ids, np.full(size - count, ids[-1], ids.dtype)])
+        valid = np.arange(size) < count
+        b = size // self.replicas
 
         def value(ctx, array):
             r = ctx.replica_id_in_sync_group
@@ -332,7 +333,17 @@ class _Engine:
             for a in (self.x[padded], self.y[padded], padded.astype(np.int32), valid)
         ]
         outputs = step(*args)
-        return tf.nest.map_structure(lambda v: np.asarray(v)[:count], outputs)
+        return tuple(np.asarray(v)[:count] for v in outputs)
+
+    def padded_size(self, count):
+        """Full chunks run as they are; a last, partial chunk is padded to the
+        smallest of chunk/2, chunk/4, ... (per replica) that holds it, so the
+        tail costs at most twice its points and each stage traces at most a
+        few shapes (fixed shapes for TPUs)."""
+        size = self.chunk
+        while size % (2 * self.replicas) == 0 and size // 2 >= count:
+            size //= 2
+        return size
 
     def chunks(self, ids):
         for start in range(0, len(ids), self.chunk):

@@ -118,7 +118,9 @@ def reference_sides(norm, height, width, channels, queries=250):
             calls.append(high)
             return 0
 
-    never_fooled = lambda t: torch.nn.functional.one_hot(torch.zeros(len(t), dtype=torch.long), 10) * 1e3
+    def never_fooled(t):  # class 0 by a margin of 1000
+        return torch.nn.functional.one_hot(torch.zeros(len(t), dtype=torch.long), 10) * 1e3
+
     ref = Recording(never_fooled, norm=REF_NORM[norm], n_queries=queries, eps=0.1, resc_schedule=True, seed=0)
     with one_torch_thread():
         ref.perturb(torch.rand(1, channels, height, width), torch.zeros(1, dtype=torch.long))
@@ -477,6 +479,10 @@ def test_l2_start_covers_non_square_images():
     patterns, block_index, num_blocks = square_lib._l2_start_layout(32, 32)
     covered = (patterns[0] != 0).reshape(32, 32)
     assert num_blocks == 25 and covered[1:31, 1:31].all() and not covered[0].any() and not covered[31].any()
+    # 12x12, where the reference fails (its last block is cut): 6x6 blocks of 2 from offset 1, the last cut.
+    patterns, block_index, num_blocks = square_lib._l2_start_layout(12, 12)
+    covered = (patterns[0] != 0).reshape(12, 12)
+    assert num_blocks == 36 and covered[1:, 1:].all() and not covered[0].any() and not covered[:, 0].any()
 
 
 # === Arguments ===
@@ -485,16 +491,16 @@ def test_l2_start_covers_non_square_images():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(eps=-0.1), "`eps` must be finite and >= 0"),
-        (dict(eps=float("nan")), "`eps` must be finite and >= 0"),
-        (dict(eps=0.1, norm="linf2"), "`norm` must be one of"),
-        (dict(eps=0.1, norm="l1"), "L1 Square is not implemented"),
-        (dict(eps=0.1, queries=-1), "`queries` must be an int >= 0"),
-        (dict(eps=0.1, queries=2.5), "`queries` must be an int >= 0"),
-        (dict(eps=0.1, p_init=0.0), r"`p_init` must be a Python float in \(0, 1\]"),
-        (dict(eps=0.1, p_init=1.5), r"`p_init` must be a Python float in \(0, 1\]"),
-        (dict(eps=0.1, restarts=0), "`restarts` must be a Python int >= 1"),
-        (dict(eps=0.1, restarts=1.0), "`restarts` must be a Python int >= 1"),
+        (dict(eps=-0.1), r"`eps` must be finite and >= 0. Received: eps=-0.1"),
+        (dict(eps=float("nan")), r"`eps` must be finite and >= 0. Received: eps=nan"),
+        (dict(eps=0.1, norm="linf2"), r"`norm` must be one of \('linf', 'l2'\). Received: norm='linf2'"),
+        (dict(eps=0.1, norm="l1"), r"L1 Square is not implemented; .* Received: norm='l1'"),
+        (dict(eps=0.1, queries=-1), r"`queries` must be an int >= 0. Received: queries=-1"),
+        (dict(eps=0.1, queries=2.5), r"`queries` must be an int >= 0. Received: queries=2.5"),
+        (dict(eps=0.1, p_init=0.0), r"`p_init` must be a Python float in \(0, 1\]. Received: p_init=0.0"),
+        (dict(eps=0.1, p_init=1.5), r"`p_init` must be a Python float in \(0, 1\]. Received: p_init=1.5"),
+        (dict(eps=0.1, restarts=0), r"`restarts` must be a Python int >= 1. Received: restarts=0"),
+        (dict(eps=0.1, restarts=1.0), r"`restarts` must be a Python int >= 1. Received: restarts=1.0"),
     ],
 )
 def test_bad_arguments(kwargs, message):
