@@ -104,14 +104,14 @@ def natural_budget(text):
 
 def parse_autoattack_options(items):
     """`["square.queries=1000", "apgd-ce.steps=50"]` -> `{"square": {"queries": 1000}, ...}`."""
-    from sat_tf.attacks import autoattack
+    from sat_tf.attacks.autoattack import ATTACK_NAMES
 
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
         attack, dot, name = key.strip().partition(".")
         common.require(sep and dot and name, f"--autoattack_options entries must be attack.key=value, got {item!r}")
-        common.choice("autoattack_options", attack, set(autoattack.ATTACK_NAMES))
+        common.choice("autoattack_options", attack, set(ATTACK_NAMES))
         options.setdefault(attack, {})[name] = common.parse_value(value.strip())
     return options
 
@@ -150,9 +150,18 @@ def validate():
         common.check_step_size("attack_step_size", FLAGS.attack_step_size, "attack_epsilon", FLAGS.attack_epsilon)
     if FLAGS.steps is not None:
         common.int_list("steps", FLAGS.steps)
-    parse_autoattack_options(FLAGS.autoattack_options)
     name = common.choice("protocol", "run" if FLAGS.protocol is None else FLAGS.protocol, protocols.PROTOCOLS)
     protocol = protocols.PROTOCOLS[name]
+    options = parse_autoattack_options(FLAGS.autoattack_options)
+    version = autoattack_version(protocol)
+    if options:
+        from sat_tf.attacks.autoattack import plan
+
+        common.require(version is not None, "--autoattack_options needs AutoAttack; drop --autoattack=none")
+        try:
+            plan(version, options=options)
+        except ValueError as err:
+            raise common.FlagError(f"--autoattack_options={','.join(FLAGS.autoattack_options)}: {err}")
     overrides = {}
     for flag in protocols.ROW_FLAGS:
         if not FLAGS[flag].present:  # the rows' own values; for `run` they equal the flag defaults
@@ -164,6 +173,13 @@ def validate():
         if flag in protocol.row_flags:
             overrides[flag] = FLAGS[flag].value
     return name, protocol, overrides
+
+
+def autoattack_version(protocol):
+    """The AutoAttack version to run (None: none)."""
+    if FLAGS.autoattack == "none":
+        return None
+    return protocol.autoattack if FLAGS.autoattack == "protocol" else FLAGS.autoattack
 
 
 def model_input():
@@ -256,7 +272,7 @@ def resolve(protocol, run_eval, name):
 
 
 class Progress:
-    """One line per chunk: the row, images left, elapsed and estimated remaining time."""
+    """A line per chunk: the row, images left of those it attacks, elapsed time and the row's remaining time."""
 
     def __init__(self):
         self.start = time.perf_counter()
@@ -265,8 +281,12 @@ class Progress:
         left = total - done
         rate = done / seconds if seconds > 0 else 0.0
         eta = left / rate if rate > 0 else math.nan
-        common.progress_line(done, total, f"{row}: {left} images left, elapsed {_clock(time.perf_counter() - self.start)}"
-                             f", remaining for this row ~{_clock(eta)}")
+        line = (f"  {row}: {done}/{total} images, {left} left, elapsed {_clock(time.perf_counter() - self.start)}, "
+                f"row remaining ~{_clock(eta)}")
+        if sys.stdout.isatty():  # redrawn in place; a log gets one line per chunk
+            print("\r" + line, end="\n" if left == 0 else "", flush=True)
+        else:
+            print(line, flush=True)
 
 
 def _clock(seconds):
@@ -318,8 +338,7 @@ def main(argv):
         common.check_run_data({}, dataset=dataset, split=FLAGS.split, data_dir=data_dir)
     logits_fn, description, config, run_eval = model_logits(strategy)
     budget = resolve(protocol, run_eval, name)
-    version = None if FLAGS.autoattack == "none" else FLAGS.autoattack
-    rows = protocols.build_rows(protocol, **budget, norm=FLAGS.norm, autoattack=version,
+    rows = protocols.build_rows(protocol, **budget, norm=FLAGS.norm, autoattack=autoattack_version(protocol),
                                 autoattack_options=parse_autoattack_options(FLAGS.autoattack_options), **overrides)
     x, y = load_points(config, dataset, data_dir)
     out = FLAGS.output_dir or (os.path.join(FLAGS.workdir, "report") if FLAGS.model_path is None else "report")

@@ -152,7 +152,9 @@ def evaluate_points(
             refused.
         jit_compile: compile each replica's attack with XLA.
         progress: optional `fn(row, done, total, seconds)` called after each
-            chunk (`done`/`total` points of that row).
+            chunk: `done` of the `total` points this row attacks (for
+            AutoAttack's rows, the points still robust when it started), and
+            the seconds spent on the row so far.
 
     Returns:
         `{"rows": {name: {"top1", "top5", "count", "max_norm", "nan",
@@ -418,16 +420,20 @@ def _update_row(record, ids, outputs):
 
 
 def _run_chunks(engine, state, record, name, replica_fn, ids, progress, update):
-    total = state.count
+    """Runs `replica_fn` over `ids` chunk by chunk, saving the state after each."""
+    already = int(record["done"].sum())  # processed before an interruption
+    total = already + len(ids)
     step = engine.step_fn(replica_fn) if len(ids) else None
+    done = already
     for chunk in engine.chunks(ids):
         start = time.perf_counter()
         update(chunk, engine.run(step, chunk))
         record["seconds"] += time.perf_counter() - start
+        done += len(chunk)
         if engine.chief:
             state.save()
         if progress is not None:
-            progress(name, int(record["done"].sum()), total, record["seconds"])
+            progress(name, done, total, record["seconds"])
 
 
 def _run_cascade(engine, state, cascade, index, seed, top_k, progress):

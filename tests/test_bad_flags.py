@@ -193,7 +193,20 @@ TRAIN_IMAGENET = [
 ]
 RUN = ["--workdir={digits_run}"]
 EVALUATE = [
-    (["--protocol=pgd1000"], "--protocol='pgd1000' is unknown; choose one of ['rat_cifar'"),
+    (["--protocol=pgd1000"], "--protocol='pgd1000' is unknown; choose one of ['autoattack', 'rat_cifar'"),
+    (["--eps=-1"], "--eps must be finite and >= 0, got '-1'"),
+    (["--eps=8/0"], "--eps must be a number or a fraction like 8/255, got '8/0'"),
+    (["--eps=8/255", "--attack_epsilon=8"], "give the budget once: --eps (natural units) or --attack_epsilon"),
+    (["--autoattack=fast"], "flag --autoattack=fast: value should be one of <protocol|standard|plus|rand|none>"),
+    (["--autoattack_options=square"], "--autoattack_options entries must be attack.key=value, got 'square'"),
+    (["--autoattack_options=pgd.steps=3"], "--autoattack_options='pgd' is unknown; choose one of ['apgd-ce'"),
+    (["--autoattack_options=square.quries=3"], "--autoattack_options=square.quries=3: options for 'square'"),
+    (["--autoattack_options=apgd-dlr.steps=3"], "options` names attacks that do not run: ['apgd-dlr']"),
+    (["--autoattack=none", "--autoattack_options=square.queries=3"], "--autoattack_options needs AutoAttack"),
+    (["--model_path={missing}/m.keras"], "--model_path needs --dataset"),
+    (["--model_path={missing}/m.keras", "--dataset=digits"], "--model_path={missing}/m.keras does not exist"),
+    (["--mean=0.5"], "--input_range/--mean/--std describe a --model_path model"),
+    (["--input_range=0"], "--input_range must be two numbers LOW,HIGH"),
     (["--protocol=rat_cifar", "--norm=l2"], "--norm is fixed by --protocol=rat_cifar"),
     (["--norm=l3"], "flag --norm=l3: value should be one of <linf|l2>"),
     (["--loss=mse"], "flag --loss=mse: value should be one of <ce|cw>"),

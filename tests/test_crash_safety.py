@@ -22,6 +22,7 @@ from sat_tf import train_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 2 epochs x 8 steps; checkpoints at steps 3, 6, 8 (epoch end), 9, 12, 15, 16; 3 kept.
 FLAGS = [
+    "--eval_autoattack=none",
     "--epochs=2", "--limit_train=256", "--limit_test=32", "--batch_size=32", "--attack_iter=1",
     "--eval_attack_iters=1", "--warmup_epochs=0", "--learning_rate=1.0", "--checkpoint_every_steps=3",
     "--deterministic", "--export=false",

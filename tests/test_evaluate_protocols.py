@@ -43,7 +43,7 @@ def effective(attack):
     """Every argument the bound attack runs with (bound keywords + defaults)."""
     bound = inspect.signature(attack.func).bind(None, None, None, **attack.keywords)
     bound.apply_defaults()
-    params = {k: v for k, v in bound.arguments.items() if k not in ("logits_fn", "x", "y", "seed")}
+    params = {k: v for k, v in bound.arguments.items() if k not in ("logits_fn", "x", "y", "seed", "point_ids")}
     return {"func": attack.func, **params}
 
 
@@ -71,6 +71,22 @@ def test_explicit_values_beat_the_preset_and_the_preset_beats_the_run():
     restarted = protocols.build_attacks(protocols.PROTOCOLS["strong"], epsilon=0.1, step_size=0.1, steps=[3],
                                         restarts=2)
     assert effective(restarted["pgd3"])["restarts"] == 2
+
+
+def test_protocols_put_autoattack_where_their_papers_report_it():
+    budget = {"epsilon": 0.031, "step_size": 0.003, "steps": [20]}
+    versions = {name: protocols.build_rows(protocols.PROTOCOLS[name], **budget)[-1] for name in protocols.PROTOCOLS}
+    assert {name: getattr(row, "version", None) for name, row in versions.items()} == {
+        "run": "standard", "sat_imagenet": "standard", "rat_cifar": "standard", "rat_svhn": "standard",
+        "strong": "plus", "autoattack": "standard"}
+    assert versions["rat_cifar"].eps == 8 / 255  # RAT's eval_autoattack.py, beside PGD's 0.031
+    assert versions["sat_imagenet"].eps == 0.031  # the budget (given here), as every other protocol
+    # An explicit budget also moves AutoAttack's; --autoattack picks or drops it.
+    assert protocols.build_rows(protocols.PROTOCOLS["rat_cifar"], **{**budget, "epsilon": 0.05})[-1].eps == 0.05
+    plus = protocols.build_rows(protocols.PROTOCOLS["run"], **budget, autoattack="plus", norm="l2")[-1]
+    assert (plus.version, plus.norm) == ("plus", "l2")
+    assert [r.name for r in protocols.build_rows(protocols.PROTOCOLS["run"], **budget, autoattack=None)] == [
+        "clean", "pgd20"]
 
 
 def test_default_protocol_builds_what_evaluate_always_built():
@@ -161,7 +177,7 @@ def workdir(tmp_path_factory):
     # attacks have something to lower, in about 10 s.
     path = str(tmp_path_factory.mktemp("protocols") / "digits")
     launch("train.py", "--epochs=3", "--limit_train=512", "--limit_test=32", "--batch_size=32", "--export=false",
-           "--attack=none", "--learning_rate=2", "--warmup_epochs=0", "--eval_attack_iters=1", "--deterministic",
+           "--attack=none", "--eval_autoattack=none", "--learning_rate=2", "--warmup_epochs=0", "--eval_attack_iters=1", "--deterministic",
            f"--workdir={path}")
     return path
 
@@ -175,21 +191,25 @@ def test_rat_cifar_end_to_end(workdir, tmp_path):
     proc = launch("evaluate.py", f"--workdir={workdir}", "--protocol=rat_cifar", "--limit=32", f"--output_dir={tmp_path}")
     out = report(tmp_path)
     results, meta = out["results"], out["meta"]
-    assert list(results) == ["clean", "fgsm", "pgd20", "cw20"]
+    aa = [f"autoattack/{name}" for name in ("apgd-ce", "apgd-t", "fab-t", "square")]
+    assert list(results) == ["clean", "fgsm", "pgd20", "cw20", *aa, "autoattack", "worst case"]
     assert all(row["count"] == 32 for row in results.values())
     clean = results["clean"]["top1"]
     assert clean > 0.3 and all(results[k]["top1"] <= clean for k in ("fgsm", "pgd20", "cw20"))
     assert min(results[k]["top1"] for k in ("fgsm", "pgd20", "cw20")) < clean
     assert meta["protocol"] == "rat_cifar" and meta["epsilon"] == 0.031 and meta["step"] == 0.003
     assert meta["steps"] == [20] and "cw_kappa=50" in meta["attacks"]["cw20"]
-    assert "| cw20 |" in proc.stdout
+    # RAT's AutoAttack: standard at 8/255 (not the PGD rows' 0.031), and the worst case over every row.
+    assert meta["autoattack"]["version"] == "standard" and meta["autoattack"]["epsilon"] == 8 / 255
+    assert results["worst case"]["top1"] == min(row["top1"] for row in results.values())
+    assert "| cw20 |" in proc.stdout and "| worst case |" in proc.stdout
 
 
 def test_flags_override_the_protocol_end_to_end(workdir, tmp_path):
     launch("evaluate.py", f"--workdir={workdir}", "--protocol=rat_svhn", "--attack_epsilon=8", "--steps=3",
-           "--restarts=2", "--limit=32", f"--output_dir={tmp_path}")
+           "--restarts=2", "--limit=32", "--autoattack=none", f"--output_dir={tmp_path}")
     out = report(tmp_path)
-    assert list(out["results"]) == ["clean", "fgsm", "pgd3", "cw3"]
+    assert list(out["results"]) == ["clean", "fgsm", "pgd3", "cw3", "worst case"]
     meta = out["meta"]
     assert meta["epsilon"] == 8 / 255 and meta["step"] == 1 / 255 and meta["steps"] == [3]
     assert "restarts=2" in meta["attacks"]["cw3"] and "restarts" not in meta["attacks"]["fgsm"]

@@ -57,23 +57,32 @@ def test_main_job_tiny_writes_everything(tiny_run):
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     history = json.load(open(os.path.join(workdir, "history.json")))
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    results = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
-    assert set(results) == {"clean", "pgd2", "pgd3"}
+    report = json.load(open(os.path.join(workdir, "report/robustness.json")))
+    results = report["results"]
+    aa = [f"autoattack/{name}" for name in ("apgd-ce", "apgd-t", "fab-t", "square")]
+    assert list(results) == ["clean", "pgd2", "pgd3", *aa, "autoattack", "worst case"]
     assert all(r["count"] == 96 for r in results.values())
-    # Attacks can only lower accuracy, and a trained net beats chance (10 %).
-    assert results["pgd3"]["top1"] <= results["clean"]["top1"]
-    assert results["clean"]["top1"] > 0.2
-    assert "img/s" in proc.stdout and "| pgd3 |" in proc.stdout
+    # Attacks can only lower accuracy, AutoAttack (standard, the eval budget) is at most PGD's, the worst case at
+    # most every row, and a trained net beats chance (10 %).
+    top1 = {name: row["top1"] for name, row in results.items()}
+    assert top1["pgd3"] <= top1["clean"] and top1["clean"] > 0.2
+    assert top1["autoattack"] <= top1["autoattack/apgd-ce"] <= top1["clean"]
+    assert top1["worst case"] == min(top1.values())
+    assert 0 < results["autoattack/apgd-ce"]["max_norm"] <= 32 / 255 + 1e-6 and results["autoattack"]["nan"] == 0
+    assert "version=standard" in report["meta"]["autoattack"] and report["warnings"] == []
+    assert "img/s" in proc.stdout and "| pgd3 |" in proc.stdout and "| autoattack |" in proc.stdout
 
 
 def test_evaluate_reproduces_the_training_report(tiny_run, tmp_path):
     workdir, _ = tiny_run
     out = str(tmp_path / "report")
-    launch("evaluate.py", f"--workdir={workdir}", "--steps=2,3", "--limit=96", f"--output_dir={out}", "--seed=1")
+    launch("evaluate.py", f"--workdir={workdir}", "--steps=2,3", "--limit=96", f"--output_dir={out}", "--seed=1",
+           "--autoattack=none")
     ours = json.load(open(os.path.join(out, "robustness.json")))["results"]
     train_report = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
-    assert ours["clean"] == train_report["clean"]
-    assert ours["pgd3"] == train_report["pgd3"]  # same seed, same attack: same numbers
+    same = ("top1", "top5", "count", "max_norm", "nan")
+    for row in ("clean", "pgd3"):  # same seed, same attack: same numbers
+        assert {k: ours[row][k] for k in same} == {k: train_report[row][k] for k in same}
     assert os.path.getsize(os.path.join(out, "robustness.png")) > 1000
 
 
@@ -107,7 +116,8 @@ assert np.abs(flt["logits"].numpy() - out["logits"].numpy()).max() < 1e-4
 
 
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
-    flags = [*TINY, "--checkpoint_every_steps=2", "--deterministic", "--export=false", "--eval_attack_iters=1"]
+    flags = [*TINY, "--checkpoint_every_steps=2", "--deterministic", "--export=false", "--eval_attack_iters=1",
+             "--eval_autoattack=none"]
     whole = str(tmp_path / "whole")
     launch("train.py", *flags, f"--workdir={whole}")
 

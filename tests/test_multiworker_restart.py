@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--strategy=multi_worker", "--limit_train=256", "--limit_test=32", "--batch_size=16",
+FLAGS = ["--strategy=multi_worker", "--eval_autoattack=none", "--limit_train=256", "--limit_test=32", "--batch_size=16",
          "--attack_iter=1", "--eval_attack_iters=1", "--export=false", "--lr_schedule=constant",
          "--warmup_epochs=0", "--deterministic"]
 EPOCH = 256 // 16  # steps; checkpoints at epoch ends

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--epochs=1", "--limit_train=128", "--limit_test=32", "--batch_size=32", "--export=false",
+TINY = ["--epochs=1", "--eval_autoattack=none", "--limit_train=128", "--limit_test=32", "--batch_size=32", "--export=false",
         "--attack_iter=2", "--eval_attack_iters=2"]
 
 

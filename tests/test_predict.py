@@ -86,7 +86,7 @@ def test_predict_base_attack_and_default_outfile(noise_run):
 def test_predict_needs_sigma_for_a_run_without_noise(tmp_path):
     workdir = str(tmp_path / "plain")
     run("train.py", "--epochs=1", "--limit_train=64", "--limit_test=16", "--batch_size=32", "--attack=none",
-        "--export=false", f"--workdir={workdir}")
+        "--export=false", "--eval_autoattack=none", f"--workdir={workdir}")
     proc = run("predict.py", f"--workdir={workdir}", "--N=10", check=False)
     assert proc.returncode == 2 and "--sigma is required" in proc.stderr
     proc = run("predict.py", f"--workdir={tmp_path / 'missing'}", check=False)

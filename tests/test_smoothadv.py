@@ -301,7 +301,8 @@ def test_train_step_uses_the_objective_rows_and_normalises_by_rows():
 
 def launch_train(tmp_path, *flags, check=True):
     cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--epochs=2", "--limit_train=256",
-           "--limit_test=64", "--batch_size=32", "--export=false", f"--workdir={tmp_path}", *flags]
+           "--limit_test=64", "--batch_size=32", "--export=false", "--eval_autoattack=none", f"--workdir={tmp_path}",
+           *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if check and proc.returncode != 0:
