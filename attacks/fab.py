@@ -242,7 +242,9 @@ def _single_run(predict, x0, y, target, start, mask, *, norm, steps, alpha_max, 
         # After a success, step back towards the clean point to shrink the norm.
         x_new = tf.where(is_adv[:, None], x0 + beta * (x_new - x0), x_new)
         x1 = tf.where(mask[:, None], x_new, x1)
-        return i + 1, x1, best, best_norm
+        # Slicing by a tensor batch size loses a static batch of 1: keep the loop's shapes.
+        return (i + 1, tf.ensure_shape(x1, start.shape), tf.ensure_shape(best, x0.shape),
+                tf.ensure_shape(best_norm, x0.shape[:1]))
 
     init = (tf.constant(0), start, x0, tf.fill([batch], tf.constant(_NO_ADV, tf.float32)))
     _, _, best, _ = tf.while_loop(lambda i, *_: i < steps, body, init, parallel_iterations=1)

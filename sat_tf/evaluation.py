@@ -193,15 +193,16 @@ def _row_names(rows):
     names = []
     for row in rows:
         if _is_cascade(row):
-            names += ["clean" if "clean" not in names else None, *_stage_names(row), row.name]
+            names += [*_stage_names(row), row.name]
         elif isinstance(row, AttackRow):
             names.append(row.name)
         else:
             raise TypeError(f"rows must be AttackRow or a cascade such as AutoAttackRows. Received: {row!r}")
-    names = [n for n in names if n]
-    duplicates = sorted({n for n in names if names.count(n) > 1} - {"clean"})
+    duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates or WORST_CASE in names:
         raise ValueError(f"Row names must be unique and not {WORST_CASE!r}. Received: {names}")
+    if any(_is_cascade(row) for row in rows) and "clean" not in names:
+        names.insert(0, "clean")  # a cascade starts from the clean predictions and reports them
     return names
 
 
