@@ -2,7 +2,9 @@ r"""ReLU vs SiLU (or any activations) under the main job, over several seeds.
 
 Runs `launch/train.py` once per (activation, seed) in a fresh process, reads
 each run's report/robustness.json and prints a markdown table of
-mean ± standard deviation (and min-max) of clean / PGD-k top-1 accuracy.
+mean ± standard deviation (and min-max) of clean / PGD-k / AutoAttack
+(standard, the main job's default) and worst-case top-1 accuracy; AutoAttack's
+per-attack rows stay in each run's report.
 
     python benchmarks/compare_activations.py                       # relu,silu x 3 seeds
     python benchmarks/compare_activations.py --activations=relu,silu,softplus,smooth_relu \
@@ -38,9 +40,10 @@ def run(name, seed, out, flags):
 
 
 def table_lines(table, first_column="activation"):
-    """Markdown rows: mean ± std (min–max) of each result column over the runs of each row."""
+    """Markdown rows: mean ± std (min–max) of each result column over the runs of each row (AutoAttack's
+    per-attack rows left out: its final row and the worst case stand for it)."""
     first = next(iter(table.values()))[0]
-    columns = list(first)
+    columns = [c for c in first if "/" not in c]
     lines = [f"| {first_column} | " + " | ".join(f"{c} top-1 (%)" for c in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for name, runs in table.items():

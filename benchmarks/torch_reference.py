@@ -144,13 +144,45 @@ def _modules():
             out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
             return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
+    class DigitsCNN(nn.Module):
+        """Our `digits_cnn`; input NCHW pixels in [0, 1] (1x8x8 digits by default).
+
+        `(x - mean) / std` inside the model (our `Normalize`; `"sat"` is 0.5 / 0.5, i.e. `2x - 1`, bit-exact as
+        ours), then conv3x3(f0)-BN-act, conv3x3/2(f1)-BN-act, conv3x3(f2)-BN-act, global average pool, `fc`.
+        `padding=1` everywhere equals ours: `same` at stride 1, and at stride 2 SAT's fixed symmetric padding
+        `ZeroPadding2D((1, 1))` + `valid` (not TensorFlow's asymmetric `same`, which would pad only after).
+        """
+
+        def __init__(self, activation="silu", filters=(32, 32, 64), num_classes=NUM_CLASSES, in_channels=1,
+                     preprocessing=(0.5, 0.5), bn_epsilon=1e-5, bn_momentum=0.1):
+            super().__init__()
+            if activation not in activations:
+                raise ValueError(f"Unknown activation {activation!r}. Known: {sorted(activations)}")
+            self.preprocessing = None if preprocessing is None else tuple(float(v) for v in preprocessing)
+            channels = in_channels
+            for i, (f, stride) in enumerate(zip(filters, (1, 2, 1)), start=1):
+                setattr(self, f"conv{i}", nn.Conv2d(channels, f, 3, stride=stride, padding=1, bias=False))
+                setattr(self, f"bn{i}", nn.BatchNorm2d(f, eps=bn_epsilon, momentum=bn_momentum))
+                setattr(self, f"act{i}", activations[activation]())
+                channels = f
+            self.fc = nn.Linear(channels, num_classes)
+
+        def forward(self, x):
+            if self.preprocessing is not None:
+                mean, std = self.preprocessing
+                x = (x - mean) / std
+            for i in (1, 2, 3):
+                x = getattr(self, f"act{i}")(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
+            return self.fc(x.mean(dim=(2, 3)))
+
     return types.SimpleNamespace(
-        ResNet18Cifar=ResNet18Cifar, BasicBlock=BasicBlock, SmoothReLU=SmoothReLU, ACTIVATIONS=activations
+        ResNet18Cifar=ResNet18Cifar, BasicBlock=BasicBlock, DigitsCNN=DigitsCNN, SmoothReLU=SmoothReLU,
+        ACTIVATIONS=activations,
     )
 
 
 def __getattr__(name):
-    if name in ("ResNet18Cifar", "BasicBlock", "SmoothReLU", "ACTIVATIONS"):
+    if name in ("ResNet18Cifar", "BasicBlock", "DigitsCNN", "SmoothReLU", "ACTIVATIONS"):
         return getattr(_modules(), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -160,14 +192,35 @@ def count_params(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def keras_layer_weights(keras_model):
+    """`{layer name: [NumPy arrays]}` of the Keras layers that have weights, in `get_weights()` order."""
+    return {layer.name: layer.get_weights() for layer in keras_model.layers if layer.weights}
+
+
+def save_layer_weights(path, layer_weights):
+    """Writes `keras_layer_weights(...)` to an `.npz` (`"name/index"` keys), for a worker process to load."""
+    np.savez(path, **{f"{name}/{i}": value for name, values in layer_weights.items() for i, value in enumerate(values)})
+
+
+def load_layer_weights(path):
+    """Reads `save_layer_weights`' file back into `{layer name: [arrays]}`."""
+    with np.load(path) as data:
+        keys = sorted(data.files, key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])))
+        weights = {}
+        for key in keys:
+            weights.setdefault(key.rsplit("/", 1)[0], []).append(data[key])
+    return weights
+
+
 def load_keras_weights(torch_model, keras_model):
-    """Copies a Keras `resnet18_cifar` into `torch_model` (same activation). Every Keras layer with weights must be
-    consumed, so an architecture mismatch raises instead of leaving weights at their init."""
+    """Copies a Keras `resnet18_cifar` or `digits_cnn` (or its `keras_layer_weights` dict) into `torch_model`
+    (same architecture and activation). Every Keras layer with weights must be consumed, so an architecture
+    mismatch raises instead of leaving weights at their init."""
     import torch
     from torch import nn
 
     smooth_relu = _modules().SmoothReLU
-    layers = {layer.name: layer for layer in keras_model.layers if layer.weights}
+    layers = keras_model if isinstance(keras_model, dict) else keras_layer_weights(keras_model)
     used = set()
     with torch.no_grad():
         for path, module in torch_model.named_modules():
@@ -176,7 +229,7 @@ def load_keras_weights(torch_model, keras_model):
             name = path.replace(".", "_")
             if name not in layers:
                 raise ValueError(f"No Keras layer {name!r} for torch module {path!r}")
-            weights = layers[name].get_weights()
+            weights = layers[name]
             if isinstance(module, nn.Conv2d):
                 targets = [(module.weight, weights[0].transpose(3, 2, 0, 1))]  # HWIO -> OIHW
             elif isinstance(module, nn.Linear):

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch cross-check: pip install -e '.[crosscheck]'")
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from sat_tf import attacks, models  # noqa: E402
@@ -76,6 +77,52 @@ def test_pgd_follows_our_pgd(ported):
     for x_adv in (ours, theirs):
         assert np.abs(x_adv - x).max() <= EPS + 1e-6
         assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+@pytest.mark.parametrize("activation", ["silu", "relu", "smooth_relu"])
+def test_ported_digits_cnn_gives_the_same_logits_and_input_gradients(activation, tmp_path):
+    """The AutoAttack benchmark's model pair: random BN statistics (so eval-mode BN is not the identity) and the
+    fixed padding of the strided conv are where a port goes wrong; the gradient is what the attacks follow."""
+    keras.utils.set_random_seed(0)
+    model = models.build_model("digits_cnn", activation=activation)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
+                               rng.uniform(0.5, 2, c)])
+        elif layer.weights and layer.weights[0].path.endswith("beta_raw"):
+            layer.set_weights([np.float32(rng.uniform(1.0, 4.0))])
+    # Through the .npz the benchmark hands its worker process, so that path is covered too.
+    path = tmp_path / "weights.npz"
+    torch_reference.save_layer_weights(path, torch_reference.keras_layer_weights(model))
+    torch_model = torch_reference.DigitsCNN(activation).eval()
+    torch_reference.load_keras_weights(torch_model, torch_reference.load_layer_weights(path))
+    assert torch_reference.count_params(torch_model) == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+    x = np.random.default_rng(2).uniform(size=(16, 8, 8, 1)).astype(np.float32)
+    y = np.arange(16) % 10
+    x_tf = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_tf)
+        ours = model(x_tf, training=False)
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, ours))
+    ours, our_grad = ours.numpy(), tape.gradient(loss, x_tf).numpy()
+    x_t = to_torch(x).contiguous().requires_grad_(True)
+    theirs = torch_model(x_t)
+    (their_grad,) = torch.autograd.grad(F.cross_entropy(theirs, torch.from_numpy(y), reduction="sum"), [x_t])
+    theirs, their_grad = theirs.detach().numpy(), their_grad.permute(0, 2, 3, 1).numpy()
+    assert np.max(np.abs(theirs - ours)) <= 1e-5 * np.max(np.abs(ours))
+    assert np.max(np.abs(their_grad - our_grad)) <= 1e-5 * np.max(np.abs(our_grad))
+    assert np.mean(np.sign(their_grad) == np.sign(our_grad)) > 0.999  # what L-inf steps follow
+
+
+def test_layer_weights_must_all_be_consumed():
+    keras.utils.set_random_seed(0)
+    weights = torch_reference.keras_layer_weights(models.build_model("digits_cnn", activation="silu"))
+    weights["extra_dense"] = [np.zeros((2, 2), np.float32)]
+    with pytest.raises(ValueError, match="extra_dense"):
+        torch_reference.load_keras_weights(torch_reference.DigitsCNN("silu"), weights)
 
 
 def test_pgd_random_start_is_uniform_in_the_ball_and_seeded():
