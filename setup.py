@@ -44,6 +44,8 @@ setup(
             "ipykernel",
         ],
         "notebooks": ["jupyter", "nbconvert"],
-        "crosscheck": ["torch==2.13.0"],
+        # Independent references for the cross-check tests and benchmarks: the PyTorch twin (local CPU wheel)
+        # and Croce & Hein's AutoAttack (`pyautoattack` declares no dependencies, so it pulls nothing else).
+        "crosscheck": ["torch==2.13.0", "pyautoattack==0.2.0"],
     },
 )

@@ -296,6 +296,48 @@ def eval_attacks(iters, *, epsilon, step_size, norm="linf", loss="ce", restarts=
     return table
 
 
+def autoattack_options(items):
+    """`["square.queries=1000", "apgd-ce.steps=50"]` -> `{"square": {"queries": 1000}, ...}` (FlagError if malformed)."""
+    from sat_tf.attacks.autoattack import ATTACK_NAMES
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        attack, dot, name = key.strip().partition(".")
+        require(sep and dot and name, f"--autoattack_options entries must be attack.key=value, got {item!r}")
+        choice("autoattack_options", attack, set(ATTACK_NAMES))
+        options.setdefault(attack, {})[name] = parse_value(value.strip())
+    return options
+
+
+def check_autoattack(version, items, *, version_flag):
+    """--autoattack_options parse and fit the AutoAttack `version` (None: AutoAttack is off)."""
+    options = autoattack_options(items)
+    if not options:
+        return options
+    from sat_tf.attacks.autoattack import plan
+
+    require(version is not None, f"--autoattack_options needs AutoAttack; drop --{version_flag}=none")
+    try:
+        plan(version, options=options)
+    except ValueError as err:
+        raise FlagError(f"--autoattack_options={','.join(items)}: {err}")
+    return options
+
+
+def check_autoattack_classes(version, items, num_classes, *, version_flag):
+    """AutoAttack `version` fits a model of `num_classes` classes (its targets need more than 9)."""
+    if version is None:
+        return
+    from sat_tf.attacks.autoattack import plan, validate_classes
+
+    try:
+        validate_classes(num_classes, plan(version, options=autoattack_options(items) or None))
+    except ValueError as err:
+        raise FlagError(f"--{version_flag}={version} on {num_classes} classes: {err} "
+                        "(e.g. --autoattack_options=apgd-t.n_target_classes=3,fab-t.n_target_classes=3)")
+
+
 def load_arrays(dataset, split, *, data_dir, limit=None):
     """A registry data set's split as NumPy (images float32 in [0, 1], int32 labels), in its fixed order."""
     import numpy as np

@@ -102,20 +102,6 @@ def natural_budget(text):
     return value
 
 
-def parse_autoattack_options(items):
-    """`["square.queries=1000", "apgd-ce.steps=50"]` -> `{"square": {"queries": 1000}, ...}`."""
-    from sat_tf.attacks.autoattack import ATTACK_NAMES
-
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        attack, dot, name = key.strip().partition(".")
-        common.require(sep and dot and name, f"--autoattack_options entries must be attack.key=value, got {item!r}")
-        common.choice("autoattack_options", attack, set(ATTACK_NAMES))
-        options.setdefault(attack, {})[name] = common.parse_value(value.strip())
-    return options
-
-
 def validate():
     """Checks the flags before any TF work; raises FlagError.
 
@@ -152,16 +138,7 @@ def validate():
         common.int_list("steps", FLAGS.steps)
     name = common.choice("protocol", "run" if FLAGS.protocol is None else FLAGS.protocol, protocols.PROTOCOLS)
     protocol = protocols.PROTOCOLS[name]
-    options = parse_autoattack_options(FLAGS.autoattack_options)
-    version = autoattack_version(protocol)
-    if options:
-        from sat_tf.attacks.autoattack import plan
-
-        common.require(version is not None, "--autoattack_options needs AutoAttack; drop --autoattack=none")
-        try:
-            plan(version, options=options)
-        except ValueError as err:
-            raise common.FlagError(f"--autoattack_options={','.join(FLAGS.autoattack_options)}: {err}")
+    common.check_autoattack(autoattack_version(protocol), FLAGS.autoattack_options, version_flag="autoattack")
     overrides = {}
     for flag in protocols.ROW_FLAGS:
         if not FLAGS[flag].present:  # the rows' own values; for `run` they equal the flag defaults
@@ -339,7 +316,7 @@ def main(argv):
     logits_fn, description, config, run_eval = model_logits(strategy)
     budget = resolve(protocol, run_eval, name)
     rows = protocols.build_rows(protocol, **budget, norm=FLAGS.norm, autoattack=autoattack_version(protocol),
-                                autoattack_options=parse_autoattack_options(FLAGS.autoattack_options), **overrides)
+                                autoattack_options=common.autoattack_options(FLAGS.autoattack_options), **overrides)
     x, y = load_points(config, dataset, data_dir)
     out = FLAGS.output_dir or (os.path.join(FLAGS.workdir, "report") if FLAGS.model_path is None else "report")
     state_path = os.path.join(out, STATE_FILE)

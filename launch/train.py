@@ -68,6 +68,8 @@ flags.DEFINE_float("eval_attack_epsilon", None, "Eval budget, 0-255 (default: --
 flags.DEFINE_float("eval_attack_step_size", None, "Eval step, 0-255 (default: epsilon/4, SAT's 4/1 ratio).")
 flags.DEFINE_enum("eval_autoattack", "standard", ["standard", "plus", "rand", "none"],
                   "AutoAttack version reported beside PGD after training (L-inf, the eval budget).")
+flags.DEFINE_list("autoattack_options", [], "AutoAttack settings, attack.key=value (e.g. apgd-t.n_target_classes=3 "
+                  "for fewer than 10 classes): a weaker AutoAttack than the standard one, reported as such.")
 # Systems.
 flags.DEFINE_string("strategy", "default", "default | one_device | mirrored | multi_worker | tpu.")
 flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc://host:port (implies --strategy=tpu).")
@@ -130,6 +132,8 @@ def validate():
         not (smoothing_flags.enabled() and FLAGS.objective != "adversarial"),
         f"--objective={FLAGS.objective} cannot be combined with --noise_sd/--smoothadv_attack",
     )
+    common.check_autoattack(None if FLAGS.eval_autoattack == "none" else FLAGS.eval_autoattack,
+                            FLAGS.autoattack_options, version_flag="eval_autoattack")
     smoothing_flags.validate()
     objective_flags.validate()
 
@@ -171,6 +175,9 @@ def main(argv):
         f"--batch_size={FLAGS.batch_size} must be divisible by the {replicas} replicas of --strategy={FLAGS.strategy}",
     )
     chief = distribute.is_chief(strategy)
+    if not smoothing_flags.enabled():
+        common.check_autoattack_classes(None if FLAGS.eval_autoattack == "none" else FLAGS.eval_autoattack,
+                                        FLAGS.autoattack_options, info.num_classes, version_flag="eval_autoattack")
     num_train = min(info.num_train, FLAGS.limit_train or info.num_train)
     steps_per_epoch = num_train // FLAGS.batch_size
     common.require(steps_per_epoch > 0, f"--batch_size={FLAGS.batch_size} exceeds the {num_train} training images")
@@ -291,7 +298,8 @@ def main(argv):
         rows = [evaluation.AttackRow(name, attack)
                 for name, attack in common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step).items()]
         if FLAGS.eval_autoattack != "none":
-            rows.append(attacks.AutoAttackRows(eps=eval_eps, version=FLAGS.eval_autoattack))
+            rows.append(attacks.AutoAttackRows(eps=eval_eps, version=FLAGS.eval_autoattack,
+                                               options=common.autoattack_options(FLAGS.autoattack_options) or None))
         title = f"{FLAGS.model}/{FLAGS.activation} on {FLAGS.dataset}, eps={FLAGS.eval_attack_epsilon or FLAGS.attack_epsilon:g}/255"
     x_test, y_test = common.load_arrays(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, limit=FLAGS.limit_test)
     # Per optimizer step, so a longer rerun in this workdir never meets the old weights' results; an

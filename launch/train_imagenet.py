@@ -88,6 +88,12 @@ flags.DEFINE_list("periodic_eval_attack_iters", ["10"], "PGD steps of the per-ep
 flags.DEFINE_integer("eval_every_epochs", 1, "Evaluate every N epochs during training (0: only at the end).")
 flags.DEFINE_float("eval_attack_epsilon", None, "Eval budget, 0-255 (default: --attack_epsilon).")
 flags.DEFINE_float("eval_attack_step_size", 1.0, "Eval step, 0-255 (SAT: 1).")
+flags.DEFINE_enum("eval_autoattack", "standard", ["standard", "plus", "rand", "none"],
+                  "AutoAttack version of the final evaluation, beside PGD (L-inf, the eval budget).")
+flags.DEFINE_list("autoattack_options", [], "AutoAttack settings, attack.key=value (e.g. "
+                  "apgd-t.n_target_classes=3 for fewer than 10 classes): reported beside the rows.")
+flags.DEFINE_integer("num_autoattack_images", 5000, "AutoAttack on the first N validation images (RobustBench: 5000); "
+                     "held in host memory, resumable from <workdir>/report/evaluation_state-<step>.json.")
 # Systems.
 flags.DEFINE_bool("use_bfloat16", None, "bfloat16 mixed precision (default: on for TPU).")
 flags.DEFINE_bool("use_fp16", False, "float16 mixed precision with dynamic loss scaling (GPU).")
@@ -151,6 +157,12 @@ def validate():
     eval_eps = FLAGS.attack_epsilon if FLAGS.eval_attack_epsilon is None else FLAGS.eval_attack_epsilon
     if eval_eps > 0:
         common.check_step_size("eval_attack_step_size", FLAGS.eval_attack_step_size, "eval_attack_epsilon", eval_eps)
+    common.require(FLAGS.num_autoattack_images >= 1, f"--num_autoattack_images must be >= 1, got {FLAGS.num_autoattack_images}")
+    common.check_autoattack(None if FLAGS.eval_autoattack == "none" else FLAGS.eval_autoattack, FLAGS.autoattack_options,
+                            version_flag="eval_autoattack")
+    if not smoothing_flags.enabled() and FLAGS.mode != "train":
+        common.check_autoattack_classes(None if FLAGS.eval_autoattack == "none" else FLAGS.eval_autoattack,
+                                        FLAGS.autoattack_options, FLAGS.num_label_classes, version_flag="eval_autoattack")
     common.require(FLAGS.eval_every_epochs >= 0, f"--eval_every_epochs must be >= 0, got {FLAGS.eval_every_epochs}")
     common.require(not (FLAGS.use_fp16 and FLAGS.use_bfloat16), "--use_fp16 and --use_bfloat16 are exclusive; pick one")
     check_precision()
@@ -288,6 +300,53 @@ def make_optimizer(schedule, policy):
     if policy == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def run_autoattack(model, ema, strategy, image_size, label_offset, eval_eps, jit, tag):
+    """AutoAttack (and the worst case over its attacks) on the first --num_autoattack_images validation images,
+    per image and resumable; with EMA also on the EMA weights (rows `ema_autoattack...`)."""
+    import numpy as np
+
+    from sat_tf import attacks, evaluation, imagenet_input, record_faults
+
+    xs, ys = [], []
+    with record_faults.named_errors():
+        for x, y in imagenet_input.load_imagenet(
+            "validation", data_dir=FLAGS.data_dir, image_size=image_size, batch_size=256, source=FLAGS.data_source,
+            training=False, label_offset=label_offset, limit=FLAGS.num_autoattack_images,
+        ):
+            xs.append(x.numpy())
+            ys.append(y.numpy())
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    results, warnings = {}, []
+    variants = [("", None)] + ([("ema_", ema)] if ema is not None else [])
+    for prefix, swap in variants:
+        rows = [attacks.AutoAttackRows(eps=eval_eps, version=FLAGS.eval_autoattack, name=f"{prefix}autoattack",
+                                       options=common.autoattack_options(FLAGS.autoattack_options) or None)]
+        # One state per weights (`tag`), so an interrupted evaluation of these weights resumes and other
+        # weights never meet it.
+        state = os.path.join(FLAGS.workdir, "report", f"{prefix}evaluation_state-{tag}.json")
+
+        def evaluate():
+            return evaluation.evaluate_points(
+                lambda z: model(z, training=False), x, y, rows, strategy=strategy, batch_size=FLAGS.eval_batch_size,
+                seed=FLAGS.seed + 1, state_path=state, jit_compile=jit,
+                identity={"workdir": FLAGS.workdir, "init_checkpoint": FLAGS.init_checkpoint, "ema": bool(prefix)},
+                progress=lambda row, done, total, seconds: print(f"  {row}: {done}/{total} images", flush=True),
+            )
+
+        if swap is None:
+            out = evaluate()
+        else:
+            with swap.swapped():
+                out = evaluate()
+        for name, row in out["rows"].items():
+            if name == "clean":
+                continue
+            key = f"{prefix}autoattack worst case" if name == evaluation.WORST_CASE else name
+            results[key] = row
+        warnings += [f"{prefix}autoattack: {w}" if prefix else w for w in out["warnings"]]
+    return results, warnings
 
 
 def main(argv):
@@ -495,12 +554,23 @@ def main(argv):
         if path is None:
             raise FileNotFoundError(f"no checkpoint in {os.path.join(FLAGS.workdir, 'checkpoints')}: train first or pass --init_checkpoint")
         checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+        weights_tag = os.path.basename(path)
         if chief:
             print(f"evaluating {path}", flush=True)
 
     if FLAGS.mode != "train":
         iters = run_config["eval"]["iters"]
         results = run_evaluation(iters, seed=FLAGS.seed + 1)
+        warnings = []
+        if not smoothing and FLAGS.eval_autoattack != "none" and eval_eps > 0:
+            if FLAGS.init_checkpoint:
+                tag = "init"
+            elif FLAGS.mode == "eval":
+                tag = weights_tag
+            else:
+                tag = f"step{int(optimizer.iterations.numpy())}"
+            aa_results, warnings = run_autoattack(model, ema, strategy, image_size, label_offset, eval_eps, jit, tag)
+            results.update(aa_results)
         if chief:
             title = f"{FLAGS.model}/{FLAGS.activation} on ImageNet validation ({image_size}px), " + (
                 f"base classifier of {attack_config['name']} (sigma={FLAGS.noise_sd:g})" if smoothing else f"eps={eval_eps * 255:g}/255"
@@ -512,8 +582,12 @@ def main(argv):
                 "step (0-255)": round(eval_step * 255, 3),
                 "minutes": round((time.perf_counter() - start) / 60, 2),
             }
-            paths = report.write_report(results, os.path.join(FLAGS.workdir, "report"), meta=meta, title=title)
-            print(report.markdown_table(results, title=title))
+            if FLAGS.eval_autoattack != "none" and not smoothing:
+                meta["autoattack"] = f"{FLAGS.eval_autoattack} on the first {FLAGS.num_autoattack_images} images" + (
+                    f", options {','.join(FLAGS.autoattack_options)}" if FLAGS.autoattack_options else "")
+            paths = report.write_report(results, os.path.join(FLAGS.workdir, "report"), meta=meta, title=title,
+                                        warnings=warnings)
+            print(report.markdown_table(results, title=title, warnings=warnings))
             print(f"report: {paths['markdown']}  plot: {paths['png']}", flush=True)
     if FLAGS.mode != "eval" and FLAGS.export and chief:
         from sat_tf import export

@@ -35,6 +35,7 @@ def _tiny_flags(data, workdir, *extra):
         "--eval_attack_iters=2",
         "--periodic_eval_attack_iters=1",
         "--deterministic",
+        "--eval_autoattack=none",  # AutoAttack has its own test below
         *extra,
     ]
 
@@ -109,6 +110,36 @@ def test_eval_mode_reproduces_the_final_evaluation(trained, tiny_imagenet):
     for name in before:
         assert after[name]["top1"] == pytest.approx(before[name]["top1"])
         assert after[name]["top5"] == pytest.approx(before[name]["top5"])
+
+
+def test_eval_mode_adds_autoattack_beside_pgd_for_raw_and_ema_weights(trained, tiny_imagenet):
+    """AutoAttack on the first N validation images (4 classes here, so 3 targets), raw and EMA weights, resumable
+    state per checkpoint; its rows join the PGD rows of the report."""
+    workdir, _ = trained
+    options = "apgd-ce.steps=10,apgd-t.steps=10,apgd-t.n_target_classes=3,fab-t.steps=10,fab-t.n_target_classes=3," \
+              "square.queries=50"
+    flags = _tiny_flags(tiny_imagenet, workdir, "--moving_average_decay=0.9", "--mode=eval")
+    flags = [f for f in flags if f != "--eval_autoattack=none"] + ["--num_autoattack_images=6",
+                                                                    f"--autoattack_options={options}"]
+    proc = _run(flags)
+    report = json.load(open(os.path.join(workdir, "report", "robustness.json")))
+    results = report["results"]
+    for prefix in ("", "ema_"):
+        names = [f"{prefix}autoattack/{a}" for a in ("apgd-ce", "apgd-t", "fab-t", "square")]
+        assert set(names + [f"{prefix}autoattack", f"{prefix}autoattack worst case"]) <= set(results)
+        assert all(results[n]["count"] == 6 for n in names)
+        assert results[f"{prefix}autoattack"]["top1"] <= results[f"{prefix}autoattack/apgd-ce"]["top1"]
+    assert "options apgd-ce.steps=10" in report["meta"]["autoattack"]
+    assert glob.glob(os.path.join(workdir, "report", "evaluation_state-ckpt-*.json"))
+    assert "| autoattack |" in proc.stdout
+
+
+def test_autoattack_on_too_few_classes_is_one_line(tiny_imagenet, tmp_path):
+    flags = [f for f in _tiny_flags(tiny_imagenet, str(tmp_path / "run")) if f != "--eval_autoattack=none"]
+    proc = _run(flags, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: --eval_autoattack=standard on 4 classes: apgd-t with 9 target classes needs >= 10 classes" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_sigterm_then_rerun_reaches_the_uninterrupted_weights(trained, tiny_imagenet, tmp_path):
