@@ -86,6 +86,37 @@ def test_evaluate_reproduces_the_training_report(tiny_run, tmp_path):
     assert os.path.getsize(os.path.join(out, "robustness.png")) > 1000
 
 
+def test_evaluate_any_model_file_gives_the_runs_numbers(tiny_run, tmp_path):
+    """--model_path: the run's model.keras (safe_mode) and its SavedModel (the differentiable logits_float
+    endpoint) give the --workdir evaluation's numbers; --input_range/--std describe a model's input (here
+    0..255 pixels divided by 255 again: the same function, so the same numbers). AutoAttack runs through the
+    reloaded SavedModel's gradients."""
+    workdir, _ = tiny_run
+    common = ["--steps=2", "--limit=48", "--seed=1", "--eps=32/255"]
+    quick_aa = ["--autoattack_options=apgd-ce.steps=10,apgd-t.steps=5,apgd-t.n_target_classes=2,fab-t.steps=5,"
+                "fab-t.n_target_classes=2,square.queries=50"]
+    reports = {}
+    for name, flags in {
+        "workdir": [f"--workdir={workdir}", "--autoattack=none"],
+        "keras": [f"--model_path={workdir}/model.keras", "--dataset=digits", "--autoattack=none"],
+        "scaled": [f"--model_path={workdir}/model.keras", "--dataset=digits", "--input_range=0,255", "--std=255",
+                   "--autoattack=none"],
+        "saved_model": [f"--model_path={workdir}/saved_model", "--dataset=digits", *quick_aa],
+    }.items():
+        out = str(tmp_path / name)
+        launch("evaluate.py", *flags, *common, f"--output_dir={out}")
+        reports[name] = json.load(open(os.path.join(out, "robustness.json")))
+    rows = {name: {row: r["top1"] for row, r in report["results"].items()} for name, report in reports.items()}
+    assert rows["keras"] == rows["workdir"] == rows["scaled"]
+    assert list(rows["workdir"]) == ["clean", "pgd2", "worst case"]
+    # The SavedModel's graph may round differently from the Keras call: the same clean predictions, and PGD
+    # within one image of 48.
+    saved = rows["saved_model"]
+    assert saved["clean"] == rows["workdir"]["clean"] and abs(saved["pgd2"] - rows["workdir"]["pgd2"]) <= 1 / 48
+    assert saved["autoattack"] <= saved["autoattack/apgd-ce"] <= saved["clean"] and saved["autoattack"] < 1
+    assert reports["saved_model"]["meta"]["model_path"].endswith("saved_model")
+
+
 def test_export_reloads_without_sat_tf(tiny_run, tmp_path):
     workdir, _ = tiny_run
     exported = str(tmp_path / "served")
