@@ -1,4 +1,5 @@
-"""PyTorch reference of our ResNet-18 CIFAR, PGD-K training step and Cohen sampling loop, for timing side by side.
+"""PyTorch reference of our ResNet-18 CIFAR, PGD-K training step, Cohen sampling loop and (with pyautoattack) AutoAttack
+on our digits CNN, for timing side by side.
 
 What it is: the PyTorch code a reader would compare sat_tf against, written to do exactly the same arithmetic, so a
 benchmark driver can time both on the same machine (benchmarks/ and tests/test_torch_reference.py only; the package
@@ -24,6 +25,12 @@ How it matches ours:
   variance (PyTorch), ours with the biased one (Keras).
 - `make_certify_sampler`: Cohen et al.'s `core.py` `Smooth._sample_noise` loop (batches of
   `x.repeat`, Gaussian noise, argmax, class counts).
+- `DigitsCNN`: our `digits_cnn` (benchmarks/autoattack_time.py's model): the `(x - mean) / std` preprocessing
+  inside the model (`sat`: 0.5 / 0.5), three conv3x3 (no bias; `padding=1`, which is our fixed symmetric padding
+  of the strided conv) - BN (eps 1e-5) - act, global average pool, `fc`; NCHW input. Its Keras layer names are the
+  module names, so `load_keras_weights` ports it as it ports the ResNet. `KerasMLP`: tests/aa_reference.py's MLP.
+- `run_reference_autoattack`: the reference AutoAttack (`pyautoattack`'s `run_standard_evaluation`) on a ported
+  model, timed, with the robust accuracy and seconds after each attack read from its log.
 
 Importing this file does not import torch: the classes are built on first access (module `__getattr__`) and the
 functions import torch themselves, so a TensorFlow driver can `from torch_reference import Worker` and run torch in
@@ -35,6 +42,8 @@ Worker mode: one JSON request per stdin line, exactly one JSON reply per request
     {"op": "build", "id": "t", "kind": "train", "activation": "relu", "k": 1, "batch": 128, "precision": "float32"}
     {"op": "build", "id": "c", "kind": "certify", "activation": "silu", "batch": 400, "num": 800, "sigma": 0.25}
     {"op": "time", "id": "t", "n": 3}
+    {"op": "autoattack", "arch": "digits_cnn", "arch_kwargs": {"activation": "silu"}, "weights": "w.npz",
+     "points": "p.npz", "eps": 0.1255, "version": "standard", "seed": 0, "batch_size": 250, "options": null}
     {"op": "rss"}
     {"op": "quit"}
 
@@ -42,14 +51,19 @@ Worker mode: one JSON request per stdin line, exactly one JSON reply per request
 `build` replies `{"ok": true, "params": <trainable parameters>}` and runs nothing; `time` runs the built thing `n`
 times (a train step, or one `sample(x, num)`) and replies `{"ok": true, "times": [seconds per call], "first":
 <seconds of the first call ever made for that id>}` (the first call is in `times` too: the driver drops warm-up);
-`rss` replies `{"ok": true, "max_rss_mb": ...}`; `quit` replies and exits. An error replies `{"ok": false, "error":
+`autoattack` loads Keras weights (`save_layer_weights`' .npz) into `build_reference_model(arch, **arch_kwargs)`
+and NCHW points (.npz with `x`, `y`), runs `run_reference_autoattack` and replies with its dict (`seconds`,
+`accuracy` and `attack_seconds` per attack, per-point `robust` flags); `rss` replies `{"ok": true, "max_rss_mb":
+...}`; `quit` replies and exits. An error replies `{"ok": false, "error":
 "..."}` and the worker keeps serving. `Worker` is the client.
 """
 
 import argparse
 import functools
 import json
+import logging
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -175,14 +189,29 @@ def _modules():
                 x = getattr(self, f"act{i}")(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
             return self.fc(x.mean(dim=(2, 3)))
 
+    class KerasMLP(nn.Module):
+        """tests/aa_reference.py's `keras_mlp`: flatten in NHWC order (as Keras), `Linear`-act per hidden layer,
+        then a `Linear` of logits; `sizes` = [inputs, hidden..., classes]."""
+
+        def __init__(self, sizes, activation="relu"):
+            super().__init__()
+            self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+            self.act = activations[activation]()
+
+        def forward(self, x):
+            h = x.permute(0, 2, 3, 1).flatten(1)
+            for linear in self.linears[:-1]:
+                h = self.act(linear(h))
+            return self.linears[-1](h)
+
     return types.SimpleNamespace(
-        ResNet18Cifar=ResNet18Cifar, BasicBlock=BasicBlock, DigitsCNN=DigitsCNN, SmoothReLU=SmoothReLU,
-        ACTIVATIONS=activations,
+        ResNet18Cifar=ResNet18Cifar, BasicBlock=BasicBlock, DigitsCNN=DigitsCNN, KerasMLP=KerasMLP,
+        SmoothReLU=SmoothReLU, ACTIVATIONS=activations,
     )
 
 
 def __getattr__(name):
-    if name in ("ResNet18Cifar", "BasicBlock", "DigitsCNN", "SmoothReLU", "ACTIVATIONS"):
+    if name in ("ResNet18Cifar", "BasicBlock", "DigitsCNN", "KerasMLP", "SmoothReLU", "ACTIVATIONS"):
         return getattr(_modules(), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -342,6 +371,131 @@ def make_certify_sampler(model, *, sigma=0.25, batch_size=400, num_classes=NUM_C
     return sample
 
 
+# === The reference AutoAttack (pyautoattack) on a ported model ===
+
+# Our per-attack options (`sat_tf.attacks.autoattack.plan`) -> (attribute of the reference's `AutoAttack`, its name).
+REFERENCE_OPTIONS = {
+    ("apgd-ce", "steps"): ("apgd", "n_iter"),
+    ("apgd-ce", "restarts"): ("apgd", "n_restarts"),
+    ("apgd-t", "steps"): ("apgd_targeted", "n_iter"),
+    ("apgd-t", "n_target_classes"): ("apgd_targeted", "n_target_classes"),
+    ("fab-t", "steps"): ("fab", "n_iter"),
+    ("fab-t", "n_target_classes"): ("fab", "n_target_classes"),
+    ("square", "queries"): ("square", "n_queries"),
+}
+_ACCURACY_LINE = re.compile(r"robust accuracy after ([A-Z-]+): ([0-9.]+)%")
+
+
+def build_reference_model(arch, layer_weights, **kwargs):
+    """A torch module (eval mode) holding Keras weights (a `keras_layer_weights` dict): `arch` is `"digits_cnn"`
+    (`DigitsCNN(**kwargs)`) or `"mlp"` (`KerasMLP`, tests/aa_reference.py's `keras_mlp`; kwargs: `activation`)."""
+    import torch
+
+    if arch == "digits_cnn":
+        model = _modules().DigitsCNN(**kwargs)
+        load_keras_weights(model, layer_weights)
+        return model.eval()
+    if arch != "mlp":
+        raise ValueError(f"`arch` must be 'digits_cnn' or 'mlp'. Received: {arch!r}")
+    names = sorted(n for n in layer_weights if n.startswith("dense")) + ["logits"]
+    if set(names) != set(layer_weights):
+        raise ValueError(f"mlp: expected layers dense0.. and logits, got {sorted(layer_weights)}")
+    sizes = [layer_weights[names[0]][0].shape[0]] + [layer_weights[n][0].shape[1] for n in names]
+    model = _modules().KerasMLP(sizes, **kwargs)
+    with torch.no_grad():
+        for linear, name in zip(model.linears, names):
+            kernel, bias = layer_weights[name]
+            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.T)))
+            linear.bias.copy_(torch.from_numpy(bias))
+    return model.eval()
+
+
+def run_reference_autoattack(model, x, y, *, eps, version="standard", seed=0, batch_size=250, options=None):
+    """The reference's `run_standard_evaluation` (L-inf) on `model`, timed, with what it reports per attack.
+
+    Args:
+        model: a torch module in eval mode taking NCHW float32 in [0, 1].
+        x: NCHW float32 `[P, C, H, W]` (NumPy); y: int labels `[P]`.
+        options: our `{attack: {keyword: value}}` settings (`REFERENCE_OPTIONS` maps them onto the reference's
+            attributes), e.g. fewer steps for a smoke run; None: the version's defaults.
+
+    Returns:
+        `{"seconds": wall time of run_standard_evaluation (its model checks, clean pass and attacks),
+        "accuracy": {"clean": .., attack: ..} robust accuracy after each attack (the reference's log lines),
+        "attack_seconds": {attack: ..} (time between its log lines; "clean" = model checks + clean pass),
+        "robust": final per-point flags (list of bool)}`. An attack skipped because nothing was left robust
+        reports the accuracy before it and 0 s.
+    """
+    import torch
+    from pyautoattack import AutoAttack
+
+    runner = AutoAttack(model, eps=eps, norm="Linf", seed=seed, version=version, device="cpu")
+    _apply_reference_options(runner, options or {})
+    records = []
+    handler = _RecordingHandler(records)
+    logger = logging.getLogger("auto-attack")
+    saved = (logger.level, logger.propagate)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # its per-batch lines would flood the driver's stderr
+    logger.addHandler(handler)
+    x_t, y_t = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
+    try:
+        start = time.time()  # log records carry time.time() stamps
+        _, y_adv = runner.run_standard_evaluation(x_t, y_t, batch_size=batch_size)
+        end = time.time()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+    accuracy, attack_seconds = _parse_reference_log(records, runner.attacks_to_run, start, len(y))
+    return {"seconds": end - start, "accuracy": accuracy, "attack_seconds": attack_seconds,
+            "robust": (y_adv.numpy() == np.asarray(y)).tolist()}
+
+
+def _apply_reference_options(runner, options):
+    for attack, settings in options.items():
+        for key, value in settings.items():
+            if (attack, key) not in REFERENCE_OPTIONS:
+                raise ValueError(f"no reference counterpart for option {attack}.{key}; known: "
+                                 f"{sorted('.'.join(k) for k in REFERENCE_OPTIONS)}")
+            owner, name = REFERENCE_OPTIONS[(attack, key)]
+            setattr(getattr(runner, owner), name, value)
+    for apgd in (runner.apgd, runner.apgd_targeted):
+        # APGD derives its checkpoint schedule from n_iter in its constructor: redo it for a new n_iter.
+        apgd.n_iter_2 = max(int(0.22 * apgd.n_iter), 1)
+        apgd.n_iter_min = max(int(0.06 * apgd.n_iter), 1)
+        apgd.size_decr = max(int(0.03 * apgd.n_iter), 1)
+
+
+class _RecordingHandler(logging.Handler):
+    """Keeps (time, message) of every record."""
+
+    def __init__(self, records):
+        super().__init__(logging.DEBUG)
+        self.records = records
+
+    def emit(self, record):
+        self.records.append((record.created, record.getMessage()))
+
+
+def _parse_reference_log(records, attacks, start, count):
+    """Robust accuracy and seconds per attack from the reference's "initial accuracy" / "robust accuracy after"
+    lines (percentages with two decimals: exact counts for up to 10 000 points)."""
+    clean_at, clean = next((t, m) for t, m in records if m.startswith("initial accuracy"))
+    last_t, last_acc = clean_at, round(float(clean.split(":")[1].strip().rstrip("%")) * count / 100) / count
+    accuracy, attack_seconds = {"clean": last_acc}, {"clean": clean_at - start}
+    after = {}
+    for t, message in records:
+        match = _ACCURACY_LINE.match(message)
+        if match:
+            after[match.group(1).lower()] = (t, round(float(match.group(2)) * count / 100) / count)
+    for attack in attacks:
+        t, acc = after.get(attack, (last_t, last_acc))
+        accuracy[attack], attack_seconds[attack] = acc, t - last_t
+        last_t, last_acc = t, acc
+    return accuracy, attack_seconds
+
+
 # === Worker process and its client ===
 
 
@@ -373,6 +527,22 @@ def _build(msg):
     return functools.partial(sample, x, cfg.num), count_params(model)
 
 
+def _autoattack(msg):
+    """One `autoattack` request: the model from `weights` (.npz of `save_layer_weights`), the points from `points`
+    (.npz with NCHW `x` and `y`), then `run_reference_autoattack`."""
+    keys = {"op", "arch", "arch_kwargs", "weights", "points", "eps", "version", "seed", "batch_size", "options"}
+    unknown = set(msg) - keys
+    missing = [k for k in ("arch", "weights", "points", "eps") if k not in msg]
+    if unknown or missing:
+        raise ValueError(f"autoattack: unknown keys {sorted(unknown)}, missing keys {missing}")
+    model = build_reference_model(msg["arch"], load_layer_weights(msg["weights"]), **msg.get("arch_kwargs", {}))
+    with np.load(msg["points"]) as points:
+        x, y = points["x"], points["y"]
+    return run_reference_autoattack(model, x, y, eps=msg["eps"], version=msg.get("version", "standard"),
+                                    seed=msg.get("seed", 0), batch_size=msg.get("batch_size", 250),
+                                    options=msg.get("options"))
+
+
 def _handle(msg, built):
     op = msg.get("op")
     if op == "build":
@@ -391,6 +561,8 @@ def _handle(msg, built):
             if entry.first is None:
                 entry.first = times[-1]
         return {"ok": True, "times": times, "first": entry.first}
+    if op == "autoattack":
+        return {"ok": True, **_autoattack(msg)}
     if op == "rss":
         return {"ok": True, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if op == "quit":

@@ -91,3 +91,63 @@ def test_profile_sums_op_events_by_type_per_step():
     space.planes.add(name="/device:TPU:0").event_metadata[1].name = "ignored:Conv2D"
     totals = profile_ops.op_seconds(space.SerializeToString(), steps=2)
     assert dict(totals) == {"_MklNativeConv2D": 3.0, "XLA kernels": 1.0, "Relu": 0.5}
+
+
+def test_autoattack_time_quick_run_compares_both_sides_and_replaces_its_section(tmp_path):
+    """Structure and sanity of benchmarks/autoattack_time.py on tiny settings (a one-epoch model, 16 points, every
+    attack shrunk); never which side is faster."""
+    import importlib.util
+
+    import autoattack_time
+
+    out = tmp_path / "BENCHMARKS.md"
+    # A section from an earlier run: the run must replace it, not append a second one.
+    out.write_text("# sat_tf benchmarks\n\n## AutoAttack: ours vs the reference (2000-01-01)\n\nstale\n\n"
+                   "## Other section\n\nkept\n")
+    results = autoattack_time.main(["--quick", f"--output={out}"])
+    main = results["digits"]
+    attacks = ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert main["attacks"] == attacks and results["setup"]["points"] == 16
+    sides = ["evaluator", "graph"] + (["reference"] if autoattack_time.reference_available() else [])
+    for side in sides:
+        r = main[side]
+        assert 0 < r["low"] <= r["median"] <= r["high"] < float("inf") and r["runs"] == 1
+        accuracy = [r["last"]["accuracy"][name] for name in ["clean", *attacks]]
+        assert all(a >= b for a, b in zip(accuracy, accuracy[1:]))  # cumulative robust accuracy
+    assert main["graph_first"] > 0
+    # The evaluator and the one graph make the same draws on the same points.
+    assert main["evaluator_vs_graph"] == 1.0
+    assert main["evaluator"]["last"]["accuracy"] == main["graph"]["last"]["accuracy"]
+    assert set(main["evaluator"]["attack_seconds"]) == {"clean", *attacks}
+    assert all(0 <= b["points"] <= 16 for b in main["breakdown"].values())
+    iteration = results["iteration"]
+    assert set(iteration["costs"]["cases"]) == {("apgd", 2), ("apgd", 4), ("pgd", 2), ("pgd", 4)}
+    assert all(c["median"] > 0 and c["first"] > 0 for c in iteration["costs"]["cases"].values())
+    assert iteration["per_iteration"]["ratio"] == iteration["per_iteration"]["apgd"] / iteration["per_iteration"]["pgd"]
+    if "reference" in main:
+        assert 0 <= main["agreement"]["evaluator"] <= 1
+        assert set(main["reference"]["attack_seconds"]) == {"clean", *attacks}
+    elif importlib.util.find_spec("torch") is not None:
+        raise AssertionError("torch is installed but the reference did not run")
+    text = out.read_text()
+    assert text.count("## AutoAttack: ours vs the reference") == 1 and "stale" not in text
+    assert "## Other section\n\nkept" in text
+    assert "python benchmarks/autoattack_time.py --quick" in text and "load average" in text
+    for table in ("### Wall time", "### Robust accuracy", "### Seconds per attack", "### Per iteration",
+                  "### Against the goals"):
+        assert table in text
+    assert results["section"] in text
+
+
+def test_autoattack_time_rejects_inconsistent_flags():
+    import pytest
+
+    import autoattack_time
+
+    for bad in (["--iter_ks=10"], ["--iter_ks=10,x"], ["--rounds=0"], ['--options={"square": {"nope": 1}}'],
+                ['--options={"fab": {"steps": 1}}'], ["--options={"]):
+        with pytest.raises(SystemExit):
+            autoattack_time.parse_args(bad)
+    quick = autoattack_time.parse_args(["--quick", "--rounds=2"])
+    assert quick.rounds == 2 and quick.points == 16 and quick.iter_ks == [2, 4]  # explicit flags win over --quick
+    assert quick.options == autoattack_time.QUICK_OPTIONS

@@ -125,6 +125,57 @@ def test_layer_weights_must_all_be_consumed():
         torch_reference.load_keras_weights(torch_reference.DigitsCNN("silu"), weights)
 
 
+def test_ported_mlp_is_the_twin_of_the_autoattack_cross_checks():
+    import aa_reference
+
+    model = aa_reference.keras_mlp(3)
+    twin = aa_reference.torch_twin(model)
+    ported = torch_reference.build_reference_model("mlp", torch_reference.keras_layer_weights(model))
+    x = aa_reference.to_nchw(np.random.default_rng(0).uniform(size=(8, 8, 8, 1)))
+    with torch.no_grad():
+        np.testing.assert_allclose(ported(x).numpy(), twin(x).numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ported(x).numpy(), model(aa_reference.to_nhwc(x)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_reference_log_gives_accuracy_and_seconds_per_attack():
+    records = [(10.0, "using standard version including apgd-ce, apgd-t, fab-t, square."),
+               (11.5, "initial accuracy: 75.00%"),
+               (12.0, "apgd-ce - 1/1 - 2 out of 3 successfully perturbed"),
+               (14.5, "robust accuracy after APGD-CE: 25.00% (total time 3.0 s)"),
+               (20.5, "robust accuracy after APGD-T: 0.00% (total time 9.0 s)"),
+               (20.6, "no robust datapoints left, skipping remaining attacks")]
+    accuracy, seconds = torch_reference._parse_reference_log(
+        records, ["apgd-ce", "apgd-t", "fab-t", "square"], start=10.0, count=4)
+    assert accuracy == {"clean": 0.75, "apgd-ce": 0.25, "apgd-t": 0.0, "fab-t": 0.0, "square": 0.0}
+    assert seconds == {"clean": 1.5, "apgd-ce": 3.0, "apgd-t": 6.0, "fab-t": 0.0, "square": 0.0}
+
+
+def test_worker_runs_the_reference_autoattack_with_our_options(tmp_path):
+    import aa_reference
+
+    pytest.importorskip("pyautoattack", reason="pip install -e '.[crosscheck]' (pyautoattack)")
+    model = aa_reference.keras_mlp(0)
+    x, _ = aa_reference.digits_points(12)
+    y = model(x).numpy().argmax(1)  # every point correct: each attack has points to work on
+    torch_reference.save_layer_weights(tmp_path / "w.npz", torch_reference.keras_layer_weights(model))
+    np.savez(tmp_path / "p.npz", x=x.transpose(0, 3, 1, 2), y=y)
+    options = {"apgd-ce": {"steps": 3}, "apgd-t": {"steps": 3, "n_target_classes": 2},
+               "fab-t": {"steps": 3, "n_target_classes": 2}, "square": {"queries": 5}}
+    request = dict(op="autoattack", arch="mlp", arch_kwargs={"activation": "relu"}, weights=str(tmp_path / "w.npz"),
+                   points=str(tmp_path / "p.npz"), eps=0.1, seed=0, batch_size=5, options=options)
+    with torch_reference.Worker(threads=1) as worker:
+        reply = worker.request(**request)
+        with pytest.raises(RuntimeError, match="no reference counterpart for option square.p_init"):
+            worker.request(**{**request, "options": {"square": {"p_init": 0.5}}})
+    accuracy = list(reply["accuracy"].values())
+    assert list(reply["accuracy"]) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"] == list(reply["attack_seconds"])
+    assert all(a >= b for a, b in zip(accuracy, accuracy[1:]))  # cumulative
+    assert reply["accuracy"]["clean"] == 1.0 and reply["attack_seconds"]["apgd-ce"] > 0
+    assert len(reply["robust"]) == 12 and np.mean(reply["robust"]) == accuracy[-1]
+    assert reply["seconds"] > 0 and all(t >= 0 for t in reply["attack_seconds"].values())
+    assert sum(reply["attack_seconds"].values()) <= reply["seconds"]
+
+
 def test_pgd_random_start_is_uniform_in_the_ball_and_seeded():
     model = torch_reference.ResNet18Cifar()
     x = torch.full((2, 3, 32, 32), 0.5)
