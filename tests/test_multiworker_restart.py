@@ -105,3 +105,33 @@ def test_killed_worker_restart_resumes_to_the_weights_of_a_clean_restart(tmp_pat
     assert worker_out.strip() == ""
     _assert_equal(expected, _weights(checkpoints))
     _assert_equal(expected, _weights(os.path.join(workdir, "scratch", "worker1", "checkpoints")))
+
+
+def test_two_workers_evaluate_as_one_device(tmp_path):
+    """launch/evaluate.py with --strategy=multi_worker: the chunks are split over the two workers' replicas and
+    gathered to both; the chief's report equals a single-process evaluation, and only the chief writes it."""
+    workdir = str(tmp_path / "run")
+    subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), "--epochs=1", "--limit_train=128",
+                    "--limit_test=32", "--batch_size=32", "--attack_iter=1", "--eval_attack_iters=1",
+                    "--eval_autoattack=none", "--export=false", f"--workdir={workdir}"],
+                   check=True, capture_output=True, timeout=600, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    flags = ["--limit=40", "--steps=2", "--batch_size=16", "--eps=32/255",
+             "--autoattack_options=apgd-ce.steps=10,apgd-t.steps=5,apgd-t.n_target_classes=2,fab-t.steps=5,"
+             "fab-t.n_target_classes=2,square.queries=50"]
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "launch", "evaluate.py"), f"--workdir={workdir}", *flags,
+             "--strategy=multi_worker", f"--output_dir={tmp_path / 'two'}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+    outs = _finish(procs)
+    subprocess.run([sys.executable, os.path.join(ROOT, "launch", "evaluate.py"), f"--workdir={workdir}", *flags,
+                    f"--output_dir={tmp_path / 'one'}"],
+                   check=True, capture_output=True, timeout=600, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    two = json.load(open(tmp_path / "two" / "robustness.json"))["results"]
+    one = json.load(open(tmp_path / "one" / "robustness.json"))["results"]
+    assert {k: r["top1"] for k, r in two.items()} == {k: r["top1"] for k, r in one.items()}
+    assert "autoattack" in two and "| worst case |" in outs[0] and "| worst case |" not in outs[1]
