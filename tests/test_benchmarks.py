@@ -114,15 +114,19 @@ def test_autoattack_time_quick_run_compares_both_sides_and_replaces_its_section(
         assert 0 < r["low"] <= r["median"] <= r["high"] < float("inf") and r["runs"] == 1
         accuracy = [r["last"]["accuracy"][name] for name in ["clean", *attacks]]
         assert all(a >= b for a, b in zip(accuracy, accuracy[1:]))  # cumulative robust accuracy
-    assert main["graph_first"] > 0
+    assert main["graph_trace"] > 0  # a fresh tf.function: its first call traces
     # The evaluator and the one graph make the same draws on the same points.
     assert main["evaluator_vs_graph"] == 1.0
     assert main["evaluator"]["last"]["accuracy"] == main["graph"]["last"]["accuracy"]
     assert set(main["evaluator"]["attack_seconds"]) == {"clean", *attacks}
-    assert all(0 <= b["points"] <= 16 for b in main["breakdown"].values())
+    assert list(main["breakdown"]) == attacks and all(0 <= b["points"] <= 16 for b in main["breakdown"].values())
+    assert all(b["run"] > 0 for b in main["breakdown"].values() if b["points"])
     iteration = results["iteration"]
     assert set(iteration["costs"]["cases"]) == {("apgd", 2), ("apgd", 4), ("pgd", 2), ("pgd", 4)}
-    assert all(c["median"] > 0 and c["first"] > 0 for c in iteration["costs"]["cases"].values())
+    assert all(0 < c["low"] <= c["median"] <= c["high"] and c["runs"] == 2
+               for c in iteration["costs"]["cases"].values())
+    assert set(iteration["costs"]["traces"]) == {2, 4}
+    assert all(0 < t["low"] <= t["trace"] <= t["high"] for t in iteration["costs"]["traces"].values())
     assert iteration["per_iteration"]["ratio"] == iteration["per_iteration"]["apgd"] / iteration["per_iteration"]["pgd"]
     if "reference" in main:
         assert 0 <= main["agreement"]["evaluator"] <= 1
@@ -151,3 +155,23 @@ def test_autoattack_time_rejects_inconsistent_flags():
     quick = autoattack_time.parse_args(["--quick", "--rounds=2"])
     assert quick.rounds == 2 and quick.points == 16 and quick.iter_ks == [2, 4]  # explicit flags win over --quick
     assert quick.options == autoattack_time.QUICK_OPTIONS
+
+
+def test_autoattack_time_verdicts_and_busy_machine_warning():
+    import types
+
+    import autoattack_time
+
+    def side(seconds, final):
+        return {"median": seconds, "last": {"accuracy": {"square": final}}}
+
+    main = {"attacks": ["apgd-ce", "square"], "reference": side(100.0, 0.50), "evaluator": side(40.0, 0.51),
+            "graph": side(60.0, 0.45)}
+    per_iteration = {"ratio": 1.02, "ratio_at_hi": 1.03}
+    costs = {"traces": {10: {"trace": 1.0}, 1000: {"trace": 1.05}}}
+    checks = [ok for _, _, ok in autoattack_time.verdicts(main, per_iteration, costs, [10, 1000])]
+    # 2.5x at equal accuracy; 1.67x and 5 points weaker; APGD 1.02 x PGD; trace +5 % from K = 10 to 1000.
+    assert checks == [True, False, True, True]
+    busy = autoattack_time.contention_warning(types.SimpleNamespace(samples=[9.0] * 3))
+    quiet = autoattack_time.contention_warning(types.SimpleNamespace(samples=[0.5] * 3))
+    assert quiet == [] and "Warning: the machine was busy" in busy[0]
