@@ -326,16 +326,34 @@ def check_autoattack(version, items, *, version_flag):
 
 
 def check_autoattack_classes(version, items, num_classes, *, version_flag):
-    """AutoAttack `version` fits a model of `num_classes` classes (its targets need more than 9)."""
+    """AutoAttack options for `version` that fit a model of `num_classes` classes.
+
+    The targeted attacks default to 9 targets (ranks 2...10 of the clean
+    logits), which needs >= 10 classes. When --autoattack_options does not set
+    `n_target_classes`, a model with fewer classes gets every other class as a
+    target (the reference would fail inside the attack); the change is
+    returned as `notes` for the report. Returns `(options, notes)`; `options` is None when
+    AutoAttack is off.
+    """
     if version is None:
-        return
+        return None, []
     from sat_tf.attacks.autoattack import plan, validate_classes
 
+    options = autoattack_options(items)
+    notes = []
+    for spec in plan(version, options=options or None):
+        targets = spec.kwargs.get("n_target_classes")
+        given = "n_target_classes" in options.get(spec.name, {})
+        if targets is not None and not given and targets + 1 > num_classes >= 2:
+            options.setdefault(spec.name, {})["n_target_classes"] = num_classes - 1
+            notes.append(f"AutoAttack {version}: {spec.name} uses {num_classes - 1} target classes instead of "
+                         f"{targets} (the model has {num_classes} classes)")
     try:
-        validate_classes(num_classes, plan(version, options=autoattack_options(items) or None))
+        validate_classes(num_classes, plan(version, options=options or None))
     except ValueError as err:
         raise FlagError(f"--{version_flag}={version} on {num_classes} classes: {err} "
                         "(e.g. --autoattack_options=apgd-t.n_target_classes=3,fab-t.n_target_classes=3)")
+    return options or None, notes
 
 
 def load_arrays(dataset, split, *, data_dir, limit=None):

@@ -175,9 +175,13 @@ def main(argv):
         f"--batch_size={FLAGS.batch_size} must be divisible by the {replicas} replicas of --strategy={FLAGS.strategy}",
     )
     chief = distribute.is_chief(strategy)
+    aa_options, aa_notes = None, []
     if not smoothing_flags.enabled():
-        common.check_autoattack_classes(None if FLAGS.eval_autoattack == "none" else FLAGS.eval_autoattack,
-                                        FLAGS.autoattack_options, info.num_classes, version_flag="eval_autoattack")
+        aa_options, aa_notes = common.check_autoattack_classes(
+            None if FLAGS.eval_autoattack == "none" else FLAGS.eval_autoattack,
+            FLAGS.autoattack_options, info.num_classes, version_flag="eval_autoattack")
+        for note in aa_notes if chief else ():
+            print(f"note: {note}", flush=True)
     num_train = min(info.num_train, FLAGS.limit_train or info.num_train)
     steps_per_epoch = num_train // FLAGS.batch_size
     common.require(steps_per_epoch > 0, f"--batch_size={FLAGS.batch_size} exceeds the {num_train} training images")
@@ -298,8 +302,7 @@ def main(argv):
         rows = [evaluation.AttackRow(name, attack)
                 for name, attack in common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step).items()]
         if FLAGS.eval_autoattack != "none":
-            rows.append(attacks.AutoAttackRows(eps=eval_eps, version=FLAGS.eval_autoattack,
-                                               options=common.autoattack_options(FLAGS.autoattack_options) or None))
+            rows.append(attacks.AutoAttackRows(eps=eval_eps, version=FLAGS.eval_autoattack, options=aa_options))
         title = f"{FLAGS.model}/{FLAGS.activation} on {FLAGS.dataset}, eps={FLAGS.eval_attack_epsilon or FLAGS.attack_epsilon:g}/255"
     x_test, y_test = common.load_arrays(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, limit=FLAGS.limit_test)
     # Per optimizer step, so a longer rerun in this workdir never meets the old weights' results; an
@@ -309,7 +312,7 @@ def main(argv):
     evaluate = functools.partial(
         evaluation.evaluate_points, lambda z: model(z, training=False), x_test, y_test, rows, strategy=strategy,
         batch_size=eval_batch, seed=FLAGS.seed + 1, state_path=state_path, jit_compile=jit,
-        identity={"workdir": os.path.abspath(FLAGS.workdir), "step": step},
+        identity={"workdir": os.path.abspath(FLAGS.workdir), "step": step}, worst_case=not smoothing,
     )
     try:
         outcome = evaluate()
@@ -334,8 +337,8 @@ def main(argv):
         "train minutes": round(train_minutes, 2),
     }
     paths = report.write_report(results, os.path.join(FLAGS.workdir, "report"), meta=meta, title=title,
-                                warnings=outcome["warnings"])
-    print(report.markdown_table(results, title=title, warnings=outcome["warnings"]))
+                                warnings=aa_notes + outcome["warnings"])
+    print(report.markdown_table(results, title=title, warnings=aa_notes + outcome["warnings"]))
     model.save(os.path.join(FLAGS.workdir, "model.keras"))
     if FLAGS.activation.lower() == "sparta":
         from sat_tf import sparta

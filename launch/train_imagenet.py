@@ -318,11 +318,13 @@ def run_autoattack(model, ema, strategy, image_size, label_offset, eval_eps, jit
             xs.append(x.numpy())
             ys.append(y.numpy())
     x, y = np.concatenate(xs), np.concatenate(ys)
-    results, warnings = {}, []
+    options, notes = common.check_autoattack_classes(FLAGS.eval_autoattack, FLAGS.autoattack_options,
+                                                     FLAGS.num_label_classes, version_flag="eval_autoattack")
+    results, warnings = {}, list(notes)
     variants = [("", None)] + ([("ema_", ema)] if ema is not None else [])
     for prefix, swap in variants:
         rows = [attacks.AutoAttackRows(eps=eval_eps, version=FLAGS.eval_autoattack, name=f"{prefix}autoattack",
-                                       options=common.autoattack_options(FLAGS.autoattack_options) or None)]
+                                       options=options)]
         # One state per weights (`tag`), so an interrupted evaluation of these weights resumes and other
         # weights never meet it.
         state = os.path.join(FLAGS.workdir, "report", f"{prefix}evaluation_state-{tag}.json")

@@ -124,6 +124,7 @@ def evaluate_points(
     identity=None,
     jit_compile=False,
     progress=None,
+    worst_case=True,
 ):
     """Clean and adversarial accuracy per point, AutoAttack, and the worst case.
 
@@ -155,12 +156,16 @@ def evaluate_points(
             chunk: `done` of the `total` points this row attacks (for
             AutoAttack's rows, the points still robust when it started), and
             the seconds spent on the row so far.
+        worst_case: add the `WORST_CASE` row. Off when the rows are not
+            attacks of one threat model (e.g. Gaussian noise for a smoothed
+            classifier's base model).
 
     Returns:
         `{"rows": {name: {"top1", "top5", "count", "max_norm", "nan",
         "seconds"}}, "warnings": [...], "flags": {name: bool [P]}}` where
         AutoAttack's rows have `top5` None, the last row is `WORST_CASE` (a
-        point counts only if it survives every row), and `flags` are the
+        point counts only if it survives every row) unless `worst_case` is
+        False, and `flags` are the
         per-point results (top-1 correct, or still robust for AutoAttack).
     """
     strategy = strategy or tf.distribute.get_strategy()
@@ -178,7 +183,7 @@ def evaluate_points(
             _run_cascade(engine, state, row, index, seed, top_k, progress)
         else:
             _run_row(engine, state, row, index, seed, top_k, progress)
-    return _summary(state, rows, names)
+    return _summary(state, rows, names, worst_case)
 
 
 def _is_cascade(row):
@@ -486,7 +491,7 @@ def _run_cascade(engine, state, cascade, index, seed, top_k, progress):
             state.save()
 
 
-def _summary(state, rows, names):
+def _summary(state, rows, names, worst_case=True):
     sources, cascade_rows = {}, set()
     warnings = []
     for row in rows:
@@ -525,6 +530,8 @@ def _summary(state, rows, names):
                 nan=sum(r["nan"] for r in per_attack),
                 seconds=round(sum(r["seconds"] for r in per_attack), 3),
             )
+    if not worst_case:
+        return {"rows": table, "warnings": warnings, "flags": flags}
     finals = {row.name for row in rows if _is_cascade(row)}
     attacked = [r for n, r in table.items() if n != "clean" and n not in finals]
     table[WORST_CASE] = {

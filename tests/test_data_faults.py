@@ -203,6 +203,7 @@ def _launch(data_dir, workdir, *extra):
         "--attack_iter=0",
         "--deterministic",
         "--noexport",
+        "--eval_autoattack=none",
         *extra,
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}

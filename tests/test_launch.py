@@ -203,3 +203,26 @@ def test_activation_options_reach_every_site():
     assert len(sites) == 3 and len({layer.name for layer in sites}) == 3
     assert all(layer.mode == "attacker" and layer.alpha == 5 for layer in sites)
     assert common.activation_spec("silu", []) == "silu"
+
+
+@pytest.mark.parametrize("classes, items, expected, notes", [
+    (10, [], None, 0),
+    (4, [], {"apgd-t": {"n_target_classes": 3}, "fab-t": {"n_target_classes": 3}}, 2),
+    (4, ["apgd-t.steps=5"], {"apgd-t": {"steps": 5, "n_target_classes": 3}, "fab-t": {"n_target_classes": 3}}, 2),
+    (4, ["fab-t.n_target_classes=2"], {"apgd-t": {"n_target_classes": 3}, "fab-t": {"n_target_classes": 2}}, 1),
+])
+def test_autoattack_targets_fit_a_model_with_few_classes(classes, items, expected, notes):
+    sys.path.insert(0, ROOT)
+    from launch import common
+
+    options, messages = common.check_autoattack_classes("standard", items, classes, version_flag="eval_autoattack")
+    assert options == expected
+    assert len(messages) == notes and all("target classes instead of 9" in m for m in messages)
+
+
+def test_autoattack_targets_set_too_high_are_one_error():
+    sys.path.insert(0, ROOT)
+    from launch import common
+
+    with pytest.raises(common.FlagError, match="--eval_autoattack=standard on 4 classes: apgd-t with 9 target"):
+        common.check_autoattack_classes("standard", ["apgd-t.n_target_classes=9"], 4, version_flag="eval_autoattack")
