@@ -59,12 +59,13 @@ def test_compare_objectives_smoke(tmp_path):
     # The README's comparison command, on a seconds-long configuration.
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "compare_objectives.py"), "--rows=trades,pgd_at",
            "--seeds=0,1", f"--out={tmp_path}", "--", "--epochs=1", "--limit_train=64", "--limit_test=16",
-           "--batch_size=32", "--eval_attack_iters=1"]
+           "--batch_size=32", "--eval_attack_iters=1",
+           "--autoattack_options=apgd-ce.steps=5,apgd-t.steps=5,fab-t.steps=5,square.queries=50"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = open(tmp_path / "table.md").read()
-    assert "| configuration | clean top-1 (%) | pgd1 top-1 (%) |" in table
+    assert "| configuration | clean top-1 (%) | pgd1 top-1 (%) | autoattack top-1 (%) | worst case top-1 (%) |" in table
     assert "| trades |" in table and "| pgd_at |" in table and " ± " in table
     bad = subprocess.run([sys.executable, cmd[1], "--rows=nope"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "--rows" in bad.stderr

@@ -113,11 +113,10 @@ def test_eval_mode_reproduces_the_final_evaluation(trained, tiny_imagenet):
 
 
 def test_eval_mode_adds_autoattack_beside_pgd_for_raw_and_ema_weights(trained, tiny_imagenet):
-    """AutoAttack on the first N validation images (4 classes here, so 3 targets), raw and EMA weights, resumable
-    state per checkpoint; its rows join the PGD rows of the report."""
+    """AutoAttack on the first N validation images (4 classes here, so 3 targets by default, noted in the report),
+    raw and EMA weights, resumable state per checkpoint; its rows join the PGD rows of the report."""
     workdir, _ = trained
-    options = "apgd-ce.steps=10,apgd-t.steps=10,apgd-t.n_target_classes=3,fab-t.steps=10,fab-t.n_target_classes=3," \
-              "square.queries=50"
+    options = "apgd-ce.steps=10,apgd-t.steps=10,fab-t.steps=10,square.queries=50"
     flags = _tiny_flags(tiny_imagenet, workdir, "--moving_average_decay=0.9", "--mode=eval")
     flags = [f for f in flags if f != "--eval_autoattack=none"] + ["--num_autoattack_images=6",
                                                                     f"--autoattack_options={options}"]
@@ -132,6 +131,7 @@ def test_eval_mode_adds_autoattack_beside_pgd_for_raw_and_ema_weights(trained, t
     assert "options apgd-ce.steps=10" in report["meta"]["autoattack"]
     assert glob.glob(os.path.join(workdir, "report", "evaluation_state-ckpt-*.json"))
     assert "| autoattack |" in proc.stdout
+    assert "apgd-t uses 3 target classes instead of 9 (the model has 4 classes)" in " ".join(report["warnings"])
 
 
 def test_autoattack_on_too_few_classes_is_one_line(tiny_imagenet, tmp_path):
