@@ -6,7 +6,7 @@ installs exactly one top-level package, `sat_tf`; the two folders are remapped t
 installs honour the remap, which is why pyproject.toml declares a build system.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="sat-tf",
@@ -15,7 +15,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["sat_tf", "sat_tf.models", "sat_tf.attacks"],
+    packages=[*find_packages(include=["sat_tf", "sat_tf.*"]), "sat_tf.models", "sat_tf.attacks"],
     package_dir={
         "sat_tf": "sat_tf",
         "sat_tf.models": "models",

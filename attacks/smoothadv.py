@@ -4,7 +4,7 @@ The target is the *soft* smoothed classifier G(x) = mean_i softmax(f(x + n_i))
 over m fixed noise draws n_i, and the loss is -log(max(G(x)_y, 1e-20)): the
 log of the mean softmax, not the mean cross-entropy. One perturbation delta
 per image is shared by its m noisy copies; the noise stays fixed across the
-steps (and is reused by the training step, see `sat_tf.smoothadv`). Budgets
+steps (and is reused by the training step, see `sat_tf.training.objectives`). Budgets
 are L2 in [0, 1] pixel units; the noise is never clipped.
 
 `noise` has shape [B, m, H, W, C] (m draws per image; `sample_noise` makes

@@ -3,7 +3,7 @@ r"""Noise samples/s of randomized-smoothing Monte Carlo on this machine.
     python benchmarks/certify_throughput.py             # ~6 min on 2 CPU cores
     python benchmarks/certify_throughput.py --quick --output=/tmp/B.md   # smoke run
 
-Times `Smooth.sample` (sat_tf.smoothing: one tf.function whose
+Times `Smooth.sample` (sat_tf.certification: one tf.function whose
 tf.while_loop runs every noise batch) against a Python loop that makes one
 call per noise batch, the way the PyTorch reference (`core.py`
 `_sample_noise`) loops: once with that call a tf.function, once eager. Models:
@@ -117,12 +117,12 @@ def _cases(table):
 
 def _sampler(key, logits_fn, x, batch, num, mirrored):
     """A no-argument callable that draws `num` noise samples around x by path `key`."""
-    from sat_tf import smoothing
+    from sat_tf import certification
 
     if key in ("graph", "mirrored"):
         strategy = mirrored if key == "mirrored" else None
-        smooth = smoothing.Smooth(logits_fn, 10, SIGMA, batch_size=batch, strategy=strategy)
-        return lambda: smooth.sample(x, num, 0, smoothing.ESTIMATION)
+        smooth = certification.Smooth(logits_fn, 10, SIGMA, batch_size=batch, strategy=strategy)
+        return lambda: smooth.sample(x, num, 0, certification.ESTIMATION)
     counts = _python_loop(logits_fn, tuple(x.shape), batch, compiled=key == "function")
     return lambda: counts(x, num)
 

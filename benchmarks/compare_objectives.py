@@ -11,7 +11,7 @@ Every row shares the budget of the `rat_digits` preset (L-inf eps 32/255, step
 8/255, 5 attack steps, 30 epochs, no label smoothing) and the evaluation of
 launch/train.py (PGD-10/20 at eps 32/255, step 8/255, random start). This is a
 small-data sanity comparison, not a reproduction of the papers' CIFAR-10 runs.
-Sparta rows need the `sparta` activation (a reconstruction: see sat_tf/sparta.py).
+Sparta rows need the `sparta` activation (a reconstruction: see sat_tf/activations/sparta.py).
 """
 
 import argparse

@@ -2,7 +2,7 @@ r"""Images/s of the ImageNet TFRecord train and eval pipelines on this machine.
 
 Writes --num_images JPEGs (random crops of scikit-image's full-size sample
 photos, ImageNet-like 300-600 px sides) as tensorflow/tpu-format shards in a
-temporary directory, then times `sat_tf.imagenet_input.load_imagenet` (decode,
+temporary directory, then times `sat_tf.data.imagenet_input.load_imagenet` (decode,
 crop, bicubic resize, flip) for the train and eval preprocessing:
 
     python benchmarks/imagenet_input_throughput.py --image_size=224 --batch_size=64
@@ -35,7 +35,7 @@ def _write_shards(directory, num_images):
     import skimage.data
     import tensorflow as tf
 
-    from sat_tf import imagenet_input
+    from sat_tf.data import imagenet_input
 
     names = ["astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins", "hubble_deep_field"]
     photos = [np.atleast_3d(getattr(skimage.data, n)()) for n in names]
@@ -55,7 +55,7 @@ def _write_shards(directory, num_images):
 def _images_per_second(split, directory, args):
     import numpy as np
 
-    from sat_tf import imagenet_input
+    from sat_tf.data import imagenet_input
 
     rates = []
     for _ in range(args.repeats):

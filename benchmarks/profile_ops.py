@@ -7,7 +7,7 @@ Profiles `--steps` steady-state train steps of `benchmarks/step_time.py`'s
 ResNet-18 case with the TensorFlow profiler and sums the host op events of
 the trace by op type (seconds per step, summed over the threads that ran
 them, so the total exceeds the step's wall time on a multi-core machine).
-XLA launch events (the fused activation kernels, `sat_tf.fused`) are summed
+XLA launch events (the fused activation kernels, `sat_tf.activations.fused`) are summed
 as `XLA kernels`. Writes (or replaces) the "## Op profile" section of
 BENCHMARKS.md.
 """

@@ -121,7 +121,10 @@ def build_tf(group, case):
     import numpy as np
     import tensorflow as tf
 
-    from sat_tf import attacks, fused, models, smoothing, train_lib
+    from sat_tf import attacks, models
+    from sat_tf.activations import fused
+    from sat_tf import certification
+    from sat_tf import training
 
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if case.precision == "bfloat16" else "float32")
@@ -133,16 +136,16 @@ def build_tf(group, case):
     rng = np.random.default_rng(0)
     if group.kind == "certify":
         x = tf.constant(rng.uniform(size=group.image_shape).astype(np.float32))
-        smooth = smoothing.Smooth(lambda z: model(z, training=False), group.num_classes, 0.25,
+        smooth = certification.Smooth(lambda z: model(z, training=False), group.num_classes, 0.25,
                                   batch_size=group.batch)
-        return Built(lambda: smooth.sample(x, group.samples, 0, smoothing.ESTIMATION), lambda: None, lambda: None)
+        return Built(lambda: smooth.sample(x, group.samples, 0, certification.ESTIMATION), lambda: None, lambda: None)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True)
     attack = (attacks.get_attack("none") if case.k == 0 else
               attacks.get_attack("pgd", eps=8 / 255, step_size=2 / 255, steps=case.k, random_start=True))
     strategy = tf.distribute.get_strategy()
-    config = train_lib.StepConfig(global_batch_size=group.batch, num_classes=group.num_classes, weight_decay=5e-4,
+    config = training.StepConfig(global_batch_size=group.batch, num_classes=group.num_classes, weight_decay=5e-4,
                                   jit_compile=case.jit, seed=0)
-    train = train_lib.make_train_function(model, optimizer, attack, strategy, config)
+    train = training.make_train_function(model, optimizer, attack, strategy, config)
     x = tf.constant(rng.uniform(size=(group.batch, *group.image_shape)).astype(np.float32))
     y = tf.constant(rng.integers(0, group.num_classes, group.batch).astype(np.int32))
     iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat()))

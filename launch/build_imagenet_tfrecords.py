@@ -139,7 +139,7 @@ def main(argv):
         flush=True,
     )
 
-    from sat_tf import imagenet_input
+    from sat_tf.data import imagenet_input
 
     done = []
 

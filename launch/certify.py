@@ -7,7 +7,7 @@ r"""Randomized-smoothing certificates (Cohen et al.) for a trained run.
 For every image i of the split with i % skip == 0 (and i < --max) it runs
 CERTIFY (--N0 selection samples, --N fresh estimation samples, Clopper-Pearson
 at --alpha) and appends one row to the TSV, in the reference's format
-(`idx label predict radius correct time`, see sat_tf/certification.py). At
+(`idx label predict radius correct time`, see sat_tf/certification/logs.py). At
 the end it prints the certified accuracy at --radii and writes <stem>.md,
 <stem>.png (curves of this TSV and --plot_with) and <tsv>.json (settings).
 σ defaults to the run's training --noise_sd. Several σ on one plot:
@@ -24,7 +24,7 @@ samples/s on this CPU (~8 min per image at N=100000): use a GPU/TPU;
 --strategy=mirrored|tpu shards the noise batches over replicas without
 changing the counts, hence the TSV.
 
-Image idx is certified with seed `certification.image_seed(--seed, idx)`, so
+Image idx is certified with seed `certify_logs.image_seed(--seed, idx)`, so
 any row can be reproduced alone. --max stops before index max; the reference
 agrees whenever max is -1 or a multiple of --skip.
 """
@@ -52,7 +52,7 @@ flags.DEFINE_integer("N0", 100, "Selection samples per image.")
 flags.DEFINE_integer("N", 100000, "Estimation samples per image.")
 flags.DEFINE_float("alpha", 0.001, "Failure probability of each certificate.")
 flags.DEFINE_integer("batch", 1000, "Noise samples per replica per step.")
-flags.DEFINE_integer("seed", 0, "Noise seed (image idx uses certification.image_seed(seed, idx)).")
+flags.DEFINE_integer("seed", 0, "Noise seed (image idx uses certify_logs.image_seed(seed, idx)).")
 flags.DEFINE_string("strategy", "default", "default | one_device | mirrored | multi_worker | tpu.")
 flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc://host:port.")
 flags.DEFINE_string("outfile", None, "The TSV (default: <workdir>/certify/noise_<sigma>.tsv).")
@@ -125,26 +125,26 @@ def images_to_certify(split, indices):
 
 def plot_with_curves(curves=None):
     """{label: rows} of --plot_with (after `curves`); FlagError for a non-TSV file."""
-    from sat_tf import certification
+    from sat_tf.certification import logs as certify_logs
 
     try:
-        return certification.load_curves(FLAGS.plot_with, curves)
+        return certify_logs.load_curves(FLAGS.plot_with, curves)
     except ValueError as err:
         raise common.FlagError(f"--plot_with: {err}")
 
 
 def write_summary(outfile, curves, table_radii, *, title, meta, png):
     """Prints the table; writes <stem>.md and the PNG."""
-    from sat_tf import certification
+    from sat_tf.certification import logs as certify_logs
 
-    table = certification.markdown_table(curves, table_radii, title=title)
+    table = certify_logs.markdown_table(curves, table_radii, title=title)
     print(table, flush=True)
     stem = os.path.splitext(outfile)[0]
     with open(stem + ".md", "w") as f:
         f.write(table)
         if meta:
             f.write("\n" + "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n")
-    certification.plot_certified_accuracy(curves, png, title=title)
+    certify_logs.plot_certified_accuracy(curves, png, title=title)
     return stem + ".md"
 
 
@@ -168,9 +168,9 @@ def training_description(config):
 
 
 def progress(k, total, rows, samples, seconds):
-    from sat_tf import certification
+    from sat_tf.certification import logs as certify_logs
 
-    accuracy = certification.certified_accuracy(rows, [0.0])[0]
+    accuracy = certify_logs.certified_accuracy(rows, [0.0])[0]
     abstain = sum(r.predict == -1 for r in rows)
     common.progress_line(
         k, total, f"certified acc (r=0) {accuracy:.3f}, {abstain} abstain, {samples / max(seconds, 1e-9):,.0f} samples/s"
@@ -179,7 +179,7 @@ def progress(k, total, rows, samples, seconds):
 
 def smoothed_classifier(sigma, config, strategy):
     """Restores the run's model (under `strategy`), wraps it in `Smooth`; also the split to certify."""
-    from sat_tf import smoothing
+    from sat_tf import certification
 
     with strategy.scope():
         model, config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
@@ -193,7 +193,7 @@ def smoothed_classifier(sigma, config, strategy):
     # One callable for every image: the sampler's tf.function is traced once.
     logits_fn = lambda z: model(z, training=False)  # noqa: E731
     sharded = strategy if strategy.num_replicas_in_sync > 1 else None
-    return smoothing.Smooth(logits_fn, num_classes, sigma, batch_size=FLAGS.batch, strategy=sharded), config, split
+    return certification.Smooth(logits_fn, num_classes, sigma, batch_size=FLAGS.batch, strategy=sharded), config, split
 
 
 def certify_rows(smooth, images, out, total, chief):
@@ -201,20 +201,21 @@ def certify_rows(smooth, images, out, total, chief):
 
     Returns (rows, seconds spent inside `certify`).
     """
-    from sat_tf import certification, smoothing
+    from sat_tf.certification import logs as certify_logs
+    from sat_tf import certification
 
     rows, seconds = [], 0.0
-    certification.write_tsv_header(out)
+    certify_logs.write_tsv_header(out)
     for k, (idx, x, label) in enumerate(images, 1):
         if k == 1:  # trace both samplers now, so no row's time includes tracing
-            smooth.sample(x, FLAGS.N0, 0, smoothing.SELECTION)
-            smooth.sample(x, min(FLAGS.N, FLAGS.batch), 0, smoothing.ESTIMATION)
+            smooth.sample(x, FLAGS.N0, 0, certification.SELECTION)
+            smooth.sample(x, min(FLAGS.N, FLAGS.batch), 0, certification.ESTIMATION)
         before = time.perf_counter()
         predict, radius = smooth.certify(x, FLAGS.N0, FLAGS.N, FLAGS.alpha,
-                                         seed=certification.image_seed(FLAGS.seed, idx))
+                                         seed=certify_logs.image_seed(FLAGS.seed, idx))
         elapsed = time.perf_counter() - before
         seconds += elapsed
-        rows.append(certification.write_row(out, idx, label, predict, radius, elapsed))
+        rows.append(certify_logs.write_row(out, idx, label, predict, radius, elapsed))
         if chief:
             progress(k, total, rows, k * (FLAGS.N0 + FLAGS.N), seconds)
     return rows, seconds
@@ -226,7 +227,8 @@ def main(argv):
     if FLAGS.plot_only:
         return plot_only(table_radii)
     start = time.perf_counter()
-    from sat_tf import certification, data, distribute
+    from sat_tf import data, distribute
+    from sat_tf.certification import logs as certify_logs
 
     config = common.load_run_config(FLAGS.workdir)
     sigma = resolve_sigma(config)
@@ -235,7 +237,7 @@ def main(argv):
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     smooth, config, split = smoothed_classifier(sigma, config, strategy)
     split_size = split.size
-    indices = certification.selected_indices(split_size, FLAGS.skip, FLAGS.max)
+    indices = certify_logs.selected_indices(split_size, FLAGS.skip, FLAGS.max)
     chief = distribute.is_chief(strategy)
     outfile = FLAGS.outfile or default_outfile(sigma)
     meta = {
@@ -247,7 +249,7 @@ def main(argv):
     }
     if chief:
         os.makedirs(os.path.dirname(os.path.abspath(outfile)), exist_ok=True)
-        certification.write_sidecar(outfile, meta)  # written first: a running TSV can be plotted
+        certify_logs.write_sidecar(outfile, meta)  # written first: a running TSV can be plotted
         print(
             f"certify: {config['model']} from {FLAGS.workdir}, {dataset}:{FLAGS.split}, sigma={sigma:g}, "
             f"N0={FLAGS.N0} N={FLAGS.N} alpha={FLAGS.alpha:g}, {len(indices)} images "
@@ -261,11 +263,11 @@ def main(argv):
         return 0
     meta.update(images=len(rows), seconds=round(time.perf_counter() - start, 2),
                 certify_seconds_per_image=round(seconds / max(len(rows), 1), 4))
-    certification.write_sidecar(outfile, meta)
+    certify_logs.write_sidecar(outfile, meta)
     if not rows:
         print(f"no image selected (split of {split_size}, skip={FLAGS.skip}, max={FLAGS.max})", flush=True)
         return 0
-    curves = plot_with_curves({certification.curve_label(outfile): rows})
+    curves = plot_with_curves({certify_logs.curve_label(outfile): rows})
     png = FLAGS.plot_output or os.path.splitext(outfile)[0] + ".png"
     title = f"{config['model']} on {dataset}:{FLAGS.split}, N={FLAGS.N}, alpha={FLAGS.alpha:g}"
     markdown = write_summary(outfile, curves, table_radii, title=title, meta=meta, png=png)

@@ -107,7 +107,7 @@ def check_run_data(run_config, *, dataset, split, data_dir):
     if dataset != "imagenet":
         data.dataset_info(dataset, data_dir=data_dir)
         return
-    from sat_tf import imagenet_input
+    from sat_tf.data import imagenet_input
 
     imagenet_split = "validation" if split == "test" else "train"
     if run_config.get("flags", {}).get("data_source", "tfrecord") == "tfrecord":
@@ -158,10 +158,12 @@ def activation_spec(name, options):
 
 def run(main):
     """`absl.app.run(main)`, turning expected failures into one-line errors."""
-    from sat_tf import distribute, record_faults, train_lib
+    from sat_tf import distribute
+    from sat_tf.data import record_faults
+    from sat_tf import training
 
-    expected = (FlagError, distribute.StrategyError, FileNotFoundError, train_lib.DivergenceError,
-                train_lib.CheckpointError, record_faults.CorruptRecordError)
+    expected = (FlagError, distribute.StrategyError, FileNotFoundError, training.DivergenceError,
+                training.CheckpointError, record_faults.CorruptRecordError)
 
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)
@@ -170,10 +172,10 @@ def run(main):
         tf.get_logger().setLevel("ERROR")
         try:
             return main(argv)
-        except train_lib.PreemptedError as err:
+        except training.PreemptedError as err:
             print(f"preempted: {err}", file=sys.stderr, flush=True)
             sys.exit(143)  # 128 + SIGTERM, what schedulers expect
-        except train_lib.WorkerFailedError as err:
+        except training.WorkerFailedError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(143)  # retryable, as a preemption: restart every worker
         except expected as err:
@@ -417,7 +419,7 @@ class RunSplit:
         self.image_size = int(image_size)
         self.flags = run_config.get("flags", {})
         if dataset == "imagenet":
-            from sat_tf import imagenet_input
+            from sat_tf.data import imagenet_input
 
             self.num_classes = int(run_config["model_kwargs"]["num_classes"])
             evaluating = split == "test"
@@ -439,7 +441,7 @@ class RunSplit:
             from sat_tf import data
 
             return data.load_split(self.dataset, self.split, data_dir=self.data_dir, batch_size=batch_size, limit=limit)
-        from sat_tf import imagenet_input
+        from sat_tf.data import imagenet_input
 
         return imagenet_input.load_imagenet(
             "validation" if self.split == "test" else "train",

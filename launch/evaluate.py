@@ -16,7 +16,7 @@ that does not take [0, 1] pixels, say what it takes: --input_range=0,255 or
 mapped units) before the model sees them. Attacks always work on [0, 1]
 pixels, so budgets mean the same for every model.
 
---protocol picks a named evaluation from launch/protocols.py (PROTOCOLS):
+--protocol picks a named evaluation from sat_tf/evaluation/protocols.py (PROTOCOLS):
 
     run           (default) clean + PGD-k at the run's budget and steps, and AutoAttack standard
     autoattack    clean + AutoAttack (--autoattack picks the version)
@@ -57,7 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from launch import common  # noqa: E402
-from launch import protocols  # noqa: E402
+from sat_tf.evaluation import protocols  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("protocol", None, f"Named evaluation, one of {protocols.list_protocols()} (default: run).")
@@ -297,7 +297,8 @@ def main(argv):
     del argv
     name, protocol, overrides = validate()
     start = time.perf_counter()
-    from sat_tf import distribute, evaluation, report
+    from sat_tf import distribute, evaluation
+    from sat_tf.evaluation import report
 
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     if FLAGS.model_path is None:

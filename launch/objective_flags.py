@@ -3,7 +3,7 @@
 `--objective=adversarial` (default) trains on the `--attack` flags' examples
 (SAT, Madry PGD-AT, clean with `--attack=none`). The others use TRADES' KL
 attack with the `--attack_epsilon/--attack_step_size/--attack_iter` budget
-(0-255 units) and the loss of `sat_tf.objectives.TradesObjective`:
+(0-255 units) and the loss of `sat_tf.training.objectives.TradesObjective`:
 
     trades          CE + beta KL(p(x) || p(x'))
     awp_trades      + AWP weight perturbation (gamma, from epoch --awp_warmup)
@@ -97,7 +97,7 @@ def objective(model, num_classes, steps_per_epoch):
     spec = OBJECTIVES[FLAGS.objective]
     if spec is None:
         return None, None
-    from sat_tf import objectives
+    from sat_tf.training import objectives
 
     kwargs = {
         "eps": common.pixels(FLAGS.attack_epsilon), "step_size": common.pixels(FLAGS.attack_step_size),

@@ -103,7 +103,9 @@ def main(argv):
     validate()
     import tensorflow as tf
 
-    from sat_tf import attacks, certification, distribute, smoothing
+    from sat_tf import attacks, distribute
+    from sat_tf.certification import logs as certify_logs
+    from sat_tf import certification
 
     run_config = common.load_run_config(FLAGS.workdir)
     sigma = smoothing_sigma(run_config)
@@ -116,7 +118,7 @@ def main(argv):
         image_size=model.input_shape[1],
     )
     logits_fn = lambda z: model(z, training=False)  # noqa: E731  one callable: one trace
-    smooth = smoothing.Smooth(logits_fn, split.num_classes, sigma, batch_size=FLAGS.batch, strategy=strategy)
+    smooth = certification.Smooth(logits_fn, split.num_classes, sigma, batch_size=FLAGS.batch, strategy=strategy)
     kwargs = attack_kwargs()
     attack = attacks.SMOOTHADV_ATTACKS[FLAGS.attack]
     m = FLAGS.num_noise_vec
@@ -149,7 +151,7 @@ def main(argv):
             seed = tf.constant([FLAGS.seed, index], tf.int32)
             x_adv, base = adversarial(x, y, seed)
             label = int(y[0])
-            prediction = smooth.predict(x_adv[0], FLAGS.N, FLAGS.alpha, seed=certification.image_seed(FLAGS.seed, index))
+            prediction = smooth.predict(x_adv[0], FLAGS.N, FLAGS.alpha, seed=certify_logs.image_seed(FLAGS.seed, index))
             hit = int(prediction == label)
             elapsed = datetime.timedelta(seconds=time.perf_counter() - t0)
             print(f"{index}\t{label}\t{prediction}\t{int(base[0])}\t{hit}\t{elapsed}", file=f, flush=True)

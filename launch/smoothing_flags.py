@@ -62,7 +62,7 @@ def label_smoothing():
 
 def objective(steps_per_epoch):
     """(SmoothAdvObjective, its JSON-able description for run_config.json)."""
-    from sat_tf import smoothadv
+    from sat_tf.training import objectives
 
     config = {
         "noise_sd": FLAGS.noise_sd,
@@ -75,7 +75,7 @@ def objective(steps_per_epoch):
         "warmup": FLAGS.smoothadv_warmup,
         "gamma_ddn": FLAGS.smoothadv_gamma_ddn,
     }
-    built = smoothadv.SmoothAdvObjective(
+    built = objectives.SmoothAdvObjective(
         sigma=FLAGS.noise_sd,
         attack=FLAGS.smoothadv_attack,
         epsilon=config["epsilon"],

@@ -162,7 +162,10 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from sat_tf import attacks, data, distribute, evaluation, export, models, report, schedules, train_lib
+    from sat_tf import attacks, data, distribute, evaluation, export, models
+    from sat_tf.evaluation import report
+    from sat_tf.training import schedules
+    from sat_tf import training
 
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -213,7 +216,7 @@ def main(argv):
         )
         optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov)
     if FLAGS.load_sparta:
-        from sat_tf import sparta
+        from sat_tf.activations import sparta
 
         try:  # frozen before the train function is built: it leaves trainable_variables
             sparta.load_sparta(FLAGS.load_sparta, model, freeze=True)
@@ -266,7 +269,7 @@ def main(argv):
             limit=FLAGS.limit_train,
         )
 
-    step_config = train_lib.StepConfig(
+    step_config = training.StepConfig(
         global_batch_size=FLAGS.batch_size,
         num_classes=info.num_classes,
         label_smoothing=smoothing_flags.label_smoothing(),
@@ -275,7 +278,7 @@ def main(argv):
         seed=FLAGS.seed,
         steps_per_execution=FLAGS.steps_per_execution,
     )
-    history = train_lib.fit(
+    history = training.fit(
         model,
         optimizer,
         attack,
@@ -341,7 +344,7 @@ def main(argv):
     print(report.markdown_table(results, title=title, warnings=aa_notes + outcome["warnings"]))
     model.save(os.path.join(FLAGS.workdir, "model.keras"))
     if FLAGS.activation.lower() == "sparta":
-        from sat_tf import sparta
+        from sat_tf.activations import sparta
 
         print(f"sparta weights: {sparta.save_sparta(os.path.join(FLAGS.workdir, 'sparta.npz'), model)}", flush=True)
     if FLAGS.export:

@@ -216,7 +216,8 @@ def check_precision():
 def check_data():
     """Absent data fails here in seconds, before the strategy or the model exist
     (DatasetNotFoundError names the path and the fix; nothing is downloaded)."""
-    from sat_tf import data, imagenet_input
+    from sat_tf import data
+    from sat_tf.data import imagenet_input
 
     splits = {"train": ["train"], "eval": ["validation"], "train_and_eval": ["train", "validation"]}[FLAGS.mode]
     for split in splits:
@@ -307,7 +308,9 @@ def run_autoattack(model, ema, strategy, image_size, label_offset, eval_eps, jit
     per image and resumable; with EMA also on the EMA weights (rows `ema_autoattack...`)."""
     import numpy as np
 
-    from sat_tf import attacks, evaluation, imagenet_input, record_faults
+    from sat_tf import attacks, evaluation
+    from sat_tf.data import imagenet_input
+    from sat_tf.data import record_faults
 
     xs, ys = [], []
     with record_faults.named_errors():
@@ -359,7 +362,12 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from sat_tf import distribute, ema as ema_lib, imagenet_input, report, schedules, train_lib
+    from sat_tf import distribute
+    from sat_tf.training import ema as ema_lib
+    from sat_tf.data import imagenet_input
+    from sat_tf.evaluation import report
+    from sat_tf.training import schedules
+    from sat_tf import training
 
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -439,7 +447,7 @@ def main(argv):
             flush=True,
         )
 
-    from sat_tf import record_faults
+    from sat_tf.data import record_faults
 
     bad_log = record_faults.BadRecordLog()  # this process's pipelines append bad records here
     bad_reported = [0]
@@ -522,7 +530,7 @@ def main(argv):
                 print(report.markdown_table(results, title=f"epoch {epoch + 1}"), flush=True)
             return {**extra, **{f"eval/{name}_{k}": row[k] for name, row in results.items() for k in ("top1", "top5")}}
 
-        step_config = train_lib.StepConfig(
+        step_config = training.StepConfig(
             global_batch_size=FLAGS.train_batch_size,
             num_classes=FLAGS.num_label_classes,
             label_smoothing=smoothing_flags.label_smoothing(),
@@ -533,7 +541,7 @@ def main(argv):
             attack_grad_scale=128.0 if policy == "mixed_float16" else 1.0,
         )
         with record_faults.named_errors():
-            history = train_lib.fit(
+            history = training.fit(
                 model,
                 optimizer,
                 attack,

@@ -21,7 +21,8 @@ import math
 import keras
 from keras import ops
 
-from sat_tf import activations, fused
+from sat_tf import activations
+from sat_tf.activations import fused
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -309,7 +310,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     in float32, moving averages updated with the *biased* batch variance (the kernel reports the
     unbiased one, so it is rescaled by (n - 1) / n). Falls back to the Keras computation when the
     kernel does not apply (another backend, not 4-D, channels not last, a mask, synchronized or
-    renorm) and inside `sat_tf.fused.disabled()`.
+    renorm) and inside `sat_tf.activations.fused.disabled()`.
     """
 
     def _fusable(self, inputs, mask):

@@ -398,9 +398,9 @@ def test_saved_model_export(model, tmp_path):
 
 @pytest.mark.parametrize("name", ["silu", "gelu", "gelu_erf", "smooth_relu"])
 def test_fused_kernels_equal_the_plain_ops(name):
-    # sat_tf.fused: one XLA kernel forward and one backward must give the
+    # sat_tf.activations.fused: one XLA kernel forward and one backward must give the
     # plain-op values and gradients (input and SmoothReLU's beta_raw).
-    from sat_tf import fused
+    from sat_tf.activations import fused
 
     x = tf.constant(np.random.default_rng(0).normal(0.0, 3.0, (4, 5, 6, 3)).astype(np.float32))
     upstream = tf.sin(x)

@@ -1,4 +1,4 @@
-"""Certification logs, analysis and plots (sat_tf.certification), launch/certify.py
+"""Certification logs, analysis and plots (sat_tf.certification.logs), launch/certify.py
 end to end, and a smoke run of benchmarks/certify_throughput.py.
 
 The TSV lines below are copied from the reference repositories' own logs
@@ -15,8 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from sat_tf import certification
-from sat_tf.certification import Row
+from sat_tf.certification import logs as certify_logs
+from sat_tf.certification.logs import Row
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -61,46 +61,46 @@ def launch(script, *flags, check=True, timeout=300):
     ],
 )
 def test_rows_are_formatted_like_the_reference(args, line):
-    assert certification.format_row(*args) == line
+    assert certify_logs.format_row(*args) == line
 
 
 def test_max_radius_prints_as_in_the_reference_logs():
-    from sat_tf import smoothing
+    from sat_tf import certification
 
     for sigma, printed in ((0.12, "0.457"), (0.25, "0.953"), (0.5, "1.91"), (1.0, "3.81")):
-        radius = smoothing.max_radius(100_000, 0.001, sigma)
-        assert certification.format_row(0, 1, 1, radius, 1).split("\t")[3] == printed
+        radius = certification.max_radius(100_000, 0.001, sigma)
+        assert certify_logs.format_row(0, 1, 1, radius, 1).split("\t")[3] == printed
 
 
 def test_header_and_incremental_rows(tmp_path):
     path = tmp_path / "log.tsv"
     with open(path, "w") as f:
-        certification.write_tsv_header(f)
-        row = certification.write_row(f, 4, 1, 1, 0.98765, 0.25)
+        certify_logs.write_tsv_header(f)
+        row = certify_logs.write_row(f, 4, 1, 1, 0.98765, 0.25)
         assert path.read_text() == "idx\tlabel\tpredict\tradius\tcorrect\ttime\n4\t1\t1\t0.988\t1\t0:00:00.250000\n"
     assert row == Row(4, 1, 1, 0.988, 1, "0:00:00.250000")  # the printed radius, not 0.98765
-    assert certification.read_tsv(path) == [row]
+    assert certify_logs.read_tsv(path) == [row]
 
 
 def test_reference_log_reads_and_reformats_byte_for_byte(tmp_path):
     path = tmp_path / "sigma_0.12"
     path.write_text(REFERENCE_LOG)
-    rows = certification.read_tsv(path)
+    rows = certify_logs.read_tsv(path)
     assert [r.idx for r in rows] == [0, 20, 60, 200, 640, 5840, 11, 22]
     assert rows[0] == Row(0, 3, -1, 0.0, 0, "0:00:13.736080")
     assert rows[3].radius == 0.00457 and rows[3].seconds == pytest.approx(14.116807)
     lines = REFERENCE_LOG.splitlines()[1:]
     for row, line in zip(rows, lines):
-        assert certification.format_row(row.idx, row.label, row.predict, row.radius, row.seconds) == line
+        assert certify_logs.format_row(row.idx, row.label, row.predict, row.radius, row.seconds) == line
 
 
 def test_read_tsv_finds_columns_by_name(tmp_path):
     path = tmp_path / "reordered.tsv"
     path.write_text("label\tidx\textra\tcorrect\tradius\tpredict\ttime\n3\t0\tx\t1\t0.5\t3\t0:00:01\n")
-    assert certification.read_tsv(path) == [Row(0, 3, 3, 0.5, 1, "0:00:01")]
+    assert certify_logs.read_tsv(path) == [Row(0, 3, 3, 0.5, 1, "0:00:01")]
     (tmp_path / "predict.tsv").write_text("idx\tlabel\tpredict\tcorrect\ttime\n0\t1\t1\t1\t0:00:01\n")
     with pytest.raises(ValueError, match="radius"):
-        certification.read_tsv(tmp_path / "predict.tsv")
+        certify_logs.read_tsv(tmp_path / "predict.tsv")
 
 
 # === Accuracy ===
@@ -116,18 +116,18 @@ HAND_ROWS = [  # (correct, radius): counted at r iff correct and radius >= r
 
 def test_certified_accuracy_by_hand():
     radii = [0.0, 0.1, 0.25, 0.5, 0.6]
-    np.testing.assert_allclose(certification.certified_accuracy(HAND_ROWS, radii), [3 / 5, 2 / 5, 2 / 5, 1 / 5, 0])
-    assert float(certification.certified_accuracy(HAND_ROWS[:2], 0.3)) == 0.5
+    np.testing.assert_allclose(certify_logs.certified_accuracy(HAND_ROWS, radii), [3 / 5, 2 / 5, 2 / 5, 1 / 5, 0])
+    assert float(certify_logs.certified_accuracy(HAND_ROWS[:2], 0.3)) == 0.5
     with pytest.raises(ValueError):
-        certification.certified_accuracy([], [0.0])
+        certify_logs.certified_accuracy([], [0.0])
 
 
 def test_certified_accuracy_on_a_reference_log(tmp_path):
     path = tmp_path / "log"
     path.write_text(REFERENCE_LOG)
-    rows = certification.read_tsv(path)
+    rows = certify_logs.read_tsv(path)
     # correct: radii 0.0734, 0.457, 0.00457, 0.953 of 8 rows.
-    accuracy = certification.certified_accuracy(rows, [0, 0.01, 0.1, 0.5, 1.0])
+    accuracy = certify_logs.certified_accuracy(rows, [0, 0.01, 0.1, 0.5, 1.0])
     np.testing.assert_allclose(accuracy, [4 / 8, 3 / 8, 2 / 8, 1 / 8, 0])
 
 
@@ -135,20 +135,20 @@ def test_high_prob_accuracy_matches_the_formula():
     alpha, rho, n = 0.001, 0.01, len(HAND_ROWS)
     for r, mean in ((0.0, 0.6), (0.5, 0.2)):
         expected = mean - alpha - math.sqrt(alpha * (1 - alpha) * math.log(1 / rho) / n) - math.log(1 / rho) / (3 * n)
-        got = certification.high_prob_accuracy(HAND_ROWS, [r], alpha, rho)
+        got = certify_logs.high_prob_accuracy(HAND_ROWS, [r], alpha, rho)
         assert got[0] == pytest.approx(expected, abs=1e-12)
 
 
 def test_markdown_table_and_plot(tmp_path):
     curves = {"σ = 0.25": HAND_ROWS, "σ = 0.5": HAND_ROWS[:2]}
-    table = certification.markdown_table(curves, [0, 0.25, 0.5])
+    table = certify_logs.markdown_table(curves, [0, 0.25, 0.5])
     lines = table.splitlines()
     assert lines[0] == "| curve | images | r = 0.00 | r = 0.25 | r = 0.50 |"
     assert lines[2] == "| σ = 0.25 | 5 | 0.600 | 0.400 | 0.200 |"
     assert lines[3] == "| σ = 0.5 | 2 | **1.000** | **1.000** | **0.500** |"
-    radii, x_max = certification.plot_radii(curves)
+    radii, x_max = certify_logs.plot_radii(curves)
     assert x_max == 0.9 and radii[0] == 0 and radii[-1] == pytest.approx(0.9) and len(radii) == 91
-    path = certification.plot_certified_accuracy(curves, str(tmp_path / "curves.png"), title="t")
+    path = certify_logs.plot_certified_accuracy(curves, str(tmp_path / "curves.png"), title="t")
     assert open(path, "rb").read(8) == PNG_MAGIC
 
 
@@ -168,18 +168,18 @@ def reference_loop(num, skip, max_):
     "num,skip,max_", [(360, 1, -1), (360, 4, -1), (360, 4, 40), (360, 20, 100), (10, 3, 9), (5, 1, 1)]
 )
 def test_selected_indices_follow_the_reference_loop(num, skip, max_):
-    assert certification.selected_indices(num, skip, max_) == reference_loop(num, skip, max_)
+    assert certify_logs.selected_indices(num, skip, max_) == reference_loop(num, skip, max_)
 
 
 def test_selected_indices_stop_at_max_where_the_reference_ignores_it():
-    assert certification.selected_indices(20, 4, 10) == [0, 4, 8]
+    assert certify_logs.selected_indices(20, 4, 10) == [0, 4, 8]
     assert reference_loop(20, 4, 10) == [0, 4, 8, 12, 16]  # its break is never reached
 
 
 def test_image_seeds_are_distinct_and_stable():
-    seeds = [certification.image_seed(0, i) for i in range(1000)]
+    seeds = [certify_logs.image_seed(0, i) for i in range(1000)]
     assert len(set(seeds)) == 1000 and all(0 <= s < 2**31 for s in seeds)
-    assert certification.image_seed(0, 5) == certification.image_seed(0, 5) != certification.image_seed(1, 5)
+    assert certify_logs.image_seed(0, 5) == certify_logs.image_seed(0, 5) != certify_logs.image_seed(1, 5)
 
 
 # === launch/certify.py end to end ===
@@ -201,13 +201,13 @@ def certified(noise_run):
 
 
 def test_certify_writes_the_reference_tsv_and_reports(certified):
-    from sat_tf import smoothing
+    from sat_tf import certification
 
     tsv, proc = certified
     assert open(tsv).readline() == "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
-    rows = certification.read_tsv(tsv)
+    rows = certify_logs.read_tsv(tsv)
     assert [r.idx for r in rows] == list(range(0, 40, 4))
-    bound = float("{:.3}".format(smoothing.max_radius(200, 0.001, 0.25)))  # radii print rounded
+    bound = float("{:.3}".format(certification.max_radius(200, 0.001, 0.25)))  # radii print rounded
     for r in rows:
         assert 0 <= r.radius <= bound and r.correct == int(r.predict == r.label) and r.seconds >= 0
         assert r.predict != -1 or (r.radius == 0.0 and r.correct == 0)
@@ -217,7 +217,7 @@ def test_certify_writes_the_reference_tsv_and_reports(certified):
     assert meta["seconds"] > 0
     stem = tsv[: -len(".tsv")]
     assert open(stem + ".png", "rb").read(8) == PNG_MAGIC
-    accuracy = certification.certified_accuracy(rows, [0.0, 0.5])
+    accuracy = certify_logs.certified_accuracy(rows, [0.0, 0.5])
     table = open(stem + ".md").read()
     assert f"| σ = 0.25, Gaussian | 10 | {accuracy[0]:.3f} | " in table and "r = 1.50" in table
     assert "| curve | images | r = 0.00 |" in proc.stdout and "image 10/10" in proc.stdout
@@ -227,15 +227,16 @@ def test_certify_rows_equal_in_process_smooth(certified, noise_run):
     sys.path.insert(0, ROOT)
     from launch import common
 
-    from sat_tf import data, smoothing
+    from sat_tf import data
+    from sat_tf import certification
 
     tsv, _ = certified
     model, _ = common.restore_model(noise_run)
-    smooth = smoothing.Smooth(lambda z: model(z, training=False), 10, 0.25, batch_size=1000)
+    smooth = certification.Smooth(lambda z: model(z, training=False), 10, 0.25, batch_size=1000)
     images, labels = next(iter(data.load_split("digits", "test", batch_size=64)))
-    for row in certification.read_tsv(tsv):
+    for row in certify_logs.read_tsv(tsv):
         x = images[row.idx]
-        predict, radius = smooth.certify(x, 20, 200, 0.001, seed=certification.image_seed(0, row.idx))
+        predict, radius = smooth.certify(x, 20, 200, 0.001, seed=certify_logs.image_seed(0, row.idx))
         assert (row.label, row.predict, row.radius) == (int(labels[row.idx]), predict, float(f"{radius:.3}"))
 
 
@@ -243,7 +244,8 @@ def test_mirrored_two_replicas_write_the_single_device_rows(noise_run, tmp_path)
     sys.path.insert(0, ROOT)
     from launch import common
 
-    from sat_tf import data, smoothing
+    from sat_tf import data
+    from sat_tf import certification
 
     tsv = str(tmp_path / "mirrored.tsv")
     flags = [f"--workdir={noise_run}", "--strategy=mirrored", "--N=200", "--N0=20", "--batch=30",
@@ -260,12 +262,12 @@ def test_mirrored_two_replicas_write_the_single_device_rows(noise_run, tmp_path)
                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert json.load(open(tsv + ".json"))["replicas"] == 2
     model, _ = common.restore_model(noise_run)
-    smooth = smoothing.Smooth(lambda z: model(z, training=False), 10, 0.25, batch_size=30)
+    smooth = certification.Smooth(lambda z: model(z, training=False), 10, 0.25, batch_size=30)
     images, _ = next(iter(data.load_split("digits", "test", batch_size=64)))
-    rows = certification.read_tsv(tsv)
+    rows = certify_logs.read_tsv(tsv)
     assert [r.idx for r in rows] == [0, 9, 18, 27]
     for row in rows:  # batches dealt round robin to 2 replicas: same noise, same counts
-        predict, radius = smooth.certify(images[row.idx], 20, 200, 0.001, seed=certification.image_seed(0, row.idx))
+        predict, radius = smooth.certify(images[row.idx], 20, 200, 0.001, seed=certify_logs.image_seed(0, row.idx))
         assert (row.predict, row.radius) == (predict, float(f"{radius:.3}"))
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sat_tf import train_lib
+from sat_tf import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 2 epochs x 8 steps; checkpoints at steps 3, 6, 8 (epoch end), 9, 12, 15, 16; 3 kept.
@@ -123,11 +123,11 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ho
     directory = str(tmp_path)
     _small_checkpoints(directory)
     _damage(os.path.join(directory, "ckpt-2"), how)
-    assert train_lib.unreadable(os.path.join(directory, "ckpt-2"))
-    assert train_lib.unreadable(os.path.join(directory, "ckpt-1")) is None
+    assert training.unreadable(os.path.join(directory, "ckpt-2"))
+    assert training.unreadable(os.path.join(directory, "ckpt-1")) is None
     messages = []
     target = tf.Variable(np.zeros(4096, np.float32))
-    path = train_lib.restore_latest(tf.train.Checkpoint(v=target), directory, messages.append)
+    path = training.restore_latest(tf.train.Checkpoint(v=target), directory, messages.append)
     assert path.endswith("ckpt-1") and float(target[0]) == 1.0
     assert len(messages) == 1 and "ckpt-2 is unreadable" in messages[0]
 
@@ -137,8 +137,8 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     _small_checkpoints(directory)
     for step in (1, 2):
         _damage(os.path.join(directory, f"ckpt-{step}"), "truncated")
-    with pytest.raises(train_lib.CheckpointError, match="no readable checkpoint in .*move .* away"):
-        train_lib.restore_latest(tf.train.Checkpoint(v=tf.Variable(np.zeros(4096, np.float32))), directory)
+    with pytest.raises(training.CheckpointError, match="no readable checkpoint in .*move .* away"):
+        training.restore_latest(tf.train.Checkpoint(v=tf.Variable(np.zeros(4096, np.float32))), directory)
     assert sorted(os.listdir(directory)) == sorted(
         ["checkpoint"] + [f"ckpt-{s}.{e}" for s in (1, 2) for e in ("index", "data-00000-of-00001")]
     )

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sat_tf import imagenet_input as ii, record_faults
+from sat_tf.data import imagenet_input as ii
+from sat_tf.data import record_faults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "train_imagenet.py")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sat_tf import train_lib
+from sat_tf import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, BAD_STEP, EVERY = 8, 6, 5  # the fault hits the 6th step; checkpoints every 5
@@ -46,7 +46,7 @@ def _batches(fault):
     return x, y
 
 
-class _GradientHazard(train_lib.AttackObjective):
+class _GradientHazard(training.AttackObjective):
     """Clean training whose loss stays finite but whose weight gradient is NaN
     on a batch holding a negative pixel: d/dw sqrt(u(w)) at u(w) = 0 is
     inf * 0 (a data-dependent zero, which graph optimisation cannot fold)."""
@@ -55,7 +55,7 @@ class _GradientHazard(train_lib.AttackObjective):
         super().__init__(lambda logits_fn, x, y, seed=None: x)
 
     def loss(self, forward, batch, weights, *, num_classes, label_smoothing):
-        per_example, logits, labels = train_lib.default_loss(
+        per_example, logits, labels = training.default_loss(
             forward, batch, weights, num_classes=num_classes, label_smoothing=label_smoothing
         )
         hazard = tf.reduce_min(batch[0]) < 0
@@ -67,13 +67,13 @@ def _fit(workdir, fault, on_nonfinite="stop", max_skipped_steps=100, steps=STEPS
     x, y = _batches(fault)
     model = _model()
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
-    config = train_lib.StepConfig(global_batch_size=8, num_classes=3)
+    config = training.StepConfig(global_batch_size=8, num_classes=3)
     attack = _GradientHazard()
 
     def dataset_fn(epoch, ctx):
         return tf.data.Dataset.from_tensor_slices((x, y))
 
-    history = train_lib.fit(
+    history = training.fit(
         model, optimizer, attack, tf.distribute.get_strategy(), dataset_fn,
         config=config, epochs=1, steps_per_epoch=steps, workdir=str(workdir), verbose=False,
         checkpoint_every_steps=EVERY, on_nonfinite=on_nonfinite, max_skipped_steps=max_skipped_steps,
@@ -88,7 +88,7 @@ def _checkpoint_state(workdir):
 
 @pytest.mark.parametrize("fault", ["loss", "gradient"])
 def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, fault):
-    with pytest.raises(train_lib.DivergenceError) as err:
+    with pytest.raises(training.DivergenceError) as err:
         _fit(tmp_path / "bad", fault)
     message = str(err.value)
     assert f"NaN/Inf training {fault} at step {BAD_STEP}" in message
@@ -118,7 +118,7 @@ def test_skip_leaves_no_trace_of_the_bad_step(tmp_path, fault):
 
 
 def test_skip_stops_after_max_skipped_steps(tmp_path):
-    with pytest.raises(train_lib.DivergenceError, match="more than --max_skipped_steps=0"):
+    with pytest.raises(training.DivergenceError, match="more than --max_skipped_steps=0"):
         _fit(tmp_path, "loss", on_nonfinite="skip", max_skipped_steps=0)
     assert _checkpoint_state(tmp_path) == ["ckpt-5"]
 
@@ -134,9 +134,9 @@ def test_skip_equals_training_without_the_bad_batch_before_it(tmp_path):
 
 def test_unknown_policy_is_rejected():
     with pytest.raises(ValueError, match="on_nonfinite='ignore'"):
-        train_lib.make_train_function(
+        training.make_train_function(
             _model(), keras.optimizers.SGD(0.1), lambda f, x, y, seed=None: x,
-            tf.distribute.get_strategy(), train_lib.StepConfig(8, 3), on_nonfinite="ignore",
+            tf.distribute.get_strategy(), training.StepConfig(8, 3), on_nonfinite="ignore",
         )
 
 
@@ -165,7 +165,7 @@ def test_launcher_stops_on_divergence_with_one_line_and_a_readable_checkpoint(tm
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     checkpoint = os.path.join(workdir, "checkpoints", "ckpt-1")
     assert last.startswith("error: NaN/Inf training loss at step 2") and checkpoint in last, last
-    assert _checkpoint_state(workdir) == ["ckpt-1"] and train_lib.unreadable(checkpoint) is None
+    assert _checkpoint_state(workdir) == ["ckpt-1"] and training.unreadable(checkpoint) is None
     reader = tf.train.load_checkpoint(checkpoint)
     for name in reader.get_variable_to_shape_map():
         value = reader.get_tensor(name)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sat_tf import attacks, ema as ema_lib, train_lib
+from sat_tf import attacks
+from sat_tf.training import ema as ema_lib
+from sat_tf import training
 
 
 def _model(seed=0):
@@ -35,7 +37,7 @@ def _shift_attack(logits_fn, x, y, seed=None):
 
 
 def _config(n, **kw):
-    return train_lib.StepConfig(global_batch_size=n, num_classes=3, **kw)
+    return training.StepConfig(global_batch_size=n, num_classes=3, **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +52,7 @@ def test_ema_follows_tf1_recursion_including_bn_statistics():
     optimizer = keras.optimizers.SGD(0.5, momentum=0.9)
     ema = ema_lib.WeightEMA(model, decay=0.6)
     strategy = tf.distribute.get_strategy()
-    train = train_lib.make_train_function(model, optimizer, _shift_attack, strategy, _config(8), ema=ema)
+    train = training.make_train_function(model, optimizer, _shift_attack, strategy, _config(8), ema=ema)
     iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
     names = [w.path for w in model.weights]
     assert any("moving_mean" in n for n in names) and any("moving_variance" in n for n in names)
@@ -91,7 +93,7 @@ def test_loss_scale_optimizer_step_equals_the_plain_step():
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
         if wrap:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1024.0)
-        train = train_lib.make_train_function(
+        train = training.make_train_function(
             model, optimizer, _shift_attack, tf.distribute.get_strategy(), _config(8, weight_decay=1e-3)
         )
         train(iter(tf.data.Dataset.from_tensors((x, y)).repeat()), tf.constant(3))
@@ -108,7 +110,7 @@ def test_skipped_loss_scale_steps_still_count_as_batches():
         keras.optimizers.SGD(0.1), initial_scale=float("inf")
     )
     batches = tf.Variable(0, dtype=tf.int64)
-    train = train_lib.make_train_function(
+    train = training.make_train_function(
         model, optimizer, _shift_attack, tf.distribute.get_strategy(), _config(8), batches=batches
     )
     before = [np.asarray(w).copy() for w in model.trainable_weights]
@@ -138,7 +140,7 @@ def test_mixed_precision_step_keeps_attack_arithmetic_float32(policy):
     optimizer = keras.optimizers.SGD(0.1)
     if policy == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    train = train_lib.make_train_function(
+    train = training.make_train_function(
         model, optimizer, recording_attack, tf.distribute.get_strategy(),
         _config(8, attack_grad_scale=128.0 if policy == "mixed_float16" else 1.0),
     )
@@ -158,7 +160,7 @@ def test_attack_gradient_scale_changes_nothing_but_magnitude():
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(xt)
         plain = tf.reduce_sum(attacks.base.cross_entropy(logits_fn(xt), y))
-        scaled = tf.reduce_sum(attacks.base.cross_entropy(train_lib._scale_backward(logits_fn(xt), 128.0), y))
+        scaled = tf.reduce_sum(attacks.base.cross_entropy(training._scale_backward(logits_fn(xt), 128.0), y))
     g1, g128 = tape.gradient(plain, xt), tape.gradient(scaled, xt)
     np.testing.assert_allclose(g128.numpy(), 128.0 * g1.numpy(), rtol=1e-5)
     np.testing.assert_array_equal(np.sign(g128.numpy()), np.sign(g1.numpy()))
@@ -178,22 +180,22 @@ def _fit(workdir, *, epochs=2, steps=3, ema_decay=None, on_update=None, calls=No
         return ds.skip(skip_batches)
 
     if on_update is not None:
-        original = train_lib._Progress.update
+        original = training._Progress.update
 
         def update(self, step, metrics):
             original(self, step, metrics)
             on_update(step)
 
-        train_lib._Progress.update = update
+        training._Progress.update = update
     try:
-        train_lib.fit(
+        training.fit(
             model, optimizer, _shift_attack, tf.distribute.get_strategy(), dataset_fn,
             config=_config(8), epochs=epochs, steps_per_epoch=steps, workdir=str(workdir),
             verbose=True, ema=ema,
         )
     finally:
         if on_update is not None:
-            train_lib._Progress.update = original
+            training._Progress.update = original
     return model, ema
 
 
@@ -206,7 +208,7 @@ def test_sigterm_saves_then_the_same_command_resumes_exactly(tmp_path):
             sent.append(step)
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(train_lib.PreemptedError, match="rerun the same command"):
+    with pytest.raises(training.PreemptedError, match="rerun the same command"):
         _fit(tmp_path / "preempted", ema_decay=0.5, on_update=preempt)
     saved = tf.train.latest_checkpoint(str(tmp_path / "preempted" / "checkpoints"))
     assert saved and saved.endswith("-2")

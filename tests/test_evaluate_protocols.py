@@ -1,7 +1,7 @@
 """launch/evaluate.py --protocol: the RAT / TRADES / AWP evaluation and friends.
 
 The expected parameters below are copied by hand from the reference's
-eval_attack.py (reference_code.md §5.4), not from launch/protocols.py, so a
+eval_attack.py (reference_code.md §5.4), not from sat_tf/evaluation/protocols.py, so a
 typo in the preset table fails here.
 """
 
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from launch import common  # noqa: E402
-from launch import protocols  # noqa: E402
+from sat_tf.evaluation import protocols  # noqa: E402
 from sat_tf import attacks  # noqa: E402
 
 _PGD = {"func": attacks.pgd, "norm": "linf", "loss": "ce", "targeted": False, "random_start": True,

@@ -100,7 +100,7 @@ def photos():
 def expected_pixels(fname, image, blob, size, crop_padding):
     """What serve_jpeg must feed the model: preprocess_for_eval for JPEG; for
     PNG the same centre window cut from the original pixels, same resize."""
-    from sat_tf import imagenet_input
+    from sat_tf.data import imagenet_input
 
     if fname.endswith(".jpg"):
         return imagenet_input.preprocess_for_eval(tf.constant(blob), size, crop_padding=crop_padding)
@@ -432,7 +432,7 @@ def test_every_input_fault_names_the_expected_spec(exported, name):
 
 
 def test_numpy_inputs_are_cast_to_the_declared_dtype_unchecked(exported):
-    """The limitation sat_tf/export.py documents: from Python, TF converts a
+    """The limitation sat_tf/export/__init__.py documents: from Python, TF converts a
     NumPy array to the signature's dtype before the graph runs, so [0, 1]
     float pixels sent to serve_uint8 silently become zeros. Pass tf.Tensors."""
     root, _, _, _ = exported

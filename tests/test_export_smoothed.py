@@ -22,7 +22,8 @@ import pytest
 import scipy.stats
 import tensorflow as tf
 
-from sat_tf import export, smoothing
+from sat_tf import export
+from sat_tf import certification
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -60,13 +61,13 @@ def known_images():
 def in_process(model, images, settings=SETTINGS):
     """(decisions, counts) of Smooth.predict / Smooth.sample, one image at a time."""
     num_classes = model.output_shape[-1]
-    smooth = smoothing.Smooth(
+    smooth = certification.Smooth(
         lambda z: model(z, training=False), num_classes, settings["sigma"],
         batch_size=settings["batch_size"],
     )
     n, alpha, seed = settings["n"], settings["alpha"], settings["seed"]
     decisions = [smooth.predict(x, n, alpha, seed) for x in images]
-    counts = [smooth.sample(x, n, seed, smoothing.PREDICT) for x in images]
+    counts = [smooth.sample(x, n, seed, certification.PREDICT) for x in images]
     return np.array(decisions), np.array(counts)
 
 
@@ -82,12 +83,12 @@ def test_binomial_pvalue_half_matches_scipy_binomtest():
     pairs = [(a, b) for a in GRID for b in GRID] + LARGE
     c1, c2 = np.array(pairs).T
     expected = np.array([scipy_pvalue(a, b) for a, b in pairs])
-    for fn in (smoothing.binomial_pvalue_half, tf.function(smoothing.binomial_pvalue_half)):
+    for fn in (certification.binomial_pvalue_half, tf.function(certification.binomial_pvalue_half)):
         got = fn(tf.constant(c1, tf.int32), tf.constant(c2, tf.int32))
         assert got.dtype == tf.float64 and got.shape == (len(pairs),)
         # ~1e-9 relative from 1e6 samples on; tails below 1e-300 are 0 in both.
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-8, atol=1e-300)
-    p = smoothing.binomial_pvalue_half([[0, 3], [5, 1]], [[0, 3], [0, 0]]).numpy()
+    p = certification.binomial_pvalue_half([[0, 3], [5, 1]], [[0, 3], [0, 0]]).numpy()
     np.testing.assert_allclose(p, [[1.0, 1.0], [0.0625, 1.0]], rtol=1e-12)  # equal; 2 * 0.5**5; n = 1
 
 
@@ -100,7 +101,7 @@ def test_predict_batch_graph_equals_smooth_predict_image_by_image():
 
     @tf.function(input_signature=[tf.TensorSpec([None, *SHAPE], tf.float32)])
     def predict(batch):
-        return smoothing.predict_batch_graph(
+        return certification.predict_batch_graph(
             lambda z: model(z, training=False), batch, num_classes=3, **SETTINGS
         )
 

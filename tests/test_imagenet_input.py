@@ -1,4 +1,4 @@
-"""sat_tf.imagenet_input: the tensorflow/tpu preprocessing, record format, sharding, tfds, tool.
+"""sat_tf.data.imagenet_input: the tensorflow/tpu preprocessing, record format, sharding, tfds, tool.
 
 Data: the session fixture `tiny_imagenet` (conftest.py): real scikit-image
 photos as tensorflow/tpu TFRecords with 1-based labels.
@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from sat_tf import data, imagenet_input as ii
+from sat_tf import data
+from sat_tf.data import imagenet_input as ii
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""TRADES, AWP and RAT objectives (sat_tf.objectives), each term against a
+"""TRADES, AWP and RAT objectives (sat_tf.training.objectives), each term against a
 direct NumPy computation of the released code's formula."""
 
 import numpy as np
@@ -6,7 +6,9 @@ import pytest
 import tensorflow as tf
 import keras
 
-from sat_tf import attacks, objectives, train_lib
+from sat_tf import attacks
+from sat_tf.training import objectives
+from sat_tf import training
 from sat_tf.attacks import base
 
 K, D, B = 4, 6, 5
@@ -240,8 +242,8 @@ def test_train_step_with_awp_takes_the_gradient_at_the_perturbed_weights():
     y = tf.constant([0, 1, 2, 3])
     objective = objectives.TradesObjective(model, steps=2, beta=6.0, rat_alpha=0.2, awp_gamma=0.01, awp_warmup_epochs=0)
     strategy = tf.distribute.get_strategy()
-    config = train_lib.StepConfig(global_batch_size=4, num_classes=K, seed=3)
-    train = train_lib.make_train_function(model, keras.optimizers.SGD(0.5), objective, strategy, config)
+    config = training.StepConfig(global_batch_size=4, num_classes=K, seed=3)
+    train = training.make_train_function(model, keras.optimizers.SGD(0.5), objective, strategy, config)
     metrics = train(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat())),
                     tf.constant(1))
     assert np.isfinite(float(metrics["loss_sum"]))
@@ -249,7 +251,7 @@ def test_train_step_with_awp_takes_the_gradient_at_the_perturbed_weights():
     # By hand: same attack (same seed), AWP v on the reference, loss gradient at w + v, applied to w.
     ref_objective = objectives.TradesObjective(reference, steps=2, beta=6.0, rat_alpha=0.2, awp_gamma=0.01,
                                                awp_warmup_epochs=0)
-    seed = train_lib.make_seed(3, 0, 0)
+    seed = training.make_seed(3, 0, 0)
     fn = lambda z: reference(z, training=False)  # noqa: E731
     data = ref_objective.training_batch(fn, x, y, seed=seed, step=tf.constant(0, tf.int64))
     v = ref_objective.weight_perturbation(data, tf.constant(0, tf.int64))

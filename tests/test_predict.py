@@ -53,11 +53,13 @@ def test_predict_matches_the_library_computation(noise_run, tmp_path, attack):
     # The same attack + PREDICT, in-process, from the library.
     sys.path.insert(0, ROOT)
     from launch import common
-    from sat_tf import attacks, certification, data, smoothing
+    from sat_tf import attacks, data
+    from sat_tf.certification import logs as certify_logs
+    from sat_tf import certification
 
     model, _ = common.restore_model(noise_run)
     fn = lambda z: model(z, training=False)  # noqa: E731
-    smooth = smoothing.Smooth(fn, 10, 0.25, batch_size=1000)
+    smooth = certification.Smooth(fn, 10, 0.25, batch_size=1000)
     images = list(data.load_split("digits", "test", batch_size=1).take(10))
     extra = {}
     if attack == "ddn":
@@ -70,7 +72,7 @@ def test_predict_matches_the_library_computation(noise_run, tmp_path, attack):
         x_adv = attacks.SMOOTHADV_ATTACKS[attack](fn, x, y, noise=noise, eps=0.5, steps=3, seed=seed, **extra)
         assert int(row["label"]) == int(y[0])
         assert int(row["basePredict"]) == int(tf.argmax(fn(x_adv)[0]))
-        expected = smooth.predict(x_adv[0], 300, 0.001, seed=certification.image_seed(5, index))
+        expected = smooth.predict(x_adv[0], 300, 0.001, seed=certify_logs.image_seed(5, index))
         assert int(row["predict"]) == expected
         assert int(row["correct"]) == int(expected == int(y[0]))
 

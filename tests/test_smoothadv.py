@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sat_tf import attacks, smoothadv, train_lib
+from sat_tf import attacks
+from sat_tf.training import objectives
+from sat_tf import training
 from sat_tf.attacks import base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,7 +219,7 @@ def test_noise_is_shared_by_attack_and_training_rows():
     w, b, x, y, _ = linear_problem()
     fn = tf_linear(w, b)
     seed = tf.constant([3, 4], tf.int32)
-    objective = smoothadv.SmoothAdvObjective(
+    objective = objectives.SmoothAdvObjective(
         sigma=0.3, attack="pgd", epsilon=0.5, steps=3, num_noise=3, multi_noise=True
     )
     rows, labels = objective.training_batch(fn, x, y, seed=seed, step=tf.constant(0, tf.int64))
@@ -228,7 +230,7 @@ def test_noise_is_shared_by_attack_and_training_rows():
     np.testing.assert_array_equal(labels.numpy(), np.repeat(y, 3))
     assert np.abs(x_adv.numpy() - x).max() > 1e-3
 
-    single = smoothadv.SmoothAdvObjective(sigma=0.3, attack="pgd", epsilon=0.5, steps=3, num_noise=3)
+    single = objectives.SmoothAdvObjective(sigma=0.3, attack="pgd", epsilon=0.5, steps=3, num_noise=3)
     rows1, labels1 = single.training_batch(fn, x, y, seed=seed, step=tf.constant(0, tf.int64))
     np.testing.assert_allclose(rows1.numpy(), x_adv.numpy() + noise.numpy()[:, 0], atol=1e-6)
     np.testing.assert_array_equal(labels1.numpy(), y)
@@ -237,7 +239,7 @@ def test_noise_is_shared_by_attack_and_training_rows():
 
 def test_gaussian_augmentation_adds_unclipped_noise_of_sigma():
     x = np.full((64, 8, 8, 1), 0.95, np.float32)
-    objective = smoothadv.SmoothAdvObjective(sigma=0.5)
+    objective = objectives.SmoothAdvObjective(sigma=0.5)
     rows, _ = objective.training_batch(None, x, np.zeros(64), seed=tf.constant([1, 2]), step=0)
     noise = rows.numpy() - x
     assert rows.numpy().max() > 1.0  # never clipped
@@ -246,7 +248,7 @@ def test_gaussian_augmentation_adds_unclipped_noise_of_sigma():
 
 @pytest.mark.parametrize("warmup,expected", [(1, [0.5, 0.5, 0.5]), (4, [0.125, 0.25, 0.5]), (10, [0.05, 0.1, 0.2])])
 def test_epsilon_warmup_ramps_per_epoch(warmup, expected):
-    objective = smoothadv.SmoothAdvObjective(
+    objective = objectives.SmoothAdvObjective(
         sigma=0.25, attack="pgd", epsilon=0.5, warmup_epochs=warmup, steps_per_epoch=10
     )
     got = [float(objective.epsilon_at(step)) for step in (0, 19, 35)]  # epochs 0, 1, 3
@@ -260,7 +262,7 @@ def test_epsilon_warmup_ramps_per_epoch(warmup, expected):
 )
 def test_objective_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        smoothadv.SmoothAdvObjective(**{"sigma": 0.25, **kwargs})
+        objectives.SmoothAdvObjective(**{"sigma": 0.25, **kwargs})
 
 
 # === One train step equals the hand-computed update ===
@@ -272,19 +274,19 @@ def test_train_step_uses_the_objective_rows_and_normalises_by_rows():
     model, reference = make(), make()
     reference.set_weights(model.get_weights())
     _, _, x, y, _ = linear_problem(batch=4)
-    objective = smoothadv.SmoothAdvObjective(
+    objective = objectives.SmoothAdvObjective(
         sigma=0.3, attack="pgd", epsilon=0.5, steps=2, num_noise=2, multi_noise=True, warmup_epochs=2,
         steps_per_epoch=5,
     )
     strategy = tf.distribute.get_strategy()
     optimizer = keras.optimizers.SGD(1.0)
-    config = train_lib.StepConfig(global_batch_size=4, num_classes=CLASSES, seed=7)
-    train = train_lib.make_train_function(model, optimizer, objective, strategy, config)
+    config = training.StepConfig(global_batch_size=4, num_classes=CLASSES, seed=7)
+    train = training.make_train_function(model, optimizer, objective, strategy, config)
     dataset = tf.data.Dataset.from_tensors((x, y)).repeat()
     metrics = train(iter(strategy.experimental_distribute_dataset(dataset)), tf.constant(1))
     assert float(metrics["count"]) == 8.0  # 4 images x 2 noisy copies
 
-    seed = train_lib.make_seed(7, 0, 0)
+    seed = training.make_seed(7, 0, 0)
     rows, labels = objective.training_batch(
         lambda z: reference(z, training=False), x, y, seed=seed, step=tf.constant(0, tf.int64)
     )

@@ -1,4 +1,4 @@
-"""Randomized smoothing (sat_tf.smoothing): bounds, abstention, soundness, tracing, sharding."""
+"""Randomized smoothing (sat_tf.certification): bounds, abstention, soundness, tracing, sharding."""
 
 import json
 import math
@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 import tensorflow as tf
 
-from sat_tf import smoothing
+from sat_tf import certification
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "certify_mirrored.py")
 SHAPE = (4, 4, 1)
@@ -71,27 +71,27 @@ HALF = np.full(SHAPE, 0.5, np.float32)
               (990, 1000), (1000, 1000), (99000, 100000), (100000, 100000)],
 )
 def test_clopper_pearson_matches_exact_binomial_tail(n_a, n, alpha):
-    got = smoothing.clopper_pearson_lower(n_a, n, alpha)
+    got = certification.clopper_pearson_lower(n_a, n, alpha)
     assert abs(got - cp_lower_by_bisection(n_a, n, alpha)) < 1e-9
 
 
 def test_clopper_pearson_zero_and_bad_input():
-    assert smoothing.clopper_pearson_lower(0, 100, 0.001) == 0.0
+    assert certification.clopper_pearson_lower(0, 100, 0.001) == 0.0
     with pytest.raises(ValueError, match="n_a=101"):
-        smoothing.clopper_pearson_lower(101, 100, 0.001)
+        certification.clopper_pearson_lower(101, 100, 0.001)
 
 
 def test_regression_fact_max_radius():
     n, alpha = 100_000, 0.001
-    p = smoothing.clopper_pearson_lower(n, n, alpha)
+    p = certification.clopper_pearson_lower(n, n, alpha)
     assert p == pytest.approx(alpha ** (1 / n), abs=1e-12)
     assert f"{p:.8f}" == "0.99993092"
     for sigma, printed in ((0.12, "0.457"), (0.25, "0.953"), (0.5, "1.91"), (1.0, "3.81")):
-        radius = smoothing.certified_radius(p, sigma)
+        radius = certification.certified_radius(p, sigma)
         assert round(radius / sigma, 4) == 3.8115
         assert f"{radius:.3}" == printed  # certify.py's {:.3} (3 significant digits)
-        assert radius == pytest.approx(smoothing.max_radius(n, alpha, sigma))
-    assert [round(smoothing.max_radius(n, alpha, s), 3) for s in (0.12, 0.25, 0.5, 1.0)] == [
+        assert radius == pytest.approx(certification.max_radius(n, alpha, sigma))
+    assert [round(certification.max_radius(n, alpha, s), 3) for s in (0.12, 0.25, 0.5, 1.0)] == [
         0.457, 0.953, 1.906, 3.811
     ]
 
@@ -100,17 +100,17 @@ def test_regression_fact_max_radius():
 
 
 def test_tie_abstains():
-    smooth = smoothing.Smooth(coin_fn(), 2, sigma=0.25, batch_size=500)
-    counts = smooth.sample(HALF, 2000, seed=0, stream=smoothing.PREDICT)
+    smooth = certification.Smooth(coin_fn(), 2, sigma=0.25, batch_size=500)
+    counts = smooth.sample(HALF, 2000, seed=0, stream=certification.PREDICT)
     assert 0.4 < counts[0] / 2000 < 0.6
     for seed in range(3):
-        assert smooth.predict(HALF, 2000, 0.001, seed=seed) == smoothing.ABSTAIN
-        assert smooth.certify(HALF, 100, 2000, 0.001, seed=seed) == (smoothing.ABSTAIN, 0.0)
+        assert smooth.predict(HALF, 2000, 0.001, seed=seed) == certification.ABSTAIN
+        assert smooth.certify(HALF, 100, 2000, 0.001, seed=seed) == (certification.ABSTAIN, 0.0)
 
 
 @pytest.mark.parametrize("sigma", [0.12, 0.5])
 def test_clear_winner_gets_max_radius(sigma):
-    smooth = smoothing.Smooth(constant_fn(2), 3, sigma=sigma, batch_size=1000)
+    smooth = certification.Smooth(constant_fn(2), 3, sigma=sigma, batch_size=1000)
     label, radius = smooth.certify(HALF, 100, 100_000, 0.001, seed=0)
     assert label == 2
     assert radius == pytest.approx(sigma * scipy.stats.norm.ppf(0.001 ** (1 / 100_000)), rel=1e-12)
@@ -118,8 +118,8 @@ def test_clear_winner_gets_max_radius(sigma):
 
 
 def test_predict_tie_in_counts_goes_to_lowest_index():
-    assert smoothing._top_two(np.array([3, 5, 5, 1])) == (1, 2)
-    assert smoothing._top_two(np.array([0, 0, 0])) == (0, 1)
+    assert certification._top_two(np.array([3, 5, 5, 1])) == (1, 2)
+    assert certification._top_two(np.array([0, 0, 0])) == (0, 1)
 
 
 # === Soundness on a linear classifier: p_A = Φ(d/σ) exactly ===
@@ -138,17 +138,17 @@ def _linear_case(d, sigma=0.25):
 def test_linear_classifier_empirical_rate_and_sound_radius(d):
     sigma, n, alpha = 0.25, 10_000, 0.001
     fn, x = _linear_case(d, sigma)
-    smooth = smoothing.Smooth(fn, 2, sigma, batch_size=2500)
+    smooth = certification.Smooth(fn, 2, sigma, batch_size=2500)
     true_class = 1 if d > 0 else 0
     distance = abs(d)
     p_a = scipy.stats.norm.cdf(distance / sigma)
-    counts = smooth.sample(x, n, seed=5, stream=smoothing.ESTIMATION)
+    counts = smooth.sample(x, n, seed=5, stream=certification.ESTIMATION)
     stderr = math.sqrt(p_a * (1 - p_a) / n)
     assert abs(counts[true_class] / n - p_a) < 4 * stderr
     radii = []
     for seed in range(4):
         label, radius = smooth.certify(x, 100, n, alpha, seed=seed)
-        assert label in (true_class, smoothing.ABSTAIN)
+        assert label in (true_class, certification.ABSTAIN)
         assert radius <= distance  # Cohen's bound (holds w.p. >= 1 - alpha per call)
         radii.append(radius)
     if distance >= 0.2:  # not vacuous: close to the truth
@@ -160,7 +160,7 @@ def test_noise_is_not_clipped():
     fn = lambda z: tf.stack(  # noqa: E731
         [tf.zeros(tf.shape(z)[0]), tf.cast(tf.reduce_min(z, [1, 2, 3]) < 0, tf.float32)], -1
     )
-    counts = smoothing.sample_counts(
+    counts = certification.sample_counts(
         fn, np.zeros(SHAPE, np.float32), 200, sigma=0.25, num_classes=2, batch_size=200, seed=0
     )
     assert counts[1] == 200
@@ -172,30 +172,30 @@ def test_noise_is_not_clipped():
 def test_counts_reproducible_and_sum_to_num():
     fn = coin_fn()
     kwargs = dict(sigma=0.25, num_classes=2, batch_size=100)
-    a = smoothing.sample_counts(fn, HALF, 1037, seed=11, **kwargs)
-    b = smoothing.sample_counts(fn, HALF, 1037, seed=11, **kwargs)
-    c = smoothing.sample_counts(fn, HALF, 1037, seed=12, **kwargs)
+    a = certification.sample_counts(fn, HALF, 1037, seed=11, **kwargs)
+    b = certification.sample_counts(fn, HALF, 1037, seed=11, **kwargs)
+    c = certification.sample_counts(fn, HALF, 1037, seed=12, **kwargs)
     assert a.dtype == np.int64 and a.shape == (2,)
     assert a.sum() == 1037 and c.sum() == 1037
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     # The first 1000 samples of 1037 are the 1000 samples (batch k has the same seed).
-    head = smoothing.sample_counts(fn, HALF, 1000, seed=11, **kwargs)
+    head = certification.sample_counts(fn, HALF, 1000, seed=11, **kwargs)
     assert np.all(head <= a) and (a - head).sum() == 37
-    assert smoothing.sample_counts(fn, HALF, 0, seed=11, **kwargs).tolist() == [0, 0]
+    assert certification.sample_counts(fn, HALF, 0, seed=11, **kwargs).tolist() == [0, 0]
 
 
 def test_selection_and_estimation_streams_differ_and_certify_uses_them():
-    smooth = smoothing.Smooth(coin_fn(), 2, sigma=0.25, batch_size=100)
+    smooth = certification.Smooth(coin_fn(), 2, sigma=0.25, batch_size=100)
     x = HALF + np.float32(0.02)  # class 1 only slightly ahead: counts vary by stream
-    sel = smooth.sample(x, 1000, seed=3, stream=smoothing.SELECTION)
-    est = smooth.sample(x, 1000, seed=3, stream=smoothing.ESTIMATION)
-    pre = smooth.sample(x, 1000, seed=3, stream=smoothing.PREDICT)
+    sel = smooth.sample(x, 1000, seed=3, stream=certification.SELECTION)
+    est = smooth.sample(x, 1000, seed=3, stream=certification.ESTIMATION)
+    pre = smooth.sample(x, 1000, seed=3, stream=certification.PREDICT)
     assert len({tuple(sel), tuple(est), tuple(pre)}) == 3
     label, radius = smooth.certify(x, 1000, 1000, 0.4, seed=3)
     top = int(np.argmax(sel))
-    p_lower = smoothing.clopper_pearson_lower(est[top], 1000, 0.4)
-    expected = (top, smoothing.certified_radius(p_lower, 0.25)) if p_lower >= 0.5 else (-1, 0.0)
+    p_lower = certification.clopper_pearson_lower(est[top], 1000, 0.4)
+    expected = (top, certification.certified_radius(p_lower, 0.25)) if p_lower >= 0.5 else (-1, 0.0)
     assert (label, radius) == expected
 
 
@@ -205,7 +205,7 @@ def test_selection_and_estimation_streams_differ_and_certify_uses_them():
 def test_traced_once_and_no_python_per_batch():
     calls = []
     fn = coin_fn(calls)
-    smooth = smoothing.Smooth(fn, 2, sigma=0.25, batch_size=100)
+    smooth = certification.Smooth(fn, 2, sigma=0.25, batch_size=100)
     rng = np.random.default_rng(0)
     for _ in range(3):
         smooth.certify(rng.uniform(size=SHAPE).astype(np.float32), 100, 1000, 0.001, seed=1)
@@ -213,14 +213,14 @@ def test_traced_once_and_no_python_per_batch():
     smooth.certify(HALF, 100, 10_000, 0.001, seed=2)  # 10x the noise
     smooth.predict(HALF, 10_000, 0.001, seed=2)
     assert len(calls) == 1
-    sampler = smoothing.get_sampler(fn, SHAPE, batch=100, num_classes=2)
+    sampler = certification.get_sampler(fn, SHAPE, batch=100, num_classes=2)
     assert sampler.experimental_get_tracing_count() == 1
     assert calls[0].as_list() == [100, *SHAPE]
 
 
 def test_small_n0_gets_its_own_batch_shape():
     calls = []
-    smooth = smoothing.Smooth(coin_fn(calls), 2, sigma=0.25, batch_size=1000)
+    smooth = certification.Smooth(coin_fn(calls), 2, sigma=0.25, batch_size=1000)
     for seed in range(3):
         smooth.certify(HALF, 100, 3000, 0.001, seed=seed)
     assert sorted(s[0] for s in calls) == [100, 1000]  # n0 batch, n batch; no more
@@ -244,7 +244,7 @@ def test_mirrored_two_replicas_equal_single_device():
         assert sum(pair["mirrored"]) == num, key
         assert pair["mirrored"] == pair["single"], key
     assert result["certify"]["mirrored"] == result["certify"]["single"]
-    assert result["certify"]["single"][0] != smoothing.ABSTAIN
+    assert result["certify"]["single"][0] != certification.ABSTAIN
     assert result["predict"]["mirrored"] == result["predict"]["single"]
     assert result["traces"] == [1, 1]
 
@@ -260,7 +260,7 @@ def test_bound_method_logits_fn_is_cached():
 
     base = Base()
     for seed in range(3):  # `base.logits` is a new bound-method object each time
-        smoothing.sample_counts(
+        certification.sample_counts(
             base.logits, HALF, 300, sigma=0.25, num_classes=2, batch_size=100, seed=seed
         )
     assert base.calls == 1

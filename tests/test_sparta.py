@@ -1,4 +1,4 @@
-"""sat_tf.sparta: the Sparta reconstruction (SPEC §9).
+"""sat_tf.activations.sparta: the Sparta reconstruction (SPEC §9).
 
 NumPy special cases (Swish, ReLU limit, spatial and input dependence),
 channel-agnostic parameters, serialization and export, one shared instance
@@ -16,10 +16,10 @@ from sat_tf import activations
 from sat_tf import attacks
 from sat_tf import export
 from sat_tf import models
-from sat_tf import sparta
-from sat_tf import train_lib
+from sat_tf.activations import sparta
+from sat_tf import training
 from sat_tf.models import cifar
-from sat_tf.sparta import Sparta
+from sat_tf.activations.sparta import Sparta
 
 # Activation sites per network (as tests/test_models.py ACTIVATION_SITES).
 SITES = {
@@ -168,7 +168,7 @@ def test_weight_decay_and_names():
     model = models.build_model("digits_cnn", activation="sparta")
     paths = [w.path for w in sparta.sparta_layers(model)[0].weights]
     assert paths == ["sparta/gate_weights", "sparta/gate_bias"]
-    decayed = {w.path for w in train_lib.decayed_variables(model)}
+    decayed = {w.path for w in training.decayed_variables(model)}
     assert decayed and not decayed & set(paths)  # activation parameters: no L2
 
 
@@ -286,8 +286,8 @@ def _train(model, attack, steps, num_classes, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.uniform(size=(8, *model.input_shape[1:])).astype("float32")
     y = rng.integers(0, num_classes, size=8).astype("int32")
-    config = train_lib.StepConfig(global_batch_size=8, num_classes=num_classes)
-    train = train_lib.make_train_function(
+    config = training.StepConfig(global_batch_size=8, num_classes=num_classes)
+    train = training.make_train_function(
         model, keras.optimizers.SGD(0.1), attack, tf.distribute.get_strategy(), config
     )
     out = train(iter(tf.data.Dataset.from_tensors((x, y)).repeat()), tf.constant(steps))

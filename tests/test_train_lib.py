@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sat_tf import activations, schedules, train_lib
+from sat_tf import activations
+from sat_tf.training import schedules
+from sat_tf import training
 
 
 def _tiny_model(with_bn=False, seed=0):
@@ -37,7 +39,7 @@ def _shift_attack(logits_fn, x, y, seed=None):
 
 def test_decayed_variables_are_kernels_only():
     model = _tiny_model(with_bn=True)
-    names = sorted(v.path for v in train_lib.decayed_variables(model))
+    names = sorted(v.path for v in training.decayed_variables(model))
     assert names == ["conv/kernel", "fc/kernel"]
     # SmoothReLU's beta_raw, BN gamma/beta and biases are trainable but not decayed.
     trainable = {v.path for v in model.trainable_variables}
@@ -47,11 +49,11 @@ def test_decayed_variables_are_kernels_only():
 def _run_steps(model, x, y, *, steps, label_smoothing, weight_decay, lr=0.1):
     strategy = tf.distribute.get_strategy()
     optimizer = keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
-    config = train_lib.StepConfig(
+    config = training.StepConfig(
         global_batch_size=len(y), num_classes=3,
         label_smoothing=label_smoothing, weight_decay=weight_decay,
     )
-    train = train_lib.make_train_function(model, optimizer, _shift_attack, strategy, config)
+    train = training.make_train_function(model, optimizer, _shift_attack, strategy, config)
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     out = train(iter(ds), tf.constant(steps))
     return {k: float(v) for k, v in out.items()}
@@ -100,9 +102,9 @@ def test_label_smoothing_reaches_the_training_loss_only():
 
     model = _tiny_model()
     x, y = _batch()
-    config = train_lib.StepConfig(global_batch_size=8, num_classes=3, label_smoothing=0.5)
+    config = training.StepConfig(global_batch_size=8, num_classes=3, label_smoothing=0.5)
     optimizer = keras.optimizers.SGD(0.0)
-    train = train_lib.make_train_function(model, optimizer, spy_attack, tf.distribute.get_strategy(), config)
+    train = training.make_train_function(model, optimizer, spy_attack, tf.distribute.get_strategy(), config)
     out = train(iter(tf.data.Dataset.from_tensors((x, y)).repeat()), tf.constant(1))
     assert seen["labels_dtype"] == tf.int32
     logits = model(x, training=True)
@@ -124,8 +126,8 @@ def test_attack_steps_leave_batchnorm_statistics_alone():
     stats = []
     for attack in (busy_attack, _shift_attack):
         model = _tiny_model(with_bn=True, seed=5)
-        config = train_lib.StepConfig(global_batch_size=8, num_classes=3)
-        train = train_lib.make_train_function(
+        config = training.StepConfig(global_batch_size=8, num_classes=3)
+        train = training.make_train_function(
             model, keras.optimizers.SGD(0.1), attack, tf.distribute.get_strategy(), config
         )
         train(iter(tf.data.Dataset.from_tensors((x, y)).repeat()), tf.constant(2))
@@ -137,11 +139,11 @@ def test_attack_steps_leave_batchnorm_statistics_alone():
 
 
 def test_seeds_differ_by_step_and_replica_and_are_reproducible():
-    a = train_lib.make_seed(0, 5, 0).numpy()
-    assert np.array_equal(a, train_lib.make_seed(0, 5, 0).numpy())
-    assert not np.array_equal(a, train_lib.make_seed(0, 6, 0).numpy())
-    assert not np.array_equal(a, train_lib.make_seed(0, 5, 1).numpy())
-    assert not np.array_equal(a, train_lib.make_seed(1, 5, 0).numpy())
+    a = training.make_seed(0, 5, 0).numpy()
+    assert np.array_equal(a, training.make_seed(0, 5, 0).numpy())
+    assert not np.array_equal(a, training.make_seed(0, 6, 0).numpy())
+    assert not np.array_equal(a, training.make_seed(0, 5, 1).numpy())
+    assert not np.array_equal(a, training.make_seed(1, 5, 0).numpy())
 
 
 def test_jit_step_equals_plain_step():
@@ -149,8 +151,8 @@ def test_jit_step_equals_plain_step():
     results = []
     for jit in (False, True):
         model = _tiny_model(with_bn=True, seed=7)
-        config = train_lib.StepConfig(global_batch_size=8, num_classes=3, weight_decay=1e-3, jit_compile=jit)
-        train = train_lib.make_train_function(
+        config = training.StepConfig(global_batch_size=8, num_classes=3, weight_decay=1e-3, jit_compile=jit)
+        train = training.make_train_function(
             model, keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), _shift_attack,
             tf.distribute.get_strategy(), config,
         )
@@ -166,13 +168,13 @@ def test_nan_loss_stops_without_checkpoint(tmp_path):
     x[0, 0, 0, 0] = np.nan
     strategy = tf.distribute.get_strategy()
     optimizer = keras.optimizers.SGD(0.1)
-    config = train_lib.StepConfig(global_batch_size=8, num_classes=3)
+    config = training.StepConfig(global_batch_size=8, num_classes=3)
 
     def dataset_fn(epoch, ctx):
         return tf.data.Dataset.from_tensors((x, y)).repeat(4)
 
-    with pytest.raises(train_lib.DivergenceError, match="step 1"):
-        train_lib.fit(
+    with pytest.raises(training.DivergenceError, match="step 1"):
+        training.fit(
             model, optimizer, lambda f, x, y, seed=None: x, strategy, dataset_fn,
             config=config, epochs=1, steps_per_epoch=4, workdir=str(tmp_path), verbose=False,
         )
@@ -185,8 +187,8 @@ def test_fit_traces_the_train_function_once_for_any_chunk_and_epoch(tmp_path):
     model = _tiny_model(with_bn=True)
     x, y = _batch()
     strategy = tf.distribute.get_strategy()
-    config = train_lib.StepConfig(global_batch_size=8, num_classes=3, steps_per_execution=2)
-    history = train_lib.fit(
+    config = training.StepConfig(global_batch_size=8, num_classes=3, steps_per_execution=2)
+    history = training.fit(
         model, keras.optimizers.SGD(0.1), _shift_attack, strategy,
         lambda epoch, ctx: tf.data.Dataset.from_tensors((x, y)).repeat(5),
         config=config, epochs=3, steps_per_epoch=5, checkpoint_every_steps=3, workdir=str(tmp_path), verbose=False,

@@ -38,7 +38,9 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from launch import common  # noqa: E402
-from sat_tf import data, distribute, evaluation, imagenet_input, models, train_lib, zoo  # noqa: E402
+from sat_tf import data, distribute, evaluation, models, zoo  # noqa: E402
+from sat_tf.data import imagenet_input
+from sat_tf import training
 
 FLAGS = flags.FLAGS
 FLAG_MODULES = ("launch.objective_flags", "launch.smoothing_flags")
@@ -60,7 +62,7 @@ SENTINELS = [
     (data, "load_split"),
     (imagenet_input, "load_imagenet"),
     (imagenet_input, "write_tfrecords"),
-    (train_lib, "fit"),
+    (training, "fit"),
     (evaluation, "evaluate"),
     (keras.saving, "load_model"),
     (zoo, "load_tf1_checkpoint"),

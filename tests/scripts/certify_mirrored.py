@@ -18,7 +18,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sat_tf import distribute, smoothing  # noqa: E402
+from sat_tf import distribute  # noqa: E402
+from sat_tf import certification
 
 NUM_CLASSES = 4
 SIGMA = 0.25
@@ -46,12 +47,12 @@ def main():
     result = {"replicas": mirrored.num_replicas_in_sync, "counts": {}}
     for num, batch in ((1037, 100), (300, 100), (50, 100)):  # 11 batches: odd count per replica
         kwargs = dict(sigma=SIGMA, num_classes=NUM_CLASSES, batch_size=batch, seed=7, stream=1)
-        one = smoothing.sample_counts(single_fn, x, num, **kwargs)
-        two = smoothing.sample_counts(mirrored_fn, x, num, strategy=mirrored, **kwargs)
+        one = certification.sample_counts(single_fn, x, num, **kwargs)
+        two = certification.sample_counts(mirrored_fn, x, num, strategy=mirrored, **kwargs)
         result["counts"][f"{num}/{batch}"] = {"single": one.tolist(), "mirrored": two.tolist()}
 
-    smooth_one = smoothing.Smooth(single_fn, NUM_CLASSES, SIGMA, batch_size=200)
-    smooth_two = smoothing.Smooth(
+    smooth_one = certification.Smooth(single_fn, NUM_CLASSES, SIGMA, batch_size=200)
+    smooth_two = certification.Smooth(
         mirrored_fn, NUM_CLASSES, SIGMA, batch_size=200, strategy=mirrored
     )
     result["certify"] = {
@@ -66,7 +67,7 @@ def main():
     for i in range(3):
         smooth_two.certify(x * 0.5 + 0.1 * i, 100, 2000, 0.001, seed=i)
     result["traces"] = [
-        smoothing.get_sampler(
+        certification.get_sampler(
             mirrored_fn, x.shape, batch=b, num_classes=NUM_CLASSES, strategy=mirrored
         ).experimental_get_tracing_count()
         for b in (100, 200)

@@ -32,7 +32,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from sat_tf import attacks, data, evaluation, models, train_lib  # noqa: E402
+from sat_tf import attacks, data, evaluation, models  # noqa: E402
+from sat_tf import training
 
 BATCH = 32
 
@@ -66,7 +67,7 @@ def main():
     model = models.build_model("digits_cnn", filters=(8, 8, 16))
     optimizer = keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True)
     attack = attacks.get_attack("pgd", eps=0.1, step_size=0.05, steps=2)
-    config = train_lib.StepConfig(global_batch_size=BATCH, num_classes=10, label_smoothing=0.1)
+    config = training.StepConfig(global_batch_size=BATCH, num_classes=10, label_smoothing=0.1)
 
     def dataset_fn(epoch, ctx):
         return data.load_split(
@@ -91,7 +92,7 @@ def main():
         samples.append(sample)
         return {}  # nothing extra in the history/TensorBoard: only the run itself is measured
 
-    history = train_lib.fit(
+    history = training.fit(
         model, optimizer, attack, strategy, dataset_fn, config=config, epochs=args.epochs,
         steps_per_epoch=args.steps, workdir=workdir, checkpoint_every_steps=args.checkpoint_every,
         max_checkpoints=args.max_checkpoints, verbose=False, epoch_end_fn=epoch_end_fn,

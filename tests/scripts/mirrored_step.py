@@ -21,7 +21,9 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sat_tf import activations, attacks, distribute, objectives, train_lib  # noqa: E402
+from sat_tf import activations, attacks, distribute  # noqa: E402
+from sat_tf.training import objectives
+from sat_tf import training
 
 GLOBAL_BATCH = 8
 
@@ -52,11 +54,11 @@ def run(strategy):
     with strategy.scope():
         model = build()
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
-    config = train_lib.StepConfig(
+    config = training.StepConfig(
         global_batch_size=GLOBAL_BATCH, num_classes=3, label_smoothing=0.1, weight_decay=1e-3,
         jit_compile=len(sys.argv) > 2 and sys.argv[2] == "jit",
     )
-    train = train_lib.make_train_function(model, optimizer, OBJECTIVES[OBJECTIVE](model), strategy, config)
+    train = training.make_train_function(model, optimizer, OBJECTIVES[OBJECTIVE](model), strategy, config)
 
     def dataset_fn(ctx):
         ds = tf.data.Dataset.from_tensor_slices((X, Y))

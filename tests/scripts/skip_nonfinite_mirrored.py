@@ -19,7 +19,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sat_tf import train_lib  # noqa: E402
+from sat_tf import training  # noqa: E402
 
 GLOBAL_BATCH = 8
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -37,8 +37,8 @@ images = rng.uniform(size=(3 * GLOBAL_BATCH, 4, 4, 1)).astype(np.float32)
 labels = rng.integers(0, 3, size=(3 * GLOBAL_BATCH,)).astype(np.int32)
 images[GLOBAL_BATCH + GLOBAL_BATCH // 2 + 1, 0, 0, 0] = np.nan  # step 2, replica 1's shard
 
-config = train_lib.StepConfig(global_batch_size=GLOBAL_BATCH, num_classes=3)
-train = train_lib.make_train_function(
+config = training.StepConfig(global_batch_size=GLOBAL_BATCH, num_classes=3)
+train = training.make_train_function(
     model, optimizer, lambda logits_fn, x, y, seed=None: x, strategy, config, on_nonfinite="skip"
 )
 dataset = strategy.experimental_distribute_dataset(

@@ -1,5 +1,5 @@
 """TRADES, AWP-TRADES and Randomized Adversarial Training (RAT) objectives
-for `sat_tf.train_lib` (see `train_lib.AttackObjective` for the protocol).
+for `sat_tf.training` (see `training.AttackObjective` for the protocol).
 
 - TRADES (Zhang et al., 2019): the attack maximises KL(p(x) || p(x')) with
   BatchNorm in inference mode; the loss is CE(f(x), y) + beta KL(p(x) || p(x'))
@@ -36,7 +36,7 @@ reference's TRADES recomputes them, updating BatchNorm statistics more often).
 
     objective = TradesObjective(model, eps=8 / 255, step_size=2 / 255, steps=10,
                                 beta=6.0, rat_alpha=0.2, attack_weight_noise=1e-4)
-    train_lib.fit(model, optimizer, objective, strategy, dataset_fn, ...)
+    training.fit(model, optimizer, objective, strategy, dataset_fn, ...)
 """
 
 import dataclasses
@@ -181,21 +181,21 @@ class TradesObjective:
 
     def loss(self, forward, batch, weights, *, num_classes, label_smoothing):
         """(per-example loss, adversarial logits, labels); see the module docstring."""
-        from sat_tf import train_lib
+        from sat_tf import training
 
         x, x_adv, y = batch
         if not self.rat_alpha:
             clean, adv = forward(x), forward(x_adv)
-            ce = train_lib.cross_entropy(clean, y, num_classes, label_smoothing)
+            ce = training.cross_entropy(clean, y, num_classes, label_smoothing)
             return ce + self.beta * trades_kl(clean, adv), adv, y
         kernel = weights[final_dense_index(self.model)]
         kernel = getattr(kernel, "value", kernel)  # a Keras variable's tf.Variable (tapes watch that)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(kernel)
             clean, adv = tf.cast(forward(x), tf.float32), tf.cast(forward(x_adv), tf.float32)
-            ce_nat = train_lib.cross_entropy(clean, y, num_classes, label_smoothing)
+            ce_nat = training.cross_entropy(clean, y, num_classes, label_smoothing)
             mean_nat = tf.reduce_mean(ce_nat)
-            mean_adv = tf.reduce_mean(train_lib.cross_entropy(adv, y, num_classes, label_smoothing))
+            mean_adv = tf.reduce_mean(training.cross_entropy(adv, y, num_classes, label_smoothing))
         g_nat, g_adv = class_gradient(mean_nat, kernel, tape), class_gradient(mean_adv, kernel, tape)
         del tape
         first, second = rat_terms(g_nat, g_adv, y, clean, adv, self.rat_c)
@@ -209,7 +209,7 @@ class TradesObjective:
         """AWP's v per trainable variable (None where not perturbed), or None if AWP is off."""
         if not self.awp_gamma:
             return None
-        from sat_tf import train_lib
+        from sat_tf import training
 
         model = self.model
         x, x_adv, y = batch
@@ -220,7 +220,7 @@ class TradesObjective:
             tape.watch(weights)
             clean, state = model.stateless_call(weights, state, x, training=True)
             adv, _ = model.stateless_call(weights, state, x_adv, training=True)
-            proxy = tf.reduce_mean(train_lib.cross_entropy(clean, y, num_classes))
+            proxy = tf.reduce_mean(training.cross_entropy(clean, y, num_classes))
             proxy += self.beta * tf.reduce_mean(trades_kl(clean, adv))
         grads = tape.gradient(proxy, weights)
         epoch = tf.math.floordiv(tf.cast(step, tf.int64), int(self.steps_per_epoch))

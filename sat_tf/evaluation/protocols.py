@@ -9,7 +9,7 @@ accuracy is published only with AutoAttack beside PGD). Plain Python, no absl:
 launch/evaluate.py selects one with `--protocol`, a library user builds the
 same rows directly:
 
-    >>> from launch import protocols
+    >>> from sat_tf.evaluation import protocols
     >>> budget = protocols.resolve_budget(protocols.PROTOCOLS["rat_cifar"], run_eval=None)
     >>> budget
     {'epsilon': 0.031, 'step_size': 0.003, 'steps': [20]}

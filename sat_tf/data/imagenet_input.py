@@ -47,7 +47,7 @@ and `drop_remainder`.
 Nothing here downloads anything: missing data raises `DatasetNotFoundError`
 at once, with the fix in the message.
 
-Bad data (`bad_records`, both sources; see `sat_tf.record_faults` for what is
+Bad data (`bad_records`, both sources; see `sat_tf.data.record_faults` for what is
 and is not detected): a truncated/corrupt shard or an undecodable image fails
 with a message naming the shard and record (`"error"`, the default; hosts get
 `CorruptRecordError` via `record_faults.named_errors`), or is dropped and
@@ -66,7 +66,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from sat_tf import record_faults
+from sat_tf.data import record_faults
 from sat_tf.data import DatasetNotFoundError, default_data_dir, find_prepared_dataset
 
 NUM_CLASSES = 1000

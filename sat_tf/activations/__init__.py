@@ -13,8 +13,8 @@ import numbers
 import keras
 from keras import ops
 
-from sat_tf import fused
-from sat_tf.sparta import Sparta
+from sat_tf.activations import fused
+from sat_tf.activations.sparta import Sparta
 
 RELU_SMOOTH_GRAD_MODES = ("attacker", "optimizer", "both")
 
@@ -53,7 +53,7 @@ def gelu(x, approximate=True):
 
 @functools.cache
 def _fused_kernels():
-    """SiLU, GELU and SmoothReLU as one XLA kernel each way (`sat_tf.fused`): the same formulas."""
+    """SiLU, GELU and SmoothReLU as one XLA kernel each way (`sat_tf.activations.fused`): the same formulas."""
     import math
 
     import tensorflow as tf
@@ -456,7 +456,7 @@ ACTIVATIONS = {
     "smooth_relu": SmoothReLU,
     "mish": Mish,
     "relu_smooth_grad": ReLUSmoothGrad,
-    "sparta": Sparta,  # a reconstruction, shared per model: sat_tf/sparta.py
+    "sparta": Sparta,  # a reconstruction, shared per model: sat_tf/activations/sparta.py
 }
 # Aliases are spelled out.
 ACTIVATIONS["swish"] = ACTIVATIONS["silu"]

@@ -1,5 +1,5 @@
 """Training objectives for randomized smoothing: Gaussian noise (Cohen et al.,
-2019) and SmoothAdv (Salman et al., 2019), for `sat_tf.train_lib`.
+2019) and SmoothAdv (Salman et al., 2019), for `sat_tf.training`.
 
 Both train the base classifier f so that the smoothed classifier
 g(x) = argmax_c P[f(x + N(0, sigma^2 I)) = c] is accurate and robust. Noise is

@@ -60,7 +60,7 @@ become zeros (and ints above 255 wrap) before the graph sees them.
 
 `predict_smoothed` (with `smoothed=SmoothedServing(sigma, n, alpha, ...)`):
 `images` float32 [B, H, W, C] in [0, 1], checked as for `serve_float`; per
-image Cohen et al.'s PREDICT (`smoothing.Smooth.predict`). Returns
+image Cohen et al.'s PREDICT (`certification.Smooth.predict`). Returns
 `smoothed_classes` [B] (int32, -1 = abstain), `counts` [B, N] (int32),
 `pvalues` [B] (float64) and the noiseless top-1 `classes` [B]. σ, n, α, the
 batch and the seed are graph constants (also in
@@ -84,7 +84,8 @@ import warnings
 import keras
 import tensorflow as tf
 
-from sat_tf import imagenet_input, smoothing
+from sat_tf.data import imagenet_input
+from sat_tf import certification
 
 # The differentiable endpoint (signature and loaded function) for attacks.
 LOGITS_SIGNATURE = "logits_float"
@@ -231,7 +232,7 @@ def _smoothed_endpoint(model, image_shape, num_classes, smoothed):
             "predict_smoothed expects float32 pixels in [0, 1] (divide 0..255 "
             "images by 255); got min, max",
         )
-        out = smoothing.predict_batch_graph(
+        out = certification.predict_batch_graph(
             logits_fn, images, n=smoothed.n, alpha=smoothed.alpha, sigma=smoothed.sigma,
             num_classes=num_classes, batch_size=smoothed.batch_size, seed=smoothed.seed,
         )
@@ -248,7 +249,7 @@ def _write_smoothed_settings(path, smoothed, num_classes):
             os.remove(file)
         return
     settings = {**dataclasses.asdict(smoothed), "num_classes": int(num_classes),
-                "abstain": smoothing.ABSTAIN}
+                "abstain": certification.ABSTAIN}
     # assets.extra: the SavedModel folder for files the graph does not load.
     os.makedirs(os.path.dirname(file), exist_ok=True)
     with open(file, "w") as f:

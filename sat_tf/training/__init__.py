@@ -7,7 +7,7 @@ attack); L2 weight decay (lambda/2 * sum w^2) covers conv/dense kernels only,
 coupled through the gradient as in TF1/PyTorch. The attack is any callable
 `attack(logits_fn, x, y, seed=...) -> x_adv` (see `sat_tf.attacks`), or an
 objective that builds the training rows (`AttackObjective`; randomized
-smoothing's noise and SmoothAdv objectives live in `sat_tf.smoothadv`); this
+smoothing's noise and SmoothAdv objectives live in `sat_tf.training.objectives`); this
 module never imports models or attacks.
 
 Determinism: attack seeds are derived from (run seed, optimizer step, replica
@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from sat_tf import distribute
+from sat_tf.seeds import make_seed  # noqa: F401  (training.make_seed is public)
 
 
 class DivergenceError(FloatingPointError):
@@ -97,13 +98,6 @@ def decayed_variables(model):
     return [v for v in model.trainable_variables if v.path.split("/")[-1].endswith("kernel")]
 
 
-def make_seed(run_seed, step, replica_id):
-    """A stateless [2] int32 seed unique to (run, optimizer step, replica)."""
-    base = tf.constant([int(run_seed) & 0x7FFFFFFF, 0x5A7], dtype=tf.int32)
-    seed = tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int32))
-    return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica_id, tf.int32))
-
-
 @tf.custom_gradient
 def _scale_backward(x, scale):
     def grad(upstream):
@@ -126,7 +120,7 @@ class AttackObjective:
     normalisation uses `global_batch_size * rows_per_example`). `logits_fn`
     runs the model in inference mode; `step` is the number of batches
     consumed before this one (for schedules such as an epsilon warm-up).
-    See `sat_tf.smoothadv` for randomized-smoothing objectives.
+    See `sat_tf.training.objectives` for randomized-smoothing objectives.
     """
 
     rows_per_example = 1
@@ -246,7 +240,7 @@ def make_train_function(model, optimizer, attack, strategy, config, *, ema=None,
     arithmetic stay float32 (the model's input and logits are float32).
 
     Args:
-        ema: optional `sat_tf.ema.WeightEMA`, updated after every step.
+        ema: optional `sat_tf.training.ema.WeightEMA`, updated after every step.
         batches: optional int64 variable counting batches consumed (unlike
             `optimizer.iterations`, it also counts steps a loss-scale
             optimizer skipped), used for epoch bookkeeping.
@@ -526,7 +520,7 @@ def fit(
     Args:
         model, optimizer: created under `strategy.scope()`.
         attack: `attack(logits_fn, x, y, seed=...) -> x_adv`, or an objective
-            such as `sat_tf.smoothadv.SmoothAdvObjective` (see `AttackObjective`).
+            such as `sat_tf.training.objectives.SmoothAdvObjective` (see `AttackObjective`).
         dataset_fn: `dataset_fn(epoch, input_context) -> tf.data.Dataset` of
             per-replica batches (images in [0, 1], int labels), at least
             `steps_per_epoch` batches per replica, deterministic given epoch.
@@ -542,7 +536,7 @@ def fit(
         checkpoint_every_steps: also save every N steps (0: at epoch ends only).
         epoch_end_fn: optional `fn(epoch) -> dict` of extra scalars (e.g. eval),
             written to TensorBoard as `epoch/<key>` and to the history.
-        ema: optional `sat_tf.ema.WeightEMA` (created under the strategy
+        ema: optional `sat_tf.training.ema.WeightEMA` (created under the strategy
             scope), updated every step and checkpointed.
         on_nonfinite: a NaN/Inf loss or gradient "stop"s the run (nothing is
             saved after it) or is "skip"ped (see `make_train_function`),

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from sat_tf import train_lib
+from sat_tf.seeds import make_seed
 
 
 def _identity_attack(logits_fn, x, y, seed=None):
@@ -47,7 +47,7 @@ def evaluate(model, strategy, dataset_fn, attacks, *, top_k=5, seed=1234, progre
         def replica_fn(x, y, batch, attack=attack, index=index):
             y = tf.cast(y, tf.int32)
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-            seed_ = train_lib.make_seed(seed + 7919 * index, batch, replica)
+            seed_ = make_seed(seed + 7919 * index, batch, replica)
             x_adv = attack(lambda z: model(z, training=False), tf.cast(x, tf.float32), y, seed=seed_)
             logits = tf.cast(model(x_adv, training=False), tf.float32)
             k = min(top_k, logits.shape[-1])

@@ -1,0 +1,17 @@
+"""Training objectives beyond PGD adversarial training.
+
+- `trades`: TRADES (Zhang et al., 2019), AWP (Wu et al., 2020) and RAT's Taylor terms.
+- `noise`: Gaussian-noise and SmoothAdv training of a randomized-smoothing base classifier.
+"""
+
+from sat_tf.training.objectives.noise import NO_ATTACK, SmoothAdvObjective
+from sat_tf.training.objectives.trades import (
+    TradesObjective,
+    class_gradient,
+    conv_kernel_indices,
+    final_dense_index,
+    kl_soft,
+    rat_terms,
+    reg_gap,
+    trades_kl,
+)
