@@ -275,3 +275,23 @@ def test_wrapper_under_mirrored_equals_one_device_and_the_loop():
     assert float(found["fit_vs_loop_pgd"]) < 1e-6, proc.stdout
     assert float(found["fit_vs_loop_trades"]) < 1e-6, proc.stdout
     assert abs(float(found["loss_mirrored"]) - float(found["loss_one_device"])) < 1e-5, proc.stdout
+
+
+# === Errors name library arguments; the launchers add the flags ===
+
+
+def test_launchers_add_flag_hints_to_a_divergence_error():
+    code = (
+        "from launch import common\n"
+        "from sat_tf import training\n"
+        "def main(argv):\n"
+        "    raise training.DivergenceError('NaN/Inf training loss at step 2; pass on_nonfinite=\"skip\"')\n"
+        "common.run(main)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: NaN/Inf training loss at step 2"), last
+    assert "(flags: --on_nonfinite=skip skips such steps, --max_skipped_steps caps them)" in last, last
