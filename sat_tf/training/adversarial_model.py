@@ -79,7 +79,9 @@ class AdversarialModel(keras.Model):
                 f"{', '.join(f'{k}={v!r}' for k, v in step_kwargs.items())}"
             )
         if on_nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"`on_nonfinite` must be one of {NONFINITE_POLICIES}. Received: on_nonfinite={on_nonfinite!r}")
+            raise ValueError(
+                f"`on_nonfinite` must be one of {NONFINITE_POLICIES}. Received: on_nonfinite={on_nonfinite!r}"
+            )
         if config is None:
             kwargs = {**_STEP_DEFAULTS, **step_kwargs}
             if kwargs["num_classes"] is None:

@@ -91,6 +91,58 @@ def _accepts_skip(dataset_fn):
         return False
 
 
+def _run_steps(train, iterator, n, first, strategy, manager):
+    """`train(iterator, n)` as floats; a peer's death becomes `WorkerFailedError`."""
+    try:
+        return {k: float(v) for k, v in train(iterator, tf.constant(n)).items()}
+    except _PEER_FAILURES as err:
+        if distribute.num_workers(strategy) < 2:
+            raise
+        reason = str(err).strip().splitlines()[0][:160]
+        raise WorkerFailedError(
+            f"a peer worker stopped during steps {first + 1}-{first + n} ({type(err).__name__}: "
+            f"{reason}); restart every worker with the same command to resume from "
+            f"{manager.latest_checkpoint or 'the start'}"
+        ) from None
+
+
+def _nonfinite_steps(out, n, global_step, *, on_nonfinite, skipped_total, max_skipped_steps, last_checkpoint,
+                     log):
+    """How many of the `n` steps just run had a NaN/Inf loss or gradient
+    (they were skipped); raises `DivergenceError` as the policy says."""
+    bad = int(max(out["nonfinite_loss"], out["nonfinite_grad"]))
+    if not bad and math.isfinite(out["loss_sum"]):
+        return 0
+    what = "loss" if out["nonfinite_loss"] or not math.isfinite(out["loss_sum"]) else "gradient"
+    where = f"step {global_step}" if n == 1 else f"steps {global_step - n + 1}-{global_step}"
+    last = last_checkpoint or "none"
+    if on_nonfinite == "stop":
+        raise DivergenceError(
+            f"NaN/Inf training {what} at {where}; stopped without saving (last good "
+            f"checkpoint: {last}). Lower the learning rate or the attack step, check the "
+            'data, or pass on_nonfinite="skip" to skip such steps'
+        )
+    skipped_total += bad
+    log(f"warning: skipped {bad} step(s) with a NaN/Inf {what} at {where} ({skipped_total} skipped so far)")
+    if skipped_total > max_skipped_steps:
+        raise DivergenceError(
+            f"{skipped_total} steps had a NaN/Inf loss or gradient (more than "
+            f"max_skipped_steps={max_skipped_steps}); stopped at {where} without "
+            f"saving (last good checkpoint: {last}). Lower the learning rate or check the data"
+        )
+    return bad
+
+
+def _step_metrics(out, seconds, optimizer):
+    """The progress line's and TensorBoard's per-call scalars."""
+    return {
+        "loss": out["loss_sum"] / max(out["count"], 1.0),
+        "adv_acc": out["correct"] / max(out["count"], 1.0),
+        "lr": float(np.asarray(optimizer.learning_rate)),
+        "img/s": out["count"] / max(seconds, 1e-9),
+    }
+
+
 def fit(
     model,
     optimizer,
@@ -208,54 +260,23 @@ def fit(
                 if checkpoint_every_steps:
                     n = min(n, checkpoint_every_steps - seen() % checkpoint_every_steps)
                 t0 = time.perf_counter()
-                try:
-                    out = {k: float(v) for k, v in train(iterator, tf.constant(n)).items()}
-                except _PEER_FAILURES as err:
-                    if distribute.num_workers(strategy) < 2:
-                        raise
-                    reason = str(err).strip().splitlines()[0][:160]
-                    raise WorkerFailedError(
-                        f"a peer worker stopped during steps {seen() + 1}-{seen() + n} ({type(err).__name__}: "
-                        f"{reason}); restart every worker with the same command to resume from "
-                        f"{manager.latest_checkpoint or 'the start'}"
-                    ) from None
+                out = _run_steps(train, iterator, n, seen(), strategy, manager)
                 seconds = time.perf_counter() - t0
                 done_in_epoch += n
                 global_step = seen()
-                bad = int(max(out["nonfinite_loss"], out["nonfinite_grad"]))
-                if bad or not math.isfinite(out["loss_sum"]):
-                    what = "loss" if out["nonfinite_loss"] or not math.isfinite(out["loss_sum"]) else "gradient"
-                    where = f"step {global_step}" if n == 1 else f"steps {global_step - n + 1}-{global_step}"
-                    last = manager.latest_checkpoint or "none"
-                    if on_nonfinite == "stop":
-                        raise DivergenceError(
-                            f"NaN/Inf training {what} at {where}; stopped without saving (last good "
-                            f"checkpoint: {last}). Lower the learning rate or the attack step, check the "
-                            'data, or pass on_nonfinite="skip" to skip such steps'
-                        )
-                    skipped_total += bad
-                    sums["skipped"] += bad
-                    log(f"warning: skipped {bad} step(s) with a NaN/Inf {what} at {where} "
-                        f"({skipped_total} skipped so far)")
-                    if skipped_total > max_skipped_steps:
-                        raise DivergenceError(
-                            f"{skipped_total} steps had a NaN/Inf loss or gradient (more than "
-                            f"max_skipped_steps={max_skipped_steps}); stopped at {where} without "
-                            f"saving (last good checkpoint: {last}). Lower the learning rate or check the data"
-                        )
+                bad = _nonfinite_steps(
+                    out, n, global_step, on_nonfinite=on_nonfinite, skipped_total=skipped_total,
+                    max_skipped_steps=max_skipped_steps, last_checkpoint=manager.latest_checkpoint, log=log,
+                )
+                skipped_total += bad
+                sums["skipped"] += bad
                 for k in ("loss_sum", "correct", "count"):
                     sums[k] += out[k]
-                lr = float(np.asarray(optimizer.learning_rate))
-                metrics = {
-                    "loss": out["loss_sum"] / max(out["count"], 1.0),
-                    "adv_acc": out["correct"] / max(out["count"], 1.0),
-                    "lr": lr,
-                    "img/s": out["count"] / max(seconds, 1e-9),
-                }
+                metrics = _step_metrics(out, seconds, optimizer)
                 with writer.as_default(step=global_step):
                     tf.summary.scalar("train/loss", metrics["loss"])
                     tf.summary.scalar("train/adv_accuracy", metrics["adv_acc"])
-                    tf.summary.scalar("train/learning_rate", lr)
+                    tf.summary.scalar("train/learning_rate", metrics["lr"])
                     tf.summary.scalar("train/images_per_second", metrics["img/s"])
                 progress.update(done_in_epoch, metrics)
                 if sigterm.raised:

@@ -17,3 +17,19 @@ from sat_tf.training.objectives.trades import (
     reg_gap,
     trades_kl,
 )
+
+__all__ = [
+    "NO_ATTACK",
+    "AttackObjective",
+    "Objective",
+    "SmoothAdvObjective",
+    "TradesObjective",
+    "as_objective",
+    "class_gradient",
+    "conv_kernel_indices",
+    "final_dense_index",
+    "kl_soft",
+    "rat_terms",
+    "reg_gap",
+    "trades_kl",
+]
