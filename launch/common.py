@@ -162,8 +162,8 @@ def run(main):
     from sat_tf.data import record_faults
     from sat_tf import training
 
-    expected = (FlagError, distribute.StrategyError, FileNotFoundError, training.DivergenceError,
-                training.CheckpointError, record_faults.CorruptRecordError)
+    expected = (FlagError, distribute.StrategyError, FileNotFoundError, training.CheckpointError,
+                record_faults.CorruptRecordError)
 
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)
@@ -178,6 +178,11 @@ def run(main):
         except training.WorkerFailedError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(143)  # retryable, as a preemption: restart every worker
+        except training.DivergenceError as err:
+            # The library names its arguments; here they are flags.
+            print(f"error: {err} (flags: --on_nonfinite=skip skips such steps, --max_skipped_steps caps them)",
+                  file=sys.stderr, flush=True)
+            sys.exit(2)
         except expected as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)

@@ -160,7 +160,7 @@ def test_attack_gradient_scale_changes_nothing_but_magnitude():
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(xt)
         plain = tf.reduce_sum(attacks.base.cross_entropy(logits_fn(xt), y))
-        scaled = tf.reduce_sum(attacks.base.cross_entropy(training._scale_backward(logits_fn(xt), 128.0), y))
+        scaled = tf.reduce_sum(attacks.base.cross_entropy(training.step._scale_backward(logits_fn(xt), 128.0), y))
     g1, g128 = tape.gradient(plain, xt), tape.gradient(scaled, xt)
     np.testing.assert_allclose(g128.numpy(), 128.0 * g1.numpy(), rtol=1e-5)
     np.testing.assert_array_equal(np.sign(g128.numpy()), np.sign(g1.numpy()))
@@ -180,13 +180,13 @@ def _fit(workdir, *, epochs=2, steps=3, ema_decay=None, on_update=None, calls=No
         return ds.skip(skip_batches)
 
     if on_update is not None:
-        original = training._Progress.update
+        original = training.loop._Progress.update
 
         def update(self, step, metrics):
             original(self, step, metrics)
             on_update(step)
 
-        training._Progress.update = update
+        training.loop._Progress.update = update
     try:
         training.fit(
             model, optimizer, _shift_attack, tf.distribute.get_strategy(), dataset_fn,
@@ -195,7 +195,7 @@ def _fit(workdir, *, epochs=2, steps=3, ema_decay=None, on_update=None, calls=No
         )
     finally:
         if on_update is not None:
-            training._Progress.update = original
+            training.loop._Progress.update = original
     return model, ema
 
 

@@ -1,9 +1,11 @@
-"""Training objectives beyond PGD adversarial training.
+"""Training objectives: what each step trains on (see `base` for the protocol).
 
+- `base`: `Objective`, `AttackObjective` (PGD-AT from any attack), `as_objective`.
 - `trades`: TRADES (Zhang et al., 2019), AWP (Wu et al., 2020) and RAT's Taylor terms.
 - `noise`: Gaussian-noise and SmoothAdv training of a randomized-smoothing base classifier.
 """
 
+from sat_tf.training.objectives.base import AttackObjective, Objective, as_objective
 from sat_tf.training.objectives.noise import NO_ATTACK, SmoothAdvObjective
 from sat_tf.training.objectives.trades import (
     TradesObjective,
@@ -15,3 +17,19 @@ from sat_tf.training.objectives.trades import (
     reg_gap,
     trades_kl,
 )
+
+__all__ = [
+    "NO_ATTACK",
+    "AttackObjective",
+    "Objective",
+    "SmoothAdvObjective",
+    "TradesObjective",
+    "as_objective",
+    "class_gradient",
+    "conv_kernel_indices",
+    "final_dense_index",
+    "kl_soft",
+    "rat_terms",
+    "reg_gap",
+    "trades_kl",
+]

@@ -28,7 +28,7 @@ reference runs m chunks of B rows); lower the batch if memory is short.
     objective = SmoothAdvObjective(sigma=0.25, attack="pgd", epsilon=64 / 256,
                                    steps=10, num_noise=2, multi_noise=True,
                                    warmup_epochs=10, steps_per_epoch=390)
-    train_lib.fit(model, optimizer, objective, strategy, dataset_fn, ...)
+    training.fit(model, optimizer, objective, strategy, dataset_fn, ...)
 """
 
 import dataclasses
@@ -37,14 +37,15 @@ import tensorflow as tf
 
 from sat_tf import attacks
 from sat_tf.attacks import base as attack_base
+from sat_tf.training.objectives.base import Objective
 
 _ATTACK_SEED = 1
 NO_ATTACK = "none"
 
 
 @dataclasses.dataclass(frozen=True)
-class SmoothAdvObjective:
-    """Noise (and optionally a SmoothAdv attack) for `train_lib.fit`.
+class SmoothAdvObjective(Objective):
+    """Noise (and optionally a SmoothAdv attack) for `training.fit`.
 
     Attributes:
         sigma: noise standard deviation in [0, 1] pixel units (>= 0).

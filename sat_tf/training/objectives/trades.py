@@ -1,5 +1,5 @@
 """TRADES, AWP-TRADES and Randomized Adversarial Training (RAT) objectives
-for `sat_tf.training` (see `training.AttackObjective` for the protocol).
+for `sat_tf.training` (see `objectives.base.Objective` for the protocol).
 
 - TRADES (Zhang et al., 2019): the attack maximises KL(p(x) || p(x')) with
   BatchNorm in inference mode; the loss is CE(f(x), y) + beta KL(p(x) || p(x'))
@@ -47,6 +47,8 @@ import tensorflow as tf
 from sat_tf.attacks import base as attack_base
 from sat_tf.attacks import kl_to_clean
 from sat_tf.attacks import trades_pgd
+from sat_tf.training.losses import cross_entropy
+from sat_tf.training.objectives.base import Objective
 
 _NOISE_SEED, _ATTACK_SEED = 11, 12
 
@@ -106,7 +108,7 @@ def class_gradient(ce, kernel, tape):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class TradesObjective:
+class TradesObjective(Objective):
     """TRADES, optionally with RAT's Taylor terms and/or AWP.
 
     Attributes:
@@ -135,8 +137,6 @@ class TradesObjective:
     awp_gamma: float = 0.0
     awp_warmup_epochs: int = 10
     steps_per_epoch: int = 1
-
-    rows_per_example = 1
 
     def __post_init__(self):
         checks = (
@@ -181,21 +181,19 @@ class TradesObjective:
 
     def loss(self, forward, batch, weights, *, num_classes, label_smoothing):
         """(per-example loss, adversarial logits, labels); see the module docstring."""
-        from sat_tf import training
-
         x, x_adv, y = batch
         if not self.rat_alpha:
             clean, adv = forward(x), forward(x_adv)
-            ce = training.cross_entropy(clean, y, num_classes, label_smoothing)
+            ce = cross_entropy(clean, y, num_classes, label_smoothing)
             return ce + self.beta * trades_kl(clean, adv), adv, y
         kernel = weights[final_dense_index(self.model)]
         kernel = getattr(kernel, "value", kernel)  # a Keras variable's tf.Variable (tapes watch that)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(kernel)
             clean, adv = tf.cast(forward(x), tf.float32), tf.cast(forward(x_adv), tf.float32)
-            ce_nat = training.cross_entropy(clean, y, num_classes, label_smoothing)
+            ce_nat = cross_entropy(clean, y, num_classes, label_smoothing)
             mean_nat = tf.reduce_mean(ce_nat)
-            mean_adv = tf.reduce_mean(training.cross_entropy(adv, y, num_classes, label_smoothing))
+            mean_adv = tf.reduce_mean(cross_entropy(adv, y, num_classes, label_smoothing))
         g_nat, g_adv = class_gradient(mean_nat, kernel, tape), class_gradient(mean_adv, kernel, tape)
         del tape
         first, second = rat_terms(g_nat, g_adv, y, clean, adv, self.rat_c)
@@ -209,8 +207,6 @@ class TradesObjective:
         """AWP's v per trainable variable (None where not perturbed), or None if AWP is off."""
         if not self.awp_gamma:
             return None
-        from sat_tf import training
-
         model = self.model
         x, x_adv, y = batch
         weights = [tf.identity(v) for v in model.trainable_variables]
@@ -220,7 +216,7 @@ class TradesObjective:
             tape.watch(weights)
             clean, state = model.stateless_call(weights, state, x, training=True)
             adv, _ = model.stateless_call(weights, state, x_adv, training=True)
-            proxy = tf.reduce_mean(training.cross_entropy(clean, y, num_classes))
+            proxy = tf.reduce_mean(cross_entropy(clean, y, num_classes))
             proxy += self.beta * tf.reduce_mean(trades_kl(clean, adv))
         grads = tape.gradient(proxy, weights)
         epoch = tf.math.floordiv(tf.cast(step, tf.int64), int(self.steps_per_epoch))
