@@ -52,6 +52,20 @@ def table(name, run_eval=RUN_EVAL, **explicit):
     return protocols.build_attacks(protocol, **protocols.resolve_budget(protocol, run_eval, **explicit))
 
 
+@pytest.mark.parametrize("shape", [(8, 8, 1), (32, 32, 3), (5, 7, 2)])
+def test_max_epsilon_is_the_largest_distance_between_two_images(shape):
+    black, white = np.zeros(shape), np.ones(shape)
+    rng = np.random.default_rng(0)
+    for norm, order in (("linf", np.inf), ("l2", 2), ("l1", 1)):
+        largest = protocols.max_epsilon(norm, shape)
+        assert largest == pytest.approx(np.linalg.norm((white - black).ravel(), order))
+        a, b = rng.uniform(size=(2, *shape))
+        assert np.linalg.norm((a - b).ravel(), order) <= largest
+    assert protocols.max_epsilon("linf") == 1.0 and protocols.max_epsilon("l2") is None
+    with pytest.raises(ValueError, match="l3"):
+        protocols.max_epsilon("l3", shape)
+
+
 @pytest.mark.parametrize("name,expected", [("rat_cifar", RAT_CIFAR), ("rat_svhn", RAT_SVHN)])
 def test_rat_presets_have_the_reference_parameters(name, expected):
     got = table(name)
