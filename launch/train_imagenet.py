@@ -1,11 +1,11 @@
 r"""Smooth Adversarial Training on ImageNet: TPU pods, multi-GPU hosts, CPU.
 
-The defaults are the SAT ImageNet recipe (SPEC §10): ResNet-50 with SiLU,
+The defaults are the SAT ImageNet recipe: ResNet-50 with SiLU,
 untargeted L-inf PGD-1 in training (epsilon 4/255, step 4/255, the batch starts
 clean with probability 0.2), adversarial images only, label smoothing 0.1 in
 the training loss only, weight decay 1e-4 on kernels, SGD Nesterov 0.9, LR 0.1
-per 256 images with a 5-epoch warm-up and x0.1 at epochs 30/60/90, 100
-epochs; evaluation with PGD-10/20/50/200 (epsilon 4, step 1, random start),
+per 256 images (warmed up from 0.1 over 5 epochs when the scaled LR exceeds
+0.1) and x0.1 at epochs 30/60/90, 100 epochs; evaluation with PGD-10/20/50/200 (epsilon 4, step 1, random start),
 top-1 and top-5. Budgets use SAT's 0-255 scale.
 
     # Cloud TPU (v3-8 / pod slice), TFRecords in the tensorflow/tpu format:

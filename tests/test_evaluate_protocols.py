@@ -1,7 +1,7 @@
 """launch/evaluate.py --protocol: the RAT / TRADES / AWP evaluation and friends.
 
 The expected parameters below are copied by hand from the reference's
-eval_attack.py (reference_code.md §5.4), not from sat_tf/evaluation/protocols.py, so a
+eval_attack.py (Alexkael/Randomized-Adversarial-Training), not from sat_tf/evaluation/protocols.py, so a
 typo in the preset table fails here.
 """
 

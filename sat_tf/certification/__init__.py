@@ -2,7 +2,7 @@
 
 `Smooth(lambda z: model(z, training=False), num_classes, sigma)` wraps any
 callable mapping float32 [B, H, W, C] images in [0, 1] pixel space to logits
-(preprocessing lives inside the model, SPEC §3; call Keras models with
+(preprocessing lives inside the model; call Keras models with
 `training=False` so BatchNorm uses its moving statistics). The smoothed
 classifier is g(x) = argmax_c P[argmax f(x + N(0, σ²I)) = c], the noise never
 clipped. `certify` returns (class, L2 radius) or (ABSTAIN, 0.0); `predict`
