@@ -399,6 +399,7 @@ def main(argv):
             warmup_steps=int(FLAGS.warmup_epochs * steps_per_epoch),
             decay=FLAGS.lr_schedule,
             boundaries=[int(e) * steps_per_epoch for e in FLAGS.lr_decay_epochs],
+            warmup_start_lr=FLAGS.base_learning_rate,  # SAT: from 0.1, only when the scaled LR exceeds it
         )
         optimizer = make_optimizer(schedule, policy)
         ema = ema_lib.WeightEMA(model, FLAGS.moving_average_decay) if FLAGS.moving_average_decay > 0 else None
