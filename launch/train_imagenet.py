@@ -408,7 +408,9 @@ def main(argv):
         from sat_tf import zoo
 
         conversion = zoo.load_tf1_checkpoint(
-            model, FLAGS.init_checkpoint, use_ema=FLAGS.init_use_ema, channel_order=FLAGS.channel_order
+            model, FLAGS.init_checkpoint, use_ema=FLAGS.init_use_ema,
+            # Not given: the family's order in SAT's released code (BGR for ResNets), not the flag's default.
+            channel_order=FLAGS.channel_order if FLAGS["channel_order"].present else None,
         )
         if chief:
             print(conversion.summary(), flush=True)
