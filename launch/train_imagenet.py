@@ -531,7 +531,8 @@ def main(argv):
             results = run_evaluation(periodic_iters, seed=FLAGS.seed + 1)
             if chief:
                 print(report.markdown_table(results, title=f"epoch {epoch + 1}"), flush=True)
-            return {**extra, **{f"eval/{name}_{k}": row[k] for name, row in results.items() for k in ("top1", "top5")}}
+            return {**extra, **{f"eval/{name}_{k}": v for name, row in results.items() for k, v in row.items()
+                                if k.startswith("top")}}  # top1 and top{k}, k = min(5, classes)
 
         step_config = training.StepConfig(
             global_batch_size=FLAGS.train_batch_size,
