@@ -19,7 +19,7 @@ digits CNN evaluates ~130k noise samples/s (BENCHMARKS.md), so the
 reference's N=100000 takes ~0.75 s per digits image (~1.3 s while another
 job shares the cores) and the whole 360-image test split ~5 minutes. For a
 quick look use --skip=4 --N=10000: 90 images in ~15 s, radii then capped at
-σ·Φ⁻¹(α^(1/N)) = 3.09σ instead of 3.81σ. ResNet-18 on 32x32 CIFAR runs ~200
+σ·Φ⁻¹(α^(1/N)) = 3.20σ instead of 3.81σ (α = 0.001). ResNet-18 on 32x32 CIFAR runs ~200
 samples/s on this CPU (~8 min per image at N=100000): use a GPU/TPU;
 --strategy=mirrored|tpu shards the noise batches over replicas without
 changing the counts, hence the TSV.

@@ -392,10 +392,6 @@ def evaluation_dataset_fn(dataset, split, *, data_dir, batch_size, limit=None):
     return dataset_fn
 
 
-def print_progress(name, batches, total):
-    print(f"\r  {name}: batch {batches}/{total}", end="\n" if batches >= total else "", flush=True)
-
-
 def progress_line(done, total, text):
     """`image k/K  text`: redrawn in place on a terminal; in a log file one
     line per tenth of the work, so logs stay readable."""

@@ -14,8 +14,9 @@ names: see `sat_tf.zoo.ZOO`.
 The architecture (depth, ResNeXt groups/width, EfficientNet variant, classes)
 is read from the checkpoint. The activation of a ResNet is not in its weights
 (only SmoothReLU leaves `smoothrelu_beta`): give `--activation` or
-`--zoo_name`. `--channel_order=bgr` is for checkpoints trained on BGR input
-(the model still takes RGB). The result takes float32 RGB pixels in [0, 1];
+`--zoo_name`. `--channel_order` defaults to the order SAT's released code
+feeds (BGR for the ResNets, RGB for the EfficientNets; see `sat_tf.zoo`); the
+converted model takes RGB either way. The result takes float32 RGB pixels in [0, 1];
 reload with `keras.saving.load_model(path, safe_mode=True)` after
 `import sat_tf.models`, or evaluate the checkpoint on ImageNet with
 `launch/train_imagenet.py --mode=eval --init_checkpoint=...`.
@@ -42,7 +43,8 @@ flags.DEFINE_integer("num_classes", None, "Classes (default: from the checkpoint
 flags.DEFINE_boolean("use_ema", None,
                      "Load the ExponentialMovingAverage shadows (default: the zoo entry's, else no).")
 flags.DEFINE_enum("channel_order", None, ["rgb", "bgr"],
-                  "Channel order the checkpoint was trained on (default: the zoo entry's, else rgb).")
+                  "Channel order the checkpoint expects (default: the zoo entry's, else the family's as in "
+                  "SAT's released code: bgr for ResNets, rgb for EfficientNets).")
 flags.DEFINE_string("output", None, "Output .keras file (default: <checkpoint prefix>.keras).")
 flags.DEFINE_string("saved_model", None, "Also export a serving SavedModel to this directory.")
 
@@ -77,7 +79,7 @@ def _settings(info, entry):
     common.require(size > 0, f"--image_size must be positive, got {size}")
     kwargs["input_shape"] = (size, size, 3)
     use_ema = FLAGS.use_ema if FLAGS.use_ema is not None else bool(entry and entry["use_ema"])
-    channel_order = FLAGS.channel_order or (entry["channel_order"] if entry else "rgb")
+    channel_order = FLAGS.channel_order or (entry["channel_order"] if entry else None)  # None: the family's
     return model_name, kwargs, use_ema, channel_order
 
 

@@ -32,7 +32,9 @@ outputs, zero gradients, Square beating the gradient attacks) are printed
 and stored as warnings.
 
 Budgets: --eps takes natural units (8/255, 0.031 or, for L2, 0.5); the older
---attack_epsilon/--attack_step_size take the 0-255 scale. Precedence, per
+--attack_epsilon/--attack_step_size take the 0-255 scale. A budget may not
+exceed the largest --norm distance between two [0, 1] images: 1 for L-inf,
+the image's diagonal sqrt(H*W*C) for L2. Precedence, per
 value: an explicit flag > the protocol's value > the run's (run_config.json
 "eval"). FGSM rows ignore the step. --norm, --loss and --targeted shape the PGD
 rows of `run` and `sat_imagenet` only (--norm also sets AutoAttack's threat
@@ -71,7 +73,6 @@ flags.DEFINE_string("dataset", None, "Override the dataset of the run (required 
 flags.DEFINE_string("data_dir", None, "Override the tfds data directory of the run.")
 flags.DEFINE_string("split", "test", "Split to evaluate.")
 flags.DEFINE_integer("limit", None, "Evaluate only the first N images.")
-flags.DEFINE_enum("attack", "pgd", ["pgd"], "Attack family of the iterative rows.")
 flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model.")
 flags.DEFINE_enum("loss", "ce", ["ce", "cw"], "Attack loss (cross-entropy or CW margin).")
 flags.DEFINE_bool("targeted", False, "Random-target targeted PGD (Feature Denoising protocol).")
@@ -97,9 +98,28 @@ STATE_FILE = "evaluation_state.json"
 
 def natural_budget(text):
     """`8/255`, `0.031` or `0.5` -> a float >= 0 (FlagError otherwise)."""
-    value = common.fraction("eps", text)
-    common.require(value <= 255, f"--eps={text} is above 255; use natural units (8/255, 0.031, or 0.5 for L2)")
-    return value
+    return common.fraction("eps", text)
+
+
+def check_budget(image_shape=None):
+    """The explicit budget flags are at most the largest --norm distance between
+    two [0, 1] images (`protocols.max_epsilon`): 1 for L-inf, sqrt(H*W*C) for L2.
+    Without `image_shape` an L2 budget is only checked to be >= 0."""
+    limit = protocols.max_epsilon(FLAGS.norm, image_shape)
+    images = "" if FLAGS.norm == "linf" or image_shape is None else \
+        f" on {'x'.join(str(int(d)) for d in image_shape)} images"
+    if FLAGS.eps is not None:
+        value = natural_budget(FLAGS.eps)
+        hint = f"; [0, 1] pixel units, e.g. {FLAGS.eps}/255" if FLAGS.norm == "linf" and value <= 255 else ""
+        if limit is not None and value > limit:
+            raise common.FlagError(f"--eps={FLAGS.eps} is above {limit:g}, the largest --norm={FLAGS.norm} distance "
+                                   f"between two images in [0, 1]{images}{hint}")
+    allowed = ">= 0" if limit is None else f"in [0, {255 * limit:g}]"
+    for_images = f" for --norm={FLAGS.norm}{images}" if images else ""
+    for name in ("attack_epsilon", "attack_step_size"):
+        value = FLAGS[name].value
+        common.require(value is None or 0 <= value <= (math.inf if limit is None else 255 * limit),
+                       f"--{name} must be {allowed} (0-255 scale){for_images}, got {value}")
 
 
 def validate():
@@ -127,11 +147,7 @@ def validate():
     model_input()  # checks --input_range/--mean/--std
     common.require(FLAGS.eps is None or FLAGS.attack_epsilon is None,
                    "give the budget once: --eps (natural units) or --attack_epsilon (0-255 scale)")
-    if FLAGS.eps is not None:
-        natural_budget(FLAGS.eps)
-    for name in ("attack_epsilon", "attack_step_size"):
-        value = FLAGS[name].value
-        common.require(value is None or 0 <= value <= 255, f"--{name} must be in [0, 255] (0-255 scale), got {value}")
+    check_budget()  # L-inf now; L2 once the image shape is known (main)
     if FLAGS.attack_epsilon and FLAGS.attack_step_size is not None:
         common.check_step_size("attack_step_size", FLAGS.attack_step_size, "attack_epsilon", FLAGS.attack_epsilon)
     if FLAGS.steps is not None:
@@ -191,6 +207,14 @@ def budget_flags():
         "step_size": None if step is None else common.pixels(step),
         "steps": None if FLAGS.steps is None else common.int_list("steps", FLAGS.steps),
     }
+
+
+def image_shape(config, dataset, data_dir):
+    """(H, W, C) of the images evaluated, from the run's model or the dataset's info."""
+    from sat_tf import data
+
+    shape = config.get("model_kwargs", {}).get("input_shape")
+    return tuple(shape) if shape else data.dataset_info(dataset, data_dir).image_shape
 
 
 def model_logits(strategy):
@@ -314,6 +338,7 @@ def main(argv):
     else:
         dataset, data_dir = FLAGS.dataset, FLAGS.data_dir
         common.check_run_data({}, dataset=dataset, split=FLAGS.split, data_dir=data_dir)
+    check_budget(image_shape(config if FLAGS.model_path is None else {}, dataset, data_dir))
     logits_fn, description, config, run_eval = model_logits(strategy)
     budget = resolve(protocol, run_eval, name)
     rows = protocols.build_rows(protocol, **budget, norm=FLAGS.norm, autoattack=autoattack_version(protocol),

@@ -17,8 +17,10 @@ Reload anywhere with `tf.saved_model.load(path)`, no sat_tf needed.
 `predict_smoothed` (randomized smoothing PREDICT with abstain, float32 images
 in [0, 1]) is added when `--smoothed_sigma` is set, and by default for a
 workdir trained with `--noise_sd` > 0 (that sigma; `--smoothed_sigma=0` turns
-it off). Its n, alpha, batch and seed (`--smoothed_*`) are fixed in the graph,
-so each image always gets the same answer.
+it off). Its n, alpha and batch (`--smoothed_*`) are fixed in the graph; every
+request gets fresh noise unless `--smoothed_seed` fixes it (then each image
+always gets the same answer: reproducible, but attackable by a client who
+learns the seed).
 
 After exporting, prints the signatures and a ready-to-run TF Serving command
 (docker + curl), and writes the same text to <output>/README.serving.md.
@@ -54,7 +56,8 @@ flags.DEFINE_float(
 flags.DEFINE_integer("smoothed_n", 1000, "predict_smoothed: noise samples per image.")
 flags.DEFINE_float("smoothed_alpha", 0.001, "predict_smoothed: abstain when the binomial test's p-value exceeds it.")
 flags.DEFINE_integer("smoothed_batch", None, "predict_smoothed: noise samples per forward pass (default: min(n, 1000)).")
-flags.DEFINE_integer("smoothed_seed", 0, "predict_smoothed: the fixed noise seed (answers are deterministic per image).")
+flags.DEFINE_integer("smoothed_seed", None, "predict_smoothed: fix the noise seed (answers become deterministic per image, "
+                     "for reproducible tests). Default: fresh noise for every request.")
 SMOOTHED_FLAGS = ("smoothed_n", "smoothed_alpha", "smoothed_batch", "smoothed_seed")
 
 

@@ -1,11 +1,11 @@
 r"""Smooth Adversarial Training on ImageNet: TPU pods, multi-GPU hosts, CPU.
 
-The defaults are the SAT ImageNet recipe (SPEC §10): ResNet-50 with SiLU,
+The defaults are the SAT ImageNet recipe: ResNet-50 with SiLU,
 untargeted L-inf PGD-1 in training (epsilon 4/255, step 4/255, the batch starts
 clean with probability 0.2), adversarial images only, label smoothing 0.1 in
 the training loss only, weight decay 1e-4 on kernels, SGD Nesterov 0.9, LR 0.1
-per 256 images with a 5-epoch warm-up and x0.1 at epochs 30/60/90, 100
-epochs; evaluation with PGD-10/20/50/200 (epsilon 4, step 1, random start),
+per 256 images (warmed up from 0.1 over 5 epochs when the scaled LR exceeds
+0.1) and x0.1 at epochs 30/60/90, 100 epochs; evaluation with PGD-10/20/50/200 (epsilon 4, step 1, random start),
 top-1 and top-5. Budgets use SAT's 0-255 scale.
 
     # Cloud TPU (v3-8 / pod slice), TFRecords in the tensorflow/tpu format:
@@ -399,6 +399,7 @@ def main(argv):
             warmup_steps=int(FLAGS.warmup_epochs * steps_per_epoch),
             decay=FLAGS.lr_schedule,
             boundaries=[int(e) * steps_per_epoch for e in FLAGS.lr_decay_epochs],
+            warmup_start_lr=FLAGS.base_learning_rate,  # SAT: from 0.1, only when the scaled LR exceeds it
         )
         optimizer = make_optimizer(schedule, policy)
         ema = ema_lib.WeightEMA(model, FLAGS.moving_average_decay) if FLAGS.moving_average_decay > 0 else None
@@ -407,7 +408,9 @@ def main(argv):
         from sat_tf import zoo
 
         conversion = zoo.load_tf1_checkpoint(
-            model, FLAGS.init_checkpoint, use_ema=FLAGS.init_use_ema, channel_order=FLAGS.channel_order
+            model, FLAGS.init_checkpoint, use_ema=FLAGS.init_use_ema,
+            # Not given: the family's order in SAT's released code (BGR for ResNets), not the flag's default.
+            channel_order=FLAGS.channel_order if FLAGS["channel_order"].present else None,
         )
         if chief:
             print(conversion.summary(), flush=True)
@@ -528,7 +531,8 @@ def main(argv):
             results = run_evaluation(periodic_iters, seed=FLAGS.seed + 1)
             if chief:
                 print(report.markdown_table(results, title=f"epoch {epoch + 1}"), flush=True)
-            return {**extra, **{f"eval/{name}_{k}": row[k] for name, row in results.items() for k in ("top1", "top5")}}
+            return {**extra, **{f"eval/{name}_{k}": v for name, row in results.items() for k, v in row.items()
+                                if k.startswith("top")}}  # top1 and top{k}, k = min(5, classes)
 
         step_config = training.StepConfig(
             global_batch_size=FLAGS.train_batch_size,

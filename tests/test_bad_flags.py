@@ -211,6 +211,16 @@ EVALUATE = [
     (["--norm=l3"], "flag --norm=l3: value should be one of <linf|l2>"),
     (["--loss=mse"], "flag --loss=mse: value should be one of <ce|cw>"),
     (["--attack_epsilon=-2"], "--attack_epsilon must be in [0, 255] (0-255 scale), got -2"),
+    # Budgets are capped per norm: L-inf at 1, L2 at the image's diagonal (digits: sqrt(8*8*1) = 8).
+    (["--eps=8"], "--eps=8 is above 1, the largest --norm=linf distance between two images in [0, 1]; "
+                  "[0, 1] pixel units, e.g. 8/255"),
+    (["--norm=l2", "--eps=9"], "--eps=9 is above 8, the largest --norm=l2 distance between two images in [0, 1] "
+                               "on 8x8x1 images"),
+    (["--norm=l2", "--attack_epsilon=3000"], "--attack_epsilon must be in [0, 2040] (0-255 scale) for --norm=l2 on "
+                                             "8x8x1 images, got 3000"),
+    (["--norm=l2", "--attack_epsilon=-1"], "--attack_epsilon must be >= 0 (0-255 scale), got -1"),
+    (["--norm=l2", "--eps=7.5"], "reached:build_model"),
+    (["--norm=l2", "--attack_epsilon=510", "--attack_step_size=255"], "reached:build_model"),
     (["--attack_step_size=300"], "--attack_step_size must be in [0, 255] (0-255 scale), got 300"),
     (["--attack_epsilon=4", "--attack_step_size=10"], "--attack_step_size=10 exceeds 2 x --attack_epsilon=4"),
     (["--restarts=0"], "--restarts must be >= 1, got 0"),

@@ -1,7 +1,7 @@
 """launch/evaluate.py --protocol: the RAT / TRADES / AWP evaluation and friends.
 
 The expected parameters below are copied by hand from the reference's
-eval_attack.py (reference_code.md §5.4), not from sat_tf/evaluation/protocols.py, so a
+eval_attack.py (Alexkael/Randomized-Adversarial-Training), not from sat_tf/evaluation/protocols.py, so a
 typo in the preset table fails here.
 """
 
@@ -50,6 +50,20 @@ def effective(attack):
 def table(name, run_eval=RUN_EVAL, **explicit):
     protocol = protocols.PROTOCOLS[name]
     return protocols.build_attacks(protocol, **protocols.resolve_budget(protocol, run_eval, **explicit))
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (32, 32, 3), (5, 7, 2)])
+def test_max_epsilon_is_the_largest_distance_between_two_images(shape):
+    black, white = np.zeros(shape), np.ones(shape)
+    rng = np.random.default_rng(0)
+    for norm, order in (("linf", np.inf), ("l2", 2), ("l1", 1)):
+        largest = protocols.max_epsilon(norm, shape)
+        assert largest == pytest.approx(np.linalg.norm((white - black).ravel(), order))
+        a, b = rng.uniform(size=(2, *shape))
+        assert np.linalg.norm((a - b).ravel(), order) <= largest
+    assert protocols.max_epsilon("linf") == 1.0 and protocols.max_epsilon("l2") is None
+    with pytest.raises(ValueError, match="l3"):
+        protocols.max_epsilon("l3", shape)
 
 
 @pytest.mark.parametrize("name,expected", [("rat_cifar", RAT_CIFAR), ("rat_svhn", RAT_SVHN)])

@@ -126,11 +126,41 @@ def test_smoothed_serving_validates_and_defaults_the_batch():
         (dict(sigma=0.0), "sigma=0.0"), (dict(sigma=0.25, n=0), "n=0"),
         (dict(sigma=0.25, alpha=1.0), "alpha=1.0"), (dict(sigma=0.25, alpha=0), "alpha=0"),
         (dict(sigma=0.25, batch_size=0), "batch_size=0"), (dict(sigma=0.25, n=1.5), "n=1.5"),
+        (dict(sigma=0.25, seed=1.5), "seed=1.5"),
     ]:
         with pytest.raises(ValueError, match=needle):
             export.SmoothedServing(**kwargs)
     with pytest.raises(AttributeError):  # frozen
         export.SmoothedServing(0.25).n = 5
+
+
+def test_default_draws_fresh_noise_per_request_and_per_image(tmp_path):
+    """Without a seed an adaptive client cannot replay the noise: two requests, two reloads and two copies of
+    one image in a request all get different draws, while clear-cut images keep their answer."""
+    model, path = known_model(), str(tmp_path / "fresh")
+    assert export.SmoothedServing(0.25).seed is None
+    tf.random.set_seed(0)  # a global seed at export time must not fix the served noise
+    try:
+        export.export_saved_model(model, path, jpeg=False, smoothed=export.SmoothedServing(0.25, n=200))
+    finally:
+        tf.random.set_seed(None)
+    assert export.smoothed_settings(path)["seed"] is None
+    images = np.full((6, *SHAPE), 0.5, np.float32)  # four coin flips between classes 0 and 1 ...
+    images[:, 1, 1, 0] = 0.0
+    images[4:, 0, 0, 0] = 1.0  # ... and two images of class 0 (probability 0.98 each)
+    calls = []
+    for _ in range(2):  # two reloads, two requests each
+        signature = tf.saved_model.load(path).signatures["predict_smoothed"]
+        calls += [signature(images=tf.constant(images))["counts"].numpy() for _ in range(2)]
+    for a in range(len(calls)):
+        assert calls[a].sum(-1).tolist() == [200] * 6
+        assert len({tuple(row) for row in calls[a][:4]}) > 1  # identical images, different noise
+        for b in range(a):
+            assert not np.array_equal(calls[a][:4], calls[b][:4])  # every call its own draw
+    for counts in calls:
+        assert (counts[4:, 0] > 150).all()
+    readme = export.serving_readme(path, "known")
+    assert "fresh noise per request" in readme and "seed =" not in readme
 
 
 def test_reexport_without_smoothed_drops_the_settings(tmp_path):
@@ -241,10 +271,11 @@ def test_launcher_adds_predict_smoothed(noise_run, tmp_path):
 
     out = str(tmp_path / "served")
     proc = launch("export.py", f"--workdir={noise_run}", f"--output={out}", "--smoothed_sigma=0.25",
-                  "--smoothed_n=200", "--nojpeg")
+                  "--smoothed_n=200", "--smoothed_seed=0", "--nojpeg")
     assert "predict_smoothed" in export.describe_signatures(out)
     settings = export.smoothed_settings(out)
     assert (settings["sigma"], settings["n"], settings["alpha"], settings["batch_size"]) == (0.25, 200, 0.001, 200)
+    assert settings["seed"] == 0
     readme = open(os.path.join(out, "README.serving.md")).read()
     assert "'signature_name': 'predict_smoothed'" in readme and readme in proc.stdout
 
@@ -263,6 +294,7 @@ def test_launcher_defaults_to_the_runs_noise_sd(noise_run, tmp_path):
     launch("export.py", f"--workdir={noise_run}", f"--output={out}", "--smoothed_n=50", "--nojpeg")
     settings = export.smoothed_settings(out)
     assert (settings["sigma"], settings["n"], settings["batch_size"]) == (0.12, 50, 50)
+    assert settings["seed"] is None  # fresh noise per request unless --smoothed_seed
 
 
 @pytest.mark.parametrize("flags,needle", [

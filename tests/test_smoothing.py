@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from sat_tf import certification
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "certify_mirrored.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "scripts", "certify_mirrored.py")
 SHAPE = (4, 4, 1)
 
 
@@ -94,6 +95,17 @@ def test_regression_fact_max_radius():
     assert [round(certification.max_radius(n, alpha, s), 3) for s in (0.12, 0.25, 0.5, 1.0)] == [
         0.457, 0.953, 1.906, 3.811
     ]
+
+
+def test_documented_radius_caps_match_scipy():
+    """The caps the README and launch/certify.py quote: sigma * Phi^-1(alpha^(1/N)) at alpha = 0.001."""
+    for n, documented in ((10_000, 3.20), (100_000, 3.81)):
+        exact = scipy.stats.norm.ppf(0.001 ** (1 / n))
+        assert round(exact, 2) == documented
+        assert certification.max_radius(n, 0.001, 1.0) == pytest.approx(exact, rel=1e-9)
+    docs = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    docs += open(os.path.join(ROOT, "launch", "certify.py"), encoding="utf-8").read()
+    assert "3.09σ" not in docs and "3.20σ" in docs and "3.81σ" in docs
 
 
 # === Abstention and the clear-winner case ===

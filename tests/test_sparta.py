@@ -1,4 +1,4 @@
-"""sat_tf.activations.sparta: the Sparta reconstruction (SPEC §9).
+"""sat_tf.activations.sparta: the Sparta reconstruction.
 
 NumPy special cases (Swish, ReLU limit, spatial and input dependence),
 channel-agnostic parameters, serialization and export, one shared instance

@@ -85,13 +85,13 @@ def test_train_and_eval_writes_reports_tensorboard_checkpoints_and_export(traine
     assert set(results) == {"clean", "pgd2", "ema_clean", "ema_pgd2"}
     for row in results.values():
         assert row["count"] == tiny_imagenet.num_eval
-        assert 0.0 <= row["top1"] <= row["top5"] <= 1.0
+        assert 0.0 <= row["top1"] <= row["top4"] <= 1.0 and "top5" not in row  # 4 classes: top-4, named so
     assert results["pgd2"]["top1"] <= results["clean"]["top1"]
     history = json.load(open(os.path.join(workdir, "history.json")))
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[-1]["step"] == 2 * (tiny_imagenet.num_train // 8)
     # Epoch 1 ran the periodic evaluation (clean + PGD-1); the last epoch the full one.
-    assert {"eval/clean_top1", "eval/pgd1_top5", "eval/ema_pgd1_top1"} <= set(history[0])
+    assert {"eval/clean_top1", "eval/pgd1_top4", "eval/ema_pgd1_top1"} <= set(history[0])
     tags = _tensorboard_tags(workdir)
     assert {"train/loss", "train/adv_accuracy", "train/images_per_second", "epoch/eval/clean_top1"} <= tags
     config = json.load(open(os.path.join(workdir, "run_config.json")))
@@ -109,7 +109,7 @@ def test_eval_mode_reproduces_the_final_evaluation(trained, tiny_imagenet):
     after = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
     for name in before:
         assert after[name]["top1"] == pytest.approx(before[name]["top1"])
-        assert after[name]["top5"] == pytest.approx(before[name]["top5"])
+        assert after[name]["top4"] == pytest.approx(before[name]["top4"])
 
 
 def test_eval_mode_adds_autoattack_beside_pgd_for_raw_and_ema_weights(trained, tiny_imagenet):

@@ -314,9 +314,9 @@ def test_resnet50_smoothrelu_matches_reference_and_reports(res50_smooth):
     assert set(report.ignored_training_state) == {
         "global_step", "learning_rate", "conv0/W/Momentum", "group0/block0/conv1/bn/gamma/Momentum",
         "EMA/train-error-top1/EMA"}
-    x = images()
-    assert_logits_close(logits(model, x), reference_resnet(params, x, 50, "smooth"))
-    assert f"loaded {len(params)} weights" in report.summary()
+    x = images()  # ours takes RGB; the released ResNet BGR (the default channel order)
+    assert_logits_close(logits(model, x), reference_resnet(params, x[..., ::-1], 50, "smooth"))
+    assert f"loaded {len(params)} weights" in report.summary() and report.channel_order == "bgr"
 
 
 def test_resnet_silu_bgr_and_resnext(tmp_path):
@@ -325,12 +325,12 @@ def test_resnet_silu_bgr_and_resnext(tmp_path):
         params = resnet_params(depth, "silu", seed=4, **kwargs)
         path = save(tmp_path / name, params)
         model = build(name, activation="silu")
-        zoo.load_tf1_checkpoint(model, path)
+        zoo.load_tf1_checkpoint(model, path)  # BGR by default: RGB in ours == BGR in the reference
         groups = kwargs.get("groups", 1)
-        assert_logits_close(logits(model, x), reference_resnet(params, x, depth, "silu", groups))
-        if name == "resnet50":  # a BGR-trained checkpoint: RGB in ours == BGR in the reference
-            zoo.load_tf1_checkpoint(model, path, channel_order="bgr")
-            assert_logits_close(logits(model, x), reference_resnet(params, x[..., ::-1], depth, "silu"))
+        assert_logits_close(logits(model, x), reference_resnet(params, x[..., ::-1], depth, "silu", groups))
+        if name == "resnet50":  # an RGB checkpoint: the same input on both sides
+            zoo.load_tf1_checkpoint(model, path, channel_order="rgb")
+            assert_logits_close(logits(model, x), reference_resnet(params, x, depth, "silu"))
         info = zoo.inspect_checkpoint(path)
         assert (info["depth"], info["groups"], info["num_classes"]) == (50, groups, CLASSES)
         assert info["bottleneck_width"] == kwargs.get("width", 64)
@@ -343,7 +343,7 @@ def test_resnet18_basic_blocks(tmp_path):
     model = build("resnet18", activation="relu")
     zoo.load_tf1_checkpoint(model, path)
     x = images(2)
-    assert_logits_close(logits(model, x), reference_resnet(params, x, 18, "relu"))
+    assert_logits_close(logits(model, x), reference_resnet(params, x[..., ::-1], 18, "relu"))
     info = zoo.inspect_checkpoint(str(tmp_path))  # a directory with one *.index
     assert (info["depth"], info["block_type"], info["model"]) == (18, "basic", "resnet18")
 
@@ -381,12 +381,15 @@ def test_inspect_resnet_smoothrelu(res50_smooth):
 def test_resnet_write_load_round_trip(tmp_path, res50_smooth):
     source = build("resnet50", activation="smooth_relu")
     zoo.load_tf1_checkpoint(source, res50_smooth[1])
-    for bgr in (False, True):
-        path = zoo.write_tf1_checkpoint(source, str(tmp_path / f"rt{bgr}"), family="resnet", bgr=bgr)
+    for order in (None, "rgb", "bgr"):  # None: the family's, on both sides
+        path = zoo.write_tf1_checkpoint(source, str(tmp_path / f"rt{order}"), family="resnet", channel_order=order)
         reader = tf.train.load_checkpoint(path)
         assert reader.get_variable_to_shape_map()["conv0/smoothrelu_beta"] == [1]
+        stem = source.get_layer("conv0").kernel.numpy()
+        expected = stem if order == "rgb" else stem[:, :, ::-1, :]  # a ResNet checkpoint expects BGR by default
+        np.testing.assert_array_equal(reader.get_tensor("conv0/W"), expected)
         target = build("resnet50", activation="smooth_relu")
-        report = zoo.load_tf1_checkpoint(target, path, channel_order="bgr" if bgr else "rgb")
+        report = zoo.load_tf1_checkpoint(target, path, channel_order=order)
         assert report.ok and not report.unused_in_checkpoint
         for a, b in zip(source.weights, target.weights):
             np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
@@ -432,7 +435,24 @@ def test_inspect_and_round_trip_efficientnet(effnet, tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
+def test_default_channel_order_follows_the_released_code(res50_smooth, effnet):
+    # SAT's ResNet/main.py: "Our model expects BGR images instead of RGB"; the EfficientNet TPU pipeline is RGB.
+    assert {name: spec.channel_order for name, spec in zoo.FAMILIES.items()} == {"resnet": "bgr", "efficientnet": "rgb"}
+    assert all(e["channel_order"] == zoo.FAMILIES[e["family"]].channel_order for e in zoo.ZOO.values())
+    x = images(5)
+    default, bgr = build("resnet50", activation="smooth_relu"), build("resnet50", activation="smooth_relu")
+    assert zoo.load_tf1_checkpoint(default, res50_smooth[1]).channel_order == "bgr"
+    zoo.load_tf1_checkpoint(bgr, res50_smooth[1], channel_order="bgr")
+    np.testing.assert_array_equal(logits(default, x), logits(bgr, x))
+    assert zoo.load_tf1_checkpoint(build("efficientnet_b0"), effnet[2]).channel_order == "rgb"
+    with pytest.raises(ValueError, match="channel_order='gbr'"):
+        zoo.load_tf1_checkpoint(default, res50_smooth[1], channel_order="gbr")
+
+
 def test_zoo_table():
+    from sat_tf.zoo import presets
+
+    assert zoo.ZOO is presets.ZOO and zoo.zoo_entry is presets.zoo_entry
     assert zoo.ZOO["Res50-silu"]["published"] == {"clean": 69.7, "pgd10": 43.0, "pgd20": 42.2, "pgd50": 41.9}
     assert zoo.zoo_entry("efficientnet-bL1-enhanced")["use_ema"] is True
     assert zoo.zoo_entry("ResX50-silu-32x8d")["model_kwargs"] == {"groups": 32, "bottleneck_width": 8}
@@ -463,7 +483,7 @@ def test_launcher_converts_and_reloads(tmp_path):
     assert f"loaded {len(params)} weights" in proc.stdout and str(out) in proc.stdout
     model = keras.saving.load_model(str(out), safe_mode=True)
     x = images(4)
-    assert_logits_close(logits(model, x), reference_resnet(params, x, 18, "silu"))
+    assert_logits_close(logits(model, x), reference_resnet(params, x[..., ::-1], 18, "silu"))  # BGR default
 
     missing = tmp_path / "nope" / "Res50-silu"
     proc = run_launcher(f"--checkpoint={missing}", "--zoo_name=Res50-silu")

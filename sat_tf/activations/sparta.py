@@ -104,7 +104,7 @@ class Sparta(keras.layers.Layer):
     channel; zero `same` padding) and `b` is a trainable scalar. The gate at
     a pixel depends on its spatial neighbourhood in the same channel.
 
-    Why this form (SPEC §9 form (a)) rather than CBAM-style attention on
+    Why this form rather than CBAM-style attention on
     channel-pooled maps, `relu(x) * sigmoid(conv([mean_c x; max_c x]))`:
 
     - It extends ReLU and Swish, the paper's named relatives, as special

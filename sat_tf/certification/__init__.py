@@ -2,7 +2,7 @@
 
 `Smooth(lambda z: model(z, training=False), num_classes, sigma)` wraps any
 callable mapping float32 [B, H, W, C] images in [0, 1] pixel space to logits
-(preprocessing lives inside the model, SPEC §3; call Keras models with
+(preprocessing lives inside the model; call Keras models with
 `training=False` so BatchNorm uses its moving statistics). The smoothed
 classifier is g(x) = argmax_c P[argmax f(x + N(0, σ²I)) = c], the noise never
 clipped. `certify` returns (class, L2 radius) or (ABSTAIN, 0.0); `predict`
@@ -291,8 +291,10 @@ def predict_batch_graph(
     batch_size=batch_size).sample(x, n, seed, PREDICT)` would give (the same
     noise: same seed, stream and batching), then the same decision: the top
     class, or ABSTAIN if the two-sided binomial test of the top two counts
-    (ties to the lower class index) has p-value > alpha. Every image uses
-    `seed`, so an image's answer does not depend on the rest of the batch.
+    (ties to the lower class index) has p-value > alpha. With a scalar `seed`
+    every image uses it, so an image's answer does not depend on the rest of
+    the batch; an int32 [B] `seed` gives image i the seed `seed[i]` (e.g.
+    fresh random seeds per request, as `sat_tf.export` serves by default).
     Meant for a `tf.function` (eager works, one image at a time).
 
     Example:
@@ -311,7 +313,8 @@ def predict_batch_graph(
         num_classes: length of the logits (>= 2), a Python int.
         batch_size: noise samples per step (Python int; the batch is
             min(batch_size, n)).
-        seed: int seed (Python int or int32 scalar tensor).
+        seed: int seed (Python int or int32 scalar tensor), or int32 [B]
+            seeds, one per image.
     Returns:
         {"smoothed_classes": int32 [B] (ABSTAIN = -1), "counts": int32
         [B, num_classes], "pvalues": float64 [B]}.
@@ -328,18 +331,19 @@ def predict_batch_graph(
     noise_sd = tf.cast(sigma, tf.float32)
     if isinstance(seed, (int, np.integer)):
         seed = tf.constant(int(seed) & 0x7FFFFFFF, tf.int32)  # as sample_counts
-    seed = tf.cast(seed, tf.int32)
+    seeds = tf.broadcast_to(tf.cast(seed, tf.int32), tf.shape(images)[:1])
 
-    def image_counts(x):
+    def image_counts(args):
+        x, image_seed = args
         return _replica_counts(
-            logits_fn, x, num, noise_sd, seed, tf.constant(PREDICT, tf.int32),
+            logits_fn, x, num, noise_sd, image_seed, tf.constant(PREDICT, tf.int32),
             tf.constant(0), tf.constant(1), batch=min(batch_size, n), num_classes=num_classes,
         )
 
     # One image at a time: each already runs batches of `batch_size` samples,
     # and parallel images would multiply the noise tensors held in memory.
     counts = tf.map_fn(
-        image_counts, images, parallel_iterations=1,
+        image_counts, (images, seeds), parallel_iterations=1,
         fn_output_signature=tf.TensorSpec([num_classes], tf.int32),
     )
     top_counts, top_classes = tf.math.top_k(counts, k=2)  # equal counts: lower index first

@@ -1,37 +1,15 @@
 """Image-classification data: scikit-learn digits (built in) and prepared tfds datasets.
 
 Every pipeline yields `(images, labels)`: float32 `[B, H, W, C]` in [0, 1] and
-int32 `[B]` 0-based labels (SPEC §3). Nothing here downloads anything.
-
-Datasets:
-- `"digits"`: scikit-learn's `load_digits()` (1 797 real 8x8 grey digits, values
-  0..16, divided by 16). A stratified 80/20 split with `random_state=0` gives
-  **1 437 train / 360 test** images (test: 35-37 per class).
-- tfds datasets (`TFDS_DATASETS`: cifar10, cifar100, svhn_cropped, mnist,
-  fashion_mnist), read only from a *prepared* directory
-  `<data_dir>/<name>/<version>/dataset_info.json`. `data_dir` defaults to
-  `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`. If no prepared version is there,
-  `DatasetNotFoundError` is raised at once (no tfds import, no network), with the
-  command that prepares it on a machine that has network. svhn_cropped's `extra`
-  split is not used.
-
-Offline reading (checked in tfds 4.9.10 source): we never call `tfds.load` (when
-files are missing it downloads: minutes of DNS retries without network) nor
-`tfds.builder(name, data_dir=...)` (it picks the version of the installed
-dataset *code*; if the disk holds another version, it finds no
-`dataset_info.json`, calls `DatasetInfo.initialize_from_bucket` (a GCS lookup,
-switched off in 4.9.10 by `gcs_utils._is_gcs_disabled`, not in older releases)
-and then fails in `as_dataset`). We check the directory ourselves and open
-exactly that version with `tfds.builder_from_directory`, a `ReadOnlyBuilder`: it
-needs no dataset code, reads only `dataset_info.json`/`features.json` from that
-directory, and cannot download (its `_download_and_prepare` raises);
-`as_dataset` only reads the local record files.
-
-These datasets are small (at most ~100k 32x32 images, <= ~300 MB as uint8), so a
-split is decoded once per process into memory (cached), like digits. Every
-pipeline then works on indices, which makes the order and the augmentation
-*stateless*: a function of `seed` only (not of `tf.random.set_seed`, not of how
-many datasets were built before), so an epoch can be rebuilt exactly on resume.
+int32 `[B]` 0-based labels. `"digits"` is scikit-learn's `load_digits()`
+(1 797 grey 8x8 digits; a stratified 80/20 split gives 1 437 train / 360
+test). The tfds datasets (`TFDS_DATASETS`) are read only from a prepared
+`<data_dir>/<name>/<version>/` (default `$TFDS_DATA_DIR`, else
+`~/tensorflow_datasets`): nothing is downloaded, and a missing dataset raises
+`DatasetNotFoundError` with the command that prepares it. A split is decoded
+once into memory; order and augmentation depend on `seed` only, so an epoch
+can be rebuilt exactly on resume. How the offline reading avoids tfds'
+network paths: docs/module_notes.md.
 """
 
 import dataclasses

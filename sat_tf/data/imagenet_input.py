@@ -1,61 +1,17 @@
-"""ImageNet input: tensorflow/tpu TFRecords (or a prepared tfds `imagenet2012`).
+"""ImageNet input: tensorflow/tpu TFRecords (or a prepared tfds `imagenet2012`) as [0, 1] batches.
 
-Format (tensorflow/tpu `tools/datasets/imagenet_to_gcs.py`): shards
-`train-%05d-of-01024` / `validation-%05d-of-00128`, each record a
-`tf.train.Example` with `image/encoded` (JPEG bytes) and `image/class/label`
-(int64, **1..1000**; 0 was "background"). `parse_record(label_offset=-1)` makes
-labels 0-based (SPEC §3); pass `label_offset=0` for files that are already
-0-based. tfds `imagenet2012` labels are 0-based, so `label_offset` is ignored
-for `source="tfds"`.
-
-Preprocessing follows tensorflow/tpu `models/official/efficientnet/preprocessing.py`
-(the one SAT's EfficientNet code uses):
-- eval: centre window of side `int(S / (S + 32) * min(h, w))` at offset
-  `((h - crop) + 1) // 2` (likewise w), `decode_and_crop_jpeg(channels=3)`, TF1
-  bicubic resize (`align_corners=False, half_pixel_centers=False`) to S x S.
-- train: `sample_distorted_bounding_box` over the whole image (min_object_covered
-  0.1, aspect [3/4, 4/3], area [0.08, 1], 10 attempts); when it gives up (the
-  crop is the whole image) fall back to the eval centre window; bicubic resize;
-  random left-right flip. We use the *stateless* ops, seeded per example.
-
-Deviations from the reference, on purpose:
-- Output is float32 in [0, 1] (divided by 255) and **clipped to [0, 1]**. The
-  reference leaves bicubic overshoot unclipped (values a little outside
-  [0, 255]); attacks, certification and the exported model all assume the
-  [0, 1] box, so we clip.
-- Eval is not shuffled and keeps the last partial batch (unless
-  `drop_remainder=True`): the whole eval set is covered exactly once. The
-  reference shuffles eval records and drops the remainder (50000 // B batches,
-  a random subset when B does not divide 50000).
-- The train fallback compares only (height, width); the reference also compares
-  the channel count, so for grayscale JPEGs it never fell back.
-- The crop side is at least 1 pixel (the reference crashes on images whose
-  crop would be empty).
-- `crop_padding` defaults to 32 at every S, as in SAT's copy of the code (newer
-  tensorflow/tpu uses `round(S / 7)`: 32 at S = 224, 43 at S = 299).
-- The record shuffle is a stateless *block* shuffle (each run of
-  `shuffle_buffer` records is permuted by a seed), not `Dataset.shuffle`, whose
-  order also depends on `tf.random.set_seed`; so with `deterministic=True` the
-  stream is a pure function of `seed`, and an epoch can be rebuilt on resume.
-  The shard files are permuted per epoch as well.
-
-`load_imagenet` reads each pipeline's part of the split exactly once per
-epoch (`repeat=True`: epoch after epoch, each with a fresh file/record
-permutation); `training` defaults to `split == "train"`, and so do `shuffle`
-and `drop_remainder`.
-
-Nothing here downloads anything: missing data raises `DatasetNotFoundError`
-at once, with the fix in the message.
-
-Bad data (`bad_records`, both sources; see `sat_tf.data.record_faults` for what is
-and is not detected): a truncated/corrupt shard or an undecodable image fails
-with a message naming the shard and record (`"error"`, the default; hosts get
-`CorruptRecordError` via `record_faults.named_errors`), or is dropped and
-logged (`"skip"`). The healthy stream is unchanged. With `"skip"`,
-`skip_batches` counts stream positions before decoding, so a resumed epoch is
-exact only if no record was dropped earlier in it (a shard cut short only
-shortens the stream and keeps it exact, unless none of its records was
-readable).
+`load_imagenet(split, ...)` reads `train-*` / `validation-*` shards
+(`image/encoded` JPEG bytes, `image/class/label` 1..1000, made 0-based by
+`label_offset=-1`; tfds labels are already 0-based), preprocesses them as
+tensorflow/tpu's EfficientNet code does (eval: centre crop of S / (S + 32) of
+the shorter side and a bicubic resize; train: random-area crop, resize and
+flip, with stateless ops seeded per example) and yields float32 images in
+[0, 1] (clipped) with int32 labels. With `deterministic=True` the stream is
+a pure function of `seed` and the epoch, so a resumed epoch is rebuilt
+exactly. `bad_records="error" | "skip"` names or drops corrupt records
+(`sat_tf.data.record_faults`). Nothing is downloaded: missing data raises
+`DatasetNotFoundError` at once. The record format and the deliberate
+deviations from the reference pipeline: docs/module_notes.md.
 """
 
 import collections.abc

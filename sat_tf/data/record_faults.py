@@ -1,49 +1,15 @@
 """Bad TFRecords and undecodable images: a one-line error naming the shard, or skip and count.
 
-`imagenet_input.load_imagenet(bad_records=...)` builds its pipeline with the
-stages below (both for tensorflow/tpu shards and for tfds `imagenet2012`
-files, which go through the same reader):
-
-- `read_shard`: per file (inside the interleave), `TFRecordDataset(path)
-  .ignore_errors()` stops at the first record whose length or CRC is wrong;
-  the bytes consumed (payload + 16 framing bytes per record) are compared with
-  the file size from `file_sizes` (host-side `tf.io.gfile.stat`, in a thread
-  pool). A mismatch marks the shard's last readable record (so the interleave
-  order is unchanged) with a verdict. TFRecord framing cannot resync, so the
-  rest of the shard is lost; it is logged once, as one bad entry per shard.
-- `decode_checked`: the parse + JPEG preprocessing map runs with a cheap
-  `image/encoded` JPEG-magic check (`FF D8 FF`) and `ignore_errors()`; a
-  scan over stream positions finds the records that failed to parse or decode
-  and names them by (shard, index in shard), carried with every record.
-- A sequential report map then, per bad record: appends `path<TAB>index<TAB>
-  reason` to the `BadRecordLog` file (`tf.print`), and in `"error"` mode fails
-  with `tf.debugging.Assert` whose message names the shard and the fix (hosts
-  turn it into a one-line `CorruptRecordError` with `named_errors()`). Bad
-  records are filtered out in `"skip"` mode.
-
-Only ops that `tf.config.experimental.enable_op_determinism()` tolerates are
-used (no `py_function`, no nested datasets in parallel maps), so deterministic
-runs keep their parallel pipeline, and the healthy stream (order, positions,
-augmentation seeds) is exactly that of the unchecked pipeline.
-
-Detected: a shard truncated inside a record, a record whose length or CRC
-does not match (bit flips), a file that is not a TFRecord at all, a read error
-(the shard stops early), an `image/encoded` that is not a JPEG, a record that
-is not a `tf.train.Example` with the expected keys, and a JPEG whose header or
-data are truncated or corrupt *enough to fail the decode of the crop in use*.
-Not detected: a shard truncated exactly at a record boundary (it looks like a
-shorter shard), bit flips in JPEG entropy data that libjpeg decodes with only
-a warning (garbled pixels), and a truncated JPEG whose random train crop lies
-in the intact part (that crop is decoded correctly; another epoch's crop may
-fail and then counts). The eval centre crop reaches far down (to ~94 % of the
-height of a landscape image at 224 px), so a JPEG cut in half fails in eval.
-More than `HISTORY - 1` undecodable records in a row are counted, but only
-the last ones are named.
-
-The log is a local file written by the tf.data threads of this process (on
-remote-worker TPU nodes the Assert error still names the file, but the host
-log stays empty). `BadRecordLog.count` is the number of distinct bad entries;
-records read ahead by prefetching may be logged before they are consumed.
+`imagenet_input.load_imagenet(bad_records=...)` builds its reader from these
+stages: `read_shard` marks a shard whose records stop before its file size
+(bad length or CRC, truncation), `decode_checked` finds the records that fail
+to parse or decode and names them by (shard, index). Each bad record is
+appended to the `BadRecordLog` file; `"error"` mode then stops with a message
+naming the shard (`named_errors()` turns it into a one-line
+`CorruptRecordError`), `"skip"` mode drops it. The healthy stream (order,
+positions, augmentation seeds) is that of the unchecked pipeline, and
+deterministic runs stay deterministic. What is and is not detected:
+docs/module_notes.md.
 """
 
 import concurrent.futures

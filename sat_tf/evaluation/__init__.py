@@ -1,10 +1,12 @@
-"""Clean and adversarial top-1/top-5 accuracy under any distribution strategy.
+"""Clean and adversarial top-1/top-k accuracy under any distribution strategy.
 
 `evaluate(model, strategy, dataset_fn, attacks)` runs every attack on every
 batch inside `strategy.run` (each replica attacks its shard with BatchNorm in
 inference mode) and returns `{name: {"top1": .., "top5": .., "count": ..}}`.
-Attack seeds depend only on (seed, attack index, batch index, replica), so a
-rerun gives the same numbers.
+The second accuracy is named after the k actually used, `topk_name(k)` with
+k = min(top_k, classes): "top5", but "top4" for a 4-class model
+(`topk_key(row)` finds it). Attack seeds depend only on (seed, attack index,
+batch index, replica), so a rerun gives the same numbers.
 """
 
 import base64
@@ -18,6 +20,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from sat_tf.evaluation.report import topk_key, topk_name  # noqa: F401  (public here too)
 from sat_tf.seeds import make_seed
 
 
@@ -36,11 +39,13 @@ def evaluate(model, strategy, dataset_fn, attacks, *, top_k=5, seed=1234, progre
             (images, labels) batches, one pass over the evaluation set.
         attacks: dict name -> `attack(logits_fn, x, y, seed=...)`, or None for
             the clean row. Use `{"clean": None, "pgd10": ...}`.
-        top_k: the k of the second accuracy column (clipped to the class count).
+        top_k: the k of the second accuracy column, clipped to the class
+            count; the column is named after the k used (`topk_name`).
         seed: evaluation seed.
         progress: optional `fn(name, batches_done)` called after each batch.
     """
     results = {}
+    used_k = [int(top_k)]  # set while tracing: min(top_k, classes)
     for index, (name, attack) in enumerate(attacks.items()):
         attack = attack or _identity_attack
 
@@ -51,6 +56,7 @@ def evaluate(model, strategy, dataset_fn, attacks, *, top_k=5, seed=1234, progre
             x_adv = attack(lambda z: model(z, training=False), tf.cast(x, tf.float32), y, seed=seed_)
             logits = tf.cast(model(x_adv, training=False), tf.float32)
             k = min(top_k, logits.shape[-1])
+            used_k[0] = int(k)
             top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
             topk = tf.cast(tf.math.in_top_k(y, logits, k), tf.float32)
             count = tf.cast(tf.shape(y)[0], tf.float32)
@@ -69,11 +75,10 @@ def evaluate(model, strategy, dataset_fn, attacks, *, top_k=5, seed=1234, progre
             if progress is not None:
                 progress(name, batch + 1)
         count = max(totals[2], 1.0)
-        results[name] = {
-            "top1": totals[0] / count,
-            "top5": totals[1] / count,
-            "count": int(totals[2]),
-        }
+        results[name] = {"top1": totals[0] / count}
+        if used_k[0] != 1:
+            results[name][topk_name(used_k[0])] = totals[1] / count
+        results[name]["count"] = int(totals[2])
     return results
 
 
@@ -87,7 +92,7 @@ def evaluate(model, strategy, dataset_fn, attacks, *, top_k=5, seed=1234, progre
 
 
 WORST_CASE = "worst case"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: per-point top-k flags under "topk" (were "top5"), the k used in extra["top_k"]
 
 
 class EvaluationStateError(ValueError):
@@ -143,7 +148,8 @@ def evaluate_points(
             replicas); the last chunk is padded and its padding masked.
         seed: evaluation seed (an int). Row i's attack gets `[seed, i]`;
             AutoAttack's attacks all get `[seed, index of its rows]`.
-        top_k: the k of the second accuracy column.
+        top_k: the k of the second accuracy column, clipped to the class
+            count; the column is named after the k used (`topk_name`).
         state_path: optional JSON file (any `tf.io.gfile` path). Per-point
             results are written to it after every chunk (atomically); a rerun
             with the same arguments continues where it stopped and ends with
@@ -163,7 +169,8 @@ def evaluate_points(
     Returns:
         `{"rows": {name: {"top1", "top5", "count", "max_norm", "nan",
         "seconds"}}, "warnings": [...], "flags": {name: bool [P]}}` where
-        AutoAttack's rows have `top5` None, the last row is `WORST_CASE` (a
+        "top5" is `topk_name(k)` for the k used ("top4" with 4 classes; no
+        such column when k is 1), AutoAttack's rows have it None, the last row is `WORST_CASE` (a
         point counts only if it survives every row) unless `worst_case` is
         False, and `flags` are the
         per-point results (top-1 correct, or still robust for AutoAttack).
@@ -177,6 +184,7 @@ def evaluate_points(
         raise ValueError("At most one cascade (AutoAttackRows) per evaluation.")
     names = _row_names(rows)
     state = _State(state_path, _fingerprint(rows, x, y, seed, top_k, identity), len(y))
+    state.extra.setdefault("top_k", int(top_k))
     engine = _Engine(logits_fn, strategy, x, y, batch_size=batch_size, jit_compile=jit_compile)
     for index, row in enumerate(rows):
         if _is_cascade(row):
@@ -263,7 +271,7 @@ class _State:
             )
         for name, row in saved["rows"].items():
             self.rows[name] = {
-                key: _unpack(value, self.count) if key in ("done", "top1", "top5") else value
+                key: _unpack(value, self.count) if key in ("done", "top1", "topk") else value
                 for key, value in row.items()
             }
         self.extra = saved.get("extra", {})
@@ -271,7 +279,7 @@ class _State:
     def row(self, name):
         if name not in self.rows:
             self.rows[name] = {"done": np.zeros(self.count, bool), "top1": np.zeros(self.count, bool),
-                               "top5": np.zeros(self.count, bool), "max_norm": 0.0, "nan": 0, "seconds": 0.0,
+                               "topk": np.zeros(self.count, bool), "max_norm": 0.0, "nan": 0, "seconds": 0.0,
                                "finished": False}
         return self.rows[name]
 
@@ -279,7 +287,7 @@ class _State:
         if not self.path:
             return
         rows = {
-            name: {key: _pack(value) if key in ("done", "top1", "top5") else value for key, value in row.items()}
+            name: {key: _pack(value) if key in ("done", "top1", "topk") else value for key, value in row.items()}
             for name, row in self.rows.items()
         }
         text = json.dumps({"version": STATE_VERSION, "fingerprint": self.fingerprint, "rows": rows,
@@ -404,6 +412,7 @@ def _run_row(engine, state, row, index, seed, top_k, progress):
             x_adv = attack(logits_fn, x, y, seed=row_seed)
         logits = tf.cast(logits_fn(x_adv), tf.float32)
         k = min(top_k, logits.shape[-1])
+        state.extra["top_k"] = int(k)  # while tracing: the k the column is named after
         top1 = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y)
         topk = tf.math.in_top_k(y, logits, k)
         size, nans = _perturbation(x_adv, x, row.norm)
@@ -419,7 +428,7 @@ def _run_row(engine, state, row, index, seed, top_k, progress):
 def _update_row(record, ids, outputs):
     top1, topk, size, nans = outputs
     record["top1"][ids] = top1
-    record["top5"][ids] = topk
+    record["topk"][ids] = topk
     record["done"][ids] = True
     record["max_norm"] = max(record["max_norm"], float(np.max(size, initial=0.0)))
     record["nan"] += int(np.sum(nans))
@@ -507,19 +516,22 @@ def _summary(state, rows, names, worst_case=True):
         checks["zero_gradient"] = np.ones(sum(state.rows[n].get("zero_gradient", 0) for n in per_stage), bool)
         warnings += row.warnings(checks, accuracy)
     count = state.count
+    k = int(state.extra.get("top_k", 5))
+    topk = topk_name(k) if k != 1 else None  # top-1 twice is no column
     table, flags = {}, {}
     worst = np.ones(count, bool)
     for name in names:
         record = state.rows[sources.get(name, name)]
         top1 = record["top1"]
-        table[name] = {
-            "top1": float(top1.mean()) if count else 0.0,
-            "top5": None if name in cascade_rows else float(record["top5"].mean()),
+        table[name] = {"top1": float(top1.mean()) if count else 0.0}
+        if topk:
+            table[name][topk] = None if name in cascade_rows else float(record["topk"].mean())
+        table[name].update({
             "count": int(count),
             "max_norm": float(record["max_norm"]),
             "nan": int(record["nan"]),
             "seconds": round(float(record["seconds"]), 3),
-        }
+        })
         flags[name] = top1.copy()
         worst &= top1
     for row in rows:
@@ -536,7 +548,7 @@ def _summary(state, rows, names, worst_case=True):
     attacked = [r for n, r in table.items() if n != "clean" and n not in finals]
     table[WORST_CASE] = {
         "top1": float(worst.mean()) if count else 0.0,
-        "top5": None,
+        **({topk: None} if topk else {}),
         "count": int(count),
         "max_norm": max((r["max_norm"] for r in attacked), default=0.0),
         "nan": sum(r["nan"] for r in attacked),

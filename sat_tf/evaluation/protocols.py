@@ -29,7 +29,7 @@ Budget precedence (`resolve_budget`): an explicit value > the protocol's >
 the run's. FGSM rows take `epsilon` only: their one step is `epsilon`.
 
 References (RAT / TRADES / AWP evaluation, `eval_attack.py` of
-Alexkael/Randomized-Adversarial-Training; see reference_code.md §5.4):
+Alexkael/Randomized-Adversarial-Training):
 PGD-20 L-inf with eps 0.031 and step 0.003 (not 8/255 and 2/255), uniform
 random start in the eps-ball, CE, sign steps; CW-inf-20, the same loop on
 the margin loss clamped at kappa = 50; FGSM, one step of eps from x; SVHN
@@ -39,6 +39,31 @@ the standard version at eps 8/255 (not 0.031), on the first 1 000 test images
 """
 
 import dataclasses
+import math
+
+# The largest distance between two images of `d` values in [0, 1], per norm:
+# the cube's extent along one axis (L-inf), its diagonal (L2), the sum of its
+# sides (L1). A larger budget allows every image and is a unit mix-up.
+NORM_DIAMETER = {"linf": lambda d: 1.0, "l2": math.sqrt, "l1": float}
+
+
+def max_epsilon(norm, image_shape=None):
+    """The largest meaningful budget of `norm` on [0, 1] images of `image_shape`.
+
+    1 for L-inf whatever the shape; sqrt(H*W*C) for L2 and H*W*C for L1, or
+    None when `image_shape` is None (not known yet).
+
+        >>> max_epsilon("linf"), max_epsilon("l2", (8, 8, 1)), max_epsilon("l1", (2, 2, 3))
+        (1.0, 8.0, 12.0)
+    """
+    if norm not in NORM_DIAMETER:
+        raise ValueError(f"`norm` must be one of {sorted(NORM_DIAMETER)}. Received: norm={norm!r}")
+    if norm == "linf":
+        return 1.0
+    if image_shape is None:
+        return None
+    return NORM_DIAMETER[norm](math.prod(int(d) for d in image_shape))
+
 
 # evaluate.py flags that may change row arguments; a protocol lists those it
 # leaves open (`Protocol.row_flags`), the others are fixed by its rows.

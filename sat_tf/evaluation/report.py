@@ -1,10 +1,11 @@
 """Robustness reports: JSON, a markdown table and a PNG.
 
 `results` maps a row name to `{"top1", "top5", "count"}` and, from
-`evaluation.evaluate_points`, also `"max_norm"`, `"nan"` and `"seconds"`;
-`top5` is None for AutoAttack's rows and the worst case (AutoAttack is a
-top-1 evaluation). Files are written through `tf.io.gfile`, so `gs://`
-directories work.
+`evaluation.evaluate_points`, also `"max_norm"`, `"nan"` and `"seconds"`.
+The top-k column is named after the k used ("top4" for a 4-class model;
+`topk_key`) and so is its header; it is None for AutoAttack's rows and the
+worst case (AutoAttack is a top-1 evaluation). Files are written through
+`tf.io.gfile`, so `gs://` directories work.
 """
 
 import io
@@ -15,18 +16,39 @@ import re
 ROBUSTNESS_FILES = {"json": "robustness.json", "markdown": "robustness.md", "png": "robustness.png"}
 
 
+def topk_name(k):
+    """The result key of the top-k accuracy: "top5"; "top4" when only 4 classes exist."""
+    return f"top{int(k)}"
+
+
+def topk_key(row):
+    """The top-k key of a result row ("top5", "top4", ...), or None if it has none."""
+    return next((key for key in row if key != "top1" and re.fullmatch(r"top\d+", key)), None)
+
+
+def _topk(results):
+    """The top-k key of the rows ("top5", "top4", ...), or None."""
+    return next((key for key in map(topk_key, results.values()) if key), None)
+
+
+def _topk_label(key):
+    return f"top-{key[3:]}" if key else "top-k"
+
+
 def markdown_table(results, title=None, warnings=()):
     """One row per attack; the perturbation columns appear when the rows carry them."""
     lines = [f"### {title}", ""] if title else []
     extended = any("max_norm" in row for row in results.values())
+    key = _topk(results)
+    label = _topk_label(key)
     if extended:
-        lines += ["| row | top-1 (%) | top-5 (%) | images | max perturbation | NaN | seconds |",
+        lines += [f"| row | top-1 (%) | {label} (%) | images | max perturbation | NaN | seconds |",
                   "|---|---|---|---|---|---|---|"]
     else:
-        lines += ["| attack | top-1 (%) | top-5 (%) | images |", "|---|---|---|---|"]
+        lines += [f"| attack | top-1 (%) | {label} (%) | images |", "|---|---|---|---|"]
     for name, row in results.items():
-        top5 = "—" if row.get("top5") is None else f"{100 * row['top5']:.2f}"
-        cells = [name, f"{100 * row['top1']:.2f}", top5, str(row["count"])]
+        topk = "—" if row.get(key) is None else f"{100 * row[key]:.2f}"
+        cells = [name, f"{100 * row['top1']:.2f}", topk, str(row["count"])]
         if extended:
             cells += [f"{row.get('max_norm', 0.0):.4g}", str(row.get("nan", 0)), f"{row.get('seconds', 0.0):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -42,25 +64,26 @@ def _attack_steps(name):
 
 def robustness_curve(results, path, title="robustness"):
     """Top-1 accuracy of every row as bars and, when there are PGD rows,
-    top-1/top-5 against the PGD steps (clean as step 0); writes a PNG."""
+    top-1/top-k against the PGD steps (clean as step 0); writes a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import tensorflow as tf
 
+    key = _topk(results)
     points = []
     for name, row in results.items():
         steps = 0 if name == "clean" else (_attack_steps(name) if name.startswith("pgd") else None)
-        if steps is not None and row.get("top5") is not None:
-            points.append((steps, 100 * row["top1"], 100 * row["top5"]))
+        if steps is not None and row.get(key) is not None:
+            points.append((steps, 100 * row["top1"], 100 * row[key]))
     points.sort()
     curve = len(points) > 1
     fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(10.5 if curve else 5.5, 3.8), dpi=120, squeeze=False)
     bars = axes[0][0]
     names = list(results)
     values = [100 * results[n]["top1"] for n in names]
-    colors = ["#4c72b0" if results[n].get("top5") is not None else "#c44e52" for n in names]
+    colors = ["#c44e52" if key and results[n].get(key) is None else "#4c72b0" for n in names]
     bars.barh(range(len(names)), values, color=colors)
     for i, value in enumerate(values):
         bars.text(min(value + 1, 85), i, f"{value:.1f}", va="center", fontsize=8)
@@ -74,7 +97,7 @@ def robustness_curve(results, path, title="robustness"):
         ax = axes[0][1]
         xs = [p[0] for p in points]
         ax.plot(xs, [p[1] for p in points], "o-", label="top-1")
-        ax.plot(xs, [p[2] for p in points], "s--", label="top-5", alpha=0.7)
+        ax.plot(xs, [p[2] for p in points], "s--", label=_topk_label(key), alpha=0.7)
         for name in ("autoattack", "worst case"):
             if name in results:
                 ax.axhline(100 * results[name]["top1"], ls=":", color="#c44e52" if name == "autoattack" else "k",

@@ -1,77 +1,18 @@
-"""SavedModel export for serving: raw images or JPEG bytes in, logits,
-probabilities and top-k out; plus a differentiable `logits_float` for attacks.
+"""SavedModel export for serving, and loading exported or Keras models back.
 
-The model's own preprocessing (SAT `2x - 1`, mean/std) is a layer inside the
-model, so the signatures only turn client data into [0, 1] pixels:
-
-- `serving_default` / `serve_uint8` (and Keras' `serve`): `images`, uint8
-  [B, H, W, C] in 0..255.
-- `serve_float`: `images`, float32 [B, H, W, C] in [0, 1].
-- `serve_jpeg`: `image_bytes`, string [B] of encoded images of any sizes and
-  aspect ratios. Each is decoded inside the graph and preprocessed exactly as
-  ImageNet evaluation does: JPEG through `imagenet_input.preprocess_for_eval`
-  (RGB decode, centre crop of `S / (S + crop_padding)` of the shorter side,
-  TF1 bicubic resize to S x S, /255, clip); other formats `tf.io.decode_image`
-  reads (PNG, BMP, GIF's first frame, ...) are decoded whole, then get the
-  same window, resize and clip (decode-then-crop gives the same pixels for
-  lossless formats). A 1-channel model (the digits CNN) gets that RGB result
-  through `tf.image.rgb_to_grayscale`. Non-square
-  models and channel counts other than 1 or 3 get no `serve_jpeg` (a
-  warning says why).
-- `logits_float`: `images`, float32 [B, H, W, C] in [0, 1] -> `logits`
-  float32 [B, N] and `classes` [B] (int32 top-1). For attacks and robustness
-  evaluation (input gradients), not for serving: between `images` and
-  `logits` there is only the model (inference mode) and a cast; no control
-  flow and no input checks (pixel range, image size through the signature;
-  an empty batch fails inside the model, as with the Keras model).
-
-The `serve_*` signatures return `logits` [B, N] and `probabilities` [B, N]
-(float32), `classes` [B] (int32 top-1), `top_k_classes` [B, k] (int32) and
-`top_k_probabilities` [B, k] (float32, descending), k = min(top_k, N).
-
-Gradients. After `tf.saved_model.load` (sat_tf not needed) `logits_float`
-and `serve_float` are differentiable with respect to `images`, as loaded
-functions (`loaded.logits_float(x)["logits"]`) and as signatures:
-`tf.GradientTape` gradients and jacobians (`batch_jacobian`, as FAB uses)
-equal the Keras model's (`model(x, training=False)`: BatchNorm uses its
-moving statistics). Attack through `logits_float`: it
-never refuses a float32 input, whereas `serve_float` stops the whole batch
-on one pixel outside [0, 1]. `serve_float` keeps every check: they are
-assertions on control dependencies, off the gradient path, and an empty
-batch is handled without a `tf.cond`. `load_logits_fn(path)` returns a
-SavedModel's `logits_float` as a `logits_fn` for sat_tf's attacks and
-evaluation.
-
-Input checks. Loaded functions (`loaded.serve_uint8(x)`) refuse a wrong dtype
-or shape before running, naming the expected `TensorSpec(shape=(None, H, W,
-C), dtype=...)`. Signatures (`loaded.signatures[...]`, and TF Serving) check
-the dtype ("... was expected to be a uint8 tensor but is a float tensor") but
-not the shape, so the graph checks it: "serve_uint8 expects uint8 images
-(0..255) of shape [batch, H, W, C]; got shape [...]" (`serve_jpeg`: "Shape of
-tensor image_bytes [...] is not compatible with expected shape [?]").
-`serve_float` also refuses pixels outside [0, 1] (or NaN), which is what
-0..255 floats sent by mistake look like. `serve_jpeg` refuses empty strings
-("serve_jpeg got empty image_bytes strings at indices [...]"); other bytes
-fail in the decoder ("Unknown image file format ...", "Invalid JPEG data").
-An empty batch gives empty outputs ([0, N], ...). From Python, pass
-`tf.Tensor`s: TF converts a NumPy array or list to the declared dtype
-without a check, so float [0, 1] pixels given to `serve_uint8` as NumPy
-become zeros (and ints above 255 wrap) before the graph sees them.
-
-`predict_smoothed` (with `smoothed=SmoothedServing(sigma, n, alpha, ...)`):
-`images` float32 [B, H, W, C] in [0, 1], checked as for `serve_float`; per
-image Cohen et al.'s PREDICT (`certification.Smooth.predict`). Returns
-`smoothed_classes` [B] (int32, -1 = abstain), `counts` [B, N] (int32),
-`pvalues` [B] (float64) and the noiseless top-1 `classes` [B]. σ, n, α, the
-batch and the seed are graph constants (also in
-`assets.extra/predict_smoothed.json`, see `smoothed_settings`). The fixed
-seed makes answers deterministic: an image always gets the same noise, so
-the same answer, whatever else is in the batch. The α guarantee is over the
-noise, i.e. the seed's choice; an image crafted knowing the seed is outside
-it. Each image costs n forward passes.
-
-The result reloads with plain `tf.saved_model.load` and needs no sat_tf. Keep
-a reference to the loaded object while calling its functions.
+`export_saved_model(model, path, ...)` writes signatures that turn client
+data into [0, 1] pixels (the model's own preprocessing is a layer inside it)
+and return `logits`, `probabilities`, `classes` and the top-k:
+`serving_default` / `serve_uint8` (uint8 0..255), `serve_float` (float32 in
+[0, 1], range-checked) and `serve_jpeg` (encoded images of any size,
+preprocessed as ImageNet evaluation). `logits_float` is the differentiable,
+unchecked endpoint for attacks (`load_logits_fn`). With
+`smoothed=SmoothedServing(sigma, ...)` it adds `predict_smoothed`,
+randomized-smoothing PREDICT with abstain, which draws fresh noise for every
+request unless a `seed` is fixed (reproducible tests). The result reloads
+with plain `tf.saved_model.load`, without sat_tf; keep a reference to the
+loaded object while calling it. Signatures, input checks and gradients in
+detail: docs/module_notes.md.
 """
 
 import dataclasses
@@ -112,15 +53,20 @@ class SmoothedServing:
         alpha: abstain when the p-value exceeds it, 0 < alpha < 1. Defaults to
             `0.001`.
         batch_size: noise samples per forward pass. Defaults to min(n, 1000).
-        seed: the noise seed; fixed, so answers are deterministic per image.
-            Defaults to `0`.
+        seed: None (the default) draws fresh noise for every image of every
+            request (a per-image seed from a nondeterministically seeded
+            random op in the graph), so a client cannot know the noise an
+            image will get. An integer fixes the noise instead: an image then
+            always gets the same answer, which makes tests reproducible but
+            lets an adaptive client that learns the seed craft inputs against
+            that one draw, outside the α guarantee.
     """
 
     sigma: float
     n: int = 1000
     alpha: float = 0.001
     batch_size: int = None
-    seed: int = 0
+    seed: int = None
 
     def __post_init__(self):
         if not self.sigma > 0:
@@ -135,8 +81,9 @@ class SmoothedServing:
             raise ValueError(
                 f"`batch_size` must be an integer >= 1. Received: batch_size={self.batch_size}"
             )
-        if not _is_int(self.seed):
-            raise ValueError(f"`seed` must be an integer. Received: seed={self.seed}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"`seed` must be an integer or None (fresh noise per request). "
+                             f"Received: seed={self.seed}")
 
 
 def _is_int(value):
@@ -232,9 +179,16 @@ def _smoothed_endpoint(model, image_shape, num_classes, smoothed):
             "predict_smoothed expects float32 pixels in [0, 1] (divide 0..255 "
             "images by 255); got min, max",
         )
+        seed = smoothed.seed
+        if seed is None:
+            # Fresh per-image seeds on every call: seed = seed2 = 0 makes the kernel seed itself from the OS,
+            # whatever global seed was set while exporting, so a reloaded model does not repeat a sequence.
+            seed = tf.raw_ops.RandomUniformInt(
+                shape=tf.shape(images)[:1], minval=tf.constant(0), maxval=tf.constant(2**31 - 1), seed=0, seed2=0
+            )
         out = certification.predict_batch_graph(
             logits_fn, images, n=smoothed.n, alpha=smoothed.alpha, sigma=smoothed.sigma,
-            num_classes=num_classes, batch_size=smoothed.batch_size, seed=smoothed.seed,
+            num_classes=num_classes, batch_size=smoothed.batch_size, seed=seed,
         )
         out["classes"] = tf.argmax(_logits(model, images), axis=-1, output_type=tf.int32)
         return out
@@ -498,13 +452,25 @@ _LOGITS_NOTE = (
 
 def _smoothed_note(settings):
     """What `predict_smoothed` does, with the exported settings when known."""
-    fixed = "n, sigma, alpha and the seed"
+    fixed = "n, sigma, alpha and the noise seed (if any)"
+    seeded = settings.get("seed") is not None if settings else None
     if settings:
+        noise = f"seed = {settings['seed']}" if seeded else "fresh noise per request"
         fixed = (
             f"n = {settings['n']}, sigma = {settings['sigma']:g}, alpha = "
-            f"{settings['alpha']:g}, seed = {settings['seed']} (batches of "
+            f"{settings['alpha']:g}, {noise} (batches of "
             f"{settings['batch_size']})"
         )
+    determinism = (
+        "The fixed seed makes the answers deterministic: the same image always gets the same answer "
+        "(for reproducible tests; a client who learns the seed can attack that one noise draw)."
+        if seeded else
+        "Every image of every request gets fresh noise, so repeated requests may differ near the "
+        "decision boundary, and the alpha guarantee holds for each answer."
+        if seeded is False else
+        "Without a seed (the default) every request gets fresh noise; a fixed seed makes each image's "
+        "answer deterministic."
+    )
     return (
         "`predict_smoothed` is randomized smoothing (Cohen et al. 2019, PREDICT) "
         "on float32 `images` in [0, 1]: each image is copied n times with "
@@ -513,8 +479,7 @@ def _smoothed_note(settings):
         "and `smoothed_classes` is the top class, or -1 (abstain) when the "
         "two-sided binomial test of the top two counts has p-value (`pvalues`) "
         "> alpha; `classes` is the base model's noiseless top-1. Fixed at export: "
-        f"{fixed}. The fixed seed makes the answers deterministic: the same image "
-        "always gets the same answer. Each image costs n forward passes."
+        f"{fixed}. {determinism} Each image costs n forward passes."
     )
 
 

@@ -1,7 +1,9 @@
 """Learning-rate schedules: linear scaling, linear warm-up, step or cosine decay.
 
-SAT/FB recipe: peak LR = base_lr * global_batch / 256, warm-up over the first
-epochs, then x0.1 at epochs 30/60/90 (ImageNet) or a cosine decay to zero.
+SAT/FB ImageNet recipe: peak LR = base_lr * global_batch / 256; when the peak
+exceeds base_lr, a linear warm-up from base_lr (0.1) to the peak over the
+first 5 epochs (none otherwise); then x0.1 at epochs 30/60/90. Elsewhere a
+warm-up from 0 and a cosine decay to zero.
 """
 
 import keras
@@ -17,6 +19,11 @@ def scaled_learning_rate(base_lr, global_batch_size, reference_batch_size=256):
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from `warmup_start_lr` to `peak_lr`, then step or cosine decay.
 
+    There is no warm-up when `warmup_start_lr >= peak_lr`: the LR is the
+    decayed peak from step 0. With `warmup_start_lr=base_lr` this is SAT's
+    ImageNet schedule (`ResNet/main.py`: `if BASE_LR > 0.1`, a step-based
+    linear ramp from 0.1 to BASE_LR over 5 epochs).
+
     Args:
         peak_lr: learning rate after warm-up.
         total_steps: length of the run in optimizer steps (cosine decays to 0 there).
@@ -24,7 +31,8 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         decay: "step", "cosine" or "constant". Defaults to `"step"`.
         boundaries: for "step", steps at which the LR is multiplied by `decay_rate`.
         decay_rate: factor per boundary. Defaults to `0.1`.
-        warmup_start_lr: LR at step 0 of the warm-up. Defaults to `0.0`.
+        warmup_start_lr: LR at step 0 of the warm-up (no warm-up if it is
+            >= `peak_lr`). Defaults to `0.0`.
     """
 
     def __init__(
@@ -69,7 +77,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
             decayed = 0.5 * self.peak_lr * (1.0 + tf.cos(3.141592653589793 * progress))
         else:
             decayed = tf.constant(self.peak_lr)
-        if self.warmup_steps <= 0:
+        if self.warmup_steps <= 0 or self.warmup_start_lr >= self.peak_lr:
             return decayed
         return tf.where(step < self.warmup_steps, warm_lr, decayed)
 

@@ -1,40 +1,26 @@
 """The released SAT model zoo: TF1 checkpoints -> our Keras models, and back.
 
-The SAT authors (cihangxie/SmoothAdversarialTraining) released TF1 checkpoints
-(`<name>.index` / `.data-00000-of-00001` / `.meta`, fetched from Google Drive
-by their `ResNet/download_resnet.py` and `EfficientNet/download_efficientnet.py`
-gdown scripts). sat_tf never downloads anything: run those scripts (or fetch
-the files by hand) and point `load_tf1_checkpoint` or
-`launch/convert_checkpoint.py --checkpoint=<dir>/<name>/<name>` at the prefix
-(a directory holding exactly one `*.index` also works: the downloads carry no
-`checkpoint` state file).
+`load_tf1_checkpoint(model, prefix)` maps every weight of a `sat_tf.models`
+ResNet/ResNeXt or EfficientNet to its name in SAT's TF1 checkpoints
+(tensorpack `conv0/W`, `group0/block0/conv1/bn/mean/EMA`; TPU
+`efficientnet-b0/blocks_0/...` with 5-D BN parameters and EMA shadows),
+checks the shapes, assigns them and returns a `ConversionReport`.
+`inspect_checkpoint` infers the architecture and `write_tf1_checkpoint`
+writes the inverse. `FAMILIES` holds the per-family mapping, `ZOO`
+(`sat_tf.zoo.presets`) the released downloads. Nothing is downloaded: fetch
+the files with SAT's `download_resnet.py` / `download_efficientnet.py`. The
+names read, in detail: docs/module_notes.md.
 
-Names read (reference_code.md §1.1-1.2, §1.7; SAT's `utils.BatchNormalization`
-keeps the TPU layer name and stores its parameters 5-D):
-
-- ResNet/ResNeXt (tensorpack): `conv0/W` (HWIO), `<scope>/bn/{gamma,beta,
-  mean/EMA,variance/EMA}`, `groupG/blockB/conv{1,2,3}/W`,
-  `groupG/blockB/convshortcut/W`, `<scope>/smoothrelu_beta` ([1], beta =
-  w**2) at `conv0`, `groupG/blockB/conv{1,2}` and `groupG/blockB`,
-  `linear/W` [in, out], `linear/b`. Our layer `group1_block0_conv2_bn` is
-  `group1/block0/conv2/bn`.
-- EfficientNet (TF1 Keras layers, under `efficientnet-bX/`): `stem/conv2d`,
-  `stem/tpu_batch_normalization`, per block `blocks_i/` with an expand conv:
-  `conv2d` (expand), `tpu_batch_normalization`, `depthwise_conv2d`,
-  `tpu_batch_normalization_1`, `se/conv2d` (reduce), `se/conv2d_1` (expand),
-  `conv2d_1` (project), `tpu_batch_normalization_2`; without one (expand
-  ratio 1) `depthwise_conv2d`, `tpu_batch_normalization`, `se/...`, `conv2d`
-  (project), `tpu_batch_normalization_1`; `head/conv2d`,
-  `head/tpu_batch_normalization`, `head/dense/{kernel,bias}`. Weight EMA
-  shadows are `<name>/ExponentialMovingAverage`.
-
-Channel order: our models take RGB pixels in [0, 1]. SAT's tensorpack eval
-path feeds BGR (cv2), the TPU pipeline RGB; which one trained the released
-ResNets is not stated (§1.3). `channel_order="bgr"` flips the input-channel
-axis of the stem kernel, so a BGR-trained checkpoint still takes RGB input and
-computes exactly the same function (SAT's `x * 2 - 1` is the same on every
-channel). Input size is not in the weights (the nets are fully convolutional);
-use the zoo's `input_size`.
+Channel order: our models take RGB pixels in [0, 1]. The default
+`channel_order` is the one SAT's released code feeds each family. ResNets:
+BGR. SAT's `ResNet/main.py` says "Our model expects BGR images instead of
+RGB" (its `--eval-directory` path flips RGB files to BGR), its evaluation
+loader reads with `cv2.imread` (BGR) and `third_party/imagenet_utils.py` sets
+`image_bgr = True` ("If using DataFlow, then it should be BGR").
+EfficientNets: RGB (the TPU input pipeline decodes JPEGs as RGB).
+`channel_order="bgr"` flips the stem kernel's input channels, so the
+converted model still takes RGB and computes exactly the function the
+checkpoint computes on BGR (SAT's `x * 2 - 1` is the same on every channel).
 """
 
 import dataclasses
@@ -45,8 +31,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from sat_tf.zoo.presets import ZOO, zoo_entry  # noqa: F401  (public: sat_tf.zoo.ZOO)
+
 EMA_SUFFIX = "/ExponentialMovingAverage"
-FAMILIES = ("resnet", "efficientnet")
 # Optimizer slots, counters and tensorpack's moving summaries: never weights.
 _TRAINING_STATE = re.compile(
     r"(^|/)(global_step|learning_rate|lr|beta[12]_power)(_\d+)?$"
@@ -54,68 +41,6 @@ _TRAINING_STATE = re.compile(
     r"|^EMA/"
 )
 _RESNET_BN = {"gamma": "gamma", "beta": "beta", "moving_mean": "mean/EMA", "moving_variance": "variance/EMA"}
-
-_PGD = ("clean", "pgd10", "pgd20", "pgd50")
-
-
-def _resnet_zoo(model, activation, size, scores, **kwargs):
-    published = dict(zip(_PGD, scores)) if scores else None
-    return {"family": "resnet", "model": model, "activation": activation, "input_size": size,
-            "model_kwargs": kwargs, "use_ema": False, "channel_order": "rgb", "published": published}
-
-
-def _efficientnet_zoo(model, size, clean, use_ema=False):
-    return {"family": "efficientnet", "model": model, "activation": "silu",
-            "input_size": size, "model_kwargs": {"bn_epsilon": 1e-5, "bn_momentum": 0.9},
-            "use_ema": use_ema, "channel_order": "rgb", "published": {"clean": clean}}
-
-
-# The download-script names (§1.9) with the README numbers (§1.10: accuracies in
-# %, untargeted PGD eps 4/255, step 1/255, tensorpack loader; EfficientNet PGD
-# columns are "TODO" upstream). Softplus/mish ResNets have no published numbers.
-# `channel_order` "rgb" is the TPU pipeline the README says trained the nets;
-# not checked against ImageNet offline: if the clean accuracy falls short of
-# `published`, convert again with "bgr" (the tensorpack eval loader's order).
-ZOO = {
-    "Res50-relu": _resnet_zoo("resnet50", "relu", 224, (68.7, 35.3, 33.7, 33.1)),
-    "Res50-silu": _resnet_zoo("resnet50", "silu", 224, (69.7, 43.0, 42.2, 41.9)),
-    "Res50-smoothrelu": _resnet_zoo("resnet50", "smooth_relu", 224, (69.3, 41.3, 40.4, 40.1)),
-    "Res50-gelu": _resnet_zoo("resnet50", "gelu", 224, (69.9, 42.6, 41.8, 41.5)),  # tanh form
-    "Res50-elu": _resnet_zoo("resnet50", "elu", 224, (69.0, 41.6, 40.9, 40.7)),
-    "Res50-softplus": _resnet_zoo("resnet50", "softplus", 224, None),
-    "Res50-mish": _resnet_zoo("resnet50", "mish", 224, None),
-    "Res50-silu-299": _resnet_zoo("resnet50", "silu", 299, (70.7, 44.6, 43.8, 43.6)),
-    "Res50-silu-380": _resnet_zoo("resnet50", "silu", 380, (71.6, 44.9, 44.1, 43.8)),
-    "ResX50-silu-32x4d": _resnet_zoo("resnext50_32x4d", "silu", 224, (71.1, 43.3, 42.5, 42.2),
-                                     groups=32, bottleneck_width=4),
-    "ResX50-silu-32x8d": _resnet_zoo("resnext50_32x8d", "silu", 224, (73.3, 46.3, 45.2, 44.8),
-                                     groups=32, bottleneck_width=8),
-    "Res101-silu": _resnet_zoo("resnet101", "silu", 224, (72.9, 46.4, 45.5, 45.2)),
-    "Res152-silu": _resnet_zoo("resnet152", "silu", 224, (74.0, 47.3, 46.2, 45.8)),
-    "ResX152-silu-380-32x8d": _resnet_zoo("resnext152_32x8d", "silu", 380, (78.0, 53.0, 51.7, 51.0),
-                                          groups=32, bottleneck_width=8),
-    "efficientnet-b0": _efficientnet_zoo("efficientnet_b0", 224, 65.2),
-    "efficientnet-b1": _efficientnet_zoo("efficientnet_b1", 240, 68.6),
-    "efficientnet-b2": _efficientnet_zoo("efficientnet_b2", 260, 70.3),
-    "efficientnet-b3": _efficientnet_zoo("efficientnet_b3", 300, 73.1),
-    "efficientnet-b4": _efficientnet_zoo("efficientnet_b4", 380, 75.9),
-    "efficientnet-b5": _efficientnet_zoo("efficientnet_b5", 456, 77.8),
-    "efficientnet-b6": _efficientnet_zoo("efficientnet_b6", 528, 79.2),
-    "efficientnet-b7": _efficientnet_zoo("efficientnet_b7", 600, 79.8),
-    # Both L1 downloads are built as `efficientnet-bL1`; "enhanced" is the
-    # weight-EMA (decay 0.9999) model, 82.2 clean (58.6 PGD claimed, no code).
-    "efficientnet-bL1": _efficientnet_zoo("efficientnet_l1", 600, 80.7),
-    "efficientnet-bL1-enhanced": _efficientnet_zoo("efficientnet_l1", 600, 82.2, use_ema=True),
-}
-
-
-def zoo_entry(name):
-    """A copy of the `ZOO` entry of a download name, or a ValueError listing
-    the known names."""
-    if name not in ZOO:
-        raise ValueError(f"Unknown zoo name {name!r}. Known: {sorted(ZOO)}")
-    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in ZOO[name].items()}
-
 
 @dataclasses.dataclass
 class ConversionReport:
@@ -190,7 +115,8 @@ def _resnet_scope(layer_name):
     return f"{scope}/{m[3]}" if m[3] else scope
 
 
-def _resnet_entries(model):
+def _resnet_entries(model, scope=None):
+    del scope  # tensorpack names have no model scope
     import keras
 
     entries, unmapped = [], []
@@ -251,12 +177,6 @@ def _efficientnet_entries(model, scope):
     return entries, unmapped
 
 
-def _entries(model, family, scope):
-    if family == "resnet":
-        return _resnet_entries(model)
-    return _efficientnet_entries(model, scope)
-
-
 def _efficientnet_scope_of_model(model):
     suffix = model.name.lower().split("efficientnet", 1)[-1].strip("_-")
     suffix = {"l1": "bL1", "bl1": "bL1"}.get(suffix, suffix)
@@ -303,11 +223,11 @@ def _read_shapes(prefix):
 
 
 def detect_family(names):
+    """The `FAMILIES` key whose checkpoints hold these variable names."""
     names = set(names)
-    if "conv0/W" in names:
-        return "resnet"
-    if any(n.startswith("efficientnet-") for n in names):
-        return "efficientnet"
+    for name, spec in FAMILIES.items():
+        if spec.owns(names):
+            return name
     raise ValueError("cannot tell the checkpoint family: no `conv0/W` (SAT ResNet) and no "
                      "`efficientnet-*/` names (SAT EfficientNet); pass family='resnet'|'efficientnet'")
 
@@ -329,7 +249,7 @@ def _fit(array, variable, kind):
     return array if tuple(array.shape) == target else None
 
 
-def load_tf1_checkpoint(model, checkpoint_path, *, family="auto", use_ema=False, channel_order="rgb",
+def load_tf1_checkpoint(model, checkpoint_path, *, family="auto", use_ema=False, channel_order=None,
                         strict=True):
     """Loads a SAT TF1 checkpoint (ResNet/ResNeXt or EfficientNet) into `model`.
 
@@ -349,8 +269,10 @@ def load_tf1_checkpoint(model, checkpoint_path, *, family="auto", use_ema=False,
             (EfficientNet "enhanced"); weights without one keep their raw
             value and are listed in `report.ema_missing`.
         channel_order: `"rgb"` or `"bgr"`, the channel order the checkpoint
-            was trained on; `"bgr"` flips the stem kernel's input channels so
-            the model still takes RGB.
+            expects; `"bgr"` flips the stem kernel's input channels so the
+            model still takes RGB. Defaults to the family's (`FAMILIES`): the
+            order SAT's released code feeds, BGR for ResNets, RGB for
+            EfficientNets (see the module docstring).
         strict: raise ValueError if a model weight has no checkpoint tensor
             or a shape differs. Unused checkpoint tensors never raise; they
             are listed in the report (optimizer slots, `global_step` etc. go
@@ -359,17 +281,17 @@ def load_tf1_checkpoint(model, checkpoint_path, *, family="auto", use_ema=False,
     Returns:
         A `ConversionReport`.
     """
-    if channel_order not in ("rgb", "bgr"):
-        raise ValueError(f"`channel_order` must be 'rgb' or 'bgr'. Received: channel_order={channel_order!r}")
+    _check_channel_order(channel_order)
     prefix = resolve_checkpoint(checkpoint_path)
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
     if family == "auto":
         family = detect_family(shapes)
     if family not in FAMILIES:
-        raise ValueError(f"`family` must be one of {FAMILIES + ('auto',)}. Received: family={family!r}")
-    scope = _efficientnet_scope(shapes) if family == "efficientnet" else None
-    entries, unmapped = _entries(model, family, scope)
+        raise ValueError(f"`family` must be one of {(*FAMILIES, 'auto')}. Received: family={family!r}")
+    spec = FAMILIES[family]
+    channel_order = channel_order or spec.channel_order
+    entries, unmapped = spec.entries(model, spec.checkpoint_scope(shapes))
     report = ConversionReport(family, prefix, ema_used=bool(use_ema), channel_order=channel_order)
     report.missing_in_checkpoint += [f"{p} <- (no {family} checkpoint counterpart)" for p in unmapped]
     consumed, assignments = set(), []
@@ -484,6 +406,63 @@ def _inspect_efficientnet(shapes):
     }
 
 
+# === Families ===
+
+
+def _check_channel_order(channel_order):
+    if channel_order not in (None, "rgb", "bgr"):
+        raise ValueError(f"`channel_order` must be 'rgb', 'bgr' or None (the family's). "
+                         f"Received: channel_order={channel_order!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How one architecture family's SAT TF1 checkpoints map onto our models.
+
+    Attributes:
+        channel_order: the input order SAT's released code feeds this family
+            (the default of `load_tf1_checkpoint` / `write_tf1_checkpoint`).
+        owns: `fn(set of names) -> bool`, whether a checkpoint is of this family.
+        entries: `fn(model, scope) -> (entries, unmapped weight paths)`.
+        checkpoint_scope: `fn(checkpoint names) -> scope` (None: unscoped).
+        model_scope: `fn(model) -> scope` for writing (None: unscoped).
+        inspect: `fn(checkpoint shapes) -> info dict` (`inspect_checkpoint`).
+        bn_5d: BN parameters are stored `[1, 1, 1, 1, C]`.
+    """
+
+    channel_order: str
+    owns: object
+    entries: object
+    checkpoint_scope: object
+    model_scope: object
+    inspect: object
+    bn_5d: bool
+
+
+FAMILIES = {
+    # tensorpack ResNet/ResNeXt; SAT's ResNet/main.py: "Our model expects BGR images instead of RGB".
+    "resnet": Family(
+        channel_order="bgr",
+        owns=lambda names: "conv0/W" in names,
+        entries=_resnet_entries,
+        checkpoint_scope=lambda names: None,
+        model_scope=lambda model: None,
+        inspect=_inspect_resnet,
+        bn_5d=False,
+    ),
+    # TPU EfficientNet: its input pipeline decodes RGB.
+    "efficientnet": Family(
+        channel_order="rgb",
+        owns=lambda names: any(n.startswith("efficientnet-") for n in names),
+        entries=_efficientnet_entries,
+        checkpoint_scope=lambda names: _efficientnet_scope(names),
+        model_scope=_efficientnet_scope_of_model,
+        inspect=_inspect_efficientnet,
+        bn_5d=True,
+    ),
+}
+
+
 def inspect_checkpoint(path):
     """Infers the architecture of a SAT TF1 checkpoint from its names/shapes.
 
@@ -498,7 +477,7 @@ def inspect_checkpoint(path):
     prefix = resolve_checkpoint(path)
     shapes = _read_shapes(prefix)
     family = detect_family(shapes)
-    info = _inspect_resnet(shapes) if family == "resnet" else _inspect_efficientnet(shapes)
+    info = FAMILIES[family].inspect(shapes)
     info["checkpoint"] = prefix
     info["has_ema"] = any(n.endswith(EMA_SUFFIX) for n in shapes)
     return info
@@ -507,7 +486,7 @@ def inspect_checkpoint(path):
 # === Writing ===
 
 
-def write_tf1_checkpoint(model, path, *, family, ema=False, bgr=False, scope=None):
+def write_tf1_checkpoint(model, path, *, family, ema=False, channel_order=None, scope=None):
     """Writes `model` as a TF1 name-based checkpoint with the SAT names.
 
     The inverse of `load_tf1_checkpoint` (EfficientNet BN params 5-D,
@@ -518,7 +497,10 @@ def write_tf1_checkpoint(model, path, *, family, ema=False, bgr=False, scope=Non
         path: checkpoint prefix to write (`path.index`, `path.data-*`).
         family: `"resnet"` or `"efficientnet"`.
         ema: also write every value as its `/ExponentialMovingAverage` shadow.
-        bgr: write a checkpoint that expects BGR input (stem kernel flipped).
+        channel_order: the input order the written checkpoint expects
+            (`"bgr"` flips the stem kernel). Defaults to the family's, as
+            `load_tf1_checkpoint`, so writing and loading with the defaults
+            round-trips.
         scope: EfficientNet name scope; defaults to the model name
             (`efficientnet_b0` -> `efficientnet-b0`).
 
@@ -526,16 +508,19 @@ def write_tf1_checkpoint(model, path, *, family, ema=False, bgr=False, scope=Non
         The prefix written.
     """
     if family not in FAMILIES:
-        raise ValueError(f"`family` must be one of {FAMILIES}. Received: family={family!r}")
-    if family == "efficientnet" and scope is None:
-        scope = _efficientnet_scope_of_model(model)
-    entries, unmapped = _entries(model, family, scope)
+        raise ValueError(f"`family` must be one of {tuple(FAMILIES)}. Received: family={family!r}")
+    _check_channel_order(channel_order)
+    spec = FAMILIES[family]
+    bgr = (channel_order or spec.channel_order) == "bgr"
+    if scope is None:
+        scope = spec.model_scope(model)
+    entries, unmapped = spec.entries(model, scope)
     if unmapped:
         raise ValueError(f"{len(unmapped)} model weights have no {family} checkpoint name: {unmapped[:3]}")
     tensors = {}
     for e in entries:
         value = np.asarray(e.variable.numpy(), dtype=np.float32)
-        if e.kind == "bn" and family == "efficientnet":
+        if e.kind == "bn" and spec.bn_5d:
             value = value.reshape((1, 1, 1, 1, -1))
         elif e.kind == "scalar":
             value = value.reshape((1,))
