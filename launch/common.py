@@ -158,11 +158,10 @@ def activation_spec(name, options):
 
 def run(main):
     """`absl.app.run(main)`, turning expected failures into one-line errors."""
-    from sat_tf import distribute
+    from sat_tf import config, distribute, training
     from sat_tf.data import record_faults
-    from sat_tf import training
 
-    expected = (FlagError, distribute.StrategyError, FileNotFoundError, training.DivergenceError,
+    expected = (FlagError, config.ConfigError, distribute.StrategyError, FileNotFoundError, training.DivergenceError,
                 training.CheckpointError, record_faults.CorruptRecordError)
 
     def guarded(argv):
