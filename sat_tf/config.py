@@ -378,7 +378,7 @@ def load_json(workdir):
     path = os.path.join(workdir, RUN_CONFIG)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(
-            f"{path} does not exist: the workdir must be a directory written by launch/train.py "
+            f"{path} does not exist: --workdir must be a directory written by launch/train.py "
             f"(e.g. python launch/train.py --workdir={workdir}; for certify/predict train with "
             "--config=launch/configs/digits_gaussian.py)"
         )
