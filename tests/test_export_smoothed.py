@@ -229,8 +229,8 @@ def launch(script, *flags, check=True):
 @pytest.fixture(scope="module")
 def noise_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run") / "digits_noise")
-    launch("train.py", "--epochs=1", "--limit_train=128", "--limit_test=32", "--batch_size=32",
-           "--noise_sd=0.12", "--eval_attack_iters=1", "--export=false", f"--workdir={workdir}")
+    launch("train.py", "--config=launch/configs/digits_gaussian.py", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.schedule.batch_size=32",
+           "--config.objective.noise_sd=0.12", "--config.eval.steps=1", "--config.export.enabled=false", f"--workdir={workdir}")
     return workdir
 
 
