@@ -187,7 +187,7 @@ def test_image_seeds_are_distinct_and_stable():
 
 @pytest.fixture(scope="module")
 def noise_run(tmp_path_factory):
-    """A 1-epoch digits run trained with --noise_sd=0.25 (so --sigma defaults to 0.25)."""
+    """A 1-epoch digits run trained with launch/configs/digits_gaussian.py, sigma 0.25 (so --sigma defaults to 0.25)."""
     workdir = str(tmp_path_factory.mktemp("certify") / "digits_noise")
     launch("launch/train.py", "--config=launch/configs/digits_gaussian.py", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.objective.noise_sd=0.25",
            "--config.export.enabled=false", "--config.schedule.batch_size=32", f"--workdir={workdir}")

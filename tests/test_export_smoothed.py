@@ -4,7 +4,7 @@ The TF binomial test equals scipy's `binomtest`; the graph PREDICT equals
 `Smooth.predict` image by image (same noise, same counts); the exported
 signature, reloaded where sat_tf is never imported, gives the same answers and
 refuses bad images clearly; launch/export.py's --smoothed_* flags, on a tiny
-digits run trained with --noise_sd.
+digits run trained with launch/configs/digits_gaussian.py.
 
 The hand-made model has known odds: logits (d, -d, e) with d = z[0, 0] - 0.5
 and e = 2 (z[1, 1] - 0.5), so under noise sigma = 0.25 an image with
@@ -215,7 +215,7 @@ def test_bad_images_give_clear_errors(served):
         loaded.predict_smoothed, tf.zeros((1, 8, 8, 1)))
 
 
-# === launch/export.py on a tiny run trained with --noise_sd ===
+# === launch/export.py on a tiny run trained with the Gaussian config ===
 
 
 def launch(script, *flags, check=True):
