@@ -7,7 +7,7 @@ deviation (min–max) of clean and PGD-k top-1 accuracy:
     python benchmarks/compare_objectives.py --seeds=0,1,2
     python benchmarks/compare_objectives.py --rows=pgd_at,trades_rat --seeds=0,1,2,3,4
 
-Every row shares the budget of the `rat_digits` preset (L-inf eps 32/255, step
+Every row shares the budget of launch/configs/rat_digits.py (L-inf eps 32/255, step
 8/255, 5 attack steps, 30 epochs, no label smoothing) and the evaluation of
 launch/train.py (PGD-10/20 at eps 32/255, step 8/255, random start). This is a
 small-data sanity comparison, not a reproduction of the papers' CIFAR-10 runs.
