@@ -120,7 +120,8 @@ def base():
     c.schedule.warmup_epochs = 2.0
 
     c.system = config_dict.ConfigDict()
-    c.system.strategy = "default"  # None: tpu with system.tpu, mirrored with GPUs, else default
+    c.system.strategy = config_dict.FieldReference("default", field_type=str)  # None: tpu with system.tpu,
+    # mirrored with GPUs, else default (a typed reference, so a config may set None and the command line a name)
     c.system.tpu = placeholder(str)
     c.system.jit = "auto"  # auto | true | false
     c.system.precision = "float32"  # auto (bfloat16 on TPU) | float32 | mixed_bfloat16 | mixed_float16
