@@ -312,16 +312,16 @@ def main(argv):
         bad_reported[0] = count
         return count
 
-    def train_dataset_fn(epoch, ctx, skip_batches=0):
-        seed = config.system.seed * 100003 + epoch
-        if not imagenet:
-            return data.load_split(config.data.name, "train", data_dir=config.data.data_dir, batch_size=batch_size,
-                                   shuffle=True, seed=seed, drop_remainder=True, augment=config.data.augment,
-                                   input_context=ctx, limit=config.data.limit_train)
+    def registry_train_fn(epoch, ctx):
+        return data.load_split(config.data.name, "train", data_dir=config.data.data_dir, batch_size=batch_size,
+                               shuffle=True, seed=config.system.seed * 100003 + epoch, drop_remainder=True,
+                               augment=config.data.augment, input_context=ctx, limit=config.data.limit_train)
+
+    def imagenet_train_fn(epoch, ctx, skip_batches=0):  # skips a resumed epoch's batches before decoding
         return imagenet_input.load_imagenet(
             "train", data_dir=config.data.data_dir, image_size=image_size, batch_size=batch_size,
-            source=config.data.source, training=True, input_context=ctx, seed=seed, repeat=True,
-            deterministic=config.system.deterministic, label_offset=label_offset, drop_remainder=True,
+            source=config.data.source, training=True, input_context=ctx, seed=config.system.seed * 100003 + epoch,
+            repeat=True, deterministic=config.system.deterministic, label_offset=label_offset, drop_remainder=True,
             skip_batches=skip_batches, bad_records=config.data.bad_records, bad_record_log=bad_log)
 
     def eval_dataset_fn(ctx):
@@ -373,7 +373,8 @@ def main(argv):
             attack_grad_scale=128.0 if policy == "mixed_float16" else 1.0)
         with record_faults.named_errors():
             history = training.fit(
-                model, optimizer, attack, strategy, train_dataset_fn, config=step_config, epochs=epochs,
+                model, optimizer, attack, strategy, imagenet_train_fn if imagenet else registry_train_fn,
+                config=step_config, epochs=epochs,
                 steps_per_epoch=steps_per_epoch, workdir=workdir,
                 checkpoint_every_steps=config.system.checkpoint_every_steps,
                 on_nonfinite=config.system.on_nonfinite, max_skipped_steps=config.system.max_skipped_steps,
