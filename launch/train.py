@@ -176,6 +176,11 @@ def noise_attack(sigma):
 def main(argv):
     del argv
     config = FLAGS.config
+    try:  # ml_collections reports a config file that failed to load on first use
+        config.mode
+    except OSError as err:
+        raise config_lib.ConfigError(f"--config={FLAGS['config'].config_filename}: "
+                                     f"{' '.join(str(err).split())}") from None
     if FLAGS.tpu:
         config.system.tpu = FLAGS.tpu
     workdir = workdir_for(FLAGS["config"].config_filename)
@@ -548,8 +553,17 @@ def imagenet_report(results, *, config, model, ema, strategy, workdir, chief, ji
 
 
 def run(default_config):
-    """Defines the flags with `default_config` (a file of launch/configs/) as --config's default, and runs."""
-    define_flags(default_config)
+    """Defines the flags with `default_config` (a file of launch/configs/) as --config's default, and runs.
+
+    ml_collections reads the `--config.*` overrides while it defines the flag, so a misspelled field
+    fails here: one `error:` line naming it, exit code 2.
+    """
+    try:
+        define_flags(default_config)
+    except (KeyError, AttributeError, flags.Error) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {' '.join(str(message).split())} (see --helpfull)", file=sys.stderr, flush=True)
+        sys.exit(2)
     common.run(main)
 
 

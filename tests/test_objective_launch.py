@@ -46,7 +46,7 @@ def test_config_file_with_overrides_on_top(tmp_path):
 
 @pytest.mark.parametrize(
     "flags,field",
-    [(["--config.objective.name=trades", "--config=launch/configs/digits_gaussian.py"], "config.attack.name="),
+    [(["--config.objective.name=gaussian", "--config.objective.noise_sd=0.25"], "config.attack.name="),
      (["--config.objective.rat_alpha=2"], "config.objective.rat_alpha="),
      (["--config.objective.name=trades", "--config.attack.steps=0"], "config.attack.steps=")],
 )
@@ -57,7 +57,9 @@ def test_bad_objective_fields(tmp_path, flags, field):
 
 def test_unknown_config_field_is_one_error(tmp_path):
     proc = train(tmp_path, "--config.atack.eps=8/255", check=False)
-    assert proc.returncode == 2 and "atack" in proc.stderr, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(lines) == 1 and "Did you mean \"attack\"" in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def test_compare_objectives_smoke(tmp_path):
