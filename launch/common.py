@@ -356,26 +356,6 @@ def load_arrays(dataset, split, *, data_dir, limit=None):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def evaluation_dataset_fn(dataset, split, *, data_dir, batch_size, limit=None):
-    from sat_tf import data
-
-    def dataset_fn(ctx):
-        return data.load_split(
-            dataset,
-            split,
-            data_dir=data_dir,
-            batch_size=batch_size,
-            input_context=ctx,
-            limit=limit,
-        )
-
-    return dataset_fn
-
-
-def print_progress(name, batches, total):
-    print(f"\r  {name}: batch {batches}/{total}", end="\n" if batches >= total else "", flush=True)
-
-
 def progress_line(done, total, text):
     """`image k/K  text`: redrawn in place on a terminal; in a log file one
     line per tenth of the work, so logs stay readable."""
