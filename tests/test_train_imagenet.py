@@ -78,7 +78,7 @@ def _tensorboard_tags(workdir):
 @pytest.fixture(scope="module")
 def trained(tiny_imagenet, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("imagenet") / "run")
-    proc = _run(_tiny_flags(tiny_imagenet, workdir, "--moving_average_decay=0.9"))
+    proc = _run(_tiny_flags(tiny_imagenet, workdir, "--config.optimizer.ema_decay=0.9"))
     return workdir, proc
 
 
