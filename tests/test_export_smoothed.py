@@ -258,7 +258,7 @@ def test_launcher_adds_predict_smoothed(noise_run, tmp_path):
 
 
 def test_launcher_defaults_to_the_runs_noise_sd(noise_run, tmp_path):
-    assert json.load(open(os.path.join(noise_run, "run_config.json")))["smoothing"]["noise_sd"] == 0.12
+    assert json.load(open(os.path.join(noise_run, "run_config.json")))["objective"]["noise_sd"] == 0.12
     out = str(tmp_path / "served")
     launch("export.py", f"--workdir={noise_run}", f"--output={out}", "--smoothed_n=50", "--nojpeg")
     settings = export.smoothed_settings(out)
