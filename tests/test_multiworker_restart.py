@@ -5,8 +5,8 @@ one-line error and the retryable exit code 143, and restarting both workers
 with the same command and TF_CONFIG resumes from the chief's last checkpoint
 and ends with the weights of a run that was never killed.
 
-That reference stops cleanly at the same step (--epochs=1, then the same
-command with --epochs=2; a constant LR makes the two phases one schedule):
+That reference stops cleanly at the same step (--config.schedule.epochs=1, then the same
+command with --config.schedule.epochs=2; a constant LR makes the two phases one schedule):
 BatchNorm moving statistics are per replica and a checkpoint holds their mean,
 so any resume, clean or not, restarts the replicas from the mean statistics.
 """
@@ -42,7 +42,7 @@ def _start(workdir, ports, epochs=2):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "launch", "train.py"), *FLAGS, f"--epochs={epochs}", f"--workdir={workdir}"],
+            [sys.executable, os.path.join(ROOT, "launch", "train.py"), *FLAGS, f"--config.schedule.epochs={epochs}", f"--workdir={workdir}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
     return procs
 
