@@ -25,6 +25,7 @@ setup(
         "tensorflow>=2.16,<2.22",
         "keras>=3.0",
         "absl-py",
+        "ml_collections",  # config files and --config.* overrides of launch/train.py; sat_tf.config
         "numpy",
         "scipy",
         "scikit-learn",

@@ -70,7 +70,8 @@ QUICK_OPTIONS = {"apgd-ce": {"steps": 5}, "apgd-t": {"steps": 5, "n_target_class
                  "fab-t": {"steps": 5, "n_target_classes": 2}, "square": {"queries": 20}}
 DEFAULTS = dict(points=None, rounds=3, iter_ks="10,100", trace_ks="10,100,1000", iter_rounds=10, options=None)
 QUICK = dict(points=16, rounds=1, iter_ks="2,4", trace_ks="2,4", iter_rounds=2, options=json.dumps(QUICK_OPTIONS))
-QUICK_TRAIN_FLAGS = ("--epochs=1", "--limit_train=128", "--limit_test=16", "--eval_attack_iters=1")
+QUICK_TRAIN_FLAGS = ("--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=16",
+                     "--config.eval.steps=1")
 
 
 # === Models and points ===
@@ -79,7 +80,7 @@ QUICK_TRAIN_FLAGS = ("--epochs=1", "--limit_train=128", "--limit_test=16", "--ev
 def train_model(workdir, quick):
     """Trains the main job's model with launch/train.py into `workdir` (its defaults: digits_cnn SiLU, PGD-2)."""
     cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--workdir={workdir}",
-           "--eval_autoattack=none", "--export=false", *(QUICK_TRAIN_FLAGS if quick else ())]
+           "--config.eval.autoattack=none", "--config.export.enabled=false", *(QUICK_TRAIN_FLAGS if quick else ())]
     print(f"training: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr, stderr=subprocess.STDOUT)
     if done.returncode:
@@ -98,9 +99,9 @@ def load_digits_model(workdir, points):
     kwargs = {"activation": model.activation, "filters": list(model.filters), "num_classes": model.num_classes,
               "in_channels": model.image_shape[-1], "bn_epsilon": model.bn_epsilon,
               "preprocessing": _preprocessing_pair(model.preprocessing)}
-    flags = config["flags"]
-    description = (f"digits_cnn {model.activation} trained by `launch/train.py` ({flags['epochs']} epochs, "
-                   f"{flags['attack']}-{flags['attack_iter']} at {flags['attack_epsilon']:g}/255)")
+    run = config["config"]
+    description = (f"digits_cnn {model.activation} trained by `launch/train.py` ({run.schedule.epochs} epochs, "
+                   f"{run.attack.name}-{run.attack.steps} at {run.attack.eps * 255:g}/255)")
     return model, x, y, description, kwargs
 
 

@@ -10,7 +10,7 @@ per-attack rows stay in each run's report.
     python benchmarks/compare_activations.py --activations=relu,silu,softplus,smooth_relu \
         --seeds=0,1,2,3,4 --out=runs/compare
 
-Extra flags after `--` go to every train.py run.
+Extra flags after `--` (config overrides, e.g. `--config.schedule.epochs=5`) go to every train.py run.
 """
 
 import argparse
@@ -25,12 +25,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(name, seed, out, flags):
-    """report/robustness.json results of `launch/train.py *flags --seed=seed` (reused if present)."""
+    """report/robustness.json results of `launch/train.py *flags --config.system.seed=seed` (reused if present)."""
     workdir = os.path.join(out, f"{name}_seed{seed}")
     report = os.path.join(workdir, "report", "robustness.json")
     if not os.path.exists(report):
         cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-               *flags, f"--seed={seed}", f"--workdir={workdir}", "--export=false"]
+               *flags, f"--config.system.seed={seed}", f"--workdir={workdir}", "--config.export.enabled=false"]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -65,7 +65,7 @@ def main():
     extra = [e for e in extra if e != "--"]
     activations = args.activations.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    table = {a: [run(a, s, args.out, [f"--activation={a}", *extra]) for s in seeds] for a in activations}
+    table = {a: [run(a, s, args.out, [f"--config.model.activation={a}", *extra]) for s in seeds] for a in activations}
     lines = table_lines(table)
     text = "\n".join(lines)
     print(f"\n{len(seeds)} seeds each ({', '.join(map(str, seeds))}); mean ± std (min–max)\n")

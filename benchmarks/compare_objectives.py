@@ -7,7 +7,7 @@ deviation (min–max) of clean and PGD-k top-1 accuracy:
     python benchmarks/compare_objectives.py --seeds=0,1,2
     python benchmarks/compare_objectives.py --rows=pgd_at,trades_rat --seeds=0,1,2,3,4
 
-Every row shares the budget of the `rat_digits` preset (L-inf eps 32/255, step
+Every row shares the budget of launch/configs/rat_digits.py (L-inf eps 32/255, step
 8/255, 5 attack steps, 30 epochs, no label smoothing) and the evaluation of
 launch/train.py (PGD-10/20 at eps 32/255, step 8/255, random start). This is a
 small-data sanity comparison, not a reproduction of the papers' CIFAR-10 runs.
@@ -22,14 +22,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from compare_activations import run, table_lines  # noqa: E402
 
-BUDGET = ["--preset=rat_digits"]
+BUDGET = ["--config=launch/configs/rat_digits.py"]
 ROWS = {
-    "pgd_at": ["--objective=adversarial", "--attack=pgd", "--prob_start_from_clean=0"],
-    "trades": ["--objective=trades"],
-    "trades_rat": ["--objective=trades_rat"],
-    "pgd_at_relu": ["--objective=adversarial", "--attack=pgd", "--prob_start_from_clean=0", "--activation=relu"],
-    "pgd_at_silu": ["--objective=adversarial", "--attack=pgd", "--prob_start_from_clean=0", "--activation=silu"],
-    "pgd_at_sparta": ["--objective=adversarial", "--attack=pgd", "--prob_start_from_clean=0", "--activation=sparta"],
+    "pgd_at": ["--config.objective.name=adversarial", "--config.attack.name=pgd", "--config.attack.prob_start_from_clean=0"],
+    "trades": ["--config.objective.name=trades"],
+    "trades_rat": ["--config.objective.name=trades_rat"],
+    "pgd_at_relu": ["--config.objective.name=adversarial", "--config.attack.name=pgd", "--config.attack.prob_start_from_clean=0", "--config.model.activation=relu"],
+    "pgd_at_silu": ["--config.objective.name=adversarial", "--config.attack.name=pgd", "--config.attack.prob_start_from_clean=0", "--config.model.activation=silu"],
+    "pgd_at_sparta": ["--config.objective.name=adversarial", "--config.attack.name=pgd", "--config.attack.prob_start_from_clean=0", "--config.model.activation=sparta"],
 }
 DEFAULT_ROWS = "pgd_at,trades,trades_rat,pgd_at_relu,pgd_at_sparta"
 

@@ -1,6 +1,6 @@
 r"""Randomized-smoothing certificates (Cohen et al.) for a trained run.
 
-    python launch/train.py --noise_sd=0.25 --workdir=runs/digits_noise
+    python launch/train.py --config=launch/configs/digits_gaussian.py --workdir=runs/digits_noise
     python launch/certify.py --workdir=runs/digits_noise --skip=4 --N=10000
     tail -f runs/digits_noise/certify/noise_0.25.tsv
 
@@ -10,7 +10,7 @@ at --alpha) and appends one row to the TSV, in the reference's format
 (`idx label predict radius correct time`, see sat_tf/certification/logs.py). At
 the end it prints the certified accuracy at --radii and writes <stem>.md,
 <stem>.png (curves of this TSV and --plot_with) and <tsv>.json (settings).
-σ defaults to the run's training --noise_sd. Several σ on one plot:
+σ defaults to the run's training config.objective.noise_sd. Several σ on one plot:
 
     python launch/certify.py --plot_only --plot_with=a.tsv,b.tsv --plot_output=sigmas.png
 
@@ -40,9 +40,9 @@ from absl import flags  # noqa: E402
 from launch import common  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "runs/digits_noise_0.25", "A training workdir (run_config.json + checkpoints); the default is what `python launch/train.py --noise_sd=0.25 --workdir=runs/digits_noise_0.25` writes.")
+flags.DEFINE_string("workdir", "runs/digits_noise_0.25", "A training workdir (run_config.json + checkpoints); the default is what `python launch/train.py --config=launch/configs/digits_gaussian.py --workdir=runs/digits_noise_0.25` writes.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest in the workdir).")
-flags.DEFINE_float("sigma", None, "Noise sd in [0, 1] pixel units (default: the run's training --noise_sd).")
+flags.DEFINE_float("sigma", None, "Noise sd in [0, 1] pixel units (default: the run's config.objective.noise_sd).")
 flags.DEFINE_string("dataset", None, "Override the dataset of the run.")
 flags.DEFINE_string("data_dir", None, "Override the tfds data directory of the run.")
 flags.DEFINE_string("split", "test", "Split to certify: test or train.")
@@ -100,8 +100,8 @@ def resolve_sigma(config):
     noise_sd = (config.get("smoothing") or {}).get("noise_sd") or 0
     common.require(
         noise_sd > 0,
-        f"--sigma is required: {FLAGS.workdir} was not trained with --noise_sd > 0 "
-        "(its run_config.json has no smoothing.noise_sd); pass e.g. --sigma=0.25",
+        f"--sigma is required: {FLAGS.workdir} was not trained with a smoothing objective "
+        "(its run_config.json has no objective.noise_sd > 0); pass e.g. --sigma=0.25",
     )
     return float(noise_sd)
 

@@ -1,11 +1,11 @@
 """Shared launcher plumbing: one-line errors, run configs, model restore.
 
 Flags are parsed only in launch/; everything here turns them into plain values
-for the library. Budgets on the command line use SAT's 0-255 pixel scale
-(`--attack_epsilon=4` means 4/255) and are converted once, here.
+for the library. The trainer is driven by a config (sat_tf/config.py); the tools
+(evaluate, certify, predict, export) read a run back through `load_run_config` /
+`restore_model`.
 """
 
-import json
 import os
 import sys
 
@@ -110,7 +110,7 @@ def check_run_data(run_config, *, dataset, split, data_dir):
     from sat_tf.data import imagenet_input
 
     imagenet_split = "validation" if split == "test" else "train"
-    if run_config.get("flags", {}).get("data_source", "tfrecord") == "tfrecord":
+    if imagenet_options(run_config)["source"] == "tfrecord":
         imagenet_input.list_files(data_dir, imagenet_split)
     else:
         imagenet_input._tfds_files_and_parser(data_dir, imagenet_split)
@@ -118,52 +118,25 @@ def check_run_data(run_config, *, dataset, split, data_dir):
 
 def parse_value(text):
     """A flag's `key=value` value as bool, int, float or str."""
-    return _parse_value(text)
+    from sat_tf import config as config_lib
 
-
-def _parse_value(text):
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+    return config_lib._parse_value(text)
 
 
 def activation_spec(name, options):
-    """The model's `activation=`: a registry name, or with `--activation_options`
-    (e.g. `mode=attacker,alpha=10`) a JSON-able serialized layer config."""
-    if not options:
-        return name
-    import keras
+    """The model's `activation=` for a registry name and `key=value` options (see sat_tf.config)."""
+    from sat_tf import config as config_lib
 
-    from sat_tf import activations
-
-    kwargs = {}
-    for item in options:
-        key, sep, value = item.partition("=")
-        require(sep and key, f"--activation_options entries must be key=value, got {item!r}")
-        kwargs[key.strip()] = _parse_value(value.strip())
-    try:
-        layer = activations.get_activation(name, **kwargs)
-    except (TypeError, ValueError) as err:
-        raise FlagError(f"--activation_options={','.join(options)} do not fit --activation={name}: {err}")
-    spec = keras.saving.serialize_keras_object(layer)
-    spec["config"].pop("name", None)
-    return spec
+    return config_lib.activation_spec(name, options)
 
 
 def run(main):
     """`absl.app.run(main)`, turning expected failures into one-line errors."""
-    from sat_tf import distribute
+    from sat_tf import config, distribute, training
     from sat_tf.data import record_faults
-    from sat_tf import training
 
-    expected = (FlagError, distribute.StrategyError, FileNotFoundError, training.CheckpointError,
-                record_faults.CorruptRecordError)
+    expected = (FlagError, config.ConfigError, distribute.StrategyError, FileNotFoundError,
+                training.CheckpointError, record_faults.CorruptRecordError)
 
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)
@@ -180,7 +153,8 @@ def run(main):
             sys.exit(143)  # retryable, as a preemption: restart every worker
         except training.DivergenceError as err:
             # The library names its arguments; here they are flags.
-            print(f"error: {err} (flags: --on_nonfinite=skip skips such steps, --max_skipped_steps caps them)",
+            print(f"error: {err} (--config.system.on_nonfinite=skip skips such steps, "
+                  "--config.system.max_skipped_steps caps them)",
                   file=sys.stderr, flush=True)
             sys.exit(2)
         except expected as err:
@@ -214,45 +188,57 @@ def check_run_flags(flag_values):
     check_checkpoint("checkpoint", flag_values.checkpoint)
 
 
-RUN_CONFIG = "run_config.json"
-
-
-def make_run_config(flag_values, *, dataset, model, model_kwargs, train_attack, eval_epsilon,
-                    eval_step_size, eval_iters, **extra):
-    """The run_config.json of a training run: what `restore_model` and the
-    evaluate/export launchers read back, plus the launcher's flags."""
-    return {
-        "dataset": dataset,
-        "data_dir": flag_values.data_dir,
-        "model": model,
-        "model_kwargs": model_kwargs,
-        "train_attack": train_attack,
-        "eval": {"epsilon": eval_epsilon, "step_size": eval_step_size, "iters": eval_iters},
-        "flags": {f.name: f.value for f in flag_values.get_flags_for_module(sys.argv[0])},
-        **extra,
-    }
-
-
-def save_run_config(workdir, config):
-    """Writes run_config.json through a temporary file and a rename, so a
-    crash leaves the old file or the new one, never half of one."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, RUN_CONFIG)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    os.replace(temporary, path)
-
-
 def load_run_config(workdir):
-    path = os.path.join(workdir, RUN_CONFIG)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} does not exist: --workdir must be a directory written by launch/train.py "
-            f"(e.g. python launch/train.py --workdir={workdir}; add --noise_sd=0.25 for certify/predict)"
-        )
-    with open(path) as f:
-        return json.load(f)
+    """What the evaluate/certify/predict/export launchers need of a training run, as a dict.
+
+    Reads <workdir>/run_config.json (through tf.io.gfile): the run's serialized config
+    (`sat_tf.config`), seen as `dataset`, `data_dir`, `model`, `model_kwargs`, `eval`
+    (budget in [0, 1]), `smoothing` (objectives gaussian / smoothadv), `train_attack`, `imagenet`
+    (source, labels, num_eval_images, num_train_images, image_size) and `config` itself. A file
+    written before configs existed is returned as it is.
+    """
+    from sat_tf import config as config_lib
+
+    values = config_lib.load_json(workdir)
+    if not config_lib.is_config(values):
+        return values
+    return run_view(config_lib.from_dict(values))
+
+
+def run_view(config):
+    """The launchers' view of a run's config (see `load_run_config`)."""
+    from sat_tf import config as config_lib
+
+    view = {
+        "config": config,
+        "dataset": config.data.name,
+        "data_dir": config.data.data_dir,
+        "model": config.model.name,
+        "model_kwargs": config_lib.model_kwargs(config),
+        "eval": {"epsilon": config_lib.eval_epsilon(config), "step_size": config_lib.eval_step_size(config),
+                 "iters": list(config.eval.steps)},
+        "train_attack": {"name": config.objective.name if config.objective.name != "adversarial"
+                         else config.attack.name},
+        "imagenet": {"source": config.data.source, "labels": config.data.labels,
+                     "num_eval_images": config.data.limit_test, "num_train_images": config.data.num_train,
+                     "image_size": config.data.image_size},
+    }
+    if config.objective.name in config_lib.SMOOTHING_OBJECTIVES:
+        s = config.objective.smoothadv
+        view["smoothing"] = {"noise_sd": config.objective.noise_sd, "num_noise_vec": s.num_noise,
+                             "attack": "none" if config.objective.name == "gaussian" else s.attack,
+                             "epsilon": s.eps}
+    return view
+
+
+def imagenet_options(run_config):
+    """An ImageNet run's data options, from a config run or a pre-config run's flags."""
+    if "imagenet" in run_config:
+        return run_config["imagenet"]
+    flags_ = run_config.get("flags", {})
+    return {"source": flags_.get("data_source", "tfrecord"), "labels": flags_.get("tfrecord_labels", "one_based"),
+            "num_eval_images": flags_.get("num_eval_images"), "num_train_images": flags_.get("num_train_images"),
+            "image_size": flags_.get("image_size")}
 
 
 def restore_model(workdir, checkpoint=None):
@@ -376,22 +362,6 @@ def load_arrays(dataset, split, *, data_dir, limit=None):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def evaluation_dataset_fn(dataset, split, *, data_dir, batch_size, limit=None):
-    from sat_tf import data
-
-    def dataset_fn(ctx):
-        return data.load_split(
-            dataset,
-            split,
-            data_dir=data_dir,
-            batch_size=batch_size,
-            input_context=ctx,
-            limit=limit,
-        )
-
-    return dataset_fn
-
-
 def progress_line(done, total, text):
     """`image k/K  text`: redrawn in place on a terminal; in a log file one
     line per tenth of the work, so logs stay readable."""
@@ -418,17 +388,17 @@ class RunSplit:
 
         self.dataset, self.split, self.data_dir = dataset, split, data_dir
         self.image_size = int(image_size)
-        self.flags = run_config.get("flags", {})
+        self.options = imagenet_options(run_config)
         if dataset == "imagenet":
             from sat_tf.data import imagenet_input
 
             self.num_classes = int(run_config["model_kwargs"]["num_classes"])
             evaluating = split == "test"
             self.size = int(
-                (self.flags.get("num_eval_images") or imagenet_input.NUM_EVAL_IMAGES)
-                if evaluating else self.flags.get("num_train_images") or 1281167
+                (self.options["num_eval_images"] or imagenet_input.NUM_EVAL_IMAGES)
+                if evaluating else self.options["num_train_images"] or 1281167
             )
-            if self.flags.get("data_source", "tfrecord") == "tfrecord":
+            if self.options["source"] == "tfrecord":
                 imagenet_input.list_files(data_dir, "validation" if evaluating else "train")  # fail fast
             return
         choice("dataset", dataset, set(data.list_datasets()) | {"imagenet"})
@@ -449,8 +419,8 @@ class RunSplit:
             data_dir=self.data_dir,
             image_size=self.image_size,
             batch_size=batch_size,
-            source=self.flags.get("data_source", "tfrecord"),
+            source=self.options["source"],
             training=False,
-            label_offset=-1 if self.flags.get("tfrecord_labels", "one_based") == "one_based" else 0,
+            label_offset=-1 if self.options["labels"] == "one_based" else 0,
             limit=limit,
         )

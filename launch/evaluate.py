@@ -249,7 +249,7 @@ def load_points(config, dataset, data_dir):
     import numpy as np
 
     split = common.RunSplit(config, dataset=dataset, split=FLAGS.split, data_dir=data_dir,
-                            image_size=config.get("flags", {}).get("image_size") or 0)
+                            image_size=common.imagenet_options(config)["image_size"] or 0)
     xs, ys = [], []
     for x, y in split.batches(256, limit=FLAGS.limit):
         xs.append(x.numpy())
@@ -330,8 +330,8 @@ def main(argv):
         dataset = FLAGS.dataset or config["dataset"]
         common.require(
             dataset != "imagenet",
-            f"--workdir={FLAGS.workdir} is an ImageNet run: evaluate it with launch/train_imagenet.py --mode=eval "
-            f"--workdir={FLAGS.workdir} --data_dir=...",
+            f"--workdir={FLAGS.workdir} is an ImageNet run: evaluate it with launch/train_imagenet.py --config.mode=eval "
+            f"--workdir={FLAGS.workdir} --config.data.data_dir=...",
         )
         data_dir = FLAGS.data_dir or config.get("data_dir")
         common.check_run_data(config, dataset=dataset, split=FLAGS.split, data_dir=data_dir)

@@ -16,11 +16,11 @@ Reload anywhere with `tf.saved_model.load(path)`, no sat_tf needed.
 
 `predict_smoothed` (randomized smoothing PREDICT with abstain, float32 images
 in [0, 1]) is added when `--smoothed_sigma` is set, and by default for a
-workdir trained with `--noise_sd` > 0 (that sigma; `--smoothed_sigma=0` turns
-it off). Its n, alpha and batch (`--smoothed_*`) are fixed in the graph; every
-request gets fresh noise unless `--smoothed_seed` fixes it (then each image
-always gets the same answer: reproducible, but attackable by a client who
-learns the seed).
+workdir trained with a smoothing objective (`config.objective.noise_sd` > 0; that
+sigma; `--smoothed_sigma=0` turns it off). Its n, alpha and batch
+(`--smoothed_*`) are fixed in the graph; every request gets fresh noise unless
+`--smoothed_seed` fixes it (then each image always gets the same answer:
+reproducible, but attackable by a client who learns the seed).
 
 After exporting, prints the signatures and a ready-to-run TF Serving command
 (docker + curl), and writes the same text to <output>/README.serving.md.
@@ -51,7 +51,7 @@ flags.DEFINE_string("serving_name", None, "MODEL_NAME in the printed TF Serving 
 flags.DEFINE_float(
     "smoothed_sigma", None,
     "Add `predict_smoothed` with this noise sigma ([0, 1] pixel units). Default: the workdir's "
-    "--noise_sd if it trained with one, else no signature; 0 turns it off.",
+    "config.objective.noise_sd if it trained with one, else no signature; 0 turns it off.",
 )
 flags.DEFINE_integer("smoothed_n", 1000, "predict_smoothed: noise samples per image.")
 flags.DEFINE_float("smoothed_alpha", 0.001, "predict_smoothed: abstain when the binomial test's p-value exceeds it.")
@@ -83,7 +83,7 @@ def smoothed_serving(run_config):
         stray = [f"--{name}" for name in SMOOTHED_FLAGS if FLAGS[name].present]
         if stray and FLAGS.smoothed_sigma is None:
             raise common.FlagError(
-                f"{stray[0]} needs --smoothed_sigma (no training run with --noise_sd to take it from)"
+                f"{stray[0]} needs --smoothed_sigma (no training run with a smoothing objective to take it from)"
             )
         return None
     return export.SmoothedServing(

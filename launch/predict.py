@@ -8,7 +8,7 @@ adversarial point with N fresh noise samples (two-sided binomial test at
 it gives an upper bound on the smoothed classifier's robust accuracy (the
 certificates of launch/certify.py give the lower bound).
 
-    python launch/train.py --noise_sd=0.25 --workdir=runs/digits_noise_0.25
+    python launch/train.py --config=launch/configs/digits_gaussian.py --workdir=runs/digits_noise_0.25
     python launch/predict.py --workdir=runs/digits_noise_0.25 --N=1000 \
       --epsilon=64 --num_steps=20 --num_noise_vec=32 --skip=4
 
@@ -37,9 +37,9 @@ from absl import flags  # noqa: E402
 from launch import common  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "runs/digits_noise_0.25", "A training workdir (run_config.json + checkpoints); the default is what `python launch/train.py --noise_sd=0.25 --workdir=runs/digits_noise_0.25` writes.")
+flags.DEFINE_string("workdir", "runs/digits_noise_0.25", "A training workdir (run_config.json + checkpoints); the default is what `python launch/train.py --config=launch/configs/digits_gaussian.py --workdir=runs/digits_noise_0.25` writes.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest in --workdir).")
-flags.DEFINE_float("sigma", None, "Noise sigma of the smoothed classifier (default: the run's --noise_sd).")
+flags.DEFINE_float("sigma", None, "Noise sigma of the smoothed classifier (default: the run's config.objective.noise_sd).")
 flags.DEFINE_string("dataset", None, "Override the run's dataset.")
 flags.DEFINE_string("data_dir", None, "Override the run's tfds data directory.")
 flags.DEFINE_string("split", "test", "Split to attack.")
@@ -64,7 +64,7 @@ HEADER = "idx\tlabel\tpredict\tbasePredict\tcorrect\ttime"
 
 
 def validate():
-    common.require(FLAGS.workdir, "--workdir is required: a directory written by launch/train.py --noise_sd=...")
+    common.require(FLAGS.workdir, "--workdir is required: a directory written by launch/train.py --config=launch/configs/digits_gaussian.py")
     common.require(FLAGS.skip >= 1, f"--skip must be >= 1, got {FLAGS.skip}")
     common.require(FLAGS.N >= 1, f"--N must be >= 1, got {FLAGS.N}")
     common.require(0 < FLAGS.alpha < 1, f"--alpha must be in (0, 1), got {FLAGS.alpha}")
@@ -84,7 +84,7 @@ def smoothing_sigma(run_config):
     if FLAGS.sigma is not None:
         return FLAGS.sigma
     sigma = run_config.get("smoothing", {}).get("noise_sd", 0.0)
-    common.require(sigma > 0, "--sigma is required: the run was not trained with --noise_sd (no sigma in run_config.json)")
+    common.require(sigma > 0, "--sigma is required: the run was not trained with a smoothing objective (no objective.noise_sd in run_config.json)")
     return sigma
 
 

@@ -1,25 +1,26 @@
-r"""Smooth Adversarial Training on one machine or many: train, evaluate, export.
+r"""Smooth Adversarial Training and its siblings, driven by a config file: train, evaluate, export.
 
-With no flags it trains a SiLU network with PGD adversarial training on
-scikit-learn's digits (real data, no download), evaluates clean / PGD-10 /
-PGD-20 accuracy, and writes checkpoints, TensorBoard logs, a robustness
-report + plot and a SavedModel under --workdir:
+An experiment is a config file in launch/configs/ (its docstring holds its launch command);
+any field can be overridden on the command line. Budgets are in [0, 1] pixel units
+everywhere, and a fraction is accepted: `--config.attack.eps=8/255`.
 
-    python launch/train.py
-    python launch/train.py --activation=relu --workdir=runs/digits_relu
+    python launch/train.py                  # launch/configs/digits_sat.py: SAT on digits, ~1 min on a CPU
+    python launch/train.py --config=launch/configs/digits_sat.py --workdir=runs/digits_relu \
+      --config.model.activation=relu
+    python launch/train.py --config=launch/configs/rat_cifar10.py --config.data.data_dir=~/tensorflow_datasets \
+      --config.system.strategy=mirrored --config.attack.steps=7 --workdir=runs/wrn34_rat
+    python launch/train.py --config=launch/configs/imagenet_sat.py --tpu=local \
+      --config.data.data_dir=gs://bucket/imagenet --workdir=gs://bucket/runs/r50_silu
 
-Budgets use SAT's 0-255 scale: --attack_epsilon=16 means 16/255 in [0, 1]
-pixel space (pixels are always in [0, 1]; preprocessing is inside the model).
-
-CIFAR-10 from a prepared tfds directory, on all local GPUs:
-
-    python launch/train.py --dataset=cifar10 --data_dir=~/tensorflow_datasets \
-      --model=resnet18_cifar --activation=silu --strategy=mirrored \
-      --epochs=100 --batch_size=128 --attack_epsilon=8 --attack_step_size=2 --attack_iter=7
+Flags: --config (default launch/configs/digits_sat.py), --workdir (default runs/<config
+name>) and --tpu (the same as --config.system.tpu). A run writes <workdir>/run_config.json (the
+config, with what the data set decides filled in), checkpoints/ (resumable: rerun the same
+command), tensorboard/, history.json, report/robustness.{json,md,png}, model.keras and
+saved_model/. launch/train_imagenet.py is this program with launch/configs/imagenet_sat.py as
+its default config.
 """
 
 import functools
-import math
 import os
 import sys
 import time
@@ -27,337 +28,546 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 from launch import common  # noqa: E402
-from launch import objective_flags  # noqa: E402  (defines --objective, --preset, --trades_beta, --rat_*, --awp_*)
-from launch import smoothing_flags  # noqa: E402  (defines --noise_sd, --smoothadv_*)
+from sat_tf import config as config_lib  # noqa: E402
 
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 FLAGS = flags.FLAGS
-# Data.
-flags.DEFINE_string("dataset", "digits", "digits (built in), cifar10, svhn_cropped, ...")
-flags.DEFINE_string("data_dir", None, "tfds data directory (tfds datasets only).")
-flags.DEFINE_bool("augment", True, "Random crop/shift (+flip for RGB) on training images.")
-flags.DEFINE_integer("limit_train", None, "Use only the first N training images (smoke runs).")
-flags.DEFINE_integer("limit_test", None, "Evaluate only the first N test images.")
-# Model.
-flags.DEFINE_string("model", "digits_cnn", "Model registry name (see sat_tf.models.list_models()).")
-flags.DEFINE_string("activation", "silu", "Activation registry name, used at every site.")
-flags.DEFINE_list("activation_options", [], "Activation arguments as key=value, e.g. mode=attacker,alpha=10 for relu_smooth_grad.")
-flags.DEFINE_string("load_sparta", None, "A sparta.npz (written by a --activation=sparta run) to load into this run's Sparta, frozen (transfer).")
-flags.DEFINE_string("preprocessing", None, "sat | imagenet | cifar | imagenet_center | cifar_center | none (default: the model's).")
-# Optimisation.
-flags.DEFINE_integer("epochs", 30, "Training epochs.")
-flags.DEFINE_integer("batch_size", 64, "Global batch size (over all replicas).")
-flags.DEFINE_float("learning_rate", 0.4, "Base LR per 256 images (scaled linearly by batch/256).")
-flags.DEFINE_enum("lr_schedule", "cosine", ["step", "cosine", "constant"], "LR decay after warm-up.")
-flags.DEFINE_list("lr_decay_epochs", ["30", "60", "90"], "Epochs where --lr_schedule=step multiplies the LR by 0.1.")
-flags.DEFINE_float("warmup_epochs", 2, "Linear LR warm-up epochs.")
-flags.DEFINE_float("weight_decay", 5e-4, "L2 coefficient (lambda/2 * sum w^2) on conv/dense kernels.")
-flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the training loss (never the attack).")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum (Nesterov).")
-flags.DEFINE_bool("nesterov", True, "Nesterov momentum (SAT); --nonesterov: plain momentum (Cohen / SmoothAdv / PyTorch SGD).")
-# Adversarial training (SAT units: 0-255).
-flags.DEFINE_string("attack", "pgd", "Training attack: pgd, pgd_l2, fgsm or none (clean training).")
-flags.DEFINE_integer("attack_iter", 2, "PGD steps in training.")
-flags.DEFINE_float("attack_epsilon", 32.0, "Training budget on the 0-255 scale (L-inf).")
-flags.DEFINE_float("attack_step_size", 16.0, "Training PGD step on the 0-255 scale.")
-flags.DEFINE_float("prob_start_from_clean", 0.2, "Probability the whole batch starts clean (SAT).")
-# Evaluation.
-flags.DEFINE_list("eval_attack_iters", ["10", "20"], "PGD steps to evaluate after training.")
-flags.DEFINE_float("eval_attack_epsilon", None, "Eval budget, 0-255 (default: --attack_epsilon).")
-flags.DEFINE_float("eval_attack_step_size", None, "Eval step, 0-255 (default: epsilon/4, SAT's 4/1 ratio).")
-flags.DEFINE_enum("eval_autoattack", "standard", ["standard", "plus", "rand", "none"],
-                  "AutoAttack version reported beside PGD after training (L-inf, the eval budget).")
-flags.DEFINE_list("autoattack_options", [], "AutoAttack settings, attack.key=value (e.g. apgd-t.n_target_classes=3 "
-                  "for fewer than 10 classes): a weaker AutoAttack than the standard one, reported as such.")
-# Systems.
-flags.DEFINE_string("strategy", "default", "default | one_device | mirrored | multi_worker | tpu.")
-flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc://host:port (implies --strategy=tpu).")
-flags.DEFINE_enum("jit", "auto", ["auto", "true", "false"], "XLA for attack+gradients (auto: on for TPU/GPU, off on CPU).")
-flags.DEFINE_integer("steps_per_execution", 1, "Optimizer steps per tf.function call.")
-flags.DEFINE_integer("checkpoint_every_steps", 0, "Also checkpoint every N steps (0: each epoch).")
-flags.DEFINE_enum("on_nonfinite", "stop", ["stop", "skip"], "A NaN/Inf loss or gradient: stop (last good checkpoint kept) or skip the step on every replica.")
-flags.DEFINE_integer("max_skipped_steps", 100, "With --on_nonfinite=skip, stop once more steps than this were skipped.")
-flags.DEFINE_string("workdir", "runs/digits_sat", "Where checkpoints, logs, reports and exports go.")
-flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and attacks.")
-flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (bitwise-reproducible resumes).")
-flags.DEFINE_bool("export", True, "Export a SavedModel to <workdir>/saved_model at the end.")
 
 
-def validate():
-    """Checks every flag before any expensive work; raises FlagError."""
-    from sat_tf import activations, attacks, data, models
-    from sat_tf.models import layers as model_layers
+class FractionParser(flags.ArgumentParser):
+    """Float config fields from the command line: `0.031`, `8/255` (budgets are in [0, 1] pixels)."""
 
-    common.choice("dataset", FLAGS.dataset, set(data.list_datasets()))
-    common.choice("model", FLAGS.model, set(models.list_models()))
-    common.choice("activation", FLAGS.activation.lower(), set(activations.list_activations()))
-    common.choice("attack", FLAGS.attack, set(attacks.list_attacks()))
-    common.check_strategy(FLAGS.strategy, FLAGS.tpu)
-    if FLAGS.preprocessing is not None:
-        common.choice("preprocessing", FLAGS.preprocessing.lower(), set(model_layers.PREPROCESSING) | {"none"})
-    for name in ("limit_train", "limit_test"):
-        common.require(FLAGS[name].value is None or FLAGS[name].value >= 1, f"--{name} must be >= 1 (or unset), got {FLAGS[name].value}")
-    common.require(FLAGS.epochs > 0, f"--epochs must be > 0, got {FLAGS.epochs}")
-    common.require(FLAGS.batch_size > 0, f"--batch_size must be > 0, got {FLAGS.batch_size}")
-    common.require(0 < FLAGS.learning_rate < math.inf, f"--learning_rate must be > 0 and finite, got {FLAGS.learning_rate}")
-    common.require(0 <= FLAGS.warmup_epochs < math.inf, f"--warmup_epochs must be >= 0 and finite, got {FLAGS.warmup_epochs}")
-    common.require(0 <= FLAGS.momentum < 1, f"--momentum must be in [0, 1), got {FLAGS.momentum}")
-    common.require(0 <= FLAGS.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}")
-    common.require(0 <= FLAGS.weight_decay < math.inf, f"--weight_decay must be >= 0 and finite, got {FLAGS.weight_decay}")
-    common.require(0 <= FLAGS.attack_epsilon <= 255, f"--attack_epsilon must be in [0, 255] (0-255 pixel scale), got {FLAGS.attack_epsilon}")
-    common.require(FLAGS.attack_iter >= 0, f"--attack_iter must be >= 0, got {FLAGS.attack_iter}")
-    if FLAGS.attack not in ("none",) and FLAGS.attack_iter > 0:
-        common.require(FLAGS.attack_step_size > 0, f"--attack_step_size must be > 0 (0-255 scale), got {FLAGS.attack_step_size}")
-        if FLAGS.attack != "fgsm" and FLAGS.attack_epsilon > 0 and not smoothing_flags.enabled():
-            common.check_step_size("attack_step_size", FLAGS.attack_step_size, "attack_epsilon", FLAGS.attack_epsilon)
-    common.require(0 <= FLAGS.prob_start_from_clean <= 1, f"--prob_start_from_clean must be in [0, 1], got {FLAGS.prob_start_from_clean}")
-    common.require(FLAGS.steps_per_execution >= 1, f"--steps_per_execution must be >= 1, got {FLAGS.steps_per_execution}")
-    common.require(FLAGS.checkpoint_every_steps >= 0, f"--checkpoint_every_steps must be >= 0 (0: each epoch), got {FLAGS.checkpoint_every_steps}")
-    common.require(FLAGS.max_skipped_steps >= 0, f"--max_skipped_steps must be >= 0, got {FLAGS.max_skipped_steps}")
-    common.check_seed(FLAGS.seed)
-    common.int_list("eval_attack_iters", FLAGS.eval_attack_iters)
-    common.int_list("lr_decay_epochs", FLAGS.lr_decay_epochs)
-    if FLAGS.eval_attack_epsilon is not None:
-        common.require(0 <= FLAGS.eval_attack_epsilon <= 255, f"--eval_attack_epsilon must be in [0, 255], got {FLAGS.eval_attack_epsilon}")
-    if FLAGS.eval_attack_step_size is not None:
-        common.require(0 < FLAGS.eval_attack_step_size <= 255, f"--eval_attack_step_size must be in (0, 255] (0-255 scale), got {FLAGS.eval_attack_step_size}")
-        eval_eps = FLAGS.attack_epsilon if FLAGS.eval_attack_epsilon is None else FLAGS.eval_attack_epsilon
-        if eval_eps > 0:
-            common.check_step_size("eval_attack_step_size", FLAGS.eval_attack_step_size, "eval_attack_epsilon", eval_eps)
-    if FLAGS.load_sparta:
-        common.require(FLAGS.activation.lower() == "sparta", f"--load_sparta needs --activation=sparta, got --activation={FLAGS.activation}")
-        common.require("://" in FLAGS.load_sparta or os.path.isfile(FLAGS.load_sparta), f"--load_sparta={FLAGS.load_sparta} does not exist (a sparta.npz written by a --activation=sparta run)")
-    common.require(
-        not (smoothing_flags.enabled() and FLAGS.objective != "adversarial"),
-        f"--objective={FLAGS.objective} cannot be combined with --noise_sd/--smoothadv_attack",
-    )
-    common.check_autoattack(None if FLAGS.eval_autoattack == "none" else FLAGS.eval_autoattack,
-                            FLAGS.autoattack_options, version_flag="eval_autoattack")
-    smoothing_flags.validate()
-    objective_flags.validate()
+    def parse(self, argument):
+        if not isinstance(argument, str):
+            return float(argument)
+        numerator, slash, denominator = argument.partition("/")
+        try:
+            return float(numerator) / float(denominator) if slash else float(argument)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"{argument!r} is not a number or a fraction like 8/255") from None
+
+    def flag_type(self):
+        return "float"
 
 
-def training_attack():
+config_flags.register_flag_parser_for_type(float, FractionParser())
+
+
+def define_flags(default_config):
+    """The trainer's three flags; `default_config` is the config file used without --config."""
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(CONFIGS, default_config), "A config file of launch/configs/ (see its docstring).")
+    flags.DEFINE_string("workdir", None, "Checkpoints, logs, reports and exports (default: runs/<config name>).")
+    flags.DEFINE_string("tpu", None, "Cloud TPU name, 'local' or grpc://host:port: --config.system.tpu.")
+
+
+def workdir_for(config_path):
+    return FLAGS.workdir or os.path.join("runs", os.path.splitext(os.path.basename(config_path.split(":")[0]))[0])
+
+
+def check_precision(config):
+    """The precision fits the hardware; checked before the strategy exists, on physical devices only
+    (listing logical ones would start the runtime before MultiWorkerMirroredStrategy may be made)."""
+    precision = config.system.precision
+    if precision not in ("mixed_float16", "mixed_bfloat16"):
+        return
+    import tensorflow as tf
+
+    from sat_tf import distribute
+
+    wants_tpu = bool(config.system.tpu) or config.system.strategy == "tpu"
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if precision == "mixed_float16" and not (has_gpu and not wants_tpu):
+        raise config_lib.ConfigError("config.system.precision='mixed_float16' needs a GPU (float16 is slow or "
+                                     "unsupported on CPU/TPU); allowed here: 'auto', 'float32', 'mixed_bfloat16'")
+    if precision == "mixed_bfloat16" and not (wants_tpu or has_gpu or distribute.cpu_has_bf16()):
+        raise config_lib.ConfigError(
+            "config.system.precision='mixed_bfloat16' on a CPU without AVX512-BF16/AMX is emulated and slower than "
+            "float32; allowed here: 'auto', 'float32'")
+
+
+def precision_policy(config, strategy):
+    import tensorflow as tf
+
+    if config.system.precision != "auto":
+        return config.system.precision
+    return "mixed_bfloat16" if isinstance(strategy, tf.distribute.TPUStrategy) else "float32"
+
+
+def check_data(config):
+    """Absent data fails in seconds, before the strategy or the model exist (nothing is downloaded)."""
+    from sat_tf import data
+
+    if config.data.name != config_lib.IMAGENET:
+        data.dataset_info(config.data.name, data_dir=config.data.data_dir)
+        return
+    from sat_tf.data import imagenet_input
+
+    splits = {"train": ["train"], "eval": ["validation"], "train_and_eval": ["train", "validation"]}[config.mode]
+    for split in splits:
+        if config.data.source == "tfrecord":
+            imagenet_input.list_files(config.data.data_dir, split)
+        else:
+            try:
+                data.find_prepared_dataset(imagenet_input.TFDS_NAME, config.data.data_dir)
+            except data.DatasetNotFoundError:
+                imagenet_input._tfds_files_and_parser(config.data.data_dir, split)  # raises, with the fix
+
+
+def training_objective(config, model, num_classes, steps_per_epoch):
+    """The attack or objective `training.fit` trains on."""
+    from sat_tf import attacks
+    from sat_tf.training import objectives
+
+    o, a = config.objective, config.attack
+    if o.name in config_lib.SMOOTHING_OBJECTIVES:
+        s = o.smoothadv
+        return objectives.SmoothAdvObjective(
+            sigma=o.noise_sd, attack="none" if o.name == "gaussian" else s.attack, epsilon=s.eps, steps=s.steps,
+            num_noise=s.num_noise, multi_noise=s.multi_noise, warmup_epochs=s.warmup_epochs,
+            steps_per_epoch=steps_per_epoch, ddn_gamma=s.ddn_gamma)
+    if o.name in config_lib.TRADES_OBJECTIVES:
+        kwargs = {"eps": a.eps, "step_size": a.step_size, "steps": a.steps, "beta": o.trades_beta}
+        if "rat" in o.name:
+            kwargs.update(rat_alpha=o.rat_alpha, rat_second_weight=o.rat_second_weight,
+                          rat_c=o.rat_c if o.rat_c is not None else (0.8 if num_classes <= 10 else 0.98))
+        if o.name == "trades_rat":
+            kwargs["attack_weight_noise"] = o.rat_weight_noise
+        if "awp" in o.name:
+            kwargs.update(awp_gamma=o.awp_gamma, awp_warmup_epochs=o.awp_warmup_epochs,
+                          steps_per_epoch=steps_per_epoch)
+        return objectives.TradesObjective(model, **kwargs)
+    if a.name == "none" or a.steps == 0 or a.eps == 0:
+        return attacks.get_attack("none")
+    kwargs = {"eps": a.eps}
+    if a.name != "fgsm":
+        kwargs.update(step_size=a.step_size, steps=a.steps, prob_start_from_clean=a.prob_start_from_clean)
+        if a.step_size_rule != "fixed":
+            kwargs["step_size_rule"] = a.step_size_rule
+    return attacks.get_attack(a.name, **kwargs)
+
+
+def describe_objective(config):
+    o = config.objective
+    if o.name == "gaussian":
+        return f"gaussian noise sigma={o.noise_sd:g}"
+    if o.name == "smoothadv":
+        s = o.smoothadv
+        return f"smoothadv-{s.attack} sigma={o.noise_sd:g} eps={s.eps:g} steps={s.steps} m={s.num_noise}"
+    a = config.attack
+    budget = f"eps={a.eps * 255:g}/255 step={a.step_size * 255:g}/255 steps={a.steps}"
+    return f"{o.name} ({budget})" if o.name != "adversarial" else f"{a.name} {budget}"
+
+
+def noise_attack(sigma):
+    """An evaluation "attack" adding N(0, sigma^2) noise: the base classifier's noisy accuracy."""
     from sat_tf import attacks
 
-    if FLAGS.attack == "none" or FLAGS.attack_iter == 0 or FLAGS.attack_epsilon == 0:
-        return attacks.get_attack("none"), {"name": "none"}
-    kwargs = {"eps": common.pixels(FLAGS.attack_epsilon)}
-    if FLAGS.attack != "fgsm":
-        kwargs.update(
-            step_size=common.pixels(FLAGS.attack_step_size),
-            steps=FLAGS.attack_iter,
-            prob_start_from_clean=FLAGS.prob_start_from_clean,
-        )
-    return attacks.get_attack(FLAGS.attack, **kwargs), {"name": FLAGS.attack, **kwargs}
+    def add_noise(logits_fn, x, y, *, seed=None):
+        del logits_fn, y
+        return x + attacks.sample_noise(x, 1, sigma, seed)[:, 0]
+
+    return add_noise
 
 
 def main(argv):
     del argv
-    preset = objective_flags.apply_preset()
-    validate()
-    activation = common.activation_spec(FLAGS.activation.lower(), FLAGS.activation_options)
+    config = FLAGS.config
+    try:  # ml_collections reports a config file that failed to load on first use
+        config.mode
+    except OSError as err:
+        raise config_lib.ConfigError(f"--config={FLAGS['config'].config_filename}: "
+                                     f"{' '.join(str(err).split())}") from None
+    if FLAGS.tpu:
+        config.system.tpu = FLAGS.tpu
+    workdir = workdir_for(FLAGS["config"].config_filename)
+    config_lib.validate(config)
+    imagenet = config.data.name == config_lib.IMAGENET
+    smoothing = config.objective.name in config_lib.SMOOTHING_OBJECTIVES
+    autoattack = None if config.eval.autoattack == "none" or smoothing else config.eval.autoattack
+    try:
+        common.check_autoattack(autoattack, config.eval.autoattack_options, version_flag="config.eval.autoattack")
+    except common.FlagError as err:
+        raise config_lib.ConfigError(f"config.eval.autoattack_options={tuple(config.eval.autoattack_options)}: "
+                                     f"{err}") from None
+    activation = config_lib.activation_spec(config.model.activation, config.model.activation_options)
+    check_precision(config)
+    check_data(config)
     start = time.perf_counter()
     import keras
     import tensorflow as tf
 
-    from sat_tf import attacks, data, distribute, evaluation, export, models
-    from sat_tf.evaluation import report
+    from sat_tf import data, distribute, models, training
+    from sat_tf.data import imagenet_input, record_faults
+    from sat_tf.training import ema as ema_lib
     from sat_tf.training import schedules
-    from sat_tf import training
 
-    if FLAGS.deterministic:
+    # ===== Set up: seeds, strategy, precision =====
+    if config.system.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(FLAGS.seed)
-    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-    info = data.dataset_info(FLAGS.dataset, data_dir=FLAGS.data_dir)
+    keras.utils.set_random_seed(config.system.seed)
+    strategy_name = config.system.strategy
+    if strategy_name is None:
+        strategy_name = "tpu" if config.system.tpu else ("mirrored" if tf.config.list_logical_devices("GPU")
+                                                          else "default")
+    strategy = distribute.make_strategy(strategy_name, tpu=config.system.tpu)
     replicas = strategy.num_replicas_in_sync
-    common.require(
-        FLAGS.batch_size % replicas == 0,
-        f"--batch_size={FLAGS.batch_size} must be divisible by the {replicas} replicas of --strategy={FLAGS.strategy}",
-    )
+    batch_size = config.schedule.batch_size
+    eval_batch = config.eval.batch_size or max(replicas, (256 // replicas) * replicas)
+    for field, value in (("schedule.batch_size", batch_size), ("eval.batch_size", eval_batch)):
+        if value % replicas:
+            raise config_lib.ConfigError(f"config.{field}={value} is invalid; allowed: a multiple of the {replicas} "
+                                         f"replicas of strategy {strategy_name!r}")
+    policy = precision_policy(config, strategy)
+    keras.mixed_precision.set_global_policy(policy)
     chief = distribute.is_chief(strategy)
+    jit = distribute.jit_default(strategy) if config.system.jit == "auto" else config.system.jit == "true"
+
+    # ===== Input pipeline =====
+    config.unlock()
+    if imagenet:
+        label_offset = -1 if config.data.labels == "one_based" else 0
+        num_classes, image_shape = config.data.num_classes, None
+        if config.data.image_size:
+            image_shape = (config.data.image_size, config.data.image_size, 3)
+    else:
+        info = data.dataset_info(config.data.name, data_dir=config.data.data_dir)
+        num_classes, image_shape = info.num_classes, tuple(info.image_shape)
+        config.data.num_classes, config.data.num_train = num_classes, info.num_train
+    num_train = min(config.data.num_train, config.data.limit_train or config.data.num_train)
+    steps_per_epoch = num_train // batch_size
+    if steps_per_epoch == 0:
+        raise config_lib.ConfigError(f"config.schedule.batch_size={batch_size} is invalid; allowed: at most the "
+                                     f"{num_train} training images")
+    total_steps = config.schedule.steps or config.schedule.epochs * steps_per_epoch
+    epochs = -(-total_steps // steps_per_epoch)
     aa_options, aa_notes = None, []
-    if not smoothing_flags.enabled():
-        aa_options, aa_notes = common.check_autoattack_classes(
-            None if FLAGS.eval_autoattack == "none" else FLAGS.eval_autoattack,
-            FLAGS.autoattack_options, info.num_classes, version_flag="eval_autoattack")
+    if autoattack and config.mode != "train":
+        try:
+            aa_options, aa_notes = common.check_autoattack_classes(
+                autoattack, config.eval.autoattack_options, num_classes, version_flag="config.eval.autoattack")
+        except common.FlagError as err:
+            raise config_lib.ConfigError(str(err)) from None
         for note in aa_notes if chief else ():
             print(f"note: {note}", flush=True)
-    num_train = min(info.num_train, FLAGS.limit_train or info.num_train)
-    steps_per_epoch = num_train // FLAGS.batch_size
-    common.require(steps_per_epoch > 0, f"--batch_size={FLAGS.batch_size} exceeds the {num_train} training images")
-    jit = distribute.jit_default(strategy) if FLAGS.jit == "auto" else FLAGS.jit == "true"
 
-    model_kwargs = {
-        "num_classes": info.num_classes,
-        "input_shape": list(info.image_shape),
-        "activation": activation,
-    }
-    if FLAGS.preprocessing is not None:
-        model_kwargs["preprocessing"] = FLAGS.preprocessing
-    smoothing = None
-    if smoothing_flags.enabled():
-        attack, smoothing = smoothing_flags.objective(steps_per_epoch)
-        attack_config = {"name": "smoothadv" if attack.adversarial else "gaussian_noise", **smoothing}
-    else:
-        attack, attack_config = training_attack()
-    total_steps = FLAGS.epochs * steps_per_epoch
-    peak_lr = schedules.scaled_learning_rate(FLAGS.learning_rate, FLAGS.batch_size)
+    # ===== Model, optimizer, objective =====
+    if image_shape is not None:
+        config.model.input_shape = image_shape
+    kwargs = config_lib.model_kwargs(config)
+    kwargs["activation"] = activation
     with strategy.scope():
-        model = models.build_model(FLAGS.model, **model_kwargs)
+        model = models.build_model(config.model.name, **kwargs)
         schedule = schedules.WarmupDecay(
-            peak_lr,
+            schedules.scaled_learning_rate(config.optimizer.learning_rate, batch_size),
             total_steps,
-            warmup_steps=int(FLAGS.warmup_epochs * steps_per_epoch),
-            decay=FLAGS.lr_schedule,
-            boundaries=[int(e) * steps_per_epoch for e in FLAGS.lr_decay_epochs],
+            warmup_steps=int(config.schedule.warmup_epochs * steps_per_epoch),
+            decay=config.schedule.decay,
+            boundaries=[int(e) * steps_per_epoch for e in config.schedule.decay_epochs],
+            warmup_start_lr=config.optimizer.learning_rate if config.schedule.warmup_from_base_lr else 0.0,
         )
-        optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov)
-    if FLAGS.load_sparta:
+        if config.optimizer.name == "sgd":
+            optimizer = keras.optimizers.SGD(schedule, momentum=config.optimizer.momentum,
+                                             nesterov=config.optimizer.nesterov)
+        else:
+            optimizer = keras.optimizers.RMSprop(schedule, rho=0.9, momentum=config.optimizer.momentum, epsilon=1e-3)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        ema = ema_lib.WeightEMA(model, config.optimizer.ema_decay) if config.optimizer.ema_decay > 0 else None
+    image_size = int(model.input_shape[1])
+    config.model.input_shape = tuple(int(d) for d in model.input_shape[1:])
+    if imagenet:
+        config.data.image_size = image_size
+    config.lock()
+    if config.model.load_sparta:
         from sat_tf.activations import sparta
 
         try:  # frozen before the train function is built: it leaves trainable_variables
-            sparta.load_sparta(FLAGS.load_sparta, model, freeze=True)
+            sparta.load_sparta(config.model.load_sparta, model, freeze=True)
         except (ValueError, OSError, tf.errors.OpError) as err:
-            raise common.FlagError(f"--load_sparta={FLAGS.load_sparta}: {err}")
-    objective, objective_config = objective_flags.objective(model, info.num_classes, steps_per_epoch)
-    if objective is not None:
-        attack, attack_config = objective, objective_config
-    eval_eps = common.pixels(
-        FLAGS.attack_epsilon if FLAGS.eval_attack_epsilon is None else FLAGS.eval_attack_epsilon
-    )
-    eval_step = (
-        eval_eps / 4 if FLAGS.eval_attack_step_size is None else common.pixels(FLAGS.eval_attack_step_size)
-    )
-    run_config = common.make_run_config(
-        FLAGS,
-        dataset=FLAGS.dataset,
-        model=FLAGS.model,
-        model_kwargs=model_kwargs,
-        train_attack=attack_config,
-        eval_epsilon=eval_eps,
-        eval_step_size=eval_step,
-        eval_iters=common.int_list("eval_attack_iters", FLAGS.eval_attack_iters),
-        replicas=replicas,
-        steps_per_epoch=steps_per_epoch,
-        jit=jit,
-        **({"smoothing": smoothing} if smoothing else {}),
-        **({"preset": {"name": FLAGS.preset, "applied": preset}} if FLAGS.preset else {}),
-    )
+            raise config_lib.ConfigError(f"config.model.load_sparta={config.model.load_sparta}: {err}") from None
+    if config.model.init_checkpoint:
+        from sat_tf import zoo
+
+        conversion = zoo.load_tf1_checkpoint(model, config.model.init_checkpoint, use_ema=config.model.init_use_ema,
+                                             channel_order=config.model.channel_order)
+        if chief:
+            print(conversion.summary(), flush=True)
+        if ema is not None:
+            ema.reset_from_model()  # average from the loaded weights, not the random init
+    attack = training_objective(config, model, num_classes, steps_per_epoch)
+    eval_eps, eval_step = config_lib.eval_epsilon(config), config_lib.eval_step_size(config)
     if chief:
-        common.save_run_config(FLAGS.workdir, run_config)
-        print(
-            f"sat_tf: {FLAGS.model}/{FLAGS.activation} on {FLAGS.dataset} "
-            f"({num_train} images, {steps_per_epoch} steps/epoch x {FLAGS.epochs} epochs), "
-            f"attack {attack_config}, {replicas} replica(s), jit={jit}, workdir {FLAGS.workdir}",
-            flush=True,
-        )
+        config_lib.save(config, workdir)
+        print(f"sat_tf: {config.model.name}/{config.model.activation} on {config.data.name} "
+              f"({num_train} images, {image_size}px, {steps_per_epoch} steps/epoch x {epochs} epochs), mode "
+              f"{config.mode}, {describe_objective(config)}, {replicas} replica(s) [{strategy_name}], {policy}, "
+              f"jit={jit}, workdir {workdir}", flush=True)
 
-    def dataset_fn(epoch, ctx):
-        return data.load_split(
-            FLAGS.dataset,
-            "train",
-            data_dir=FLAGS.data_dir,
-            batch_size=FLAGS.batch_size,
-            shuffle=True,
-            seed=FLAGS.seed * 100003 + epoch,
-            drop_remainder=True,
-            augment=FLAGS.augment,
-            input_context=ctx,
-            limit=FLAGS.limit_train,
-        )
+    # ===== Train =====
+    bad_log = record_faults.BadRecordLog()  # this process's ImageNet pipelines append bad records here
+    bad_reported = [0]
 
-    step_config = training.StepConfig(
-        global_batch_size=FLAGS.batch_size,
-        num_classes=info.num_classes,
-        label_smoothing=smoothing_flags.label_smoothing(),
-        weight_decay=FLAGS.weight_decay,
-        jit_compile=jit,
-        seed=FLAGS.seed,
-        steps_per_execution=FLAGS.steps_per_execution,
-    )
-    history = training.fit(
-        model,
-        optimizer,
-        attack,
-        strategy,
-        dataset_fn,
-        config=step_config,
-        epochs=FLAGS.epochs,
-        steps_per_epoch=steps_per_epoch,
-        workdir=FLAGS.workdir,
-        checkpoint_every_steps=FLAGS.checkpoint_every_steps,
-        on_nonfinite=FLAGS.on_nonfinite,
-        max_skipped_steps=FLAGS.max_skipped_steps,
-    )
+    def report_bad_records(force=False):
+        count = bad_log.count
+        if config.data.bad_records == "skip" and chief and count and (force or count > bad_reported[0]):
+            print(f"bad records: {bad_log.summary()}", flush=True)
+        bad_reported[0] = count
+        return count
+
+    def registry_train_fn(epoch, ctx):
+        return data.load_split(config.data.name, "train", data_dir=config.data.data_dir, batch_size=batch_size,
+                               shuffle=True, seed=config.system.seed * 100003 + epoch, drop_remainder=True,
+                               augment=config.data.augment, input_context=ctx, limit=config.data.limit_train)
+
+    def imagenet_train_fn(epoch, ctx, skip_batches=0):  # skips a resumed epoch's batches before decoding
+        return imagenet_input.load_imagenet(
+            "train", data_dir=config.data.data_dir, image_size=image_size, batch_size=batch_size,
+            source=config.data.source, training=True, input_context=ctx, seed=config.system.seed * 100003 + epoch,
+            repeat=True, deterministic=config.system.deterministic, label_offset=label_offset, drop_remainder=True,
+            skip_batches=skip_batches, bad_records=config.data.bad_records, bad_record_log=bad_log)
+
+    def eval_dataset_fn(ctx):
+        kwargs = dict(bad_records=config.data.bad_records, bad_record_log=bad_log, data_dir=config.data.data_dir,
+                      image_size=image_size, batch_size=eval_batch, source=config.data.source, training=False,
+                      input_context=ctx, label_offset=label_offset)
+        if ctx.num_input_pipelines == 1:  # the whole split (or its first N images), once, in order
+            return imagenet_input.load_imagenet("validation", limit=config.data.limit_test, **kwargs)
+        # Several hosts must run the same number of steps, or the collectives wait forever:
+        # N // batch full batches each, as TPUEstimator's eval.
+        steps = (config.data.limit_test or imagenet_input.NUM_EVAL_IMAGES) // eval_batch
+        return imagenet_input.load_imagenet("validation", repeat=True, drop_remainder=True, **kwargs).take(steps)
+
+    def eval_rows(iters):
+        if smoothing:  # the base classifier under noise; certificates come from launch/certify.py
+            return {"clean": None, f"noise_sd={config.objective.noise_sd:g}": noise_attack(config.objective.noise_sd)}
+        return common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step)
+
+    def streaming_evaluation(iters, seed):
+        from sat_tf import evaluation
+
+        with record_faults.named_errors():
+            results = evaluation.evaluate(model, strategy, eval_dataset_fn, eval_rows(iters), seed=seed)
+            if ema is not None:
+                with ema.swapped():
+                    ema_results = evaluation.evaluate(model, strategy, eval_dataset_fn, eval_rows(iters), seed=seed)
+                results.update({f"ema_{name}": row for name, row in ema_results.items()})
+        report_bad_records()
+        return results
+
+    def epoch_end_fn(epoch):
+        extra = {"skipped_records": report_bad_records(force=True)} if config.data.bad_records == "skip" else {}
+        due = config.eval.every_epochs and (epoch + 1) % config.eval.every_epochs == 0
+        if not imagenet or config.mode == "train" or not due or epoch + 1 == epochs:
+            return extra
+        from sat_tf.evaluation import report
+
+        results = streaming_evaluation(config.eval.periodic_steps, seed=config.system.seed + 1)
+        if chief:
+            print(report.markdown_table(results, title=f"epoch {epoch + 1}"), flush=True)
+        return {**extra, **{f"eval/{name}_{k}": v for name, row in results.items() for k, v in row.items()
+                            if k.startswith("top")}}  # top1 and top{k}, k = min(5, classes)
+
+    history, weights_tag = [], "init" if config.model.init_checkpoint else None
+    if config.mode != "eval":
+        step_config = training.StepConfig(
+            global_batch_size=batch_size, num_classes=num_classes, label_smoothing=config.objective.label_smoothing,
+            weight_decay=config.optimizer.weight_decay, jit_compile=jit, seed=config.system.seed,
+            steps_per_execution=config.system.steps_per_execution,
+            attack_grad_scale=128.0 if policy == "mixed_float16" else 1.0)
+        with record_faults.named_errors():
+            history = training.fit(
+                model, optimizer, attack, strategy, imagenet_train_fn if imagenet else registry_train_fn,
+                config=step_config, epochs=epochs,
+                steps_per_epoch=steps_per_epoch, workdir=workdir,
+                checkpoint_every_steps=config.system.checkpoint_every_steps,
+                on_nonfinite=config.system.on_nonfinite, max_skipped_steps=config.system.max_skipped_steps,
+                epoch_end_fn=epoch_end_fn if imagenet else None, ema=ema)
+        weights_tag = f"step{int(optimizer.iterations.numpy())}" if imagenet else None
+    elif not config.model.init_checkpoint:
+        checkpoint = tf.train.Checkpoint(model=model, **({"ema": ema} if ema is not None else {}))
+        path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first or set "
+                                    "config.model.init_checkpoint")
+        checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+        weights_tag = os.path.basename(path)
+        if chief:
+            print(f"evaluating {path}", flush=True)
     train_minutes = (time.perf_counter() - start) / 60
 
-    iters = run_config["eval"]["iters"]
-    eval_batch = max(replicas, (256 // replicas) * replicas)
+    # ===== Evaluate =====
+    if config.mode != "train":
+        run = dict(config=config, model=model, ema=ema, strategy=strategy, workdir=workdir, chief=chief, jit=jit,
+                   eval_batch=eval_batch, smoothing=smoothing, autoattack=autoattack, aa_options=aa_options,
+                   aa_notes=aa_notes, optimizer=optimizer, start=start)
+        if imagenet:
+            results = streaming_evaluation(config.eval.steps, seed=config.system.seed + 1)
+            imagenet_report(results, label_offset=label_offset, weights_tag=weights_tag, **run)
+        else:
+            registry_report(eval_rows(config.eval.steps), history=history, train_minutes=train_minutes, **run)
+
+    # ===== Export =====
+    if config.mode != "eval" and chief:
+        from sat_tf import export
+
+        if ema is not None:
+            ema.copy_to_model()
+        model.save(os.path.join(workdir, "model.keras"))
+        if config.model.activation == "sparta":
+            from sat_tf.activations import sparta
+
+            print(f"sparta weights: {sparta.save_sparta(os.path.join(workdir, 'sparta.npz'), model)}", flush=True)
+        if config.export.enabled:
+            # A noise-trained run also serves its smoothed classifier (predict_smoothed, n=1000, alpha=0.001).
+            sigma = config.objective.noise_sd if smoothing else 0.0
+            export.export_saved_model(model, os.path.join(workdir, "saved_model"),
+                                      crop_padding=config.export.crop_padding,
+                                      smoothed=export.SmoothedServing(sigma=sigma) if sigma > 0 else None)
+        if smoothing:
+            print(f"certify the smoothed classifier: python launch/certify.py --workdir={workdir}", flush=True)
+    if chief:
+        print(f"total {(time.perf_counter() - start) / 60:.2f} min", flush=True)
+    return 0
+
+
+def registry_report(rows, *, config, model, strategy, workdir, chief, jit, eval_batch, smoothing, autoattack,
+                    aa_options, aa_notes, optimizer, history, train_minutes, **_):
+    """The final evaluation of a registry data set: every test image in memory, PGD rows, AutoAttack and the
+    per-image worst case, resumable per optimizer step."""
+    import tensorflow as tf
+
+    from sat_tf import attacks, evaluation
+    from sat_tf.evaluation import report
+
+    eval_eps, eval_step = config_lib.eval_epsilon(config), config_lib.eval_step_size(config)
+    rows = [evaluation.AttackRow(name, attack) for name, attack in rows.items()]
+    if autoattack:
+        rows.append(attacks.AutoAttackRows(eps=eval_eps, version=autoattack, options=aa_options))
+    run_name = f"{config.model.name}/{config.model.activation} on {config.data.name}"
     if smoothing:
-        # The base classifier's clean and noisy accuracy; certificates come from launch/certify.py.
-        rows = [evaluation.AttackRow("clean"),
-                evaluation.AttackRow(f"noise_sd={FLAGS.noise_sd:g}", smoothing_flags.noise_attack(FLAGS.noise_sd))]
-        title = f"{FLAGS.model}/{FLAGS.activation} on {FLAGS.dataset}, base classifier of {attack_config['name']} (sigma={FLAGS.noise_sd:g})"
+        title = f"{run_name}, base classifier of {config.objective.name} (sigma={config.objective.noise_sd:g})"
     else:
-        rows = [evaluation.AttackRow(name, attack)
-                for name, attack in common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step).items()]
-        if FLAGS.eval_autoattack != "none":
-            rows.append(attacks.AutoAttackRows(eps=eval_eps, version=FLAGS.eval_autoattack, options=aa_options))
-        title = f"{FLAGS.model}/{FLAGS.activation} on {FLAGS.dataset}, eps={FLAGS.eval_attack_epsilon or FLAGS.attack_epsilon:g}/255"
-    x_test, y_test = common.load_arrays(FLAGS.dataset, "test", data_dir=FLAGS.data_dir, limit=FLAGS.limit_test)
+        title = f"{run_name}, eps={eval_eps * 255:g}/255"
+    x_test, y_test = common.load_arrays(config.data.name, "test", data_dir=config.data.data_dir,
+                                        limit=config.data.limit_test)
     # Per optimizer step, so a longer rerun in this workdir never meets the old weights' results; an
     # interrupted evaluation of these weights resumes.
     step = int(optimizer.iterations.numpy())
-    state_path = os.path.join(FLAGS.workdir, "report", f"evaluation_state-{step}.json")
+    state_path = os.path.join(workdir, "report", f"evaluation_state-{step}.json")
     evaluate = functools.partial(
         evaluation.evaluate_points, lambda z: model(z, training=False), x_test, y_test, rows, strategy=strategy,
-        batch_size=eval_batch, seed=FLAGS.seed + 1, state_path=state_path, jit_compile=jit,
-        identity={"workdir": os.path.abspath(FLAGS.workdir), "step": step}, worst_case=not smoothing,
+        batch_size=eval_batch, seed=config.system.seed + 1, state_path=state_path, jit_compile=jit,
+        identity={"workdir": os.path.abspath(workdir), "step": step}, worst_case=not smoothing,
     )
     try:
         outcome = evaluate()
-    except evaluation.EvaluationStateError:  # the same weights evaluated with other eval flags: start over
+    except evaluation.EvaluationStateError:  # the same weights evaluated with another eval config: start over
         if chief:
             tf.io.gfile.remove(state_path)
         outcome = evaluate()
-    results = outcome["rows"]
     if not chief:
-        return 0
-    meta = {"workdir": FLAGS.workdir}
+        return
+    meta = {"workdir": workdir}
     if smoothing:
-        meta.update({"noise_sd": FLAGS.noise_sd, "smoothadv": attack_config["name"],
-                     "smoothadv epsilon (1/256)": FLAGS.smoothadv_epsilon})
+        meta.update({"noise_sd": config.objective.noise_sd, "objective": config.objective.name,
+                     "smoothadv epsilon": config.objective.smoothadv.eps})
     else:
         meta.update({"epsilon (0-255)": round(eval_eps * 255, 3), "step (0-255)": round(eval_step * 255, 3)})
         aa = [row for row in rows if isinstance(row, attacks.AutoAttackRows)]
         if aa:
             meta["autoattack"] = aa[0].describe()
-    meta |= {
-        "final train loss": round(history[-1]["train_loss"], 4) if history else None,
-        "train minutes": round(train_minutes, 2),
-    }
-    paths = report.write_report(results, os.path.join(FLAGS.workdir, "report"), meta=meta, title=title,
-                                warnings=aa_notes + outcome["warnings"])
-    print(report.markdown_table(results, title=title, warnings=aa_notes + outcome["warnings"]))
-    model.save(os.path.join(FLAGS.workdir, "model.keras"))
-    if FLAGS.activation.lower() == "sparta":
-        from sat_tf.activations import sparta
+    meta |= {"final train loss": round(history[-1]["train_loss"], 4) if history else None,
+             "train minutes": round(train_minutes, 2)}
+    warnings = aa_notes + outcome["warnings"]
+    paths = report.write_report(outcome["rows"], os.path.join(workdir, "report"), meta=meta, title=title,
+                                warnings=warnings)
+    print(report.markdown_table(outcome["rows"], title=title, warnings=warnings))
+    print(f"report: {paths['markdown']}  plot: {paths['png']}", flush=True)
 
-        print(f"sparta weights: {sparta.save_sparta(os.path.join(FLAGS.workdir, 'sparta.npz'), model)}", flush=True)
-    if FLAGS.export:
-        # Non-ImageNet data sets are evaluated uncropped: serve_jpeg resizes the whole image.
-        # A noise-trained run also serves its smoothed classifier (predict_smoothed, n=1000, alpha=0.001).
-        smoothed = export.SmoothedServing(sigma=FLAGS.noise_sd) if FLAGS.noise_sd > 0 else None
-        export.export_saved_model(model, os.path.join(FLAGS.workdir, "saved_model"), crop_padding=0, smoothed=smoothed)
-    total = (time.perf_counter() - start) / 60
-    print(f"report: {paths['markdown']}  plot: {paths['png']}  total {total:.2f} min", flush=True)
-    if smoothing and FLAGS.noise_sd > 0:
-        print(f"certify the smoothed classifier: python launch/certify.py --workdir={FLAGS.workdir}", flush=True)
-    return 0
+
+def imagenet_report(results, *, config, model, ema, strategy, workdir, chief, jit, eval_batch, smoothing, autoattack,
+                    aa_options, aa_notes, label_offset, weights_tag, start, **_):
+    """The final ImageNet evaluation (streamed PGD rows, raw and EMA weights) plus AutoAttack on the first
+    eval.autoattack_images validation images, per image and resumable."""
+    from sat_tf import attacks, evaluation
+    from sat_tf.data import imagenet_input, record_faults
+    from sat_tf.evaluation import report
+
+    import numpy as np
+
+    eval_eps, eval_step = config_lib.eval_epsilon(config), config_lib.eval_step_size(config)
+    image_size = int(model.input_shape[1])
+    warnings = list(aa_notes)
+    if autoattack and eval_eps > 0:
+        xs, ys = [], []
+        with record_faults.named_errors():
+            for x, y in imagenet_input.load_imagenet(
+                "validation", data_dir=config.data.data_dir, image_size=image_size, batch_size=256,
+                source=config.data.source, training=False, label_offset=label_offset,
+                limit=config.eval.autoattack_images,
+            ):
+                xs.append(x.numpy())
+                ys.append(y.numpy())
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        for prefix, swap in [("", None)] + ([("ema_", ema)] if ema is not None else []):
+            rows = [attacks.AutoAttackRows(eps=eval_eps, version=autoattack, name=f"{prefix}autoattack",
+                                           options=aa_options)]
+            # One state per weights, so an interrupted evaluation of these weights resumes.
+            state = os.path.join(workdir, "report", f"{prefix}evaluation_state-{weights_tag}.json")
+
+            def evaluate():
+                return evaluation.evaluate_points(
+                    lambda z: model(z, training=False), x, y, rows, strategy=strategy, batch_size=eval_batch,
+                    seed=config.system.seed + 1, state_path=state, jit_compile=jit,
+                    identity={"workdir": workdir, "init_checkpoint": config.model.init_checkpoint,
+                              "ema": bool(prefix)},
+                    progress=lambda row, done, total, seconds: print(f"  {row}: {done}/{total} images", flush=True),
+                )
+
+            if swap is None:
+                out = evaluate()
+            else:
+                with swap.swapped():
+                    out = evaluate()
+            for name, row in out["rows"].items():
+                if name != "clean":
+                    results[f"{prefix}autoattack worst case" if name == evaluation.WORST_CASE else name] = row
+            warnings += [f"{prefix}autoattack: {w}" if prefix else w for w in out["warnings"]]
+    if not chief:
+        return
+    title = f"{config.model.name}/{config.model.activation} on ImageNet validation ({image_size}px), " + (
+        f"base classifier of {config.objective.name} (sigma={config.objective.noise_sd:g})" if smoothing
+        else f"eps={eval_eps * 255:g}/255")
+    meta = {"workdir": workdir, "checkpoint": config.model.init_checkpoint or "workdir",
+            "epsilon (0-255)": round(eval_eps * 255, 3), "step (0-255)": round(eval_step * 255, 3),
+            "minutes": round((time.perf_counter() - start) / 60, 2)}
+    if autoattack:
+        options = config.eval.autoattack_options
+        meta["autoattack"] = f"{autoattack} on the first {config.eval.autoattack_images} images" + (
+            f", options {','.join(options)}" if options else "")
+    paths = report.write_report(results, os.path.join(workdir, "report"), meta=meta, title=title, warnings=warnings)
+    print(report.markdown_table(results, title=title, warnings=warnings))
+    print(f"report: {paths['markdown']}  plot: {paths['png']}", flush=True)
+
+
+def run(default_config):
+    """Defines the flags with `default_config` (a file of launch/configs/) as --config's default, and runs.
+
+    ml_collections reads the `--config.*` overrides while it defines the flag, so a misspelled field
+    fails here: one `error:` line naming it, exit code 2.
+    """
+    try:
+        define_flags(default_config)
+    except (KeyError, AttributeError, flags.Error) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {' '.join(str(message).split())} (see --helpfull)", file=sys.stderr, flush=True)
+        sys.exit(2)
+    common.run(main)
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run("digits_sat.py")

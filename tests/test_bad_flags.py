@@ -2,7 +2,8 @@
 
 Each case must end with exit code 2 and exactly one stderr line, `error: ...`,
 naming the flag (or the path) and what is allowed, before any model is built
-or data is read. The many cases run in one process through each launcher's
+or data is read. The trainer's fields are validated by `sat_tf.config.validate`
+(tests/test_config.py); here its two entry points run end to end. The many cases run in one process through each launcher's
 real `common.run(main)` (tests/scripts/bad_flags_batch.py: one TensorFlow
 import for all, expensive work replaced by sentinels, 2 logical CPUs); one real
 subprocess per launcher checks the end-to-end behaviour and the time to error.
@@ -39,16 +40,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run_config(dataset, data_dir=None, *, noise_sd=None, model="digits_cnn", shape=(8, 8, 1), classes=10, flags=None):
-    config = {
-        "dataset": dataset, "data_dir": data_dir, "model": model,
-        "model_kwargs": {"num_classes": classes, "input_shape": list(shape), "activation": "silu"},
-        "train_attack": {"name": "none"}, "eval": {"epsilon": 8 / 255, "step_size": 2 / 255, "iters": [10]},
-        "flags": flags or {},
-    }
+def _run_config(dataset, data_dir=None, *, noise_sd=None, model="digits_cnn", shape=(8, 8, 1), classes=10):
+    """A run's run_config.json: its serialized config (sat_tf.config), as launch/train.py writes it."""
+    from sat_tf import config as config_lib
+
+    c = config_lib.base()
+    c.data.name, c.data.data_dir, c.data.num_classes = dataset, data_dir, classes
+    c.model.name, c.model.input_shape = model, tuple(shape)
+    c.attack.name, c.eval.eps, c.eval.step_size, c.eval.steps = "none", 8 / 255, 2 / 255, (10,)
     if noise_sd:
-        config["smoothing"] = {"noise_sd": noise_sd, "attack": "none"}
-    return config
+        c.objective.name, c.objective.noise_sd = "gaussian", noise_sd
+    return c.to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def paths(tmp_path_factory):
         "noise_run": _run_config("digits", noise_sd=0.25),
         "cifar_run": _run_config("cifar10", out["empty"], noise_sd=0.25, model="resnet18_cifar", shape=(32, 32, 3)),
         "imagenet_run": _run_config("imagenet", out["empty"], noise_sd=0.25, model="resnet50", shape=(224, 224, 3),
-                                    classes=1000, flags={"data_source": "tfrecord"}),
+                                    classes=1000),
     }
     for name, config in runs.items():
         os.makedirs(root / name)
@@ -81,116 +83,6 @@ def paths(tmp_path_factory):
 
 # (launcher, flags, needle). Placeholders: see `paths`. A needle "reached:<fn>"
 # is a valid command line: validation lets it through to the expensive `fn`.
-TRAIN = [
-    (["--dataset=imagenet_9"], "--dataset='imagenet_9' is unknown; choose one of ['cifar10'"),
-    (["--model=resnet9000"], "--model='resnet9000' is unknown; choose one of"),
-    (["--activation=tanhh"], "--activation='tanhh' is unknown; choose one of"),
-    (["--attack=cw"], "--attack='cw' is unknown; choose one of"),
-    (["--strategy=horovod"], "--strategy='horovod' is unknown; choose one of ['default', 'mirrored'"),
-    (["--preprocessing=zca"], "--preprocessing='zca' is unknown; choose one of ['cifar'"),
-    (["--objective=mart"], "flag --objective=mart: value should be one of <adversarial|awp_trades"),
-    (["--lr_schedule=linear"], "flag --lr_schedule=linear: value should be one of <step|cosine|constant>"),
-    (["--preset=nope"], "flag --preset=nope: value should be one of"),
-    (["--epochs=ten"], "flag --epochs=ten: invalid literal for int()"),
-    (["--epoch=3"], "Unknown command line flag 'epoch'. Did you mean: epochs ?"),
-    (["--attack_epsilon=-1"], "--attack_epsilon must be in [0, 255] (0-255 pixel scale), got -1"),
-    (["--attack_epsilon=300"], "--attack_epsilon must be in [0, 255] (0-255 pixel scale), got 300"),
-    (["--attack_epsilon=nan"], "--attack_epsilon must be in [0, 255] (0-255 pixel scale), got nan"),
-    (["--attack_step_size=0"], "--attack_step_size must be > 0 (0-255 scale), got 0"),
-    (["--attack_epsilon=4"], "--attack_step_size=16 exceeds 2 x --attack_epsilon=4 (both on the 0-255 scale); allowed: (0, 8]"),
-    (["--eval_attack_step_size=-1"], "--eval_attack_step_size must be in (0, 255]"),
-    (["--eval_attack_epsilon=2", "--eval_attack_step_size=8"], "--eval_attack_step_size=8 exceeds 2 x --eval_attack_epsilon=2"),
-    (["--eval_attack_epsilon=256"], "--eval_attack_epsilon must be in [0, 255], got 256"),
-    (["--attack_iter=-1"], "--attack_iter must be >= 0, got -1"),
-    (["--learning_rate=0"], "--learning_rate must be > 0 and finite, got 0"),
-    (["--learning_rate=inf"], "--learning_rate must be > 0 and finite, got inf"),
-    (["--learning_rate=nan"], "--learning_rate must be > 0 and finite, got nan"),
-    (["--momentum=1.5"], "--momentum must be in [0, 1), got 1.5"),
-    (["--label_smoothing=1"], "--label_smoothing must be in [0, 1), got 1"),
-    (["--weight_decay=-1e-4"], "--weight_decay must be >= 0 and finite, got -0.0001"),
-    (["--warmup_epochs=-1"], "--warmup_epochs must be >= 0 and finite, got -1"),
-    (["--epochs=0"], "--epochs must be > 0, got 0"),
-    (["--batch_size=0"], "--batch_size must be > 0, got 0"),
-    (["--limit_train=0"], "--limit_train must be >= 1 (or unset), got 0"),
-    (["--limit_test=-5"], "--limit_test must be >= 1 (or unset), got -5"),
-    (["--prob_start_from_clean=2"], "--prob_start_from_clean must be in [0, 1], got 2"),
-    (["--steps_per_execution=0"], "--steps_per_execution must be >= 1, got 0"),
-    (["--checkpoint_every_steps=-1"], "--checkpoint_every_steps must be >= 0 (0: each epoch), got -1"),
-    (["--on_nonfinite=ignore"], "flag --on_nonfinite=ignore: value should be one of <stop|skip>"),
-    (["--max_skipped_steps=-1"], "--max_skipped_steps must be >= 0, got -1"),
-    (["--seed=-1"], "--seed must be in [0, 2**32), got -1"),
-    (["--eval_attack_iters=ten"], "--eval_attack_iters must be a comma-separated list of integers"),
-    (["--lr_decay_epochs=-5"], "--lr_decay_epochs must hold non-negative integers"),
-    (["--activation=relu_smooth_grad", "--activation_options=mode=sideways"], "do not fit --activation=relu_smooth_grad"),
-    (["--load_sparta={missing}/sparta.npz"], "--load_sparta needs --activation=sparta, got --activation=silu"),
-    (["--activation=sparta", "--load_sparta={missing}/sparta.npz"], "--load_sparta={missing}/sparta.npz does not exist"),
-    (["--noise_sd=-0.25"], "--noise_sd must be in [0, 10]"),
-    (["--noise_sd=0.25", "--attack_epsilon=8"], "--attack_epsilon sets SAT's L-inf training attack and cannot be combined with --noise_sd"),
-    (["--smoothadv_num_noise_vec=0"], "--smoothadv_num_noise_vec must be in [1, 256], got 0"),
-    (["--objective=trades", "--noise_sd=0.25"], "--objective=trades cannot be combined with --noise_sd"),
-    (["--objective=trades", "--attack_iter=0"], "--objective=trades needs --attack_iter >= 1"),
-    (["--trades_beta=-1"], "--trades_beta must be >= 0 and finite, got -1"),
-    (["--rat_alpha=2"], "--rat_alpha must be in [0, 1], got 2"),
-    (["--awp_gamma=5"], "--awp_gamma must be in [0, 1]"),
-    (["--strategy=tpu"], "--strategy=tpu needs --tpu=NAME|local|grpc://HOST:PORT"),
-    (["--tpu=grpc://127.0.0.1:{port}"], "--tpu=grpc://127.0.0.1:{port}: nothing answers at 127.0.0.1:{port}"),
-    (["--tpu=grpc://tpu-without-port"], "--tpu=grpc://tpu-without-port is not of the form grpc://HOST:PORT"),
-    (["--tpu=grpc://127.0.0.1:{port}", "--strategy=mirrored"], "--tpu=grpc://127.0.0.1:{port} needs --strategy=tpu (or no --strategy), got --strategy=mirrored"),
-    (["--strategy=mirrored", "--batch_size=33"], "--batch_size=33 must be divisible by the 2 replicas of --strategy=mirrored"),
-    (["--batch_size=4096"], "--batch_size=4096 exceeds the"),
-    (["--dataset=cifar10", "--data_dir={empty}"], "cifar10 not found in {empty}: expected {empty}/cifar10/<version>/dataset_info.json"),
-    (["--strategy=mirrored", "--batch_size=32"], "reached:build_model"),
-    (["--preset=rat_digits"], "reached:build_model"),
-]
-IMAGENET_BASE = ["--data_dir={shards}", "--workdir={ws}/imagenet"]
-TRAIN_IMAGENET = [
-    (["--model=resnet51"], "--model='resnet51' is unknown"),
-    (["--activation=swishh"], "--activation='swishh' is unknown"),
-    (["--strategy=horovod"], "--strategy='horovod' is unknown"),
-    (["--mode=serve"], "flag --mode=serve: value should be one of <train|eval|train_and_eval>"),
-    (["--on_nonfinite=retry"], "flag --on_nonfinite=retry: value should be one of <stop|skip>"),
-    (["--max_skipped_steps=-3"], "--max_skipped_steps must be >= 0, got -3"),
-    (["--data_source=gcs"], "flag --data_source=gcs: value should be one of <tfrecord|tfds>"),
-    (["--optimizer=adam"], "flag --optimizer=adam: value should be one of <sgd|rmsprop>"),
-    (["--data_dir="], "--data_dir is required"),
-    (["--data_dir={empty}"], "no ImageNet TFRecords {empty}/train-*"),
-    (["--data_dir={empty}", "--mode=eval", "--init_checkpoint={shards}"], "no ImageNet TFRecords {empty}/validation-*"),
-    (["--data_dir={empty}", "--data_source=tfds"], "imagenet2012 not found in {empty}"),
-    (["--train_batch_size=0"], "--train_batch_size must be > 0, got 0"),
-    (["--eval_batch_size=-8"], "--eval_batch_size must be > 0, got -8"),
-    (["--train_steps=0"], "--train_steps must be >= 1 (or unset), got 0"),
-    (["--num_eval_images=0"], "--num_eval_images must be >= 1 (or unset), got 0"),
-    (["--image_size=8"], "--image_size must be in [16, 2048], got 8"),
-    (["--image_size=100000"], "--image_size must be in [16, 2048], got 100000"),
-    (["--base_learning_rate=-0.1"], "--base_learning_rate must be > 0 and finite, got -0.1"),
-    (["--base_learning_rate=inf"], "--base_learning_rate must be > 0 and finite, got inf"),
-    (["--warmup_epochs=nan"], "--warmup_epochs must be >= 0 and finite, got nan"),
-    (["--momentum=-0.1"], "--momentum must be in [0, 1), got -0.1"),
-    (["--attack_epsilon=300"], "--attack_epsilon must be in [0, 255]"),
-    (["--attack_step_size=9"], "--attack_step_size=9 exceeds 2 x --attack_epsilon=4"),
-    (["--eval_attack_step_size=0"], "--eval_attack_step_size must be in (0, 255] (0-255 scale), got 0.0"),
-    (["--eval_attack_epsilon=2", "--eval_attack_step_size=5"], "--eval_attack_step_size=5 exceeds 2 x --eval_attack_epsilon=2"),
-    (["--moving_average_decay=1"], "--moving_average_decay must be in [0, 1), got 1"),
-    (["--batch_norm_momentum=1.5"], "--batch_norm_momentum must be in [0, 1), got 1.5"),
-    (["--batch_norm_epsilon=0"], "--batch_norm_epsilon must be in (0, 1), got 0"),
-    (["--survival_prob=0"], "--survival_prob must be in (0, 1], got 0"),
-    (["--dropout_rate=1"], "--dropout_rate must be in [0, 1), got 1"),
-    (["--seed=-3"], "--seed must be in [0, 2**32), got -3"),
-    (["--noise_sd=20"], "--noise_sd must be in [0, 10]"),
-    (["--eval_attack_iters=1,x"], "--eval_attack_iters must be a comma-separated list of integers"),
-    (["--use_fp16", "--use_bfloat16"], "--use_fp16 and --use_bfloat16 are exclusive; pick one"),
-    (["--use_fp16"], "--use_fp16 needs a GPU"),
-    (["--use_bfloat16", "NO_BF16"], "--use_bfloat16 on a CPU without AVX512-BF16/AMX is emulated"),
-    (["--mode=eval"], "--mode=eval needs --init_checkpoint or a trained --workdir (no checkpoints in {ws}/imagenet)"),
-    (["--mode=eval", "--init_checkpoint={missing}/Res50"], "--init_checkpoint={missing}/Res50: no {missing}/Res50.index"),
-    (["--init_use_ema"], "--init_use_ema=True applies to --init_checkpoint only"),
-    (["--channel_order=bgr"], "--channel_order=bgr applies to --init_checkpoint only"),
-    (["--tpu=grpc://127.0.0.1:{port}"], "--tpu=grpc://127.0.0.1:{port}: nothing answers"),
-    (["--tpu=grpc://127.0.0.1:{port}", "--strategy=mirrored"], "needs --strategy=tpu (or no --strategy), got --strategy=mirrored"),
-    (["--strategy=mirrored", "--train_batch_size=3"], "--train_batch_size=3 must be divisible by the 2 replicas of --strategy=mirrored"),
-    (["--strategy=mirrored", "--train_batch_size=8", "--eval_batch_size=5"], "--eval_batch_size=5 must be divisible by the 2 replicas"),
-    (["--train_batch_size=8", "--image_size=32", "--num_train_images=48"], "reached:build_model"),
-]
 RUN = ["--workdir={digits_run}"]
 EVALUATE = [
     (["--protocol=pgd1000"], "--protocol='pgd1000' is unknown; choose one of ['autoattack', 'rat_cifar'"),
@@ -236,7 +128,7 @@ EVALUATE = [
     (["--checkpoint={missing}/ckpt-1"], "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index"),
     (["--workdir={missing}"], "{missing}/run_config.json does not exist: --workdir must be a directory written by launch/train.py"),
     (["--workdir={cifar_run}"], "cifar10 not found in {empty}"),
-    (["--workdir={imagenet_run}"], "is an ImageNet run: evaluate it with launch/train_imagenet.py --mode=eval"),
+    (["--workdir={imagenet_run}"], "is an ImageNet run: evaluate it with launch/train_imagenet.py --config.mode=eval"),
     ([], "reached:build_model"),
 ]
 NOISE_RUN = ["--workdir={noise_run}"]
@@ -260,7 +152,7 @@ CERTIFY = [
     (["--tpu=grpc://127.0.0.1:{port}"], "--tpu=grpc://127.0.0.1:{port}: nothing answers"),
     (["--tpu=local", "--strategy=one_device"], "--tpu=local needs --strategy=tpu (or no --strategy), got --strategy=one_device"),
     (["--checkpoint={missing}/ckpt-1"], "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index"),
-    (["--workdir={digits_run}"], "--sigma is required: {digits_run} was not trained with --noise_sd > 0"),
+    (["--workdir={digits_run}"], "--sigma is required: {digits_run} was not trained with a smoothing objective"),
     (["--workdir={missing}"], "{missing}/run_config.json does not exist"),
     (["--workdir={cifar_run}"], "cifar10 not found in {empty}"),
     (["--workdir={imagenet_run}"], "no ImageNet TFRecords {empty}/validation-*"),
@@ -287,7 +179,7 @@ PREDICT = [
     (["--tpu=local", "--strategy=mirrored"], "--tpu=local needs --strategy=tpu (or no --strategy), got --strategy=mirrored"),
     (["--checkpoint={missing}/ckpt-1"], "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index"),
     (["--workdir="], "--workdir is required"),
-    (["--workdir={digits_run}"], "--sigma is required: the run was not trained with --noise_sd"),
+    (["--workdir={digits_run}"], "--sigma is required: the run was not trained with a smoothing objective"),
     (["--workdir={missing}"], "{missing}/run_config.json does not exist"),
     (["--workdir={cifar_run}"], "cifar10 not found in {empty}"),
     (["--workdir={imagenet_run}"], "no ImageNet TFRecords {empty}/validation-*"),
@@ -337,9 +229,7 @@ BUILD = [
     (["--input_dir={images}", "--output_dir={ws}/records", "--num_shards=1"], "reached:write_tfrecords"),
 ]
 CASES = (
-    [("train", ["--workdir={ws}/train", *f], n) for f, n in TRAIN]
-    + [("train_imagenet", [*IMAGENET_BASE, *f], n) for f, n in TRAIN_IMAGENET]
-    + [("evaluate", [*RUN, *f], n) for f, n in EVALUATE]
+    [("evaluate", [*RUN, *f], n) for f, n in EVALUATE]
     + [("certify", [*NOISE_RUN, *f], n) for f, n in CERTIFY]
     + [("predict", [*NOISE_RUN, *f], n) for f, n in PREDICT]
     + [("export", f, n) for f, n in EXPORT]
@@ -385,17 +275,21 @@ def test_bad_flag_is_one_line_before_expensive_work(batch, paths, case):
 
 
 def test_every_launcher_is_covered():
+    """The tools run their cases in the batch; the trainer's config is validated by sat_tf.config
+    (tests/test_config.py), and both trainer entry points run end to end below."""
     launchers = {name[:-3] for name in os.listdir(os.path.join(ROOT, "launch"))
                  if name.endswith(".py") and name not in ("__init__.py", "common.py")}
-    helpers = {"objective_flags", "smoothing_flags", "protocols"}  # flag modules, not launchers
-    assert set(LAUNCHERS) == launchers - helpers
+    assert set(LAUNCHERS) | {"train", "train_imagenet"} == launchers
+    assert {"train", "train_imagenet"} <= {case[0] for case in E2E}
 
 
 # === End to end: the real launchers, one subprocess each, with the time to error ===
 
 E2E = [  # (launcher, flags, needle, what)
-    ("train", ["--dataset=cifar10", "--data_dir={empty}", "--workdir={ws}/e2e"], "cifar10 not found in {empty}", "absent data"),
-    ("train_imagenet", ["--data_dir={empty}", "--workdir={ws}/e2e_imagenet"], "no ImageNet TFRecords {empty}/train-*", "absent data"),
+    ("train", ["--config.data.name=cifar10", "--config.data.data_dir={empty}", "--workdir={ws}/e2e"],
+     "cifar10 not found in {empty}", "absent data"),
+    ("train_imagenet", ["--config.data.data_dir={empty}", "--workdir={ws}/e2e_imagenet"],
+     "no ImageNet TFRecords {empty}/train-*", "absent data"),
     ("evaluate", ["--workdir={cifar_run}"], "cifar10 not found in {empty}", "data gone"),
     ("certify", ["--workdir={missing}"], "{missing}/run_config.json does not exist", "missing workdir"),
     ("predict", ["--workdir={imagenet_run}"], "no ImageNet TFRecords {empty}/validation-*", "data gone"),

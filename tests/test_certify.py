@@ -187,10 +187,10 @@ def test_image_seeds_are_distinct_and_stable():
 
 @pytest.fixture(scope="module")
 def noise_run(tmp_path_factory):
-    """A 1-epoch digits run trained with --noise_sd=0.25 (so --sigma defaults to 0.25)."""
+    """A 1-epoch digits run trained with launch/configs/digits_gaussian.py, sigma 0.25 (so --sigma defaults to 0.25)."""
     workdir = str(tmp_path_factory.mktemp("certify") / "digits_noise")
-    launch("launch/train.py", "--epochs=1", "--limit_train=128", "--limit_test=32", "--noise_sd=0.25",
-           "--export=false", "--batch_size=32", f"--workdir={workdir}")
+    launch("launch/train.py", "--config=launch/configs/digits_gaussian.py", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.objective.noise_sd=0.25",
+           "--config.export.enabled=false", "--config.schedule.batch_size=32", f"--workdir={workdir}")
     return workdir
 
 
@@ -289,7 +289,7 @@ def bad_flag_runs(noise_run, tmp_path_factory):
     """All bad-flag launches at once (each pays a TensorFlow start-up)."""
     plain = str(tmp_path_factory.mktemp("plain_run"))
     config = json.load(open(os.path.join(noise_run, "run_config.json")))
-    config.pop("smoothing")
+    config["objective"].update(name="adversarial", noise_sd=0.0)  # a run without randomized smoothing
     json.dump(config, open(os.path.join(plain, "run_config.json"), "w"))
     cases = {
         "N": [f"--workdir={noise_run}", "--N=0"],

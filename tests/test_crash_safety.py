@@ -22,10 +22,10 @@ from sat_tf import training
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 2 epochs x 8 steps; checkpoints at steps 3, 6, 8 (epoch end), 9, 12, 15, 16; 3 kept.
 FLAGS = [
-    "--eval_autoattack=none",
-    "--epochs=2", "--limit_train=256", "--limit_test=32", "--batch_size=32", "--attack_iter=1",
-    "--eval_attack_iters=1", "--warmup_epochs=0", "--learning_rate=1.0", "--checkpoint_every_steps=3",
-    "--deterministic", "--export=false",
+    "--config.eval.autoattack=none",
+    "--config.schedule.epochs=2", "--config.data.limit_train=256", "--config.data.limit_test=32", "--config.schedule.batch_size=32", "--config.attack.steps=1",
+    "--config.eval.steps=1", "--config.schedule.warmup_epochs=0", "--config.optimizer.learning_rate=1.0", "--config.system.checkpoint_every_steps=3",
+    "--config.system.deterministic", "--config.export.enabled=false",
 ]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 

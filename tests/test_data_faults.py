@@ -190,21 +190,21 @@ def test_bad_mode_and_host_conversion():
 
 def _launch(data_dir, workdir, *extra):
     flags = [
-        f"--data_dir={data_dir}",
+        f"--config.data.data_dir={data_dir}",
         f"--workdir={workdir}",
-        "--model=resnet18",
-        "--image_size=32",
-        "--num_label_classes=4",
-        "--num_train_images=48",
-        "--train_batch_size=8",
-        "--eval_batch_size=8",
-        "--train_epochs=1",
-        "--warmup_epochs=0.5",
-        "--eval_attack_iters=1",
-        "--attack_iter=0",
-        "--deterministic",
-        "--noexport",
-        "--eval_autoattack=none",
+        "--config.model.name=resnet18",
+        "--config.data.image_size=32",
+        "--config.data.num_classes=4",
+        "--config.data.num_train=48",
+        "--config.schedule.batch_size=8",
+        "--config.eval.batch_size=8",
+        "--config.schedule.epochs=1",
+        "--config.schedule.warmup_epochs=0.5",
+        "--config.eval.steps=1",
+        "--config.attack.steps=0",
+        "--config.system.deterministic",
+        "--config.export.enabled=false",
+        "--config.eval.autoattack=none",
         *extra,
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
@@ -232,7 +232,7 @@ def _launch(data_dir, workdir, *extra):
 def test_launcher_error_mode_exits_2_naming_the_shard(tiny_imagenet, tmp_path):
     assert tiny_imagenet.num_classes == 4
     data_dir, bad_path, _ = _faulty_copy(tiny_imagenet, tmp_path, truncated_shard)
-    code, stdout, stderr, seconds = _launch(data_dir, str(tmp_path / "run"), "--train_steps=3")
+    code, stdout, stderr, seconds = _launch(data_dir, str(tmp_path / "run"), "--config.schedule.steps=3")
     last = stderr.strip().splitlines()[-1]
     assert code == 2, stderr[-2000:]
     assert last.startswith("error: ") and f"{bad_path}: record {RECORD}: unreadable" in last
@@ -245,7 +245,7 @@ def test_launcher_skip_mode_trains_and_reports_the_count(tiny_imagenet, tmp_path
 
     data_dir, bad_path, _ = _faulty_copy(tiny_imagenet, tmp_path, not_a_jpeg)
     workdir = str(tmp_path / "run")
-    code, stdout, stderr, _ = _launch(data_dir, workdir, "--bad_records=skip")
+    code, stdout, stderr, _ = _launch(data_dir, workdir, "--config.data.bad_records=skip")
     assert code == 0, stderr[-3000:]
     history = json.load(open(os.path.join(workdir, "history.json")))
     assert history[-1]["skipped_records"] == 1

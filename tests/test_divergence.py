@@ -154,8 +154,8 @@ def test_skip_agrees_across_mirrored_replicas():
 def test_launcher_stops_on_divergence_with_one_line_and_a_readable_checkpoint(tmp_path):
     # An absurd LR: step 1 trains, its update overflows the weights, step 2's loss is NaN/Inf.
     workdir = str(tmp_path / "run")
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--learning_rate=1e30", "--warmup_epochs=0",
-           "--checkpoint_every_steps=1", "--epochs=1", "--limit_train=128", "--limit_test=32", "--export=false",
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config.optimizer.learning_rate=1e30", "--config.schedule.warmup_epochs=0",
+           "--config.system.checkpoint_every_steps=1", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.export.enabled=false",
            f"--workdir={workdir}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,

@@ -190,8 +190,8 @@ def workdir(tmp_path_factory):
     # Clean training for 3 short epochs: accurate enough (~70 %) that the
     # attacks have something to lower, in about 10 s.
     path = str(tmp_path_factory.mktemp("protocols") / "digits")
-    launch("train.py", "--epochs=3", "--limit_train=512", "--limit_test=32", "--batch_size=32", "--export=false",
-           "--attack=none", "--eval_autoattack=none", "--learning_rate=2", "--warmup_epochs=0", "--eval_attack_iters=1", "--deterministic",
+    launch("train.py", "--config.schedule.epochs=3", "--config.data.limit_train=512", "--config.data.limit_test=32", "--config.schedule.batch_size=32", "--config.export.enabled=false",
+           "--config.attack.name=none", "--config.eval.autoattack=none", "--config.optimizer.learning_rate=2", "--config.schedule.warmup_epochs=0", "--config.eval.steps=1", "--config.system.deterministic",
            f"--workdir={path}")
     return path
 

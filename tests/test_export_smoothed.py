@@ -4,7 +4,7 @@ The TF binomial test equals scipy's `binomtest`; the graph PREDICT equals
 `Smooth.predict` image by image (same noise, same counts); the exported
 signature, reloaded where sat_tf is never imported, gives the same answers and
 refuses bad images clearly; launch/export.py's --smoothed_* flags, on a tiny
-digits run trained with --noise_sd.
+digits run trained with launch/configs/digits_gaussian.py.
 
 The hand-made model has known odds: logits (d, -d, e) with d = z[0, 0] - 0.5
 and e = 2 (z[1, 1] - 0.5), so under noise sigma = 0.25 an image with
@@ -245,7 +245,7 @@ def test_bad_images_give_clear_errors(served):
         loaded.predict_smoothed, tf.zeros((1, 8, 8, 1)))
 
 
-# === launch/export.py on a tiny run trained with --noise_sd ===
+# === launch/export.py on a tiny run trained with the Gaussian config ===
 
 
 def launch(script, *flags, check=True):
@@ -259,8 +259,8 @@ def launch(script, *flags, check=True):
 @pytest.fixture(scope="module")
 def noise_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run") / "digits_noise")
-    launch("train.py", "--epochs=1", "--limit_train=128", "--limit_test=32", "--batch_size=32",
-           "--noise_sd=0.12", "--eval_attack_iters=1", "--export=false", f"--workdir={workdir}")
+    launch("train.py", "--config=launch/configs/digits_gaussian.py", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.schedule.batch_size=32",
+           "--config.objective.noise_sd=0.12", "--config.eval.steps=1", "--config.export.enabled=false", f"--workdir={workdir}")
     return workdir
 
 
@@ -289,7 +289,7 @@ def test_launcher_adds_predict_smoothed(noise_run, tmp_path):
 
 
 def test_launcher_defaults_to_the_runs_noise_sd(noise_run, tmp_path):
-    assert json.load(open(os.path.join(noise_run, "run_config.json")))["smoothing"]["noise_sd"] == 0.12
+    assert json.load(open(os.path.join(noise_run, "run_config.json")))["objective"]["noise_sd"] == 0.12
     out = str(tmp_path / "served")
     launch("export.py", f"--workdir={noise_run}", f"--output={out}", "--smoothed_n=50", "--nojpeg")
     settings = export.smoothed_settings(out)

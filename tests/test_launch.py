@@ -18,8 +18,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
-    "--epochs=3", "--limit_train=512", "--limit_test=96", "--batch_size=32",
-    "--attack_iter=1", "--eval_attack_iters=2,3", "--warmup_epochs=0", "--learning_rate=1.0",
+    "--config.schedule.epochs=3", "--config.data.limit_train=512", "--config.data.limit_test=96",
+    "--config.schedule.batch_size=32", "--config.attack.steps=1", "--config.eval.steps=2,3",
+    "--config.schedule.warmup_epochs=0", "--config.optimizer.learning_rate=1.0",
 ]
 TINY_STEPS = 3 * 512 // 32
 
@@ -147,8 +148,8 @@ assert np.abs(flt["logits"].numpy() - out["logits"].numpy()).max() < 1e-4
 
 
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
-    flags = [*TINY, "--checkpoint_every_steps=2", "--deterministic", "--export=false", "--eval_attack_iters=1",
-             "--eval_autoattack=none"]
+    flags = [*(f for f in TINY if not f.startswith("--config.eval.steps")), "--config.system.checkpoint_every_steps=2", "--config.system.deterministic",
+             "--config.export.enabled=false", "--config.eval.steps=1", "--config.eval.autoattack=none"]
     whole = str(tmp_path / "whole")
     launch("train.py", *flags, f"--workdir={whole}")
 
@@ -196,13 +197,13 @@ def test_activation_options_reach_every_site():
 
     from sat_tf import models
 
-    spec = common.activation_spec("relu_smooth_grad", ["mode=attacker", "alpha=5"])
+    spec = common.activation_spec("relu_smooth_grad", ("mode=attacker", "alpha=5"))
     json.dumps(spec)  # stored in run_config.json
     model = models.build_model("digits_cnn", activation=spec)
     sites = [layer for layer in model.layers if type(layer).__name__ == "ReLUSmoothGrad"]
     assert len(sites) == 3 and len({layer.name for layer in sites}) == 3
     assert all(layer.mode == "attacker" and layer.alpha == 5 for layer in sites)
-    assert common.activation_spec("silu", []) == "silu"
+    assert common.activation_spec("silu", ()) == "silu"
 
 
 @pytest.mark.parametrize("classes, items, expected, notes", [

@@ -5,8 +5,8 @@ one-line error and the retryable exit code 143, and restarting both workers
 with the same command and TF_CONFIG resumes from the chief's last checkpoint
 and ends with the weights of a run that was never killed.
 
-That reference stops cleanly at the same step (--epochs=1, then the same
-command with --epochs=2; a constant LR makes the two phases one schedule):
+That reference stops cleanly at the same step (--config.schedule.epochs=1, then the same
+command with --config.schedule.epochs=2; a constant LR makes the two phases one schedule):
 BatchNorm moving statistics are per replica and a checkpoint holds their mean,
 so any resume, clean or not, restarts the replicas from the mean statistics.
 """
@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--strategy=multi_worker", "--eval_autoattack=none", "--limit_train=256", "--limit_test=32", "--batch_size=16",
-         "--attack_iter=1", "--eval_attack_iters=1", "--export=false", "--lr_schedule=constant",
-         "--warmup_epochs=0", "--deterministic"]
+FLAGS = ["--config.system.strategy=multi_worker", "--config.eval.autoattack=none", "--config.data.limit_train=256", "--config.data.limit_test=32", "--config.schedule.batch_size=16",
+         "--config.attack.steps=1", "--config.eval.steps=1", "--config.export.enabled=false", "--config.schedule.decay=constant",
+         "--config.schedule.warmup_epochs=0", "--config.system.deterministic"]
 EPOCH = 256 // 16  # steps; checkpoints at epoch ends
 
 
@@ -42,7 +42,7 @@ def _start(workdir, ports, epochs=2):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "launch", "train.py"), *FLAGS, f"--epochs={epochs}", f"--workdir={workdir}"],
+            [sys.executable, os.path.join(ROOT, "launch", "train.py"), *FLAGS, f"--config.schedule.epochs={epochs}", f"--workdir={workdir}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
     return procs
 
@@ -111,9 +111,9 @@ def test_two_workers_evaluate_as_one_device(tmp_path):
     """launch/evaluate.py with --strategy=multi_worker: the chunks are split over the two workers' replicas and
     gathered to both; the chief's report equals a single-process evaluation, and only the chief writes it."""
     workdir = str(tmp_path / "run")
-    subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), "--epochs=1", "--limit_train=128",
-                    "--limit_test=32", "--batch_size=32", "--attack_iter=1", "--eval_attack_iters=1",
-                    "--eval_autoattack=none", "--export=false", f"--workdir={workdir}"],
+    subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config.schedule.epochs=1", "--config.data.limit_train=128",
+                    "--config.data.limit_test=32", "--config.schedule.batch_size=32", "--config.attack.steps=1", "--config.eval.steps=1",
+                    "--config.eval.autoattack=none", "--config.export.enabled=false", f"--workdir={workdir}"],
                    check=True, capture_output=True, timeout=600, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     flags = ["--limit=40", "--steps=2", "--batch_size=16", "--eps=32/255",
              "--autoattack_options=apgd-ce.steps=10,apgd-t.steps=5,apgd-t.n_target_classes=2,fab-t.steps=5,"

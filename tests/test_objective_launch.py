@@ -1,4 +1,4 @@
-"""launch/train.py with --objective (TRADES / AWP / RAT) and --preset."""
+"""launch/train.py with the TRADES / AWP / RAT objectives and their config files."""
 
 import json
 import os
@@ -8,12 +8,15 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--epochs=1", "--eval_autoattack=none", "--limit_train=128", "--limit_test=32", "--batch_size=32", "--export=false",
-        "--attack_iter=2", "--eval_attack_iters=2"]
+TINY = ["--config.schedule.epochs=1", "--config.eval.autoattack=none", "--config.data.limit_train=128",
+        "--config.data.limit_test=32", "--config.schedule.batch_size=32", "--config.export.enabled=false",
+        "--config.attack.steps=2", "--config.eval.steps=2"]
 
 
 def train(workdir, *flags, check=True):
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), *TINY, f"--workdir={workdir}", *flags]
+    files = [f for f in flags if f.startswith("--config=")]  # the config file comes before its overrides
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), *files, *TINY,
+           *(f for f in flags if f not in files), f"--workdir={workdir}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if check and proc.returncode != 0:
@@ -23,44 +26,48 @@ def train(workdir, *flags, check=True):
 
 @pytest.mark.parametrize("objective", ["trades", "awp_trades_rat"])
 def test_objectives_train_and_record_their_settings(tmp_path, objective):
-    train(tmp_path, f"--objective={objective}", "--awp_warmup=0", "--trades_beta=3")
+    train(tmp_path, f"--config.objective.name={objective}", "--config.objective.awp_warmup_epochs=0",
+          "--config.objective.trades_beta=3")
     config = json.load(open(tmp_path / "run_config.json"))
-    attack = config["train_attack"]
-    assert attack["name"] == objective and attack["beta"] == 3.0 and attack["steps"] == 2
-    if objective == "awp_trades_rat":
-        assert attack["rat_alpha"] == 0.2 and attack["awp_gamma"] == 0.005 and attack["rat_c"] == 0.8
-        assert "attack_weight_noise" not in attack  # RAT's AWP variant: no attacker weight noise
+    assert config["objective"]["name"] == objective and config["objective"]["trades_beta"] == 3.0
+    assert config["attack"]["steps"] == 2
     history = json.load(open(tmp_path / "history.json"))
     assert history[-1]["train_loss"] == history[-1]["train_loss"]  # finite
 
 
-def test_preset_fills_unset_flags_and_explicit_flags_win(tmp_path):
-    train(tmp_path, "--preset=rat_digits", "--attack_epsilon=16")
+def test_config_file_with_overrides_on_top(tmp_path):
+    proc = train(tmp_path, "--config=launch/configs/rat_digits.py", "--config.attack.eps=16/255")
     config = json.load(open(tmp_path / "run_config.json"))
-    applied = config["preset"]["applied"]
-    assert config["preset"]["name"] == "rat_digits"
-    assert applied["objective"] == "trades_rat" and applied["trades_beta"] == 6.0
-    assert "attack_epsilon" not in applied and "epochs" not in applied  # given on the command line
-    assert abs(config["train_attack"]["eps"] - 16 / 255) < 1e-9
-    assert config["train_attack"]["attack_weight_noise"] == 1e-4
+    assert config["objective"]["name"] == "trades_rat" and config["objective"]["trades_beta"] == 6.0
+    assert config["objective"]["label_smoothing"] == 0.0 and config["objective"]["rat_weight_noise"] == 1e-4
+    assert abs(config["attack"]["eps"] - 16 / 255) < 1e-12 and config["attack"]["step_size"] == 8 / 255
+    assert "trades_rat" in proc.stdout
 
 
 @pytest.mark.parametrize(
-    "flags,needle",
-    [(["--objective=trades", "--noise_sd=0.25"], "--objective=trades"), (["--rat_alpha=2"], "--rat_alpha"),
-     (["--objective=trades", "--attack_iter=0"], "--attack_iter"), (["--preset=nope"], "--preset")],
+    "flags,field",
+    [(["--config.objective.name=gaussian", "--config.objective.noise_sd=0.25"], "config.attack.name="),
+     (["--config.objective.rat_alpha=2"], "config.objective.rat_alpha="),
+     (["--config.objective.name=trades", "--config.attack.steps=0"], "config.attack.steps=")],
 )
-def test_bad_objective_flags(tmp_path, flags, needle):
+def test_bad_objective_fields(tmp_path, flags, field):
     proc = train(tmp_path, *flags, check=False)
-    assert proc.returncode in (1, 2) and needle in proc.stderr
+    assert proc.returncode == 2 and field in proc.stderr, proc.stderr[-2000:]
+
+
+def test_unknown_config_field_is_one_error(tmp_path):
+    proc = train(tmp_path, "--config.atack.eps=8/255", check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(lines) == 1 and "Did you mean \"attack\"" in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def test_compare_objectives_smoke(tmp_path):
     # The README's comparison command, on a seconds-long configuration.
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "compare_objectives.py"), "--rows=trades,pgd_at",
-           "--seeds=0,1", f"--out={tmp_path}", "--", "--epochs=1", "--limit_train=64", "--limit_test=16",
-           "--batch_size=32", "--eval_attack_iters=1",
-           "--autoattack_options=apgd-ce.steps=5,apgd-t.steps=5,fab-t.steps=5,square.queries=50"]
+           "--seeds=0,1", f"--out={tmp_path}", "--", "--config.schedule.epochs=1", "--config.data.limit_train=64",
+           "--config.data.limit_test=16", "--config.schedule.batch_size=32", "--config.eval.steps=1",
+           "--config.eval.autoattack_options=('apgd-ce.steps=5','apgd-t.steps=5','fab-t.steps=5','square.queries=50')"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -75,28 +82,26 @@ def test_sparta_transfer_through_the_launcher(tmp_path):
     # Train with Sparta, then train another network with those Sparta weights loaded and frozen.
     import numpy as np
 
-    train(tmp_path / "source", "--activation=sparta", "--attack=pgd")
+    train(tmp_path / "source", "--config.model.activation=sparta")
     source = np.load(tmp_path / "source" / "sparta.npz")
-    train(tmp_path / "target", "--activation=sparta", "--attack=pgd", "--seed=5",
-          f"--load_sparta={tmp_path / 'source' / 'sparta.npz'}")
+    train(tmp_path / "target", "--config.model.activation=sparta", "--config.system.seed=5",
+          f"--config.model.load_sparta={tmp_path / 'source' / 'sparta.npz'}")
     target = np.load(tmp_path / "target" / "sparta.npz")
     for key in ("gate_weights", "gate_bias"):
         np.testing.assert_array_equal(source[key], target[key])
     assert np.abs(source["gate_weights"] - np.pad([[1.0]], 1)).max() > 0  # the source run trained it
-    proc = train(tmp_path / "bad", "--activation=silu", f"--load_sparta={tmp_path / 'source' / 'sparta.npz'}",
-                 check=False)
-    assert proc.returncode == 2 and "--load_sparta" in proc.stderr
+    proc = train(tmp_path / "bad", "--config.model.activation=silu",
+                 f"--config.model.load_sparta={tmp_path / 'source' / 'sparta.npz'}", check=False)
+    assert proc.returncode == 2 and "config.model.activation=" in proc.stderr
 
 
-def test_cifar_preset_flags_parse_and_train_on_a_small_stand_in(tmp_path):
-    # The rat_cifar10 recipe (no CIFAR data here): every preset flag is applied and
-    # validated, with the data set, model and length overridden to run in seconds.
-    train(tmp_path, "--preset=rat_cifar10", "--dataset=digits", "--model=digits_cnn", "--attack_iter=1",
-          "--epochs=1")
+def test_cifar_config_trains_on_a_small_stand_in(tmp_path):
+    # The rat_cifar10 recipe (no CIFAR data here), with the data set, model and length overridden to run in
+    # seconds: every other field of the file reaches the run.
+    train(tmp_path, "--config=launch/configs/rat_cifar10.py", "--config.data.name=digits",
+          "--config.model.name=digits_cnn", "--config.eval.eps=8/255", "--config.eval.step_size=2/255")
     config = json.load(open(tmp_path / "run_config.json"))
-    applied = config["preset"]["applied"]
-    assert applied["lr_decay_epochs"] == ["100", "150"] and applied["weight_decay"] == 5e-4
-    assert applied["nesterov"] is False and applied["preprocessing"] == "none" and applied["learning_rate"] == 0.2
-    assert config["train_attack"]["name"] == "trades_rat" and config["train_attack"]["rat_alpha"] == 0.2
-    assert config["model_kwargs"]["preprocessing"] == "none"
-    assert abs(config["train_attack"]["eps"] - 8 / 255) < 1e-9 and config["flags"]["nesterov"] is False
+    assert config["schedule"]["decay_epochs"] == [100, 150] and config["optimizer"]["weight_decay"] == 5e-4
+    assert config["optimizer"]["nesterov"] is False and config["model"]["preprocessing"] == "none"
+    assert config["optimizer"]["learning_rate"] == 0.2 and config["objective"]["name"] == "trades_rat"
+    assert abs(config["attack"]["eps"] - 8 / 255) < 1e-12

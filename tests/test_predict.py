@@ -26,8 +26,8 @@ def run(script, *flags, check=True):
 @pytest.fixture(scope="module")
 def noise_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("predict") / "digits_noise")
-    run("train.py", "--noise_sd=0.25", "--epochs=3", "--limit_train=512", "--limit_test=32",
-        "--batch_size=32", "--export=false", f"--workdir={workdir}")
+    run("train.py", "--config=launch/configs/digits_gaussian.py", "--config.objective.noise_sd=0.25", "--config.schedule.epochs=3", "--config.data.limit_train=512", "--config.data.limit_test=32",
+        "--config.schedule.batch_size=32", "--config.export.enabled=false", f"--workdir={workdir}")
     return workdir
 
 
@@ -87,8 +87,8 @@ def test_predict_base_attack_and_default_outfile(noise_run):
 
 def test_predict_needs_sigma_for_a_run_without_noise(tmp_path):
     workdir = str(tmp_path / "plain")
-    run("train.py", "--epochs=1", "--limit_train=64", "--limit_test=16", "--batch_size=32", "--attack=none",
-        "--export=false", "--eval_autoattack=none", f"--workdir={workdir}")
+    run("train.py", "--config.schedule.epochs=1", "--config.data.limit_train=64", "--config.data.limit_test=16", "--config.schedule.batch_size=32", "--config.attack.name=none",
+        "--config.export.enabled=false", "--config.eval.autoattack=none", f"--workdir={workdir}")
     proc = run("predict.py", f"--workdir={workdir}", "--N=10", check=False)
     assert proc.returncode == 2 and "--sigma is required" in proc.stderr
     proc = run("predict.py", f"--workdir={tmp_path / 'missing'}", check=False)

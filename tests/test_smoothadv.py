@@ -302,9 +302,11 @@ def test_train_step_uses_the_objective_rows_and_normalises_by_rows():
 
 
 def launch_train(tmp_path, *flags, check=True):
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--epochs=2", "--limit_train=256",
-           "--limit_test=64", "--batch_size=32", "--export=false", "--eval_autoattack=none", f"--workdir={tmp_path}",
-           *flags]
+    files = [f for f in flags if f.startswith("--config=")]  # the config file comes before its overrides
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), *files, "--config.schedule.epochs=2",
+           "--config.data.limit_train=256", "--config.data.limit_test=64", "--config.schedule.batch_size=32",
+           "--config.export.enabled=false", "--config.eval.autoattack=none", f"--workdir={tmp_path}",
+           *(f for f in flags if f not in files)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if check and proc.returncode != 0:
@@ -315,14 +317,15 @@ def launch_train(tmp_path, *flags, check=True):
 @pytest.mark.slow
 def test_train_launcher_smoothadv_run(tmp_path):
     proc = launch_train(
-        tmp_path, "--noise_sd=0.25", "--smoothadv_attack=ddn", "--smoothadv_epsilon=128",
-        "--smoothadv_steps=2", "--smoothadv_num_noise_vec=2", "--smoothadv_train_multi_noise",
-        "--smoothadv_warmup=2", "--export",
+        tmp_path, "--config=launch/configs/digits_smoothadv.py", "--config.objective.smoothadv.attack=ddn",
+        "--config.objective.smoothadv.eps=128/256", "--config.objective.smoothadv.steps=2",
+        "--config.objective.smoothadv.num_noise=2", "--config.objective.smoothadv.multi_noise=true",
+        "--config.objective.smoothadv.warmup_epochs=2", "--config.export.enabled=true",
     )
     config = json.load(open(tmp_path / "run_config.json"))
-    assert config["smoothing"]["noise_sd"] == 0.25 and config["smoothing"]["epsilon"] == 0.5
-    assert config["train_attack"]["name"] == "smoothadv"
-    assert config["flags"]["label_smoothing"] == 0.1  # the flag's value; the loss used 0 (not present)
+    assert config["objective"]["noise_sd"] == 0.25 and config["objective"]["smoothadv"]["eps"] == 0.5
+    assert config["objective"]["name"] == "smoothadv"
+    assert config["objective"]["label_smoothing"] == 0.0  # the config's, as the reference's plain cross-entropy
     results = json.load(open(tmp_path / "report" / "robustness.json"))["results"]
     assert set(results) == {"clean", "noise_sd=0.25"}
     assert "launch/certify.py" in proc.stdout
@@ -333,14 +336,18 @@ def test_train_launcher_smoothadv_run(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flags,needle",
-    [(["--noise_sd=0.25", "--attack=pgd"], "--attack "), (["--noise_sd=-1"], "--noise_sd"),
-     (["--smoothadv_attack=pgd", "--smoothadv_steps=0"], "--smoothadv_steps"),
-     (["--noise_sd=0.1", "--smoothadv_epsilon=-3"], "--smoothadv_epsilon"),
-     (["--noise_sd=0.1", "--smoothadv_attack=fgsm"], "smoothadv_attack")],
+    "flags,field",
+    [(["--config=launch/configs/digits_gaussian.py", "--config.attack.name=pgd"], "config.attack.name="),
+     (["--config=launch/configs/digits_gaussian.py", "--config.objective.noise_sd=-1"], "config.objective.noise_sd="),
+     (["--config=launch/configs/digits_smoothadv.py", "--config.objective.smoothadv.steps=0"],
+      "config.objective.smoothadv.steps="),
+     (["--config=launch/configs/digits_smoothadv.py", "--config.objective.smoothadv.eps=-3/256"],
+      "config.objective.smoothadv.eps="),
+     (["--config=launch/configs/digits_smoothadv.py", "--config.objective.smoothadv.attack=fgsm"],
+      "config.objective.smoothadv.attack=")],
 )
-def test_train_launcher_rejects_bad_smoothing_flags(tmp_path, flags, needle):
+def test_train_launcher_rejects_bad_smoothing_fields(tmp_path, flags, field):
     proc = launch_train(tmp_path, *flags, check=False)
-    assert proc.returncode in (1, 2), proc.stderr[-2000:]
-    assert needle.strip() in proc.stderr
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert field in proc.stderr and "allowed:" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()

@@ -18,26 +18,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "train_imagenet.py")
 
 
-def _tiny_flags(data, workdir, *extra):
+def _base_flags(data, workdir):
     return [
-        f"--data_dir={data.data_dir}",
+        f"--config.data.data_dir={data.data_dir}",
         f"--workdir={workdir}",
-        "--model=resnet18",
-        "--image_size=32",
-        f"--num_label_classes={data.num_classes}",
-        f"--num_train_images={data.num_train}",
-        "--train_batch_size=8",
-        "--eval_batch_size=8",
-        "--train_epochs=2",
-        "--warmup_epochs=0.5",
-        "--lr_decay_epochs=1",
-        "--base_learning_rate=0.4",
-        "--eval_attack_iters=2",
-        "--periodic_eval_attack_iters=1",
-        "--deterministic",
-        "--eval_autoattack=none",  # AutoAttack has its own test below
-        *extra,
+        "--config.model.name=resnet18",
+        "--config.data.image_size=32",
+        f"--config.data.num_classes={data.num_classes}",
+        f"--config.data.num_train={data.num_train}",
+        "--config.schedule.batch_size=8",
+        "--config.eval.batch_size=8",
+        "--config.schedule.epochs=2",
+        "--config.schedule.warmup_epochs=0.5",
+        "--config.schedule.decay_epochs=1",
+        "--config.optimizer.learning_rate=0.4",
+        "--config.eval.steps=2",
+        "--config.eval.periodic_steps=1",
+        "--config.system.deterministic",
+        "--config.eval.autoattack=none",  # AutoAttack has its own test below
     ]
+
+
+def _tiny_flags(data, workdir, *extra):
+    """The tiny run's flags; an override in `extra` replaces the same field's (tuple fields would add up)."""
+    given = {flag.split("=")[0] for flag in extra}
+    return [f for f in _base_flags(data, workdir) if f.split("=")[0] not in given] + list(extra)
 
 
 def _run(flags, *, timeout=600, check=True):
@@ -73,7 +78,7 @@ def _tensorboard_tags(workdir):
 @pytest.fixture(scope="module")
 def trained(tiny_imagenet, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("imagenet") / "run")
-    proc = _run(_tiny_flags(tiny_imagenet, workdir, "--moving_average_decay=0.9"))
+    proc = _run(_tiny_flags(tiny_imagenet, workdir, "--config.optimizer.ema_decay=0.9"))
     return workdir, proc
 
 
@@ -95,9 +100,10 @@ def test_train_and_eval_writes_reports_tensorboard_checkpoints_and_export(traine
     tags = _tensorboard_tags(workdir)
     assert {"train/loss", "train/adv_accuracy", "train/images_per_second", "epoch/eval/clean_top1"} <= tags
     config = json.load(open(os.path.join(workdir, "run_config.json")))
-    assert config["train_attack"]["eps"] == pytest.approx(4 / 255)
-    assert config["train_attack"]["prob_start_from_clean"] == 0.2
-    assert config["precision"] == "float32" and config["jit"] is False
+    assert config["attack"]["eps"] == pytest.approx(4 / 255) and config["attack"]["step_size_rule"] == "max_eps_over_steps"
+    assert config["attack"]["prob_start_from_clean"] == 0.2
+    assert config["system"]["precision"] == "auto" and config["model"]["input_shape"] == [32, 32, 3]
+    assert "[default], float32, jit=False" in proc.stdout
     assert os.path.exists(os.path.join(workdir, "saved_model", "saved_model.pb"))
     assert "| pgd2 |" in proc.stdout
 
@@ -105,7 +111,7 @@ def test_train_and_eval_writes_reports_tensorboard_checkpoints_and_export(traine
 def test_eval_mode_reproduces_the_final_evaluation(trained, tiny_imagenet):
     workdir, _ = trained
     before = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
-    _run(_tiny_flags(tiny_imagenet, workdir, "--moving_average_decay=0.9", "--mode=eval"))
+    _run(_tiny_flags(tiny_imagenet, workdir, "--config.optimizer.ema_decay=0.9", "--config.mode=eval"))
     after = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
     for name in before:
         assert after[name]["top1"] == pytest.approx(before[name]["top1"])
@@ -117,9 +123,9 @@ def test_eval_mode_adds_autoattack_beside_pgd_for_raw_and_ema_weights(trained, t
     raw and EMA weights, resumable state per checkpoint; its rows join the PGD rows of the report."""
     workdir, _ = trained
     options = "apgd-ce.steps=10,apgd-t.steps=10,fab-t.steps=10,square.queries=50"
-    flags = _tiny_flags(tiny_imagenet, workdir, "--moving_average_decay=0.9", "--mode=eval")
-    flags = [f for f in flags if f != "--eval_autoattack=none"] + ["--num_autoattack_images=6",
-                                                                    f"--autoattack_options={options}"]
+    flags = _tiny_flags(tiny_imagenet, workdir, "--config.optimizer.ema_decay=0.9", "--config.mode=eval")
+    flags = [f for f in flags if f != "--config.eval.autoattack=none"] + [
+        "--config.eval.autoattack_images=6", f"--config.eval.autoattack_options={tuple(options.split(','))}"]
     proc = _run(flags)
     report = json.load(open(os.path.join(workdir, "report", "robustness.json")))
     results = report["results"]
@@ -136,17 +142,18 @@ def test_eval_mode_adds_autoattack_beside_pgd_for_raw_and_ema_weights(trained, t
 
 def test_autoattack_on_too_few_classes_is_one_line(tiny_imagenet, tmp_path):
     # An explicit target count the 4 classes cannot hold; without it the launcher uses 3 (tested in tests/test_launch.py).
-    flags = [f for f in _tiny_flags(tiny_imagenet, str(tmp_path / "run")) if f != "--eval_autoattack=none"]
-    proc = _run([*flags, "--autoattack_options=apgd-t.n_target_classes=9"], check=False)
+    flags = [f for f in _tiny_flags(tiny_imagenet, str(tmp_path / "run")) if f != "--config.eval.autoattack=none"]
+    proc = _run([*flags, "--config.eval.autoattack_options=apgd-t.n_target_classes=9"], check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "error: --eval_autoattack=standard on 4 classes: apgd-t with 9 target classes needs >= 10 classes" in proc.stderr
+    assert "config.eval.autoattack=standard on 4 classes: apgd-t with 9 target classes needs >= 10 classes" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_sigterm_then_rerun_reaches_the_uninterrupted_weights(trained, tiny_imagenet, tmp_path):
     reference_dir, _ = trained
     workdir = str(tmp_path / "preempted")
-    flags = _tiny_flags(tiny_imagenet, workdir, "--moving_average_decay=0.9", "--mode=train", "--noexport")
+    flags = _tiny_flags(tiny_imagenet, workdir, "--config.optimizer.ema_decay=0.9", "--config.mode=train",
+                        "--config.export.enabled=false")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, SCRIPT, *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
@@ -197,8 +204,8 @@ def test_two_worker_processes_train_and_evaluate_in_step(tiny_imagenet, tmp_path
     cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
     workdir = str(tmp_path / "mwms")
     flags = _tiny_flags(
-        tiny_imagenet, workdir, "--strategy=multi_worker", "--train_epochs=1",
-        "--num_eval_images=16", "--eval_attack_iters=1", "--noexport",
+        tiny_imagenet, workdir, "--config.system.strategy=multi_worker", "--config.schedule.epochs=1",
+        "--config.data.limit_test=16", "--config.eval.steps=1", "--config.export.enabled=false",
     )
     procs = []
     for index in range(2):
@@ -228,13 +235,13 @@ def test_efficientnet_with_rmsprop_and_ema_trains(tiny_imagenet, tmp_path):
     # RMSProp, weight EMA, BN/dropout overrides; the final report has EMA rows.
     workdir = str(tmp_path / "effnet")
     flags = _tiny_flags(
-        tiny_imagenet, workdir, "--model=efficientnet_b0", "--train_epochs=1", "--optimizer=rmsprop",
-        "--base_learning_rate=0.016", "--moving_average_decay=0.99", "--batch_norm_momentum=0.99",
-        "--dropout_rate=0.3", "--survival_prob=0.7", "--eval_attack_iters=1", "--noexport",
+        tiny_imagenet, workdir, "--config.model.name=efficientnet_b0", "--config.schedule.epochs=1", "--config.optimizer.name=rmsprop",
+        "--config.optimizer.learning_rate=0.016", "--config.optimizer.ema_decay=0.99", "--config.model.bn_momentum=0.99",
+        "--config.model.dropout_rate=0.3", "--config.model.survival_prob=0.7", "--config.eval.steps=1", "--config.export.enabled=false",
     )
     _run(flags)
     config = json.load(open(os.path.join(workdir, "run_config.json")))
-    assert config["model_kwargs"]["survival_prob"] == 0.7 and config["model_kwargs"]["bn_momentum"] == 0.99
+    assert config["model"]["survival_prob"] == 0.7 and config["model"]["bn_momentum"] == 0.99
     results = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
     assert set(results) == {"clean", "pgd1", "ema_clean", "ema_pgd1"}
     assert all(row["count"] == tiny_imagenet.num_eval for row in results.values())
@@ -246,15 +253,17 @@ def test_smoothadv_imagenet_run_uses_the_smoothing_objective(tiny_imagenet, tmp_
     # classifier clean and under noise (certification is launch/certify.py).
     workdir = str(tmp_path / "smoothadv")
     flags = _tiny_flags(
-        tiny_imagenet, workdir, "--train_epochs=1", "--noise_sd=0.5", "--smoothadv_attack=pgd",
-        "--smoothadv_epsilon=255", "--smoothadv_steps=1", "--smoothadv_num_noise_vec=2",
-        "--smoothadv_train_multi_noise", "--noexport",
+        tiny_imagenet, workdir, "--config.schedule.epochs=1", "--config.objective.name=smoothadv",
+        "--config.attack.name=none", "--config.objective.noise_sd=0.5", "--config.objective.label_smoothing=0",
+        "--config.objective.smoothadv.eps=255/256", "--config.objective.smoothadv.steps=1",
+        "--config.objective.smoothadv.num_noise=2", "--config.objective.smoothadv.multi_noise=true",
+        "--config.export.enabled=false",
     )
     _run(flags)
     config = json.load(open(os.path.join(workdir, "run_config.json")))
-    assert config["smoothing"] == {
-        "noise_sd": 0.5, "attack": "pgd", "epsilon": 255 / 256, "epsilon_256": 255.0, "steps": 1,
-        "num_noise_vec": 2, "multi_noise": True, "warmup": 1, "gamma_ddn": 0.05,
+    assert config["objective"]["smoothadv"] == {
+        "attack": "pgd", "eps": 255 / 256, "steps": 1, "num_noise": 2, "multi_noise": True, "warmup_epochs": 1,
+        "ddn_gamma": 0.05,
     }
     results = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
     assert set(results) == {"clean", "noise_sd=0.5"}
@@ -270,5 +279,6 @@ def test_smoothadv_imagenet_run_uses_the_smoothing_objective(tiny_imagenet, tmp_
         rows = [line.split("\t") for line in open(out).read().splitlines()[1:]]
         assert [int(r[0]) for r in rows] == [0, 2, 4]
         assert all(0 <= int(r[1]) < tiny_imagenet.num_classes for r in rows)  # 0-based labels
-    proc = _run(_tiny_flags(tiny_imagenet, str(tmp_path / "bad"), "--noise_sd=0.5", "--attack_iter=2"), check=False)
-    assert proc.returncode == 2 and "--attack_iter" in proc.stderr.strip().splitlines()[-1]
+    proc = _run(_tiny_flags(tiny_imagenet, str(tmp_path / "bad"), "--config.objective.name=gaussian",
+                            "--config.objective.noise_sd=0.5"), check=False)  # the SAT attack is still on
+    assert proc.returncode == 2 and "config.attack.name='pgd'" in proc.stderr.strip().splitlines()[-1]

@@ -294,4 +294,4 @@ def test_launchers_add_flag_hints_to_a_divergence_error():
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: NaN/Inf training loss at step 2"), last
-    assert "(flags: --on_nonfinite=skip skips such steps, --max_skipped_steps caps them)" in last, last
+    assert "(--config.system.on_nonfinite=skip skips such steps, --config.system.max_skipped_steps caps them)" in last, last

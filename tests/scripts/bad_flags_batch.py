@@ -43,7 +43,6 @@ from sat_tf.data import imagenet_input
 from sat_tf import training
 
 FLAGS = flags.FLAGS
-FLAG_MODULES = ("launch.objective_flags", "launch.smoothing_flags")
 
 
 class Reached(BaseException):
@@ -110,7 +109,7 @@ def main():
         for case in (c for c in cases if c["launcher"] == launcher):
             results[case["id"]] = run_case(module, case)
         results[f"{launcher}:import"] = {"seconds": round(import_seconds, 3)}
-        for module_name in (f"launch.{launcher}", *FLAG_MODULES):
+        for module_name in (f"launch.{launcher}",):
             defined = FLAGS.flags_by_module_dict().get(module_name, [])
             for flag in list(defined):
                 if flag.name in FLAGS:
