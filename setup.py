@@ -39,6 +39,7 @@ setup(
         "test": [
             "pytest",
             "pytest-timeout",
+            "pytest-xdist",  # the suite runs on both cores (-n 2), one test file per worker
             "scikit-image",  # real sample photos for the ImageNet pipeline tests
             "nbclient",  # notebooks are executed in CI
             "nbformat",
