@@ -263,7 +263,7 @@ def test_smooth_relu_weight():
     assert layer.trainable_weights == [w] and w.trainable
     assert tuple(w.shape) == () and float(w.numpy()) == 20.0
     assert w.name == "beta_raw" and w.path == "stem_act/beta_raw"
-    # train_lib applies L2 only to variables whose path ends in "kernel".
+    # sat_tf.training applies L2 only to variables whose path ends in "kernel".
     assert not w.path.endswith("kernel") and not w.name.endswith("kernel")
 
 

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 ABSTAIN = -1
 SELECTION, ESTIMATION, PREDICT = 0, 1, 2
-_SALT = 0x5E0  # separates these seeds from train_lib.make_seed's
+_SALT = 0x5E0  # separates these seeds from sat_tf.seeds.make_seed's
 
 
 def clopper_pearson_lower(n_a, n, alpha):
