@@ -9,15 +9,12 @@ L2: the reference's `--epsilon 64` (1/256 units) is `--config.objective.smoothad
     python launch/certify.py --workdir=runs/digits_smoothadv_0.25 --skip=4 --N=10000
 """
 
-from sat_tf import config as config_lib
+from launch.configs import digits_gaussian
 
 
 def get_config():
-    c = config_lib.base()
-    c.attack.name = "none"
+    c = digits_gaussian.get_config()  # sigma 0.25, no label smoothing, no separate training attack
     c.objective.name = "smoothadv"
-    c.objective.noise_sd = 0.25
-    c.objective.label_smoothing = 0.0
     c.objective.smoothadv.attack = "pgd"
     c.objective.smoothadv.eps = 64 / 256
     c.objective.smoothadv.steps = 10
