@@ -3,7 +3,7 @@
 `make_strategy("tpu", tpu="grpc://10.0.0.2:8470")` probes the address before
 TensorFlow connects, because `experimental_connect_to_cluster` on an unreachable
 `grpc://` address hangs forever. Every failure is a `StrategyError` with one
-line that names the flag and the fix.
+line that names the argument and the fix.
 """
 
 import importlib.util
@@ -41,7 +41,7 @@ def _multi_worker(**_):
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         raise StrategyError(
-            "--strategy=multi_worker needs the TF_CONFIG environment variable "
+            "strategy='multi_worker' needs the TF_CONFIG environment variable "
             '(e.g. {"cluster": {"worker": ["host0:port", "host1:port"]}, '
             '"task": {"type": "worker", "index": 0}})'
         )
@@ -61,13 +61,13 @@ def _probe_grpc(address, timeout=5.0):
     host, port = parsed.hostname, parsed.port
     if not host or not port:
         raise StrategyError(
-            f"--tpu={address} is not of the form grpc://HOST:PORT (e.g. grpc://10.2.3.4:8470)"
+            f"tpu={address!r} is not of the form grpc://HOST:PORT (e.g. grpc://10.2.3.4:8470)"
         )
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as err:
         raise StrategyError(
-            f"--tpu={address}: nothing answers at {host}:{port} ({err.strerror or err}); "
+            f"tpu={address!r}: nothing answers at {host}:{port} ({err.strerror or err}); "
             "check the TPU's address and that this host can reach it"
         ) from None
 
@@ -75,16 +75,16 @@ def _probe_grpc(address, timeout=5.0):
 def _tpu(tpu=None, **_):
     if not tpu:
         raise StrategyError(
-            "--strategy=tpu needs --tpu=NAME|local|grpc://HOST:PORT "
-            "(use --strategy=default|mirrored|multi_worker without a TPU)"
+            "strategy='tpu' needs tpu=NAME|local|grpc://HOST:PORT "
+            "(use strategy=default|mirrored|multi_worker without a TPU)"
         )
     if tpu.startswith("grpc://"):
         _probe_grpc(tpu)
     elif tpu != "local" and importlib.util.find_spec("googleapiclient") is None:
         raise StrategyError(
-            f"--tpu={tpu}: resolving a Cloud TPU by name needs Google's API client "
-            "(pip install google-api-python-client); or pass --tpu=local on a TPU VM "
-            "or --tpu=grpc://HOST:8470. Do not install cloud-tpu-client: it breaks TF 2.21"
+            f"tpu={tpu!r}: resolving a Cloud TPU by name needs Google's API client "
+            "(pip install google-api-python-client); or use tpu='local' on a TPU VM "
+            "or tpu='grpc://HOST:8470'. Do not install cloud-tpu-client: it breaks TF 2.21"
         )
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
@@ -95,8 +95,8 @@ def _tpu(tpu=None, **_):
     except (ValueError, RuntimeError, IndexError, tf.errors.OpError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StrategyError(
-            f"--tpu={tpu}: no TPU could be initialised ({type(err).__name__}: {first_line}); "
-            "run on a TPU VM/pod or choose --strategy=default|mirrored"
+            f"tpu={tpu!r}: no TPU could be initialised ({type(err).__name__}: {first_line}); "
+            "run on a TPU VM/pod or choose strategy=default|mirrored"
         ) from None
 
 
@@ -121,7 +121,7 @@ def make_strategy(name="default", *, tpu=None):
         name = "tpu"
     if name not in STRATEGIES:
         raise StrategyError(
-            f"--strategy={name!r} is unknown; choose one of {sorted(STRATEGIES)}"
+            f"strategy={name!r} is unknown; choose one of {sorted(STRATEGIES)}"
         )
     return STRATEGIES[name](tpu=tpu)
 
@@ -151,7 +151,7 @@ def jit_default(strategy):
     """Whether to XLA-compile the attack + gradient function by default.
 
     XLA pays off on TPU (required) and usually on GPU; on CPU it measured
-    ~1.1-1.8x slower (reference/environment.md §5), so it is off there.
+    ~1.1-1.8x slower (BENCHMARKS.md, the xla group), so it is off there.
     """
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return True
