@@ -40,21 +40,14 @@ from absl import flags  # noqa: E402
 from launch import common  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "runs/digits_noise_0.25", "A training workdir (run_config.json + checkpoints); the default is what `python launch/train.py --config=launch/configs/digits_gaussian.py --workdir=runs/digits_noise_0.25` writes.")
-flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest in the workdir).")
+common.define_run_flags(workdir="runs/digits_noise_0.25", seed=0, split_help="Split to certify: test or train.")
 flags.DEFINE_float("sigma", None, "Noise sd in [0, 1] pixel units (default: the run's config.objective.noise_sd).")
-flags.DEFINE_string("dataset", None, "Override the dataset of the run.")
-flags.DEFINE_string("data_dir", None, "Override the tfds data directory of the run.")
-flags.DEFINE_string("split", "test", "Split to certify: test or train.")
 flags.DEFINE_integer("skip", 1, "Certify every skip-th image (Cohen: 20 on CIFAR, 100 on ImageNet).")
 flags.DEFINE_integer("max", -1, "Stop before image index max (-1: the whole split).")
 flags.DEFINE_integer("N0", 100, "Selection samples per image.")
 flags.DEFINE_integer("N", 100000, "Estimation samples per image.")
 flags.DEFINE_float("alpha", 0.001, "Failure probability of each certificate.")
 flags.DEFINE_integer("batch", 1000, "Noise samples per replica per step.")
-flags.DEFINE_integer("seed", 0, "Noise seed (image idx uses certify_logs.image_seed(seed, idx)).")
-flags.DEFINE_string("strategy", "default", "default | one_device | mirrored | multi_worker | tpu.")
-flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc://host:port.")
 flags.DEFINE_string("outfile", None, "The TSV (default: <workdir>/certify/noise_<sigma>.tsv).")
 flags.DEFINE_list("radii", ["0", "0.25", "0.5", "0.75", "1.0", "1.25", "1.5"], "Radii of the summary table.")
 flags.DEFINE_list("plot_with", [], "Other certification TSVs to draw on the same plot and table.")

@@ -6,6 +6,7 @@ for the library. The trainer is driven by a config (sat_tf/config.py); the tools
 `restore_model`.
 """
 
+import functools
 import os
 import sys
 
@@ -173,6 +174,24 @@ def parse_flags(argv):
         print(f"error: {err} (see --helpshort)", file=sys.stderr, flush=True)
         sys.exit(2)
 
+
+def define_run_flags(*, workdir, seed, split_help="Split to read: test or train."):
+    """The flags of every launcher that reads a trained run (evaluate, certify, predict): which run,
+    which weights, which data, which seed and where to run. `check_run_flags` validates them.
+
+    The flags belong to the calling launcher (as absl would attribute flags it defines itself), so its
+    --helpshort lists them."""
+    caller = sys._getframe(1).f_globals["__name__"]
+    module = sys.argv[0] if caller == "__main__" else caller
+    define = {kind: functools.partial(getattr(flags, f"DEFINE_{kind}"), module_name=module) for kind in ("string", "integer")}
+    define["string"]("workdir", workdir, "A training workdir (run_config.json + checkpoints/).")
+    define["string"]("checkpoint", None, "Checkpoint prefix (default: the latest in --workdir).")
+    define["string"]("dataset", None, "Override the run's dataset.")
+    define["string"]("data_dir", None, "Override the run's data directory.")
+    define["string"]("split", "test", split_help)
+    define["integer"]("seed", seed, "Seed of every random draw (noise, attack starts, targets).")
+    define["string"]("strategy", "default", "default | one_device | mirrored | multi_worker | tpu.")
+    define["string"]("tpu", None, "Cloud TPU name, 'local' or grpc://host:port (implies --strategy=tpu).")
 
 
 def check_run_flags(flag_values):

@@ -63,15 +63,11 @@ from sat_tf.evaluation import protocols  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("protocol", None, f"Named evaluation, one of {protocols.list_protocols()} (default: run).")
-flags.DEFINE_string("workdir", "runs/digits_sat", "A training workdir (run_config.json + checkpoints).")
-flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest in the workdir).")
+common.define_run_flags(workdir="runs/digits_sat", seed=1, split_help="Split to evaluate.")
 flags.DEFINE_string("model_path", None, "Evaluate this .keras file or SavedModel instead of a training run (needs --dataset).")
 flags.DEFINE_list("input_range", ["0", "1"], "The pixel range the --model_path model takes: 0,1 (default), 0,255 or -1,1.")
 flags.DEFINE_list("mean", None, "Per-channel mean subtracted (in --input_range units) before a --model_path model.")
 flags.DEFINE_list("std", None, "Per-channel std divided by (in --input_range units) before a --model_path model.")
-flags.DEFINE_string("dataset", None, "Override the dataset of the run (required with --model_path).")
-flags.DEFINE_string("data_dir", None, "Override the tfds data directory of the run.")
-flags.DEFINE_string("split", "test", "Split to evaluate.")
 flags.DEFINE_integer("limit", None, "Evaluate only the first N images.")
 flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model.")
 flags.DEFINE_enum("loss", "ce", ["ce", "cw"], "Attack loss (cross-entropy or CW margin).")
@@ -86,12 +82,9 @@ flags.DEFINE_enum("autoattack", "protocol", ["protocol", "standard", "plus", "ra
 flags.DEFINE_list("autoattack_options", [], "Per-attack settings, attack.key=value (e.g. square.queries=1000): "
                   "a quicker, weaker AutoAttack than the standard one, reported as such.")
 flags.DEFINE_integer("batch_size", 256, "Images per chunk (over all replicas).")
-flags.DEFINE_string("strategy", "default", "default | one_device | mirrored | multi_worker | tpu.")
-flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc://host:port.")
 flags.DEFINE_enum("jit", "auto", ["auto", "true", "false"], "XLA for the attacks (auto: on for TPU/GPU, off on CPU).")
 flags.DEFINE_string("output_dir", None, "Report directory (default: <workdir>/report, or ./report for --model_path).")
 flags.DEFINE_bool("resume", True, "Continue an interrupted evaluation from <output_dir>/evaluation_state.json.")
-flags.DEFINE_integer("seed", 1, "Evaluation seed.")
 
 STATE_FILE = "evaluation_state.json"
 

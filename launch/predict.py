@@ -37,12 +37,8 @@ from absl import flags  # noqa: E402
 from launch import common  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "runs/digits_noise_0.25", "A training workdir (run_config.json + checkpoints); the default is what `python launch/train.py --config=launch/configs/digits_gaussian.py --workdir=runs/digits_noise_0.25` writes.")
-flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest in --workdir).")
+common.define_run_flags(workdir="runs/digits_noise_0.25", seed=0, split_help="Split to attack.")
 flags.DEFINE_float("sigma", None, "Noise sigma of the smoothed classifier (default: the run's config.objective.noise_sd).")
-flags.DEFINE_string("dataset", None, "Override the run's dataset.")
-flags.DEFINE_string("data_dir", None, "Override the run's tfds data directory.")
-flags.DEFINE_string("split", "test", "Split to attack.")
 flags.DEFINE_integer("skip", 1, "Attack every skip-th image.")
 flags.DEFINE_integer("max", -1, "Stop before image index max (-1: all).")
 flags.DEFINE_integer("N", 100000, "Noise samples of PREDICT.")
@@ -55,9 +51,6 @@ flags.DEFINE_integer("num_noise_vec", 1, "m_test: noise draws the attack average
 flags.DEFINE_bool("base_attack", False, "Attack the base classifier (no noise in the attack).")
 flags.DEFINE_float("init_norm_ddn", 256.0, "DDN's initial norm, 1/256 units.")
 flags.DEFINE_float("gamma_ddn", 0.05, "DDN's gamma when --epsilon=0 (else recomputed, as the reference).")
-flags.DEFINE_integer("seed", 0, "Seed of the attack noise and of PREDICT.")
-flags.DEFINE_string("strategy", "default", "default | one_device | mirrored | multi_worker | tpu (shards PREDICT's samples).")
-flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc://host:port.")
 flags.DEFINE_string("outfile", None, "TSV path (default: <workdir>/predict/<attack>_<eps>_noise_<sigma>_mtest_<m>.tsv).")
 
 HEADER = "idx\tlabel\tpredict\tbasePredict\tcorrect\ttime"
