@@ -56,3 +56,5 @@ from sat_tf.models import cifar  # noqa: E402,F401
 from sat_tf.models import digits  # noqa: E402,F401
 from sat_tf.models import resnet  # noqa: E402,F401
 from sat_tf.models import efficientnet  # noqa: E402,F401
+from sat_tf.models import dm_wide_resnet  # noqa: E402,F401
+from sat_tf.models import convnext  # noqa: E402,F401
