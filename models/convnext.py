@@ -162,6 +162,9 @@ class ConvNeXt(layers.ImageClassifier):
         drop_path_rate: float in [0, 1): stochastic depth of the last block, linear from 0 over the
             blocks as timm. Defaults to `0.0`.
         layer_scale_init: float, or None for no layer scale. Defaults to `1e-6`.
+        depths, dims, convstem_convs: override the variant's blocks per stage, channels per stage
+            (4 ints each) and ConvStem `(channels, stride)` pairs, for small test networks and
+            other sizes. Defaults to `None` (the variant's).
         num_classes, input_shape, activation, preprocessing, name: as the other builders. Defaults: 1000,
             `(224, 224, 3)`, `"gelu_erf"` (timm's `nn.GELU`), `"imagenet"`.
         data_format: `"channels_last"` only (see the module docstring).
@@ -181,6 +184,9 @@ class ConvNeXt(layers.ImageClassifier):
         stem="patch",
         drop_path_rate=0.0,
         layer_scale_init=1e-6,
+        depths=None,
+        dims=None,
+        convstem_convs=None,
         num_classes=1000,
         input_shape=(224, 224, 3),
         activation="gelu_erf",
@@ -210,7 +216,19 @@ class ConvNeXt(layers.ImageClassifier):
             bn_epsilon=bn_epsilon,
         )
         args = layers.block_args(common, "torch")
-        depths, dims, convstem = CONVNEXT_VARIANTS[variant]
+        table_depths, table_dims, table_convstem = CONVNEXT_VARIANTS[variant]
+        depths = tuple(table_depths if depths is None else depths)
+        dims = tuple(table_dims if dims is None else dims)
+        convstem = tuple(tuple(c) for c in (table_convstem if convstem_convs is None else convstem_convs))
+        for label, values in (("depths", depths), ("dims", dims)):
+            if len(values) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+                raise ValueError(f"`{label}` must be 4 ints >= 1. Received: {label}={values!r}")
+        if not convstem or any(len(c) != 2 or c[0] < 1 or c[1] not in (1, 2) for c in convstem):
+            raise ValueError("`convstem_convs` must be (channels >= 1, stride 1 or 2) pairs. "
+                             f"Received: convstem_convs={convstem_convs!r}")
+        if stem == "convstem" and convstem[-1][0] != dims[0]:
+            raise ValueError(f"the ConvStem's last conv must give dims[0]={dims[0]} channels. "
+                             f"Received: convstem_convs={convstem_convs!r}")
 
         def init():
             return keras.initializers.TruncatedNormal(stddev=0.02)
@@ -247,11 +265,15 @@ class ConvNeXt(layers.ImageClassifier):
         self.stem = stem
         self.drop_path_rate = float(drop_path_rate)
         self.layer_scale_init = layer_scale_init
+        self.depths = list(depths) if depths != table_depths else None
+        self.dims = list(dims) if dims != table_dims else None
+        self.convstem_convs = [list(c) for c in convstem] if convstem != table_convstem else None
 
     def get_config(self):
         config = super().get_config()
         config.update({"variant": self.variant, "stem": self.stem, "drop_path_rate": self.drop_path_rate,
-                       "layer_scale_init": self.layer_scale_init})
+                       "layer_scale_init": self.layer_scale_init, "depths": layers._plain(self.depths),
+                       "dims": layers._plain(self.dims), "convstem_convs": layers._plain(self.convstem_convs)})
         return config
 
 
