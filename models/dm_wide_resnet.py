@@ -122,6 +122,11 @@ class DMWideResNet(layers.ImageClassifier):
             raise ValueError(f"`width` must be an int >= 1. Received: width={width!r}")
         if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
             raise ValueError(f"`padding` must be an int >= 0. Received: padding={padding!r}")
+        size = tuple(input_shape)[:2] if len(tuple(input_shape)) == 3 else ()
+        if any(d is not None and (d + 2 * padding) % 4 for d in size):
+            raise ValueError("DMWideResNet needs height and width (plus 2 * padding) divisible by 4: its stride-2 "
+                             "convs pad (0, 1) and their 1x1 shortcuts do not, so odd sizes give mismatched "
+                             f"branches (as in the reference). Received: input_shape={input_shape!r}, {padding=}")
         if preprocessing is None:
             preprocessing = {k: list(v) for k, v in DM_CIFAR10.items()}
         common = layers.common_kwargs(

@@ -339,10 +339,10 @@ def convert_state_dict(state_dict_or_path, model):
             continue
         variable = weights[(name, target[0])]
         value = target[1](array) if target[1] else array
+        claimed[(name, target[0])] = key
         if tuple(value.shape) != tuple(variable.shape):
             mismatched.append(f"{key} {list(array.shape)} -> {variable.path} {list(variable.shape)}")
             continue
-        claimed[(name, target[0])] = key
         assignments.append((variable, value))
         report.loaded.append(f"{variable.path} <- {key}")
     missing = [v.path for k, v in weights.items() if k not in claimed]
