@@ -30,6 +30,10 @@ IMAGENET_NETS = {
     "resnext152_32x8d",
     *(f"efficientnet_b{i}" for i in range(9)),
     "efficientnet_l1",
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+    "convnext_large",
 }
 SLOW_NETS = {  # > 10 s each: --run_exhaustive (outside CI)
     "resnext101_32x8d",
@@ -38,10 +42,15 @@ SLOW_NETS = {  # > 10 s each: --run_exhaustive (outside CI)
     "efficientnet_b7",
     "efficientnet_b8",
     "efficientnet_l1",
+    "convnext_small",
+    "convnext_base",
+    "convnext_large",
 }
 # EfficientNet-L2 (480M weights) is not built here: tests/test_efficientnet.py
 # checks its stage table and parameter count from the scaling rules.
-UNBUILT_NETS = {"efficientnet_l2"}
+# Nor DMWideResNet-70-16 / 94-16 (267M / 366M weights): tests/test_dm_wide_resnet.py checks their counts
+# in closed form and builds them under --run_exhaustive.
+UNBUILT_NETS = {"efficientnet_l2", "dm_wide_resnet70_16", "dm_wide_resnet94_16"}
 
 # Trainable parameters at the default num_classes. Sources: torchvision
 # (ResNet/ResNeXt: same layers and counts as the SAT nets), pytorch-cifar
@@ -81,6 +90,16 @@ PARAM_COUNTS = {
     "efficientnet_b8": 87_413_142,
     "efficientnet_l1": 272_630_564,  # measured
     "efficientnet_l2": 480_309_308,
+    # DMWideResNet and ConvNeXt: the closed forms of tests/test_dm_wide_resnet.py / tests/test_convnext.py,
+    # which round to the published 36.5M, 46.16M, 267M, 366M and 28.6M, 50.2M, 88.6M, 197.8M.
+    "dm_wide_resnet28_10": 36_479_194,
+    "dm_wide_resnet34_10": 46_160_474,
+    "dm_wide_resnet70_16": 266_796_506,
+    "dm_wide_resnet94_16": 365_915_610,
+    "convnext_tiny": 28_589_128,
+    "convnext_small": 50_223_688,
+    "convnext_base": 88_591_464,
+    "convnext_large": 197_767_336,
 }
 
 # Activation sites, counted from the reference architectures:
@@ -103,6 +122,15 @@ ACTIVATION_SITES = {
     "wide_resnet34_10": 2 * 15 + 1,
     "wide_resnet28_10": 2 * 12 + 1,
     "digits_cnn": 3,
+    # DMWideResNet: 2 per block + the final BN-act; ConvNeXt: one per block (MLP), none in the patchify stem.
+    "dm_wide_resnet28_10": 2 * 12 + 1,
+    "dm_wide_resnet34_10": 2 * 15 + 1,
+    "dm_wide_resnet70_16": 2 * 33 + 1,
+    "dm_wide_resnet94_16": 2 * 45 + 1,
+    "convnext_tiny": 18,
+    "convnext_small": 36,
+    "convnext_base": 36,
+    "convnext_large": 36,
     # EfficientNet: stem + head + 3 per MBConv block (expand, depthwise, SE
     # reduce), minus the expand conv the first stage's blocks (ratio 1) lack.
     # (blocks, first-stage blocks) = (sum ceil(d * r), ceil(d * 1)).
