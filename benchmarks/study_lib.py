@@ -45,7 +45,8 @@ def find_entry(entries, row, seed):
 
 @contextlib.contextmanager
 def _locked(path):
-    with open(path + ".lock", "w") as lock:
+    directory, name = os.path.split(path)
+    with open(os.path.join(directory, f".{name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two runners on one table append in turn, never over each other
         yield
 
@@ -83,6 +84,8 @@ def welch(a, b, alternative="greater"):
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 2 or len(b) < 2:
         return None
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread: scipy's rounding then yields p = 0 or 1, not "no test"
+        return None
     p = stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue
     return None if p is None or math.isnan(p) else float(p)
 
@@ -107,7 +110,7 @@ def compare(entries, a, b, metric, alternative="greater"):
     p = welch(list(va.values()), list(vb.values()), alternative)
     return {"a": a, "b": b, "alternative": alternative, "mean_a": describe(va.values())["mean"],
             "mean_b": describe(vb.values())["mean"], "n_a": len(va), "n_b": len(vb), "p": p,
-            "signs": sign_count(va, vb, alternative), "supported": p is not None and p < ALPHA}
+            "signs": sign_count(va, vb, alternative), "supported": None if p is None else p < ALPHA}
 
 
 # === Markdown ===
@@ -145,7 +148,7 @@ def claim_table(tests):
         p = "—" if t["p"] is None else f"{t['p']:.3g}"
         lines.append(f"| {t['a']} {direction} {t['b']} ({claim}) | {metric} | {pct(t['mean_a'])} | "
                      f"{pct(t['mean_b'])} | {t['n_a']}/{t['n_b']} | {p} | {'/'.join(map(str, t['signs']))} | "
-                     f"{'yes' if t['supported'] else 'no'} |")
+                     f"{'—' if t['supported'] is None else 'yes' if t['supported'] else 'no'} |")
     return "\n".join(lines)
 
 
