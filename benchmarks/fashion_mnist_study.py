@@ -297,6 +297,7 @@ def execute(args, table, row, seed):
 
 
 def read_certified(command, sigma):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the TSV reader's package imports TensorFlow
     from sat_tf.certification import logs
 
     outfile = next(c.split("=", 1)[1] for c in command if c.startswith("--outfile="))
