@@ -4,6 +4,7 @@ r"""Robustness evaluation: clean, PGD rows and AutoAttack, per image, as JSON, m
     python launch/evaluate.py --workdir=runs/digits_sat --protocol=autoattack --eps=32/255
     python launch/evaluate.py --workdir=runs/digits_sat --protocol=autoattack --norm=l2 --eps=0.5
     python launch/evaluate.py --workdir=runs/cifar_rat --protocol=rat_cifar
+    python launch/evaluate.py --workdir=runs/digits_smoothgrad --activation=relu   # a relu_smooth_grad run, true ReLU
     python launch/evaluate.py --model_path=model.keras --dataset=cifar10 --eps=8/255 --mean=0.4914,0.4822,0.4465 \
         --std=0.2471,0.2435,0.2616
 
@@ -64,6 +65,9 @@ from sat_tf.evaluation import protocols  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("protocol", None, f"Named evaluation, one of {protocols.list_protocols()} (default: run).")
 common.define_run_flags(workdir="runs/digits_sat", seed=1, split_help="Split to evaluate.")
+flags.DEFINE_string("activation", None, "Evaluate the --workdir run's weights in its network rebuilt with this activation "
+                    "(e.g. relu for a relu_smooth_grad run: the attacks then see the true ReLU gradient); the clean "
+                    "logits must equal the trained model's.")
 flags.DEFINE_string("model_path", None, "Evaluate this .keras file or SavedModel instead of a training run (needs --dataset).")
 flags.DEFINE_list("input_range", ["0", "1"], "The pixel range the --model_path model takes: 0,1 (default), 0,255 or -1,1.")
 flags.DEFINE_list("mean", None, "Per-channel mean subtracted (in --input_range units) before a --model_path model.")
@@ -135,6 +139,7 @@ def validate():
     if FLAGS.model_path is not None:
         common.require(FLAGS.dataset is not None, "--model_path needs --dataset (the data the model was trained on)")
         common.require(FLAGS.checkpoint is None, "--checkpoint belongs to a --workdir run; drop it with --model_path")
+        common.require(FLAGS.activation is None, "--activation rebuilds a --workdir run; drop it with --model_path")
         common.require(os.path.exists(FLAGS.model_path) or "://" in FLAGS.model_path,
                        f"--model_path={FLAGS.model_path} does not exist (a .keras file or a SavedModel directory)")
     model_input()  # checks --input_range/--mean/--std
@@ -217,7 +222,10 @@ def model_logits(strategy):
     if FLAGS.model_path is None:
         with strategy.scope():
             model, config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
-        description = f"{config['model']}/{config['model_kwargs'].get('activation')}"
+            if FLAGS.activation is not None:
+                model, config = rebuilt_with_activation(model, config, FLAGS.activation)
+        activation = config["model_kwargs"].get("activation")
+        description = f"{config['model']}/{activation if isinstance(activation, str) else activation['class_name']}"
         return (lambda z: model(z, training=False)), description, config, config["eval"]
     from sat_tf import export
 
@@ -235,6 +243,36 @@ def model_logits(strategy):
 
     config = {"model": description, "model_kwargs": {}, "dataset": FLAGS.dataset, "data_dir": FLAGS.data_dir}
     return logits_fn, description, config, {"epsilon": None, "step_size": None, "iters": [20]}
+
+
+def rebuilt_with_activation(trained, config, activation):
+    """(the same weights in the run's network built with `activation`, the config saying so).
+
+    A relu_smooth_grad run computes ReLU forward but hands attacks (training=False) its smooth
+    surrogate gradient; rebuilt with relu, an attack sees the true gradient of the same function.
+    The two must agree on clean inputs: checked on a fixed random batch, FlagError otherwise.
+    """
+    import numpy as np
+
+    from sat_tf import activations, models
+
+    common.choice("activation", activation, set(activations.list_activations()))
+    kwargs = {**config["model_kwargs"], "activation": activation}
+    model = models.build_model(config["model"], **kwargs)
+    try:
+        model.set_weights(trained.get_weights())
+    except ValueError as err:
+        raise common.FlagError(f"--activation={activation}: the run's weights do not fit that network "
+                               f"({' '.join(str(err).split())}); use an activation without weights of its own")
+    probe = np.random.default_rng(0).uniform(size=(16, *model.input_shape[1:])).astype("float32")
+    want, got = trained(probe, training=False).numpy(), model(probe, training=False).numpy()
+    gap = float(np.max(np.abs(want - got)))
+    common.require(gap <= 1e-5 * max(1.0, float(np.max(np.abs(want)))),
+                   f"--activation={activation} changes the run's clean logits (max difference {gap:.3g}): it is "
+                   "not the same function; use the activation the run computes in its forward pass")
+    print(f"evaluating with activation={activation}: clean logits equal the trained model's "
+          f"(max difference {gap:.3g} on 16 random images)", flush=True)
+    return model, {**config, "model_kwargs": kwargs}
 
 
 def load_points(config, dataset, data_dir):
@@ -343,6 +381,7 @@ def main(argv):
         os.remove(state_path)
     jit = distribute.jit_default(strategy) if FLAGS.jit == "auto" else FLAGS.jit == "true"
     identity = {"model": FLAGS.model_path or os.path.abspath(FLAGS.workdir), "checkpoint": FLAGS.checkpoint,
+                **({"activation": FLAGS.activation} if FLAGS.activation else {}),
                 "dataset": dataset, "split": FLAGS.split, "limit": FLAGS.limit, "input": FLAGS.input_range,
                 "mean": FLAGS.mean, "std": FLAGS.std}
     try:
@@ -356,6 +395,7 @@ def main(argv):
         return 0
     title, meta = report_text(description, dataset, budget, rows, name)
     meta = {"workdir": FLAGS.workdir if FLAGS.model_path is None else None, "model_path": FLAGS.model_path,
+            **({"activation override": FLAGS.activation} if FLAGS.activation else {}),
             **meta, "images": len(y), "minutes": round((time.perf_counter() - start) / 60, 2)}
     paths = report.write_report(results["rows"], out, meta=meta, title=title, warnings=results["warnings"])
     print(report.markdown_table(results["rows"], title=title))

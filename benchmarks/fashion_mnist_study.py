@@ -1,0 +1,596 @@
+r"""The Fashion-MNIST study (issue 16): one command per table, resumable, per-seed raw JSON, statistics, plots.
+
+    python benchmarks/fashion_mnist_study.py --table=activations --seeds=5 --eval_limit=2000
+    python benchmarks/fashion_mnist_study.py --table=gradients      # relu shared with `activations`
+    python benchmarks/fashion_mnist_study.py --table=budget         # needs `activations` done
+    python benchmarks/fashion_mnist_study.py --table=rat
+    python benchmarks/fashion_mnist_study.py --table=sparta
+    python benchmarks/fashion_mnist_study.py --table=certified --cert_N=10000
+    python benchmarks/fashion_mnist_study.py --summarize           # TABLES.md + PNGs from the JSON
+    python benchmarks/fashion_mnist_study.py --table=rat --dry_run # the commands, nothing run
+
+Every (table, row, seed) is one run in `<runs_dir>/<table>/<row>/seed<k>/`: launch/train.py
+(--config.mode=train, --config.system.seed=k) as a subprocess, then launch/evaluate.py (clean,
+PGD-`pgd_steps` and AutoAttack standard, L-inf `eval_eps`, on the first `eval_limit` test images)
+or, for `certified`, launch/certify.py. Right after it, the row (clean, PGD, AutoAttack, worst case,
+wall times, the exact commands) is appended to `<results_dir>/<table>.json`; a recorded (row, seed)
+is skipped, so the study resumes across sessions, and a half-trained run resumes from its checkpoint
+(the trainer does that). Rows shared between tables (ReLU PGD-AT) run once and are recorded in
+`activations`. Subprocess output goes to `<workdir>/study_log.txt`.
+
+Tables:
+  activations  PGD-AT with relu, silu, gelu, softplus, elu, smooth_relu, mish
+  gradients    relu_smooth_grad (ReLU forward) with the smooth gradient for the attacker / optimizer /
+               both vs relu; evaluated with the same weights in the plain-ReLU network (evaluate.py
+               --activation=relu, which checks the clean logits are equal), so the evaluation attacks
+               see the true ReLU gradient
+  budget       evaluation only: robust accuracy vs eps for relu and the best smooth activation of
+               `activations` (mean AutoAttack), on the first `budget_images` test images
+  rat          PGD-AT (relu of `activations`), TRADES, TRADES+RAT, AWP+TRADES+RAT (beta 6, alpha 0.2,
+               as launch/configs/rat_cifar10.py; no label smoothing, as the released code)
+  sparta       Sparta vs relu, and transfer: the Sparta trained in this table's `sparta` run of the
+               same seed, frozen (config.model.load_sparta), trains a fresh network
+               (--sparta_target_model, default the config's model)
+  certified    Gaussian vs SmoothAdv-PGD and SmoothAdv-DDN (L2 eps = sigma) at sigma 0.25 and 0.5, then
+               launch/certify.py on the first `cert_images` test images with N = --cert_N
+
+The config (--config) is a launch/configs/ file; --set=field=value (repeatable) overrides a field of
+every training run, e.g. `--set=schedule.epochs=1` for a smoke run (a digits smoke study:
+--config=launch/configs/digits_sat.py --set=schedule.epochs=1 --eval_limit=100).
+"""
+
+import argparse
+import dataclasses
+import datetime
+import importlib.util
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, ROOT)  # launch/configs import their siblings as `launch.configs...`
+
+import study_lib  # noqa: E402
+
+DEFAULT_CONFIG = "launch/configs/fashion_mnist_sat.py"
+SMOOTH_ACTIVATIONS = ("silu", "gelu", "softplus", "elu", "smooth_relu", "mish")
+BUDGET_EPS = tuple(round(0.025 * k, 3) for k in range(13))  # 0, 0.025, ..., 0.3
+CERT_RADII = tuple(round(0.25 * k, 2) for k in range(9))  # 0, 0.25, ..., 2.0
+SIGMAS = (0.25, 0.5)
+
+
+class StudyError(Exception):
+    """A bad setting or a missing prerequisite; the message names it and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of a table: how its runs train and are evaluated.
+
+    `record` is (table, row) where its entries live: a shared row points at its first table's.
+    `kind` is robust (train + evaluate.py), certified (train + certify.py) or budget (evaluate.py of
+    an `activations` run at every eps).
+    """
+
+    name: str
+    overrides: tuple = ()
+    record: tuple = None
+    kind: str = "robust"
+    eval_activation: str = None
+    needs: str = None  # a file (formatted with the seed) that must exist first, made by an earlier row
+
+
+RELU = Row("relu", (("model.activation", "relu"),), record=("activations", "relu"))
+
+
+def _activations(args, config):
+    return [RELU] + [Row(a, (("model.activation", a),)) for a in SMOOTH_ACTIVATIONS]
+
+
+def _gradients(args, config):
+    return [RELU] + [Row(f"smooth_grad_{mode}", (("model.activation", "relu_smooth_grad"),
+                                                 ("model.activation_options", f"('mode={mode}',)")),
+                         eval_activation="relu") for mode in ("attacker", "optimizer", "both")]
+
+
+def _rat(args, config):
+    # AWP starts after warm-up epochs: the CIFAR recipe's 10 of 200, scaled to this schedule.
+    awp_warmup = int(round(config.schedule.epochs * 10 / 200))
+    trades = (("model.activation", "relu"), ("objective.label_smoothing", "0.0"), ("objective.trades_beta", "6.0"),
+              ("objective.rat_alpha", "0.2"))
+    return [dataclasses.replace(RELU, name="pgd_at"),
+            Row("trades", trades + (("objective.name", "trades"),)),
+            Row("trades_rat", trades + (("objective.name", "trades_rat"),)),
+            Row("awp_trades_rat", trades + (("objective.name", "awp_trades_rat"),
+                                            ("objective.awp_warmup_epochs", str(awp_warmup))))]
+
+
+def _sparta(args, config):
+    source = os.path.join(args.runs_dir, "sparta", "sparta", "seed{seed}", "sparta.npz")
+    transfer = [("model.activation", "sparta"), ("model.load_sparta", source)]
+    if args.sparta_target_model:
+        transfer.append(("model.name", args.sparta_target_model))
+    return [RELU, Row("sparta", (("model.activation", "sparta"),)),
+            Row("sparta_transfer", tuple(transfer), needs=source)]
+
+
+def _certified(args, config):
+    rows = []
+    for sigma in SIGMAS:
+        noise = (("attack.name", "none"), ("objective.noise_sd", str(sigma)), ("objective.label_smoothing", "0.0"))
+        rows.append(Row(f"gaussian_s{sigma}", noise + (("objective.name", "gaussian"),), kind="certified"))
+        for attack in ("pgd", "ddn"):
+            rows.append(Row(f"smoothadv_{attack}_s{sigma}", noise + (
+                ("objective.name", "smoothadv"), ("objective.smoothadv.attack", attack),
+                ("objective.smoothadv.eps", str(sigma))), kind="certified"))
+    return rows
+
+
+def _budget(args, config):
+    entries = study_lib.load_table(args.results_dir, "activations")
+    best = best_smooth_activation(entries, args.seeds)
+    if best is None:
+        raise StudyError("--table=budget needs the activations table for every seed first: run "
+                         f"`python benchmarks/fashion_mnist_study.py --table=activations --seeds={args.seeds}`")
+    print(f"budget: relu and {best}, the smooth activation with the best mean AutoAttack accuracy", flush=True)
+    return [Row("relu", kind="budget"), Row(best, kind="budget")]
+
+
+TABLES = {"activations": _activations, "gradients": _gradients, "budget": _budget, "rat": _rat,
+          "sparta": _sparta, "certified": _certified}
+
+
+def best_smooth_activation(entries, seeds):
+    """The smooth activation with the highest mean AutoAttack accuracy over seeds 0..seeds-1 of `activations`
+    (None unless every one has all those seeds)."""
+    means = {}
+    for name in SMOOTH_ACTIVATIONS:
+        values = [e["autoattack"] for e in entries if e["row"] == name and e["seed"] < seeds]
+        if len(values) < seeds:
+            return None
+        means[name] = sum(values) / len(values)
+    return max(means, key=means.get)
+
+
+# === Commands ===
+
+def load_config(path):
+    """The ConfigDict of a launch/configs/ file (no TensorFlow needed)."""
+    full = path if os.path.isabs(path) else os.path.join(ROOT, path)
+    if not os.path.isfile(full):
+        raise StudyError(f"--config={path} does not exist; pass an existing launch/configs/ file "
+                         "(e.g. --config=launch/configs/digits_sat.py)")
+    spec = importlib.util.spec_from_file_location("study_config", full)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def check_fields(config, overrides, where):
+    """Each overridden field exists in the config (a typo fails now, not after hours of runs)."""
+    for field, _ in overrides:
+        node = config
+        for part in field.split("."):
+            if part not in node:
+                raise StudyError(f"{where}: config field {field!r} does not exist in the --config file; "
+                                 "use a field of sat_tf/config.py base(), e.g. schedule.epochs=1")
+            node = node[part]
+
+
+def parse_sets(items):
+    overrides = []
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not (sep and field.strip()):
+            raise StudyError(f"--set={item!r} is invalid; allowed: field=value, e.g. --set=schedule.epochs=1")
+        overrides.append((field.strip(), value.strip()))
+    return tuple(overrides)
+
+
+def workdir(args, record, seed):
+    table, row = record
+    return os.path.join(args.runs_dir, table, row, f"seed{seed}")
+
+
+def train_command(args, row, seed, wd):
+    overrides = args.sets + tuple((field, value.format(seed=seed)) for field, value in row.overrides)
+    return ["python", os.path.join("launch", "train.py"), f"--config={args.config}", f"--workdir={wd}",
+            "--config.mode=train", f"--config.system.seed={seed}", "--config.export.enabled=false",
+            *[f"--config.{field}={value}" for field, value in overrides]]
+
+
+def eval_command(args, wd, eps, limit, output_dir, activation=None):
+    command = ["python", os.path.join("launch", "evaluate.py"), f"--workdir={wd}", f"--limit={limit}",
+               f"--eps={eps:g}", f"--output_dir={output_dir}"]
+    if eps > 0:  # step eps/4 (SAT's ratio), on the flag's 0-255 scale
+        command += [f"--attack_step_size={eps * 255 / 4:g}", f"--steps={args.pgd_steps}", "--autoattack=standard"]
+    else:  # nothing to attack: robust accuracy is the clean accuracy
+        command += ["--steps=0", "--autoattack=none"]
+    if activation:
+        command.append(f"--activation={activation}")
+    return command
+
+
+def certify_command(args, wd, sigma):
+    return ["python", os.path.join("launch", "certify.py"), f"--workdir={wd}", f"--N={args.cert_N}",
+            f"--N0={args.cert_N0}", "--skip=1", f"--max={args.cert_images}", f"--batch={args.cert_batch}",
+            f"--outfile={os.path.join(wd, 'study_certify', f'noise_{sigma:g}.tsv')}",
+            f"--radii={','.join(f'{r:g}' for r in CERT_RADII)}"]
+
+
+def run_logged(command, log_path):
+    """Runs `command` from the repository root, output appended to `log_path`; returns the seconds taken."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {shlex.join(command)}\n")
+        log.flush()
+        executable = sys.executable if command[0] == "python" else command[0]  # the recorded line says python
+        code = subprocess.call([executable, *command[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if code:
+        with open(log_path) as log:
+            last = [line.rstrip() for line in log if line.strip()][-1:]
+        raise StudyError(f"{command[1]} failed (exit {code}); see {log_path}; last line: {' '.join(last)}")
+    return time.perf_counter() - start
+
+
+def read_robustness(output_dir, pgd_steps):
+    """(clean, PGD, AutoAttack, worst case, images) of an evaluate.py report."""
+    import json
+
+    with open(os.path.join(output_dir, "robustness.json")) as f:
+        rows = json.load(f)["results"]
+    clean = rows["clean"]["top1"]
+    get = lambda name: rows[name]["top1"] if name in rows else clean  # noqa: E731  (eps 0: no attack rows)
+    return {"clean": clean, "pgd": get(f"pgd{pgd_steps}"), "autoattack": get("autoattack"),
+            "worst_case": get("worst case"), "images": rows["clean"]["count"]}
+
+
+# === Running a table ===
+
+def planned_runs(args, table, config):
+    """[(row, seed)] of `table` in seed-major order (every row of seed 0 first: paired results come early)."""
+    rows = TABLES[table](args, config)
+    if args.rows:
+        unknown = set(args.rows) - {row.name for row in rows}
+        if unknown:
+            raise StudyError(f"--rows: {sorted(unknown)} not in table {table}; allowed: "
+                             f"{', '.join(row.name for row in rows)}")
+        rows = [row for row in rows if row.name in args.rows]
+    for row in rows:
+        check_fields(config, [(f, v) for f, v in row.overrides], f"--table={table} row {row.name}")
+    return [(row, seed) for seed in range(args.seeds) for row in rows]
+
+
+def execute(args, table, row, seed):
+    """Trains and evaluates one run; returns its entry."""
+    record = row.record or (table, row.name)
+    if row.kind == "budget":
+        return execute_budget(args, row, seed)
+    wd = workdir(args, record, seed)
+    log = os.path.join(wd, "study_log.txt")
+    if row.needs and not os.path.exists(row.needs.format(seed=seed)):
+        raise StudyError(f"row {row.name} seed {seed} needs {row.needs.format(seed=seed)}, written by an earlier "
+                         "row's run; run the table without skipping it")
+    train = train_command(args, row, seed, wd)
+    entry = {"row": record[1], "seed": seed, "workdir": wd, "config": args.config,
+             "commands": [shlex.join(train)], "train_seconds": run_logged(train, log)}
+    if row.kind == "certified":
+        sigma = float(dict(row.overrides)["objective.noise_sd"])
+        command = certify_command(args, wd, sigma)
+        entry["eval_seconds"] = run_logged(command, log)
+        entry["commands"].append(shlex.join(command))
+        entry.update(read_certified(command, sigma))
+    else:
+        out = os.path.join(wd, f"study_eval_eps{args.eval_eps:g}")
+        command = eval_command(args, wd, args.eval_eps, args.eval_limit, out, row.eval_activation)
+        entry["eval_seconds"] = run_logged(command, log)
+        entry["commands"].append(shlex.join(command))
+        entry.update(read_robustness(out, args.pgd_steps), eps=args.eval_eps)
+    entry["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return entry
+
+
+def read_certified(command, sigma):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the TSV reader's package imports TensorFlow
+    from sat_tf.certification import logs
+
+    outfile = next(c.split("=", 1)[1] for c in command if c.startswith("--outfile="))
+    rows = logs.read_tsv(os.path.join(ROOT, outfile) if not os.path.isabs(outfile) else outfile)
+    return {"sigma": sigma, "radii": list(CERT_RADII),
+            "certified": [float(a) for a in logs.certified_accuracy(rows, CERT_RADII)],
+            "abstain": sum(r.predict == -1 for r in rows), "images": len(rows), "clean": None}
+
+
+def execute_budget(args, row, seed):
+    wd = workdir(args, ("activations", row.name), seed)
+    log = os.path.join(wd, "study_log.txt")
+    entry = {"row": row.name, "seed": seed, "workdir": wd, "config": args.config, "commands": [],
+             "train_seconds": 0.0, "eval_seconds": 0.0, "curve": []}
+    for eps in args.budget_eps:
+        out = os.path.join(wd, "study_budget", f"eps{eps:g}")
+        command = eval_command(args, wd, eps, args.budget_images, out)
+        entry["eval_seconds"] += run_logged(command, log)
+        entry["commands"].append(shlex.join(command))
+        entry["curve"].append({"eps": eps, **read_robustness(out, args.pgd_steps)})
+    entry["images"] = args.budget_images
+    entry["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return entry
+
+
+def command_line(args):
+    """The study command that makes this table, as recorded beside it."""
+    parts = ["python benchmarks/fashion_mnist_study.py", f"--table={args.table}", f"--seeds={args.seeds}",
+             f"--config={args.config}"]
+    parts += [f"--set={f}={v}" for f, v in args.sets]
+    if args.table == "certified":
+        parts += [f"--cert_images={args.cert_images}", f"--cert_N={args.cert_N}"]
+    elif args.table == "budget":
+        parts += [f"--budget_images={args.budget_images}"]
+    else:
+        parts += [f"--eval_limit={args.eval_limit}"]
+    return " ".join(parts)
+
+
+def run_table(args):
+    config = load_config(args.config)
+    check_fields(config, args.sets, "--set")
+    runs = planned_runs(args, args.table, config)
+    pending = []
+    for row, seed in runs:
+        record = ("budget", row.name) if row.kind == "budget" else (row.record or (args.table, row.name))
+        if study_lib.find_entry(study_lib.load_table(args.results_dir, record[0]), record[1], seed) is None:
+            pending.append((row, seed, record))
+    done = len(runs) - len(pending)
+    print(f"table {args.table}: {len(runs)} runs, {done} recorded, {len(pending)} to do "
+          f"({args.config}, {args.seeds} seeds)", flush=True)
+    if args.dry_run:
+        for row, seed, record in pending:
+            wd = workdir(args, record if row.kind != "budget" else ("activations", row.name), seed)
+            print(f"# {record[0]}/{record[1]} seed {seed}")
+            if row.kind != "budget":
+                print(shlex.join(train_command(args, row, seed, wd)))
+            if row.kind == "certified":
+                print(shlex.join(certify_command(args, wd, float(dict(row.overrides)["objective.noise_sd"]))))
+            elif row.kind == "budget":
+                for eps in args.budget_eps:
+                    out = os.path.join(wd, "study_budget", f"eps{eps:g}")
+                    print(shlex.join(eval_command(args, wd, eps, args.budget_images, out)))
+            else:
+                out = os.path.join(wd, f"study_eval_eps{args.eval_eps:g}")
+                print(shlex.join(eval_command(args, wd, args.eval_eps, args.eval_limit, out, row.eval_activation)))
+        return 0
+    start = time.perf_counter()
+    for k, (row, seed, record) in enumerate(pending):
+        elapsed = time.perf_counter() - start
+        eta = "?" if k == 0 else study_lib.clock(elapsed / k * (len(pending) - k))
+        print(f"[{args.table} {done + k + 1}/{len(runs)}, {len(pending) - k - 1} left after this] "
+              f"{record[0]}/{record[1]} seed {seed} ... (elapsed {study_lib.clock(elapsed)}, ETA {eta})", flush=True)
+        entry = execute(args, args.table, row, seed)
+        entry["study_command"] = command_line(args)
+        study_lib.append_entry(args.results_dir, record[0], entry)
+        summary = (f"AutoAttack {100 * entry['autoattack']:.2f}%, clean {100 * entry['clean']:.2f}%"
+                   if "autoattack" in entry else
+                   f"certified@0 {100 * entry['certified'][0]:.2f}%" if "certified" in entry else
+                   f"{len(entry['curve'])} budgets")
+        print(f"  done: {summary} (train {entry['train_seconds']:.0f} s, eval {entry['eval_seconds']:.0f} s) -> "
+              f"{study_lib.table_path(args.results_dir, record[0])}", flush=True)
+    print(f"table {args.table}: all {len(runs)} runs recorded; summarize with "
+          "`python benchmarks/fashion_mnist_study.py --summarize`", flush=True)
+    return 0
+
+
+# === Summary ===
+
+CLAIMS = {  # table -> [(claim, a, b, metric, alternative)]; b is the baseline
+    "activations": [("SAT", a, "relu", m, alt) for a in SMOOTH_ACTIVATIONS
+                    for m, alt in (("autoattack", "greater"), ("clean", "less"))],
+    "gradients": [("smooth gradient", f"smooth_grad_{m}", "relu", "autoattack", "greater")
+                  for m in ("attacker", "optimizer", "both")],
+    "rat": [("RAT", a, "trades", m, "greater") for a in ("trades_rat", "awp_trades_rat") for m in ("clean", "autoattack")]
+    + [("RAT vs PGD-AT", a, "pgd_at", m, "greater") for a in ("trades_rat", "awp_trades_rat")
+       for m in ("clean", "autoattack")],
+    "sparta": [("Sparta", a, "relu", "autoattack", "greater") for a in ("sparta", "sparta_transfer")],
+}
+NOTES = {
+    "activations": "SAT's claim: a smooth activation beats ReLU in AutoAttack accuracy (one-sided, greater) with clean "
+                   "accuracy not worse; the `clean` lines test the opposite direction (smooth < ReLU), so a small p "
+                   "there is evidence *against* the claim.",
+    "gradients": "The smooth_grad rows compute ReLU forward; they were evaluated with the same weights in the plain "
+                 "ReLU network (evaluate.py --activation=relu, clean logits checked equal), i.e. the true gradient.",
+    "rat": "RAT's claim: better clean and AutoAttack accuracy than its base (TRADES); PGD-AT is relu of `activations`.",
+    "sparta": "sparta_transfer: the Sparta of the same seed's `sparta` run, frozen, training a fresh network.",
+}
+
+
+def _load_rows(results_dir, table, names):
+    """Entries for `names`, each read from the table that records it (shared rows from `activations`)."""
+    own = study_lib.load_table(results_dir, table)
+    shared = study_lib.load_table(results_dir, "activations") if table != "activations" else []
+    alias = {"pgd_at": "relu"}
+    entries = []
+    for name in names:
+        mine = [e for e in own if e["row"] == name]
+        if not mine and table != "activations":
+            mine = [{**e, "row": name} for e in shared if e["row"] == alias.get(name, name)]
+        entries += mine
+    return entries
+
+
+def _images(entries):
+    counts = sorted({e.get("images") for e in entries if e.get("images") is not None})
+    return ", ".join(map(str, counts)) or "—"
+
+
+def _commands(entries):
+    commands = sorted({e.get("study_command") for e in entries if e.get("study_command")})
+    return "\n".join(f"    {c}" for c in commands) or "    (not recorded)"
+
+
+def summarize(args):
+    lines = ["## Fashion-MNIST study", "",
+             f"Generated {datetime.date.today().isoformat()} by `python benchmarks/fashion_mnist_study.py "
+             f"--summarize` from the per-seed JSON in `{os.path.relpath(args.results_dir, ROOT)}/`. Mean ± sample std "
+             f"(min–max) over seeds; p: one-sided Welch's t-test (scipy.stats.ttest_ind(equal_var=False)); sign count: "
+             f"seeds where A beats / ties / loses to B, paired by seed. Wall times are the sums of the recorded "
+             "train and evaluation times of the table's own runs.", ""]
+    pngs = []
+    for table in ("activations", "gradients", "rat", "sparta"):
+        names = {"activations": ["relu", *SMOOTH_ACTIVATIONS],
+                 "gradients": ["relu"] + [f"smooth_grad_{m}" for m in ("attacker", "optimizer", "both")],
+                 "rat": ["pgd_at", "trades", "trades_rat", "awp_trades_rat"],
+                 "sparta": ["relu", "sparta", "sparta_transfer"]}[table]
+        entries = _load_rows(args.results_dir, table, names)
+        own = study_lib.load_table(args.results_dir, table)
+        lines += [f"### {table}", ""]
+        if not entries:
+            lines += ["No runs recorded yet.", ""]
+            continue
+        eps = sorted({e.get("eps") for e in entries if e.get("eps") is not None})
+        lines += [f"L-inf eps {', '.join(f'{e:g}' for e in eps)}; images per run: {_images(entries)}; "
+                  f"wall time {study_lib.clock(study_lib.wall_seconds(own))} ({len(own)} runs).", "",
+                  "Command:", "", _commands(own or entries), "",
+                  study_lib.row_table(entries, names), ""]
+        tests = [(claim, metric, study_lib.compare(entries, a, b, metric, alt))
+                 for claim, a, b, metric, alt in CLAIMS[table]]
+        lines += [study_lib.claim_table(tests), "", NOTES[table], ""]
+        png = study_lib.plot_rows(entries, [n for n in names if any(e["row"] == n for e in entries)],
+                                  os.path.join(args.results_dir, f"{table}.png"),
+                                  f"Fashion-MNIST {table}: top-1 accuracy, mean ± std over seeds")
+        pngs.append(png)
+        lines += [f"![{table}]({os.path.basename(png)})", ""]
+    lines += _summarize_budget(args, pngs) + _summarize_certified(args, pngs)
+    os.makedirs(args.results_dir, exist_ok=True)
+    path = os.path.join(args.results_dir, "TABLES.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines).rstrip("\n") + "\n")
+    print(f"wrote {path} and {len(pngs)} plots", flush=True)
+    return 0
+
+
+def _summarize_budget(args, pngs):
+    entries = study_lib.load_table(args.results_dir, "budget")
+    lines = ["### budget", ""]
+    if not entries:
+        return lines + ["No runs recorded yet.", ""]
+    curves, table = {}, []
+    for name in sorted({e["row"] for e in entries}, key=lambda n: n != "relu"):
+        mine = [e for e in entries if e["row"] == name]
+        xs = [p["eps"] for p in mine[0]["curve"]]
+        mine = [e for e in mine if [p["eps"] for p in e["curve"]] == xs]
+        runs = [[p["autoattack"] for p in e["curve"]] for e in mine]
+        curves[name] = (xs, runs)
+        table.append((name, xs, runs))
+    lines += [f"AutoAttack standard (eps 0: clean accuracy) on the first {_images(entries)} test images, "
+              f"the `activations` runs re-evaluated; wall time {study_lib.clock(study_lib.wall_seconds(entries))}.",
+              "", "Command:", "", _commands(entries), ""]
+    xs = table[0][1]
+    lines += ["| eps | " + " | ".join(f"{name} (%)" for name, _, _ in table) + " |",
+              "|---|" + "---|" * len(table)]
+    for i, x in enumerate(xs):
+        cells = [study_lib.cell(study_lib.describe([run[i] for run in runs])) if i < len(x_) else "—"
+                 for _, x_, runs in table]
+        lines.append(f"| {x:g} | " + " | ".join(cells) + " |")
+    png = study_lib.plot_curves(curves, os.path.join(args.results_dir, "budget.png"),
+                                "Fashion-MNIST: AutoAttack accuracy vs L-inf eps", "L-inf eps")
+    pngs.append(png)
+    return lines + ["", f"![budget]({os.path.basename(png)})", ""]
+
+
+def _summarize_certified(args, pngs):
+    entries = study_lib.load_table(args.results_dir, "certified")
+    lines = ["### certified", ""]
+    if not entries:
+        return lines + ["No runs recorded yet.", ""]
+    ns = sorted({c.split("--N=")[1].split()[0] for e in entries for c in e["commands"] if "--N=" in c})
+    lines += [f"Certified accuracy (Cohen et al. CERTIFY, alpha 0.001, N = {', '.join(ns)}) on the first "
+              f"{_images(entries)} test images; wall time {study_lib.clock(study_lib.wall_seconds(entries))}.", "",
+              "Command:", "", _commands(entries), ""]
+    radii = entries[0]["radii"]
+    names = sorted({e["row"] for e in entries}, key=lambda n: (n.split("_s")[-1], not n.startswith("gaussian"), n))
+    lines += ["| row | seeds | " + " | ".join(f"r={r:g} (%)" for r in radii) + " |",
+              "|---|---|" + "---|" * len(radii)]
+    curves = {}
+    for name in names:
+        mine = [e for e in entries if e["row"] == name]
+        cells = [study_lib.cell(study_lib.describe([e["certified"][i] for e in mine])) for i in range(len(radii))]
+        lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + " |")
+        curves[name] = (radii, [e["certified"] for e in mine])
+    tests = []
+    for sigma in SIGMAS:
+        base = f"gaussian_s{sigma}"
+        for attack in ("pgd", "ddn"):
+            a = f"smoothadv_{attack}_s{sigma}"
+            for i, r in enumerate(radii):
+                tests.append(("SmoothAdv", f"certified r={r:g}",
+                              study_lib.compare(entries, a, base, lambda e, i=i: e["certified"][i], "greater")))
+    lines += ["", study_lib.claim_table(tests), "",
+              "SmoothAdv's claim: its certified accuracy dominates Gaussian training's at every radius.", ""]
+    png = study_lib.plot_curves(curves, os.path.join(args.results_dir, "certified.png"),
+                                "Fashion-MNIST: certified accuracy vs L2 radius", "L2 radius")
+    pngs.append(png)
+    return lines + [f"![certified]({os.path.basename(png)})", ""]
+
+
+# === Command line ===
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--table", choices=sorted(TABLES), help="the table to run")
+    parser.add_argument("--summarize", action="store_true", help="write TABLES.md and the plots from the JSON")
+    parser.add_argument("--dry_run", action="store_true", help="list the commands of the runs still to do")
+    parser.add_argument("--rows", default=None, help="only these rows of the table (comma-separated)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per row")
+    parser.add_argument("--eval_limit", type=int, default=2000, help="evaluate on the first N test images")
+    parser.add_argument("--eval_eps", type=float, default=0.1, help="L-inf budget of the evaluation")
+    parser.add_argument("--pgd_steps", type=int, default=20, help="steps of the PGD row beside AutoAttack")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="a launch/configs/ file every run starts from")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a config override for every training run (repeatable)")
+    parser.add_argument("--runs_dir", default="runs/fmnist_study", help="run workdirs (relative to the repo root)")
+    parser.add_argument("--results_dir", default=os.path.join(ROOT, "benchmarks", "results", "fashion_mnist"))
+    parser.add_argument("--budget_eps", default=",".join(f"{e:g}" for e in BUDGET_EPS), help="budget table's eps")
+    parser.add_argument("--budget_images", type=int, default=1000, help="budget table: first N test images")
+    parser.add_argument("--cert_images", type=int, default=500, help="certified table: first N test images")
+    parser.add_argument("--cert_N", type=int, default=10000, help="certify.py --N (estimation samples)")
+    parser.add_argument("--cert_N0", type=int, default=100, help="certify.py --N0 (selection samples)")
+    parser.add_argument("--cert_batch", type=int, default=1000, help="certify.py --batch")
+    parser.add_argument("--sparta_target_model", default=None, help="sparta_transfer's network (default: config's)")
+    args = parser.parse_args(argv)
+    if not args.summarize and not args.table:
+        parser.error("give --table=NAME (one of " + ", ".join(TABLES) + ") or --summarize")
+    for name in ("seeds", "eval_limit", "pgd_steps", "budget_images", "cert_images", "cert_N", "cert_N0",
+                 "cert_batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.eval_eps <= 1:
+        parser.error(f"--eval_eps must be in (0, 1] (L-inf, [0, 1] pixels), got {args.eval_eps}")
+    args.rows = args.rows.split(",") if args.rows else None
+    try:
+        args.budget_eps = [float(e) for e in args.budget_eps.split(",")]
+    except ValueError:
+        parser.error(f"--budget_eps must be comma-separated numbers, got {args.budget_eps!r}")
+    try:
+        args.sets = parse_sets(args.sets)
+    except StudyError as err:
+        parser.error(str(err))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return summarize(args) if args.summarize else run_table(args)
+    except (StudyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The study's bookkeeping and statistics: per-table result JSON, claim tests, the markdown summary and plots.
+
+A table's file `<results_dir>/<table>.json` is `{"table": name, "runs": [entry, ...]}`, one entry per
+(row, seed), appended right after its run through a temporary file and a rename under a lock, so an
+interrupted study loses at most the run in progress and a resumed one skips every recorded entry.
+Nothing here imports TensorFlow: summarising needs only the JSON.
+"""
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import statistics
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05  # the one-sided level a claim's direction is called "supported" at
+METRICS = (("clean", "clean"), ("pgd", "PGD"), ("autoattack", "AutoAttack"), ("worst_case", "worst case"))
+
+
+# === The result store ===
+
+def table_path(results_dir, table):
+    return os.path.join(results_dir, f"{table}.json")
+
+
+def load_table(results_dir, table):
+    """The entries of `table` (an empty list if it has none yet)."""
+    path = table_path(results_dir, table)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        try:
+            return json.load(f)["runs"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise ValueError(f"{path} is not a study result file ({err}); move it aside to start the table "
+                             "over") from None
+
+
+def find_entry(entries, row, seed):
+    return next((e for e in entries if e["row"] == row and e["seed"] == seed), None)
+
+
+@contextlib.contextmanager
+def _locked(path):
+    directory, name = os.path.split(path)
+    with open(os.path.join(directory, f".{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two runners on one table append in turn, never over each other
+        yield
+
+
+def append_entry(results_dir, table, entry):
+    """Adds `entry` to the table's file atomically; an entry for the same (row, seed) is replaced."""
+    os.makedirs(results_dir, exist_ok=True)
+    path = table_path(results_dir, table)
+    with _locked(path):
+        entries = [e for e in load_table(results_dir, table)
+                   if not (e["row"] == entry["row"] and e["seed"] == entry["seed"])]
+        entries.append(entry)
+        temporary = f"{path}.tmp-{os.getpid()}"
+        with open(temporary, "w") as f:
+            json.dump({"table": table, "runs": entries}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+
+
+# === Statistics ===
+
+def describe(values):
+    """{"n", "mean", "std" (sample, ddof 1; None below 2 values), "min", "max"} of a list of numbers."""
+    values = [float(v) for v in values]
+    if not values:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    return {"n": len(values), "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else None, "min": min(values), "max": max(values)}
+
+
+def welch(a, b, alternative="greater"):
+    """One-sided Welch's t-test of mean(a) vs mean(b): the p-value (None with fewer than 2 values a side,
+    or when both sides are constant)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread: scipy's rounding then yields p = 0 or 1, not "no test"
+        return None
+    p = stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue
+    return None if p is None or math.isnan(p) else float(p)
+
+
+def sign_count(a_by_seed, b_by_seed, alternative="greater"):
+    """(wins, ties, losses) of a over b on the seeds both have; a win is a > b ("greater") or a < b ("less")."""
+    seeds = sorted(set(a_by_seed) & set(b_by_seed))
+    sign = 1 if alternative == "greater" else -1
+    diffs = [sign * (a_by_seed[s] - b_by_seed[s]) for s in seeds]
+    return sum(d > 0 for d in diffs), sum(d == 0 for d in diffs), sum(d < 0 for d in diffs)
+
+
+def by_seed(entries, row, metric):
+    """{seed: value} of `metric` for `row` (metric may be a callable of the entry)."""
+    get = metric if callable(metric) else (lambda e: e[metric])
+    return {e["seed"]: get(e) for e in entries if e["row"] == row and get(e) is not None}
+
+
+def compare(entries, a, b, metric, alternative="greater"):
+    """The test of "a's metric is greater (or less) than b's" over the seeds: means, p and sign count."""
+    va, vb = by_seed(entries, a, metric), by_seed(entries, b, metric)
+    p = welch(list(va.values()), list(vb.values()), alternative)
+    return {"a": a, "b": b, "alternative": alternative, "mean_a": describe(va.values())["mean"],
+            "mean_b": describe(vb.values())["mean"], "n_a": len(va), "n_b": len(vb), "p": p,
+            "signs": sign_count(va, vb, alternative), "supported": None if p is None else p < ALPHA}
+
+
+# === Markdown ===
+
+def pct(value):
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def cell(summary):
+    """"mean ± std (min–max)" in percent."""
+    if summary["n"] == 0:
+        return "—"
+    std = "" if summary["std"] is None else f" ± {100 * summary['std']:.2f}"
+    return f"{pct(summary['mean'])}{std} ({pct(summary['min'])}–{pct(summary['max'])})"
+
+
+def row_table(entries, rows, metrics=METRICS):
+    """Markdown: one line per row, mean ± std (min–max) per metric over the seeds."""
+    lines = ["| row | seeds | " + " | ".join(f"{label} (%)" for _, label in metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
+    for row in rows:
+        mine = [e for e in entries if e["row"] == row]
+        cells = [cell(describe([e[key] for e in mine if e.get(key) is not None])) for key, _ in metrics]
+        lines.append(f"| {row} | {len(mine)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def claim_table(tests):
+    """Markdown: one line per (claim, metric) test."""
+    lines = ["| claim | metric | A mean (%) | B mean (%) | seeds A/B | Welch p (one-sided) | "
+             f"sign count A better/tie/worse | supported at p < {ALPHA} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for claim, metric, t in tests:
+        direction = ">" if t["alternative"] == "greater" else "<"
+        p = "—" if t["p"] is None else f"{t['p']:.3g}"
+        lines.append(f"| {t['a']} {direction} {t['b']} ({claim}) | {metric} | {pct(t['mean_a'])} | "
+                     f"{pct(t['mean_b'])} | {t['n_a']}/{t['n_b']} | {p} | {'/'.join(map(str, t['signs']))} | "
+                     f"{'—' if t['supported'] is None else 'yes' if t['supported'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def clock(seconds):
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def wall_seconds(entries):
+    return sum(e.get("train_seconds", 0.0) + e.get("eval_seconds", 0.0) for e in entries)
+
+
+# === Plots (matplotlib, Agg) ===
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_rows(entries, rows, path, title, metrics=(("autoattack", "AutoAttack"), ("clean", "clean"))):
+    """Mean ± std per row (points with error bars, each seed as a faint dot), one series per metric."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(rows)), 3.6))
+    for k, (key, label) in enumerate(metrics):
+        offset = (k - (len(metrics) - 1) / 2) * 0.15
+        for i, row in enumerate(rows):
+            values = [100 * e[key] for e in entries if e["row"] == row and e.get(key) is not None]
+            if not values:
+                continue
+            ax.scatter([i + offset] * len(values), values, s=8, alpha=0.35, color=f"C{k}")
+            d = describe(values)
+            ax.errorbar(i + offset, d["mean"], yerr=d["std"] or 0.0, fmt="o", capsize=3, color=f"C{k}",
+                        label=label if i == 0 else None)
+    ax.set_xticks(range(len(rows)), rows, rotation=20, ha="right")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(curves, path, title, xlabel, ylabel="accuracy (%)"):
+    """`curves`: {label: (x, [per-seed y lists])}; the mean with a ± std band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for k, (label, (xs, runs)) in enumerate(curves.items()):
+        ys = 100 * np.asarray(runs, float)
+        mean = ys.mean(0)
+        std = ys.std(0, ddof=1) if len(ys) > 1 else np.zeros_like(mean)
+        ax.plot(xs, mean, marker="o", ms=3, color=f"C{k}", label=f"{label} ({len(ys)} seeds)")
+        ax.fill_between(xs, mean - std, mean + std, color=f"C{k}", alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

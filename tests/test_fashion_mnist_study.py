@@ -1,0 +1,176 @@
+"""The Fashion-MNIST study runner (benchmarks/fashion_mnist_study.py): statistics against scipy, the
+result store, resuming, --dry_run, and one tiny real run on digits through the runner."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import fashion_mnist_study as study  # noqa: E402
+import study_lib  # noqa: E402
+
+DIGITS = "launch/configs/digits_sat.py"
+
+
+def entry(row, seed, clean, aa, **extra):
+    return {"row": row, "seed": seed, "clean": clean, "pgd": aa + 0.01, "autoattack": aa, "worst_case": aa,
+            "images": 2000, "eps": 0.1, "train_seconds": 60.0, "eval_seconds": 30.0,
+            "study_command": "python benchmarks/fashion_mnist_study.py --table=activations", **extra}
+
+
+def write_table(results_dir, table, entries):
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, f"{table}.json"), "w") as f:
+        json.dump({"table": table, "runs": entries}, f)
+
+
+RELU_AA = [0.40, 0.42, 0.41, 0.39, 0.43]
+SILU_AA = [0.45, 0.44, 0.47, 0.41, 0.46]
+
+
+def test_statistics_match_scipy_and_numpy():
+    d = study_lib.describe(SILU_AA)
+    assert d["n"] == 5 and d["min"] == 0.41 and d["max"] == 0.47
+    assert d["mean"] == pytest.approx(np.mean(SILU_AA)) and d["std"] == pytest.approx(np.std(SILU_AA, ddof=1))
+    assert study_lib.describe([0.5])["std"] is None
+    want = stats.ttest_ind(SILU_AA, RELU_AA, equal_var=False, alternative="greater").pvalue
+    assert study_lib.welch(SILU_AA, RELU_AA) == pytest.approx(want)
+    assert study_lib.welch(SILU_AA, RELU_AA, "less") == pytest.approx(1 - want)
+    assert study_lib.welch([0.5], RELU_AA) is None  # one seed: no test, never a made-up p
+    assert study_lib.welch([0.5, 0.5], [0.4, 0.4]) is None  # both constant: scipy has no p either
+    a, b = dict(enumerate(SILU_AA)), {0: 0.40, 1: 0.44, 2: 0.50, 4: 0.43}  # b lacks seed 3: not paired
+    assert study_lib.sign_count(a, b) == (2, 1, 1)
+    assert study_lib.sign_count(a, b, "less") == (1, 1, 2)
+
+
+def test_summary_of_synthetic_json(tmp_path):
+    results = str(tmp_path / "results")
+    entries = [entry("relu", s, 0.80 + 0.01 * s, aa) for s, aa in enumerate(RELU_AA)]
+    entries += [entry("silu", s, 0.80 + 0.01 * s, aa) for s, aa in enumerate(SILU_AA)]
+    write_table(results, "activations", entries)
+    write_table(results, "gradients", [entry("smooth_grad_attacker", s, 0.8, 0.41) for s in range(5)])
+    write_table(results, "budget", [
+        {"row": row, "seed": s, "train_seconds": 0.0, "eval_seconds": 10.0, "images": 1000, "commands": [],
+         "curve": [{"eps": e, "autoattack": max(0.0, top - 2 * e)} for e in (0, 0.1, 0.2)]}
+        for row, top in (("relu", 0.8), ("silu", 0.85)) for s in range(2)])
+    write_table(results, "certified", [
+        {"row": row, "seed": s, "train_seconds": 5.0, "eval_seconds": 5.0, "images": 500, "sigma": 0.25,
+         "radii": [0.0, 0.5], "certified": [acc + 0.01 * s, acc / 2], "commands": ["python launch/certify.py --N=1000"]}
+        for row, acc in (("gaussian_s0.25", 0.7), ("smoothadv_pgd_s0.25", 0.72)) for s in range(3)])
+    assert study.main(["--summarize", f"--results_dir={results}"]) == 0
+    text = open(os.path.join(results, "TABLES.md")).read()
+    mean, std = 100 * np.mean(SILU_AA), 100 * np.std(SILU_AA, ddof=1)
+    assert f"| silu | 5 | 82.00 ± 1.58 (80.00–84.00) |" in text
+    assert f"{mean:.2f} ± {std:.2f} (41.00–47.00)" in text
+    p = stats.ttest_ind(SILU_AA, RELU_AA, equal_var=False, alternative="greater").pvalue
+    assert f"| silu > relu (SAT) | autoattack | {mean:.2f} | {100 * np.mean(RELU_AA):.2f} | 5/5 | {p:.3g} | 5/0/0 | " \
+           f"{'yes' if p < 0.05 else 'no'} |" in text
+    assert "| silu < relu (SAT) | clean | 82.00 | 82.00 | 5/5 | 0.5 | 0/5/0 | no |" in text  # t = 0
+    # gradients shares relu with activations (read from activations.json)
+    assert "| smooth_grad_attacker > relu (smooth gradient) | autoattack | 41.00 | 41.00 | 5/5 |" in text
+    assert "wall time 15m00s (10 runs)" in text and "python benchmarks/fashion_mnist_study.py --table=activations" in text
+    assert "| 0.1 | 60.00 ± 0.00 (60.00–60.00) | 65.00 ± 0.00 (65.00–65.00) |" in text
+    assert "| smoothadv_pgd_s0.25 > gaussian_s0.25 (SmoothAdv) | certified r=0 | 73.00 | 71.00 | 3/3 |" in text
+    assert "N = 1000" in text
+    for png in ("activations", "gradients", "budget", "certified"):
+        assert os.path.getsize(os.path.join(results, f"{png}.png")) > 1000
+
+
+def test_append_is_atomic_and_replaces_the_same_run(tmp_path, monkeypatch):
+    results = str(tmp_path)
+    study_lib.append_entry(results, "rat", entry("trades", 0, 0.8, 0.4))
+    study_lib.append_entry(results, "rat", entry("trades", 1, 0.8, 0.5))
+    study_lib.append_entry(results, "rat", entry("trades", 0, 0.8, 0.6))  # a rerun replaces, never duplicates
+    runs = study_lib.load_table(results, "rat")
+    assert sorted((e["seed"], e["autoattack"]) for e in runs) == [(0, 0.6), (1, 0.5)]
+    before = open(os.path.join(results, "rat.json")).read()
+
+    def crash(*_):
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        study_lib.append_entry(results, "rat", entry("trades", 2, 0.8, 0.7))
+    assert open(os.path.join(results, "rat.json")).read() == before  # the file is the old one, whole
+    with open(os.path.join(results, "rat.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(ValueError, match="rat.json is not a study result file"):
+        study_lib.load_table(results, "rat")
+
+
+def args_for(tmp_path, *extra):
+    return [f"--config={DIGITS}", f"--results_dir={tmp_path / 'results'}", f"--runs_dir={tmp_path / 'runs'}",
+            "--seeds=2", *extra]
+
+
+def test_recorded_runs_are_skipped_and_shared_rows_go_to_activations(tmp_path, monkeypatch, capsys):
+    write_table(str(tmp_path / "results"), "activations", [entry("relu", 0, 0.8, 0.4)])
+    write_table(str(tmp_path / "results"), "rat", [entry("trades", 0, 0.8, 0.4)])
+    calls = []
+
+    def fake_execute(args, table, row, seed):
+        calls.append((row.record or (table, row.name), seed))
+        return entry((row.record or (table, row.name))[1], seed, 0.7, 0.3)
+
+    monkeypatch.setattr(study, "execute", fake_execute)
+    assert study.main(args_for(tmp_path, "--table=rat")) == 0
+    assert calls == [(("rat", "trades_rat"), 0), (("rat", "awp_trades_rat"), 0), (("activations", "relu"), 1),
+                     (("rat", "trades"), 1), (("rat", "trades_rat"), 1), (("rat", "awp_trades_rat"), 1)]
+    out = capsys.readouterr().out
+    assert "table rat: 8 runs, 2 recorded, 6 to do" in out and "[rat 8/8, 0 left after this]" in out and "ETA" in out
+    assert {e["row"] for e in study_lib.load_table(str(tmp_path / "results"), "activations")} == {"relu"}
+    assert len(study_lib.load_table(str(tmp_path / "results"), "activations")) == 2
+    calls.clear()
+    assert study.main(args_for(tmp_path, "--table=rat")) == 0  # everything recorded: nothing runs
+    assert calls == [] and "8 recorded, 0 to do" in capsys.readouterr().out
+
+
+def test_dry_run_lists_the_commands(tmp_path, capsys):
+    assert study.main(args_for(tmp_path, "--table=gradients", "--set=schedule.epochs=1", "--eval_limit=100",
+                               "--dry_run")) == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+    train = [line for line in out.splitlines() if "launch/train.py" in line]
+    assert len(train) == 8 and all("--config.mode=train" in t and "--config.schedule.epochs=1" in t for t in train)
+    assert f"--workdir={tmp_path}/runs/activations/relu/seed1" in out
+    assert "--config.model.activation=relu_smooth_grad" in out and "mode=optimizer" in out
+    evals = [line for line in out.splitlines() if "launch/evaluate.py" in line]
+    assert sum("--activation=relu" in e for e in evals) == 6  # every smooth_grad run, never relu's own
+    assert all("--eps=0.1" in e and "--limit=100" in e and "--autoattack=standard" in e for e in evals)
+    assert study.main(args_for(tmp_path, "--table=certified", "--dry_run", "--cert_N=2000")) == 0
+    out = capsys.readouterr().out
+    assert "--config.objective.smoothadv.attack=ddn" in out and "--N=2000" in out and "--max=500" in out
+    assert study.main(args_for(tmp_path, "--table=budget", "--dry_run")) == 2  # no activations table yet
+    assert "run `python benchmarks/fashion_mnist_study.py --table=activations --seeds=2`" in capsys.readouterr().err
+
+
+def test_bad_settings_fail_with_one_line(tmp_path, capsys):
+    assert study.main(args_for(tmp_path, "--table=rat", "--set=schedule.epoch=1", "--dry_run")) == 2
+    assert "config field 'schedule.epoch' does not exist" in capsys.readouterr().err
+    assert study.main(["--table=rat", "--config=launch/configs/nope.py", "--dry_run"]) == 2
+    assert "--config=launch/configs/nope.py does not exist" in capsys.readouterr().err
+    assert study.main(args_for(tmp_path, "--table=rat", "--rows=tradez", "--dry_run")) == 2
+    assert "--rows: ['tradez'] not in table rat" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_one_tiny_real_run_on_digits_end_to_end(tmp_path, capsys):
+    """One smooth_grad_attacker run (1 epoch, 16 images) through train.py and evaluate.py --activation=relu."""
+    argv = args_for(tmp_path, "--table=gradients", "--rows=smooth_grad_attacker", "--seeds=1", "--eval_limit=16",
+                    "--set=schedule.epochs=1")
+    assert study.main(argv) == 0
+    (run,) = study_lib.load_table(str(tmp_path / "results"), "gradients")
+    assert run["row"] == "smooth_grad_attacker" and run["seed"] == 0 and run["images"] == 16
+    assert 0 <= run["autoattack"] <= run["pgd"] <= run["clean"] <= 1 and run["worst_case"] <= run["autoattack"]
+    assert run["train_seconds"] > 0 and run["eval_seconds"] > 0
+    assert run["commands"][1].endswith("--activation=relu")
+    log = open(os.path.join(run["workdir"], "study_log.txt")).read()
+    assert "clean logits equal the trained model's" in log
+    assert study.main(argv) == 0  # resumed: recorded, so skipped
+    assert "1 recorded, 0 to do" in capsys.readouterr().out
