@@ -1,6 +1,7 @@
 """Shared pytest set-up: TF backend, quiet logs, and the `slow` and `exhaustive` gates."""
 
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,6 +38,44 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+# === Launchers ===
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_launcher_in_process(script, *flag_args, default_config="digits_sat.py"):
+    """Runs `python launch/<script> flag_args...` in this process and returns `main`'s value.
+
+    For what only one process sees (TensorFlow's `ram://` filesystem). Exceptions
+    propagate (no one-line error handling). The launcher's absl flags are
+    forgotten afterwards, as a new process would start without them, so the
+    next launcher may define its own `--workdir`. `default_config`: the
+    trainer's config file without `--config` (train.py only).
+    """
+    import importlib
+
+    from absl import flags
+
+    from launch import common  # noqa: F401  (its absl.app flags belong to the baseline)
+
+    module_name = "launch." + os.path.splitext(script)[0]
+    baseline = set(flags.FLAGS)
+    argv = [os.path.join(ROOT, "launch", script), *flag_args]
+    saved_argv = sys.argv
+    sys.argv = argv  # ml_collections reads --config.* overrides from sys.argv when the flag is defined
+    try:
+        module = importlib.import_module(module_name)
+        if hasattr(module, "define_flags"):
+            module.define_flags(default_config)
+        flags.FLAGS(argv)
+        return module.main(argv[:1])
+    finally:
+        sys.argv = saved_argv
+        for name in set(flags.FLAGS) - baseline:
+            delattr(flags.FLAGS, name)
+        sys.modules.pop(module_name, None)
 
 
 # === Tiny ImageNet in the tensorflow/tpu TFRecord format ===
