@@ -69,8 +69,11 @@ def validate():
     if FLAGS.plot_only:
         common.require(FLAGS.plot_with, "--plot_only needs --plot_with=a.tsv,b.tsv")
         common.require(FLAGS.plot_output, "--plot_only needs --plot_output=curves.png")
+    import tensorflow as tf
+
     for path in FLAGS.plot_with:
-        common.require(os.path.isfile(path), f"--plot_with: {path} does not exist")
+        common.require(tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path),
+                       f"--plot_with: {path} does not exist")
     return radii()
 
 
@@ -128,22 +131,20 @@ def plot_with_curves(curves=None):
 
 def write_summary(outfile, curves, table_radii, *, title, meta, png):
     """Prints the table; writes <stem>.md and the PNG."""
+    from sat_tf import files
     from sat_tf.certification import logs as certify_logs
 
     table = certify_logs.markdown_table(curves, table_radii, title=title)
     print(table, flush=True)
     stem = os.path.splitext(outfile)[0]
-    with open(stem + ".md", "w") as f:
-        f.write(table)
-        if meta:
-            f.write("\n" + "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n")
+    details = ("\n" + "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n") if meta else ""
+    files.write_text(stem + ".md", table + details)
     certify_logs.plot_certified_accuracy(curves, png, title=title)
     return stem + ".md"
 
 
 def plot_only(table_radii):
     curves = plot_with_curves()
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.plot_output)), exist_ok=True)
     markdown = write_summary(FLAGS.plot_output, curves, table_radii, title="certified accuracy",
                              meta={"files": ", ".join(FLAGS.plot_with)}, png=FLAGS.plot_output)
     print(f"plot: {FLAGS.plot_output}  table: {markdown}", flush=True)
@@ -220,7 +221,9 @@ def main(argv):
     if FLAGS.plot_only:
         return plot_only(table_radii)
     start = time.perf_counter()
-    from sat_tf import data, distribute
+    import tensorflow as tf
+
+    from sat_tf import data, distribute, files
     from sat_tf.certification import logs as certify_logs
 
     config = common.load_run_config(FLAGS.workdir)
@@ -241,7 +244,7 @@ def main(argv):
         "replicas": strategy.num_replicas_in_sync, "checkpoint": FLAGS.checkpoint,
     }
     if chief:
-        os.makedirs(os.path.dirname(os.path.abspath(outfile)), exist_ok=True)
+        files.makedirs_for(outfile)
         certify_logs.write_sidecar(outfile, meta)  # written first: a running TSV can be plotted
         print(
             f"certify: {config['model']} from {FLAGS.workdir}, {dataset}:{FLAGS.split}, sigma={sigma:g}, "
@@ -249,7 +252,7 @@ def main(argv):
             f"(skip={FLAGS.skip}, max={FLAGS.max}), {meta['replicas']} replica(s) -> {outfile}",
             flush=True,
         )
-    with open(outfile if chief else os.devnull, "w") as out:  # only the chief writes
+    with tf.io.gfile.GFile(outfile, "w") if chief else open(os.devnull, "w") as out:  # only the chief writes
         images = images_to_certify(split, indices)
         rows, seconds = certify_rows(smooth, images, out, len(indices), chief)
     if not chief:

@@ -88,11 +88,13 @@ def check_seed(seed):
 
 
 def check_checkpoint(flag_name, path):
-    """A checkpoint prefix (or directory) that exists; remote paths pass unchecked."""
-    if path is None or "://" in path:
+    """A checkpoint prefix (or directory) that exists, on any tf.io.gfile path."""
+    if path is None:
         return
+    import tensorflow as tf
+
     require(
-        os.path.exists(path + ".index") or os.path.isdir(path),
+        tf.io.gfile.exists(path + ".index") or tf.io.gfile.isdir(path),
         f"--{flag_name}={path}: no {path}.index; pass an existing checkpoint prefix "
         "(e.g. <workdir>/checkpoints/ckpt-3) or omit it for the latest",
     )

@@ -140,7 +140,9 @@ def validate():
         common.require(FLAGS.dataset is not None, "--model_path needs --dataset (the data the model was trained on)")
         common.require(FLAGS.checkpoint is None, "--checkpoint belongs to a --workdir run; drop it with --model_path")
         common.require(FLAGS.activation is None, "--activation rebuilds a --workdir run; drop it with --model_path")
-        common.require(os.path.exists(FLAGS.model_path) or "://" in FLAGS.model_path,
+        import tensorflow as tf
+
+        common.require(tf.io.gfile.exists(FLAGS.model_path),
                        f"--model_path={FLAGS.model_path} does not exist (a .keras file or a SavedModel directory)")
     model_input()  # checks --input_range/--mean/--std
     common.require(FLAGS.eps is None or FLAGS.attack_epsilon is None,
@@ -352,7 +354,9 @@ def main(argv):
     del argv
     name, protocol, overrides = validate()
     start = time.perf_counter()
-    from sat_tf import distribute, evaluation
+    import tensorflow as tf
+
+    from sat_tf import distribute, evaluation, files
     from sat_tf.evaluation import report
 
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
@@ -377,10 +381,10 @@ def main(argv):
     x, y = load_points(config, dataset, data_dir)
     out = FLAGS.output_dir or (os.path.join(FLAGS.workdir, "report") if FLAGS.model_path is None else "report")
     state_path = os.path.join(out, STATE_FILE)
-    if not FLAGS.resume and os.path.exists(state_path):
-        os.remove(state_path)
+    if not FLAGS.resume and tf.io.gfile.exists(state_path):
+        tf.io.gfile.remove(state_path)
     jit = distribute.jit_default(strategy) if FLAGS.jit == "auto" else FLAGS.jit == "true"
-    identity = {"model": FLAGS.model_path or os.path.abspath(FLAGS.workdir), "checkpoint": FLAGS.checkpoint,
+    identity = {"model": FLAGS.model_path or files.absolute(FLAGS.workdir), "checkpoint": FLAGS.checkpoint,
                 **({"activation": FLAGS.activation} if FLAGS.activation else {}),
                 "dataset": dataset, "split": FLAGS.split, "limit": FLAGS.limit, "input": FLAGS.input_range,
                 "mean": FLAGS.mean, "std": FLAGS.std}

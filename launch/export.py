@@ -110,12 +110,14 @@ def main(argv):
     )
     common.check_checkpoint("checkpoint", FLAGS.checkpoint)
     check_smoothed_flags()
-    if FLAGS.model_path and not os.path.exists(FLAGS.model_path):
+    import tensorflow as tf
+
+    if FLAGS.model_path and not tf.io.gfile.exists(FLAGS.model_path):
         raise FileNotFoundError(f"--model_path={FLAGS.model_path} does not exist")
     # A missing run or a --smoothed_* clash fails here, before any model is built.
     run_config = common.load_run_config(FLAGS.workdir) if FLAGS.workdir else None
     smoothed = smoothed_serving(run_config)
-    from sat_tf import export
+    from sat_tf import export, files
 
     if FLAGS.model_path:
         import keras
@@ -148,8 +150,7 @@ def main(argv):
             smoothed=smoothed,
         )
     text = export.serving_readme(output, FLAGS.serving_name or model.name, notes=notes)
-    with open(os.path.join(output, "README.serving.md"), "w") as f:
-        f.write(text)
+    files.write_text(os.path.join(output, "README.serving.md"), text)
     print(f"exported {model.name} {image_shape} -> {output}\n")
     print(text)
     print(f"(also written to {os.path.join(output, 'README.serving.md')})")

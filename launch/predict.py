@@ -25,7 +25,6 @@ gamma = 1 - (3/510/eps)^(1/steps), whenever eps > 0.
 """
 
 import datetime
-import json
 import os
 import sys
 import time
@@ -98,7 +97,7 @@ def main(argv):
 
     from sat_tf import attacks, distribute
     from sat_tf.certification import logs as certify_logs
-    from sat_tf import certification
+    from sat_tf import certification, files
 
     run_config = common.load_run_config(FLAGS.workdir)
     sigma = smoothing_sigma(run_config)
@@ -125,7 +124,7 @@ def main(argv):
     outfile = FLAGS.outfile or os.path.join(
         FLAGS.workdir, "predict", f"{FLAGS.attack}_{FLAGS.epsilon / 256:.3f}_noise_{sigma:.3}_mtest_{m}.tsv"
     )
-    os.makedirs(os.path.dirname(os.path.abspath(outfile)), exist_ok=True)
+    files.makedirs_for(outfile)
     total = split.size
     last = total if FLAGS.max < 0 else min(total, FLAGS.max)
     images = split.batches(1, limit=last)
@@ -133,7 +132,7 @@ def main(argv):
     print(f"predict: {FLAGS.attack} eps={kwargs['eps']:.4f} steps={FLAGS.num_steps} m_test={m} sigma={sigma:g} "
           f"N={FLAGS.N} alpha={FLAGS.alpha} on {selected} {dataset}/{FLAGS.split} images -> {outfile}", flush=True)
     correct, done, start = 0, 0, time.perf_counter()
-    with open(outfile, "w") as f:
+    with tf.io.gfile.GFile(outfile, "w") as f:
         print(HEADER, file=f, flush=True)
         for index, (x, y) in enumerate(images):
             if index == last:
@@ -157,8 +156,7 @@ def main(argv):
         "base_attack": FLAGS.base_attack, "N": FLAGS.N, "alpha": FLAGS.alpha, "seed": FLAGS.seed,
         "workdir": FLAGS.workdir, "seconds": round(time.perf_counter() - start, 2),
     }
-    with open(os.path.splitext(outfile)[0] + ".json", "w") as f:
-        json.dump(summary, f, indent=2)
+    files.write_json(os.path.splitext(outfile)[0] + ".json", summary, indent=2)
     print(f"empirical accuracy of the smoothed classifier: {summary['empirical_accuracy']:.4f} "
           f"({correct}/{done}) under {FLAGS.attack} eps={kwargs['eps']:.3f}; {outfile}", flush=True)
     return 0

@@ -440,7 +440,7 @@ def registry_report(rows, *, config, model, strategy, workdir, chief, jit, eval_
     per-image worst case, resumable per optimizer step."""
     import tensorflow as tf
 
-    from sat_tf import attacks, evaluation
+    from sat_tf import attacks, evaluation, files
     from sat_tf.evaluation import report
 
     eval_eps, eval_step = config_lib.eval_epsilon(config), config_lib.eval_step_size(config)
@@ -461,7 +461,7 @@ def registry_report(rows, *, config, model, strategy, workdir, chief, jit, eval_
     evaluate = functools.partial(
         evaluation.evaluate_points, lambda z: model(z, training=False), x_test, y_test, rows, strategy=strategy,
         batch_size=eval_batch, seed=config.system.seed + 1, state_path=state_path, jit_compile=jit,
-        identity={"workdir": os.path.abspath(workdir), "step": step}, worst_case=not smoothing,
+        identity={"workdir": files.absolute(workdir), "step": step}, worst_case=not smoothing,
     )
     try:
         outcome = evaluate()

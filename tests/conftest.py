@@ -1,6 +1,11 @@
-"""Shared pytest set-up: TF backend, quiet logs, and the `slow` and `exhaustive` gates."""
+"""Shared pytest set-up: TF backend, quiet logs, the `slow` and `exhaustive` gates, and the
+helpers several test files use (launcher runners, tiny models, NumPy references, a tiny ImageNet).
+Test files import the plain functions with `from conftest import ...`."""
 
 import os
+import socket
+import subprocess
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,6 +42,79 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+# === Launchers ===
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_launcher(script, *flag_args, env=None, timeout=600, check=True):
+    """Runs `python launch/<script> flag_args...` (or `python <script>` for a path with a folder,
+    relative to the checkout) from the checkout, as a user would; returns the CompletedProcess.
+
+    `env` entries are added to this process's environment. With `check`, a non-zero exit raises
+    AssertionError with the ends of stdout and stderr.
+    """
+    path = os.path.join(ROOT, *script.split("/")) if "/" in script else os.path.join(ROOT, "launch", script)
+    cmd = [sys.executable, path, *flag_args]
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-5000:]}")
+    return proc
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on (for TF_CONFIG clusters)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def checkpoint_weights(directory):
+    """{name: array} of the model and optimizer tensors of the latest checkpoint in `directory`."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(directory)
+    # Trainable weights are stored once, under the optimizer's references.
+    keys = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith(("model/", "optimizer/")))
+    return {k: reader.get_tensor(k) for k in keys}
+
+
+
+def run_launcher_in_process(script, *flag_args, default_config="digits_sat.py"):
+    """Runs `python launch/<script> flag_args...` in this process and returns `main`'s value.
+
+    For what only one process sees (TensorFlow's `ram://` filesystem). Exceptions
+    propagate (no one-line error handling). The launcher's absl flags are
+    forgotten afterwards, as a new process would start without them, so the
+    next launcher may define its own `--workdir`. `default_config`: the
+    trainer's config file without `--config` (train.py only).
+    """
+    import importlib
+
+    from absl import flags
+
+    from launch import common  # noqa: F401  (its absl.app flags belong to the baseline)
+
+    module_name = "launch." + os.path.splitext(script)[0]
+    baseline = set(flags.FLAGS)
+    argv = [os.path.join(ROOT, "launch", script), *flag_args]
+    saved_argv = sys.argv
+    sys.argv = argv  # ml_collections reads --config.* overrides from sys.argv when the flag is defined
+    try:
+        module = importlib.import_module(module_name)
+        if hasattr(module, "define_flags"):
+            module.define_flags(default_config)
+        flags.FLAGS(argv)
+        return module.main(argv[:1])
+    finally:
+        sys.argv = saved_argv
+        for name in set(flags.FLAGS) - baseline:
+            delattr(flags.FLAGS, name)
+        sys.modules.pop(module_name, None)
 
 
 # === Tiny ImageNet in the tensorflow/tpu TFRecord format ===
@@ -166,3 +244,79 @@ def tiny_imagenet(tmp_path_factory):
     `build_tiny_imagenet` for the fields.
     """
     return build_tiny_imagenet(tmp_path_factory.mktemp("tiny_imagenet"))
+
+
+# === Tiny models and NumPy references ===
+
+def tiny_conv_bn_model(seed=0, activation=None, output_dtype=None):
+    """Conv + BatchNorm + activation + Dense on 4x4x1 images, 3 classes (BN checks that attacks run the
+    model in inference mode). `activation`: a Keras layer (default SiLU); `output_dtype`: the Dense's."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.Conv2D(3, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="bn")(x)
+    x = (activation or keras.layers.Activation("silu"))(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="fc", dtype=output_dtype)(x))
+
+
+def randomise_bn_state(model, seed=1):
+    """Non-trivial BN statistics, gammas and betas, so round trips are tested."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        if w.path.endswith(("moving_variance", "gamma")):
+            w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype("float32"))
+        elif w.path.endswith(("moving_mean", "beta")):
+            w.assign(rng.normal(0, 0.1, size=w.shape).astype("float32"))
+
+
+def trainable_params(model):
+    import numpy as np
+
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def shift_attack(logits_fn, x, y, seed=None):
+    """A deterministic 'attack' that moves every pixel by +0.05 (then clips)."""
+    import tensorflow as tf
+
+    del logits_fn, y, seed
+    return tf.clip_by_value(x + 0.05, 0.0, 1.0)
+
+
+def logits_of(model):
+    return lambda z: model(z, training=False)
+
+
+def collect(ds):
+    """All examples of a finite dataset as (images [N,H,W,C], labels [N]) numpy."""
+    import numpy as np
+
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def np_softmax(z):
+    import numpy as np
+
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_sigmoid(x):
+    import numpy as np
+
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+@pytest.fixture(scope="module")
+def robust_mlp():
+    """An adversarially trained MLP on digits (~88 % clean, ~64 % under APGD-CE at eps 0.1) and its test set."""
+    import aa_reference
+
+    model, _, (x, y) = aa_reference.trained_mlp(0)
+    return model, x, y

@@ -11,6 +11,8 @@ import tensorflow as tf
 from sat_tf import activations
 from sat_tf.activations import ACTIVATIONS, get_activation, list_activations
 
+from conftest import np_sigmoid
+
 # Sparta is spatial (4-D feature maps, a k x k gate), so the elementwise
 # NumPy references and the 1-D/2-D inputs below do not apply to it; it is
 # tested in tests/test_sparta.py.
@@ -21,10 +23,6 @@ GRID = np.array(_POINTS + [8.0, 30.0], np.float32)
 
 
 # === NumPy references (float64) ===
-
-
-def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def _softplus(x):
@@ -61,7 +59,7 @@ NP_REF = {
     "relu": lambda x: np.maximum(x, 0.0),
     "softplus": _softplus,
     "parametric_softplus": lambda x: _softplus(10.0 * x) / 10.0,
-    "silu": lambda x: x * _sigmoid(x),
+    "silu": lambda x: x * np_sigmoid(x),
     "gelu": _gelu_tanh,
     "gelu_erf": _gelu_erf,
     "elu": _elu,
@@ -76,7 +74,7 @@ NP_REF = {
 NP_GRAD = {
     "relu": lambda x: (x > 0).astype(np.float64),
     # Defaults mode="both", alpha=10.
-    "relu_smooth_grad": lambda x: _sigmoid(10.0 * x),
+    "relu_smooth_grad": lambda x: np_sigmoid(10.0 * x),
     "smooth_relu": lambda x: np.where(
         x > 0, 400.0 * x / (1.0 + 400.0 * np.abs(x)), 0.0
     ),
@@ -286,7 +284,7 @@ def test_smooth_relu_gradient_wrt_beta_raw():
 @pytest.mark.parametrize("mode", ["attacker", "optimizer", "both"])
 def test_relu_smooth_grad_modes(mode, training):
     smooth = mode == "both" or (mode == "optimizer") == bool(training)
-    expected = _sigmoid(3.0 * GRID) if smooth else (GRID > 0).astype(np.float64)
+    expected = np_sigmoid(3.0 * GRID) if smooth else (GRID > 0).astype(np.float64)
     layer = activations.ReLUSmoothGrad(alpha=3.0, mode=mode)
     y, g = _value_and_grad(layer, GRID, training=training)
     np.testing.assert_array_equal(y.numpy(), np.maximum(GRID, 0.0))

@@ -17,18 +17,9 @@ import aa_reference
 from sat_tf.attacks import base
 from sat_tf.attacks.apgd import apgd, checkpoint_iterations, halving_decisions
 
+from conftest import logits_of
+
 apgd_module = importlib.import_module("sat_tf.attacks.apgd")  # the module (the package exports the function)
-
-
-@pytest.fixture(scope="module")
-def robust_mlp():
-    """An adversarially trained MLP on digits (~88 % clean, ~64 % under APGD-CE at eps 0.1) and its test set."""
-    model, _, (x, y) = aa_reference.trained_mlp(0)
-    return model, x, y
-
-
-def logits_of(model):
-    return lambda z: model(z, training=False)
 
 
 def reference_module():

@@ -10,6 +10,8 @@ import tensorflow as tf
 from sat_tf import attacks
 from sat_tf.attacks import base
 
+from conftest import np_softmax
+
 # The package attribute `pgd` is the function; the module holds the constants.
 pgd_lib = importlib.import_module("sat_tf.attacks.pgd")
 
@@ -76,17 +78,12 @@ def _l2(a, b):
     return np.linalg.norm(np.reshape(a - b, (len(a), -1)), axis=1)
 
 
-def _np_softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _np_grad(lin, x, labels, loss, targeted, kappa=50.0):
     """d(sum of attack objective)/dx for the linear model, in float64."""
     z = lin.np_logits(x)
     onehot = np.eye(z.shape[1])[labels]
     if loss == "ce":
-        dz = _np_softmax(z) - onehot  # d CE / dz
+        dz = np_softmax(z) - onehot  # d CE / dz
         dz = -dz if targeted else dz
     else:
         other = np.where(onehot > 0, -np.inf, z)
@@ -215,7 +212,7 @@ def test_fgsm_is_the_analytic_step(norm):
     lin = Linear(16, 5, seed=4)
     x, y = _data(seed=4)
     eps = 0.1 if norm == "linf" else 0.5
-    p = _np_softmax(lin.np_logits(x.astype(np.float64)))
+    p = np_softmax(lin.np_logits(x.astype(np.float64)))
     g = ((p - np.eye(5)[y]) @ lin.w.T).reshape(x.shape)  # d CE / dx
     if norm == "linf":
         want = x + eps * np.sign(g)
@@ -532,7 +529,7 @@ def test_losses_and_projections_match_numpy():
     y = np.array([0, 1, 2, 3, 0, 1], np.int32)
     zy = z[np.arange(6), y]
     zo = np.where(np.eye(4)[y] > 0, -np.inf, z).max(axis=1)
-    ce = -np.log(_np_softmax(z.astype(np.float64))[np.arange(6), y])
+    ce = -np.log(np_softmax(z.astype(np.float64))[np.arange(6), y])
     np.testing.assert_allclose(base.cross_entropy(z, y), ce, rtol=1e-5)
     np.testing.assert_allclose(
         base.cw_margin(z, y, None), zo - zy, rtol=1e-6

@@ -19,19 +19,11 @@ import aa_reference
 from sat_tf import evaluation
 from sat_tf.attacks import base, pgd
 
+from conftest import logits_of
+
 aa = importlib.import_module("sat_tf.attacks.autoattack")  # the module (the package exports the function)
 
 TOLERANCE = 0.02  # robust accuracy, see the module docstring
-
-
-@pytest.fixture(scope="module")
-def robust_mlp():
-    model, _, (x, y) = aa_reference.trained_mlp(0)
-    return model, x, y
-
-
-def logits_of(model):
-    return lambda z: model(z, training=False)
 
 
 def graph(fn, **kwargs):

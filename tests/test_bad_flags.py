@@ -12,7 +12,6 @@ subprocess per launcher checks the end-to-end behaviour and the time to error.
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,8 @@ from concurrent import futures
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, free_port
+
 BATCH = os.path.join(ROOT, "tests", "scripts", "bad_flags_batch.py")
 # TensorFlow's C++ start-up lines (absl logging before InitializeLog, the CPU
 # feature banner); they are printed while `import tensorflow` runs, before any
@@ -32,12 +32,6 @@ NOISE = re.compile(
     r"|[IWE]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] .*"
     r"|To enable the following instructions: .*)$"
 )
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_config(dataset, data_dir=None, *, noise_sd=None, model="digits_cnn", shape=(8, 8, 1), classes=10):
@@ -56,7 +50,7 @@ def _run_config(dataset, data_dir=None, *, noise_sd=None, model="digits_cnn", sh
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_flags")
-    out = {"tmp": str(root), "missing": str(root / "missing"), "port": str(_free_port())}
+    out = {"tmp": str(root), "missing": str(root / "missing"), "port": str(free_port())}
     for name in ("empty", "shards", "images/n01", "ws"):
         os.makedirs(root / name)
     for name in ("empty", "shards", "images", "ws"):

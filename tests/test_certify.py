@@ -18,7 +18,8 @@ import pytest
 from sat_tf.certification import logs as certify_logs
 from sat_tf.certification.logs import Row
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, run_launcher
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REFERENCE_LOG = """\
 idx\tlabel\tpredict\tradius\tcorrect\ttime
@@ -32,16 +33,6 @@ idx\tlabel\tpredict\tradius\tcorrect\ttime
 22\t4\t0\t0.458\t0\t0:00:15.330398
 """
 CERTIFY_FLAGS = ["--N=200", "--N0=20", "--skip=4", "--max=40"]
-
-
-def launch(script, *flags, check=True, timeout=300):
-    cmd = [sys.executable, os.path.join(ROOT, *script.split("/")), *flags]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
-    if check and proc.returncode != 0:
-        output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}")
-    return proc
 
 
 # === TSV format ===
@@ -189,14 +180,14 @@ def test_image_seeds_are_distinct_and_stable():
 def noise_run(tmp_path_factory):
     """A 1-epoch digits run trained with launch/configs/digits_gaussian.py, sigma 0.25 (so --sigma defaults to 0.25)."""
     workdir = str(tmp_path_factory.mktemp("certify") / "digits_noise")
-    launch("launch/train.py", "--config=launch/configs/digits_gaussian.py", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.objective.noise_sd=0.25",
-           "--config.export.enabled=false", "--config.schedule.batch_size=32", f"--workdir={workdir}")
+    run_launcher("launch/train.py", "--config=launch/configs/digits_gaussian.py", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.objective.noise_sd=0.25",
+                 "--config.export.enabled=false", "--config.schedule.batch_size=32", f"--workdir={workdir}")
     return workdir
 
 
 @pytest.fixture(scope="module")
 def certified(noise_run):
-    proc = launch("launch/certify.py", f"--workdir={noise_run}", *CERTIFY_FLAGS)
+    proc = run_launcher("launch/certify.py", f"--workdir={noise_run}", *CERTIFY_FLAGS)
     return os.path.join(noise_run, "certify", "noise_0.25.tsv"), proc
 
 
@@ -276,8 +267,8 @@ def test_plot_only_draws_several_tsvs(certified, tmp_path):
     reference = tmp_path / "sigma_0.12"
     reference.write_text(REFERENCE_LOG)  # no sidecar: labelled by its file name
     out = str(tmp_path / "plots" / "sigmas.png")
-    proc = launch("launch/certify.py", "--plot_only", f"--plot_with={tsv},{reference}", f"--plot_output={out}",
-                  "--radii=0,0.5")
+    proc = run_launcher("launch/certify.py", "--plot_only", f"--plot_with={tsv},{reference}", f"--plot_output={out}",
+                        "--radii=0,0.5")
     assert open(out, "rb").read(8) == PNG_MAGIC
     table = open(str(tmp_path / "plots" / "sigmas.md")).read().replace("**", "")  # bold = best
     assert "| σ = 0.25, Gaussian | 10 |" in table and "| sigma_0.12 | 8 | 0.500 | 0.125 |" in table
@@ -333,7 +324,7 @@ def test_benchmark_quick_updates_only_its_section(tmp_path):
     path.write_text(
         "# b\n\n## Other (keep)\n\nA | 1\n\n## Certification throughput (old)\n\nstale\n\n## Tail\n\nkeep too\n"
     )
-    proc = launch("benchmarks/certify_throughput.py", "--quick", f"--output={path}", timeout=120)
+    proc = run_launcher("benchmarks/certify_throughput.py", "--quick", f"--output={path}", timeout=120)
     text = path.read_text()
     assert text.startswith("# b\n\n## Other (keep)\n\nA | 1\n\n## Certification throughput (")
     assert text.endswith("\n## Tail\n\nkeep too\n") and "stale" not in text

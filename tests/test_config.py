@@ -3,7 +3,6 @@ the value and what is allowed, and run_config.json round-trips (through tf.io.gf
 
 import glob
 import os
-import subprocess
 import sys
 
 import pytest
@@ -11,7 +10,8 @@ from ml_collections import config_flags
 
 from sat_tf import config as config_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, run_launcher
+
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "launch", "configs", "[a-z]*.py")))
 
 
@@ -121,8 +121,7 @@ def test_run_config_round_trips_through_gfile():
 
 
 def _train(*flags):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), *flags], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return run_launcher("train.py", *flags, timeout=300, check=False)
 
 
 def test_command_line_errors_are_one_line_naming_the_field():

@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from sat_tf import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, checkpoint_weights
+
 # 2 epochs x 8 steps; checkpoints at steps 3, 6, 8 (epoch end), 9, 12, 15, 16; 3 kept.
 FLAGS = [
     "--config.eval.autoattack=none",
@@ -43,9 +44,7 @@ def _crash(workdir, mode, at):
 
 
 def _weights(workdir):
-    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
-    keys = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith(("model/", "optimizer/")))
-    return {k: reader.get_tensor(k) for k in keys}
+    return checkpoint_weights(os.path.join(workdir, "checkpoints"))
 
 
 def _listed(workdir):

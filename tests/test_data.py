@@ -8,15 +8,11 @@ import tensorflow as tf
 
 from sat_tf import data
 
+from conftest import collect
+
 CIFAR10_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
-
-
-def _collect(ds):
-    """All examples of a finite dataset as (images [N,H,W,C], labels [N]) numpy."""
-    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 def _rows(images, labels):
@@ -57,8 +53,8 @@ def test_digits_info_and_split_is_a_stratified_partition():
         name="digits", num_classes=10, image_shape=(8, 8, 1), num_train=1437, num_test=360,
         class_names=tuple("0123456789"),
     )  # fmt: skip
-    x_train, y_train = _collect(data.load_split("digits", "train", batch_size=500))
-    x_test, y_test = _collect(data.load_split("digits", "test", batch_size=500))
+    x_train, y_train = collect(data.load_split("digits", "train", batch_size=500))
+    x_test, y_test = collect(data.load_split("digits", "test", batch_size=500))
     assert (len(y_train), len(y_test)) == (1437, 360)
     # train + test is exactly the 1797 sklearn images (as a multiset): a partition.
     digits = load_digits()
@@ -76,7 +72,7 @@ def test_digits_batch_contract():
     )
     sizes = [int(y.shape[0]) for _, y in ds]
     assert sizes == [64] * 5 + [40]
-    x, y = _collect(ds)
+    x, y = collect(ds)
     assert x.min() == 0.0 and x.max() == 1.0
     assert np.all(np.isin(x * 16, np.arange(17)))  # values k/16
     assert y.min() == 0 and y.max() == 9
@@ -87,7 +83,7 @@ def test_digits_batch_contract():
 
 def test_shuffle_is_a_pure_function_of_seed():
     def labels(seed, **kw):
-        return _collect(data.load_split("digits", "train", batch_size=256, seed=seed, **kw))[1]
+        return collect(data.load_split("digits", "train", batch_size=256, seed=seed, **kw))[1]
 
     plain = labels(0)
     tf.random.set_seed(1)
@@ -113,10 +109,10 @@ def test_shuffle_is_a_pure_function_of_seed():
 
 
 def test_limit_and_repeat():
-    x_all, y_all = _collect(data.load_split("digits", "train", batch_size=500))
+    x_all, y_all = collect(data.load_split("digits", "train", batch_size=500))
     ds = data.load_split("digits", "train", batch_size=4, limit=10)
     assert [int(y.shape[0]) for _, y in ds] == [4, 4, 2]
-    x, y = _collect(ds)
+    x, y = collect(ds)
     np.testing.assert_array_equal(x, x_all[:10])
     np.testing.assert_array_equal(y, y_all[:10])
     rep = data.load_split("digits", "train", batch_size=4, limit=10, repeat=True)
@@ -129,7 +125,7 @@ def test_limit_and_repeat():
 def test_input_context_shards_are_disjoint_and_cover(shuffle):
     kw = dict(batch_size=16, shuffle=shuffle, seed=7, limit=101)
     shards = [
-        _collect(data.load_split("digits", "train", input_context=_ctx(i), **kw)) for i in (0, 1)
+        collect(data.load_split("digits", "train", input_context=_ctx(i), **kw)) for i in (0, 1)
     ]
     for _, y in shards:
         assert len(y) in (50, 51)
@@ -139,7 +135,7 @@ def test_input_context_shards_are_disjoint_and_cover(shuffle):
         assert ds.options().experimental_distribute.auto_shard_policy == (
             tf.data.experimental.AutoShardPolicy.OFF
         )
-    whole = _collect(data.load_split("digits", "train", **kw))
+    whole = collect(data.load_split("digits", "train", **kw))
     union = _rows(*(np.concatenate([shards[0][k], shards[1][k]]) for k in (0, 1)))
     assert union == _rows(*whole)  # disjoint (sizes add up) and covering
     if not shuffle:  # exactly ds.shard(2, i)
@@ -189,7 +185,7 @@ def test_augment_matches_numpy_shift_and_flip(name, shape, pad, flip):
 def test_augment_in_pipeline_is_deterministic_and_in_range():
     def run(seed, augment=True):
         kw = dict(batch_size=128, seed=seed, augment=augment, limit=256)
-        return _collect(data.load_split("digits", "train", **kw))
+        return collect(data.load_split("digits", "train", **kw))
 
     (a, ya), (b, _), (c, _), (plain, yp) = run(1), run(1), run(2), run(1, augment=False)
     np.testing.assert_array_equal(a, b)
@@ -304,7 +300,7 @@ def test_present_tfds_dataset_reads_back_what_was_written(fake_cifar10, monkeypa
             tf.TensorSpec((None, 32, 32, 3), tf.float32),
             tf.TensorSpec((None,), tf.int32),
         )
-        x, y = _collect(ds)
+        x, y = collect(ds)
         assert 0.0 <= x.min() and x.max() <= 1.0
         # tfds stores examples in its own (key-hashed) order: compare as multisets,
         # which also checks that every image kept its label.
@@ -316,15 +312,15 @@ def test_present_tfds_dataset_reads_back_what_was_written(fake_cifar10, monkeypa
 
 def test_present_tfds_dataset_pipeline_options(fake_cifar10):
     data_dir = fake_cifar10[0]
-    full = _collect(data.load_split("cifar10", "train", data_dir=data_dir, batch_size=12))
-    head = _collect(data.load_split("cifar10", "train", data_dir=data_dir, batch_size=12, limit=5))
+    full = collect(data.load_split("cifar10", "train", data_dir=data_dir, batch_size=12))
+    head = collect(data.load_split("cifar10", "train", data_dir=data_dir, batch_size=12, limit=5))
     np.testing.assert_array_equal(head[0], full[0][:5])
     kw = dict(data_dir=data_dir, batch_size=4, shuffle=True, augment=True, seed=3)
     shards = [
-        _collect(data.load_split("cifar10", "train", input_context=_ctx(i), **kw)) for i in (0, 1)
+        collect(data.load_split("cifar10", "train", input_context=_ctx(i), **kw)) for i in (0, 1)
     ]
     assert sorted(np.concatenate([shards[0][1], shards[1][1]])) == sorted(full[1])
-    again = _collect(data.load_split("cifar10", "train", input_context=_ctx(0), **kw))
+    again = collect(data.load_split("cifar10", "train", input_context=_ctx(0), **kw))
     np.testing.assert_array_equal(again[0], shards[0][0])
     for x in shards[0][0]:
         assert x.min() >= 0.0 and x.max() <= 1.0

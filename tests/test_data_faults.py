@@ -23,7 +23,8 @@ import tensorflow as tf
 from sat_tf.data import imagenet_input as ii
 from sat_tf.data import record_faults
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 SCRIPT = os.path.join(ROOT, "launch", "train_imagenet.py")
 SHARD = 1  # the shard every fault is injected into
 RECORD = 4  # ... at this record

@@ -20,18 +20,9 @@ import tensorflow as tf
 
 from sat_tf import training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, tiny_conv_bn_model
+
 STEPS, BAD_STEP, EVERY = 8, 6, 5  # the fault hits the 6th step; checkpoints every 5
-
-
-def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((4, 4, 1))
-    x = keras.layers.Conv2D(3, 3, padding="same", name="conv")(inputs)
-    x = keras.layers.BatchNormalization(momentum=0.9, name="bn")(x)
-    x = keras.layers.Activation("silu")(x)
-    x = keras.layers.Flatten()(x)
-    return keras.Model(inputs, keras.layers.Dense(3, name="fc")(x))
 
 
 def _batches(fault):
@@ -65,7 +56,7 @@ class _GradientHazard(training.AttackObjective):
 
 def _fit(workdir, fault, on_nonfinite="stop", max_skipped_steps=100, steps=STEPS):
     x, y = _batches(fault)
-    model = _model()
+    model = tiny_conv_bn_model()
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     config = training.StepConfig(global_batch_size=8, num_classes=3)
     attack = _GradientHazard()
@@ -97,7 +88,7 @@ def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, fault)
 
     # The kept checkpoint is the clean run's step 5, bit for bit.
     clean, _, _ = _fit(tmp_path / "clean", None, steps=EVERY)
-    restored = _model(seed=1)
+    restored = tiny_conv_bn_model(seed=1)
     tf.train.Checkpoint(model=restored).restore(
         os.path.join(tmp_path / "bad", "checkpoints", "ckpt-5")
     ).expect_partial()
@@ -135,7 +126,7 @@ def test_skip_equals_training_without_the_bad_batch_before_it(tmp_path):
 def test_unknown_policy_is_rejected():
     with pytest.raises(ValueError, match="on_nonfinite='ignore'"):
         training.make_train_function(
-            _model(), keras.optimizers.SGD(0.1), lambda f, x, y, seed=None: x,
+            tiny_conv_bn_model(), keras.optimizers.SGD(0.1), lambda f, x, y, seed=None: x,
             tf.distribute.get_strategy(), training.StepConfig(8, 3), on_nonfinite="ignore",
         )
 

@@ -19,6 +19,8 @@ from sat_tf import models
 from sat_tf.models import efficientnet
 from sat_tf.models import layers
 
+from conftest import randomise_bn_state, trainable_params
+
 TINY = (32, 32, 3)
 
 # Trainable parameters, 1000 classes. B0-B7: trainable weights of
@@ -50,10 +52,6 @@ BUILT = [
 # B0 identity-skip blocks (stride 1, in == out): the repeats after the first
 # of each stage except the last stage (1 repeat).
 B0_SKIP_BLOCKS = {2, 4, 6, 7, 9, 10, 12, 13, 14}
-
-
-def trainable_params(model):
-    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
 def images(shape=TINY, batch=2, seed=0):
@@ -409,15 +407,6 @@ def test_survival_schedule_by_block_index(survival_prob):
 # === Forward pass and serialization ===
 
 
-def _randomise_state(model, seed=1):
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        if w.path.endswith(("moving_variance", "gamma")):
-            w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype("float32"))
-        elif w.path.endswith(("moving_mean", "beta")):
-            w.assign(rng.normal(0, 0.1, size=w.shape).astype("float32"))
-
-
 def test_forward_pass_and_input_gradient():
     model = tiny_b0()
     x = tf.constant(images())
@@ -462,7 +451,7 @@ def test_config_round_trip():
     clone = efficientnet.EfficientNet.from_config(config)
     assert clone.get_config() == config
     assert [w.path for w in clone.weights] == [w.path for w in model.weights]
-    _randomise_state(model)
+    randomise_bn_state(model)
     clone.set_weights(model.get_weights())
     x = images()
     np.testing.assert_allclose(clone(x), model(x), rtol=1e-5, atol=1e-6)
@@ -473,7 +462,7 @@ def test_config_round_trip():
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 def test_keras_save_load_safe_mode(tmp_path):
     model = tiny_b0(activation="gelu", num_classes=3)
-    _randomise_state(model)
+    randomise_bn_state(model)
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)

@@ -12,16 +12,11 @@ from sat_tf import attacks
 from sat_tf.training import ema as ema_lib
 from sat_tf import training
 
+from conftest import shift_attack, tiny_conv_bn_model
+
 
 def _model(seed=0):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((4, 4, 1))
-    x = keras.layers.Conv2D(3, 3, padding="same", name="conv")(inputs)
-    x = keras.layers.BatchNormalization(momentum=0.9, name="bn")(x)
-    x = keras.layers.Activation("silu")(x)
-    x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(3, name="fc", dtype="float32")(x)
-    return keras.Model(inputs, outputs)
+    return tiny_conv_bn_model(seed, output_dtype="float32")
 
 
 def _data(n=8, seed=1):
@@ -29,11 +24,6 @@ def _data(n=8, seed=1):
     x = rng.uniform(size=(n, 4, 4, 1)).astype(np.float32)
     y = rng.integers(0, 3, size=(n,)).astype(np.int32)
     return x, y
-
-
-def _shift_attack(logits_fn, x, y, seed=None):
-    del logits_fn, y, seed
-    return tf.clip_by_value(x + 0.05, 0.0, 1.0)
 
 
 def _config(n, **kw):
@@ -52,7 +42,7 @@ def test_ema_follows_tf1_recursion_including_bn_statistics():
     optimizer = keras.optimizers.SGD(0.5, momentum=0.9)
     ema = ema_lib.WeightEMA(model, decay=0.6)
     strategy = tf.distribute.get_strategy()
-    train = training.make_train_function(model, optimizer, _shift_attack, strategy, _config(8), ema=ema)
+    train = training.make_train_function(model, optimizer, shift_attack, strategy, _config(8), ema=ema)
     iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
     names = [w.path for w in model.weights]
     assert any("moving_mean" in n for n in names) and any("moving_variance" in n for n in names)
@@ -94,7 +84,7 @@ def test_loss_scale_optimizer_step_equals_the_plain_step():
         if wrap:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1024.0)
         train = training.make_train_function(
-            model, optimizer, _shift_attack, tf.distribute.get_strategy(), _config(8, weight_decay=1e-3)
+            model, optimizer, shift_attack, tf.distribute.get_strategy(), _config(8, weight_decay=1e-3)
         )
         train(iter(tf.data.Dataset.from_tensors((x, y)).repeat()), tf.constant(3))
         results.append([np.asarray(w) for w in model.trainable_weights])
@@ -111,7 +101,7 @@ def test_skipped_loss_scale_steps_still_count_as_batches():
     )
     batches = tf.Variable(0, dtype=tf.int64)
     train = training.make_train_function(
-        model, optimizer, _shift_attack, tf.distribute.get_strategy(), _config(8), batches=batches
+        model, optimizer, shift_attack, tf.distribute.get_strategy(), _config(8), batches=batches
     )
     before = [np.asarray(w).copy() for w in model.trainable_weights]
     train(iter(tf.data.Dataset.from_tensors((x, y)).repeat()), tf.constant(2))
@@ -189,7 +179,7 @@ def _fit(workdir, *, epochs=2, steps=3, ema_decay=None, on_update=None, calls=No
         training.loop._Progress.update = update
     try:
         training.fit(
-            model, optimizer, _shift_attack, tf.distribute.get_strategy(), dataset_fn,
+            model, optimizer, shift_attack, tf.distribute.get_strategy(), dataset_fn,
             config=_config(8), epochs=epochs, steps_per_epoch=steps, workdir=str(workdir),
             verbose=True, ema=ema,
         )

@@ -20,7 +20,8 @@ import aa_reference
 from sat_tf import evaluation
 from sat_tf.attacks import AutoAttackRows, get_attack
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 QUICK = {"apgd-ce": {"steps": 20}, "apgd-t": {"steps": 20, "n_target_classes": 3},
          "fab-t": {"steps": 20, "n_target_classes": 3}, "square": {"queries": 300}}
 

@@ -8,14 +8,14 @@ typo in the preset table fails here.
 import inspect
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, run_launcher
+
 sys.path.insert(0, ROOT)
 
 from launch import common  # noqa: E402
@@ -176,23 +176,14 @@ def test_fgsm_and_pgd_rows_step_on_the_cross_entropy(row, eps, step, overrides):
 
 # === The launcher, end to end ===
 
-def launch(script, *flags, check=True):
-    cmd = [sys.executable, os.path.join(ROOT, "launch", script), *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     # Clean training for 3 short epochs: accurate enough (~70 %) that the
     # attacks have something to lower, in about 10 s.
     path = str(tmp_path_factory.mktemp("protocols") / "digits")
-    launch("train.py", "--config.schedule.epochs=3", "--config.data.limit_train=512", "--config.data.limit_test=32", "--config.schedule.batch_size=32", "--config.export.enabled=false",
-           "--config.attack.name=none", "--config.eval.autoattack=none", "--config.optimizer.learning_rate=2", "--config.schedule.warmup_epochs=0", "--config.eval.steps=1", "--config.system.deterministic",
-           f"--workdir={path}")
+    run_launcher("train.py", "--config.schedule.epochs=3", "--config.data.limit_train=512", "--config.data.limit_test=32", "--config.schedule.batch_size=32", "--config.export.enabled=false",
+                 "--config.attack.name=none", "--config.eval.autoattack=none", "--config.optimizer.learning_rate=2", "--config.schedule.warmup_epochs=0", "--config.eval.steps=1", "--config.system.deterministic",
+                 f"--workdir={path}")
     return path
 
 
@@ -202,7 +193,7 @@ def report(directory):
 
 
 def test_rat_cifar_end_to_end(workdir, tmp_path):
-    proc = launch("evaluate.py", f"--workdir={workdir}", "--protocol=rat_cifar", "--limit=32", f"--output_dir={tmp_path}")
+    proc = run_launcher("evaluate.py", f"--workdir={workdir}", "--protocol=rat_cifar", "--limit=32", f"--output_dir={tmp_path}")
     out = report(tmp_path)
     results, meta = out["results"], out["meta"]
     aa = [f"autoattack/{name}" for name in ("apgd-ce", "apgd-t", "fab-t", "square")]
@@ -220,8 +211,8 @@ def test_rat_cifar_end_to_end(workdir, tmp_path):
 
 
 def test_flags_override_the_protocol_end_to_end(workdir, tmp_path):
-    launch("evaluate.py", f"--workdir={workdir}", "--protocol=rat_svhn", "--attack_epsilon=8", "--steps=3",
-           "--restarts=2", "--limit=32", "--autoattack=none", f"--output_dir={tmp_path}")
+    run_launcher("evaluate.py", f"--workdir={workdir}", "--protocol=rat_svhn", "--attack_epsilon=8", "--steps=3",
+                 "--restarts=2", "--limit=32", "--autoattack=none", f"--output_dir={tmp_path}")
     out = report(tmp_path)
     assert list(out["results"]) == ["clean", "fgsm", "pgd3", "cw3", "worst case"]
     meta = out["meta"]
@@ -234,7 +225,7 @@ def test_flags_override_the_protocol_end_to_end(workdir, tmp_path):
     (["--protocol=rat_cifar", "--loss=cw"], "--loss is fixed by --protocol=rat_cifar"),
 ])
 def test_bad_protocol_flags_fail_with_one_line(flags, needle):
-    proc = launch("evaluate.py", "--workdir=/tmp/sat_tf_never_written", *flags, check=False)
+    proc = run_launcher("evaluate.py", "--workdir=/tmp/sat_tf_never_written", *flags, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert errors[0].startswith(f"error: {needle}"), errors

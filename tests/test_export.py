@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 ATOL = 1e-5
 # name -> (registry name, build kwargs, export kwargs, expected k)

@@ -25,7 +25,8 @@ import tensorflow as tf
 from sat_tf import export
 from sat_tf import certification
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_launcher
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 SHAPE = (4, 4, 1)
 SETTINGS = dict(n=1000, alpha=0.001, sigma=0.25, batch_size=300, seed=7)  # 1000 = 3 x 300 + 100
@@ -248,19 +249,11 @@ def test_bad_images_give_clear_errors(served):
 # === launch/export.py on a tiny run trained with the Gaussian config ===
 
 
-def launch(script, *flags, check=True):
-    cmd = [sys.executable, os.path.join(ROOT, "launch", script), *flags]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def noise_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run") / "digits_noise")
-    launch("train.py", "--config=launch/configs/digits_gaussian.py", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.schedule.batch_size=32",
-           "--config.objective.noise_sd=0.12", "--config.eval.steps=1", "--config.export.enabled=false", f"--workdir={workdir}")
+    run_launcher("train.py", "--config=launch/configs/digits_gaussian.py", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.schedule.batch_size=32",
+                 "--config.objective.noise_sd=0.12", "--config.eval.steps=1", "--config.export.enabled=false", f"--workdir={workdir}")
     return workdir
 
 
@@ -270,8 +263,8 @@ def test_launcher_adds_predict_smoothed(noise_run, tmp_path):
     import sat_tf.models  # noqa: F401  registers the custom layers
 
     out = str(tmp_path / "served")
-    proc = launch("export.py", f"--workdir={noise_run}", f"--output={out}", "--smoothed_sigma=0.25",
-                  "--smoothed_n=200", "--smoothed_seed=0", "--nojpeg")
+    proc = run_launcher("export.py", f"--workdir={noise_run}", f"--output={out}", "--smoothed_sigma=0.25",
+                        "--smoothed_n=200", "--smoothed_seed=0", "--nojpeg")
     assert "predict_smoothed" in export.describe_signatures(out)
     settings = export.smoothed_settings(out)
     assert (settings["sigma"], settings["n"], settings["alpha"], settings["batch_size"]) == (0.25, 200, 0.001, 200)
@@ -291,7 +284,7 @@ def test_launcher_adds_predict_smoothed(noise_run, tmp_path):
 def test_launcher_defaults_to_the_runs_noise_sd(noise_run, tmp_path):
     assert json.load(open(os.path.join(noise_run, "run_config.json")))["objective"]["noise_sd"] == 0.12
     out = str(tmp_path / "served")
-    launch("export.py", f"--workdir={noise_run}", f"--output={out}", "--smoothed_n=50", "--nojpeg")
+    run_launcher("export.py", f"--workdir={noise_run}", f"--output={out}", "--smoothed_n=50", "--nojpeg")
     settings = export.smoothed_settings(out)
     assert (settings["sigma"], settings["n"], settings["batch_size"]) == (0.12, 50, 50)
     assert settings["seed"] is None  # fresh noise per request unless --smoothed_seed
@@ -305,7 +298,7 @@ def test_launcher_bad_smoothed_flags_fail_with_one_line(noise_run, tmp_path, fla
     flags = [f.format(workdir=noise_run) for f in flags]
     if not any(f.startswith("--model_path") for f in flags):
         flags.append(f"--workdir={noise_run}")
-    proc = launch("export.py", *flags, f"--output={tmp_path / 'never'}", check=False)
+    proc = run_launcher("export.py", *flags, f"--output={tmp_path / 'never'}", check=False)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert lines[-1].startswith(needle), proc.stderr[-2000:]

@@ -19,7 +19,7 @@ from PIL import Image
 from sat_tf import data
 from sat_tf.data import imagenet_input as ii
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, collect
 
 
 def _sha(image_bytes):
@@ -32,11 +32,6 @@ def _ctx(pipeline_id, num_pipelines):
         input_pipeline_id=pipeline_id,
         num_replicas_in_sync=num_pipelines,
     )
-
-
-def _collect(ds):
-    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 def _stream_shas(files, **kw):
@@ -236,8 +231,8 @@ def test_parse_record_label_offset(tiny_imagenet):
         assert all(y.dtype == tf.int32 and int(y) == getattr(truth[h], key) for h, y in got.items())
     # Through the pipeline: 1-based files -> 0-based with the default -1; 0 keeps them.
     kw = dict(data_dir=tiny_imagenet.data_dir, image_size=32, batch_size=7)
-    zero_based = _collect(ii.load_imagenet("validation", **kw))[1]
-    as_stored = _collect(ii.load_imagenet("validation", label_offset=0, **kw))[1]
+    zero_based = collect(ii.load_imagenet("validation", **kw))[1]
+    as_stored = collect(ii.load_imagenet("validation", label_offset=0, **kw))[1]
     np.testing.assert_array_equal(as_stored, zero_based + 1)
     assert sorted(zero_based) == sorted(r.label for r in tiny_imagenet.records["validation"])
     assert zero_based.min() == 0 and zero_based.max() == tiny_imagenet.num_classes - 1
@@ -293,7 +288,7 @@ def test_pipelines_are_disjoint_and_cover_the_split(
 
 def test_load_imagenet_with_input_context(tiny_imagenet):
     kw = dict(data_dir=tiny_imagenet.data_dir, image_size=32, batch_size=4)
-    whole_x, whole_y = _collect(ii.load_imagenet("validation", **kw))
+    whole_x, whole_y = collect(ii.load_imagenet("validation", **kw))
     assert len(whole_y) == tiny_imagenet.num_eval
     shards = []
     for i in range(3):  # 2 files, 3 pipelines: record sharding
@@ -304,14 +299,14 @@ def test_load_imagenet_with_input_context(tiny_imagenet):
             tf.data.experimental.AutoShardPolicy.OFF
         )
         assert ds.options().deterministic is False
-        shards.append(_collect(ds))
+        shards.append(collect(ds))
     assert sum(len(y) for _, y in shards) == len(whole_y)
     rows = sorted((int(y), x.tobytes()) for xs, ys in shards for x, y in zip(xs, ys))
     assert rows == sorted((int(y), x.tobytes()) for x, y in zip(whole_x, whole_y))
     # `limit` counts this pipeline's records, after sharding.
     for i in range(3):
         ds = ii.load_imagenet("validation", input_context=_ctx(i, 3), limit=2, **{**kw, "batch_size": 12})
-        assert len(_collect(ds)[1]) == 2
+        assert len(collect(ds)[1]) == 2
 
 
 def test_eval_contract_keeps_the_remainder(tiny_imagenet):
@@ -327,14 +322,14 @@ def test_eval_contract_keeps_the_remainder(tiny_imagenet):
     dropped = ii.load_imagenet("validation", image_size=32, drop_remainder=True, **kw)
     assert [int(y.shape[0]) for _, y in dropped] == [5, 5, 5]
     # Eval images are exactly preprocess_for_eval of the records, in file order.
-    x, y = _collect(ii.load_imagenet("validation", image_size=32, **kw))
+    x, y = collect(ii.load_imagenet("validation", image_size=32, **kw))
     truth = {r.sha: r for r in tiny_imagenet.records["validation"]}
     shas = _stream_shas(tiny_imagenet.files["validation"], cycle_length=16)
     for xi, yi, h in zip(x, y, shas):
         assert int(yi) == truth[h].label
         np.testing.assert_array_equal(xi, ii.preprocess_for_eval(truth[h].jpeg, 32).numpy())
     # limit: the first N records of the pipeline.
-    head = _collect(ii.load_imagenet("validation", image_size=32, limit=6, **kw))
+    head = collect(ii.load_imagenet("validation", image_size=32, limit=6, **kw))
     np.testing.assert_array_equal(head[0], x[:6])
 
 
@@ -368,7 +363,6 @@ def test_training_stream_is_a_pure_function_of_seed(tiny_imagenet):
     ds = ii.load_imagenet("train", data_dir=tiny_imagenet.data_dir, image_size=32, batch_size=10)
     assert ds.element_spec[0].shape.as_list() == [10, 32, 32, 3]
     assert len(list(ds)) == 4
-
 
 
 def test_skip_batches_resumes_the_exact_stream(tiny_imagenet):
@@ -451,8 +445,8 @@ def test_tfds_source_reads_jpegs_with_0_based_labels(tiny_imagenet, tmp_path):
     assert got == {h: r.label for h, r in truth.items()}
     # label_offset is ignored for tfds (already 0-based); same preprocessing as TFRecords.
     kw = dict(data_dir=tmp_path, image_size=32, batch_size=16, source="tfds", label_offset=-1)
-    x, y = _collect(ii.load_imagenet("validation", **kw))
-    ours = _collect(
+    x, y = collect(ii.load_imagenet("validation", **kw))
+    ours = collect(
         ii.load_imagenet(
             "validation", data_dir=tiny_imagenet.data_dir, image_size=32, batch_size=16
         )
@@ -461,7 +455,7 @@ def test_tfds_source_reads_jpegs_with_0_based_labels(tiny_imagenet, tmp_path):
     assert rows == sorted((int(yi), xi.tobytes()) for xi, yi in zip(*ours))
     # Training and sharding go through the same pipeline.
     parts = [
-        _collect(ii.load_imagenet("train", input_context=_ctx(i, 2), **{**kw, "batch_size": 8}))[1]
+        collect(ii.load_imagenet("train", input_context=_ctx(i, 2), **{**kw, "batch_size": 8}))[1]
         for i in (0, 1)
     ]
     assert sorted(np.concatenate(parts)) == sorted(r.label for r in tiny_imagenet.records["train"])
@@ -535,7 +529,7 @@ def test_build_tool_converts_class_folders(tmp_path):
         assert image_bytes.numpy()[:3] == b"\xff\xd8\xff"
         assert int(tf.image.extract_jpeg_shape(image_bytes)[2]) == 3
     assert sorted(stored) == [1, 1, 1, 2, 2, 2, 3, 3, 3]  # 1-based by default
-    x, y = _collect(
+    x, y = collect(
         ii.load_imagenet("train", data_dir=out, image_size=16, batch_size=9, training=False)
     )
     for xi, yi in zip(x, y):  # flat images: the class is readable from the pixel value

@@ -8,7 +8,6 @@ tests/test_multiworker_restart.py).
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,8 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, checkpoint_weights, free_port, run_launcher
+
 TINY = [
     "--config.schedule.epochs=3", "--config.data.limit_train=512", "--config.data.limit_test=96",
     "--config.schedule.batch_size=32", "--config.attack.steps=1", "--config.eval.steps=2,3",
@@ -25,28 +25,10 @@ TINY = [
 TINY_STEPS = 3 * 512 // 32
 
 
-def launch(script, *flags, env=None, timeout=600, check=True):
-    cmd = [sys.executable, os.path.join(ROOT, "launch", script), *flags]
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def checkpoint_weights(directory):
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(directory)
-    # Trainable weights are stored once, under the optimizer's references.
-    keys = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith(("model/", "optimizer/")))
-    return {k: reader.get_tensor(k) for k in keys}
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run") / "digits")
-    proc = launch("train.py", *TINY, f"--workdir={workdir}")
+    proc = run_launcher("train.py", *TINY, f"--workdir={workdir}")
     return workdir, proc
 
 
@@ -77,8 +59,8 @@ def test_main_job_tiny_writes_everything(tiny_run):
 def test_evaluate_reproduces_the_training_report(tiny_run, tmp_path):
     workdir, _ = tiny_run
     out = str(tmp_path / "report")
-    launch("evaluate.py", f"--workdir={workdir}", "--steps=2,3", "--limit=96", f"--output_dir={out}", "--seed=1",
-           "--autoattack=none")
+    run_launcher("evaluate.py", f"--workdir={workdir}", "--steps=2,3", "--limit=96", f"--output_dir={out}", "--seed=1",
+                 "--autoattack=none")
     ours = json.load(open(os.path.join(out, "robustness.json")))["results"]
     train_report = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
     same = ("top1", "top5", "count", "max_norm", "nan")
@@ -105,7 +87,7 @@ def test_evaluate_any_model_file_gives_the_runs_numbers(tiny_run, tmp_path):
         "saved_model": [f"--model_path={workdir}/saved_model", "--dataset=digits", *quick_aa],
     }.items():
         out = str(tmp_path / name)
-        launch("evaluate.py", *flags, *common, f"--output_dir={out}")
+        run_launcher("evaluate.py", *flags, *common, f"--output_dir={out}")
         reports[name] = json.load(open(os.path.join(out, "robustness.json")))
     rows = {name: {row: r["top1"] for row, r in report["results"].items()} for name, report in reports.items()}
     assert rows["keras"] == rows["workdir"] == rows["scaled"]
@@ -121,7 +103,7 @@ def test_evaluate_any_model_file_gives_the_runs_numbers(tiny_run, tmp_path):
 def test_export_reloads_without_sat_tf(tiny_run, tmp_path):
     workdir, _ = tiny_run
     exported = str(tmp_path / "served")
-    launch("export.py", f"--workdir={workdir}", f"--output={exported}")
+    run_launcher("export.py", f"--workdir={workdir}", f"--output={exported}")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(5, 8, 8, 1)).astype(np.uint8)
     np.save(tmp_path / "images.npy", images)
@@ -151,7 +133,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     flags = [*(f for f in TINY if not f.startswith("--config.eval.steps")), "--config.system.checkpoint_every_steps=2", "--config.system.deterministic",
              "--config.export.enabled=false", "--config.eval.steps=1", "--config.eval.autoattack=none"]
     whole = str(tmp_path / "whole")
-    launch("train.py", *flags, f"--workdir={whole}")
+    run_launcher("train.py", *flags, f"--workdir={whole}")
 
     killed = str(tmp_path / "killed")
     cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), *flags, f"--workdir={killed}"]
@@ -167,7 +149,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     first = open(state).read()
     assert f"ckpt-{TINY_STEPS}" not in first, "the run finished before it could be killed"
 
-    proc = launch("train.py", *flags, f"--workdir={killed}")
+    proc = run_launcher("train.py", *flags, f"--workdir={killed}")
     assert "resumed from" in proc.stdout
     a, b = checkpoint_weights(os.path.join(whole, "checkpoints")), checkpoint_weights(os.path.join(killed, "checkpoints"))
     assert a.keys() == b.keys() and len(a) > 5
@@ -175,16 +157,10 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_tpu_fails_fast_instead_of_hanging():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     start = time.time()
-    proc = launch("train.py", f"--tpu=grpc://127.0.0.1:{port}", check=False, timeout=120)
+    proc = run_launcher("train.py", f"--tpu=grpc://127.0.0.1:{port}", check=False, timeout=120)
     assert proc.returncode == 2
     assert f"tpu='grpc://127.0.0.1:{port}': nothing answers" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -18,6 +18,8 @@ from sat_tf import activations
 from sat_tf import models
 from sat_tf.models import layers
 
+from conftest import randomise_bn_state, trainable_params
+
 IMAGENET_NETS = {
     "resnet18",
     "resnet34",
@@ -148,10 +150,6 @@ def tiny_shape(name):
     if name == "digits_cnn":
         return (8, 8, 1)
     return (32, 32, 3) if name in IMAGENET_NETS else (16, 16, 3)
-
-
-def trainable_params(model):
-    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
 def images(shape, batch=2, seed=0):
@@ -484,16 +482,6 @@ def test_preprocessing_validation():
 # === Serialization ===
 
 
-def _randomise_state(model, seed=1):
-    """Non-trivial BN statistics, gammas and betas, so round trips are tested."""
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        if w.path.endswith(("moving_variance", "gamma")):
-            w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype("float32"))
-        elif w.path.endswith(("moving_mean", "beta")):
-            w.assign(rng.normal(0, 0.1, size=w.shape).astype("float32"))
-
-
 @pytest.mark.parametrize(
     "name,kwargs",
     [
@@ -515,7 +503,7 @@ def test_config_round_trip(name, kwargs):
     clone = type(model).from_config(config)
     assert clone.get_config() == config
     assert [w.path for w in clone.weights] == [w.path for w in model.weights]
-    _randomise_state(model)
+    randomise_bn_state(model)
     clone.set_weights(model.get_weights())
     x = images(tiny_shape(name))
     np.testing.assert_allclose(clone(x), model(x), rtol=1e-5, atol=1e-6)
@@ -543,7 +531,7 @@ def test_non_string_activation_is_stored_as_a_config():
 )
 def test_keras_save_load_safe_mode(tmp_path, name, kwargs):
     model = models.build_model(name, input_shape=tiny_shape(name), **kwargs)
-    _randomise_state(model)
+    randomise_bn_state(model)
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
@@ -565,7 +553,7 @@ def _check_export(model, path, shape):
 
 def test_saved_model_export(tmp_path):
     model = models.build_model("digits_cnn", activation="smooth_relu")
-    _randomise_state(model)
+    randomise_bn_state(model)
     _check_export(model, str(tmp_path / "saved_model"), (8, 8, 1))
 
 
@@ -578,7 +566,7 @@ def test_saved_model_export_resnext(tmp_path):
 
 def test_eager_and_graph_agree():
     model = models.build_model("digits_cnn", activation="silu")
-    _randomise_state(model)
+    randomise_bn_state(model)
     x = tf.constant(images((8, 8, 1)))
     graph = tf.function(lambda z: model(z, training=False))
     np.testing.assert_allclose(graph(x), model(x, training=False), rtol=1e-5, atol=1e-6)

@@ -14,7 +14,6 @@ so any resume, clean or not, restarts the replicas from the mean statistics.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, free_port
+
 FLAGS = ["--config.system.strategy=multi_worker", "--config.eval.autoattack=none", "--config.data.limit_train=256", "--config.data.limit_test=32", "--config.schedule.batch_size=16",
          "--config.attack.steps=1", "--config.eval.steps=1", "--config.export.enabled=false", "--config.schedule.decay=constant",
          "--config.schedule.warmup_epochs=0", "--config.system.deterministic"]
 EPOCH = 256 // 16  # steps; checkpoints at epoch ends
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(workdir, ports, epochs=2):
@@ -73,7 +67,7 @@ def _latest_step(workdir):
 
 
 def test_killed_worker_restart_resumes_to_the_weights_of_a_clean_restart(tmp_path):
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     clean = str(tmp_path / "clean")
     _finish(_start(clean, ports, epochs=1))
     chief_out, worker_out = _finish(_start(clean, ports))
@@ -118,7 +112,7 @@ def test_two_workers_evaluate_as_one_device(tmp_path):
     flags = ["--limit=40", "--steps=2", "--batch_size=16", "--eps=32/255",
              "--autoattack_options=apgd-ce.steps=10,apgd-t.steps=5,apgd-t.n_target_classes=2,fab-t.steps=5,"
              "fab-t.n_target_classes=2,square.queries=50"]
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
     procs = []
     for index in range(2):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",

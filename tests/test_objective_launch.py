@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, run_launcher
+
 TINY = ["--config.schedule.epochs=1", "--config.eval.autoattack=none", "--config.data.limit_train=128",
         "--config.data.limit_test=32", "--config.schedule.batch_size=32", "--config.export.enabled=false",
         "--config.attack.steps=2", "--config.eval.steps=2"]
@@ -15,13 +16,8 @@ TINY = ["--config.schedule.epochs=1", "--config.eval.autoattack=none", "--config
 
 def train(workdir, *flags, check=True):
     files = [f for f in flags if f.startswith("--config=")]  # the config file comes before its overrides
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), *files, *TINY,
-           *(f for f in flags if f not in files), f"--workdir={workdir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_launcher("train.py", *files, *TINY, *(f for f in flags if f not in files), f"--workdir={workdir}",
+                        check=check)
 
 
 @pytest.mark.parametrize("objective", ["trades", "awp_trades_rat"])

@@ -11,12 +11,9 @@ from sat_tf.training import objectives
 from sat_tf import training
 from sat_tf.attacks import base
 
+from conftest import np_softmax
+
 K, D, B = 4, 6, 5
-
-
-def np_softmax(z):
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def np_kl(q, logits):

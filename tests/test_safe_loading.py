@@ -45,7 +45,8 @@ import tensorflow as tf
 
 from sat_tf import activations, export, models
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, randomise_bn_state
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 ATOL = 1e-6
 # One entry per model class and block type, cheap at a tiny input size.
@@ -124,19 +125,9 @@ def model_shape(name):
     return (16, 16, 3) if name in CIFAR_MODELS else (32, 32, 3)
 
 
-def randomise_state(model, seed=1):
-    """Non-trivial BN statistics, so the weights' round trip is tested."""
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        if w.path.endswith(("moving_variance", "gamma")):
-            w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype("float32"))
-        elif w.path.endswith(("moving_mean", "beta")):
-            w.assign(rng.normal(0, 0.1, size=w.shape).astype("float32"))
-
-
 def save_archive(model, path, inputs, expected, key):
     """Saves `model` to `path`; records a batch and the Keras outputs under `key`."""
-    randomise_state(model)
+    randomise_bn_state(model)
     model.save(path)
     x = np.random.default_rng(0).uniform(size=(2, *model.input_shape[1:])).astype(np.float32)
     inputs[key] = x

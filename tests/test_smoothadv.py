@@ -4,9 +4,6 @@ computation of the reference's formulas (Hadisalman/smoothing-adversarial)."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -18,7 +15,8 @@ from sat_tf.training import objectives
 from sat_tf import training
 from sat_tf.attacks import base
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import np_softmax, run_launcher
+
 SHAPE = (3, 2, 2)  # 12 pixels
 CLASSES = 3
 
@@ -41,12 +39,6 @@ def linear_problem(seed=0, batch=4, num_noise=3, sigma=0.3, scale=3.0):
 def tf_linear(w, b):
     w, b = tf.constant(w), tf.constant(b)
     return lambda z: tf.matmul(tf.reshape(z, [tf.shape(z)[0], -1]), w) + b
-
-
-def np_softmax(z):
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
 
 
 def np_rows(x, noise):
@@ -303,15 +295,10 @@ def test_train_step_uses_the_objective_rows_and_normalises_by_rows():
 
 def launch_train(tmp_path, *flags, check=True):
     files = [f for f in flags if f.startswith("--config=")]  # the config file comes before its overrides
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), *files, "--config.schedule.epochs=2",
-           "--config.data.limit_train=256", "--config.data.limit_test=64", "--config.schedule.batch_size=32",
-           "--config.export.enabled=false", "--config.eval.autoattack=none", f"--workdir={tmp_path}",
-           *(f for f in flags if f not in files)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_launcher("train.py", *files, "--config.schedule.epochs=2", "--config.data.limit_train=256",
+                        "--config.data.limit_test=64", "--config.schedule.batch_size=32",
+                        "--config.export.enabled=false", "--config.eval.autoattack=none", f"--workdir={tmp_path}",
+                        *(f for f in flags if f not in files), check=check)
 
 
 @pytest.mark.slow

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from sat_tf import certification
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "certify_mirrored.py")
 SHAPE = (4, 4, 1)
 

@@ -21,6 +21,8 @@ from sat_tf import training
 from sat_tf.models import cifar
 from sat_tf.activations.sparta import Sparta
 
+from conftest import np_sigmoid
+
 # Activation sites per network (as tests/test_models.py ACTIVATION_SITES).
 SITES = {
     "resnet18_cifar": 17,
@@ -36,10 +38,6 @@ TINY_SHAPES = {"resnet18": (32, 32, 3), "resnet34": (32, 32, 3), "digits_cnn": (
 # === NumPy reference (float64, NHWC) ===
 
 
-def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
 def _np_sparta(x, kernel, bias):
     """`x * sigmoid(K * x + b)`, each channel correlated alone, zero padding."""
     x = x.astype(np.float64)
@@ -51,7 +49,7 @@ def _np_sparta(x, kernel, bias):
     for i in range(k):
         for j in range(k):
             logits += kernel[i, j] * padded[:, i : i + h, j : j + w, :]
-    return x * _sigmoid(logits)
+    return x * np_sigmoid(logits)
 
 
 def _features(shape=(2, 6, 7, 3), seed=0, scale=2.0):
@@ -99,11 +97,11 @@ def test_matches_numpy(data_format, kernel_size):
 def test_initialisation_is_silu_and_centre_only_kernel_is_swish():
     x = _features()
     x64 = x.astype(np.float64)
-    np.testing.assert_allclose(Sparta()(x), x64 * _sigmoid(x64), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(Sparta()(x), x64 * np_sigmoid(x64), rtol=1e-6, atol=1e-6)
     swish = _layer(_centre(1.7), 0.3)
-    np.testing.assert_allclose(swish(x), x64 * _sigmoid(1.7 * x64 + 0.3), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(swish(x), x64 * np_sigmoid(1.7 * x64 + 0.3), rtol=1e-6, atol=1e-6)
     beta_init = Sparta(initial_beta=2.5)
-    np.testing.assert_allclose(beta_init(x), x64 * _sigmoid(2.5 * x64), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(beta_init(x), x64 * np_sigmoid(2.5 * x64), rtol=1e-6, atol=1e-6)
 
 
 def test_large_centre_weight_approaches_relu():

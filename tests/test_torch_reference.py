@@ -21,7 +21,8 @@ from torch.nn import functional as F  # noqa: E402
 
 from sat_tf import attacks, models  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
+
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import torch_reference  # noqa: E402
 

@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from sat_tf import distribute
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, free_port, run_launcher
+
 SCRIPT = os.path.join(ROOT, "launch", "train_imagenet.py")
 
 
@@ -46,13 +47,7 @@ def _tiny_flags(data, workdir, *extra):
 
 
 def _run(flags, *, timeout=600, check=True):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(
-        [sys.executable, SCRIPT, *flags], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train_imagenet.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_launcher("train_imagenet.py", *flags, env={"CUDA_VISIBLE_DEVICES": ""}, timeout=timeout, check=check)
 
 
 def _checkpoint_tensors(workdir):
@@ -190,18 +185,10 @@ def test_cpu_bf16_detection(tmp_path, flags, expected):
     assert distribute.cpu_has_bf16(str(cpuinfo)) is expected
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_worker_processes_train_and_evaluate_in_step(tiny_imagenet, tmp_path):
     # MultiWorkerMirrored on 127.0.0.1: each worker reads its own shards; both
     # evaluate the same number of batches (no collective left waiting).
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
     workdir = str(tmp_path / "mwms")
     flags = _tiny_flags(
         tiny_imagenet, workdir, "--config.system.strategy=multi_worker", "--config.schedule.epochs=1",

@@ -11,6 +11,8 @@ from sat_tf import activations
 from sat_tf.training import schedules
 from sat_tf import training
 
+from conftest import shift_attack
+
 
 def _tiny_model(with_bn=False, seed=0):
     keras.utils.set_random_seed(seed)
@@ -31,12 +33,6 @@ def _batch(n=8, seed=1):
     return x, y
 
 
-def _shift_attack(logits_fn, x, y, seed=None):
-    """A deterministic 'attack' that moves every pixel by +0.05 (then clips)."""
-    del logits_fn, y, seed
-    return tf.clip_by_value(x + 0.05, 0.0, 1.0)
-
-
 def test_decayed_variables_are_kernels_only():
     model = _tiny_model(with_bn=True)
     names = sorted(v.path for v in training.decayed_variables(model))
@@ -53,7 +49,7 @@ def _run_steps(model, x, y, *, steps, label_smoothing, weight_decay, lr=0.1):
         global_batch_size=len(y), num_classes=3,
         label_smoothing=label_smoothing, weight_decay=weight_decay,
     )
-    train = training.make_train_function(model, optimizer, _shift_attack, strategy, config)
+    train = training.make_train_function(model, optimizer, shift_attack, strategy, config)
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     out = train(iter(ds), tf.constant(steps))
     return {k: float(v) for k, v in out.items()}
@@ -124,7 +120,7 @@ def test_attack_steps_leave_batchnorm_statistics_alone():
 
     x, y = _batch()
     stats = []
-    for attack in (busy_attack, _shift_attack):
+    for attack in (busy_attack, shift_attack):
         model = _tiny_model(with_bn=True, seed=5)
         config = training.StepConfig(global_batch_size=8, num_classes=3)
         train = training.make_train_function(
@@ -153,7 +149,7 @@ def test_jit_step_equals_plain_step():
         model = _tiny_model(with_bn=True, seed=7)
         config = training.StepConfig(global_batch_size=8, num_classes=3, weight_decay=1e-3, jit_compile=jit)
         train = training.make_train_function(
-            model, keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), _shift_attack,
+            model, keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), shift_attack,
             tf.distribute.get_strategy(), config,
         )
         train(iter(tf.data.Dataset.from_tensors((x, y)).repeat()), tf.constant(2))
@@ -189,7 +185,7 @@ def test_fit_traces_the_train_function_once_for_any_chunk_and_epoch(tmp_path):
     strategy = tf.distribute.get_strategy()
     config = training.StepConfig(global_batch_size=8, num_classes=3, steps_per_execution=2)
     history = training.fit(
-        model, keras.optimizers.SGD(0.1), _shift_attack, strategy,
+        model, keras.optimizers.SGD(0.1), shift_attack, strategy,
         lambda epoch, ctx: tf.data.Dataset.from_tensors((x, y)).repeat(5),
         config=config, epochs=3, steps_per_epoch=5, checkpoint_every_steps=3, workdir=str(tmp_path), verbose=False,
     )

@@ -14,19 +14,15 @@ import tensorflow as tf
 from sat_tf import activations, attacks, training
 from sat_tf.training import objectives
 
+from conftest import tiny_conv_bn_model
+
 GLOBAL_BATCH, STEPS = 8, 3
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "adversarial_model_mirrored.py")
 
 
 def _model(seed=0):
     """Conv + BatchNorm + SmoothReLU + Dense: BN checks the attack's inference mode."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((4, 4, 1))
-    x = keras.layers.Conv2D(3, 3, padding="same", name="conv")(inputs)
-    x = keras.layers.BatchNormalization(momentum=0.9, name="bn")(x)
-    x = activations.get_activation("smooth_relu", name="act")(x)
-    x = keras.layers.Flatten()(x)
-    return keras.Model(inputs, keras.layers.Dense(3, name="fc")(x))
+    return tiny_conv_bn_model(seed, activation=activations.get_activation("smooth_relu", name="act"))
 
 
 def _data(nan_at_step=None):

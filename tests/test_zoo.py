@@ -6,9 +6,6 @@ reference forward passes are raw `tf.nn` code over those arrays, so neither
 depends on sat_tf's model code or on its name mapping.
 """
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +13,8 @@ import tensorflow as tf
 
 from sat_tf import models, zoo
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_launcher
+
 SIZE, CLASSES = 32, 10
 EMA = "/ExponentialMovingAverage"
 
@@ -465,10 +463,8 @@ def test_zoo_table():
 # === Launcher ===
 
 
-def run_launcher(*flags):
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "convert_checkpoint.py"), *flags]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+def run_convert(*flags):
+    return run_launcher("convert_checkpoint.py", *flags, timeout=300, check=False)
 
 
 def test_launcher_converts_and_reloads(tmp_path):
@@ -477,7 +473,7 @@ def test_launcher_converts_and_reloads(tmp_path):
     params = resnet_params(18, "silu", seed=6)
     path = save(tmp_path / "r18", params)
     out = tmp_path / "r18.keras"
-    proc = run_launcher(f"--checkpoint={path}", "--activation=silu", f"--image_size={SIZE}",
+    proc = run_convert(f"--checkpoint={path}", "--activation=silu", f"--image_size={SIZE}",
                         f"--output={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"loaded {len(params)} weights" in proc.stdout and str(out) in proc.stdout
@@ -486,7 +482,7 @@ def test_launcher_converts_and_reloads(tmp_path):
     assert_logits_close(logits(model, x), reference_resnet(params, x[..., ::-1], 18, "silu"))  # BGR default
 
     missing = tmp_path / "nope" / "Res50-silu"
-    proc = run_launcher(f"--checkpoint={missing}", "--zoo_name=Res50-silu")
+    proc = run_convert(f"--checkpoint={missing}", "--zoo_name=Res50-silu")
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and str(missing) in last and "Traceback" not in proc.stderr

@@ -23,12 +23,14 @@ Example:
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import re
 
 import numpy as np
+import tensorflow as tf
+
+from sat_tf import files
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 _TIME_RE = re.compile(r"^(?:(-?\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$")
@@ -108,7 +110,7 @@ def read_tsv(path):
 
     Columns are found by header name; extra columns are ignored.
     """
-    with open(path) as f:
+    with tf.io.gfile.GFile(os.fspath(path), "r") as f:
         header = f.readline().rstrip("\n").split("\t")
         missing = {"idx", "label", "predict", "radius", "correct"} - set(header)
         if missing:
@@ -187,7 +189,7 @@ def plot_certified_accuracy(curves, path, max_radius=None, title=None):
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize="small", framealpha=0.9)
     fig.tight_layout()
-    fig.savefig(path)
+    files.save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -253,15 +255,13 @@ def sidecar_path(tsv_path):
 
 
 def write_sidecar(tsv_path, meta):
-    with open(sidecar_path(tsv_path), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
+    files.write_json(sidecar_path(tsv_path), meta, indent=2, sort_keys=True)
 
 
 def read_sidecar(tsv_path):
     """The sidecar dict of `tsv_path`, or None if there is none (reference logs)."""
     try:
-        with open(sidecar_path(tsv_path)) as f:
-            return json.load(f)
+        return files.read_json(sidecar_path(tsv_path))
     except (FileNotFoundError, ValueError):
         return None
 

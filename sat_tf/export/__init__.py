@@ -16,7 +16,6 @@ detail: docs/module_notes.md.
 """
 
 import dataclasses
-import json
 import numbers
 import os
 import re
@@ -26,7 +25,7 @@ import keras
 import tensorflow as tf
 
 from sat_tf.data import imagenet_input
-from sat_tf import certification
+from sat_tf import certification, files
 
 # The differentiable endpoint (signature and loaded function) for attacks.
 LOGITS_SIGNATURE = "logits_float"
@@ -199,23 +198,20 @@ def _smoothed_endpoint(model, image_shape, num_classes, smoothed):
 def _write_smoothed_settings(path, smoothed, num_classes):
     file = os.path.join(path, SMOOTHED_SETTINGS)
     if smoothed is None:  # re-exporting into the same folder: drop stale settings
-        if os.path.exists(file):
-            os.remove(file)
+        if tf.io.gfile.exists(file):
+            tf.io.gfile.remove(file)
         return
     settings = {**dataclasses.asdict(smoothed), "num_classes": int(num_classes),
                 "abstain": certification.ABSTAIN}
     # assets.extra: the SavedModel folder for files the graph does not load.
-    os.makedirs(os.path.dirname(file), exist_ok=True)
-    with open(file, "w") as f:
-        json.dump(settings, f, indent=2, sort_keys=True)
+    files.write_json(file, settings, indent=2, sort_keys=True)
 
 
 def smoothed_settings(path):
     """The `SmoothedServing` fields (plus num_classes) a SavedModel's
     `predict_smoothed` was exported with, or None if it has none."""
     try:
-        with open(os.path.join(path, SMOOTHED_SETTINGS)) as f:
-            return json.load(f)
+        return files.read_json(os.path.join(os.fspath(path), SMOOTHED_SETTINGS))
     except FileNotFoundError:
         return None
 
@@ -396,7 +392,7 @@ def load_logits_fn(path):
         ValueError: the SavedModel has no `logits_float` (exported by an older
             sat_tf, or by something else): re-export it.
     """
-    path = os.path.abspath(os.fspath(path))
+    path = files.absolute(path)
     if not tf.saved_model.contains_saved_model(path):
         raise FileNotFoundError(f"No SavedModel at {path} (no saved_model.pb)")
     loaded = tf.saved_model.load(path)
@@ -491,7 +487,7 @@ def serving_readme(path, model_name, *, signatures=None, notes=()):
     Example:
         print(serving_readme("/tmp/sm", "digits"))
     """
-    path = os.path.abspath(path)
+    path = files.absolute(path)
     signatures = signatures or describe_signatures(path)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name) or "model"
     lines = [f"# Serving `{name}`", "", f"SavedModel: `{path}`", "", "## Signatures", ""]

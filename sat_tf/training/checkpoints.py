@@ -31,7 +31,9 @@ def unreadable(path):
     """Why checkpoint `path` cannot be restored (one line), or None if every
     tensor reads back with a matching checksum."""
     try:
-        reader = tf.train.load_checkpoint(path)
+        # Not tf.train.load_checkpoint: it takes a prefix that is also a "directory" (as every
+        # prefix is on ram://) for one and looks for a `checkpoint` file inside it.
+        reader = tf.compat.v1.train.NewCheckpointReader(path)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except Exception as err:  # the reader raises OpError, IndexError, ValueError, ...

@@ -1,0 +1,62 @@
+"""A run's files through `tf.io.gfile`, so a workdir may be local, `gs://` or `ram://`.
+
+Python's `open`/`os.path` would treat `gs://bucket/run` as a relative local
+folder named `gs:`; these helpers are the few file operations the library and
+the launchers need, each on any path `tf.io.gfile` understands.
+"""
+
+import io
+import json
+import os
+
+import tensorflow as tf
+
+
+def is_remote(path):
+    return "://" in os.fspath(path)
+
+
+def absolute(path):
+    """`os.path.abspath` for a local path; a URL-like path (`gs://...`) as it is."""
+    path = os.fspath(path)
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def makedirs_for(path):
+    """Creates the folder that will hold the file `path`."""
+    directory = os.path.dirname(os.fspath(path))
+    if directory:
+        tf.io.gfile.makedirs(directory)
+
+
+def write_text(path, text):
+    makedirs_for(path)
+    with tf.io.gfile.GFile(os.fspath(path), "w") as f:
+        f.write(text)
+
+
+def read_text(path):
+    with tf.io.gfile.GFile(os.fspath(path), "r") as f:
+        return f.read()
+
+
+def write_json(path, value, **dumps_kwargs):
+    write_text(path, json.dumps(value, **dumps_kwargs))
+
+
+def read_json(path):
+    """The parsed file; FileNotFoundError (not TF's NotFoundError) when absent."""
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"No such file: {path}")
+    return json.loads(read_text(path))
+
+
+def save_figure(fig, path, **savefig_kwargs):
+    """`fig.savefig(path)` for any gfile path (matplotlib writes only local files)."""
+    buffer = io.BytesIO()
+    fmt = savefig_kwargs.pop("format", None) or os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+    fig.savefig(buffer, format=fmt, **savefig_kwargs)
+    makedirs_for(path)
+    with tf.io.gfile.GFile(os.fspath(path), "wb") as f:
+        f.write(buffer.getvalue())
+    return path
