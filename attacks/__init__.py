@@ -27,6 +27,7 @@ import inspect
 import tensorflow as tf
 
 from sat_tf.attacks.apgd import apgd
+from sat_tf.attacks.apgd import apgd_train
 from sat_tf.attacks.autoattack import AutoAttackResult
 from sat_tf.attacks.autoattack import AutoAttackRows
 from sat_tf.attacks.autoattack import autoattack
@@ -69,11 +70,19 @@ ATTACKS = {
     "apgd": apgd,
     "apgd_dlr": functools.partial(apgd, loss="dlr"),
     "apgd_t": functools.partial(apgd, loss="dlr_targeted"),
+    "apgd_train": apgd_train,
     "fab": functools.partial(fab, targeted=False),
     "fab_t": fab,
     "square": square,
     "none": identity_attack,
 }
+
+
+# The training attack of `config.attack.name`: the same names, except that "apgd" means
+# `apgd_train` (every point, all steps, the highest-loss iterate: Singh et al. 2023's
+# training attack), not AutoAttack's evaluation APGD, which stops at misclassification
+# and returns the clean image for points it did not break.
+TRAINING_ATTACKS = {**ATTACKS, "apgd": apgd_train}
 
 
 def list_attacks():
@@ -96,9 +105,18 @@ def get_attack(name, **kwargs):
         ValueError: unknown `name`.
         TypeError: a keyword the attack does not take.
     """
-    if name not in ATTACKS:
-        raise ValueError(f"Unknown attack {name!r}. Known: {list_attacks()}")
-    fn = ATTACKS[name]
+    return _bind(ATTACKS, name, kwargs)
+
+
+def get_training_attack(name, **kwargs):
+    """As `get_attack`, from `TRAINING_ATTACKS` ("apgd" is `apgd_train`)."""
+    return _bind(TRAINING_ATTACKS, name, kwargs)
+
+
+def _bind(registry, name, kwargs):
+    if name not in registry:
+        raise ValueError(f"Unknown attack {name!r}. Known: {sorted(registry)}")
+    fn = registry[name]
     try:
         inspect.signature(fn).bind_partial(None, None, None, **kwargs)
     except TypeError as e:
@@ -113,6 +131,7 @@ __all__ = [
     "AutoAttackResult",
     "AutoAttackRows",
     "apgd",
+    "apgd_train",
     "autoattack",
     "fab",
     "square",
@@ -121,6 +140,7 @@ __all__ = [
     "cw_margin",
     "fgsm",
     "get_attack",
+    "get_training_attack",
     "identity_attack",
     "kl_to_clean",
     "list_attacks",
@@ -134,4 +154,5 @@ __all__ = [
     "smoothed_nll",
     "trades_pgd",
     "SMOOTHADV_ATTACKS",
+    "TRAINING_ATTACKS",
 ]

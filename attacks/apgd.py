@@ -221,6 +221,94 @@ def apgd(
     return x_adv
 
 
+def apgd_train(logits_fn, x, y, *, eps, steps=2, norm="linf", rho=0.75, seed=None):
+    """APGD-CE as a training attack (Croce & Hein's `apgd_train`, as Singh et al., 2023 train with it).
+
+    The evaluation `apgd` above stops on misclassification and returns the
+    clean image for the points it did not break; an adversarial training
+    step wants the opposite: every point attacked for all `steps`, and the
+    iterate with the **highest loss** returned (the clean start included, as
+    the reference's `x_best`). The iteration itself is APGD's: step `2 eps`,
+    momentum 0.75 from the second iteration, the same checkpoint schedule and
+    halving rule (`checkpoint_iterations`, `_ScheduleState`). As the
+    reference (`use_rs=False`), the run starts at `x`, so the result is
+    deterministic and `seed` is accepted only for the attack interface.
+
+    Labels may be hard or soft: with mixup/cutmix the reference attacks the
+    mixed batch with the mixed (label-smoothed) targets, its CE being
+    `-sum(y * log_softmax(logits))` per point (`F.cross_entropy` with
+    probabilities).
+
+    Args:
+        logits_fn: callable `[B, ...] float32 -> [B, C]`; call the model in
+            inference mode (`training=False`).
+        x: float32 images in `[0, 1]`, `[B, ...]` (static rank).
+        y: integer labels `[B]`, or float targets `[B, C]` (rows summing to 1).
+        eps: radius in `[0, 1]` pixel units (L-inf) or L2 length.
+        steps: iterations (gradient evaluations: `steps`, forward passes:
+            `steps + 1`). Defaults to 2 (Singh et al.).
+        norm: `"linf"` or `"l2"`. Defaults to `"linf"`.
+        rho: the oscillation threshold of the halving rule. Defaults to 0.75.
+        seed: ignored (the attack is deterministic).
+
+    Returns:
+        float32 `x_adv` like `x`, gradient stopped.
+
+    Reference:
+    - Croce & Hein's `autopgd_train.py` (`apgd_train`), as shipped with
+      [Singh et al., 2023](https://arxiv.org/abs/2303.01870) (`autopgd_train_clean.py`).
+    """
+    del seed
+    _validate(eps=eps, norm=norm, loss="ce", steps=steps, restarts=1, n_target_classes=1, rho=rho, eot_iter=1)
+    x = tf.cast(tf.convert_to_tensor(x), tf.float32)
+    y = tf.convert_to_tensor(y)
+    soft = y.shape.rank == 2
+    if soft:
+        y = tf.cast(y, tf.float32)
+    elif y.dtype.is_integer:
+        y = tf.cast(y, tf.int32)
+    else:
+        raise TypeError(f"`y` must be integer labels [B] or float targets [B, C]. Received: {y.dtype=}, {y.shape=}")
+    eps = tf.cast(eps, tf.float32)
+
+    def loss_and_grad(z):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(z)
+            logits = tf.cast(logits_fn(z), tf.float32)
+            if soft:
+                values = -tf.reduce_sum(y * tf.nn.log_softmax(logits, axis=-1), axis=-1)
+            else:
+                values = base.cross_entropy(logits, y)
+            total = tf.reduce_sum(values)
+        return values, tape.gradient(total, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    values, grad = loss_and_grad(x)
+    step_size = tf.fill(tf.shape(values), 2.0 * eps)
+    state = _ScheduleState.initial(steps, values)
+
+    def body(i, x_adv, x_old, grad, x_best, grad_best, step_size, sched):
+        sched = _ScheduleState.from_tuple(sched)
+        momentum = x_adv - x_old
+        a = tf.where(i > 0, 0.75, 1.0)
+        direction = tf.sign(grad) if norm == "linf" else _normalize(grad, "l2")
+        z = _project(x_adv + _expand(step_size, x) * direction, x, eps, norm)
+        x_new = _project(x_adv + (z - x_adv) * a + momentum * (1.0 - a), x, eps, norm)
+        values, grad = loss_and_grad(x_new)
+        improved = values > sched.loss_best
+        x_best = tf.where(_expand(improved, x), x_new, x_best)
+        grad_best = tf.where(_expand(improved, x), grad, grad_best)
+        sched = sched.record(i, values, tf.where(improved, values, sched.loss_best))
+        _, halve, sched = sched.check(i, rho)
+        step_size = tf.where(halve, step_size / 2.0, step_size)
+        x_next = tf.where(_expand(halve, x), x_best, x_new)
+        grad = tf.where(_expand(halve, x), grad_best, grad)
+        return i + 1, x_next, x_adv, grad, x_best, grad_best, step_size, sched.as_tuple()
+
+    carry = (tf.constant(0), x, x, grad, x, grad, step_size, state.as_tuple())
+    out = tf.while_loop(lambda i, *_: i < steps, body, carry, parallel_iterations=1)
+    return tf.stop_gradient(out[4])
+
+
 # --- One run --------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from launch import common  # noqa: E402
+from launch import training_setup  # noqa: E402
 from sat_tf import config as config_lib  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -119,7 +120,6 @@ def check_data(config):
 
 def training_objective(config, model, num_classes, steps_per_epoch):
     """The attack or objective `training.fit` trains on."""
-    from sat_tf import attacks
     from sat_tf.training import objectives
 
     o, a = config.objective, config.attack
@@ -140,14 +140,7 @@ def training_objective(config, model, num_classes, steps_per_epoch):
             kwargs.update(awp_gamma=o.awp_gamma, awp_warmup_epochs=o.awp_warmup_epochs,
                           steps_per_epoch=steps_per_epoch)
         return objectives.TradesObjective(model, **kwargs)
-    if a.name == "none" or a.steps == 0 or a.eps == 0:
-        return attacks.get_attack("none")
-    kwargs = {"eps": a.eps}
-    if a.name != "fgsm":
-        kwargs.update(step_size=a.step_size, steps=a.steps, prob_start_from_clean=a.prob_start_from_clean)
-        if a.step_size_rule != "fixed":
-            kwargs["step_size_rule"] = a.step_size_rule
-    return attacks.get_attack(a.name, **kwargs)
+    return training_setup.training_attack(config)
 
 
 def describe_objective(config):
@@ -158,7 +151,10 @@ def describe_objective(config):
         s = o.smoothadv
         return f"smoothadv-{s.attack} sigma={o.noise_sd:g} eps={s.eps:g} steps={s.steps} m={s.num_noise}"
     a = config.attack
-    budget = f"eps={a.eps * 255:g}/255 step={a.step_size * 255:g}/255 steps={a.steps}"
+    step = "2eps, APGD-halved" if a.name == "apgd" else f"{a.step_size * 255:g}/255"
+    budget = f"eps={a.eps * 255:g}/255 step={step} steps={a.steps}"
+    if config_lib.mixup_enabled(config):
+        budget += f", mixup {config.mixup.mixup_alpha:g} / cutmix {config.mixup.cutmix_alpha:g}"
     return f"{o.name} ({budget})" if o.name != "adversarial" else f"{a.name} {budget}"
 
 
@@ -203,6 +199,7 @@ def main(argv):
     from sat_tf import data, distribute, models, training
     from sat_tf.data import imagenet_input, record_faults
     from sat_tf.training import ema as ema_lib
+    from sat_tf.training import mixup
     from sat_tf.training import schedules
 
     # ===== Set up: seeds, strategy, precision =====
@@ -269,11 +266,7 @@ def main(argv):
             boundaries=[int(e) * steps_per_epoch for e in config.schedule.decay_epochs],
             warmup_start_lr=config.optimizer.learning_rate if config.schedule.warmup_from_base_lr else 0.0,
         )
-        if config.optimizer.name == "sgd":
-            optimizer = keras.optimizers.SGD(schedule, momentum=config.optimizer.momentum,
-                                             nesterov=config.optimizer.nesterov)
-        else:
-            optimizer = keras.optimizers.RMSprop(schedule, rho=0.9, momentum=config.optimizer.momentum, epsilon=1e-3)
+        optimizer = training_setup.make_optimizer(config, schedule, model)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         ema = ema_lib.WeightEMA(model, config.optimizer.ema_decay) if config.optimizer.ema_decay > 0 else None
@@ -290,15 +283,15 @@ def main(argv):
         except (ValueError, OSError, tf.errors.OpError) as err:
             raise config_lib.ConfigError(f"config.model.load_sparta={config.model.load_sparta}: {err}") from None
     if config.model.init_checkpoint:
-        from sat_tf import zoo
-
-        conversion = zoo.load_tf1_checkpoint(model, config.model.init_checkpoint, use_ema=config.model.init_use_ema,
-                                             channel_order=config.model.channel_order)
+        summary = training_setup.load_init_weights(model, config.model.init_checkpoint,
+                                                   use_ema=config.model.init_use_ema,
+                                                   channel_order=config.model.channel_order)
         if chief:
-            print(conversion.summary(), flush=True)
+            print(summary, flush=True)
         if ema is not None:
             ema.reset_from_model()  # average from the loaded weights, not the random init
-    attack = training_objective(config, model, num_classes, steps_per_epoch)
+    attack = training_setup.with_mixup(config, training_objective(config, model, num_classes, steps_per_epoch),
+                                       num_classes, strategy)
     eval_eps, eval_step = config_lib.eval_epsilon(config), config_lib.eval_step_size(config)
     if chief:
         config_lib.save(config, workdir)
@@ -375,7 +368,7 @@ def main(argv):
     if config.mode != "eval":
         step_config = training.StepConfig(
             global_batch_size=batch_size, num_classes=num_classes, label_smoothing=config.objective.label_smoothing,
-            weight_decay=config.optimizer.weight_decay, jit_compile=jit, seed=config.system.seed,
+            weight_decay=training_setup.l2_weight_decay(config), jit_compile=jit, seed=config.system.seed,
             steps_per_execution=config.system.steps_per_execution,
             attack_grad_scale=128.0 if policy == "mixed_float16" else 1.0)
         with record_faults.named_errors():
@@ -387,6 +380,8 @@ def main(argv):
                 on_nonfinite=config.system.on_nonfinite, max_skipped_steps=config.system.max_skipped_steps,
                 epoch_end_fn=epoch_end_fn if imagenet else None, ema=ema)
         weights_tag = f"step{int(optimizer.iterations.numpy())}" if imagenet else None
+        if chief and isinstance(attack, mixup.MixupObjective):
+            print(attack.summary(), flush=True)
     elif not config.model.init_checkpoint:
         checkpoint = tf.train.Checkpoint(model=model, **({"ema": ema} if ema is not None else {}))
         path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))

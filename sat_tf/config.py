@@ -71,14 +71,22 @@ def base():
     c.model.survival_prob = placeholder(float)
     c.model.input_shape = placeholder(tuple)  # filled in by the trainer from the data
     c.model.load_sparta = placeholder(str)  # a sparta.npz loaded into this run's Sparta, frozen
-    c.model.init_checkpoint = placeholder(str)  # a released SAT TF1 checkpoint (model zoo) to start from
+    # Builder arguments without a field of their own, 'key=value' with a JSON value:
+    # ("stem=\"convstem\"", "drop_path_rate=0.1", "depths=[1,1,1,1]") for ConvNeXt.
+    c.model.options = ()
+    # Weights to start from: a released SAT TF1 checkpoint (model zoo: prefix or directory), or a .keras
+    # file of the same architecture (a clean run's model.keras, a converted RobustBench model).
+    c.model.init_checkpoint = placeholder(str)
     # rgb | bgr: the order init_checkpoint was trained with; None: what SAT's released code feeds the family
     # (BGR for ResNets, RGB for EfficientNets; sat_tf.zoo)
     c.model.channel_order = placeholder(str)
     c.model.init_use_ema = False  # load init_checkpoint's EMA shadows
 
     c.attack = config_dict.ConfigDict()  # the training attack of objective "adversarial"; TRADES' budget
-    c.attack.name = "pgd"  # pgd | pgd_l2 | fgsm | none
+    # pgd | pgd_l2 | fgsm | apgd | none. apgd: APGD-CE as a training attack (attacks.apgd_train: every
+    # point, attack.steps iterations from x, the highest-loss iterate; Singh et al. 2023); it sets its own
+    # step (2 eps, halved by APGD's rule), so step_size, prob_start_from_clean and step_size_rule are unused.
+    c.attack.name = "pgd"
     c.attack.eps = 32 / 255
     c.attack.step_size = 16 / 255
     c.attack.steps = 2
@@ -105,12 +113,32 @@ def base():
     c.objective.smoothadv.warmup_epochs = 1
     c.objective.smoothadv.ddn_gamma = 0.05
 
+    # Mixup / CutMix on each replica's batch (sat_tf.training.mixup, timm's Mixup in "batch" mode), on when
+    # an alpha is > 0; the targets carry objective.label_smoothing. Objective "adversarial" with attack
+    # apgd or none only: the attack sees the mixed batch and its soft targets (as Singh et al.).
+    c.mixup = config_dict.ConfigDict()
+    c.mixup.mixup_alpha = 0.0
+    c.mixup.cutmix_alpha = 0.0
+    c.mixup.prob = 1.0  # probability that a batch is mixed
+    c.mixup.switch_prob = 0.5  # probability of CutMix instead of Mixup when both alphas are > 0
+
     c.optimizer = config_dict.ConfigDict()
-    c.optimizer.name = "sgd"  # sgd (Nesterov with nesterov=True) | rmsprop (decay 0.9, eps 1e-3: EfficientNet)
+    # sgd (Nesterov with nesterov=True) | rmsprop (decay 0.9, eps 1e-3: EfficientNet) | adamw (Keras AdamW,
+    # beta_1/beta_2/epsilon below)
+    c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.4  # per 256 images, scaled linearly with the batch
     c.optimizer.momentum = 0.9
     c.optimizer.nesterov = True
-    c.optimizer.weight_decay = 5e-4  # L2 (lambda/2 sum w^2) on conv/dense kernels
+    # sgd/rmsprop: L2 (lambda/2 sum w^2) on conv/dense kernels, through the gradient. adamw: decoupled decay
+    # (w <- w - lr * weight_decay * w, PyTorch's AdamW) on every weight but those of optimizer.no_decay.
+    c.optimizer.weight_decay = 5e-4
+    c.optimizer.beta_1 = 0.9  # adamw
+    c.optimizer.beta_2 = 0.999  # adamw
+    c.optimizer.epsilon = 1e-8  # adamw (PyTorch's default; Keras' is 1e-7)
+    # adamw: weights without decay. vectors: every 0-/1-D weight (biases, norm scales and offsets, layer
+    # scale: timm's filter_bias_and_bn); biases: biases and norm offsets only (PyTorch's `.bias`; Singh et al.'s
+    # code for ConvNeXt, which decays LayerNorm scales and layer scale).
+    c.optimizer.no_decay = "vectors"
     c.optimizer.ema_decay = 0.0  # weight EMA (0: off); evaluation then also reports the EMA model
 
     c.schedule = config_dict.ConfigDict()
@@ -252,6 +280,7 @@ def validate(config):
     _number(config, "model.dropout_rate", 0, 1, high_open=True, optional=True)
     _number(config, "model.survival_prob", 0, 1, low_open=True, optional=True)
     _choice(config, "model.channel_order", {"rgb", "bgr"}, optional=True)
+    model_options(config)
     if config.model.load_sparta is not None:
         if config.model.activation != "sparta":
             _fail("model.activation", config.model.activation, "'sparta' with model.load_sparta")
@@ -264,9 +293,16 @@ def validate(config):
                 _fail(field, _get(config, field), f"{default!r} without model.init_checkpoint")
     else:
         path = config.model.init_checkpoint
-        if "://" not in path and not (os.path.exists(path + ".index") or os.path.isdir(path)):
+        if path.endswith(".keras"):
+            if "://" not in path and not os.path.isfile(path):
+                _fail("model.init_checkpoint", path, "an existing .keras file (a run's model.keras, "
+                      "launch/convert_robustbench.py's output) or a TF1 checkpoint prefix")
+            for field, default in (("model.init_use_ema", False), ("model.channel_order", None)):
+                if _get(config, field) != default:
+                    _fail(field, _get(config, field), f"{default!r} with a .keras model.init_checkpoint")
+        elif "://" not in path and not (os.path.exists(path + ".index") or os.path.isdir(path)):
             _fail("model.init_checkpoint", path, "a TF1 checkpoint prefix with a .index file "
-                  "(e.g. Res50-silu/Res50-silu) or its directory")
+                  "(e.g. Res50-silu/Res50-silu), its directory, or a .keras file")
     # Attack and objective.
     _choice(config, "objective.name", set(OBJECTIVES))
     objective = config.objective.name
@@ -287,6 +323,16 @@ def validate(config):
             _fail("attack.step_size", config.attack.step_size,
                   f"(0, {2 * config.attack.eps:g}]: at most 2 x attack.eps (a larger step only lands on the boundary)")
     _number(config, "objective.label_smoothing", 0, 1, high_open=True)
+    _number(config, "mixup.mixup_alpha", 0)
+    _number(config, "mixup.cutmix_alpha", 0)
+    _number(config, "mixup.prob", 0, 1)
+    _number(config, "mixup.switch_prob", 0, 1)
+    if mixup_enabled(config):
+        if objective != "adversarial":
+            _fail("objective.name", objective, "'adversarial' with mixup (an alpha > 0)")
+        if config.attack.name not in MIXUP_ATTACKS:
+            _fail("attack.name", config.attack.name, f"one of {list(MIXUP_ATTACKS)} with mixup (an alpha > 0): "
+                  "the attack must take the mixed soft targets")
     _number(config, "objective.trades_beta", 0)
     _number(config, "objective.rat_alpha", 0, 1)
     _number(config, "objective.rat_second_weight", 0, 1, optional=True)
@@ -304,7 +350,7 @@ def validate(config):
     _number(config, "objective.smoothadv.warmup_epochs", 1, integer=True)
     _number(config, "objective.smoothadv.ddn_gamma", 0, 1, low_open=True, high_open=True)
     # Optimizer and schedule.
-    _choice(config, "optimizer.name", {"sgd", "rmsprop"})
+    _choice(config, "optimizer.name", {"sgd", "rmsprop", "adamw"})
     _number(config, "optimizer.learning_rate", 0, low_open=True)
     if math.isinf(config.optimizer.learning_rate):
         _fail("optimizer.learning_rate", config.optimizer.learning_rate, "a finite number > 0")
@@ -313,6 +359,10 @@ def validate(config):
     if math.isinf(config.optimizer.weight_decay):
         _fail("optimizer.weight_decay", config.optimizer.weight_decay, "a finite number >= 0")
     _number(config, "optimizer.ema_decay", 0, 1, high_open=True)
+    _number(config, "optimizer.beta_1", 0, 1, high_open=True)
+    _number(config, "optimizer.beta_2", 0, 1, high_open=True)
+    _number(config, "optimizer.epsilon", 0, 1, low_open=True)
+    _choice(config, "optimizer.no_decay", {"vectors", "biases"})
     _number(config, "schedule.epochs", 1, integer=True)
     _number(config, "schedule.steps", 1, integer=True, optional=True)
     _number(config, "schedule.batch_size", 1, integer=True)
@@ -346,6 +396,32 @@ def validate(config):
     _number(config, "eval.autoattack_images", 1, integer=True, optional=True)
     _number(config, "export.crop_padding", 0, integer=True)
     return config
+
+
+MIXUP_ATTACKS = ("apgd", "none")  # training attacks that take soft targets
+
+
+def mixup_enabled(config):
+    return config.mixup.mixup_alpha > 0 or config.mixup.cutmix_alpha > 0
+
+
+def model_options(config):
+    """`config.model.options` as builder keyword arguments (ConfigError naming the field if malformed)."""
+    options = config.model.options
+    allowed = "a tuple of 'key=value' strings with JSON values, e.g. ('stem=\"convstem\"', 'depths=[1,1,1,1]')"
+    if not isinstance(options, (tuple, list)):
+        _fail("model.options", options, allowed)
+    kwargs = {}
+    for item in options:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not (sep and key.isidentifier()):
+            _fail("model.options", tuple(options), allowed)
+        try:
+            kwargs[key] = json.loads(value)
+        except ValueError:
+            _fail("model.options", tuple(options), allowed + f" ({value.strip()!r} is not JSON; quote strings)")
+    return kwargs
 
 
 def eval_epsilon(config):
@@ -431,7 +507,7 @@ def model_kwargs(config):
                          ("dropout_rate", "dropout_rate"), ("survival_prob", "survival_prob")):
         if m[field] is not None:
             kwargs[kwarg] = m[field]
-    return kwargs
+    return {**kwargs, **model_options(config)}
 
 
 def _parse_value(text):

@@ -8,7 +8,9 @@ One module per job; this package re-exports their public API:
 - `objectives`: `Objective` (training rows, loss, optional weight
   perturbation), `AttackObjective` (PGD-AT from any attack callable),
   `as_objective`, TRADES/AWP/RAT and the randomized-smoothing objectives.
-- `losses`: `cross_entropy`, `default_loss`.
+- `losses`: `cross_entropy` (hard or soft labels), `soft_cross_entropy`, `default_loss`.
+- `mixup`: Mixup/CutMix as a seeded per-step batch transform (timm semantics)
+  and `MixupObjective` (mix, attack the mixed batch, soft-target loss).
 - `loop`: `fit`, which runs or resumes a run in a workdir (exact resume,
   NaN/Inf policy, SIGTERM, multi-worker failures).
 - `checkpoints`: `restore_latest`, `unreadable`, the history file.
@@ -29,7 +31,8 @@ from sat_tf.training.adversarial_model import AdversarialModel
 from sat_tf.training.checkpoints import restore_latest, unreadable
 from sat_tf.training.errors import CheckpointError, DivergenceError, PreemptedError, WorkerFailedError
 from sat_tf.training.loop import fit
-from sat_tf.training.losses import cross_entropy, default_loss
+from sat_tf.training.losses import cross_entropy, default_loss, soft_cross_entropy
+from sat_tf.training.mixup import MixupObjective
 from sat_tf.training.objectives.base import AttackObjective, Objective, as_objective
 from sat_tf.training.step import (
     NONFINITE_POLICIES,
@@ -45,6 +48,7 @@ __all__ = [
     "AttackObjective",
     "CheckpointError",
     "DivergenceError",
+    "MixupObjective",
     "NONFINITE_POLICIES",
     "Objective",
     "PreemptedError",
@@ -60,5 +64,6 @@ __all__ = [
     "make_seed",
     "make_train_function",
     "restore_latest",
+    "soft_cross_entropy",
     "unreadable",
 ]
