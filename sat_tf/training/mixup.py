@@ -154,7 +154,7 @@ class MixupObjective(Objective):
             never applied twice.
         mixup_alpha, cutmix_alpha, prob, switch_prob: as timm's `Mixup`.
 
-    Counters (int64 variables, read after training): `batches` (replica batches
+    Counters (int32 variables, read after training): `batches` (replica batches
     seen), `mixed` (with lambda < 1), `cutmix` (of those, CutMix); `perturbation`
     (float32): the largest |x_adv - x_mixed| of the last batch, i.e. what the
     attack changed.
@@ -170,9 +170,9 @@ class MixupObjective(Objective):
                             switch_prob=float(switch_prob))
         # Written from every replica: keep the first replica's value (a statistic, not a sum).
         counter = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.batches = tf.Variable(0, dtype=tf.int64, name="mixup_batches", **counter)
-        self.mixed = tf.Variable(0, dtype=tf.int64, name="mixup_mixed", **counter)
-        self.cutmix = tf.Variable(0, dtype=tf.int64, name="mixup_cutmix", **counter)
+        self.batches = tf.Variable(0, dtype=tf.int32, name="mixup_batches", **counter)
+        self.mixed = tf.Variable(0, dtype=tf.int32, name="mixup_mixed", **counter)
+        self.cutmix = tf.Variable(0, dtype=tf.int32, name="mixup_cutmix", **counter)
         self.perturbation = tf.Variable(0.0, dtype=tf.float32, name="mixup_perturbation", **counter)
 
     def training_batch(self, logits_fn, x, y, *, seed, step):
@@ -181,8 +181,8 @@ class MixupObjective(Objective):
                                               label_smoothing=self.label_smoothing, **self.options)
         x_adv = tf.cast(self.attack(logits_fn, mixed, targets, seed=seed), tf.float32)
         self.batches.assign_add(1)
-        self.mixed.assign_add(tf.cast(params["lam"] < 1.0, tf.int64))
-        self.cutmix.assign_add(tf.cast(params["use_cutmix"], tf.int64))
+        self.mixed.assign_add(tf.cast(params["lam"] < 1.0, tf.int32))
+        self.cutmix.assign_add(tf.cast(params["use_cutmix"], tf.int32))
         self.perturbation.assign(tf.reduce_max(tf.abs(x_adv - mixed)))
         return x_adv, targets
 
