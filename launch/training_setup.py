@@ -96,8 +96,9 @@ def load_init_weights(model, path, *, use_ema=False, channel_order=None):
 
         problems = [listing(label, items) for label, items in (("missing in the file", missing),
                     ("not in the model", unexpected), ("shape differs", mismatched)) if items]
-        raise config_lib.ConfigError(f"config.model.init_checkpoint={path} does not fit {model.name}: " + "; ".join(problems)
-                         + ". Build the run's model with the file's architecture (config.model.name/options).")
+        raise config_lib.ConfigError(f"config.model.init_checkpoint={path} does not fit {model.name}: "
+                                     + "; ".join(problems) + ". Build the run's model with the file's "
+                                     "architecture (config.model.name/options).")
     for name, weight in ours.items():
         weight.assign(theirs[name])
     return f"loaded {len(ours)} weights from {path} ({source.name})"

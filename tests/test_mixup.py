@@ -120,6 +120,33 @@ def test_deterministic_per_seed():
                                atol=1e-6)
 
 
+def test_xla_compiled_mixing_is_deterministic_and_matches_timm():
+    # The replica step may be XLA-compiled; XLA's stateless streams differ from the eager kernels', so a
+    # jit run draws other (equally distributed) parameters, the same ones on every call.
+    fn = tf.function(lambda a, b, s: mixup.mixup_cutmix(a, b, s, num_classes=5, label_smoothing=0.1),
+                     jit_compile=True)
+    kinds = set()
+    for seed in range(12):
+        x, y = _batch(seed, h=8, w=8)
+        mixed, targets, p = fn(tf.constant(x), tf.constant(y), tf.constant([seed, 1]))
+        again = fn(tf.constant(x), tf.constant(y), tf.constant([seed, 1]))[0]
+        np.testing.assert_array_equal(mixed.numpy(), again.numpy())
+        p = {k: v.numpy() for k, v in p.items()}
+        kinds.add(bool(p["use_cutmix"]))
+        ex, et, _ = np_mix_batch(x, y, 5, 0.1, float(p["lam_raw"]), bool(p["use_cutmix"]), int(p["cy"]),
+                                 int(p["cx"]))
+        np.testing.assert_allclose(mixed.numpy(), ex, atol=1e-6)
+        np.testing.assert_allclose(targets.numpy(), et, atol=1e-6)
+    assert kinds == {False, True}
+
+
+@pytest.mark.parametrize("alpha", [0.8, 1.0, 2.5])
+def test_gamma_sampler_is_gamma(alpha):
+    draws = mixup._gamma(tf.constant([5, 6]), alpha, 4000).numpy()
+    assert scipy.stats.kstest(draws, scipy.stats.gamma(alpha).cdf).pvalue > 1e-3
+    assert scipy.stats.kstest(draws, scipy.stats.gamma(alpha * 1.15).cdf).pvalue < 1e-3  # the test has power
+
+
 def test_soft_cross_entropy_and_smoothing_of_mixed_targets():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 2, (6, 5)).astype(np.float32)

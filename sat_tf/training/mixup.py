@@ -49,9 +49,34 @@ def _check(mixup_alpha, cutmix_alpha, prob, switch_prob):
             raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value!r}")
 
 
+_GAMMA_TRIES = 16  # Marsaglia-Tsang accepts >= 95 % of proposals for shape >= 1: 0.05**16 never falls through
+
+
+def _gamma(seed, alpha, count):
+    """`count` Gamma(alpha) draws (Marsaglia & Tsang 2000, with the U^(1/alpha) boost for alpha < 1).
+
+    Written with stateless uniform/normal ops and a fixed number of proposals, because
+    `tf.random.stateless_gamma` has no XLA kernel and the replica step may be jit-compiled.
+    """
+    shape = alpha + 1.0 if alpha < 1 else alpha
+    d = shape - 1.0 / 3.0
+    c = 1.0 / (9.0 * d) ** 0.5
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    z = tf.random.stateless_normal([count, _GAMMA_TRIES], seeds[0])
+    u = tf.random.stateless_uniform([count, _GAMMA_TRIES], seeds[1], minval=1e-12, maxval=1.0)
+    v = (1.0 + c * z) ** 3
+    safe_v = tf.maximum(v, 1e-12)
+    accept = (v > 0) & (tf.math.log(u) < 0.5 * z * z + d - d * safe_v + d * tf.math.log(safe_v))
+    first = tf.argmax(tf.cast(accept, tf.int32), axis=1, output_type=tf.int32)  # the first accepted proposal
+    g = d * tf.gather(safe_v, first, axis=1, batch_dims=1)
+    if alpha < 1:
+        g = g * tf.random.stateless_uniform([count], seeds[2], minval=1e-12, maxval=1.0) ** (1.0 / alpha)
+    return g
+
+
 def _beta(seed, alpha):
     """One Beta(alpha, alpha) draw as G1 / (G1 + G2), G ~ Gamma(alpha)."""
-    g = tf.random.stateless_gamma([2], seed, alpha=tf.constant(alpha, tf.float32))
+    g = _gamma(seed, float(alpha), 2)
     return g[0] / (g[0] + g[1])
 
 
@@ -155,7 +180,8 @@ class MixupObjective(Objective):
         mixup_alpha, cutmix_alpha, prob, switch_prob: as timm's `Mixup`.
 
     Counters (int32 variables, read after training): `batches` (replica batches
-    seen), `mixed` (with lambda < 1), `cutmix` (of those, CutMix); `perturbation`
+    seen), `mixed` (with lambda < 1), `cutmix` (CutMix drawn; a box may round to nothing
+    on tiny images, leaving lambda 1, as timm's); `perturbation`
     (float32): the largest |x_adv - x_mixed| of the last batch, i.e. what the
     attack changed.
     """
@@ -195,8 +221,8 @@ class MixupObjective(Objective):
 
     def summary(self):
         """One line: the counters' values (eager)."""
-        return (f"mixup/cutmix: {int(self.batches.numpy())} batches, {int(self.mixed.numpy())} mixed "
-                f"({int(self.cutmix.numpy())} cutmix); last attack perturbation L-inf "
+        return (f"mixup/cutmix: {int(self.batches.numpy())} batches, {int(self.mixed.numpy())} mixed (lambda < 1), "
+                f"{int(self.cutmix.numpy())} cutmix draws; last attack perturbation L-inf "
                 f"{float(self.perturbation.numpy()) * 255:.3f}/255")
 
     def __repr__(self):
