@@ -228,7 +228,7 @@ def main(argv):
 
     config = common.load_run_config(FLAGS.workdir)
     sigma = resolve_sigma(config)
-    dataset = common.choice("dataset", FLAGS.dataset or config["dataset"], set(data.list_datasets()) | {"imagenet"})
+    dataset = common.choice("dataset", FLAGS.dataset or config["dataset"], set(data.list_datasets()))
     common.check_run_data(config, dataset=dataset, split=FLAGS.split, data_dir=FLAGS.data_dir or config.get("data_dir"))
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     smooth, config, split = smoothed_classifier(sigma, config, strategy)

@@ -106,7 +106,7 @@ def check_run_data(run_config, *, dataset, split, data_dir):
     from sat_tf import data
 
     choice("split", split, {"train", "test"})
-    choice("dataset", dataset, set(data.list_datasets()) | {"imagenet"})
+    choice("dataset", dataset, set(data.list_datasets()))
     if dataset != "imagenet":
         data.dataset_info(dataset, data_dir=data_dir)
         return
@@ -203,7 +203,7 @@ def check_run_flags(flag_values):
     if flag_values.dataset is not None:
         from sat_tf import data
 
-        choice("dataset", flag_values.dataset, set(data.list_datasets()) | {"imagenet"})
+        choice("dataset", flag_values.dataset, set(data.list_datasets()))
     check_seed(flag_values.seed)
     check_strategy(flag_values.strategy, flag_values.tpu)
     check_checkpoint("checkpoint", flag_values.checkpoint)
@@ -422,7 +422,7 @@ class RunSplit:
             if self.options["source"] == "tfrecord":
                 imagenet_input.list_files(data_dir, "validation" if evaluating else "train")  # fail fast
             return
-        choice("dataset", dataset, set(data.list_datasets()) | {"imagenet"})
+        choice("dataset", dataset, set(data.list_datasets()))
         info = data.dataset_info(dataset, data_dir=data_dir)
         self.num_classes = info.num_classes
         self.size = info.num_test if split == "test" else info.num_train

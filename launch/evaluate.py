@@ -132,7 +132,8 @@ def validate():
     if FLAGS.dataset is not None:
         from sat_tf import data
 
-        common.choice("dataset", FLAGS.dataset, set(data.list_datasets()))
+        # the points are held in memory: data sets the registry streams (ImageNet) are evaluated by the trainer
+        common.choice("dataset", FLAGS.dataset, {n for n in data.list_datasets() if data.DATASETS[n].in_memory})
     common.check_seed(FLAGS.seed)
     common.check_strategy(FLAGS.strategy, FLAGS.tpu)
     common.check_checkpoint("checkpoint", FLAGS.checkpoint)

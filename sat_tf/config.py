@@ -47,7 +47,7 @@ def base():
     c.mode = "train_and_eval"  # train | eval (an evaluation of the workdir or model.init_checkpoint) | train_and_eval
 
     c.data = config_dict.ConfigDict()
-    c.data.name = "digits"  # a sat_tf.data registry name, or "imagenet" (TFRecords / tfds in data_dir)
+    c.data.name = "digits"  # a sat_tf.data registry name: digits, cifar10, ..., imagenet (TFRecords / tfds)
     c.data.data_dir = placeholder(str)
     c.data.augment = True
     c.data.limit_train = placeholder(int)  # the first N training images only
@@ -211,7 +211,7 @@ def _registry_names():
     from sat_tf.models import layers as model_layers
 
     return {
-        "datasets": set(data.list_datasets()) | {IMAGENET},
+        "datasets": set(data.list_datasets()),
         "models": set(models.list_models()),
         "activations": set(activations.list_activations()),
         "attacks": set(attacks.list_attacks()),

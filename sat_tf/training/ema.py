@@ -9,7 +9,7 @@ closely. Evaluation swaps the shadows into the model and back:
     ema = WeightEMA(model, decay=0.9999)          # under strategy.scope()
     ema.update(optimizer.iterations)              # after each optimizer step
     with ema.swapped():
-        evaluate(model, ...)                      # EMA weights
+        evaluate(lambda x: model(x, training=False), ...)   # EMA weights
 """
 
 import contextlib

@@ -116,7 +116,7 @@ def main():
     evals = []
     for call in range(args.eval_calls):
         before = traces[0]
-        results = evaluation.evaluate(model, strategy, eval_dataset_fn, {"pgd2": counting_attack})
+        results = evaluation.evaluate(lambda z: model(z, training=False), strategy, eval_dataset_fn, {"pgd2": counting_attack})
         assert results["pgd2"]["count"] == 128, results
         evals.append({
             "call": call + 1,
