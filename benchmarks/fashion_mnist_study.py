@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import datetime
 import importlib.util
-import math
 import os
 import shlex
 import subprocess

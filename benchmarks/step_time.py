@@ -121,10 +121,8 @@ def build_tf(group, case):
     import numpy as np
     import tensorflow as tf
 
-    from sat_tf import attacks, models
+    from sat_tf import attacks, certification, models, training
     from sat_tf.activations import fused
-    from sat_tf import certification
-    from sat_tf import training
 
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if case.precision == "bfloat16" else "float32")
@@ -184,7 +182,7 @@ def run_group(group, warmup, steps, worker_factory):
         spec = (dict(kind="certify", batch=group.batch, num=group.samples, sigma=0.25) if group.kind == "certify"
                 else dict(kind="train", k=case.k, batch=group.batch, precision=case.precision))
         worker.request(op="build", id=label(case), activation=case.activation, seed=0, **spec)
-        runners[case] = lambda case=case: worker.request(op="time", id=label(case), n=1)["times"][0]
+        runners[case] = lambda case=case: worker.request(op="time", id=label(case), n=1)["times"][0]  # noqa: B023 (worker is fixed)
     times = {case: [] for case in group.cases}
     first = {}
     try:

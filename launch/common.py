@@ -43,7 +43,7 @@ def int_list(flag_name, values):
     try:
         out = [int(v) for v in values]
     except (TypeError, ValueError):
-        raise FlagError(f"--{flag_name} must be a comma-separated list of integers, got {values}")
+        raise FlagError(f"--{flag_name} must be a comma-separated list of integers, got {values}") from None
     if any(v < 0 for v in out):
         raise FlagError(f"--{flag_name} must hold non-negative integers, got {values}")
     return out
@@ -335,7 +335,7 @@ def check_autoattack(version, items, *, version_flag):
     try:
         plan(version, options=options)
     except ValueError as err:
-        raise FlagError(f"--autoattack_options={','.join(items)}: {err}")
+        raise FlagError(f"--autoattack_options={','.join(items)}: {err}") from None
     return options
 
 
@@ -366,7 +366,7 @@ def check_autoattack_classes(version, items, num_classes, *, version_flag):
         validate_classes(num_classes, plan(version, options=options or None))
     except ValueError as err:
         raise FlagError(f"--{version_flag}={version} on {num_classes} classes: {err} "
-                        "(e.g. --autoattack_options=apgd-t.n_target_classes=3,fab-t.n_target_classes=3)")
+                        "(e.g. --autoattack_options=apgd-t.n_target_classes=3,fab-t.n_target_classes=3)") from None
     return options or None, notes
 
 

@@ -181,7 +181,7 @@ def model_input():
     try:
         low, high = (float(v) for v in FLAGS.input_range)
     except (TypeError, ValueError):
-        raise common.FlagError(f"--input_range must be two numbers LOW,HIGH (e.g. 0,255), got {FLAGS.input_range}")
+        raise common.FlagError(f"--input_range must be two numbers LOW,HIGH (e.g. 0,255), got {FLAGS.input_range}") from None
     common.require(high > low, f"--input_range must have LOW < HIGH, got {FLAGS.input_range}")
     stats = []
     for name in ("mean", "std"):
@@ -189,7 +189,7 @@ def model_input():
         try:
             stats.append(None if values is None else [float(v) for v in values])
         except ValueError:
-            raise common.FlagError(f"--{name} must be comma-separated numbers, got {values}")
+            raise common.FlagError(f"--{name} must be comma-separated numbers, got {values}") from None
     mean, std = stats
     common.require(std is None or all(s > 0 for s in std), f"--std must be > 0, got {FLAGS.std}")
     custom = (low, high) != (0.0, 1.0) or mean is not None or std is not None
@@ -266,7 +266,7 @@ def rebuilt_with_activation(trained, config, activation):
         model.set_weights(trained.get_weights())
     except ValueError as err:
         raise common.FlagError(f"--activation={activation}: the run's weights do not fit that network "
-                               f"({' '.join(str(err).split())}); use an activation without weights of its own")
+                               f"({' '.join(str(err).split())}); use an activation without weights of its own") from None
     probe = np.random.default_rng(0).uniform(size=(16, *model.input_shape[1:])).astype("float32")
     want, got = trained(probe, training=False).numpy(), model(probe, training=False).numpy()
     gap = float(np.max(np.abs(want - got)))
@@ -395,7 +395,7 @@ def main(argv):
             state_path=state_path, identity=identity, jit_compile=jit, progress=Progress(),
         )
     except evaluation.EvaluationStateError as err:
-        raise common.FlagError(f"{err} (or pass --noresume)")
+        raise common.FlagError(f"{err} (or pass --noresume)") from None
     if not distribute.is_chief(strategy):
         return 0
     title, meta = report_text(description, dataset, budget, rows, name)

@@ -158,7 +158,7 @@ def main(argv):
     del argv
     config = FLAGS.config
     try:  # ml_collections reports a config file that failed to load on first use
-        config.mode
+        config.mode  # noqa: B018 (the access is the check)
     except OSError as err:
         raise config_lib.ConfigError(f"--config={FLAGS['config'].config_filename}: "
                                      f"{' '.join(str(err).split())}") from None

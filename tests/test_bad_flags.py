@@ -20,7 +20,6 @@ import time
 from concurrent import futures
 
 import pytest
-
 from conftest import ROOT, free_port
 
 BATCH = os.path.join(ROOT, "tests", "scripts", "bad_flags_batch.py")

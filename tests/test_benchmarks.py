@@ -145,9 +145,8 @@ def test_autoattack_time_quick_run_compares_both_sides_and_replaces_its_section(
 
 
 def test_autoattack_time_rejects_inconsistent_flags():
-    import pytest
-
     import autoattack_time
+    import pytest
 
     for bad in (["--iter_ks=10"], ["--iter_ks=10,x"], ["--rounds=0"], ['--options={"square": {"nope": 1}}'],
                 ['--options={"fab": {"steps": 1}}'], ["--options={"]):

@@ -6,11 +6,10 @@ import os
 import sys
 
 import pytest
+from conftest import ROOT, run_launcher
 from ml_collections import config_flags
 
 from sat_tf import config as config_lib
-
-from conftest import ROOT, run_launcher
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "launch", "configs", "[a-z]*.py")))
 

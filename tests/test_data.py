@@ -5,10 +5,9 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import collect
 
 from sat_tf import data
-
-from conftest import collect
 
 CIFAR10_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -68,17 +67,17 @@ def test_array_entry_is_load_split_per_epoch_and_resumes_by_skipping():
     ctx = _ctx(1)
     expected = data.load_split("digits", "train", batch_size=16, shuffle=True, seed=data.epoch_seed(3, 2),
                                drop_remainder=True, augment=True, input_context=ctx, limit=100)
-    x, y = _collect(entry.train_dataset(2, batch_size=16, seed=3, input_context=ctx))
-    np.testing.assert_array_equal(x, _collect(expected)[0])
-    resumed = _collect(entry.train_dataset(2, batch_size=16, seed=3, input_context=ctx, skip_batches=2))
+    x, y = collect(entry.train_dataset(2, batch_size=16, seed=3, input_context=ctx))
+    np.testing.assert_array_equal(x, collect(expected)[0])
+    resumed = collect(entry.train_dataset(2, batch_size=16, seed=3, input_context=ctx, skip_batches=2))
     np.testing.assert_array_equal(resumed[1], y[2 * 8:])  # 8 images per replica batch
     x_test, y_test = entry.eval_arrays(limit=50, batch_size=7)
-    np.testing.assert_array_equal(y_test, _collect(data.load_split("digits", "test", batch_size=64, limit=50))[1])
+    np.testing.assert_array_equal(y_test, collect(data.load_split("digits", "test", batch_size=64, limit=50))[1])
 
 
 def test_eval_stream_runs_the_same_full_batches_on_every_host():
     entry = data.get_dataset("digits")
-    one = _collect(entry.eval_stream(None, batch_size=64, limit=100))[1]
+    one = collect(entry.eval_stream(None, batch_size=64, limit=100))[1]
     assert len(one) == 100  # one host: every image once, the last batch partial
     per_host = [[int(y.shape[0]) for _, y in entry.eval_stream(_ctx(i), batch_size=64, limit=100)] for i in (0, 1)]
     assert per_host == [[32], [32]]  # 100 // 64 = 1 step of 32 images per replica on each host

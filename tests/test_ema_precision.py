@@ -7,12 +7,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from sat_tf import attacks
-from sat_tf.training import ema as ema_lib
-from sat_tf import training
-
 from conftest import shift_attack, tiny_conv_bn_model
+
+from sat_tf import attacks, training
+from sat_tf.training import ema as ema_lib
 
 
 def _model(seed=0):

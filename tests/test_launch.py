@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, checkpoint_weights, free_port, run_launcher
 
 TINY = [
@@ -170,7 +169,6 @@ def test_unreachable_tpu_fails_fast_instead_of_hanging():
 def test_activation_options_reach_every_site():
     sys.path.insert(0, ROOT)
     from launch import common
-
     from sat_tf import models
 
     spec = common.activation_spec("relu_smooth_grad", ("mode=attacker", "alpha=5"))
@@ -213,7 +211,7 @@ def test_in_memory_data_get_ema_rows_and_periodic_evaluation_like_imagenet(tmp_p
              "--config.schedule.batch_size=32", "--config.attack.steps=1", "--config.eval.steps=1",
              "--config.eval.periodic_steps=1", "--config.eval.every_epochs=1", "--config.optimizer.ema_decay=0.9",
              "--config.eval.autoattack=none", "--config.export.enabled=false", f"--workdir={workdir}"]
-    launch("train.py", *flags)
+    run_launcher("train.py", *flags)
     results = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
     assert list(results) == ["clean", "pgd1", "worst case", "ema_clean", "ema_pgd1", "ema_worst case"]
     assert all(row["count"] == 32 for row in results.values())
@@ -222,6 +220,6 @@ def test_in_memory_data_get_ema_rows_and_periodic_evaluation_like_imagenet(tmp_p
     assert not any(key.startswith("eval/") for key in history[1])  # the last epoch gets the final evaluation
     assert sorted(os.listdir(os.path.join(workdir, "report")))[:2] == [
         "ema_evaluation_state-step16.json", "evaluation_state-step16.json"]
-    launch("train.py", *flags, "--config.mode=eval")
+    run_launcher("train.py", *flags, "--config.mode=eval")
     again = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
     assert {n: r["top1"] for n, r in again.items()} == {n: r["top1"] for n, r in results.items()}

@@ -411,7 +411,7 @@ def _augment(image, seed, aug):
     return image
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_arrays():
     """{split: (images float32 [N, 8, 8, 1] in [0, 1], labels int32 [N])}, read-only."""
     from sklearn.datasets import load_digits
@@ -434,7 +434,7 @@ def _digits_arrays():
     return arrays
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tfds_builder(version_dir):
     import tensorflow_datasets as tfds
 
@@ -448,7 +448,7 @@ def _supervised_keys(builder):
     return "image", "label"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tfds_arrays(version_dir, split, limit):
     """Decodes (the first `limit` examples of) a prepared split into numpy, in file order."""
     builder = _tfds_builder(version_dir)

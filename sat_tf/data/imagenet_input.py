@@ -24,8 +24,15 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from sat_tf.data import record_faults
-from sat_tf.data import Dataset, DatasetInfo, DatasetNotFoundError, default_data_dir, epoch_seed, find_prepared_dataset
+from sat_tf.data import (
+    Dataset,
+    DatasetInfo,
+    DatasetNotFoundError,
+    default_data_dir,
+    epoch_seed,
+    find_prepared_dataset,
+    record_faults,
+)
 
 NAME = "imagenet"
 NUM_CLASSES = 1000

@@ -468,7 +468,7 @@ def _run_cascade(engine, state, cascade, index, seed, top_k, progress):
         sample = engine.x[: min(engine.chunk, len(engine.y))]
         state.extra[cascade.name] = cascade.model_checks(logits_fn, sample)
     robust = clean["top1"].copy()
-    for (stage, run), name in zip(cascade.stages(), _stage_names(cascade)):
+    for (_stage, run), name in zip(cascade.stages(), _stage_names(cascade)):
         record = state.row(name)
         record.setdefault("zero_gradient", 0)
         if record["finished"]:
@@ -486,7 +486,7 @@ def _run_cascade(engine, state, cascade, index, seed, top_k, progress):
             zero = tf.zeros_like(valid) if zero is None else tf.logical_and(zero, valid)
             return survived, size, nans, zero
 
-        def update(ids, outputs, record=record):
+        def update(ids, outputs, record=record, robust=robust):
             survived, size, nans, zero = outputs
             robust[ids] = survived
             record["done"][ids] = True

@@ -32,8 +32,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from sat_tf import attacks, data, evaluation, models  # noqa: E402
-from sat_tf import training
+from sat_tf import attacks, data, evaluation, models, training  # noqa: E402
 
 BATCH = 32
 
