@@ -54,5 +54,6 @@ def build_model(model_name, /, **kwargs):
 # Imported last: their entry points register themselves with the functions above.
 from sat_tf.models import cifar  # noqa: E402,F401
 from sat_tf.models import digits  # noqa: E402,F401
+from sat_tf.models import mnist  # noqa: E402,F401
 from sat_tf.models import resnet  # noqa: E402,F401
 from sat_tf.models import efficientnet  # noqa: E402,F401

@@ -9,7 +9,9 @@ test). The tfds datasets (`TFDS_DATASETS`) are read only from a prepared
 `DatasetNotFoundError` with the command that prepares it. A split is decoded
 once into memory; order and augmentation depend on `seed` only, so an epoch
 can be rebuilt exactly on resume. How the offline reading avoids tfds'
-network paths: docs/module_notes.md.
+network paths: docs/module_notes.md. `"fashion_mnist"` is read from its IDX
+files (Debian's `dataset-fashion-mnist`) when present, else from a tfds copy:
+`sat_tf.data.fashion_mnist`.
 """
 
 import dataclasses
@@ -19,6 +21,8 @@ import re
 
 import numpy as np
 import tensorflow as tf
+
+from sat_tf.data import fashion_mnist
 
 DIGITS = "digits"
 DIGITS_TEST_FRACTION = 0.2
@@ -101,6 +105,8 @@ def dataset_info(name, data_dir=None):
             num_test=len(arrays["test"][1]),
             class_names=tuple(str(i) for i in range(10)),
         )
+    if name == fashion_mnist.NAME and (files := fashion_mnist.locate(data_dir)):
+        return fashion_mnist.dataset_info(files)
     builder = _tfds_builder(find_prepared_dataset(name, data_dir))
     image_key, label_key = _supervised_keys(builder)
     features = builder.info.features
@@ -208,6 +214,8 @@ def load_split(
         raise ValueError(f"`limit` must be >= 0 or None. Received: limit={limit}")
     if name == DIGITS:
         images, labels = _digits_arrays()[split]
+    elif name == fashion_mnist.NAME and (files := fashion_mnist.locate(data_dir)):
+        images, labels = fashion_mnist.read_split(*files[split])
     else:
         version_dir = find_prepared_dataset(name, data_dir)
         images, labels = _tfds_arrays(version_dir, split, None if limit is None else int(limit))
