@@ -14,7 +14,7 @@ from sat_tf.models import register_model
 
 @keras.saving.register_keras_serializable(package="sat_tf")
 class MnistResNet(layers.ImageClassifier):
-    """A post-activation ResNet for 28x28x1 inputs (~78k parameters by default).
+    """A post-activation ResNet for 28x28x1 inputs (78 042 trainable parameters by default).
 
     conv3x3(`filters[0]`)-BN-act stem at 28x28; one stage per entry of
     `filters`, each `blocks` BasicBlocks (conv3x3-BN-act, conv3x3-BN,

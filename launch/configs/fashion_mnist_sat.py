@@ -4,7 +4,7 @@ r"""PGD adversarial training on Fashion-MNIST (Debian's IDX files): the study's 
     python launch/train.py --config=launch/configs/fashion_mnist_sat.py --workdir=runs/fmnist_relu \
       --config.model.activation=relu --config.system.seed=1
 
-SiLU mnist_resnet (ResNet-8, 16/32/64 channels, ~79k parameters), all 60 000 training images, 3 epochs
+SiLU mnist_resnet (ResNet-8, 16/32/64 channels, ~78k trainable parameters), all 60 000 training images, 3 epochs
 of batch 128, SGD Nesterov 0.9 at 0.2 per 256 images (0.1 at batch 128) with a half-epoch warm-up
 and cosine decay, weight decay 5e-4, no label smoothing. Training attack: L-inf PGD-5 at eps = 0.1
 (pixels in [0, 1]) with step 0.05 = 2.5 eps / 5 (Madry's rule: enough to cross the ball and come
