@@ -58,5 +58,6 @@ from sat_tf.models import (
     digits,  # noqa: E402,F401
     dm_wide_resnet,  # noqa: E402,F401
     efficientnet,  # noqa: E402,F401
+    mnist,  # noqa: E402,F401
     resnet,  # noqa: E402,F401
 )

@@ -11,8 +11,10 @@ split: 1 437 train / 360 test) and the tfds data sets of `TFDS_DATASETS`, read
 only from a prepared `<data_dir>/<name>/<version>/` (default `$TFDS_DATA_DIR`,
 else `~/tensorflow_datasets`) and decoded once into memory (`load_split`);
 `"imagenet"` (`sat_tf.data.imagenet_input`) streams TFRecords. A new data set
-is a `Dataset` subclass and one `register_dataset` line. How the offline
-reading avoids tfds' network paths: docs/module_notes.md.
+is a `Dataset` subclass and one `register_dataset` line. `"fashion_mnist"` is
+read from its IDX files (Debian's `dataset-fashion-mnist`) when present, else
+from a tfds copy: `sat_tf.data.fashion_mnist`. How the offline reading avoids
+tfds' network paths: docs/module_notes.md.
 """
 
 import dataclasses
@@ -22,6 +24,8 @@ import re
 
 import numpy as np
 import tensorflow as tf
+
+from sat_tf.data import fashion_mnist
 
 DIGITS = "digits"
 DIGITS_TEST_FRACTION = 0.2
@@ -223,6 +227,8 @@ def _array_info(name, data_dir):
             num_test=len(arrays["test"][1]),
             class_names=tuple(str(i) for i in range(10)),
         )
+    if name == fashion_mnist.NAME and (files := fashion_mnist.locate(data_dir)):
+        return fashion_mnist.dataset_info(files)
     builder = _tfds_builder(find_prepared_dataset(name, data_dir))
     image_key, label_key = _supervised_keys(builder)
     features = builder.info.features
@@ -330,6 +336,8 @@ def load_split(
         raise ValueError(f"`limit` must be >= 0 or None. Received: limit={limit}")
     if name == DIGITS:
         images, labels = _digits_arrays()[split]
+    elif name == fashion_mnist.NAME and (files := fashion_mnist.locate(data_dir)):
+        images, labels = fashion_mnist.read_split(*files[split])
     else:
         version_dir = find_prepared_dataset(name, data_dir)
         images, labels = _tfds_arrays(version_dir, split, None if limit is None else int(limit))
