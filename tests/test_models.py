@@ -76,6 +76,7 @@ PARAM_COUNTS = {
     "wide_resnet28_10": 36_479_194,
     "digits_cnn": 28_842,  # measured
     "mnist_resnet": 78_042,  # measured
+    "mnist_resnet_fast": 78_042,  # the same layers, a stride-2 stem
     # EfficientNet: keras.applications EfficientNetB0-B7 trainable weights
     # (same architecture; B0 5,288,548 and B7 66,347,960 are the published
     # counts); B8 and L2 as timm's tf_efficientnet_b8 / l2; L1 (SAT's bL1)
@@ -133,6 +134,7 @@ ACTIVATION_SITES = {
     "convnext_base": 36,
     "convnext_large": 36,
     "mnist_resnet": 1 + 2 * 3,
+    "mnist_resnet_fast": 1 + 2 * 3,
     # EfficientNet: stem + head + 3 per MBConv block (expand, depthwise, SE
     # reduce), minus the expand conv the first stage's blocks (ratio 1) lack.
     # (blocks, first-stage blocks) = (sum ceil(d * r), ceil(d * 1)).
@@ -149,7 +151,7 @@ ACTIVATION_SITES = {
 def tiny_shape(name):
     if name == "digits_cnn":
         return (8, 8, 1)
-    if name == "mnist_resnet":
+    if name in ("mnist_resnet", "mnist_resnet_fast"):
         return (28, 28, 1)
     return (32, 32, 3) if name in IMAGENET_NETS else (16, 16, 3)
 

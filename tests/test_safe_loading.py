@@ -52,6 +52,7 @@ ATOL = 1e-6
 FAST_MODELS = {
     "digits_cnn": (8, 8, 1),  # DigitsCNN
     "mnist_resnet": (28, 28, 1),  # MnistResNet
+    "mnist_resnet_fast": (28, 28, 1),  # MnistResNet, stride-2 stem
     "resnet18": (32, 32, 3),  # ResNet (same config keys for ResNeXt: groups, bottleneck_width)
     "resnet18_cifar": (16, 16, 3),  # CifarResNet
     "preact_resnet18": (16, 16, 3),  # PreActResNet
