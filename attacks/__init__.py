@@ -46,6 +46,7 @@ from sat_tf.attacks.smoothadv import smoothadv_pgd
 from sat_tf.attacks.smoothadv import smoothed_nll
 from sat_tf.attacks.square import square
 from sat_tf.attacks.trades import kl_to_clean
+from sat_tf.attacks.trades import mart_pgd
 from sat_tf.attacks.trades import trades_pgd
 
 
@@ -124,6 +125,7 @@ __all__ = [
     "identity_attack",
     "kl_to_clean",
     "list_attacks",
+    "mart_pgd",
     "pgd",
     "project_l2",
     "project_linf",

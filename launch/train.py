@@ -140,6 +140,8 @@ def training_objective(config, model, num_classes, steps_per_epoch):
             kwargs.update(awp_gamma=o.awp_gamma, awp_warmup_epochs=o.awp_warmup_epochs,
                           steps_per_epoch=steps_per_epoch)
         return objectives.TradesObjective(model, **kwargs)
+    if o.name == "mart":
+        return objectives.MartObjective(eps=a.eps, step_size=a.step_size, steps=a.steps, beta=o.mart_beta)
     if a.name == "none" or a.steps == 0 or a.eps == 0:
         return attacks.get_attack("none")
     kwargs = {"eps": a.eps}

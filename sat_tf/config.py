@@ -25,9 +25,10 @@ placeholder = config_dict.placeholder
 
 RUN_CONFIG = "run_config.json"
 IMAGENET = "imagenet"
-OBJECTIVES = ("adversarial", "trades", "awp_trades", "trades_rat", "awp_trades_rat", "gaussian", "smoothadv")
+OBJECTIVES = ("adversarial", "trades", "awp_trades", "trades_rat", "awp_trades_rat", "mart", "gaussian", "smoothadv")
 TRADES_OBJECTIVES = ("trades", "awp_trades", "trades_rat", "awp_trades_rat")
 SMOOTHING_OBJECTIVES = ("gaussian", "smoothadv")
+CE_PGD_OBJECTIVES = ("mart",)  # objectives with their own attack on attack.eps/step_size/steps
 AUTOATTACK_VERSIONS = ("standard", "plus", "rand", "none")
 
 
@@ -89,6 +90,7 @@ def base():
     c.objective.name = "adversarial"
     c.objective.label_smoothing = 0.1  # of the training loss, never the attack
     c.objective.trades_beta = 6.0
+    c.objective.mart_beta = 6.0  # MART (Wang et al., 2020): weight of the (1 - p_y)-weighted KL
     c.objective.rat_alpha = 0.2
     c.objective.rat_second_weight = placeholder(float)  # None: alpha / 2
     c.objective.rat_c = placeholder(float)  # None: 0.8 up to 10 classes, else 0.98
@@ -279,15 +281,17 @@ def validate(config):
     if objective in SMOOTHING_OBJECTIVES and config.attack.name != "none":
         _fail("attack.name", config.attack.name, f"'none' with objective {objective!r} "
               "(its attack is objective.smoothadv)")
-    if objective in TRADES_OBJECTIVES and config.attack.steps < 1:
-        _fail("attack.steps", config.attack.steps, f"an integer >= 1 with objective {objective!r} (TRADES' attack)")
-    if attacking or objective in TRADES_OBJECTIVES:
+    own_attack = objective in TRADES_OBJECTIVES + CE_PGD_OBJECTIVES
+    if own_attack and config.attack.steps < 1:
+        _fail("attack.steps", config.attack.steps, f"an integer >= 1 with objective {objective!r} (its attack)")
+    if attacking or own_attack:
         _number(config, "attack.step_size", 0, 1, low_open=True)
         if config.attack.name != "fgsm" and config.attack.eps > 0 and config.attack.step_size > 2 * config.attack.eps:
             _fail("attack.step_size", config.attack.step_size,
                   f"(0, {2 * config.attack.eps:g}]: at most 2 x attack.eps (a larger step only lands on the boundary)")
     _number(config, "objective.label_smoothing", 0, 1, high_open=True)
     _number(config, "objective.trades_beta", 0)
+    _number(config, "objective.mart_beta", 0)
     _number(config, "objective.rat_alpha", 0, 1)
     _number(config, "objective.rat_second_weight", 0, 1, optional=True)
     _number(config, "objective.rat_c", 0, 1, low_open=True, high_open=True, optional=True)
