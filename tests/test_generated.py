@@ -143,9 +143,9 @@ def test_writer_refuses_what_it_cannot_store(tmp_path):
         generated.write_generated_records(np.zeros((2, 8, 8, 1), np.uint8), [0, -1], str(tmp_path / "a"))
 
 
-def test_a_fraction_leaving_no_generated_or_no_real_row_is_refused(records):
+def test_a_fraction_leaving_no_generated_row_is_refused(records):
     with pytest.raises(ValueError, match="leaves 0 generated and 20 real images"):
         mixed(records, fraction=0.04)(0)
     ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=10)
-    with pytest.raises(ValueError, match="per-replica batch of 2 leaves 2 generated and 0 real"):
-        mixed(records, fraction=0.999)(0, ctx)
+    with pytest.raises(ValueError, match="per-replica batch of 2 leaves 0 generated and 2 real"):
+        mixed(records, fraction=0.4)(0, ctx)  # 8 of 20 globally, but 0 of each replica's 2
