@@ -102,7 +102,16 @@ def check_data(config):
     from sat_tf import data
 
     if config.data.name != config_lib.IMAGENET:
-        data.dataset_info(config.data.name, data_dir=config.data.data_dir)
+        info = data.dataset_info(config.data.name, data_dir=config.data.data_dir)
+        if config.data.generated_path:
+            from sat_tf.data import generated
+
+            try:
+                files = generated.list_generated_files(config.data.generated_path)
+                generated.check_generated_files(files, info.image_shape, info.num_classes)
+            except generated.GeneratedDataError as err:
+                raise config_lib.ConfigError(f"config.data.generated_path={config.data.generated_path!r}: "
+                                             f"{err}") from None
         return
     from sat_tf.data import imagenet_input
 
@@ -150,6 +159,29 @@ def training_objective(config, model, num_classes, steps_per_epoch):
         if a.step_size_rule != "fixed":
             kwargs["step_size_rule"] = a.step_size_rule
     return attacks.get_attack(a.name, **kwargs)
+
+
+def train_dataset_fn(config, registry_fn, imagenet_fn, batch_size, steps_per_epoch, chief_print=True):
+    """The training data: ImageNet, a registry data set, or one mixed with generated images."""
+    if config.data.name == config_lib.IMAGENET:
+        return imagenet_fn
+    if not config.data.generated_path:
+        return registry_fn
+    from sat_tf import data
+    from sat_tf.data import generated
+
+    augment = None
+    if config.data.augment:
+        rule = data.AUGMENTATIONS[config.data.name]
+        augment = (rule.pad, rule.flip)
+    files = generated.list_generated_files(config.data.generated_path)
+    if chief_print:
+        print(f"generated images: {len(files)} file(s) matching {config.data.generated_path}, "
+              f"int({config.data.generated_fraction:g} x batch) of every replica's batch", flush=True)
+    return generated.mixed_dataset_fn(
+        registry_fn, files=files,
+        fraction=config.data.generated_fraction, global_batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+        image_shape=config.model.input_shape, seed=config.system.seed, augment=augment)
 
 
 def describe_objective(config):
@@ -278,7 +310,9 @@ def main(argv):
             optimizer = keras.optimizers.RMSprop(schedule, rho=0.9, momentum=config.optimizer.momentum, epsilon=1e-3)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        ema = ema_lib.WeightEMA(model, config.optimizer.ema_decay) if config.optimizer.ema_decay > 0 else None
+        ema = ema_lib.WeightEMA(model, config.optimizer.ema_decay,
+                                start_step=int(config.optimizer.ema_warmup_epochs * steps_per_epoch)
+                                ) if config.optimizer.ema_decay > 0 else None
     image_size = int(model.input_shape[1])
     config.model.input_shape = tuple(int(d) for d in model.input_shape[1:])
     if imagenet:
@@ -320,8 +354,8 @@ def main(argv):
         bad_reported[0] = count
         return count
 
-    def registry_train_fn(epoch, ctx):
-        return data.load_split(config.data.name, "train", data_dir=config.data.data_dir, batch_size=batch_size,
+    def registry_train_fn(epoch, ctx, batch=batch_size):
+        return data.load_split(config.data.name, "train", data_dir=config.data.data_dir, batch_size=batch,
                                shuffle=True, seed=config.system.seed * 100003 + epoch, drop_remainder=True,
                                augment=config.data.augment, input_context=ctx, limit=config.data.limit_train)
 
@@ -382,7 +416,8 @@ def main(argv):
             attack_grad_scale=128.0 if policy == "mixed_float16" else 1.0)
         with record_faults.named_errors():
             history = training.fit(
-                model, optimizer, attack, strategy, imagenet_train_fn if imagenet else registry_train_fn,
+                model, optimizer, attack, strategy, train_dataset_fn(config, registry_train_fn, imagenet_train_fn,
+                                                                     batch_size, steps_per_epoch, chief),
                 config=step_config, epochs=epochs,
                 steps_per_epoch=steps_per_epoch, workdir=workdir,
                 checkpoint_every_steps=config.system.checkpoint_every_steps,

@@ -85,7 +85,8 @@ def write_generated_records(images, labels, path, *, encoding="png", num_shards=
         images: uint8 array [N, H, W, C] (C = 1 or 3), e.g. the `image` array of an EDM `.npz`.
         labels: integer array [N] of 0-based labels.
         path: the file to write (`gs://` works); with `num_shards > 1`, files
-            `<path>-00000-of-0000S` with consecutive slices of the images.
+            `<stem>-00000-of-0000S<extension>` with consecutive slices of the images
+            (edm.tfrecord -> edm-00000-of-00256.tfrecord, ...), so `*.tfrecord` globs them.
         encoding: "png" (about 2/3 of raw size for CIFAR-like images) or "raw".
         num_shards: number of files (many files let the reader interleave them).
 
@@ -109,9 +110,10 @@ def write_generated_records(images, labels, path, *, encoding="png", num_shards=
     if parent:
         tf.io.gfile.makedirs(parent)
     bounds = np.linspace(0, len(images), num_shards + 1).astype(int)
+    stem, extension = os.path.splitext(path)
     paths = []
     for shard in range(num_shards):
-        name = path if num_shards == 1 else f"{path}-{shard:05d}-of-{num_shards:05d}"
+        name = path if num_shards == 1 else f"{stem}-{shard:05d}-of-{num_shards:05d}{extension}"
         with tf.io.TFRecordWriter(name) as writer:
             for i in range(bounds[shard], bounds[shard + 1]):
                 writer.write(_example(images[i], labels[i], encoding))
