@@ -164,3 +164,20 @@ def test_mart_trains_a_few_steps():
         assert np.isfinite(float(out["loss_sum"]))
         losses.append(float(out["loss_sum"]) / float(out["count"]))
     assert losses[-1] < losses[0]
+
+
+def test_objective_mart_through_the_trainer(tmp_path, capsys):
+    from conftest import run_launcher_in_process
+
+    flags = ["--config.objective.name=mart", "--config.objective.mart_beta=3", "--config.objective.label_smoothing=0",
+             "--config.schedule.epochs=1", "--config.eval.autoattack=none", "--config.data.limit_train=64",
+             "--config.data.limit_test=16", "--config.schedule.batch_size=32", "--config.export.enabled=false",
+             "--config.attack.steps=2", "--config.eval.steps=(1,)", f"--workdir={tmp_path}"]
+    assert run_launcher_in_process("train.py", *flags) == 0
+    assert "mart (eps=32/255 step=16/255 steps=2)" in capsys.readouterr().out
+    import json
+
+    config = json.loads((tmp_path / "run_config.json").read_text())
+    assert config["objective"]["name"] == "mart" and config["objective"]["mart_beta"] == 3.0
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history[-1]["step"] == 2 and np.isfinite(history[-1]["train_loss"])
