@@ -40,7 +40,7 @@ from sat_tf.attacks.smoothadv import (
     smoothed_nll,
 )
 from sat_tf.attacks.square import square
-from sat_tf.attacks.trades import kl_to_clean, trades_pgd
+from sat_tf.attacks.trades import kl_to_clean, mart_pgd, trades_pgd
 
 
 def identity_attack(logits_fn, x, y, *, seed=None, **unused_kwargs):
@@ -118,6 +118,7 @@ __all__ = [
     "identity_attack",
     "kl_to_clean",
     "list_attacks",
+    "mart_pgd",
     "pgd",
     "project_l2",
     "project_linf",

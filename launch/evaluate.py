@@ -88,6 +88,9 @@ flags.DEFINE_list("autoattack_options", [], "Per-attack settings, attack.key=val
 flags.DEFINE_integer("batch_size", 256, "Images per chunk (over all replicas).")
 flags.DEFINE_enum("jit", "auto", ["auto", "true", "false"], "XLA for the attacks (auto: on for TPU/GPU, off on CPU).")
 flags.DEFINE_string("output_dir", None, "Report directory (default: <workdir>/report, or ./report for --model_path).")
+flags.DEFINE_string("robustbench_record", None, "Also write the model's RobustBench entry (JSON) here; needs "
+                    "AutoAttack standard (sat_tf.evaluation.robustbench_record).")
+flags.DEFINE_string("architecture", None, "The record's architecture, e.g. WideResNet-28-10 (default: the model name).")
 flags.DEFINE_bool("resume", True, "Continue an interrupted evaluation from <output_dir>/evaluation_state.json.")
 
 STATE_FILE = "evaluation_state.json"
@@ -379,6 +382,14 @@ def main(argv):
     budget = resolve(protocol, run_eval, name)
     rows = protocols.build_rows(protocol, **budget, norm=FLAGS.norm, autoattack=autoattack_version(protocol),
                                 autoattack_options=common.autoattack_options(FLAGS.autoattack_options), **overrides)
+    if FLAGS.robustbench_record:
+        from sat_tf import attacks
+
+        common.require(
+            any(isinstance(row, attacks.AutoAttackRows) and row.version == "standard" and not row.options
+                for row in rows),
+            f"--robustbench_record={FLAGS.robustbench_record} needs AutoAttack standard with default settings "
+            "(RobustBench's autoattack_acc); pass --autoattack=standard and no --autoattack_options")
     x, y = load_points(config, dataset, data_dir)
     out = FLAGS.output_dir or (os.path.join(FLAGS.workdir, "report") if FLAGS.model_path is None else "report")
     state_path = os.path.join(out, STATE_FILE)
@@ -407,6 +418,18 @@ def main(argv):
     for warning in results["warnings"]:
         print(f"warning: {warning}", flush=True)
     print(f"report: {paths['markdown']}  json: {paths['json']}  plot: {paths['png']}", flush=True)
+    if FLAGS.robustbench_record:
+        from sat_tf.evaluation import robustbench_record
+
+        try:
+            record = robustbench_record.write_robustbench_record(
+                paths["json"], FLAGS.robustbench_record, architecture=FLAGS.architecture or description,
+                dataset=dataset)
+        except robustbench_record.RecordError as err:
+            raise common.FlagError(f"--robustbench_record={FLAGS.robustbench_record}: {err}") from None
+        print(f"robustbench record: {FLAGS.robustbench_record} (clean {record['clean_acc']} %, AutoAttack "
+              f"{record['autoattack_acc']} % on {record['n_examples']} images; fill in name, link, authors, venue)",
+              flush=True)
     return 0
 
 

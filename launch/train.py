@@ -98,6 +98,17 @@ def precision_policy(config, strategy):
     return "mixed_bfloat16" if isinstance(strategy, tf.distribute.TPUStrategy) else "float32"
 
 
+def check_generated(config, info):
+    """Generated-image files (`config.data.generated_path`) exist and fit the data set, before training."""
+    from sat_tf.data import generated
+
+    try:
+        files = generated.list_generated_files(config.data.generated_path)
+        generated.check_generated_files(files, info.image_shape, info.num_classes)
+    except generated.GeneratedDataError as err:
+        raise config_lib.ConfigError(f"config.data.generated_path={config.data.generated_path!r}: {err}") from None
+
+
 def training_objective(config, model, num_classes, steps_per_epoch):
     """The attack or objective `training.fit` trains on."""
     from sat_tf import attacks
@@ -121,6 +132,8 @@ def training_objective(config, model, num_classes, steps_per_epoch):
             kwargs.update(awp_gamma=o.awp_gamma, awp_warmup_epochs=o.awp_warmup_epochs,
                           steps_per_epoch=steps_per_epoch)
         return objectives.TradesObjective(model, **kwargs)
+    if o.name == "mart":
+        return objectives.MartObjective(eps=a.eps, step_size=a.step_size, steps=a.steps, beta=o.mart_beta)
     if a.name == "none" or a.steps == 0 or a.eps == 0:
         return attacks.get_attack("none")
     kwargs = {"eps": a.eps}
@@ -129,6 +142,29 @@ def training_objective(config, model, num_classes, steps_per_epoch):
         if a.step_size_rule != "fixed":
             kwargs["step_size_rule"] = a.step_size_rule
     return attacks.get_attack(a.name, **kwargs)
+
+
+def mixed_train_fn(config, dataset, batch_size, steps_per_epoch, chief):
+    """The trainer's data with generated images mixed into every batch (`sat_tf.data.generated`)."""
+    from sat_tf import data
+    from sat_tf.data import generated
+
+    augment = None
+    if config.data.augment:
+        rule = data.AUGMENTATIONS[config.data.name]
+        augment = (rule.pad, rule.flip)
+    files = generated.list_generated_files(config.data.generated_path)
+    if chief:
+        print(f"generated images: {len(files)} file(s) matching {config.data.generated_path}, "
+              f"int({config.data.generated_fraction:g} x batch) of every replica's batch", flush=True)
+
+    def real_fn(epoch, ctx, batch):
+        return dataset.train_dataset(epoch, batch_size=batch, seed=config.system.seed, input_context=ctx)
+
+    return generated.mixed_dataset_fn(
+        real_fn, files=files, fraction=config.data.generated_fraction, global_batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch, image_shape=config.model.input_shape, seed=config.system.seed,
+        augment=augment)
 
 
 def describe_objective(config):
@@ -183,6 +219,8 @@ def main(argv):
     dataset = data.get_dataset(**data_options)
     # Absent data fails in seconds, before the strategy or the model exist (nothing is downloaded).
     dataset.check(train=config.mode != "eval", test=config.mode != "train")
+    if config.data.generated_path and config.mode != "eval":
+        check_generated(config, dataset.info())
     start = time.perf_counter()
     import keras
     import tensorflow as tf
@@ -256,7 +294,9 @@ def main(argv):
             optimizer = keras.optimizers.RMSprop(schedule, rho=0.9, momentum=config.optimizer.momentum, epsilon=1e-3)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        ema = ema_lib.WeightEMA(model, config.optimizer.ema_decay) if config.optimizer.ema_decay > 0 else None
+        ema = ema_lib.WeightEMA(model, config.optimizer.ema_decay,
+                                start_step=int(config.optimizer.ema_warmup_epochs * steps_per_epoch)
+                                ) if config.optimizer.ema_decay > 0 else None
     image_size = int(model.input_shape[1])
     config.model.input_shape = tuple(int(d) for d in model.input_shape[1:])
     if info.image_shape is None:  # a data set of any resolution (ImageNet's JPEGs) is read at the model's
@@ -300,6 +340,9 @@ def main(argv):
     def train_fn(epoch, ctx, skip_batches=0):
         return dataset.train_dataset(epoch, batch_size=batch_size, seed=config.system.seed, input_context=ctx,
                                      skip_batches=skip_batches)
+
+    if config.data.generated_path:  # Wang et al. 2023: a fixed share of every batch from generated images
+        train_fn = mixed_train_fn(config, dataset, batch_size, steps_per_epoch, chief)
 
     def logits_fn(x):
         return model(x, training=False)
