@@ -16,7 +16,7 @@ reused by Alexkael/Randomized-Adversarial-Training).
 import tensorflow as tf
 
 from sat_tf.attacks import base
-from sat_tf.attacks.pgd import _as_seed
+from sat_tf.attacks.base import as_seed
 
 START_SCALE = 0.001  # the reference's 0.001 * randn start
 
@@ -47,7 +47,7 @@ def trades_pgd(logits_fn, x, y=None, *, eps, step_size, steps, seed=None):
         raise ValueError(f"`steps` must be a Python int >= 0. Received: steps={steps!r}")
     x = tf.convert_to_tensor(x, tf.float32)
     clean_probs = tf.stop_gradient(tf.nn.softmax(tf.cast(logits_fn(x), tf.float32)))
-    start = x + START_SCALE * base.random_normal(tf.shape(x), _as_seed(seed))
+    start = x + START_SCALE * base.random_normal(tf.shape(x), as_seed(seed))
 
     def body(i, x_adv):
         with tf.GradientTape() as tape:
@@ -72,7 +72,7 @@ def mart_pgd(logits_fn, x, y, *, eps, step_size, steps, seed=None):
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"`steps` must be a Python int >= 0. Received: steps={steps!r}")
     x = tf.convert_to_tensor(x, tf.float32)
-    start = x + START_SCALE * base.random_normal(tf.shape(x), _as_seed(seed))
+    start = x + START_SCALE * base.random_normal(tf.shape(x), as_seed(seed))
 
     def body(i, x_adv):
         with tf.GradientTape() as tape:
