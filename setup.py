@@ -40,6 +40,7 @@ setup(
             "pytest",
             "pytest-timeout",
             "pytest-xdist",  # the suite runs on both cores (-n 2), one test file per worker
+            "ruff==0.17.6",  # lint + format (pyproject.toml [tool.ruff]); pinned: formatting changes between releases
             "scikit-image",  # real sample photos for the ImageNet pipeline tests
             "nbclient",  # notebooks are executed in CI
             "nbformat",

@@ -26,28 +26,21 @@ import inspect
 
 import tensorflow as tf
 
-from sat_tf.attacks.apgd import apgd
-from sat_tf.attacks.apgd import apgd_train
-from sat_tf.attacks.autoattack import AutoAttackResult
-from sat_tf.attacks.autoattack import AutoAttackRows
-from sat_tf.attacks.autoattack import autoattack
-from sat_tf.attacks.base import clip_to_box
-from sat_tf.attacks.base import cross_entropy
-from sat_tf.attacks.base import cw_margin
-from sat_tf.attacks.base import project_l2
-from sat_tf.attacks.base import project_linf
+from sat_tf.attacks.apgd import apgd, apgd_train
+from sat_tf.attacks.autoattack import AutoAttackResult, AutoAttackRows, autoattack
+from sat_tf.attacks.base import clip_to_box, cross_entropy, cw_margin, project_l2, project_linf
 from sat_tf.attacks.fab import fab
-from sat_tf.attacks.pgd import fgsm
-from sat_tf.attacks.pgd import pgd
-from sat_tf.attacks.smoothadv import SMOOTHADV_ATTACKS
-from sat_tf.attacks.smoothadv import noisy_copies
-from sat_tf.attacks.smoothadv import sample_noise
-from sat_tf.attacks.smoothadv import smoothadv_ddn
-from sat_tf.attacks.smoothadv import smoothadv_pgd
-from sat_tf.attacks.smoothadv import smoothed_nll
+from sat_tf.attacks.pgd import fgsm, pgd
+from sat_tf.attacks.smoothadv import (
+    SMOOTHADV_ATTACKS,
+    noisy_copies,
+    sample_noise,
+    smoothadv_ddn,
+    smoothadv_pgd,
+    smoothed_nll,
+)
 from sat_tf.attacks.square import square
-from sat_tf.attacks.trades import kl_to_clean
-from sat_tf.attacks.trades import trades_pgd
+from sat_tf.attacks.trades import kl_to_clean, mart_pgd, trades_pgd
 
 
 def identity_attack(logits_fn, x, y, *, seed=None, **unused_kwargs):
@@ -144,6 +137,7 @@ __all__ = [
     "identity_attack",
     "kl_to_clean",
     "list_attacks",
+    "mart_pgd",
     "pgd",
     "project_l2",
     "project_linf",

@@ -12,7 +12,7 @@ floats than the TF kernels do; with our own conversion eager, `tf.function`
 and `jit_compile=True` give the same perturbation for the same seed.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf

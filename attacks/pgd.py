@@ -165,7 +165,7 @@ def _run_attack(
     if step_size_rule == "max_eps_over_steps":
         num = tf.cast(tf.maximum(steps, 1), tf.float32)
         step_size = tf.maximum(step_size, eps / num)
-    seed = _as_seed(seed)
+    seed = base.as_seed(seed)
     project = base.project_linf if norm == "linf" else base.project_l2
 
     if targeted:
@@ -292,20 +292,6 @@ def _point_delta(x, eps, norm, seed, point_ids, run):
     u = 1.0 - base.point_uniform(seed, point_ids, [], _POINT_KEY, _START, run, 1)
     radius = eps * tf.exp(tf.math.log(u) / dim)
     return direction * tf.reshape(radius, [-1] + [1] * (x.shape.rank - 1))
-
-
-def _as_seed(seed):
-    if seed is None:
-        return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
-    if isinstance(seed, numbers.Integral):
-        return tf.constant([0, int(seed)], tf.int64)
-    seed = tf.convert_to_tensor(seed)
-    if seed.dtype not in (tf.int32, tf.int64) or seed.shape != (2,):
-        raise ValueError(
-            "`seed` must be None, an int, or an int32/int64 tensor of shape "
-            f"[2]. Received: seed with {seed.dtype=}, {seed.shape=}"
-        )
-    return seed
 
 
 def _is_number(value):

@@ -25,7 +25,7 @@ import math
 import tensorflow as tf
 
 from sat_tf.attacks import base
-from sat_tf.attacks.pgd import _as_seed
+from sat_tf.attacks.base import as_seed
 
 _LOG_FLOOR = math.log(1e-20)  # the reference's clamp_min(1e-20) before the log
 _NOISE, _ZERO_GRAD = 2, 3  # sub-seed keys
@@ -39,7 +39,7 @@ def sample_noise(x, num_noise, sigma, seed):
     """
     x = tf.convert_to_tensor(x, tf.float32)
     shape = tf.concat([tf.shape(x)[:1], [num_noise], tf.shape(x)[1:]], axis=0)
-    draws = base.random_normal(shape, base.fold_seed(_as_seed(seed), _NOISE))
+    draws = base.random_normal(shape, base.fold_seed(as_seed(seed), _NOISE))
     return tf.cast(sigma, tf.float32) * draws
 
 
@@ -121,7 +121,7 @@ def smoothadv_pgd(logits_fn, x, y, *, noise, eps, steps, seed=None):
     x = tf.convert_to_tensor(x, tf.float32)
     eps = tf.cast(eps, tf.float32)
     _check_steps(steps)
-    seed = base.fold_seed(_as_seed(seed), _ZERO_GRAD)
+    seed = base.fold_seed(as_seed(seed), _ZERO_GRAD)
     step_size = 2.0 * eps / steps
 
     def body(i, delta):
@@ -166,7 +166,7 @@ def smoothadv_ddn(
     y = tf.cast(y, tf.int32)
     eps = tf.cast(eps, tf.float32)
     _check_steps(steps)
-    seed = base.fold_seed(_as_seed(seed), _ZERO_GRAD)
+    seed = base.fold_seed(as_seed(seed), _ZERO_GRAD)
     batch = tf.shape(x)[0]
     start = eps if init_norm is None else tf.cast(init_norm, tf.float32)
     worst = base.per_example_norm(tf.maximum(x, 1.0 - x), keepdims=False)

@@ -16,7 +16,7 @@ reused by Alexkael/Randomized-Adversarial-Training).
 import tensorflow as tf
 
 from sat_tf.attacks import base
-from sat_tf.attacks.pgd import _as_seed
+from sat_tf.attacks.base import as_seed
 
 START_SCALE = 0.001  # the reference's 0.001 * randn start
 
@@ -47,12 +47,37 @@ def trades_pgd(logits_fn, x, y=None, *, eps, step_size, steps, seed=None):
         raise ValueError(f"`steps` must be a Python int >= 0. Received: steps={steps!r}")
     x = tf.convert_to_tensor(x, tf.float32)
     clean_probs = tf.stop_gradient(tf.nn.softmax(tf.cast(logits_fn(x), tf.float32)))
-    start = x + START_SCALE * base.random_normal(tf.shape(x), _as_seed(seed))
+    start = x + START_SCALE * base.random_normal(tf.shape(x), as_seed(seed))
 
     def body(i, x_adv):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
             loss = tf.reduce_sum(kl_to_clean(clean_probs, logits_fn(x_adv)))
+        grad = tape.gradient(loss, x_adv)
+        x_adv = base.project_linf(x_adv + step_size * tf.sign(grad), x, eps)
+        return i + 1, base.clip_to_box(x_adv)
+
+    _, x_adv = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), start), parallel_iterations=1)
+    return tf.stop_gradient(base.clip_to_box(x_adv))
+
+
+def mart_pgd(logits_fn, x, y, *, eps, step_size, steps, seed=None):
+    """MART's inner maximisation (Wang et al., 2020): L-inf PGD on cross-entropy.
+
+    As the released MART code (YisenWang/MART, reused by wzekai99/DM-Improves-AT
+    `core/utils/mart.py`): the same start and steps as `trades_pgd`
+    (x + 0.001 * N(0, 1), sign steps, projection, clip to [0, 1]), but the loss
+    is CE(f(x'), y) with the true labels.
+    """
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"`steps` must be a Python int >= 0. Received: steps={steps!r}")
+    x = tf.convert_to_tensor(x, tf.float32)
+    start = x + START_SCALE * base.random_normal(tf.shape(x), as_seed(seed))
+
+    def body(i, x_adv):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            loss = tf.reduce_sum(base.cross_entropy(logits_fn(x_adv), y))
         grad = tape.gradient(loss, x_adv)
         x_adv = base.project_linf(x_adv + step_size * tf.sign(grad), x, eps)
         return i + 1, base.clip_to_box(x_adv)

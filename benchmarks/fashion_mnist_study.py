@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import datetime
 import importlib.util
-import math
 import os
 import shlex
 import subprocess
@@ -205,7 +204,7 @@ def train_command(args, row, seed, wd):
 
 def eval_command(args, wd, eps, limit, output_dir, activation=None):
     command = ["python", os.path.join("launch", "evaluate.py"), f"--workdir={wd}", f"--limit={limit}",
-               f"--eps={eps:g}", f"--output_dir={output_dir}"]
+               f"--eps={eps:g}", f"--output_dir={output_dir}", f"--batch_size={args.eval_batch}"]
     if eps > 0:  # step eps/4 (SAT's ratio), on the flag's 0-255 scale
         command += [f"--attack_step_size={eps * 255 / 4:g}", f"--steps={args.pgd_steps}", "--autoattack=standard"]
     else:  # nothing to attack: robust accuracy is the clean accuracy
@@ -549,6 +548,8 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per row")
     parser.add_argument("--eval_limit", type=int, default=2000, help="evaluate on the first N test images")
     parser.add_argument("--eval_eps", type=float, default=0.1, help="L-inf budget of the evaluation")
+    parser.add_argument("--eval_batch", type=int, default=1000,
+                        help="evaluate.py --batch_size: images per chunk (large chunks amortise a small model's op overhead)")
     parser.add_argument("--pgd_steps", type=int, default=20, help="steps of the PGD row beside AutoAttack")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="a launch/configs/ file every run starts from")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",

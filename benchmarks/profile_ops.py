@@ -57,9 +57,8 @@ def op_seconds(xspace_bytes, steps):
 
 
 def profile(activation, k, steps):
-    import tensorflow as tf
-
     import step_time
+    import tensorflow as tf
 
     run = step_time.build_tf(step_time.GROUPS["ksweep"], step_time.Case("tf", activation, k)).run
     run()

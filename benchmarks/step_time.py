@@ -103,13 +103,18 @@ GROUPS = {
         "Certification sampling, ours vs PyTorch (ResNet-18 CIFAR, σ = 0.25, batch 400)", **{**R18, "batch": 400},
         cases=(Case("tf", "relu", 0), Case("torch", "relu", 0)), kind="certify", samples=800,
     ),
+    "fashion": Group(
+        "Fashion-MNIST model, clean vs PGD-5 (mnist_resnet, 28x28x1, batch 128, float32)",
+        "mnist_resnet", (28, 28, 1), 10, 128,
+        cases=tuple(Case("tf", a, k) for a in ("relu", "silu") for k in (0, 5)),
+    ),
     "quick": Group(
         "Smoke run (digits CNN, batch 16)", "digits_cnn", (8, 8, 1), 10, 16,
         cases=(Case("tf", "silu", 0), Case("tf", "silu", 1), Case("tf", "silu", 0, per_call=4),
                Case("tf", "silu", 1, fused=False)),
     ),
 }
-FULL = ("ksweep", "activations", "fusion", "xla", "bf16", "resnet50", "host", "certify", "memory")
+FULL = ("ksweep", "activations", "fusion", "xla", "bf16", "resnet50", "host", "certify", "fashion", "memory")
 
 
 # === TensorFlow cases ===
@@ -121,10 +126,8 @@ def build_tf(group, case):
     import numpy as np
     import tensorflow as tf
 
-    from sat_tf import attacks, models
+    from sat_tf import attacks, certification, models, training
     from sat_tf.activations import fused
-    from sat_tf import certification
-    from sat_tf import training
 
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if case.precision == "bfloat16" else "float32")
@@ -184,7 +187,7 @@ def run_group(group, warmup, steps, worker_factory):
         spec = (dict(kind="certify", batch=group.batch, num=group.samples, sigma=0.25) if group.kind == "certify"
                 else dict(kind="train", k=case.k, batch=group.batch, precision=case.precision))
         worker.request(op="build", id=label(case), activation=case.activation, seed=0, **spec)
-        runners[case] = lambda case=case: worker.request(op="time", id=label(case), n=1)["times"][0]
+        runners[case] = lambda case=case: worker.request(op="time", id=label(case), n=1)["times"][0]  # noqa: B023 (worker is fixed)
     times = {case: [] for case in group.cases}
     first = {}
     try:
@@ -252,11 +255,13 @@ def fmt(value, spec=".2f"):
     return "–" if value is None else format(value, spec)
 
 
-def markdown(name, group, rows, args):
+def markdown(name, group, rows, args, load=None):
     unit = "s/call" if group.kind == "certify" else "s/step"
+    # The machine is shared: the 1-minute load average before and after says how much of it the run had.
+    busy = f" 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after." if load else ""
     lines = [
         f"## Step time: {name} ({datetime.date.today().isoformat()})", "",
-        f"**{group.title}.** {machine_line()}.", "",
+        f"**{group.title}.** {machine_line()}.{busy}", "",
         "```bash", f"python benchmarks/step_time.py --groups={name} --warmup={args.warmup} --steps={args.steps}",
         "```", "",
         f"Median of {args.steps} interleaved rounds after {args.warmup} warm-up round(s); "
@@ -270,14 +275,16 @@ def markdown(name, group, rows, args):
                          f"| {r['first']:.1f} | {fmt(r['ours_vs_torch'])} |")
     else:
         lines += [f"| framework | activation | XLA | precision | BN/act kernels | K | steps/call | {unit} (median) | "
-                  "min–max | first call (s) | traces | × clean | bound (2K+3)/3 | × bound | × relu | ours / torch |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "images/s | min–max | first call (s) | traces | × clean | bound (2K+3)/3 | × bound | × relu | "
+                  "ours / torch |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             c = r["case"]
             lines.append(
                 f"| {c.framework} | {c.activation} | {'on' if c.jit else 'off'} | {c.precision} | "
                 f"{'–' if c.framework == 'torch' else 'fused' if c.fused else 'plain'} | {c.k} | "
-                f"{c.per_call} | {r['median']:.3f} | {r['low']:.3f}–{r['high']:.3f} | {r['first']:.1f} | "
+                f"{c.per_call} | {r['median']:.3f} | {group.batch / r['median']:,.0f} | "
+                f"{r['low']:.3f}–{r['high']:.3f} | {r['first']:.1f} | "
                 f"{fmt(r['traces'], 'd')} | {fmt(r['x_clean'])} | {r['bound']:.2f} | {fmt(r['x_bound'])} | "
                 f"{fmt(r['x_relu'], '.3f')} | {fmt(r['ours_vs_torch'])} |")
     checks = verdicts(group, rows)
@@ -412,9 +419,11 @@ def main(argv=None):
             heading = "## Step time: memory"
         else:
             group = GROUPS[name]
+            load_before = os.getloadavg()[0]
             group, rows = run_group(group, args.warmup, args.steps, worker_factory)
             results[name] = derive(group, rows)
-            section, heading = markdown(name, group, results[name], args), f"## Step time: {name}"
+            load = (load_before, os.getloadavg()[0])
+            section, heading = markdown(name, group, results[name], args, load), f"## Step time: {name}"
         print(section)
         if args.output:
             _report.update_section(args.output, heading, section)

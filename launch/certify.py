@@ -81,7 +81,7 @@ def radii():
     try:
         values = [float(r) for r in FLAGS.radii]
     except ValueError:
-        raise common.FlagError(f"--radii must be a comma-separated list of numbers, got {FLAGS.radii}")
+        raise common.FlagError(f"--radii must be a comma-separated list of numbers, got {FLAGS.radii}") from None
     common.require(
         values and all(r >= 0 for r in values),
         f"--radii must be a non-empty list of non-negative numbers, got {FLAGS.radii}",
@@ -126,7 +126,7 @@ def plot_with_curves(curves=None):
     try:
         return certify_logs.load_curves(FLAGS.plot_with, curves)
     except ValueError as err:
-        raise common.FlagError(f"--plot_with: {err}")
+        raise common.FlagError(f"--plot_with: {err}") from None
 
 
 def write_summary(outfile, curves, table_radii, *, title, meta, png):
@@ -195,8 +195,8 @@ def certify_rows(smooth, images, out, total, chief):
 
     Returns (rows, seconds spent inside `certify`).
     """
-    from sat_tf.certification import logs as certify_logs
     from sat_tf import certification
+    from sat_tf.certification import logs as certify_logs
 
     rows, seconds = [], 0.0
     certify_logs.write_tsv_header(out)
@@ -228,7 +228,7 @@ def main(argv):
 
     config = common.load_run_config(FLAGS.workdir)
     sigma = resolve_sigma(config)
-    dataset = common.choice("dataset", FLAGS.dataset or config["dataset"], set(data.list_datasets()) | {"imagenet"})
+    dataset = common.choice("dataset", FLAGS.dataset or config["dataset"], set(data.list_datasets()))
     common.check_run_data(config, dataset=dataset, split=FLAGS.split, data_dir=FLAGS.data_dir or config.get("data_dir"))
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     smooth, config, split = smoothed_classifier(sigma, config, strategy)

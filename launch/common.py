@@ -43,7 +43,7 @@ def int_list(flag_name, values):
     try:
         out = [int(v) for v in values]
     except (TypeError, ValueError):
-        raise FlagError(f"--{flag_name} must be a comma-separated list of integers, got {values}")
+        raise FlagError(f"--{flag_name} must be a comma-separated list of integers, got {values}") from None
     if any(v < 0 for v in out):
         raise FlagError(f"--{flag_name} must hold non-negative integers, got {values}")
     return out
@@ -106,7 +106,7 @@ def check_run_data(run_config, *, dataset, split, data_dir):
     from sat_tf import data
 
     choice("split", split, {"train", "test"})
-    choice("dataset", dataset, set(data.list_datasets()) | {"imagenet"})
+    choice("dataset", dataset, set(data.list_datasets()))
     if dataset != "imagenet":
         data.dataset_info(dataset, data_dir=data_dir)
         return
@@ -203,7 +203,7 @@ def check_run_flags(flag_values):
     if flag_values.dataset is not None:
         from sat_tf import data
 
-        choice("dataset", flag_values.dataset, set(data.list_datasets()) | {"imagenet"})
+        choice("dataset", flag_values.dataset, set(data.list_datasets()))
     check_seed(flag_values.seed)
     check_strategy(flag_values.strategy, flag_values.tpu)
     check_checkpoint("checkpoint", flag_values.checkpoint)
@@ -335,7 +335,7 @@ def check_autoattack(version, items, *, version_flag):
     try:
         plan(version, options=options)
     except ValueError as err:
-        raise FlagError(f"--autoattack_options={','.join(items)}: {err}")
+        raise FlagError(f"--autoattack_options={','.join(items)}: {err}") from None
     return options
 
 
@@ -366,7 +366,7 @@ def check_autoattack_classes(version, items, num_classes, *, version_flag):
         validate_classes(num_classes, plan(version, options=options or None))
     except ValueError as err:
         raise FlagError(f"--{version_flag}={version} on {num_classes} classes: {err} "
-                        "(e.g. --autoattack_options=apgd-t.n_target_classes=3,fab-t.n_target_classes=3)")
+                        "(e.g. --autoattack_options=apgd-t.n_target_classes=3,fab-t.n_target_classes=3)") from None
     return options or None, notes
 
 
@@ -422,7 +422,7 @@ class RunSplit:
             if self.options["source"] == "tfrecord":
                 imagenet_input.list_files(data_dir, "validation" if evaluating else "train")  # fail fast
             return
-        choice("dataset", dataset, set(data.list_datasets()) | {"imagenet"})
+        choice("dataset", dataset, set(data.list_datasets()))
         info = data.dataset_info(dataset, data_dir=data_dir)
         self.num_classes = info.num_classes
         self.size = info.num_test if split == "test" else info.num_train

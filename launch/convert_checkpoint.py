@@ -108,14 +108,14 @@ def main(argv):
     try:
         info = zoo.inspect_checkpoint(prefix)
     except (ValueError, KeyError) as err:
-        raise common.FlagError(f"--checkpoint={prefix} is not a SAT ResNet/EfficientNet checkpoint: {err}")
+        raise common.FlagError(f"--checkpoint={prefix} is not a SAT ResNet/EfficientNet checkpoint: {err}") from None
     model_name, kwargs, use_ema, channel_order = _settings(info, entry)
     model = models.build_model(model_name, **kwargs)
     try:
         report = zoo.load_tf1_checkpoint(model, prefix, family=info["family"], use_ema=use_ema,
                                          channel_order=channel_order)
     except ValueError as err:
-        raise common.FlagError(str(err))
+        raise common.FlagError(str(err)) from None
     print(report.summary())
     output = FLAGS.output or prefix + ".keras"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

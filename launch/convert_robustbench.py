@@ -55,7 +55,7 @@ def _build_kwargs():
         try:
             extra = json.loads(FLAGS.model_kwargs)
         except ValueError as err:
-            raise common.FlagError(f"--model_kwargs must be a JSON object, got {FLAGS.model_kwargs!r} ({err})")
+            raise common.FlagError(f"--model_kwargs must be a JSON object, got {FLAGS.model_kwargs!r} ({err})") from None
         common.require(isinstance(extra, dict), f"--model_kwargs must be a JSON object, got {FLAGS.model_kwargs!r}")
         kwargs.update(extra)
     if FLAGS.image_size is not None:
@@ -82,11 +82,11 @@ def main(argv):
     try:
         model = models.build_model(model_name, **kwargs)
     except (TypeError, ValueError) as err:
-        raise common.FlagError(f"cannot build --model={model_name} with {kwargs}: {err}")
+        raise common.FlagError(f"cannot build --model={model_name} with {kwargs}: {err}") from None
     try:
         report = robustbench.convert_state_dict(FLAGS.checkpoint, model)
     except ValueError as err:
-        raise common.FlagError(f"--checkpoint: {err}")
+        raise common.FlagError(f"--checkpoint: {err}") from None
     print(report.summary())
     output = FLAGS.output or os.path.splitext(FLAGS.checkpoint)[0] + ".keras"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

@@ -88,6 +88,9 @@ flags.DEFINE_list("autoattack_options", [], "Per-attack settings, attack.key=val
 flags.DEFINE_integer("batch_size", 256, "Images per chunk (over all replicas).")
 flags.DEFINE_enum("jit", "auto", ["auto", "true", "false"], "XLA for the attacks (auto: on for TPU/GPU, off on CPU).")
 flags.DEFINE_string("output_dir", None, "Report directory (default: <workdir>/report, or ./report for --model_path).")
+flags.DEFINE_string("robustbench_record", None, "Also write the model's RobustBench entry (JSON) here; needs "
+                    "AutoAttack standard (sat_tf.evaluation.robustbench_record).")
+flags.DEFINE_string("architecture", None, "The record's architecture, e.g. WideResNet-28-10 (default: the model name).")
 flags.DEFINE_bool("resume", True, "Continue an interrupted evaluation from <output_dir>/evaluation_state.json.")
 
 STATE_FILE = "evaluation_state.json"
@@ -132,7 +135,8 @@ def validate():
     if FLAGS.dataset is not None:
         from sat_tf import data
 
-        common.choice("dataset", FLAGS.dataset, set(data.list_datasets()))
+        # the points are held in memory: data sets the registry streams (ImageNet) are evaluated by the trainer
+        common.choice("dataset", FLAGS.dataset, {n for n in data.list_datasets() if data.DATASETS[n].in_memory})
     common.check_seed(FLAGS.seed)
     common.check_strategy(FLAGS.strategy, FLAGS.tpu)
     common.check_checkpoint("checkpoint", FLAGS.checkpoint)
@@ -180,7 +184,7 @@ def model_input():
     try:
         low, high = (float(v) for v in FLAGS.input_range)
     except (TypeError, ValueError):
-        raise common.FlagError(f"--input_range must be two numbers LOW,HIGH (e.g. 0,255), got {FLAGS.input_range}")
+        raise common.FlagError(f"--input_range must be two numbers LOW,HIGH (e.g. 0,255), got {FLAGS.input_range}") from None
     common.require(high > low, f"--input_range must have LOW < HIGH, got {FLAGS.input_range}")
     stats = []
     for name in ("mean", "std"):
@@ -188,7 +192,7 @@ def model_input():
         try:
             stats.append(None if values is None else [float(v) for v in values])
         except ValueError:
-            raise common.FlagError(f"--{name} must be comma-separated numbers, got {values}")
+            raise common.FlagError(f"--{name} must be comma-separated numbers, got {values}") from None
     mean, std = stats
     common.require(std is None or all(s > 0 for s in std), f"--std must be > 0, got {FLAGS.std}")
     custom = (low, high) != (0.0, 1.0) or mean is not None or std is not None
@@ -265,7 +269,7 @@ def rebuilt_with_activation(trained, config, activation):
         model.set_weights(trained.get_weights())
     except ValueError as err:
         raise common.FlagError(f"--activation={activation}: the run's weights do not fit that network "
-                               f"({' '.join(str(err).split())}); use an activation without weights of its own")
+                               f"({' '.join(str(err).split())}); use an activation without weights of its own") from None
     probe = np.random.default_rng(0).uniform(size=(16, *model.input_shape[1:])).astype("float32")
     want, got = trained(probe, training=False).numpy(), model(probe, training=False).numpy()
     gap = float(np.max(np.abs(want - got)))
@@ -378,6 +382,14 @@ def main(argv):
     budget = resolve(protocol, run_eval, name)
     rows = protocols.build_rows(protocol, **budget, norm=FLAGS.norm, autoattack=autoattack_version(protocol),
                                 autoattack_options=common.autoattack_options(FLAGS.autoattack_options), **overrides)
+    if FLAGS.robustbench_record:
+        from sat_tf import attacks
+
+        common.require(
+            any(isinstance(row, attacks.AutoAttackRows) and row.version == "standard" and not row.options
+                for row in rows),
+            f"--robustbench_record={FLAGS.robustbench_record} needs AutoAttack standard with default settings "
+            "(RobustBench's autoattack_acc); pass --autoattack=standard and no --autoattack_options")
     x, y = load_points(config, dataset, data_dir)
     out = FLAGS.output_dir or (os.path.join(FLAGS.workdir, "report") if FLAGS.model_path is None else "report")
     state_path = os.path.join(out, STATE_FILE)
@@ -394,7 +406,7 @@ def main(argv):
             state_path=state_path, identity=identity, jit_compile=jit, progress=Progress(),
         )
     except evaluation.EvaluationStateError as err:
-        raise common.FlagError(f"{err} (or pass --noresume)")
+        raise common.FlagError(f"{err} (or pass --noresume)") from None
     if not distribute.is_chief(strategy):
         return 0
     title, meta = report_text(description, dataset, budget, rows, name)
@@ -406,6 +418,18 @@ def main(argv):
     for warning in results["warnings"]:
         print(f"warning: {warning}", flush=True)
     print(f"report: {paths['markdown']}  json: {paths['json']}  plot: {paths['png']}", flush=True)
+    if FLAGS.robustbench_record:
+        from sat_tf.evaluation import robustbench_record
+
+        try:
+            record = robustbench_record.write_robustbench_record(
+                paths["json"], FLAGS.robustbench_record, architecture=FLAGS.architecture or description,
+                dataset=dataset)
+        except robustbench_record.RecordError as err:
+            raise common.FlagError(f"--robustbench_record={FLAGS.robustbench_record}: {err}") from None
+        print(f"robustbench record: {FLAGS.robustbench_record} (clean {record['clean_acc']} %, AutoAttack "
+              f"{record['autoattack_acc']} % on {record['n_examples']} images; fill in name, link, authors, venue)",
+              flush=True)
     return 0
 
 

@@ -95,9 +95,8 @@ def main(argv):
     validate()
     import tensorflow as tf
 
-    from sat_tf import attacks, distribute
+    from sat_tf import attacks, certification, distribute, files
     from sat_tf.certification import logs as certify_logs
-    from sat_tf import certification, files
 
     run_config = common.load_run_config(FLAGS.workdir)
     sigma = smoothing_sigma(run_config)

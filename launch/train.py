@@ -20,6 +20,7 @@ saved_model/. launch/train_imagenet.py is this program with launch/configs/image
 its default config.
 """
 
+import contextlib
 import functools
 import os
 import sys
@@ -30,8 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launch import common  # noqa: E402
-from launch import training_setup  # noqa: E402
+from launch import common, training_setup  # noqa: E402
 from sat_tf import config as config_lib  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -98,24 +98,15 @@ def precision_policy(config, strategy):
     return "mixed_bfloat16" if isinstance(strategy, tf.distribute.TPUStrategy) else "float32"
 
 
-def check_data(config):
-    """Absent data fails in seconds, before the strategy or the model exist (nothing is downloaded)."""
-    from sat_tf import data
+def check_generated(config, info):
+    """Generated-image files (`config.data.generated_path`) exist and fit the data set, before training."""
+    from sat_tf.data import generated
 
-    if config.data.name != config_lib.IMAGENET:
-        data.dataset_info(config.data.name, data_dir=config.data.data_dir)
-        return
-    from sat_tf.data import imagenet_input
-
-    splits = {"train": ["train"], "eval": ["validation"], "train_and_eval": ["train", "validation"]}[config.mode]
-    for split in splits:
-        if config.data.source == "tfrecord":
-            imagenet_input.list_files(config.data.data_dir, split)
-        else:
-            try:
-                data.find_prepared_dataset(imagenet_input.TFDS_NAME, config.data.data_dir)
-            except data.DatasetNotFoundError:
-                imagenet_input._tfds_files_and_parser(config.data.data_dir, split)  # raises, with the fix
+    try:
+        files = generated.list_generated_files(config.data.generated_path)
+        generated.check_generated_files(files, info.image_shape, info.num_classes)
+    except generated.GeneratedDataError as err:
+        raise config_lib.ConfigError(f"config.data.generated_path={config.data.generated_path!r}: {err}") from None
 
 
 def training_objective(config, model, num_classes, steps_per_epoch):
@@ -140,7 +131,32 @@ def training_objective(config, model, num_classes, steps_per_epoch):
             kwargs.update(awp_gamma=o.awp_gamma, awp_warmup_epochs=o.awp_warmup_epochs,
                           steps_per_epoch=steps_per_epoch)
         return objectives.TradesObjective(model, **kwargs)
+    if o.name == "mart":
+        return objectives.MartObjective(eps=a.eps, step_size=a.step_size, steps=a.steps, beta=o.mart_beta)
     return training_setup.training_attack(config)
+
+
+def mixed_train_fn(config, dataset, batch_size, steps_per_epoch, chief):
+    """The trainer's data with generated images mixed into every batch (`sat_tf.data.generated`)."""
+    from sat_tf import data
+    from sat_tf.data import generated
+
+    augment = None
+    if config.data.augment:
+        rule = data.AUGMENTATIONS[config.data.name]
+        augment = (rule.pad, rule.flip)
+    files = generated.list_generated_files(config.data.generated_path)
+    if chief:
+        print(f"generated images: {len(files)} file(s) matching {config.data.generated_path}, "
+              f"int({config.data.generated_fraction:g} x batch) of every replica's batch", flush=True)
+
+    def real_fn(epoch, ctx, batch):
+        return dataset.train_dataset(epoch, batch_size=batch, seed=config.system.seed, input_context=ctx)
+
+    return generated.mixed_dataset_fn(
+        real_fn, files=files, fraction=config.data.generated_fraction, global_batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch, image_shape=config.model.input_shape, seed=config.system.seed,
+        augment=augment)
 
 
 def describe_objective(config):
@@ -173,7 +189,7 @@ def main(argv):
     del argv
     config = FLAGS.config
     try:  # ml_collections reports a config file that failed to load on first use
-        config.mode
+        config.mode  # noqa: B018 (the access is the check)
     except OSError as err:
         raise config_lib.ConfigError(f"--config={FLAGS['config'].config_filename}: "
                                      f"{' '.join(str(err).split())}") from None
@@ -181,7 +197,6 @@ def main(argv):
         config.system.tpu = FLAGS.tpu
     workdir = workdir_for(FLAGS["config"].config_filename)
     config_lib.validate(config)
-    imagenet = config.data.name == config_lib.IMAGENET
     smoothing = config.objective.name in config_lib.SMOOTHING_OBJECTIVES
     autoattack = None if config.eval.autoattack == "none" or smoothing else config.eval.autoattack
     try:
@@ -191,16 +206,23 @@ def main(argv):
                                      f"{err}") from None
     activation = config_lib.activation_spec(config.model.activation, config.model.activation_options)
     check_precision(config)
-    check_data(config)
+    from sat_tf import data
+    from sat_tf.data import record_faults
+
+    bad_log = record_faults.BadRecordLog()  # this process's pipelines append bad records here
+    data_options = {**config.data.to_dict(), "deterministic": config.system.deterministic, "bad_record_log": bad_log}
+    dataset = data.get_dataset(**data_options)
+    # Absent data fails in seconds, before the strategy or the model exist (nothing is downloaded).
+    dataset.check(train=config.mode != "eval", test=config.mode != "train")
+    if config.data.generated_path and config.mode != "eval":
+        check_generated(config, dataset.info())
     start = time.perf_counter()
     import keras
     import tensorflow as tf
 
-    from sat_tf import data, distribute, models, training
-    from sat_tf.data import imagenet_input, record_faults
+    from sat_tf import distribute, models, training
     from sat_tf.training import ema as ema_lib
-    from sat_tf.training import mixup
-    from sat_tf.training import schedules
+    from sat_tf.training import mixup, schedules
 
     # ===== Set up: seeds, strategy, precision =====
     if config.system.deterministic:
@@ -225,16 +247,10 @@ def main(argv):
 
     # ===== Input pipeline =====
     config.unlock()
-    if imagenet:
-        label_offset = -1 if config.data.labels == "one_based" else 0
-        num_classes, image_shape = config.data.num_classes, None
-        if config.data.image_size:
-            image_shape = (config.data.image_size, config.data.image_size, 3)
-    else:
-        info = data.dataset_info(config.data.name, data_dir=config.data.data_dir)
-        num_classes, image_shape = info.num_classes, tuple(info.image_shape)
-        config.data.num_classes, config.data.num_train = num_classes, info.num_train
-    num_train = min(config.data.num_train, config.data.limit_train or config.data.num_train)
+    info = dataset.info()
+    num_classes = config.data.num_classes = info.num_classes
+    config.data.num_train = info.num_train
+    num_train = min(info.num_train, config.data.limit_train or info.num_train)
     steps_per_epoch = num_train // batch_size
     if steps_per_epoch == 0:
         raise config_lib.ConfigError(f"config.schedule.batch_size={batch_size} is invalid; allowed: at most the "
@@ -252,8 +268,8 @@ def main(argv):
             print(f"note: {note}", flush=True)
 
     # ===== Model, optimizer, objective =====
-    if image_shape is not None:
-        config.model.input_shape = image_shape
+    if info.image_shape is not None:
+        config.model.input_shape = tuple(info.image_shape)
     kwargs = config_lib.model_kwargs(config)
     kwargs["activation"] = activation
     with strategy.scope():
@@ -269,11 +285,14 @@ def main(argv):
         optimizer = training_setup.make_optimizer(config, schedule, model)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        ema = ema_lib.WeightEMA(model, config.optimizer.ema_decay) if config.optimizer.ema_decay > 0 else None
+        ema = ema_lib.WeightEMA(model, config.optimizer.ema_decay,
+                                start_step=int(config.optimizer.ema_warmup_epochs * steps_per_epoch)
+                                ) if config.optimizer.ema_decay > 0 else None
     image_size = int(model.input_shape[1])
     config.model.input_shape = tuple(int(d) for d in model.input_shape[1:])
-    if imagenet:
+    if info.image_shape is None:  # a data set of any resolution (ImageNet's JPEGs) is read at the model's
         config.data.image_size = image_size
+        dataset = data.get_dataset(**{**data_options, "image_size": image_size})
     config.lock()
     if config.model.load_sparta:
         from sat_tf.activations import sparta
@@ -292,7 +311,6 @@ def main(argv):
             ema.reset_from_model()  # average from the loaded weights, not the random init
     attack = training_setup.with_mixup(config, training_objective(config, model, num_classes, steps_per_epoch),
                                        num_classes, strategy)
-    eval_eps, eval_step = config_lib.eval_epsilon(config), config_lib.eval_step_size(config)
     if chief:
         config_lib.save(config, workdir)
         print(f"sat_tf: {config.model.name}/{config.model.activation} on {config.data.name} "
@@ -301,7 +319,6 @@ def main(argv):
               f"jit={jit}, workdir {workdir}", flush=True)
 
     # ===== Train =====
-    bad_log = record_faults.BadRecordLog()  # this process's ImageNet pipelines append bad records here
     bad_reported = [0]
 
     def report_bad_records(force=False):
@@ -311,54 +328,48 @@ def main(argv):
         bad_reported[0] = count
         return count
 
-    def registry_train_fn(epoch, ctx):
-        return data.load_split(config.data.name, "train", data_dir=config.data.data_dir, batch_size=batch_size,
-                               shuffle=True, seed=config.system.seed * 100003 + epoch, drop_remainder=True,
-                               augment=config.data.augment, input_context=ctx, limit=config.data.limit_train)
+    def train_fn(epoch, ctx, skip_batches=0):
+        return dataset.train_dataset(epoch, batch_size=batch_size, seed=config.system.seed, input_context=ctx,
+                                     skip_batches=skip_batches)
 
-    def imagenet_train_fn(epoch, ctx, skip_batches=0):  # skips a resumed epoch's batches before decoding
-        return imagenet_input.load_imagenet(
-            "train", data_dir=config.data.data_dir, image_size=image_size, batch_size=batch_size,
-            source=config.data.source, training=True, input_context=ctx, seed=config.system.seed * 100003 + epoch,
-            repeat=True, deterministic=config.system.deterministic, label_offset=label_offset, drop_remainder=True,
-            skip_batches=skip_batches, bad_records=config.data.bad_records, bad_record_log=bad_log)
+    if config.data.generated_path:  # Wang et al. 2023: a fixed share of every batch from generated images
+        train_fn = mixed_train_fn(config, dataset, batch_size, steps_per_epoch, chief)
 
-    def eval_dataset_fn(ctx):
-        kwargs = dict(bad_records=config.data.bad_records, bad_record_log=bad_log, data_dir=config.data.data_dir,
-                      image_size=image_size, batch_size=eval_batch, source=config.data.source, training=False,
-                      input_context=ctx, label_offset=label_offset)
-        if ctx.num_input_pipelines == 1:  # the whole split (or its first N images), once, in order
-            return imagenet_input.load_imagenet("validation", limit=config.data.limit_test, **kwargs)
-        # Several hosts must run the same number of steps, or the collectives wait forever:
-        # N // batch full batches each, as TPUEstimator's eval.
-        steps = (config.data.limit_test or imagenet_input.NUM_EVAL_IMAGES) // eval_batch
-        return imagenet_input.load_imagenet("validation", repeat=True, drop_remainder=True, **kwargs).take(steps)
+    def logits_fn(x):
+        return model(x, training=False)
+
+    def weights():  # (row prefix, context manager): the raw weights, then the EMA's
+        return [("", contextlib.nullcontext())] + ([("ema_", ema.swapped())] if ema is not None else [])
 
     def eval_rows(iters):
         if smoothing:  # the base classifier under noise; certificates come from launch/certify.py
             return {"clean": None, f"noise_sd={config.objective.noise_sd:g}": noise_attack(config.objective.noise_sd)}
-        return common.eval_attacks(iters, epsilon=eval_eps, step_size=eval_step)
+        return common.eval_attacks(iters, epsilon=config_lib.eval_epsilon(config),
+                                   step_size=config_lib.eval_step_size(config))
 
-    def streaming_evaluation(iters, seed):
+    def streaming_evaluation(rows):
         from sat_tf import evaluation
 
+        def dataset_fn(ctx):
+            return dataset.eval_stream(ctx, batch_size=eval_batch, limit=config.data.limit_test)
+
+        results = {}
         with record_faults.named_errors():
-            results = evaluation.evaluate(model, strategy, eval_dataset_fn, eval_rows(iters), seed=seed)
-            if ema is not None:
-                with ema.swapped():
-                    ema_results = evaluation.evaluate(model, strategy, eval_dataset_fn, eval_rows(iters), seed=seed)
-                results.update({f"ema_{name}": row for name, row in ema_results.items()})
+            for prefix, swapped in weights():
+                with swapped:
+                    out = evaluation.evaluate(logits_fn, strategy, dataset_fn, rows, seed=config.system.seed + 1)
+                results.update({prefix + name: row for name, row in out.items()})
         report_bad_records()
         return results
 
     def epoch_end_fn(epoch):
         extra = {"skipped_records": report_bad_records(force=True)} if config.data.bad_records == "skip" else {}
         due = config.eval.every_epochs and (epoch + 1) % config.eval.every_epochs == 0
-        if not imagenet or config.mode == "train" or not due or epoch + 1 == epochs:
+        if config.mode == "train" or not due or epoch + 1 == epochs:
             return extra
         from sat_tf.evaluation import report
 
-        results = streaming_evaluation(config.eval.periodic_steps, seed=config.system.seed + 1)
+        results = streaming_evaluation(eval_rows(config.eval.periodic_steps))
         if chief:
             print(report.markdown_table(results, title=f"epoch {epoch + 1}"), flush=True)
         return {**extra, **{f"eval/{name}_{k}": v for name, row in results.items() for k, v in row.items()
@@ -373,13 +384,12 @@ def main(argv):
             attack_grad_scale=128.0 if policy == "mixed_float16" else 1.0)
         with record_faults.named_errors():
             history = training.fit(
-                model, optimizer, attack, strategy, imagenet_train_fn if imagenet else registry_train_fn,
-                config=step_config, epochs=epochs,
+                model, optimizer, attack, strategy, train_fn, config=step_config, epochs=epochs,
                 steps_per_epoch=steps_per_epoch, workdir=workdir,
                 checkpoint_every_steps=config.system.checkpoint_every_steps,
                 on_nonfinite=config.system.on_nonfinite, max_skipped_steps=config.system.max_skipped_steps,
-                epoch_end_fn=epoch_end_fn if imagenet else None, ema=ema)
-        weights_tag = f"step{int(optimizer.iterations.numpy())}" if imagenet else None
+                epoch_end_fn=epoch_end_fn, ema=ema)
+        weights_tag = f"step{int(optimizer.iterations.numpy())}"
         if chief and isinstance(attack, mixup.MixupObjective):
             print(attack.summary(), flush=True)
     elif not config.model.init_checkpoint:
@@ -395,15 +405,49 @@ def main(argv):
     train_minutes = (time.perf_counter() - start) / 60
 
     # ===== Evaluate =====
+    # A data set held in memory gets every row per image (with the worst case, resumable); a streamed one
+    # gets its rows streamed and AutoAttack per image on its first eval.autoattack_images images.
     if config.mode != "train":
-        run = dict(config=config, model=model, ema=ema, strategy=strategy, workdir=workdir, chief=chief, jit=jit,
-                   eval_batch=eval_batch, smoothing=smoothing, autoattack=autoattack, aa_options=aa_options,
-                   aa_notes=aa_notes, optimizer=optimizer, start=start)
-        if imagenet:
-            results = streaming_evaluation(config.eval.steps, seed=config.system.seed + 1)
-            imagenet_report(results, label_offset=label_offset, weights_tag=weights_tag, **run)
-        else:
-            registry_report(eval_rows(config.eval.steps), history=history, train_minutes=train_minutes, **run)
+        from sat_tf import attacks, evaluation, files
+
+        eval_eps = config_lib.eval_epsilon(config)
+        rows = eval_rows(config.eval.steps)
+        results = {} if dataset.in_memory else streaming_evaluation(rows)
+        point_rows = [evaluation.AttackRow(name, a) for name, a in rows.items()] if dataset.in_memory else []
+        if autoattack and eval_eps > 0:
+            point_rows.append(attacks.AutoAttackRows(eps=eval_eps, version=autoattack, options=aa_options))
+        warnings = list(aa_notes)
+        if point_rows:
+            with record_faults.named_errors():
+                x, y = dataset.eval_arrays(limit=config.data.limit_test if dataset.in_memory
+                                           else config.eval.autoattack_images)
+            for prefix, swapped in weights():
+                # One state per weights, so an interrupted evaluation of these weights resumes.
+                state_path = os.path.join(workdir, "report", f"{prefix}evaluation_state-{weights_tag}.json")
+                evaluate = functools.partial(
+                    evaluation.evaluate_points, logits_fn, x, y, point_rows, strategy=strategy,
+                    batch_size=eval_batch, seed=config.system.seed + 1, state_path=state_path, jit_compile=jit,
+                    identity={"workdir": files.absolute(workdir), "weights": weights_tag,
+                              "init_checkpoint": config.model.init_checkpoint, "ema": bool(prefix)},
+                    worst_case=not smoothing, progress=functools.partial(print_progress, chief, prefix))
+                with swapped:
+                    try:
+                        out = evaluate()
+                    except evaluation.EvaluationStateError:  # these weights evaluated otherwise: start over
+                        if chief:
+                            tf.io.gfile.remove(state_path)
+                        out = evaluate()
+                for name, row in out["rows"].items():
+                    if dataset.in_memory:
+                        results[prefix + name] = row
+                    elif name != "clean":  # the streamed clean row covers every image
+                        results[prefix + ("autoattack worst case" if name == evaluation.WORST_CASE else name)] = row
+                warnings += [f"{prefix}autoattack: {w}" if prefix else w for w in out["warnings"]]
+        if chief:
+            write_report(config, results, warnings, workdir=workdir, weights_tag=weights_tag, history=history,
+                         aa_rows=[r for r in point_rows if isinstance(r, attacks.AutoAttackRows)],
+                         aa_images=None if dataset.in_memory else config.eval.autoattack_images,
+                         train_minutes=train_minutes, minutes=(time.perf_counter() - start) / 60)
 
     # ===== Export =====
     if config.mode != "eval" and chief:
@@ -429,121 +473,32 @@ def main(argv):
     return 0
 
 
-def registry_report(rows, *, config, model, strategy, workdir, chief, jit, eval_batch, smoothing, autoattack,
-                    aa_options, aa_notes, optimizer, history, train_minutes, **_):
-    """The final evaluation of a registry data set: every test image in memory, PGD rows, AutoAttack and the
-    per-image worst case, resumable per optimizer step."""
-    import tensorflow as tf
+def print_progress(chief, prefix, row, done, total, seconds):
+    if chief:
+        print(f"  {prefix}{row}: {done}/{total} images ({seconds:.0f} s)", flush=True)
 
-    from sat_tf import attacks, evaluation, files
+
+def write_report(config, results, warnings, *, workdir, weights_tag, history, aa_rows, aa_images, train_minutes,
+                 minutes):
+    """report/robustness.{json,md,png} and the table on stdout."""
     from sat_tf.evaluation import report
 
     eval_eps, eval_step = config_lib.eval_epsilon(config), config_lib.eval_step_size(config)
-    rows = [evaluation.AttackRow(name, attack) for name, attack in rows.items()]
-    if autoattack:
-        rows.append(attacks.AutoAttackRows(eps=eval_eps, version=autoattack, options=aa_options))
-    run_name = f"{config.model.name}/{config.model.activation} on {config.data.name}"
-    if smoothing:
-        title = f"{run_name}, base classifier of {config.objective.name} (sigma={config.objective.noise_sd:g})"
-    else:
-        title = f"{run_name}, eps={eval_eps * 255:g}/255"
-    x_test, y_test = common.load_arrays(config.data.name, "test", data_dir=config.data.data_dir,
-                                        limit=config.data.limit_test)
-    # Per optimizer step, so a longer rerun in this workdir never meets the old weights' results; an
-    # interrupted evaluation of these weights resumes.
-    step = int(optimizer.iterations.numpy())
-    state_path = os.path.join(workdir, "report", f"evaluation_state-{step}.json")
-    evaluate = functools.partial(
-        evaluation.evaluate_points, lambda z: model(z, training=False), x_test, y_test, rows, strategy=strategy,
-        batch_size=eval_batch, seed=config.system.seed + 1, state_path=state_path, jit_compile=jit,
-        identity={"workdir": files.absolute(workdir), "step": step}, worst_case=not smoothing,
-    )
-    try:
-        outcome = evaluate()
-    except evaluation.EvaluationStateError:  # the same weights evaluated with another eval config: start over
-        if chief:
-            tf.io.gfile.remove(state_path)
-        outcome = evaluate()
-    if not chief:
-        return
-    meta = {"workdir": workdir}
-    if smoothing:
-        meta.update({"noise_sd": config.objective.noise_sd, "objective": config.objective.name,
-                     "smoothadv epsilon": config.objective.smoothadv.eps})
+    o = config.objective
+    title = f"{config.model.name}/{config.model.activation} on {config.data.name}, " + (
+        f"base classifier of {o.name} (sigma={o.noise_sd:g})" if o.name in config_lib.SMOOTHING_OBJECTIVES
+        else f"eps={eval_eps * 255:g}/255")
+    meta = {"workdir": workdir, "weights": weights_tag, "init_checkpoint": config.model.init_checkpoint}
+    if o.name in config_lib.SMOOTHING_OBJECTIVES:
+        meta.update({"noise_sd": o.noise_sd, "objective": o.name, "smoothadv epsilon": o.smoothadv.eps})
     else:
         meta.update({"epsilon (0-255)": round(eval_eps * 255, 3), "step (0-255)": round(eval_step * 255, 3)})
-        aa = [row for row in rows if isinstance(row, attacks.AutoAttackRows)]
-        if aa:
-            meta["autoattack"] = aa[0].describe()
-    meta |= {"final train loss": round(history[-1]["train_loss"], 4) if history else None,
-             "train minutes": round(train_minutes, 2)}
-    warnings = aa_notes + outcome["warnings"]
-    paths = report.write_report(outcome["rows"], os.path.join(workdir, "report"), meta=meta, title=title,
-                                warnings=warnings)
-    print(report.markdown_table(outcome["rows"], title=title, warnings=warnings))
-    print(f"report: {paths['markdown']}  plot: {paths['png']}", flush=True)
-
-
-def imagenet_report(results, *, config, model, ema, strategy, workdir, chief, jit, eval_batch, smoothing, autoattack,
-                    aa_options, aa_notes, label_offset, weights_tag, start, **_):
-    """The final ImageNet evaluation (streamed PGD rows, raw and EMA weights) plus AutoAttack on the first
-    eval.autoattack_images validation images, per image and resumable."""
-    from sat_tf import attacks, evaluation
-    from sat_tf.data import imagenet_input, record_faults
-    from sat_tf.evaluation import report
-
-    import numpy as np
-
-    eval_eps, eval_step = config_lib.eval_epsilon(config), config_lib.eval_step_size(config)
-    image_size = int(model.input_shape[1])
-    warnings = list(aa_notes)
-    if autoattack and eval_eps > 0:
-        xs, ys = [], []
-        with record_faults.named_errors():
-            for x, y in imagenet_input.load_imagenet(
-                "validation", data_dir=config.data.data_dir, image_size=image_size, batch_size=256,
-                source=config.data.source, training=False, label_offset=label_offset,
-                limit=config.eval.autoattack_images,
-            ):
-                xs.append(x.numpy())
-                ys.append(y.numpy())
-        x, y = np.concatenate(xs), np.concatenate(ys)
-        for prefix, swap in [("", None)] + ([("ema_", ema)] if ema is not None else []):
-            rows = [attacks.AutoAttackRows(eps=eval_eps, version=autoattack, name=f"{prefix}autoattack",
-                                           options=aa_options)]
-            # One state per weights, so an interrupted evaluation of these weights resumes.
-            state = os.path.join(workdir, "report", f"{prefix}evaluation_state-{weights_tag}.json")
-
-            def evaluate():
-                return evaluation.evaluate_points(
-                    lambda z: model(z, training=False), x, y, rows, strategy=strategy, batch_size=eval_batch,
-                    seed=config.system.seed + 1, state_path=state, jit_compile=jit,
-                    identity={"workdir": workdir, "init_checkpoint": config.model.init_checkpoint,
-                              "ema": bool(prefix)},
-                    progress=lambda row, done, total, seconds: print(f"  {row}: {done}/{total} images", flush=True),
-                )
-
-            if swap is None:
-                out = evaluate()
-            else:
-                with swap.swapped():
-                    out = evaluate()
-            for name, row in out["rows"].items():
-                if name != "clean":
-                    results[f"{prefix}autoattack worst case" if name == evaluation.WORST_CASE else name] = row
-            warnings += [f"{prefix}autoattack: {w}" if prefix else w for w in out["warnings"]]
-    if not chief:
-        return
-    title = f"{config.model.name}/{config.model.activation} on ImageNet validation ({image_size}px), " + (
-        f"base classifier of {config.objective.name} (sigma={config.objective.noise_sd:g})" if smoothing
-        else f"eps={eval_eps * 255:g}/255")
-    meta = {"workdir": workdir, "checkpoint": config.model.init_checkpoint or "workdir",
-            "epsilon (0-255)": round(eval_eps * 255, 3), "step (0-255)": round(eval_step * 255, 3),
-            "minutes": round((time.perf_counter() - start) / 60, 2)}
-    if autoattack:
+    if aa_rows:
         options = config.eval.autoattack_options
-        meta["autoattack"] = f"{autoattack} on the first {config.eval.autoattack_images} images" + (
+        meta["autoattack"] = aa_rows[0].describe() + (f", on the first {aa_images} images" if aa_images else "") + (
             f", options {','.join(options)}" if options else "")
+    meta |= {"final train loss": round(history[-1]["train_loss"], 4) if history else None,
+             "train minutes": round(train_minutes, 2), "minutes": round(minutes, 2)}
     paths = report.write_report(results, os.path.join(workdir, "report"), meta=meta, title=title, warnings=warnings)
     print(report.markdown_table(results, title=title, warnings=warnings))
     print(f"report: {paths['markdown']}  plot: {paths['png']}", flush=True)

@@ -36,9 +36,15 @@ def with_mixup(config, attack, num_classes, strategy):
 
     m = config.mixup
     with strategy.scope():
-        return mixup.MixupObjective(attack, num_classes=num_classes, label_smoothing=config.objective.label_smoothing,
-                                    mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob,
-                                    switch_prob=m.switch_prob)
+        return mixup.MixupObjective(
+            attack,
+            num_classes=num_classes,
+            label_smoothing=config.objective.label_smoothing,
+            mixup_alpha=m.mixup_alpha,
+            cutmix_alpha=m.cutmix_alpha,
+            prob=m.prob,
+            switch_prob=m.switch_prob,
+        )
 
 
 def l2_weight_decay(config):
@@ -64,8 +70,9 @@ def make_optimizer(config, schedule, model):
         return keras.optimizers.SGD(schedule, momentum=o.momentum, nesterov=o.nesterov)
     if o.name == "rmsprop":
         return keras.optimizers.RMSprop(schedule, rho=0.9, momentum=o.momentum, epsilon=1e-3)
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=o.weight_decay, beta_1=o.beta_1, beta_2=o.beta_2,
-                                       epsilon=o.epsilon)
+    optimizer = keras.optimizers.AdamW(
+        schedule, weight_decay=o.weight_decay, beta_1=o.beta_1, beta_2=o.beta_2, epsilon=o.epsilon
+    )
     optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model, o.no_decay))
     return optimizer
 
@@ -91,14 +98,25 @@ def load_init_weights(model, path, *, use_ema=False, channel_order=None):
     unexpected = sorted(set(theirs) - set(ours))
     mismatched = sorted(p for p in set(ours) & set(theirs) if tuple(ours[p].shape) != tuple(theirs[p].shape))
     if missing or unexpected or mismatched:
+
         def listing(label, items):
             return f"{label} ({len(items)}): {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
 
-        problems = [listing(label, items) for label, items in (("missing in the file", missing),
-                    ("not in the model", unexpected), ("shape differs", mismatched)) if items]
-        raise config_lib.ConfigError(f"config.model.init_checkpoint={path} does not fit {model.name}: "
-                                     + "; ".join(problems) + ". Build the run's model with the file's "
-                                     "architecture (config.model.name/options).")
+        problems = [
+            listing(label, items)
+            for label, items in (
+                ("missing in the file", missing),
+                ("not in the model", unexpected),
+                ("shape differs", mismatched),
+            )
+            if items
+        ]
+        raise config_lib.ConfigError(
+            f"config.model.init_checkpoint={path} does not fit {model.name}: "
+            + "; ".join(problems)
+            + ". Build the run's model with the file's "
+            "architecture (config.model.name/options)."
+        )
     for name, weight in ours.items():
         weight.assign(theirs[name])
     return f"loaded {len(ours)} weights from {path} ({source.name})"

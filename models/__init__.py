@@ -52,9 +52,12 @@ def build_model(model_name, /, **kwargs):
 
 
 # Imported last: their entry points register themselves with the functions above.
-from sat_tf.models import cifar  # noqa: E402,F401
-from sat_tf.models import digits  # noqa: E402,F401
-from sat_tf.models import resnet  # noqa: E402,F401
-from sat_tf.models import efficientnet  # noqa: E402,F401
-from sat_tf.models import dm_wide_resnet  # noqa: E402,F401
-from sat_tf.models import convnext  # noqa: E402,F401
+from sat_tf.models import (
+    cifar,  # noqa: E402,F401
+    convnext,  # noqa: E402,F401
+    digits,  # noqa: E402,F401
+    dm_wide_resnet,  # noqa: E402,F401
+    efficientnet,  # noqa: E402,F401
+    mnist,  # noqa: E402,F401
+    resnet,  # noqa: E402,F401
+)

@@ -23,8 +23,7 @@ works here.
 
 import keras
 
-from sat_tf.models import layers
-from sat_tf.models import register_model
+from sat_tf.models import layers, register_model
 
 # depth -> (filters per stage, blocks per stage). 18/34: pytorch-cifar's
 # 4-stage nets; 6n+2: He et al.'s 3-stage CIFAR nets (bearpaw, Cohen).

@@ -7,8 +7,7 @@ runs on a laptop CPU in seconds.
 
 import keras
 
-from sat_tf.models import layers
-from sat_tf.models import register_model
+from sat_tf.models import layers, register_model
 
 
 @keras.saving.register_keras_serializable(package="sat_tf")

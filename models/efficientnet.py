@@ -40,8 +40,7 @@ import typing
 import keras
 from keras import ops
 
-from sat_tf.models import layers
-from sat_tf.models import register_model
+from sat_tf.models import layers, register_model
 
 # name -> (width_coefficient, depth_coefficient, resolution, dropout_rate)
 EFFICIENTNET_PARAMS = {

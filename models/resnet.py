@@ -29,8 +29,7 @@ checkpoints is a rename plus layout changes. Activation layers are
 
 import keras
 
-from sat_tf.models import layers
-from sat_tf.models import register_model
+from sat_tf.models import layers, register_model
 
 # depth -> (block type, blocks per group)
 RESNET_DEPTHS = {

@@ -25,9 +25,10 @@ placeholder = config_dict.placeholder
 
 RUN_CONFIG = "run_config.json"
 IMAGENET = "imagenet"
-OBJECTIVES = ("adversarial", "trades", "awp_trades", "trades_rat", "awp_trades_rat", "gaussian", "smoothadv")
+OBJECTIVES = ("adversarial", "trades", "awp_trades", "trades_rat", "awp_trades_rat", "mart", "gaussian", "smoothadv")
 TRADES_OBJECTIVES = ("trades", "awp_trades", "trades_rat", "awp_trades_rat")
 SMOOTHING_OBJECTIVES = ("gaussian", "smoothadv")
+CE_PGD_OBJECTIVES = ("mart",)  # objectives with their own attack on attack.eps/step_size/steps
 AUTOATTACK_VERSIONS = ("standard", "plus", "rand", "none")
 
 
@@ -47,7 +48,7 @@ def base():
     c.mode = "train_and_eval"  # train | eval (an evaluation of the workdir or model.init_checkpoint) | train_and_eval
 
     c.data = config_dict.ConfigDict()
-    c.data.name = "digits"  # a sat_tf.data registry name, or "imagenet" (TFRecords / tfds in data_dir)
+    c.data.name = "digits"  # a sat_tf.data registry name: digits, cifar10, ..., imagenet (TFRecords / tfds)
     c.data.data_dir = placeholder(str)
     c.data.augment = True
     c.data.limit_train = placeholder(int)  # the first N training images only
@@ -58,6 +59,10 @@ def base():
     c.data.source = "tfrecord"  # ImageNet: tfrecord (tensorflow/tpu format) | tfds
     c.data.labels = "one_based"  # ImageNet TFRecords: one_based (tensorflow/tpu) | zero_based
     c.data.bad_records = "error"  # ImageNet: error | skip (drop corrupt records, count them)
+    # Generated images mixed into every training batch (Wang et al., 2023; sat_tf.data.generated): a glob of
+    # TFRecord files written by write_generated_records, and the fraction of each batch taken from them.
+    c.data.generated_path = placeholder(str)
+    c.data.generated_fraction = 0.0
 
     c.model = config_dict.ConfigDict()
     c.model.name = "digits_cnn"
@@ -69,6 +74,8 @@ def base():
     c.model.bn_epsilon = placeholder(float)
     c.model.dropout_rate = placeholder(float)
     c.model.survival_prob = placeholder(float)
+    c.model.depth = placeholder(int)  # None: the model's (e.g. DMWideResNet: 6n + 4)
+    c.model.width = placeholder(int)  # None: the model's widen factor
     c.model.input_shape = placeholder(tuple)  # filled in by the trainer from the data
     c.model.load_sparta = placeholder(str)  # a sparta.npz loaded into this run's Sparta, frozen
     # Builder arguments without a field of their own, 'key=value' with a JSON value:
@@ -97,6 +104,7 @@ def base():
     c.objective.name = "adversarial"
     c.objective.label_smoothing = 0.1  # of the training loss, never the attack
     c.objective.trades_beta = 6.0
+    c.objective.mart_beta = 6.0  # MART (Wang et al., 2020): weight of the (1 - p_y)-weighted KL
     c.objective.rat_alpha = 0.2
     c.objective.rat_second_weight = placeholder(float)  # None: alpha / 2
     c.objective.rat_c = placeholder(float)  # None: 0.8 up to 10 classes, else 0.98
@@ -140,6 +148,7 @@ def base():
     # code for ConvNeXt, which decays LayerNorm scales and layer scale).
     c.optimizer.no_decay = "vectors"
     c.optimizer.ema_decay = 0.0  # weight EMA (0: off); evaluation then also reports the EMA model
+    c.optimizer.ema_warmup_epochs = 0.0  # the EMA copies the weights until then (Gowal et al. / Wang et al.: 10)
 
     c.schedule = config_dict.ConfigDict()
     c.schedule.epochs = 30
@@ -239,7 +248,7 @@ def _registry_names():
     from sat_tf.models import layers as model_layers
 
     return {
-        "datasets": set(data.list_datasets()) | {IMAGENET},
+        "datasets": set(data.list_datasets()),
         "models": set(models.list_models()),
         "activations": set(activations.list_activations()),
         "attacks": set(attacks.list_attacks()),
@@ -268,6 +277,17 @@ def validate(config):
     _choice(config, "data.source", {"tfrecord", "tfds"})
     _choice(config, "data.labels", {"one_based", "zero_based"})
     _choice(config, "data.bad_records", {"error", "skip"})
+    _number(config, "data.generated_fraction", 0, 1, high_open=True)
+    if config.data.generated_path is not None:
+        if imagenet:
+            _fail("data.generated_path", config.data.generated_path, "None with data.name='imagenet' (generated "
+                  "images mix into the registry data sets' batches)")
+        if config.data.generated_fraction <= 0:
+            _fail("data.generated_fraction", config.data.generated_fraction,
+                  "a number in (0, 1) with data.generated_path (e.g. 0.7, Wang et al. 2023)")
+    elif config.data.generated_fraction > 0:
+        _fail("data.generated_path", None, "a glob of generated-image TFRecord files with data.generated_fraction="
+              f"{config.data.generated_fraction:g} (see sat_tf.data.generated.write_generated_records)")
     if imagenet and config.data.num_classes is None:
         _fail("data.num_classes", None, "an integer >= 1 for ImageNet (1000)")
     # Model.
@@ -281,6 +301,8 @@ def validate(config):
     _number(config, "model.survival_prob", 0, 1, low_open=True, optional=True)
     _choice(config, "model.channel_order", {"rgb", "bgr"}, optional=True)
     model_options(config)
+    _number(config, "model.depth", 1, integer=True, optional=True)
+    _number(config, "model.width", 1, integer=True, optional=True)
     if config.model.load_sparta is not None:
         if config.model.activation != "sparta":
             _fail("model.activation", config.model.activation, "'sparta' with model.load_sparta")
@@ -315,9 +337,10 @@ def validate(config):
     if objective in SMOOTHING_OBJECTIVES and config.attack.name != "none":
         _fail("attack.name", config.attack.name, f"'none' with objective {objective!r} "
               "(its attack is objective.smoothadv)")
-    if objective in TRADES_OBJECTIVES and config.attack.steps < 1:
-        _fail("attack.steps", config.attack.steps, f"an integer >= 1 with objective {objective!r} (TRADES' attack)")
-    if attacking or objective in TRADES_OBJECTIVES:
+    own_attack = objective in TRADES_OBJECTIVES + CE_PGD_OBJECTIVES
+    if own_attack and config.attack.steps < 1:
+        _fail("attack.steps", config.attack.steps, f"an integer >= 1 with objective {objective!r} (its attack)")
+    if attacking or own_attack:
         _number(config, "attack.step_size", 0, 1, low_open=True)
         if config.attack.name != "fgsm" and config.attack.eps > 0 and config.attack.step_size > 2 * config.attack.eps:
             _fail("attack.step_size", config.attack.step_size,
@@ -334,6 +357,7 @@ def validate(config):
             _fail("attack.name", config.attack.name, f"one of {list(MIXUP_ATTACKS)} with mixup (an alpha > 0): "
                   "the attack must take the mixed soft targets")
     _number(config, "objective.trades_beta", 0)
+    _number(config, "objective.mart_beta", 0)
     _number(config, "objective.rat_alpha", 0, 1)
     _number(config, "objective.rat_second_weight", 0, 1, optional=True)
     _number(config, "objective.rat_c", 0, 1, low_open=True, high_open=True, optional=True)
@@ -363,6 +387,9 @@ def validate(config):
     _number(config, "optimizer.beta_2", 0, 1, high_open=True)
     _number(config, "optimizer.epsilon", 0, 1, low_open=True)
     _choice(config, "optimizer.no_decay", {"vectors", "biases"})
+    _number(config, "optimizer.ema_warmup_epochs", 0)
+    if math.isinf(config.optimizer.ema_warmup_epochs):
+        _fail("optimizer.ema_warmup_epochs", config.optimizer.ema_warmup_epochs, "a finite number >= 0")
     _number(config, "schedule.epochs", 1, integer=True)
     _number(config, "schedule.steps", 1, integer=True, optional=True)
     _number(config, "schedule.batch_size", 1, integer=True)
@@ -504,7 +531,8 @@ def model_kwargs(config):
         kwargs["input_shape"] = list(m.input_shape)
     for field, kwarg in (("preprocessing", "preprocessing"), ("data_format", "data_format"),
                          ("bn_momentum", "bn_momentum"), ("bn_epsilon", "bn_epsilon"),
-                         ("dropout_rate", "dropout_rate"), ("survival_prob", "survival_prob")):
+                         ("dropout_rate", "dropout_rate"), ("survival_prob", "survival_prob"),
+                         ("depth", "depth"), ("width", "width")):
         if m[field] is not None:
             kwargs[kwarg] = m[field]
     return {**kwargs, **model_options(config)}

@@ -48,7 +48,7 @@ def _multi_worker(**_):
     try:
         cluster = json.loads(raw)["cluster"]
     except (ValueError, KeyError) as err:
-        raise StrategyError(f"TF_CONFIG is not valid cluster JSON ({err}): {raw!r}")
+        raise StrategyError(f"TF_CONFIG is not valid cluster JSON ({err}): {raw!r}") from None
     del cluster
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.AUTO

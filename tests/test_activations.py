@@ -7,11 +7,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import np_sigmoid
 
 from sat_tf import activations
 from sat_tf.activations import ACTIVATIONS, get_activation, list_activations
-
-from conftest import np_sigmoid
 
 # Sparta is spatial (4-D feature maps, a k x k gate), so the elementwise
 # NumPy references and the 1-D/2-D inputs below do not apply to it; it is

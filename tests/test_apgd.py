@@ -9,15 +9,14 @@ on 360 held-out digits with a tolerance the point count justifies.
 import functools
 import importlib
 
+import aa_reference
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import logits_of
 
-import aa_reference
 from sat_tf.attacks import base
 from sat_tf.attacks.apgd import apgd, checkpoint_iterations, halving_decisions
-
-from conftest import logits_of
 
 apgd_module = importlib.import_module("sat_tf.attacks.apgd")  # the module (the package exports the function)
 

@@ -9,8 +9,8 @@ loss against PGD-2; eager == tf.function == strategy.run; the trainer's registry
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import logits_of, tiny_conv_bn_model
+
 from sat_tf import attacks
 
 
@@ -90,8 +90,13 @@ def test_matches_the_reference_loop(steps, soft):
     eps = 8 / 255
     expected = reference_apgd_train(w, x, y, eps, steps, soft)
     wt = tf.constant(w, tf.float32)
-    got = attacks.apgd_train(lambda z: tf.reshape(z, [-1, 48]) @ wt, tf.constant(x, tf.float32),
-                             tf.constant(y, tf.float32 if soft else tf.int32), eps=eps, steps=steps)
+    got = attacks.apgd_train(
+        lambda z: tf.reshape(z, [-1, 48]) @ wt,
+        tf.constant(x, tf.float32),
+        tf.constant(y, tf.float32 if soft else tf.int32),
+        eps=eps,
+        steps=steps,
+    )
     # float32 vs float64 may flip a sign(grad) on a near-zero gradient entry: compare per image
     diff = np.abs(got.numpy() - expected).reshape(6, -1).max(-1)
     assert (diff < 1e-5).sum() >= 5, diff
@@ -143,8 +148,7 @@ def test_bn_statistics_untouched_and_eager_equals_graph_and_strategy_run():
 
     @tf.function
     def replicated(a, b):
-        return strategy.run(lambda u, v: attacks.apgd_train(logits_of(model), u, v, eps=4 / 255, steps=2),
-                            args=(a, b))
+        return strategy.run(lambda u, v: attacks.apgd_train(logits_of(model), u, v, eps=4 / 255, steps=2), args=(a, b))
 
     in_strategy = replicated(x, y)
     np.testing.assert_allclose(graph.numpy(), eager.numpy(), atol=1e-6)

@@ -6,11 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import np_softmax
 
 from sat_tf import attacks
 from sat_tf.attacks import base
-
-from conftest import np_softmax
 
 # The package attribute `pgd` is the function; the module holds the constants.
 pgd_lib = importlib.import_module("sat_tf.attacks.pgd")

@@ -11,15 +11,14 @@ of the ~3 % of points that flip between two runs of either implementation with d
 import importlib
 import logging
 
+import aa_reference
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import logits_of
 
-import aa_reference
 from sat_tf import evaluation
 from sat_tf.attacks import base, pgd
-
-from conftest import logits_of
 
 aa = importlib.import_module("sat_tf.attacks.autoattack")  # the module (the package exports the function)
 

@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_launcher_in_process
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "pre_regroup_run")

@@ -20,7 +20,6 @@ import time
 from concurrent import futures
 
 import pytest
-
 from conftest import ROOT, free_port
 
 BATCH = os.path.join(ROOT, "tests", "scripts", "bad_flags_batch.py")
@@ -209,6 +208,17 @@ CONVERT = [
     (["--checkpoint={missing}/Res50"], "TF1 checkpoint {missing}/Res50 not found (expected {missing}/Res50.index"),
     (["--checkpoint={empty}"], "no TF1 checkpoint in directory {empty} (no *.index file)"),
 ]
+CONVERT_ROBUSTBENCH = [
+    ([], "--checkpoint is required (a RobustBench .pt or a .safetensors file)"),
+    (["--checkpoint={missing}/w.pt", "--preset=Wang2023Better_WRN-70-16"], "--checkpoint={missing}/w.pt is not a file"),
+    (["--checkpoint={a_file}"], "give exactly one of --preset (a RobustBench entry) or --model"),
+    (["--checkpoint={a_file}", "--preset=Wang2023Better_WRN-70-16", "--output=out.h5"], "--output must end in .keras, got out.h5"),
+    (["--checkpoint={a_file}", "--preset=NoSuchEntry"], "--preset='NoSuchEntry' is unknown"),
+    (["--checkpoint={a_file}", "--model=resnet50"], "--model='resnet50' is unknown"),
+    (["--checkpoint={a_file}", "--model=dm_wide_resnet28_10", "--model_kwargs=[1]"], "--model_kwargs must be a JSON object"),
+    (["--checkpoint={a_file}", "--preset=Wang2023Better_WRN-70-16", "--image_size=4"], "--image_size must be in [8, 2048], got 4"),
+    (["--checkpoint={a_file}", "--preset=Wang2023Better_WRN-70-16"], "reached:build_model"),
+]
 BUILD = [
     (["--output_dir={ws}/records"], "--input_dir is required"),
     (["--input_dir={images}"], "--output_dir is required"),
@@ -228,6 +238,7 @@ CASES = (
     + [("predict", [*NOISE_RUN, *f], n) for f, n in PREDICT]
     + [("export", f, n) for f, n in EXPORT]
     + [("convert_checkpoint", f, n) for f, n in CONVERT]
+    + [("convert_robustbench", f, n) for f, n in CONVERT_ROBUSTBENCH]
     + [("build_imagenet_tfrecords", f, n) for f, n in BUILD]
 )
 CASE_IDS = [f"{launcher}:{' '.join(a for a in argv if not a.startswith('--workdir={ws}'))}" for launcher, argv, _ in CASES]

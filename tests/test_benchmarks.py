@@ -27,6 +27,7 @@ def test_step_time_quick_group_times_interleaved_cases_and_writes_its_section(tm
     assert "## Other section\n\nkept" in text and "## Step time: quick" in text
     assert "| tf | silu | off | float32 | fused | 1 | 1 |" in text and "× (2K+3)/3 clean" in text
     assert "| tf | silu | off | float32 | plain | 1 | 1 |" in text and plain["x_clean"] is None  # no plain clean row
+    assert "1-minute load average" in text and "| images/s |" in text
     # Rerunning replaces the section instead of appending a second copy.
     step_time.main(["--groups=quick", "--warmup=1", "--steps=1", f"--output={out}"])
     assert out.read_text().count("## Step time: quick") == 1
@@ -145,9 +146,8 @@ def test_autoattack_time_quick_run_compares_both_sides_and_replaces_its_section(
 
 
 def test_autoattack_time_rejects_inconsistent_flags():
-    import pytest
-
     import autoattack_time
+    import pytest
 
     for bad in (["--iter_ks=10"], ["--iter_ks=10,x"], ["--rounds=0"], ['--options={"square": {"nope": 1}}'],
                 ['--options={"fab": {"steps": 1}}'], ["--options={"]):

@@ -14,11 +14,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_launcher
 
 from sat_tf.certification import logs as certify_logs
 from sat_tf.certification.logs import Row
-
-from conftest import ROOT, run_launcher
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REFERENCE_LOG = """\
@@ -198,7 +197,7 @@ def test_certify_writes_the_reference_tsv_and_reports(certified):
     assert open(tsv).readline() == "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
     rows = certify_logs.read_tsv(tsv)
     assert [r.idx for r in rows] == list(range(0, 40, 4))
-    bound = float("{:.3}".format(certification.max_radius(200, 0.001, 0.25)))  # radii print rounded
+    bound = float(f"{certification.max_radius(200, 0.001, 0.25):.3}")  # radii print rounded
     for r in rows:
         assert 0 <= r.radius <= bound and r.correct == int(r.predict == r.label) and r.seconds >= 0
         assert r.predict != -1 or (r.radius == 0.0 and r.correct == 0)
@@ -217,9 +216,7 @@ def test_certify_writes_the_reference_tsv_and_reports(certified):
 def test_certify_rows_equal_in_process_smooth(certified, noise_run):
     sys.path.insert(0, ROOT)
     from launch import common
-
-    from sat_tf import data
-    from sat_tf import certification
+    from sat_tf import certification, data
 
     tsv, _ = certified
     model, _ = common.restore_model(noise_run)
@@ -234,9 +231,7 @@ def test_certify_rows_equal_in_process_smooth(certified, noise_run):
 def test_mirrored_two_replicas_write_the_single_device_rows(noise_run, tmp_path):
     sys.path.insert(0, ROOT)
     from launch import common
-
-    from sat_tf import data
-    from sat_tf import certification
+    from sat_tf import certification, data
 
     tsv = str(tmp_path / "mirrored.tsv")
     flags = [f"--workdir={noise_run}", "--strategy=mirrored", "--N=200", "--N0=20", "--batch=30",

@@ -6,11 +6,10 @@ import os
 import sys
 
 import pytest
+from conftest import ROOT, run_launcher
 from ml_collections import config_flags
 
 from sat_tf import config as config_lib
-
-from conftest import ROOT, run_launcher
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "launch", "configs", "[a-z]*.py")))
 
@@ -39,7 +38,8 @@ def test_default_config_is_the_sat_digits_main_job():
 
 @pytest.mark.parametrize("name, smoothing", [("rat_cifar10", 0.0), ("trades_cifar10", 0.0), ("awp_rat_cifar10", 0.0),
                                              ("pgd_at_cifar10", 0.0), ("rat_digits", 0.0), ("digits_gaussian", 0.0),
-                                             ("digits_smoothadv", 0.0), ("imagenet_sat", 0.1), ("digits_sat", 0.1)])
+                                             ("digits_smoothadv", 0.0), ("imagenet_sat", 0.1), ("digits_sat", 0.1),
+                                             ("wang2023_cifar10", 0.1)])
 def test_each_objective_config_carries_its_papers_label_smoothing(name, smoothing):
     assert _load(os.path.join(ROOT, "launch", "configs", f"{name}.py")).objective.label_smoothing == smoothing
 
@@ -53,7 +53,11 @@ def test_each_objective_config_carries_its_papers_label_smoothing(name, smoothin
     ("model.name", "resnet9000", "one of ["),
     ("model.activation", "tanhh", "one of ["),
     ("data.name", "imagenet_9", "one of ["),
-    ("objective.name", "mart", "one of ['adversarial'"),
+    ("objective.name", "gairat", "one of ['adversarial'"),
+    ("objective.mart_beta", -1.0, "[0, inf]"),
+    ("data.generated_fraction", 1.0, "[0, 1)"),
+    ("optimizer.ema_warmup_epochs", -1.0, "[0, inf]"),
+    ("model.depth", 0, "an integer in [1, inf] or None"),
     ("objective.rat_alpha", 2.0, "[0, 1]"),
     ("objective.label_smoothing", 1.0, "[0, 1)"),
     ("objective.smoothadv.num_noise", 0, "[1, 256]"),
@@ -90,6 +94,11 @@ def test_a_bad_field_names_the_field_the_value_and_the_allowed_range(field, valu
     ({"objective.name": "gaussian", "objective.noise_sd": 0.25}, "attack.name"),  # the SAT attack does not apply
     ({"objective.name": "gaussian", "attack.name": "none"}, "objective.noise_sd"),  # sigma 0 smooths nothing
     ({"objective.name": "trades", "attack.steps": 0}, "attack.steps"),
+    ({"objective.name": "mart", "attack.steps": 0}, "attack.steps"),
+    ({"data.generated_fraction": 0.7}, "data.generated_path"),  # a fraction of nothing
+    ({"data.generated_path": "gen/*.tfrecord"}, "data.generated_fraction"),  # files, but 0 % of the batch
+    ({"data.name": "imagenet", "data.data_dir": "/x", "data.num_classes": 1000, "data.generated_path": "g/*",
+      "data.generated_fraction": 0.5}, "data.generated_path"),
     ({"data.name": "imagenet"}, "data.data_dir"),
     ({"model.init_use_ema": True}, "model.init_use_ema"),
     ({"system.tpu": "my-tpu", "system.strategy": "mirrored"}, "system.strategy"),

@@ -16,10 +16,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT, checkpoint_weights
 
 from sat_tf import training
-
-from conftest import ROOT, checkpoint_weights
 
 # 2 epochs x 8 steps; checkpoints at steps 3, 6, 8 (epoch end), 9, 12, 15, 16; 3 kept.
 FLAGS = [

@@ -5,10 +5,9 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import collect
 
 from sat_tf import data
-
-from conftest import collect
 
 CIFAR10_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -43,6 +42,45 @@ def test_registry_and_unknown_names():
         data.load_split("digits", "extra", batch_size=4)
     with pytest.raises(ValueError, match="batch_size"):
         data.load_split("digits", "train", batch_size=0)
+
+
+def test_every_data_set_is_a_registry_entry():
+    assert "imagenet" in data.list_datasets() and "digits" in data.list_datasets()
+    assert all(issubclass(data.DATASETS[name], data.Dataset) for name in data.list_datasets())
+    # Options an entry does not declare are dropped: one config schema serves every entry.
+    digits = data.get_dataset("digits", data_dir=None, augment=False, source="tfds", image_size=224)
+    assert digits == data.ArrayDataset(name="digits", augment=False) and digits.in_memory
+    imagenet = data.get_dataset("imagenet", data_dir="/nowhere", image_size=32, labels="zero_based", limit_test=5)
+    assert not imagenet.in_memory and imagenet.label_offset == 0
+    assert imagenet.info().image_shape == (32, 32, 3) and imagenet.info().num_classes == 1000
+    assert data.dataset_info("imagenet").image_shape is None  # the model decides the resolution
+    with pytest.raises(data.DatasetNotFoundError, match="/nowhere"):
+        imagenet.check(train=False)
+    with pytest.raises(ValueError, match="Unknown dataset 'imagenet_typo'.*imagenet"):
+        data.get_dataset("imagenet_typo")
+    with pytest.raises(KeyError, match="already registered"):
+        data.register_dataset("digits", data.ArrayDataset)
+
+
+def test_array_entry_is_load_split_per_epoch_and_resumes_by_skipping():
+    entry = data.get_dataset("digits", limit_train=100)
+    ctx = _ctx(1)
+    expected = data.load_split("digits", "train", batch_size=16, shuffle=True, seed=data.epoch_seed(3, 2),
+                               drop_remainder=True, augment=True, input_context=ctx, limit=100)
+    x, y = collect(entry.train_dataset(2, batch_size=16, seed=3, input_context=ctx))
+    np.testing.assert_array_equal(x, collect(expected)[0])
+    resumed = collect(entry.train_dataset(2, batch_size=16, seed=3, input_context=ctx, skip_batches=2))
+    np.testing.assert_array_equal(resumed[1], y[2 * 8:])  # 8 images per replica batch
+    x_test, y_test = entry.eval_arrays(limit=50, batch_size=7)
+    np.testing.assert_array_equal(y_test, collect(data.load_split("digits", "test", batch_size=64, limit=50))[1])
+
+
+def test_eval_stream_runs_the_same_full_batches_on_every_host():
+    entry = data.get_dataset("digits")
+    one = collect(entry.eval_stream(None, batch_size=64, limit=100))[1]
+    assert len(one) == 100  # one host: every image once, the last batch partial
+    per_host = [[int(y.shape[0]) for _, y in entry.eval_stream(_ctx(i), batch_size=64, limit=100)] for i in (0, 1)]
+    assert per_host == [[32], [32]]  # 100 // 64 = 1 step of 32 images per replica on each host
 
 
 def test_digits_info_and_split_is_a_stratified_partition():

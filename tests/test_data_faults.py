@@ -19,11 +19,10 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT
 
 from sat_tf.data import imagenet_input as ii
 from sat_tf.data import record_faults
-
-from conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, "launch", "train_imagenet.py")
 SHARD = 1  # the shard every fault is injected into

@@ -17,10 +17,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT, tiny_conv_bn_model
 
 from sat_tf import training
-
-from conftest import ROOT, tiny_conv_bn_model
 
 STEPS, BAD_STEP, EVERY = 8, 6, 5  # the fault hits the 6th step; checkpoints every 5
 

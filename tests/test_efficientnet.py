@@ -13,13 +13,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from sat_tf import activations
-from sat_tf import models
-from sat_tf.models import efficientnet
-from sat_tf.models import layers
-
 from conftest import randomise_bn_state, trainable_params
+
+from sat_tf import activations, models
+from sat_tf.models import efficientnet, layers
 
 TINY = (32, 32, 3)
 

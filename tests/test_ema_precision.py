@@ -7,12 +7,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from sat_tf import attacks
-from sat_tf.training import ema as ema_lib
-from sat_tf import training
-
 from conftest import shift_attack, tiny_conv_bn_model
+
+from sat_tf import attacks, training
+from sat_tf.training import ema as ema_lib
 
 
 def _model(seed=0):
@@ -54,6 +52,35 @@ def test_ema_follows_tf1_recursion_including_bn_statistics():
         expected = [d * e + (1 - d) * np.asarray(w) for e, w in zip(expected, model.weights)]
     for shadow, want, name in zip(ema.shadows, expected, names):
         np.testing.assert_allclose(shadow.numpy(), want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_ema_with_a_start_step_follows_the_watrain_recursion():
+    # DM-Improves-AT watrain.py ema_update: decay 0 before warmup_steps, then min(tau, (1 + d) / (10 + d)),
+    # d = global_step - warmup_steps, global_step counting finished optimizer steps.
+    x, y = _data()
+    model = _model()
+    optimizer = keras.optimizers.SGD(0.5, momentum=0.9)
+    ema = ema_lib.WeightEMA(model, decay=0.7, start_step=3)
+    train = training.make_train_function(model, optimizer, shift_attack, tf.distribute.get_strategy(), _config(8),
+                                         ema=ema)
+    iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    expected = [np.asarray(w) for w in model.weights]
+    decays = []
+    for _ in range(7):
+        train(iterator, tf.constant(1))
+        step = int(optimizer.iterations.numpy())
+        delta = step - 3
+        d = (min(0.7, (1.0 + delta) / (10.0 + delta)) if 10.0 + delta != 0 else 0.7) * int(step >= 3)
+        decays.append(d)
+        expected = [d * e + (1 - d) * np.asarray(w) for e, w in zip(expected, model.weights)]
+        if step < 3:  # a copy of the weights until the start step
+            for shadow, w in zip(ema.shadows, model.weights):
+                np.testing.assert_array_equal(shadow.numpy(), np.asarray(w))
+    assert decays[:2] == [0, 0] and decays[2] == 0.1 and decays[-1] > decays[2]
+    for shadow, want in zip(ema.shadows, expected):
+        np.testing.assert_allclose(shadow.numpy(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="start_step"):
+        ema_lib.WeightEMA(model, decay=0.7, start_step=-1)
 
 
 def test_ema_swap_restores_the_raw_weights():

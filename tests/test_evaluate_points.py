@@ -7,20 +7,16 @@ change a result; these tests check that claim end to end.
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
-
-import numpy as np
-import pytest
-import tensorflow as tf
 
 import aa_reference
+import numpy as np
+import pytest
+from conftest import ROOT
+
 from sat_tf import evaluation
 from sat_tf.attacks import AutoAttackRows, get_attack
-
-from conftest import ROOT
 
 QUICK = {"apgd-ce": {"steps": 20}, "apgd-t": {"steps": 20, "n_target_classes": 3},
          "fab-t": {"steps": 20, "n_target_classes": 3}, "square": {"queries": 300}}

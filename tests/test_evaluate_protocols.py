@@ -13,14 +13,13 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import ROOT, run_launcher
 
 sys.path.insert(0, ROOT)
 
 from launch import common  # noqa: E402
-from sat_tf.evaluation import protocols  # noqa: E402
 from sat_tf import attacks  # noqa: E402
+from sat_tf.evaluation import protocols  # noqa: E402
 
 _PGD = {"func": attacks.pgd, "norm": "linf", "loss": "ce", "targeted": False, "random_start": True,
         "prob_start_from_clean": 0.0, "step_size_rule": "fixed", "restarts": 1, "cw_kappa": 50.0}

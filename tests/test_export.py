@@ -21,7 +21,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import ROOT
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

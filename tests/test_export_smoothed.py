@@ -21,11 +21,9 @@ import numpy as np
 import pytest
 import scipy.stats
 import tensorflow as tf
-
-from sat_tf import export
-from sat_tf import certification
-
 from conftest import run_launcher
+
+from sat_tf import certification, export
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 SHAPE = (4, 4, 1)

@@ -9,11 +9,11 @@ import functools
 import importlib
 import types
 
+import aa_reference as aa
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import aa_reference as aa
 from sat_tf.attacks import base
 from sat_tf.attacks.fab import fab
 
@@ -50,7 +50,7 @@ def case():
     x, y = aa.digits_points(NUM_POINTS)
     logits_fn = lambda z: model(z, training=False)  # noqa: E731
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def compiled(norm, targeted):
         """One trace per configuration, shared by the tests: `steps` and `active` are tensor arguments."""
         return tf.function(

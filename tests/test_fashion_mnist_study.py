@@ -66,7 +66,7 @@ def test_summary_of_synthetic_json(tmp_path):
     assert study.main(["--summarize", f"--results_dir={results}"]) == 0
     text = open(os.path.join(results, "TABLES.md")).read()
     mean, std = 100 * np.mean(SILU_AA), 100 * np.std(SILU_AA, ddof=1)
-    assert f"| silu | 5 | 82.00 ± 1.58 (80.00–84.00) |" in text
+    assert "| silu | 5 | 82.00 ± 1.58 (80.00–84.00) |" in text
     assert f"{mean:.2f} ± {std:.2f} (41.00–47.00)" in text
     p = stats.ttest_ind(SILU_AA, RELU_AA, equal_var=False, alternative="greater").pvalue
     assert f"| silu > relu (SAT) | autoattack | {mean:.2f} | {100 * np.mean(RELU_AA):.2f} | 5/5 | {p:.3g} | 5/0/0 | " \

@@ -13,7 +13,6 @@ import uuid
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_launcher_in_process
 
 pytestmark = pytest.mark.slow

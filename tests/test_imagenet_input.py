@@ -14,12 +14,11 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT, collect
 from PIL import Image
 
 from sat_tf import data
 from sat_tf.data import imagenet_input as ii
-
-from conftest import ROOT, collect
 
 
 def _sha(image_bytes):
@@ -225,7 +224,7 @@ def test_parse_record_label_offset(tiny_imagenet):
     files = tiny_imagenet.files["train"]
     truth = {r.sha: r for r in tiny_imagenet.records["train"]}
     for offset, key in ((-1, "label"), (0, "file_label")):
-        ds = tf.data.TFRecordDataset(files).map(lambda s: ii.parse_record(s, label_offset=offset))
+        ds = tf.data.TFRecordDataset(files).map(lambda s: ii.parse_record(s, label_offset=offset))  # noqa: B023 (used at once)
         got = {_sha(x.numpy()): y for x, y in ds}
         assert got.keys() == truth.keys()
         assert all(y.dtype == tf.int32 and int(y) == getattr(truth[h], key) for h, y in got.items())

@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, checkpoint_weights, free_port, run_launcher
 
 TINY = [
@@ -170,7 +169,6 @@ def test_unreachable_tpu_fails_fast_instead_of_hanging():
 def test_activation_options_reach_every_site():
     sys.path.insert(0, ROOT)
     from launch import common
-
     from sat_tf import models
 
     spec = common.activation_spec("relu_smooth_grad", ("mode=attacker", "alpha=5"))
@@ -203,3 +201,25 @@ def test_autoattack_targets_set_too_high_are_one_error():
 
     with pytest.raises(common.FlagError, match="--eval_autoattack=standard on 4 classes: apgd-t with 9 target"):
         common.check_autoattack_classes("standard", ["apgd-t.n_target_classes=9"], 4, version_flag="eval_autoattack")
+
+
+def test_in_memory_data_get_ema_rows_and_periodic_evaluation_like_imagenet(tmp_path):
+    """One evaluation path for every data set: digits (held in memory, every row per image) with weight EMA
+    and a periodic evaluation gets the raw and ema_ rows ImageNet gets, and mode=eval reproduces them."""
+    workdir = str(tmp_path / "ema")
+    flags = ["--config.schedule.epochs=2", "--config.data.limit_train=256", "--config.data.limit_test=32",
+             "--config.schedule.batch_size=32", "--config.attack.steps=1", "--config.eval.steps=1",
+             "--config.eval.periodic_steps=1", "--config.eval.every_epochs=1", "--config.optimizer.ema_decay=0.9",
+             "--config.eval.autoattack=none", "--config.export.enabled=false", f"--workdir={workdir}"]
+    run_launcher("train.py", *flags)
+    results = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
+    assert list(results) == ["clean", "pgd1", "worst case", "ema_clean", "ema_pgd1", "ema_worst case"]
+    assert all(row["count"] == 32 for row in results.values())
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    assert {"eval/clean_top1", "eval/pgd1_top5", "eval/ema_pgd1_top1"} <= set(history[0])
+    assert not any(key.startswith("eval/") for key in history[1])  # the last epoch gets the final evaluation
+    assert sorted(os.listdir(os.path.join(workdir, "report")))[:2] == [
+        "ema_evaluation_state-step16.json", "evaluation_state-step16.json"]
+    run_launcher("train.py", *flags, "--config.mode=eval")
+    again = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
+    assert {n: r["top1"] for n, r in again.items()} == {n: r["top1"] for n, r in results.items()}

@@ -59,11 +59,18 @@ def test_mixing_and_targets_match_timm_for_the_drawn_parameters(alphas):
     for seed in range(40):
         x, y = _batch(seed)
         mixed, targets, p = mixup.mixup_cutmix(
-            tf.constant(x), tf.constant(y), tf.constant([seed, 7]), num_classes=5, label_smoothing=0.1,
-            mixup_alpha=alphas[0], cutmix_alpha=alphas[1])
+            tf.constant(x),
+            tf.constant(y),
+            tf.constant([seed, 7]),
+            num_classes=5,
+            label_smoothing=0.1,
+            mixup_alpha=alphas[0],
+            cutmix_alpha=alphas[1],
+        )
         p = {k: v.numpy() for k, v in p.items()}
-        ex, et, elam = np_mix_batch(x, y, 5, 0.1, float(p["lam_raw"]), bool(p["use_cutmix"]), int(p["cy"]),
-                                    int(p["cx"]))
+        ex, et, elam = np_mix_batch(
+            x, y, 5, 0.1, float(p["lam_raw"]), bool(p["use_cutmix"]), int(p["cy"]), int(p["cx"])
+        )
         np.testing.assert_allclose(mixed.numpy(), ex, atol=1e-6)
         np.testing.assert_allclose(targets.numpy(), et, atol=1e-6)
         np.testing.assert_allclose(p["lam"], elam, atol=1e-6)
@@ -82,8 +89,9 @@ def test_mixing_and_targets_match_timm_for_the_drawn_parameters(alphas):
 
 def test_lambda_is_beta_alpha_alpha_and_switch_prob_holds():
     n = 600
-    sample = tf.function(lambda s: mixup.sample_params(s, height=32, width=32, mixup_alpha=0.8, cutmix_alpha=1.0,
-                                                       switch_prob=0.3))
+    sample = tf.function(
+        lambda s: mixup.sample_params(s, height=32, width=32, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.3)
+    )
     draws = [sample(tf.constant([s, 1])) for s in range(n)]
     use_cutmix = np.array([bool(d["use_cutmix"]) for d in draws])
     lam = np.array([float(d["lam_raw"]) for d in draws])
@@ -99,8 +107,9 @@ def test_lambda_is_beta_alpha_alpha_and_switch_prob_holds():
 
 def test_prob_zero_leaves_the_batch_and_smooths_the_labels():
     x, y = _batch(3)
-    mixed, targets, p = mixup.mixup_cutmix(tf.constant(x), tf.constant(y), tf.constant([1, 2]), num_classes=5,
-                                           label_smoothing=0.1, prob=0.0)
+    mixed, targets, p = mixup.mixup_cutmix(
+        tf.constant(x), tf.constant(y), tf.constant([1, 2]), num_classes=5, label_smoothing=0.1, prob=0.0
+    )
     np.testing.assert_array_equal(mixed.numpy(), x)
     np.testing.assert_allclose(targets.numpy(), np_mixup_target(y, 5, 1.0, 0.1), atol=1e-7)
     assert float(p["lam"]) == 1.0 and not bool(p["use_cutmix"])
@@ -111,20 +120,20 @@ def test_prob_zero_leaves_the_batch_and_smooths_the_labels():
 
 def test_deterministic_per_seed():
     x, y = _batch(0, b=8, h=16, w=16)
-    runs = [mixup.mixup_cutmix(tf.constant(x), tf.constant(y), tf.constant(s), num_classes=5)[0].numpy()
-            for s in ([3, 4], [3, 4], [3, 5])]
+    runs = [
+        mixup.mixup_cutmix(tf.constant(x), tf.constant(y), tf.constant(s), num_classes=5)[0].numpy()
+        for s in ([3, 4], [3, 4], [3, 5])
+    ]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
     graph = tf.function(lambda a, b, s: mixup.mixup_cutmix(a, b, s, num_classes=5)[0])
-    np.testing.assert_allclose(graph(tf.constant(x), tf.constant(y), tf.constant([3, 4])).numpy(), runs[0],
-                               atol=1e-6)
+    np.testing.assert_allclose(graph(tf.constant(x), tf.constant(y), tf.constant([3, 4])).numpy(), runs[0], atol=1e-6)
 
 
 def test_xla_compiled_mixing_is_deterministic_and_matches_timm():
     # The replica step may be XLA-compiled; XLA's stateless streams differ from the eager kernels', so a
     # jit run draws other (equally distributed) parameters, the same ones on every call.
-    fn = tf.function(lambda a, b, s: mixup.mixup_cutmix(a, b, s, num_classes=5, label_smoothing=0.1),
-                     jit_compile=True)
+    fn = tf.function(lambda a, b, s: mixup.mixup_cutmix(a, b, s, num_classes=5, label_smoothing=0.1), jit_compile=True)
     kinds = set()
     for seed in range(12):
         x, y = _batch(seed, h=8, w=8)
@@ -133,8 +142,7 @@ def test_xla_compiled_mixing_is_deterministic_and_matches_timm():
         np.testing.assert_array_equal(mixed.numpy(), again.numpy())
         p = {k: v.numpy() for k, v in p.items()}
         kinds.add(bool(p["use_cutmix"]))
-        ex, et, _ = np_mix_batch(x, y, 5, 0.1, float(p["lam_raw"]), bool(p["use_cutmix"]), int(p["cy"]),
-                                 int(p["cx"]))
+        ex, et, _ = np_mix_batch(x, y, 5, 0.1, float(p["lam_raw"]), bool(p["use_cutmix"]), int(p["cy"]), int(p["cx"]))
         np.testing.assert_allclose(mixed.numpy(), ex, atol=1e-6)
         np.testing.assert_allclose(targets.numpy(), et, atol=1e-6)
     assert kinds == {False, True}
@@ -159,8 +167,9 @@ def test_soft_cross_entropy_and_smoothing_of_mixed_targets():
     expected = -(np_mixup_target(y, 5, lam, 0.1) * logp).sum(-1)
     got = losses.cross_entropy(tf.constant(logits), tf.constant(mixed, tf.float32), 5, label_smoothing=0.1)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
-    np.testing.assert_allclose(losses.soft_cross_entropy(logits, np_mixup_target(y, 5, lam, 0.1)).numpy(),
-                               expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.soft_cross_entropy(logits, np_mixup_target(y, 5, lam, 0.1)).numpy(), expected, rtol=1e-5
+    )
     hard = losses.cross_entropy(tf.constant(logits), tf.constant(y), 5, label_smoothing=0.1)
     np.testing.assert_allclose(hard.numpy(), -(np_mixup_target(y, 5, 1.0, 0.1) * logp).sum(-1), rtol=1e-5)
 
@@ -176,16 +185,16 @@ def test_objective_attacks_the_mixed_batch_with_its_soft_targets():
     x, y = _batch(5, h=8, w=8)
     seed = tf.constant([9, 9])
     rows, targets = objective.training_batch(None, tf.constant(x), tf.constant(y), seed=seed, step=0)
-    mixed, expected_targets, _ = mixup.mixup_cutmix(tf.constant(x), tf.constant(y), seed, num_classes=5,
-                                                    label_smoothing=0.1)
+    mixed, expected_targets, _ = mixup.mixup_cutmix(
+        tf.constant(x), tf.constant(y), seed, num_classes=5, label_smoothing=0.1
+    )
     np.testing.assert_allclose(seen["x"].numpy(), mixed.numpy())
     np.testing.assert_allclose(seen["targets"].numpy(), expected_targets.numpy())
     np.testing.assert_allclose(targets.numpy(), expected_targets.numpy())
     assert int(objective.batches.numpy()) == 1 and int(objective.mixed.numpy()) == 1
     assert float(objective.perturbation.numpy()) == pytest.approx(0.01, abs=1e-6)
     logits = tf.constant(np.random.default_rng(1).normal(size=(6, 5)), tf.float32)
-    per_example, _, labels = objective.loss(lambda z: logits, (rows, targets), None, num_classes=5,
-                                            label_smoothing=0.1)
+    per_example, _, labels = objective.loss(lambda z: logits, (rows, targets), None, num_classes=5, label_smoothing=0.1)
     # the step's label_smoothing is not applied a second time
     np.testing.assert_allclose(per_example.numpy(), losses.soft_cross_entropy(logits, targets).numpy())
     np.testing.assert_array_equal(labels.numpy(), np.argmax(targets.numpy(), -1))

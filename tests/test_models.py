@@ -13,12 +13,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from sat_tf import activations
-from sat_tf import models
-from sat_tf.models import layers
-
 from conftest import randomise_bn_state, trainable_params
+
+from sat_tf import activations, models
+from sat_tf.models import layers
 
 IMAGENET_NETS = {
     "resnet18",
@@ -77,6 +75,8 @@ PARAM_COUNTS = {
     "wide_resnet34_10": 46_160_474,
     "wide_resnet28_10": 36_479_194,
     "digits_cnn": 28_842,  # measured
+    "mnist_resnet": 78_042,  # measured
+    "mnist_resnet_fast": 78_042,  # the same layers, a stride-2 stem
     # EfficientNet: keras.applications EfficientNetB0-B7 trainable weights
     # (same architecture; B0 5,288,548 and B7 66,347,960 are the published
     # counts); B8 and L2 as timm's tf_efficientnet_b8 / l2; L1 (SAT's bL1)
@@ -133,6 +133,8 @@ ACTIVATION_SITES = {
     "convnext_small": 36,
     "convnext_base": 36,
     "convnext_large": 36,
+    "mnist_resnet": 1 + 2 * 3,
+    "mnist_resnet_fast": 1 + 2 * 3,
     # EfficientNet: stem + head + 3 per MBConv block (expand, depthwise, SE
     # reduce), minus the expand conv the first stage's blocks (ratio 1) lack.
     # (blocks, first-stage blocks) = (sum ceil(d * r), ceil(d * 1)).
@@ -149,6 +151,8 @@ ACTIVATION_SITES = {
 def tiny_shape(name):
     if name == "digits_cnn":
         return (8, 8, 1)
+    if name in ("mnist_resnet", "mnist_resnet_fast"):
+        return (28, 28, 1)
     return (32, 32, 3) if name in IMAGENET_NETS else (16, 16, 3)
 
 
@@ -575,3 +579,25 @@ def test_eager_and_graph_agree():
 def test_digits_cnn_is_small():
     model = models.build_model("digits_cnn")
     assert model.count_params() < 100_000
+
+
+def test_mnist_resnet_shape_and_activation_options():
+    """28 -> 14 -> 7 -> 4 with the default strides; every site takes the configured activation layer, options
+    included (relu_smooth_grad's mode); Sparta is one shared instance; `filters`/`blocks`/`strides` round-trip."""
+    model = models.build_model("mnist_resnet")
+    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
+    assert [model.get_layer(f"layer{s}_0_act").output.shape[1] for s in (1, 2, 3)] == [14, 7, 4]
+    layer = activations.get_activation("relu_smooth_grad", mode="attacker", alpha=10.0)
+    spec = keras.saving.serialize_keras_object(layer)  # what a config's activation_options become
+    spec["config"].pop("name")
+    model = models.build_model("mnist_resnet", activation=spec)
+    sites = [l for l in model.layers if type(l) is type(layer)]
+    assert len(sites) == ACTIVATION_SITES["mnist_resnet"] and {l.mode for l in sites} == {"attacker"}
+    sparta = models.build_model("mnist_resnet", activation="sparta")
+    assert trainable_params(sparta) > PARAM_COUNTS["mnist_resnet"]
+    wide = models.build_model("mnist_resnet", filters=(8, 16), blocks=2, strides=(1, 2))
+    assert wide.get_layer("layer2_1_act").output.shape[1] == 14
+    again = type(wide).from_config(wide.get_config())
+    assert trainable_params(again) == trainable_params(wide)
+    with pytest.raises(ValueError, match="`strides` must be one 1 or 2 per stage"):
+        models.build_model("mnist_resnet", strides=(2, 2))

@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 import tensorflow as tf
-
 from conftest import ROOT, free_port
 
 FLAGS = ["--config.system.strategy=multi_worker", "--config.eval.autoattack=none", "--config.data.limit_train=256", "--config.data.limit_test=32", "--config.schedule.batch_size=16",

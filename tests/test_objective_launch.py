@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_launcher
 
 TINY = ["--config.schedule.epochs=1", "--config.eval.autoattack=none", "--config.data.limit_train=128",

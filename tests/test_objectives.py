@@ -1,17 +1,15 @@
 """TRADES, AWP and RAT objectives (sat_tf.training.objectives), each term against a
 direct NumPy computation of the released code's formula."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
-
-from sat_tf import attacks
-from sat_tf.training import objectives
-from sat_tf import training
-from sat_tf.attacks import base
-
 from conftest import np_softmax
+
+from sat_tf import attacks, training
+from sat_tf.attacks import base
+from sat_tf.training import objectives
 
 K, D, B = 4, 6, 5
 

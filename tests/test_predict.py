@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import ROOT, run_launcher
 
 
@@ -43,9 +42,8 @@ def test_predict_matches_the_library_computation(noise_run, tmp_path, attack):
     # The same attack + PREDICT, in-process, from the library.
     sys.path.insert(0, ROOT)
     from launch import common
-    from sat_tf import attacks, data
+    from sat_tf import attacks, certification, data
     from sat_tf.certification import logs as certify_logs
-    from sat_tf import certification
 
     model, _ = common.restore_model(noise_run)
     fn = lambda z: model(z, training=False)  # noqa: E731

@@ -42,16 +42,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT, randomise_bn_state
 
 from sat_tf import activations, export, models
-
-from conftest import ROOT, randomise_bn_state
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 ATOL = 1e-6
 # One entry per model class and block type, cheap at a tiny input size.
 FAST_MODELS = {
     "digits_cnn": (8, 8, 1),  # DigitsCNN
+    "mnist_resnet": (28, 28, 1),  # MnistResNet
+    "mnist_resnet_fast": (28, 28, 1),  # MnistResNet, stride-2 stem
     "resnet18": (32, 32, 3),  # ResNet (same config keys for ResNeXt: groups, bottleneck_width)
     "resnet18_cifar": (16, 16, 3),  # CifarResNet
     "preact_resnet18": (16, 16, 3),  # PreActResNet
@@ -274,7 +275,7 @@ def code_entries(node, path="config"):
         if node.get("class_name") in ("Lambda", "__lambda__", "TFOpLambda"):
             found.append(f"{path}: class_name={node['class_name']}")
         module = node.get("module")
-        if isinstance(module, str) and not module.split(".")[0] in ("keras", "sat_tf", "builtins"):
+        if isinstance(module, str) and module.split(".")[0] not in ("keras", "sat_tf", "builtins"):
             found.append(f"{path}: module={module}")
         registered = node.get("registered_name")
         if isinstance(registered, str) and ">" in registered and not registered.startswith("sat_tf>"):

@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import run_launcher_in_process
+
 from launch import training_setup
 from launch.configs import singh2023_imagenet
 from sat_tf import config as config_lib
@@ -39,9 +39,17 @@ def _tiny_convnext(seed=0, dims=(8, 8, 16, 16)):
     import keras
 
     keras.utils.set_random_seed(seed)
-    return models.build_model("convnext_tiny", num_classes=4, input_shape=(32, 32, 3), activation="gelu_erf",
-                              preprocessing="none", stem="convstem", depths=[1, 1, 1, 1], dims=list(dims),
-                              convstem_convs=[[8, 2], [8, 2]])
+    return models.build_model(
+        "convnext_tiny",
+        num_classes=4,
+        input_shape=(32, 32, 3),
+        activation="gelu_erf",
+        preprocessing="none",
+        stem="convstem",
+        depths=[1, 1, 1, 1],
+        dims=list(dims),
+        convstem_convs=[[8, 2], [8, 2]],
+    )
 
 
 def test_recipe_values():
@@ -49,7 +57,11 @@ def test_recipe_values():
     assert (c.attack.name, c.attack.steps, c.attack.eps) == ("apgd", 2, 4 / 255)
     assert (c.mixup.mixup_alpha, c.mixup.cutmix_alpha, c.mixup.prob, c.mixup.switch_prob) == (0.8, 1.0, 1.0, 0.5)
     assert (c.optimizer.name, c.optimizer.beta_1, c.optimizer.beta_2, c.optimizer.weight_decay) == (
-        "adamw", 0.9, 0.95, 0.05)
+        "adamw",
+        0.9,
+        0.95,
+        0.05,
+    )
     assert c.optimizer.ema_decay == 0.9999 and c.objective.label_smoothing == 0.1
     assert c.optimizer.learning_rate * c.schedule.batch_size / 256 == pytest.approx(1e-3)
     assert (c.schedule.decay, c.schedule.warmup_epochs, c.schedule.epochs) == ("cosine", 20.0, 300)
@@ -58,14 +70,20 @@ def test_recipe_values():
     assert training_setup.l2_weight_decay(c) == 0.0  # AdamW decays through the optimizer only
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"attack.name": "pgd"}, "config.attack.name='pgd' is invalid; allowed: one of ['apgd', 'none'] with mixup"),
-    ({"objective.name": "trades"}, "config.objective.name='trades' is invalid; allowed: 'adversarial' with mixup"),
-    ({"model.options": ("stem=convstem",)}, "config.model.options=('stem=convstem',) is invalid"),
-    ({"optimizer.no_decay": "norms"}, "config.optimizer.no_decay='norms' is invalid"),
-    ({"mixup.switch_prob": 1.5}, "config.mixup.switch_prob=1.5 is invalid"),
-    ({"model.init_checkpoint": "/nonexistent/clean.keras"}, "config.model.init_checkpoint='/nonexistent/clean.keras'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"attack.name": "pgd"}, "config.attack.name='pgd' is invalid; allowed: one of ['apgd', 'none'] with mixup"),
+        ({"objective.name": "trades"}, "config.objective.name='trades' is invalid; allowed: 'adversarial' with mixup"),
+        ({"model.options": ("stem=convstem",)}, "config.model.options=('stem=convstem',) is invalid"),
+        ({"optimizer.no_decay": "norms"}, "config.optimizer.no_decay='norms' is invalid"),
+        ({"mixup.switch_prob": 1.5}, "config.mixup.switch_prob=1.5 is invalid"),
+        (
+            {"model.init_checkpoint": "/nonexistent/clean.keras"},
+            "config.model.init_checkpoint='/nonexistent/clean.keras'",
+        ),
+    ],
+)
 def test_bad_values_are_one_error_naming_the_field(overrides, message):
     with pytest.raises(config_lib.ConfigError) as err:
         config_lib.validate(_config(**overrides))
@@ -132,8 +150,10 @@ def test_recipe_trains_on_tiny_imagenet_with_mixup_and_apgd(tiny_imagenet, tmp_p
     workdir = str(tmp_path / "run")
     steps = 2
     flags = [
-        "--config=" + os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "configs",
-                                   "singh2023_imagenet.py"),
+        "--config="
+        + os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "configs", "singh2023_imagenet.py"
+        ),
         f"--workdir={workdir}",
         f"--config.data.data_dir={tiny_imagenet.data_dir}",
         f"--config.data.num_classes={tiny_imagenet.num_classes}",
@@ -156,12 +176,16 @@ def test_recipe_trains_on_tiny_imagenet_with_mixup_and_apgd(tiny_imagenet, tmp_p
     assert history[-1]["step"] == steps and np.isfinite(history[-1]["train_loss"])
     saved = config_lib.load(workdir)
     assert saved.optimizer.name == "adamw" and saved.model.options == TINY_OPTIONS
-    match = re.search(r"mixup/cutmix: (\d+) batches, (\d+) mixed \(lambda < 1\), (\d+) cutmix draws; "
-                      r"last attack perturbation L-inf ([0-9.]+)/255", out)
+    match = re.search(
+        r"mixup/cutmix: (\d+) batches, (\d+) mixed \(lambda < 1\), (\d+) cutmix draws; "
+        r"last attack perturbation L-inf ([0-9.]+)/255",
+        out,
+    )
     assert match, out
     batches, mixed, cutmix, perturbation = int(match[1]), int(match[2]), int(match[3]), float(match[4])
     assert batches == steps and mixed == steps  # prob 1.0: every batch mixed
-    expected_cutmix = sum(bool(mixup.sample_params(make_seed(0, step, 0), height=32, width=32)["use_cutmix"])
-                          for step in range(steps))
+    expected_cutmix = sum(
+        bool(mixup.sample_params(make_seed(0, step, 0), height=32, width=32)["use_cutmix"]) for step in range(steps)
+    )
     assert cutmix == expected_cutmix  # the step's seed drives the draws (exact resume)
     assert 0.5 < perturbation <= 4.0 + 1e-3  # APGD moved the mixed batch, inside the 4/255 ball

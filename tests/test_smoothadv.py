@@ -9,13 +9,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from sat_tf import attacks
-from sat_tf.training import objectives
-from sat_tf import training
-from sat_tf.attacks import base
-
 from conftest import np_softmax, run_launcher
+
+from sat_tf import attacks, training
+from sat_tf.attacks import base
+from sat_tf.training import objectives
 
 SHAPE = (3, 2, 2)  # 12 pixels
 CLASSES = 3

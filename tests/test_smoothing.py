@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import scipy.stats
 import tensorflow as tf
+from conftest import ROOT
 
 from sat_tf import certification
-
-from conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "certify_mirrored.py")
 SHAPE = (4, 4, 1)

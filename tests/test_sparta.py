@@ -11,17 +11,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from sat_tf import activations
-from sat_tf import attacks
-from sat_tf import export
-from sat_tf import models
-from sat_tf.activations import sparta
-from sat_tf import training
-from sat_tf.models import cifar
-from sat_tf.activations.sparta import Sparta
-
 from conftest import np_sigmoid
+
+from sat_tf import activations, attacks, export, models, training
+from sat_tf.activations import sparta
+from sat_tf.activations.sparta import Sparta
+from sat_tf.models import cifar
 
 # Activation sites per network (as tests/test_models.py ACTIVATION_SITES).
 SITES = {

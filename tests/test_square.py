@@ -11,11 +11,11 @@ import contextlib
 import importlib
 from unittest import mock
 
+import aa_reference
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import aa_reference
 from sat_tf.attacks import base
 from sat_tf.attacks.square import p_schedule, square, square_side
 

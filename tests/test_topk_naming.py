@@ -50,13 +50,8 @@ def test_evaluate_points_names_the_column_after_k(classes, top_k, key, tmp_path)
 def test_streaming_evaluate_names_the_column_after_k():
     classes = 4
     logits_fn, (x, y) = linear_model(classes), points(classes)
-
-    class Model:
-        def __call__(self, z, training=False):
-            return logits_fn(z)
-
     strategy = tf.distribute.get_strategy()
-    results = evaluation.evaluate(Model(), strategy, lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
+    results = evaluation.evaluate(logits_fn, strategy, lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
                                   {"clean": None})
     assert set(results["clean"]) == {"top1", "top4", "count"}
     assert results["clean"]["top4"] == pytest.approx(numpy_topk(logits_fn, x, y, 4)) == 1.0

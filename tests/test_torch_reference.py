@@ -17,11 +17,10 @@ torch = pytest.importorskip("torch", reason="PyTorch cross-check: pip install -e
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from conftest import ROOT  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from sat_tf import attacks, models  # noqa: E402
-
-from conftest import ROOT  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import torch_reference  # noqa: E402

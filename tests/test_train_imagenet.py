@@ -11,10 +11,9 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT, free_port, run_launcher
 
 from sat_tf import distribute
-
-from conftest import ROOT, free_port, run_launcher
 
 SCRIPT = os.path.join(ROOT, "launch", "train_imagenet.py")
 

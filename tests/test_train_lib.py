@@ -6,12 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from sat_tf import activations
-from sat_tf.training import schedules
-from sat_tf import training
-
 from conftest import shift_attack
+
+from sat_tf import activations, training
+from sat_tf.training import schedules
 
 
 def _tiny_model(with_bn=False, seed=0):

@@ -10,11 +10,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_conv_bn_model
 
 from sat_tf import activations, attacks, training
 from sat_tf.training import objectives
-
-from conftest import tiny_conv_bn_model
 
 GLOBAL_BATCH, STEPS = 8, 3
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "adversarial_model_mirrored.py")

@@ -10,10 +10,9 @@ depends on sat_tf's model code or on its name mapping.
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_launcher
 
 from sat_tf import models, zoo
-
-from conftest import run_launcher
 
 SIZE, CLASSES = 32, 10
 EMA = "/ExponentialMovingAverage"

@@ -77,14 +77,12 @@ def format_row(idx, label, predict, radius, seconds):
     """
     idx, label, predict = int(idx), int(label), int(predict)
     elapsed = str(datetime.timedelta(seconds=float(seconds)))
-    return "{}\t{}\t{}\t{:.3}\t{}\t{}".format(
-        idx, label, predict, float(radius), int(predict == label), elapsed
-    )
+    return f"{idx}\t{label}\t{predict}\t{float(radius):.3}\t{int(predict == label)}\t{elapsed}"
 
 
-def parse_row(line, columns=HEADER.split("\t")):
-    """A `Row` from one TSV line, given the header's column names."""
-    values = dict(zip(columns, line.rstrip("\n").split("\t")))
+def parse_row(line, columns=None):
+    """A `Row` from one TSV line, given the header's column names (default: `HEADER`'s)."""
+    values = dict(zip(columns or HEADER.split("\t"), line.rstrip("\n").split("\t")))
     try:
         return Row(
             idx=int(values["idx"]),
@@ -95,7 +93,7 @@ def parse_row(line, columns=HEADER.split("\t")):
             time=values.get("time", ""),
         )
     except (KeyError, ValueError) as err:
-        raise ValueError(f"Not a certification row ({err}). Received: line={line!r}")
+        raise ValueError(f"Not a certification row ({err}). Received: line={line!r}") from None
 
 
 def write_row(f, idx, label, predict, radius, seconds):

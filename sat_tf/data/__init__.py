@@ -1,15 +1,20 @@
-"""Image-classification data: scikit-learn digits (built in) and prepared tfds datasets.
+"""Image-classification data: a registry of data sets, each one entry.
 
-Every pipeline yields `(images, labels)`: float32 `[B, H, W, C]` in [0, 1] and
-int32 `[B]` 0-based labels. `"digits"` is scikit-learn's `load_digits()`
-(1 797 grey 8x8 digits; a stratified 80/20 split gives 1 437 train / 360
-test). The tfds datasets (`TFDS_DATASETS`) are read only from a prepared
-`<data_dir>/<name>/<version>/` (default `$TFDS_DATA_DIR`, else
-`~/tensorflow_datasets`): nothing is downloaded, and a missing dataset raises
-`DatasetNotFoundError` with the command that prepares it. A split is decoded
-once into memory; order and augmentation depend on `seed` only, so an epoch
-can be rebuilt exactly on resume. How the offline reading avoids tfds'
-network paths: docs/module_notes.md.
+`get_dataset(name, **options)` returns a `Dataset` entry: `info()`, `check()`
+(absent data raises `DatasetNotFoundError` naming the path and the fix; nothing
+is downloaded), `train_dataset(epoch, ...)` (an exactly rebuildable epoch, a
+resumed one started `skip_batches` in) and `eval_dataset(...)` (one ordered
+pass). Every pipeline yields `(images, labels)`: float32 `[B, H, W, C]` in
+[0, 1] and int32 `[B]` 0-based labels. Registered here: `"digits"`
+(scikit-learn's `load_digits()`, 1 797 grey 8x8 digits, a stratified 80/20
+split: 1 437 train / 360 test) and the tfds data sets of `TFDS_DATASETS`, read
+only from a prepared `<data_dir>/<name>/<version>/` (default `$TFDS_DATA_DIR`,
+else `~/tensorflow_datasets`) and decoded once into memory (`load_split`);
+`"imagenet"` (`sat_tf.data.imagenet_input`) streams TFRecords. A new data set
+is a `Dataset` subclass and one `register_dataset` line. `"fashion_mnist"` is
+read from its IDX files (Debian's `dataset-fashion-mnist`) when present, else
+from a tfds copy: `sat_tf.data.fashion_mnist`. How the offline reading avoids
+tfds' network paths: docs/module_notes.md.
 """
 
 import dataclasses
@@ -19,6 +24,8 @@ import re
 
 import numpy as np
 import tensorflow as tf
+
+from sat_tf.data import fashion_mnist
 
 DIGITS = "digits"
 DIGITS_TEST_FRACTION = 0.2
@@ -74,22 +81,141 @@ class DatasetInfo:
     class_names: tuple | None = None
 
 
-def list_datasets():
-    """Names accepted by `dataset_info` and `load_split`."""
-    return sorted(AUGMENTATIONS)
-
-
 def default_data_dir():
     """`$TFDS_DATA_DIR` if set, else `~/tensorflow_datasets` (tfds's own default)."""
     return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
+# === The registry ===
+
+
+def epoch_seed(seed, epoch):
+    """The seed of one training epoch: a pure function of the run's seed and the epoch."""
+    return int(seed) * 100003 + int(epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A registered data set with the options of one run.
+
+    Subclasses implement `info`, `train_dataset` and `eval_dataset` (and
+    `check` when `info` does not touch every file a run reads). The fields are
+    plain options (launch/ fills them from `config.data`); a subclass adds its
+    own, and `get_dataset` drops the options an entry does not declare, so one
+    config schema serves every data set.
+
+    Attributes:
+        name: the registry name.
+        data_dir: where the prepared data lives (None: the entry's default).
+        augment: training augmentation on or off.
+        limit_train: train on the first N training images only (None: all).
+        in_memory: class attribute. True: the evaluation split fits in host
+            memory, so every row is evaluated per image (worst case, resumable);
+            False: rows stream over it and per-image rows (AutoAttack) run on
+            its first images only.
+    """
+
+    name: str
+    data_dir: str | None = None
+    augment: bool = True
+    limit_train: int | None = None
+
+    in_memory = True
+
+    def info(self):
+        """`DatasetInfo`; `image_shape` None when the model decides the resolution."""
+        raise NotImplementedError
+
+    def check(self, *, train=True, test=True):
+        """Raises `DatasetNotFoundError` (one line naming the path and the fix) if data a run reads is absent."""
+        del train, test
+        self.info()
+
+    def train_dataset(self, epoch, *, batch_size, seed, input_context=None, skip_batches=0):
+        """Epoch `epoch` of training batches (global `batch_size`, full batches only), shuffled and
+        augmented as a pure function of `(seed, epoch)`, starting `skip_batches` batches in."""
+        raise NotImplementedError
+
+    def eval_dataset(self, *, batch_size, split="test", limit=None, input_context=None, repeat=False,
+                     drop_remainder=False):
+        """`split` ("test" or "train") in its fixed order, unaugmented; its first `limit` images."""
+        raise NotImplementedError
+
+    def eval_stream(self, input_context, *, batch_size, limit=None):
+        """One ordered pass over the test split for a streaming evaluation.
+
+        Several input pipelines (hosts) must run the same number of steps, or the collectives wait
+        forever: then each runs N // batch_size full batches, as TPUEstimator's eval does.
+        """
+        if input_context is None or input_context.num_input_pipelines == 1:
+            return self.eval_dataset(batch_size=batch_size, limit=limit, input_context=input_context)
+        steps = (limit or self.info().num_test) // batch_size
+        return self.eval_dataset(batch_size=batch_size, limit=limit, input_context=input_context, repeat=True,
+                                 drop_remainder=True).take(steps)
+
+    def eval_arrays(self, *, split="test", limit=None, batch_size=256):
+        """The first `limit` images of `split` as NumPy (float32 in [0, 1], int32 labels), in order."""
+        xs, ys = [], []
+        for x, y in self.eval_dataset(batch_size=batch_size, split=split, limit=limit):
+            xs.append(x.numpy())
+            ys.append(y.numpy())
+        return np.concatenate(xs), np.concatenate(ys)
+
+
+DATASETS = {}
+
+
+def register_dataset(name, entry):
+    """Registers the `Dataset` subclass `entry` as `name`; a name is registered once."""
+    if name in DATASETS:
+        raise KeyError(f"Dataset {name!r} is already registered ({DATASETS[name].__name__})")
+    DATASETS[name] = entry
+    return entry
+
+
+def list_datasets():
+    """Registered names, accepted by `get_dataset` and `dataset_info`."""
+    return sorted(DATASETS)
+
+
+def get_dataset(name, **options):
+    """The entry `name` with `options` (its fields; options it does not declare are dropped)."""
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}. Known: {list_datasets()}")
+    entry = DATASETS[name]
+    fields = {f.name for f in dataclasses.fields(entry)}
+    return entry(name=name, **{k: v for k, v in options.items() if k in fields})
+
+
 def dataset_info(name, data_dir=None):
-    """Returns the `DatasetInfo` of `name` without loading its examples.
+    """The `DatasetInfo` of `name` without loading its examples.
 
     For tfds datasets this reads only the prepared `dataset_info.json` and
     `features.json`, and raises `DatasetNotFoundError` if they are absent.
     """
+    return get_dataset(name, data_dir=data_dir).info()
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset(Dataset):
+    """Digits or a prepared tfds data set, decoded once into memory (`load_split`)."""
+
+    def info(self):
+        return _array_info(self.name, self.data_dir)
+
+    def train_dataset(self, epoch, *, batch_size, seed, input_context=None, skip_batches=0):
+        ds = load_split(self.name, "train", data_dir=self.data_dir, batch_size=batch_size, shuffle=True,
+                        seed=epoch_seed(seed, epoch), drop_remainder=True, augment=self.augment,
+                        input_context=input_context, limit=self.limit_train)
+        return ds.skip(skip_batches) if skip_batches else ds
+
+    def eval_dataset(self, *, batch_size, split="test", limit=None, input_context=None, repeat=False,
+                     drop_remainder=False):
+        return load_split(self.name, split, data_dir=self.data_dir, batch_size=batch_size, repeat=repeat,
+                          drop_remainder=drop_remainder, input_context=input_context, limit=limit)
+
+
+def _array_info(name, data_dir):
     _check_name(name)
     if name == DIGITS:
         arrays = _digits_arrays()
@@ -101,6 +227,8 @@ def dataset_info(name, data_dir=None):
             num_test=len(arrays["test"][1]),
             class_names=tuple(str(i) for i in range(10)),
         )
+    if name == fashion_mnist.NAME and (files := fashion_mnist.locate(data_dir)):
+        return fashion_mnist.dataset_info(files)
     builder = _tfds_builder(find_prepared_dataset(name, data_dir))
     image_key, label_key = _supervised_keys(builder)
     features = builder.info.features
@@ -179,7 +307,7 @@ def load_split(
     `tf.random.set_seed` or on other datasets built earlier.
 
     Args:
-        name: one of `list_datasets()`.
+        name: one of `AUGMENTATIONS` (the data sets decoded into memory).
         split: `"train"` or `"test"`.
         data_dir: root of prepared tfds datasets (ignored for digits). Defaults
             to `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`.
@@ -208,6 +336,8 @@ def load_split(
         raise ValueError(f"`limit` must be >= 0 or None. Received: limit={limit}")
     if name == DIGITS:
         images, labels = _digits_arrays()[split]
+    elif name == fashion_mnist.NAME and (files := fashion_mnist.locate(data_dir)):
+        images, labels = fashion_mnist.read_split(*files[split])
     else:
         version_dir = find_prepared_dataset(name, data_dir)
         images, labels = _tfds_arrays(version_dir, split, None if limit is None else int(limit))
@@ -269,7 +399,7 @@ def load_split(
 
 def _check_name(name):
     if name not in AUGMENTATIONS:
-        raise ValueError(f"Unknown dataset {name!r}. Known: {list_datasets()}")
+        raise ValueError(f"Unknown dataset {name!r}. Known (decoded into memory): {sorted(AUGMENTATIONS)}")
 
 
 def _to_unit_float(image):
@@ -289,7 +419,7 @@ def _augment(image, seed, aug):
     return image
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_arrays():
     """{split: (images float32 [N, 8, 8, 1] in [0, 1], labels int32 [N])}, read-only."""
     from sklearn.datasets import load_digits
@@ -312,7 +442,7 @@ def _digits_arrays():
     return arrays
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tfds_builder(version_dir):
     import tensorflow_datasets as tfds
 
@@ -326,7 +456,7 @@ def _supervised_keys(builder):
     return "image", "label"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tfds_arrays(version_dir, split, limit):
     """Decodes (the first `limit` examples of) a prepared split into numpy, in file order."""
     builder = _tfds_builder(version_dir)
@@ -345,3 +475,11 @@ def _tfds_arrays(version_dir, split, limit):
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels
+
+
+for _name in AUGMENTATIONS:
+    register_dataset(_name, ArrayDataset)
+
+from sat_tf.data import imagenet_input  # noqa: E402  (needs the names above)
+
+register_dataset(imagenet_input.NAME, imagenet_input.ImageNet)

@@ -1,6 +1,7 @@
 """ImageNet input: tensorflow/tpu TFRecords (or a prepared tfds `imagenet2012`) as [0, 1] batches.
 
-`load_imagenet(split, ...)` reads `train-*` / `validation-*` shards
+`ImageNet` is the data registry's `"imagenet"` entry (streamed, not held in
+memory; its "test" split is the validation split). `load_imagenet(split, ...)` reads `train-*` / `validation-*` shards
 (`image/encoded` JPEG bytes, `image/class/label` 1..1000, made 0-based by
 `label_offset=-1`; tfds labels are already 0-based), preprocesses them as
 tensorflow/tpu's EfficientNet code does (eval: centre crop of S / (S + 32) of
@@ -15,6 +16,7 @@ deviations from the reference pipeline: docs/module_notes.md.
 """
 
 import collections.abc
+import dataclasses
 import functools
 import numbers
 import os
@@ -22,9 +24,17 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from sat_tf.data import record_faults
-from sat_tf.data import DatasetNotFoundError, default_data_dir, find_prepared_dataset
+from sat_tf.data import (
+    Dataset,
+    DatasetInfo,
+    DatasetNotFoundError,
+    default_data_dir,
+    epoch_seed,
+    find_prepared_dataset,
+    record_faults,
+)
 
+NAME = "imagenet"
 NUM_CLASSES = 1000
 NUM_TRAIN_IMAGES = 1281167
 NUM_EVAL_IMAGES = 50000
@@ -37,6 +47,71 @@ _MIN_OBJECT_COVERED = 0.1
 _ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 _AREA_RANGE = (0.08, 1.0)
 _MAX_ATTEMPTS = 10
+
+
+# === The registry entry ===
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageNet(Dataset):
+    """ImageNet from TFRecords or a prepared tfds `imagenet2012`, streamed (`load_imagenet`).
+
+    Attributes (beyond `Dataset`'s; `augment` is always on for training):
+        image_size: the resolution S (None: the model's; `info().image_shape` is then None).
+        source: `"tfrecord"` (tensorflow/tpu shards in `data_dir`) or `"tfds"`.
+        labels: `"one_based"` (tensorflow/tpu files, 1..1000) or `"zero_based"`.
+        num_classes, num_train: the label count and training images (None: ImageNet's 1000 and 1281167;
+            a subset's files do not say).
+        bad_records: `"error"` or `"skip"` (`sat_tf.data.record_faults`), logged to `bad_record_log`.
+        deterministic: the stream is a pure function of the seed (exact resume).
+    """
+
+    image_size: int | None = None
+    source: str = "tfrecord"
+    labels: str = "one_based"
+    num_classes: int | None = None
+    num_train: int | None = None
+    bad_records: str = "error"
+    bad_record_log: object = dataclasses.field(default=None, compare=False)
+    deterministic: bool = True
+
+    in_memory = False
+
+    @property
+    def label_offset(self):
+        return -1 if self.labels == "one_based" else 0
+
+    def info(self):
+        size = self.image_size
+        return DatasetInfo(name=self.name, num_classes=self.num_classes or NUM_CLASSES,
+                           image_shape=(size, size, 3) if size else None,
+                           num_train=self.num_train or NUM_TRAIN_IMAGES, num_test=NUM_EVAL_IMAGES)
+
+    def check(self, *, train=True, test=True):
+        for split in ["train"] * train + ["validation"] * test:
+            if self.source == "tfrecord":
+                list_files(self.data_dir, split)
+                continue
+            try:
+                find_prepared_dataset(TFDS_NAME, self.data_dir)
+            except DatasetNotFoundError:
+                _tfds_files_and_parser(self.data_dir, split)  # raises, with the fix
+
+    def _load(self, split, **kwargs):
+        return load_imagenet(split, data_dir=self.data_dir, image_size=self.image_size, source=self.source,
+                             label_offset=self.label_offset, bad_records=self.bad_records,
+                             bad_record_log=self.bad_record_log, **kwargs)
+
+    def train_dataset(self, epoch, *, batch_size, seed, input_context=None, skip_batches=0):
+        # skip_batches skips a resumed epoch's records before they are decoded
+        return self._load("train", batch_size=batch_size, training=True, input_context=input_context,
+                          seed=epoch_seed(seed, epoch), repeat=True, deterministic=self.deterministic,
+                          drop_remainder=True, skip_batches=skip_batches)
+
+    def eval_dataset(self, *, batch_size, split="test", limit=None, input_context=None, repeat=False,
+                     drop_remainder=False):
+        return self._load("validation" if split == "test" else "train", batch_size=batch_size, training=False,
+                          input_context=input_context, limit=limit, repeat=repeat, drop_remainder=drop_remainder)
 
 
 # === Preprocessing ===

@@ -1,12 +1,15 @@
 """Clean and adversarial top-1/top-k accuracy under any distribution strategy.
 
-`evaluate(model, strategy, dataset_fn, attacks)` runs every attack on every
-batch inside `strategy.run` (each replica attacks its shard with BatchNorm in
-inference mode) and returns `{name: {"top1": .., "top5": .., "count": ..}}`.
+`evaluate(logits_fn, strategy, dataset_fn, attacks)` streams a data set: every
+attack on every batch inside `strategy.run`, each replica attacking its shard
+through `logits_fn` (e.g. `lambda x: model(x, training=False)`: BatchNorm in
+inference mode), and returns `{name: {"top1": .., "top5": .., "count": ..}}`.
 The second accuracy is named after the k actually used, `topk_name(k)` with
 k = min(top_k, classes): "top5", but "top4" for a 4-class model
 (`topk_key(row)` finds it). Attack seeds depend only on (seed, attack index,
-batch index, replica), so a rerun gives the same numbers.
+batch index, replica), so a rerun gives the same numbers. `evaluate_points`
+evaluates images held in memory one by one: AutoAttack, the per-image worst
+case, resumable from a state file.
 """
 
 import base64
@@ -29,12 +32,15 @@ def _identity_attack(logits_fn, x, y, seed=None):
     return x
 
 
-def evaluate(model, strategy, dataset_fn, attacks, *, top_k=5, seed=1234, progress=None):
-    """Top-1 / top-k accuracy of `model` on clean and attacked inputs.
+def evaluate(logits_fn, strategy, dataset_fn, attacks, *, top_k=5, seed=1234, progress=None):
+    """Top-1 / top-k accuracy of a classifier on clean and attacked inputs.
 
     Args:
-        model: a Keras model mapping [0, 1] images to logits.
-        strategy: a `tf.distribute.Strategy` the model was built under.
+        logits_fn: callable `[b, H, W, C] float32 in [0, 1] -> [b, N]` logits,
+            as every attack takes it (a model in inference mode, a reloaded
+            SavedModel endpoint, ...), created under `strategy`'s scope when it
+            holds variables.
+        strategy: a `tf.distribute.Strategy`.
         dataset_fn: `fn(input_context) -> tf.data.Dataset` of per-replica
             (images, labels) batches, one pass over the evaluation set.
         attacks: dict name -> `attack(logits_fn, x, y, seed=...)`, or None for
@@ -53,8 +59,8 @@ def evaluate(model, strategy, dataset_fn, attacks, *, top_k=5, seed=1234, progre
             y = tf.cast(y, tf.int32)
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             seed_ = make_seed(seed + 7919 * index, batch, replica)
-            x_adv = attack(lambda z: model(z, training=False), tf.cast(x, tf.float32), y, seed=seed_)
-            logits = tf.cast(model(x_adv, training=False), tf.float32)
+            x_adv = attack(logits_fn, tf.cast(x, tf.float32), y, seed=seed_)
+            logits = tf.cast(logits_fn(x_adv), tf.float32)
             k = min(top_k, logits.shape[-1])
             used_k[0] = int(k)
             top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
@@ -462,7 +468,7 @@ def _run_cascade(engine, state, cascade, index, seed, top_k, progress):
         sample = engine.x[: min(engine.chunk, len(engine.y))]
         state.extra[cascade.name] = cascade.model_checks(logits_fn, sample)
     robust = clean["top1"].copy()
-    for (stage, run), name in zip(cascade.stages(), _stage_names(cascade)):
+    for (_stage, run), name in zip(cascade.stages(), _stage_names(cascade)):
         record = state.row(name)
         record.setdefault("zero_gradient", 0)
         if record["finished"]:
@@ -480,7 +486,7 @@ def _run_cascade(engine, state, cascade, index, seed, top_k, progress):
             zero = tf.zeros_like(valid) if zero is None else tf.logical_and(zero, valid)
             return survived, size, nans, zero
 
-        def update(ids, outputs, record=record):
+        def update(ids, outputs, record=record, robust=robust):
             survived, size, nans, zero = outputs
             robust[ids] = survived
             record["done"][ids] = True

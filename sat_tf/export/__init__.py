@@ -24,8 +24,8 @@ import warnings
 import keras
 import tensorflow as tf
 
-from sat_tf.data import imagenet_input
 from sat_tf import certification, files
+from sat_tf.data import imagenet_input
 
 # The differentiable endpoint (signature and loaded function) for attacks.
 LOGITS_SIGNATURE = "logits_float"

@@ -96,7 +96,8 @@ def sample_params(seed, *, height, width, mixup_alpha=0.8, cutmix_alpha=1.0, pro
     """
     _check(mixup_alpha, cutmix_alpha, prob, switch_prob)
     seeds = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int32), _MIX_KEY), 6)
+        tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int32), _MIX_KEY), 6
+    )
     apply = tf.random.stateless_uniform([], seeds[0]) < prob
     if mixup_alpha > 0 and cutmix_alpha > 0:
         use_cutmix = tf.random.stateless_uniform([], seeds[1]) < switch_prob
@@ -112,8 +113,14 @@ def sample_params(seed, *, height, width, mixup_alpha=0.8, cutmix_alpha=1.0, pro
     box = tf.where(use_cutmix, box, tf.zeros_like(box))
     area = (box[1] - box[0]) * (box[3] - box[2])
     lam_box = 1.0 - tf.cast(area, tf.float32) / tf.cast(h * w, tf.float32)
-    return {"lam_raw": lam_raw, "use_cutmix": use_cutmix, "cy": cy, "cx": cx, "box": box,
-            "lam": tf.where(use_cutmix, lam_box, lam_raw)}
+    return {
+        "lam_raw": lam_raw,
+        "use_cutmix": use_cutmix,
+        "cy": cy,
+        "cx": cx,
+        "box": box,
+        "lam": tf.where(use_cutmix, lam_box, lam_raw),
+    }
 
 
 def cutmix_box(height, width, lam, cy, cx):
@@ -157,11 +164,19 @@ def apply_params(x, labels, params, *, num_classes, label_smoothing=0.0):
     return mixed, mixup_target(labels, num_classes, lam, label_smoothing)
 
 
-def mixup_cutmix(x, labels, seed, *, num_classes, label_smoothing=0.0, mixup_alpha=0.8, cutmix_alpha=1.0,
-                 prob=1.0, switch_prob=0.5):
+def mixup_cutmix(
+    x, labels, seed, *, num_classes, label_smoothing=0.0, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5
+):
     """`sample_params` then `apply_params`: `(x_mixed, soft_targets, params)`."""
-    params = sample_params(seed, height=tf.shape(x)[1], width=tf.shape(x)[2], mixup_alpha=mixup_alpha,
-                           cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob)
+    params = sample_params(
+        seed,
+        height=tf.shape(x)[1],
+        width=tf.shape(x)[2],
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        prob=prob,
+        switch_prob=switch_prob,
+    )
     mixed, targets = apply_params(x, labels, params, num_classes=num_classes, label_smoothing=label_smoothing)
     return mixed, targets, params
 
@@ -186,14 +201,19 @@ class MixupObjective(Objective):
     attack changed.
     """
 
-    def __init__(self, attack, *, num_classes, label_smoothing=0.0, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0,
-                 switch_prob=0.5):
+    def __init__(
+        self, attack, *, num_classes, label_smoothing=0.0, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5
+    ):
         _check(mixup_alpha, cutmix_alpha, prob, switch_prob)
         self.attack = attack
         self.num_classes = int(num_classes)
         self.label_smoothing = float(label_smoothing)
-        self.options = dict(mixup_alpha=float(mixup_alpha), cutmix_alpha=float(cutmix_alpha), prob=float(prob),
-                            switch_prob=float(switch_prob))
+        self.options = dict(
+            mixup_alpha=float(mixup_alpha),
+            cutmix_alpha=float(cutmix_alpha),
+            prob=float(prob),
+            switch_prob=float(switch_prob),
+        )
         # Written from every replica: keep the first replica's value (a statistic, not a sum).
         counter = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.batches = tf.Variable(0, dtype=tf.int32, name="mixup_batches", **counter)
@@ -203,8 +223,9 @@ class MixupObjective(Objective):
 
     def training_batch(self, logits_fn, x, y, *, seed, step):
         del step
-        mixed, targets, params = mixup_cutmix(x, y, seed, num_classes=self.num_classes,
-                                              label_smoothing=self.label_smoothing, **self.options)
+        mixed, targets, params = mixup_cutmix(
+            x, y, seed, num_classes=self.num_classes, label_smoothing=self.label_smoothing, **self.options
+        )
         x_adv = tf.cast(self.attack(logits_fn, mixed, targets, seed=seed), tf.float32)
         self.batches.assign_add(1)
         self.mixed.assign_add(tf.cast(params["lam"] < 1.0, tf.int32))
@@ -221,9 +242,11 @@ class MixupObjective(Objective):
 
     def summary(self):
         """One line: the counters' values (eager)."""
-        return (f"mixup/cutmix: {int(self.batches.numpy())} batches, {int(self.mixed.numpy())} mixed (lambda < 1), "
-                f"{int(self.cutmix.numpy())} cutmix draws; last attack perturbation L-inf "
-                f"{float(self.perturbation.numpy()) * 255:.3f}/255")
+        return (
+            f"mixup/cutmix: {int(self.batches.numpy())} batches, {int(self.mixed.numpy())} mixed (lambda < 1), "
+            f"{int(self.cutmix.numpy())} cutmix draws; last attack perturbation L-inf "
+            f"{float(self.perturbation.numpy()) * 255:.3f}/255"
+        )
 
     def __repr__(self):
         return f"MixupObjective({self.attack!r}, {self.options}, label_smoothing={self.label_smoothing})"

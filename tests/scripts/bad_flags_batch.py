@@ -38,9 +38,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from launch import common  # noqa: E402
-from sat_tf import data, distribute, evaluation, models, zoo  # noqa: E402
+from sat_tf import data, distribute, evaluation, models, training, zoo  # noqa: E402
 from sat_tf.data import imagenet_input
-from sat_tf import training
 
 FLAGS = flags.FLAGS
 

@@ -18,8 +18,10 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sat_tf import distribute  # noqa: E402
-from sat_tf import certification
+from sat_tf import (
+    certification,
+    distribute,  # noqa: E402
+)
 
 NUM_CLASSES = 4
 SIGMA = 0.25

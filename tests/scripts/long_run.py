@@ -32,8 +32,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from sat_tf import attacks, data, evaluation, models  # noqa: E402
-from sat_tf import training
+from sat_tf import attacks, data, evaluation, models, training  # noqa: E402
 
 BATCH = 32
 
@@ -116,7 +115,7 @@ def main():
     evals = []
     for call in range(args.eval_calls):
         before = traces[0]
-        results = evaluation.evaluate(model, strategy, eval_dataset_fn, {"pgd2": counting_attack})
+        results = evaluation.evaluate(lambda z: model(z, training=False), strategy, eval_dataset_fn, {"pgd2": counting_attack})
         assert results["pgd2"]["count"] == 128, results
         evals.append({
             "call": call + 1,

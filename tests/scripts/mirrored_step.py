@@ -21,9 +21,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sat_tf import activations, attacks, distribute  # noqa: E402
+from sat_tf import activations, attacks, distribute, training  # noqa: E402
 from sat_tf.training import objectives
-from sat_tf import training
 
 GLOBAL_BATCH = 8
 

@@ -45,8 +45,7 @@ import keras
 import tensorflow as tf
 
 from sat_tf.attacks import base as attack_base
-from sat_tf.attacks import kl_to_clean
-from sat_tf.attacks import trades_pgd
+from sat_tf.attacks import kl_to_clean, trades_pgd
 from sat_tf.training.losses import cross_entropy
 from sat_tf.training.objectives.base import Objective
 
