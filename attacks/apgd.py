@@ -94,9 +94,7 @@ def halving_decisions(loss_trace, *, rho=0.75):
     """
     trace = tf.convert_to_tensor(loss_trace, tf.float32)
     steps, batch = int(trace.shape[0]), int(trace.shape[1])
-    state = _ScheduleState.initial(
-        steps, tf.fill([batch], tf.constant(-np.inf, tf.float32))
-    )
+    state = _ScheduleState.initial(steps, tf.fill([batch], tf.constant(-np.inf, tf.float32)))
     decisions = []
     for i in range(steps):
         loss = trace[i]
@@ -170,8 +168,16 @@ def apgd(
         float32 `x_adv` like `x`: the adversarial example for the points
         broken, `x` for the others. With `return_info`, `(x_adv, info)`.
     """
-    _validate(eps=eps, norm=norm, loss=loss, steps=steps, restarts=restarts,
-              n_target_classes=n_target_classes, rho=rho, eot_iter=eot_iter)
+    _validate(
+        eps=eps,
+        norm=norm,
+        loss=loss,
+        steps=steps,
+        restarts=restarts,
+        n_target_classes=n_target_classes,
+        rho=rho,
+        eot_iter=eot_iter,
+    )
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
     y = tf.convert_to_tensor(y)
     if not y.dtype.is_integer:
@@ -198,8 +204,18 @@ def apgd(
         else:
             start = base.clip_to_box(tf.cast(x_init, tf.float32))
         run_broken, run_adv, run_zero = _single_run(
-            logits_fn, x, y, target, start, mask, eps=eps, norm=norm,
-            loss=loss, steps=steps, rho=rho, eot_iter=eot_iter,
+            logits_fn,
+            x,
+            y,
+            target,
+            start,
+            mask,
+            eps=eps,
+            norm=norm,
+            loss=loss,
+            steps=steps,
+            rho=rho,
+            eot_iter=eot_iter,
         )
         newly = tf.logical_and(mask, run_broken)
         x_adv = tf.where(_expand(newly, x), run_adv, x_adv)
@@ -207,14 +223,10 @@ def apgd(
         return run + 1, tf.logical_or(broken, newly), x_adv, zero_grad
 
     def more_runs(run, broken, *_):
-        return tf.logical_and(
-            run < runs, tf.reduce_any(tf.logical_and(todo, tf.logical_not(broken)))
-        )
+        return tf.logical_and(run < runs, tf.reduce_any(tf.logical_and(todo, tf.logical_not(broken))))
 
     init = (tf.constant(0), tf.zeros(batch, tf.bool), x, tf.zeros(batch, tf.bool))
-    _, _, x_adv, zero_grad = tf.while_loop(
-        more_runs, run_body, init, parallel_iterations=1
-    )
+    _, _, x_adv, zero_grad = tf.while_loop(more_runs, run_body, init, parallel_iterations=1)
     x_adv = tf.stop_gradient(x_adv)
     if return_info:
         return x_adv, {"zero_gradient": zero_grad}
@@ -360,7 +372,9 @@ def _loss_and_grad(logits_fn, x_adv, y, target, loss, eot_iter):
         return i + 1, logits, values, grad_sum + grad
 
     _, logits, values, grad_sum = tf.while_loop(
-        lambda i, *_: i < eot_iter, body, (tf.constant(1), logits, values, grad),
+        lambda i, *_: i < eot_iter,
+        body,
+        (tf.constant(1), logits, values, grad),
         parallel_iterations=1,
     )
     return logits, values, grad_sum / float(eot_iter)
@@ -380,8 +394,16 @@ def _single_run(logits_fn, x, y, target, start, mask, *, eps, norm, loss, steps,
     step_size = tf.fill(tf.shape(values), 2.0 * eps)
     state = _ScheduleState.initial(steps, values)
     carry = (
-        tf.constant(0), start, start, grad, robust, start, start, grad,
-        step_size, state.as_tuple(),
+        tf.constant(0),
+        start,
+        start,
+        grad,
+        robust,
+        start,
+        start,
+        grad,
+        step_size,
+        state.as_tuple(),
     )
 
     def body(i, x_adv, x_old, grad, robust, best_adv, x_best, grad_best, step_size, sched):
@@ -409,8 +431,7 @@ def _single_run(logits_fn, x, y, target, start, mask, *, eps, norm, loss, steps,
         step_size = tf.where(halve, step_size / 2.0, step_size)
         x_adv = tf.where(_expand(halve, x), x_best, x_adv)
         grad = tf.where(_expand(halve, x), grad_best, grad)
-        return (i + 1, x_adv, x_old, grad, robust, best_adv, x_best, grad_best,
-                step_size, sched.as_tuple())
+        return (i + 1, x_adv, x_old, grad, robust, best_adv, x_best, grad_best, step_size, sched.as_tuple())
 
     def cond(i, x_adv, x_old, grad, robust, *_):
         return tf.logical_and(i < steps, tf.reduce_any(tf.logical_and(mask, robust)))
@@ -465,8 +486,15 @@ class _ScheduleState:
         )
 
     def as_tuple(self):
-        return (self.rises, self.last_loss, self.loss_best, self.best_at_check,
-                self.halved_at_check, self.window, self.since_check)
+        return (
+            self.rises,
+            self.last_loss,
+            self.loss_best,
+            self.best_at_check,
+            self.halved_at_check,
+            self.window,
+            self.since_check,
+        )
 
     @classmethod
     def from_tuple(cls, values):
@@ -481,8 +509,16 @@ class _ScheduleState:
         rose = tf.cast(loss > previous, tf.float32)
         row = tf.one_hot(i, self.steps, dtype=tf.float32)[:, None]
         rises = self.rises * (1.0 - row) + row * rose[None, :]
-        return _ScheduleState(self.steps, rises, loss, loss_best, self.best_at_check,
-                              self.halved_at_check, self.window, self.since_check + 1)
+        return _ScheduleState(
+            self.steps,
+            rises,
+            loss,
+            loss_best,
+            self.best_at_check,
+            self.halved_at_check,
+            self.window,
+            self.since_check + 1,
+        )
 
     def check(self, i, rho):
         """After iteration `i`: (is a checkpoint, halve [B], next state); a
@@ -490,9 +526,7 @@ class _ScheduleState:
         is_check = tf.equal(self.since_check, self.window)
         last = tf.reduce_sum(self.rises * self._window_rows(i)[:, None], axis=0)
         oscillating = last <= tf.cast(self.window, tf.float32) * rho
-        stalled = tf.logical_and(
-            tf.logical_not(self.halved_at_check), self.best_at_check >= self.loss_best
-        )
+        stalled = tf.logical_and(tf.logical_not(self.halved_at_check), self.best_at_check >= self.loss_best)
         halve = tf.logical_and(is_check, tf.logical_or(oscillating, stalled))
         _, shrink, floor = _schedule_constants(self.steps)
         state = _ScheduleState(
@@ -538,17 +572,19 @@ def _is_int(value):
 
 def _validate(*, eps, norm, loss, steps, restarts, n_target_classes, rho, eot_iter):
     if norm == "l1":
-        raise ValueError(
-            "norm='l1' is not implemented for APGD (sparse L1 steps); use 'linf' or 'l2'."
-        )
+        raise ValueError("norm='l1' is not implemented for APGD (sparse L1 steps); use 'linf' or 'l2'.")
     if norm not in NORMS:
         raise ValueError(f"`norm` must be one of {NORMS}. Received: {norm=}")
     if loss not in LOSSES:
         raise ValueError(f"`loss` must be one of {LOSSES}. Received: {loss=}")
     if isinstance(eps, numbers.Real) and not (np.isfinite(eps) and eps >= 0):
         raise ValueError(f"`eps` must be finite and >= 0. Received: {eps=}")
-    for name, value, low in (("steps", steps, 1), ("restarts", restarts, 1),
-                             ("n_target_classes", n_target_classes, 1), ("eot_iter", eot_iter, 1)):
+    for name, value, low in (
+        ("steps", steps, 1),
+        ("restarts", restarts, 1),
+        ("n_target_classes", n_target_classes, 1),
+        ("eot_iter", eot_iter, 1),
+    ):
         if not _is_int(value) or value < low:
             raise ValueError(f"`{name}` must be a Python int >= {low}. Received: {name}={value!r}")
     if not (isinstance(rho, numbers.Real) and 0.0 <= rho <= 1.0):

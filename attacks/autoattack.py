@@ -63,11 +63,23 @@ ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 _DEFAULTS = {
     "apgd-ce": (apgd, {"loss": "ce", "steps": 100, "restarts": 5, "eot_iter": 1, "rho": 0.75}),
     "apgd-dlr": (apgd, {"loss": "dlr", "steps": 100, "restarts": 5, "eot_iter": 1, "rho": 0.75}),
-    "apgd-t": (apgd, {"loss": "dlr_targeted", "steps": 100, "restarts": 1, "n_target_classes": 9,
-                      "eot_iter": 1, "rho": 0.75}),
+    "apgd-t": (
+        apgd,
+        {"loss": "dlr_targeted", "steps": 100, "restarts": 1, "n_target_classes": 9, "eot_iter": 1, "rho": 0.75},
+    ),
     "fab": (fab, {"targeted": False, "steps": 100, "restarts": 5, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9}),
-    "fab-t": (fab, {"targeted": True, "steps": 100, "restarts": 1, "n_target_classes": 9, "alpha_max": 0.1,
-                    "eta": 1.05, "beta": 0.9}),
+    "fab-t": (
+        fab,
+        {
+            "targeted": True,
+            "steps": 100,
+            "restarts": 1,
+            "n_target_classes": 9,
+            "alpha_max": 0.1,
+            "eta": 1.05,
+            "beta": 0.9,
+        },
+    ),
     "square": (square, {"queries": 5000, "p_init": 0.8, "restarts": 1}),
 }
 
@@ -140,9 +152,7 @@ def plan(version="standard", *, attacks=None, options=None):
     names = VERSIONS[version]["attacks"] if attacks is None else tuple(attacks)
     unknown = [name for name in names if name not in _DEFAULTS]
     if unknown or not names:
-        raise ValueError(
-            f"`attacks` must be a non-empty list of {list(ATTACK_NAMES)}. Received: attacks={attacks!r}"
-        )
+        raise ValueError(f"`attacks` must be a non-empty list of {list(ATTACK_NAMES)}. Received: attacks={attacks!r}")
     if len(set(names)) != len(names):
         raise ValueError(f"`attacks` lists an attack twice. Received: attacks={list(names)}")
     options = dict(options or {})
@@ -211,8 +221,9 @@ class AutoAttackRows:
         x = tf.constant(x, tf.float32)
         logits = tf.cast(logits_fn(x), tf.float32)
         validate_classes(logits.shape[-1], self.specs())
-        checks = tf.function(lambda z: output_checks(logits_fn, z, tf.cast(logits_fn(z), tf.float32),
-                                                     randomised=self.version == "rand"))(x)
+        checks = tf.function(
+            lambda z: output_checks(logits_fn, z, tf.cast(logits_fn(z), tf.float32), randomised=self.version == "rand")
+        )(x)
         return {key: np.asarray(value).item() for key, value in checks.items()}
 
     def warnings(self, checks, accuracy):
@@ -346,18 +357,31 @@ def output_checks(logits_fn, x, logits, *, randomised=False):
         tf.reduce_all(tf.abs(tf.reduce_sum(logits, -1) - 1.0) < 1e-5),
     )
     if randomised:
-        return {"logit_change": tf.constant(-1.0), "prediction_change": tf.constant(0),
-                "softmax_like": softmax_like, "num_classes": num_classes}
+        return {
+            "logit_change": tf.constant(-1.0),
+            "prediction_change": tf.constant(0),
+            "softmax_like": softmax_like,
+            "num_classes": num_classes,
+        }
     outputs = [logits] + [tf.cast(logits_fn(x), tf.float32) for _ in range(RANDOMNESS_PASSES - 1)]
     normed = [o / (tf.norm(o, axis=-1, keepdims=True) + 1e-10) for o in outputs]
-    change = tf.reduce_max(tf.stack([
-        tf.reduce_max(tf.norm(normed[i] - normed[j], axis=-1))
-        for i in range(len(normed)) for j in range(i + 1, len(normed))
-    ]))
+    change = tf.reduce_max(
+        tf.stack(
+            [
+                tf.reduce_max(tf.norm(normed[i] - normed[j], axis=-1))
+                for i in range(len(normed))
+                for j in range(i + 1, len(normed))
+            ]
+        )
+    )
     preds = [tf.argmax(o, -1, output_type=tf.int32) for o in outputs]
     flips = tf.add_n([tf.cast(tf.reduce_any(tf.not_equal(p, preds[0])), tf.int32) for p in preds[1:]])
-    return {"logit_change": change, "prediction_change": flips, "softmax_like": softmax_like,
-            "num_classes": num_classes}
+    return {
+        "logit_change": change,
+        "prediction_change": flips,
+        "softmax_like": softmax_like,
+        "num_classes": num_classes,
+    }
 
 
 def validate_classes(num_classes, specs):
@@ -438,4 +462,3 @@ def _validate(*, eps, norm, version, seed):
 
 def _expand(flags, like):
     return tf.reshape(flags, tf.concat([tf.shape(flags), tf.ones([like.shape.rank - 1], tf.int32)], 0))
-

@@ -34,9 +34,7 @@ def cross_entropy(logits, y):
         y: `[B]` integer labels in `[0, C)`.
     """
     logits = tf.cast(logits, tf.float32)
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(y, tf.int32), logits=logits
-    )
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int32), logits=logits)
 
 
 def cw_margin(logits, y, kappa=50.0, targeted=False):
@@ -65,9 +63,7 @@ def cw_margin(logits, y, kappa=50.0, targeted=False):
     y = tf.cast(y, tf.int32)
     z_y = tf.gather(logits, y, axis=1, batch_dims=1)
     is_y = tf.one_hot(y, tf.shape(logits)[-1], on_value=True, off_value=False)
-    z_other = tf.reduce_max(
-        tf.where(is_y, tf.constant(-np.inf, tf.float32), logits), axis=-1
-    )
+    z_other = tf.reduce_max(tf.where(is_y, tf.constant(-np.inf, tf.float32), logits), axis=-1)
     margin = z_y - z_other if targeted else z_other - z_y
     if kappa is not None:
         margin = tf.minimum(margin, tf.cast(kappa, tf.float32))
@@ -124,9 +120,7 @@ def random_uniform(shape, seed, open_at_zero=False):
 
     Identical values in eager mode, `tf.function` and XLA for the same seed.
     """
-    bits = tf.random.stateless_uniform(
-        shape, seed, minval=None, maxval=None, dtype=tf.uint32, alg=_RNG_ALG
-    )
+    bits = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.uint32, alg=_RNG_ALG)
     ints = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32)
     if open_at_zero:
         ints = ints + 1.0
@@ -149,7 +143,11 @@ def random_targets(y, num_classes, seed):
     y = tf.cast(y, tf.int32)
     num_classes = tf.cast(num_classes, tf.int32)
     offset = tf.random.stateless_uniform(
-        tf.shape(y), seed, minval=1, maxval=num_classes, dtype=tf.int32,
+        tf.shape(y),
+        seed,
+        minval=1,
+        maxval=num_classes,
+        dtype=tf.int32,
         alg=_RNG_ALG,
     )
     return tf.math.floormod(y + offset, num_classes)
@@ -158,10 +156,7 @@ def random_targets(y, num_classes, seed):
 def _feature_axes(t):
     rank = t.shape.rank
     if rank is None or rank < 2:
-        raise ValueError(
-            "Expected a batched tensor of static rank >= 2. "
-            f"Received: shape={t.shape}"
-        )
+        raise ValueError(f"Expected a batched tensor of static rank >= 2. Received: shape={t.shape}")
     return list(range(1, rank))
 
 

@@ -151,13 +151,20 @@ def fab(
             `n_target_classes + 1` classes.
         TypeError: non-integer labels `y`.
     """
-    _validate(eps=eps, norm=norm, targeted=targeted, n_target_classes=n_target_classes,
-              steps=steps, restarts=restarts, alpha_max=alpha_max, eta=eta, beta=beta)
+    _validate(
+        eps=eps,
+        norm=norm,
+        targeted=targeted,
+        n_target_classes=n_target_classes,
+        steps=steps,
+        restarts=restarts,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
+    )
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
     if x.shape.rank is None or x.shape.rank < 2 or not x.shape[1:].is_fully_defined():
-        raise ValueError(
-            f"`x` must have a static rank >= 2 and static non-batch dimensions. Received: {x.shape=}"
-        )
+        raise ValueError(f"`x` must have a static rank >= 2 and static non-batch dimensions. Received: {x.shape=}")
     y = tf.convert_to_tensor(y)
     if not y.dtype.is_integer:
         raise TypeError(f"`y` must hold integer labels. Received: {y.dtype=}")
@@ -243,8 +250,12 @@ def _single_run(predict, x0, y, target, start, mask, *, norm, steps, alpha_max, 
         x_new = tf.where(is_adv[:, None], x0 + beta * (x_new - x0), x_new)
         x1 = tf.where(mask[:, None], x_new, x1)
         # Slicing by a tensor batch size loses a static batch of 1: keep the loop's shapes.
-        return (i + 1, tf.ensure_shape(x1, start.shape), tf.ensure_shape(best, x0.shape),
-                tf.ensure_shape(best_norm, x0.shape[:1]))
+        return (
+            i + 1,
+            tf.ensure_shape(x1, start.shape),
+            tf.ensure_shape(best, x0.shape),
+            tf.ensure_shape(best_norm, x0.shape[:1]),
+        )
 
     init = (tf.constant(0), start, x0, tf.fill([batch], tf.constant(_NO_ADV, tf.float32)))
     _, _, best, _ = tf.while_loop(lambda i, *_: i < steps, body, init, parallel_iterations=1)
@@ -400,8 +411,7 @@ def project_l2(points, w, b):
     d = tf.where(tiny, 0.0, -(r * w))  # every coordinate saturated
     # s[k]: w . d at lam = rs[k].
     s = tf.concat(
-        [-w2_total * rs[:, :1],
-         _cumsum((rs - rs_next) * w2_free) - w2_total * rs[:, :1]],
+        [-w2_total * rs[:, :1], _cumsum((rs - rs_next) * w2_free) - w2_total * rs[:, :1]],
         axis=1,
     )
 
@@ -409,8 +419,7 @@ def project_l2(points, w, b):
     unreachable = tf.reduce_sum(d * w, 1) + c > 0
     feasible = tf.logical_not(tf.logical_or(before_box, unreachable))
     num = int(w.shape[1])
-    k = _bisect(lambda k: _take(s, k[:, None]) + c > 0, tf.shape(c), low=0, high=num - 1,
-                steps=_bisection_steps(num))
+    k = _bisect(lambda k: _take(s, k[:, None]) + c > 0, tf.shape(c), low=0, high=num - 1, steps=_bisection_steps(num))
 
     w2_free_k = _take(w2_free, k[:, None])
     lam = (_take(s, k[:, None]) + c) / w2_free_k + _take(rs, k[:, None])
@@ -453,8 +462,7 @@ def project_l1(points, w, b):
 
     num = int(w.shape[1])
     feasible = s[:, -1] < 0
-    k = _bisect(lambda k: _take(s, k[:, None]) > 0, tf.shape(c), low=0, high=num,
-                steps=_bisection_steps(num))
+    k = _bisect(lambda k: _take(s, k[:, None]) > 0, tf.shape(c), low=0, high=num, steps=_bisection_steps(num))
     # k <= D - 1 on feasible rows; clamp so the other rows gather in range.
     k = tf.minimum(k, num - 1)
     partial = _take(order, k[:, None])  # the coordinate moved only partly
@@ -473,10 +481,7 @@ def _as_rows(points, w, b):
     w = tf.cast(tf.convert_to_tensor(w), tf.float32)
     b = tf.cast(tf.convert_to_tensor(b), tf.float32)
     if points.shape.rank != 2 or w.shape.rank != 2 or w.shape[1] is None:
-        raise ValueError(
-            "`points` and `w` must be [N, D] with a static D. "
-            f"Received: {points.shape=}, {w.shape=}"
-        )
+        raise ValueError(f"`points` and `w` must be [N, D] with a static D. Received: {points.shape=}, {w.shape=}")
     return points, w, b
 
 

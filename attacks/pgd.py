@@ -113,23 +113,49 @@ def pgd(
         `tf.stop_gradient(x_adv)`, float32, same shape as `x`.
     """
     _validate(
-        eps=eps, step_size=step_size, steps=steps, norm=norm, loss=loss,
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        norm=norm,
+        loss=loss,
         prob_start_from_clean=prob_start_from_clean,
-        step_size_rule=step_size_rule, restarts=restarts,
-        random_start=random_start, cw_kappa=cw_kappa,
+        step_size_rule=step_size_rule,
+        restarts=restarts,
+        random_start=random_start,
+        cw_kappa=cw_kappa,
     )
     return _run_attack(
-        logits_fn, x, y, eps=eps, step_size=step_size, steps=steps,
-        norm=norm, loss=loss, targeted=targeted, random_start=random_start,
+        logits_fn,
+        x,
+        y,
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        norm=norm,
+        loss=loss,
+        targeted=targeted,
+        random_start=random_start,
         prob_start_from_clean=prob_start_from_clean,
-        step_size_rule=step_size_rule, restarts=restarts, cw_kappa=cw_kappa,
-        seed=seed, point_ids=point_ids,
+        step_size_rule=step_size_rule,
+        restarts=restarts,
+        cw_kappa=cw_kappa,
+        seed=seed,
+        point_ids=point_ids,
     )
 
 
 def fgsm(
-    logits_fn, x, y, *, eps, norm="linf", loss="ce", targeted=False,
-    cw_kappa=50.0, seed=None, point_ids=None,
+    logits_fn,
+    x,
+    y,
+    *,
+    eps,
+    norm="linf",
+    loss="ce",
+    targeted=False,
+    cw_kappa=50.0,
+    seed=None,
+    point_ids=None,
 ):
     """Fast gradient sign method (Goodfellow et al., 2015).
 
@@ -138,22 +164,55 @@ def fgsm(
     `seed` only matters for `targeted=True`. Arguments as in `pgd`.
     """
     _validate(
-        eps=eps, step_size=None, steps=1, norm=norm, loss=loss,
-        prob_start_from_clean=0.0, step_size_rule="fixed", restarts=1,
-        random_start=False, cw_kappa=cw_kappa,
+        eps=eps,
+        step_size=None,
+        steps=1,
+        norm=norm,
+        loss=loss,
+        prob_start_from_clean=0.0,
+        step_size_rule="fixed",
+        restarts=1,
+        random_start=False,
+        cw_kappa=cw_kappa,
     )
     return _run_attack(
-        logits_fn, x, y, eps=eps, step_size=eps, steps=1, norm=norm,
-        loss=loss, targeted=targeted, random_start=False,
-        prob_start_from_clean=0.0, step_size_rule="fixed", restarts=1,
-        cw_kappa=cw_kappa, seed=seed, point_ids=point_ids,
+        logits_fn,
+        x,
+        y,
+        eps=eps,
+        step_size=eps,
+        steps=1,
+        norm=norm,
+        loss=loss,
+        targeted=targeted,
+        random_start=False,
+        prob_start_from_clean=0.0,
+        step_size_rule="fixed",
+        restarts=1,
+        cw_kappa=cw_kappa,
+        seed=seed,
+        point_ids=point_ids,
     )
 
 
 def _run_attack(
-    logits_fn, x, y, *, eps, step_size, steps, norm, loss, targeted,
-    random_start, prob_start_from_clean, step_size_rule, restarts,
-    cw_kappa, seed, point_ids=None,
+    logits_fn,
+    x,
+    y,
+    *,
+    eps,
+    step_size,
+    steps,
+    norm,
+    loss,
+    targeted,
+    random_start,
+    prob_start_from_clean,
+    step_size_rule,
+    restarts,
+    cw_kappa,
+    seed,
+    point_ids=None,
 ):
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
     y = tf.convert_to_tensor(y)
@@ -171,13 +230,9 @@ def _run_attack(
     if targeted:
         num_classes = tf.shape(logits_fn(x))[-1]
         if point_ids is None:
-            labels = base.random_targets(
-                y, num_classes, base.fold_seed(seed, _TARGETS)
-            )
+            labels = base.random_targets(y, num_classes, base.fold_seed(seed, _TARGETS))
         else:
-            offset = 1 + base.point_randint(
-                seed, point_ids, num_classes - 1, _POINT_KEY, _TARGETS
-            )
+            offset = 1 + base.point_randint(seed, point_ids, num_classes - 1, _POINT_KEY, _TARGETS)
             labels = tf.math.floormod(y + offset, num_classes)
     else:
         labels = y
@@ -196,9 +251,7 @@ def _run_attack(
             tape.watch(x_adv)
             logits = tf.cast(logits_fn(x_adv), tf.float32)
             total = tf.reduce_sum(objective(logits))
-        grad = tape.gradient(
-            total, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO
-        )
+        grad = tape.gradient(total, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         x_adv = x_adv + step_size * direction(grad)
         return (tf.stop_gradient(base.clip_to_box(project(x_adv, x, eps))),)
 
@@ -207,7 +260,10 @@ def _run_attack(
         if random_start:
             if point_ids is None:
                 delta = _random_delta(
-                    tf.shape(x), x.shape.rank, eps, norm,
+                    tf.shape(x),
+                    x.shape.rank,
+                    eps,
+                    norm,
                     base.fold_seed(run_seed, _START),
                 )
             else:
@@ -256,9 +312,7 @@ def _run_attack(
         tf.zeros(batch, tf.bool),
         tf.fill(batch, tf.constant(-np.inf, tf.float32)),
     )
-    _, x_adv, _, _ = tf.while_loop(
-        lambda r, *_: r < restarts, restart, init, parallel_iterations=1
-    )
+    _, x_adv, _, _ = tf.while_loop(lambda r, *_: r < restarts, restart, init, parallel_iterations=1)
     return tf.stop_gradient(x_adv)
 
 
@@ -267,9 +321,7 @@ def _random_delta(shape, rank, eps, norm, seed):
     if norm == "linf":
         return eps * (2.0 * base.random_uniform(shape, seed) - 1.0)
     # Uniform in the L2 ball: uniform direction, radius eps * U^(1/d).
-    direction = base.l2_normalize(
-        base.random_normal(shape, base.fold_seed(seed, 0))
-    )
+    direction = base.l2_normalize(base.random_normal(shape, base.fold_seed(seed, 0)))
     dim = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
     u = base.random_uniform(
         tf.concat([shape[:1], tf.ones([rank - 1], tf.int32)], axis=0),
@@ -285,9 +337,7 @@ def _point_delta(x, eps, norm, seed, point_ids, run):
     if norm == "linf":
         u = base.point_uniform(seed, point_ids, shape, _POINT_KEY, _START, run)
         return eps * (2.0 * u - 1.0)
-    direction = base.l2_normalize(
-        base.point_normal(seed, point_ids, shape, _POINT_KEY, _START, run, 0)
-    )
+    direction = base.l2_normalize(base.point_normal(seed, point_ids, shape, _POINT_KEY, _START, run, 0))
     dim = tf.cast(tf.reduce_prod(shape), tf.float32)
     u = 1.0 - base.point_uniform(seed, point_ids, [], _POINT_KEY, _START, run, 1)
     radius = eps * tf.exp(tf.math.log(u) / dim)
@@ -299,8 +349,17 @@ def _is_number(value):
 
 
 def _validate(
-    *, eps, step_size, steps, norm, loss, prob_start_from_clean,
-    step_size_rule, restarts, random_start, cw_kappa,
+    *,
+    eps,
+    step_size,
+    steps,
+    norm,
+    loss,
+    prob_start_from_clean,
+    step_size_rule,
+    restarts,
+    random_start,
+    cw_kappa,
 ):
     """Checks the arguments that are Python values; tensors pass through."""
     for name, value, choices in (
@@ -309,46 +368,28 @@ def _validate(
         ("step_size_rule", step_size_rule, STEP_SIZE_RULES),
     ):
         if value not in choices:
-            raise ValueError(
-                f"`{name}` must be one of {choices}. Received: {name}={value!r}"
-            )
+            raise ValueError(f"`{name}` must be one of {choices}. Received: {name}={value!r}")
     if _is_number(eps) and not (np.isfinite(eps) and eps >= 0):
         raise ValueError(f"`eps` must be finite and >= 0. Received: {eps=}")
-    if _is_number(steps) and (
-        not isinstance(steps, numbers.Integral) or steps < 0
-    ):
+    if _is_number(steps) and (not isinstance(steps, numbers.Integral) or steps < 0):
         raise ValueError(f"`steps` must be an int >= 0. Received: {steps=}")
     if _is_number(step_size):
         if step_size < 0 or not np.isfinite(step_size):
-            raise ValueError(
-                f"`step_size` must be finite and > 0. Received: {step_size=}"
-            )
+            raise ValueError(f"`step_size` must be finite and > 0. Received: {step_size=}")
         effective = step_size
         if step_size_rule == "max_eps_over_steps" and _is_number(eps):
             if _is_number(steps) and steps > 0:
                 effective = max(step_size, eps / steps)
         if _is_number(steps) and steps > 0 and effective <= 0:
-            raise ValueError(
-                "`step_size` must be > 0 when `steps` > 0. "
-                f"Received: {step_size=}, {steps=}"
-            )
-    if _is_number(prob_start_from_clean) and not (
-        0.0 <= prob_start_from_clean <= 1.0
-    ):
-        raise ValueError(
-            "`prob_start_from_clean` must be in [0, 1]. "
-            f"Received: {prob_start_from_clean=}"
-        )
+            raise ValueError(f"`step_size` must be > 0 when `steps` > 0. Received: {step_size=}, {steps=}")
+    if _is_number(prob_start_from_clean) and not (0.0 <= prob_start_from_clean <= 1.0):
+        raise ValueError(f"`prob_start_from_clean` must be in [0, 1]. Received: {prob_start_from_clean=}")
     if not isinstance(restarts, numbers.Integral) or restarts < 1:
-        raise ValueError(
-            f"`restarts` must be a Python int >= 1. Received: {restarts=}"
-        )
+        raise ValueError(f"`restarts` must be a Python int >= 1. Received: {restarts=}")
     if restarts > 1 and not random_start:
         raise ValueError(
             "`restarts` > 1 needs `random_start=True` (every restart would "
             f"be the same). Received: {restarts=}, {random_start=}"
         )
     if _is_number(cw_kappa) and cw_kappa < 0:
-        raise ValueError(
-            f"`cw_kappa` must be >= 0 or None. Received: {cw_kappa=}"
-        )
+        raise ValueError(f"`cw_kappa` must be >= 0 or None. Received: {cw_kappa=}")

@@ -75,9 +75,7 @@ def smoothed_nll(logits_fn, x, y, noise):
     # log(mean softmax) computed as logsumexp - log m: no underflow before the clamp.
     log_mean = tf.reduce_logsumexp(log_probs, axis=1) - math.log(m)
     picked = tf.gather(log_mean, y, axis=1, batch_dims=1)
-    votes = tf.reduce_sum(
-        tf.one_hot(tf.argmax(log_probs, -1, output_type=tf.int32), num_classes), axis=1
-    )
+    votes = tf.reduce_sum(tf.one_hot(tf.argmax(log_probs, -1, output_type=tf.int32), num_classes), axis=1)
     return -tf.maximum(picked, _LOG_FLOOR), tf.argmax(votes, -1, output_type=tf.int32)
 
 
@@ -129,15 +127,23 @@ def smoothadv_pgd(logits_fn, x, y, *, noise, eps, steps, seed=None):
         delta = base.clip_to_box(x + delta + step_size * grad) - x
         return i + 1, _renorm(delta, eps)
 
-    _, delta = tf.while_loop(
-        lambda i, _: i < steps, body, (tf.constant(0), tf.zeros_like(x)), parallel_iterations=1
-    )
+    _, delta = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), tf.zeros_like(x)), parallel_iterations=1)
     return tf.stop_gradient(x + delta)
 
 
 def smoothadv_ddn(
-    logits_fn, x, y, *, noise, eps, steps, gamma=0.05, init_norm=None, quantize=True,
-    levels=256, seed=None,
+    logits_fn,
+    x,
+    y,
+    *,
+    noise,
+    eps,
+    steps,
+    gamma=0.05,
+    init_norm=None,
+    quantize=True,
+    levels=256,
+    seed=None,
 ):
     """SmoothAdv DDN (Rony et al., 2019) on the smoothed soft classifier.
 
@@ -190,9 +196,7 @@ def smoothadv_ddn(
         return i + 1, delta, norm, best_l2, best_delta
 
     init = (tf.constant(0), tf.zeros_like(x), tf.fill([batch], start), worst, tf.zeros_like(x))
-    _, _, _, _, best_delta = tf.while_loop(
-        lambda i, *_: i < steps, body, init, parallel_iterations=1
-    )
+    _, _, _, _, best_delta = tf.while_loop(lambda i, *_: i < steps, body, init, parallel_iterations=1)
     best_delta = quantized(_renorm(best_delta, eps))
     return tf.stop_gradient(base.clip_to_box(x + best_delta))
 

@@ -157,9 +157,7 @@ def _eta_block(rows, cols):
     `rows x cols` block: the top half positive, the bottom half negative,
     unit L2 norm. The transposed block is `_eta_block(cols, rows).T`."""
     half = rows // 2
-    delta = np.concatenate(
-        [_eta_rectangle(half, cols), -_eta_rectangle(rows - half, cols)], axis=0
-    )
+    delta = np.concatenate([_eta_rectangle(half, cols), -_eta_rectangle(rows - half, cols)], axis=0)
     return delta / max(np.sqrt(np.sum(delta**2)), 1e-30)
 
 
@@ -295,16 +293,35 @@ def square(
         attack broke (misclassified), `x` for every other point.
     """
     x_adv, _, _ = _square(
-        logits_fn, x, y, eps=eps, norm=norm, queries=queries, p_init=p_init,
-        restarts=restarts, rescale_schedule=rescale_schedule, seed=seed,
-        point_ids=point_ids, active=active,
+        logits_fn,
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        queries=queries,
+        p_init=p_init,
+        restarts=restarts,
+        rescale_schedule=rescale_schedule,
+        seed=seed,
+        point_ids=point_ids,
+        active=active,
     )
     return x_adv
 
 
 def _square(
-    logits_fn, x, y, *, eps, norm="linf", queries=5000, p_init=0.8,
-    restarts=1, rescale_schedule=False, seed=None, point_ids=None,
+    logits_fn,
+    x,
+    y,
+    *,
+    eps,
+    norm="linf",
+    queries=5000,
+    p_init=0.8,
+    restarts=1,
+    rescale_schedule=False,
+    seed=None,
+    point_ids=None,
     active=None,
 ):
     """`square`, also returning `broken` `[B]` bool and the number of
@@ -326,8 +343,17 @@ def _square(
     clean_wrong = _evaluate(logits_fn, x, y)[1]
     to_attack = tf.logical_and(active, tf.logical_not(clean_wrong))
     run = _make_run(
-        logits_fn, x, y, eps=eps, norm=norm, queries=queries, p_init=p_init,
-        rescale_schedule=rescale_schedule, seed=seed, ids=ids, shape=shape,
+        logits_fn,
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        queries=queries,
+        p_init=p_init,
+        rescale_schedule=rescale_schedule,
+        seed=seed,
+        ids=ids,
+        shape=shape,
     )
 
     def restart_cond(r, unused_x_adv, broken, unused_iterations):
@@ -343,9 +369,7 @@ def _square(
     if restarts == 1:  # AutoAttack's setting: no restart loop in the graph
         _, x_adv, broken, iterations = restart_body(*init)
     else:
-        _, x_adv, broken, iterations = tf.while_loop(
-            restart_cond, restart_body, init, parallel_iterations=1
-        )
+        _, x_adv, broken, iterations = tf.while_loop(restart_cond, restart_body, init, parallel_iterations=1)
     return tf.stop_gradient(x_adv), broken, iterations
 
 
@@ -441,10 +465,7 @@ def _step_draws(seed, ids, restart, iteration, side, shape, norm):
         lengths.update(row2=height, col2=width)
     scalars = len(lengths) + (norm == "l2")  # + the transpose
     u = base.point_uniform(seed, ids, [scalars + channels], _SQUARE, restart, _STEP, iteration)
-    draws = {
-        name: _randint(u[:, k], length - side)
-        for k, (name, length) in enumerate(lengths.items())
-    }
+    draws = {name: _randint(u[:, k], length - side) for k, (name, length) in enumerate(lengths.items())}
     draws["signs"] = tf.where(u[:, scalars:] >= 0.5, 1.0, -1.0)
     if norm == "l2":
         draws["transpose"] = u[:, len(lengths)] > 0.5
@@ -471,9 +492,7 @@ def _l2_start(x, eps, layout, draws):
     patterns, block_index, _ = layout
     transpose, signs = draws
     shape = tf.shape(x)
-    pattern = tf.where(
-        tf.gather(transpose, block_index, axis=1), patterns[1], patterns[0]
-    )  # [B, H * W]
+    pattern = tf.where(tf.gather(transpose, block_index, axis=1), patterns[1], patterns[0])  # [B, H * W]
     delta = pattern[..., None] * tf.gather(signs, block_index, axis=1)  # [B, H * W, C]
     delta = tf.reshape(delta, shape)
     return base.clip_to_box(x + eps * _normalize_l2(delta))
@@ -579,10 +598,7 @@ def _normalize_l2(t):
 
 def _static_image_shape(x):
     if x.shape.rank != 4 or None in x.shape[1:]:
-        raise ValueError(
-            "`x` must be NHWC [B, H, W, C] with static H, W and C. "
-            f"Received: x with shape={x.shape}"
-        )
+        raise ValueError(f"`x` must be NHWC [B, H, W, C] with static H, W and C. Received: x with shape={x.shape}")
     return tuple(int(d) for d in x.shape[1:])
 
 
@@ -593,9 +609,7 @@ def _is_number(value):
 def _validate(*, eps, norm, queries, p_init, restarts):
     """Checks the arguments that are Python values; tensors pass through."""
     if norm == "l1":
-        raise ValueError(
-            f"L1 Square is not implemented; `norm` must be one of {NORMS}. Received: {norm=}"
-        )
+        raise ValueError(f"L1 Square is not implemented; `norm` must be one of {NORMS}. Received: {norm=}")
     if norm not in NORMS:
         raise ValueError(f"`norm` must be one of {NORMS}. Received: {norm=}")
     if _is_number(eps) and not (np.isfinite(eps) and eps >= 0):

@@ -24,9 +24,7 @@ START_SCALE = 0.001  # the reference's 0.001 * randn start
 def kl_to_clean(clean_probs, logits):
     """Per-example KL(p || softmax(logits)) = sum_k p_k (log p_k - log q_k), shape [B]."""
     logits = tf.cast(logits, tf.float32)
-    return tf.reduce_sum(
-        tf.math.xlogy(clean_probs, clean_probs) - clean_probs * tf.nn.log_softmax(logits), axis=-1
-    )
+    return tf.reduce_sum(tf.math.xlogy(clean_probs, clean_probs) - clean_probs * tf.nn.log_softmax(logits), axis=-1)
 
 
 def trades_pgd(logits_fn, x, y=None, *, eps, step_size, steps, seed=None):

@@ -66,12 +66,20 @@ BUSY_LOAD = 1.5  # mean 1-minute load per core above which the section warns (th
 TRACE_REPEATS = 3  # fresh traces of APGD per K
 TARGETS = {"speedup": 2.0, "iteration": 1.05, "trace_flat": 1.10, "accuracy": 0.02}
 # --quick: every attack of `standard`, each shrunk to seconds; the same settings go to the reference.
-QUICK_OPTIONS = {"apgd-ce": {"steps": 5}, "apgd-t": {"steps": 5, "n_target_classes": 2},
-                 "fab-t": {"steps": 5, "n_target_classes": 2}, "square": {"queries": 20}}
+QUICK_OPTIONS = {
+    "apgd-ce": {"steps": 5},
+    "apgd-t": {"steps": 5, "n_target_classes": 2},
+    "fab-t": {"steps": 5, "n_target_classes": 2},
+    "square": {"queries": 20},
+}
 DEFAULTS = dict(points=None, rounds=3, iter_ks="10,100", trace_ks="10,100,1000", iter_rounds=10, options=None)
 QUICK = dict(points=16, rounds=1, iter_ks="2,4", trace_ks="2,4", iter_rounds=2, options=json.dumps(QUICK_OPTIONS))
-QUICK_TRAIN_FLAGS = ("--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=16",
-                     "--config.eval.steps=1")
+QUICK_TRAIN_FLAGS = (
+    "--config.schedule.epochs=1",
+    "--config.data.limit_train=128",
+    "--config.data.limit_test=16",
+    "--config.eval.steps=1",
+)
 
 
 # === Models and points ===
@@ -79,8 +87,14 @@ QUICK_TRAIN_FLAGS = ("--config.schedule.epochs=1", "--config.data.limit_train=12
 
 def train_model(workdir, quick):
     """Trains the main job's model with launch/train.py into `workdir` (its defaults: digits_cnn SiLU, PGD-2)."""
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--workdir={workdir}",
-           "--config.eval.autoattack=none", "--config.export.enabled=false", *(QUICK_TRAIN_FLAGS if quick else ())]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "launch", "train.py"),
+        f"--workdir={workdir}",
+        "--config.eval.autoattack=none",
+        "--config.export.enabled=false",
+        *(QUICK_TRAIN_FLAGS if quick else ()),
+    ]
     print(f"training: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr, stderr=subprocess.STDOUT)
     if done.returncode:
@@ -96,12 +110,19 @@ def load_digits_model(workdir, points):
     if config["model"] != "digits_cnn":
         raise ValueError(f"{workdir} trained {config['model']!r}; the torch port is of digits_cnn only")
     x, y = common.load_arrays("digits", "test", data_dir=None, limit=points)
-    kwargs = {"activation": model.activation, "filters": list(model.filters), "num_classes": model.num_classes,
-              "in_channels": model.image_shape[-1], "bn_epsilon": model.bn_epsilon,
-              "preprocessing": _preprocessing_pair(model.preprocessing)}
+    kwargs = {
+        "activation": model.activation,
+        "filters": list(model.filters),
+        "num_classes": model.num_classes,
+        "in_channels": model.image_shape[-1],
+        "bn_epsilon": model.bn_epsilon,
+        "preprocessing": _preprocessing_pair(model.preprocessing),
+    }
     run = config["config"]
-    description = (f"digits_cnn {model.activation} trained by `launch/train.py` ({run.schedule.epochs} epochs, "
-                   f"{run.attack.name}-{run.attack.steps} at {run.attack.eps * 255:g}/255)")
+    description = (
+        f"digits_cnn {model.activation} trained by `launch/train.py` ({run.schedule.epochs} epochs, "
+        f"{run.attack.name}-{run.attack.steps} at {run.attack.eps * 255:g}/255)"
+    )
     return model, x, y, description, kwargs
 
 
@@ -146,8 +167,11 @@ class Ours:
         # graph on the whole set with the same seed makes the same draws, so both give the same flags.
         stage_seed = tf.constant([seed, 0], tf.int64)
         # `active` is an input so the trace can be timed on a call that attacks nothing (see `trace_time`).
-        self._graph = tf.function(lambda a, b, act: attacks.autoattack(self.logits_fn, a, b, eps=eps, seed=stage_seed,
-                                                                        options=options, active=act).robust)
+        self._graph = tf.function(
+            lambda a, b, act: (
+                attacks.autoattack(self.logits_fn, a, b, eps=eps, seed=stage_seed, options=options, active=act).robust
+            )
+        )
         self._x, self._y = tf.constant(x), tf.constant(y)
         self._all, self._none = tf.ones(len(y), tf.bool), tf.zeros(len(y), tf.bool)
 
@@ -156,8 +180,9 @@ class Ours:
         from sat_tf import evaluation
 
         start = time.perf_counter()
-        out = evaluation.evaluate_points(self.logits_fn, self.x, self.y, [self.rows], batch_size=self.batch_size,
-                                         seed=self.seed)
+        out = evaluation.evaluate_points(
+            self.logits_fn, self.x, self.y, [self.rows], batch_size=self.batch_size, seed=self.seed
+        )
         seconds = time.perf_counter() - start
         names = [spec.name for spec in self.specs]
         rows = out["rows"]
@@ -179,8 +204,10 @@ class Ours:
 
     def _stage(self, spec, seed):
         def run(x, y, point_ids, active):
-            return spec.run(self.logits_fn, x, y, eps=self.eps, norm="linf", seed=seed, point_ids=point_ids,
-                            active=active)[0]
+            return spec.run(
+                self.logits_fn, x, y, eps=self.eps, norm="linf", seed=seed, point_ids=point_ids, active=active
+            )[0]
+
         return run
 
     def breakdown(self, flags):
@@ -220,14 +247,27 @@ class Reference:
         torch_reference.save_layer_weights(weights_path, torch_reference.keras_layer_weights(model))
         np.savez(points_path, x=np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y=y.astype(np.int64))
         self.worker = worker
-        self.request = dict(op="autoattack", arch=arch, arch_kwargs=arch_kwargs, weights=weights_path,
-                            points=points_path, eps=eps, version="standard", seed=seed, batch_size=batch_size,
-                            options=options)
+        self.request = dict(
+            op="autoattack",
+            arch=arch,
+            arch_kwargs=arch_kwargs,
+            weights=weights_path,
+            points=points_path,
+            eps=eps,
+            version="standard",
+            seed=seed,
+            batch_size=batch_size,
+            options=options,
+        )
 
     def run(self):
         reply = self.worker.request(**self.request)
-        return dict(seconds=reply["seconds"], accuracy=reply["accuracy"], attack_seconds=reply["attack_seconds"],
-                    flags={"final": np.asarray(reply["robust"], bool)})
+        return dict(
+            seconds=reply["seconds"],
+            accuracy=reply["accuracy"],
+            attack_seconds=reply["attack_seconds"],
+            flags={"final": np.asarray(reply["robust"], bool)},
+        )
 
 
 def reference_available():
@@ -269,8 +309,14 @@ def summary(results):
     """Median, min, max seconds over rounds, and the last round's result (accuracy and flags are the same in
     every round: every side is seeded)."""
     seconds = [r["seconds"] for r in results]
-    return dict(median=statistics.median(seconds), low=min(seconds), high=max(seconds), runs=len(seconds),
-                last=results[-1], attack_seconds=_median_per_key([r.get("attack_seconds") for r in results]))
+    return dict(
+        median=statistics.median(seconds),
+        low=min(seconds),
+        high=max(seconds),
+        runs=len(seconds),
+        last=results[-1],
+        attack_seconds=_median_per_key([r.get("attack_seconds") for r in results]),
+    )
 
 
 def _median_per_key(dicts):
@@ -284,8 +330,11 @@ def compare_sides(model, x, y, *, eps, options, batch_size, seed, rounds, refere
     model: timings, accuracies, agreements and (`breakdown`) our per-attack trace/run split."""
     ours = Ours(model, x, y, eps=eps, batch_size=batch_size, seed=seed, options=options)
     trace, first = ours.graph_trace()
-    print(f"  [{label}] one graph: trace {trace:.2f} s (first call on no points {first:.2f} s)", file=sys.stderr,
-          flush=True)
+    print(
+        f"  [{label}] one graph: trace {trace:.2f} s (first call on no points {first:.2f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
     cases = {"evaluator": ours.evaluator, "graph": ours.graph}
     if reference is not None:
         cases = {"reference": reference(model, x, y, eps).run, **cases}
@@ -314,16 +363,20 @@ def iteration_costs(model, x, y, *, eps, iter_ks, trace_ks, rounds):
     logits_fn = lambda z: model(z, training=False)  # noqa: E731
     x_t, y_t = tf.constant(x), tf.constant(y)
     everyone, no_one = tf.ones(len(y), tf.bool), tf.zeros(len(y), tf.bool)
-    apgd = {k: tf.function(lambda a, b, act, k=k: attacks.apgd(logits_fn, a, b, eps=eps, loss="ce", steps=k, seed=0,
-                                                               active=act))
-            for k in sorted(set(iter_ks) | set(trace_ks))}
+    apgd = {
+        k: tf.function(
+            lambda a, b, act, k=k: attacks.apgd(logits_fn, a, b, eps=eps, loss="ce", steps=k, seed=0, active=act)
+        )
+        for k in sorted(set(iter_ks) | set(trace_ks))
+    }
     traces = {k: [] for k in trace_ks}
     for round_ in range(TRACE_REPEATS):  # fresh functions, K interleaved: one trace is a single noisy sample
         for k in trace_ks:
             fresh = apgd[k] if round_ == 0 else tf.function(apgd[k].python_function)
             traces[k].append(trace_time(fresh, x_t, y_t, no_one)[0])
-            print(f"  [trace {round_ + 1}/{TRACE_REPEATS}] apgd K={k}: {traces[k][-1]:.2f} s", file=sys.stderr,
-                  flush=True)
+            print(
+                f"  [trace {round_ + 1}/{TRACE_REPEATS}] apgd K={k}: {traces[k][-1]:.2f} s", file=sys.stderr, flush=True
+            )
     traces = {k: dict(trace=statistics.median(t), low=min(t), high=max(t)) for k, t in traces.items()}
     fns = {("apgd", k): functools.partial(apgd[k], x_t, y_t, everyone) for k in iter_ks}
     for k in iter_ks:
@@ -335,6 +388,7 @@ def iteration_costs(model, x, y, *, eps, iter_ks, trace_ks, rounds):
             start = time.perf_counter()
             fn().numpy()
             return {"seconds": time.perf_counter() - start}
+
         return run
 
     runs = interleaved({f"{a} K={k}": timed(fn) for (a, k), fn in fns.items()}, 1 + rounds, "iteration")
@@ -354,8 +408,9 @@ def derive_iteration(costs, iter_ks):
         per[attack] = (cases[(attack, hi)]["median"] - cases[(attack, lo)]["median"]) / (hi - lo)
     per["ratio"] = per["apgd"] / per["pgd"] if per["pgd"] > 0 else float("inf")
     # The same from the fastest calls: on a VM whose speed drifts, the least disturbed estimate of the cost.
-    fastest = {a: (costs["cases"][(a, hi)]["low"] - costs["cases"][(a, lo)]["low"]) / (hi - lo)
-               for a in ("pgd", "apgd")}
+    fastest = {
+        a: (costs["cases"][(a, hi)]["low"] - costs["cases"][(a, lo)]["low"]) / (hi - lo) for a in ("pgd", "apgd")
+    }
     per["ratio_fastest"] = fastest["apgd"] / fastest["pgd"] if fastest["pgd"] > 0 else float("inf")
     per["ratio_at_hi"] = costs["cases"][("apgd", hi)]["median"] / costs["cases"][("pgd", hi)]["median"]
     return per
@@ -400,21 +455,34 @@ def verdicts(main, per_iteration, costs, trace_ks):
             speedup = main["reference"]["median"] / main[name]["median"]
             acc = main[name]["last"]["accuracy"][last]
             same = abs(acc - ref_acc) <= TARGETS["accuracy"]
-            out.append((f"ours ({label}) ≥ {TARGETS['speedup']:g}× faster than the reference at equal robust "
-                        "accuracy "
-                        f"(within {100 * TARGETS['accuracy']:g} points)",
-                        f"{speedup:.2f}×; robust accuracy {100 * acc:.2f} vs {100 * ref_acc:.2f} %",
-                        speedup >= TARGETS["speedup"] and same))
+            out.append(
+                (
+                    f"ours ({label}) ≥ {TARGETS['speedup']:g}× faster than the reference at equal robust "
+                    "accuracy "
+                    f"(within {100 * TARGETS['accuracy']:g} points)",
+                    f"{speedup:.2f}×; robust accuracy {100 * acc:.2f} vs {100 * ref_acc:.2f} %",
+                    speedup >= TARGETS["speedup"] and same,
+                )
+            )
     if per_iteration is not None:
-        out.append((f"one APGD iteration ≤ {TARGETS['iteration']} × one PGD iteration (CE, same model and batch)",
-                    f"{per_iteration['ratio']:.3f} (whole calls: {per_iteration['ratio_at_hi']:.3f})",
-                    per_iteration["ratio"] <= TARGETS["iteration"]))
+        out.append(
+            (
+                f"one APGD iteration ≤ {TARGETS['iteration']} × one PGD iteration (CE, same model and batch)",
+                f"{per_iteration['ratio']:.3f} (whole calls: {per_iteration['ratio_at_hi']:.3f})",
+                per_iteration["ratio"] <= TARGETS["iteration"],
+            )
+        )
         # Flat = no growth with K (a graph loop, not K unrolled steps): the largest K against the smallest.
         traces = [costs["traces"][k]["trace"] for k in trace_ks]
         growth = traces[-1] / traces[0] if traces[0] > 0 else float("inf")
-        out.append((f"APGD trace time flat in K: K = {trace_ks[-1]} ≤ {TARGETS['trace_flat']} × K = {trace_ks[0]} "
-                    f"(K = {', '.join(map(str, trace_ks))})",
-                    " / ".join(f"{t:.2f}" for t in traces) + f" s ({growth:.2f})", growth <= TARGETS["trace_flat"]))
+        out.append(
+            (
+                f"APGD trace time flat in K: K = {trace_ks[-1]} ≤ {TARGETS['trace_flat']} × K = {trace_ks[0]} "
+                f"(K = {', '.join(map(str, trace_ks))})",
+                " / ".join(f"{t:.2f}" for t in traces) + f" s ({growth:.2f})",
+                growth <= TARGETS["trace_flat"],
+            )
+        )
     return out
 
 
@@ -424,26 +492,35 @@ def _pct(value):
 
 def wall_table(main):
     last = main["attacks"][-1]
-    lines = ["| run | seconds (median) | min–max | runs | reference / ours | robust accuracy (%) | "
-             "same final flags as the reference |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | seconds (median) | min–max | runs | reference / ours | robust accuracy (%) | "
+        "same final flags as the reference |",
+        "|---|---|---|---|---|---|---|",
+    ]
     ref = main.get("reference")
-    labels = (("reference", "reference (pyautoattack, PyTorch worker)"),
-              ("evaluator", "ours: `evaluate_points` + `AutoAttackRows`"),
-              ("graph", "ours: `tf.function(autoattack)`, steady call"))
+    labels = (
+        ("reference", "reference (pyautoattack, PyTorch worker)"),
+        ("evaluator", "ours: `evaluate_points` + `AutoAttackRows`"),
+        ("graph", "ours: `tf.function(autoattack)`, steady call"),
+    )
     for name, label in labels:
         if name not in main:
             continue
         r = main[name]
         ratio = f"{ref['median'] / r['median']:.2f}" if ref and name != "reference" else "–"
         same = f"{100 * main['agreement'][name]:.2f} %" if ref and name != "reference" else "–"
-        lines.append(f"| {label} | {_seconds(r['median'])} | {_seconds(r['low'])}–{_seconds(r['high'])} | "
-                     f"{r['runs']} | {ratio} | "
-                     f"{_pct(r['last']['accuracy'][last])} | {same} |")
+        lines.append(
+            f"| {label} | {_seconds(r['median'])} | {_seconds(r['low'])}–{_seconds(r['high'])} | "
+            f"{r['runs']} | {ratio} | "
+            f"{_pct(r['last']['accuracy'][last])} | {same} |"
+        )
     first = main["graph_trace"] + main["graph"]["median"]
     ratio = f"{ref['median'] / first:.2f}" if ref else "–"
-    lines.append(f"| ours: `tf.function(autoattack)`, first call = trace ({_seconds(main['graph_trace'])} s) + "
-                 f"steady call | {_seconds(first)} | – | – | {ratio} | "
-                 f"{_pct(main['graph']['last']['accuracy'][last])} | – |")
+    lines.append(
+        f"| ours: `tf.function(autoattack)`, first call = trace ({_seconds(main['graph_trace'])} s) + "
+        f"steady call | {_seconds(first)} | – | – | {ratio} | "
+        f"{_pct(main['graph']['last']['accuracy'][last])} | – |"
+    )
     return lines
 
 
@@ -469,19 +546,26 @@ def attack_table(main):
     breakdown = main.get("breakdown", {})
     ref = main["reference"]["attack_seconds"] if "reference" in main else {}
     ours = main["evaluator"]["attack_seconds"]
-    lines = ["| attack | points attacked (ours) | reference s | ours: evaluator s | reference / evaluator | "
-             "ours alone: trace s | ours alone: run s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| attack | points attacked (ours) | reference s | ours: evaluator s | reference / evaluator | "
+        "ours alone: trace s | ours alone: run s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in ["clean", *main["attacks"]]:
         b = breakdown.get(name, {})
         r = ref.get(name)
         ratio = f"{r / ours[name]:.2f}" if r is not None and ours[name] > 0 else "–"
-        lines.append(f"| {name} | {b.get('points', '–')} | {_seconds(r)} | {_seconds(ours[name])} | {ratio} | "
-                     f"{_seconds(b.get('trace'))} | {_seconds(b.get('run'))} |")
+        lines.append(
+            f"| {name} | {b.get('points', '–')} | {_seconds(r)} | {_seconds(ours[name])} | {ratio} | "
+            f"{_seconds(b.get('trace'))} | {_seconds(b.get('run'))} |"
+        )
     total_ref = sum(ref.values()) if ref else None
     total_b = {key: sum(v[key] for v in breakdown.values()) for key in ("trace", "run")} if breakdown else {}
-    lines.append(f"| all | – | {_seconds(total_ref)} | {_seconds(sum(ours.values()))} | "
-                 f"{f'{total_ref / sum(ours.values()):.2f}' if total_ref else '–'} | "
-                 f"{_seconds(total_b.get('trace'))} | {_seconds(total_b.get('run'))} |")
+    lines.append(
+        f"| all | – | {_seconds(total_ref)} | {_seconds(sum(ours.values()))} | "
+        f"{f'{total_ref / sum(ours.values()):.2f}' if total_ref else '–'} | "
+        f"{_seconds(total_b.get('trace'))} | {_seconds(total_b.get('run'))} |"
+    )
     return lines
 
 
@@ -493,13 +577,16 @@ def time_shares(main):
             seconds = main[name]["attack_seconds"]
             top = max(seconds, key=seconds.get)
             parts.append(f"{label} spends {100 * seconds[top] / max(sum(seconds.values()), 1e-9):.0f} % in {top}")
-    text = "; ".join(parts) + (f". Tracing the one graph takes {_seconds(main['graph_trace'])} s, once per process "
-                               "and input shape.")
+    text = "; ".join(parts) + (
+        f". Tracing the one graph takes {_seconds(main['graph_trace'])} s, once per process and input shape."
+    )
     breakdown = main.get("breakdown")
     if breakdown:
         traces = sum(b["trace"] for b in breakdown.values())
-        text += (f" Traced alone, the attacks take {_seconds(traces)} s in all; the evaluator pays that on every "
-                 "call, once per stage and chunk shape.")
+        text += (
+            f" Traced alone, the attacks take {_seconds(traces)} s in all; the evaluator pays that on every "
+            "call, once per stage and chunk shape."
+        )
     return text
 
 
@@ -508,17 +595,27 @@ def iteration_table(costs, per_iteration, iter_ks):
     for (attack, k), r in sorted(costs["cases"].items()):
         lines.append(f"| {attack} | {k} | {r['median']:.3f} | {r['low']:.3f}–{r['high']:.3f} |")
     lo, hi = min(iter_ks), max(iter_ks)
-    lines += ["", f"One iteration = (s/call at K = {hi} − at K = {lo}) / {hi - lo}: PGD "
-              f"{1000 * per_iteration['pgd']:.2f} ms, APGD {1000 * per_iteration['apgd']:.2f} ms, APGD / PGD "
-              f"{per_iteration['ratio']:.3f} (whole calls at K = {hi}: {per_iteration['ratio_at_hi']:.3f}; from the "
-              f"fastest calls instead of the medians: {per_iteration['ratio_fastest']:.3f}). "
-              + (f"APGD at K = {hi} left {costs['never_broken']} points unbroken, so its loop ran all K steps."
-                 if costs["never_broken"] else
-                 f"APGD at K = {hi} broke every point, so its loop may have stopped early: use a smaller --eps."),
-              "", f"APGD's trace (first call − median of 3 later calls, on calls attacking no point; median of "
-              f"{TRACE_REPEATS} fresh traces):", "", "| K | trace (s) | min–max |", "|---|---|---|"]
-    lines += [f"| {k} | {t['trace']:.2f} | {t['low']:.2f}–{t['high']:.2f} |"
-              for k, t in sorted(costs["traces"].items())]
+    lines += [
+        "",
+        f"One iteration = (s/call at K = {hi} − at K = {lo}) / {hi - lo}: PGD "
+        f"{1000 * per_iteration['pgd']:.2f} ms, APGD {1000 * per_iteration['apgd']:.2f} ms, APGD / PGD "
+        f"{per_iteration['ratio']:.3f} (whole calls at K = {hi}: {per_iteration['ratio_at_hi']:.3f}; from the "
+        f"fastest calls instead of the medians: {per_iteration['ratio_fastest']:.3f}). "
+        + (
+            f"APGD at K = {hi} left {costs['never_broken']} points unbroken, so its loop ran all K steps."
+            if costs["never_broken"]
+            else f"APGD at K = {hi} broke every point, so its loop may have stopped early: use a smaller --eps."
+        ),
+        "",
+        f"APGD's trace (first call − median of 3 later calls, on calls attacking no point; median of "
+        f"{TRACE_REPEATS} fresh traces):",
+        "",
+        "| K | trace (s) | min–max |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {t['trace']:.2f} | {t['low']:.2f}–{t['high']:.2f} |" for k, t in sorted(costs["traces"].items())
+    ]
     return lines
 
 
@@ -529,52 +626,90 @@ def contention_warning(load):
     cores = os.cpu_count() or 1
     if statistics.mean(load.samples) <= BUSY_LOAD * cores:
         return []
-    return [f"**Warning: the machine was busy (mean load {statistics.mean(load.samples):.1f} on {cores} cores, this "
-            "benchmark itself accounting for about one per core). Contention slows the reference's OpenMP threads far "
-            "more than ours: rerun on a quiet machine before reading the ratios.**", ""]
+    return [
+        f"**Warning: the machine was busy (mean load {statistics.mean(load.samples):.1f} on {cores} cores, this "
+        "benchmark itself accounting for about one per core). Contention slows the reference's OpenMP threads far "
+        "more than ours: rerun on a quiet machine before reading the ratios.**",
+        "",
+    ]
 
 
 def markdown(results, args, command, machine, load):
     """The BENCHMARKS.md section (`load`: the run's `LoadSampler`)."""
     main, setup = results["digits"], results["setup"]
     lines = [
-        f"{HEADING} ({datetime.date.today().isoformat()})", "",
-        f"{machine}. 1-minute load average during the run: {load.describe()}.", "",
+        f"{HEADING} ({datetime.date.today().isoformat()})",
+        "",
+        f"{machine}. 1-minute load average during the run: {load.describe()}.",
+        "",
         *contention_warning(load),
-        "```bash", command, "```", "",
+        "```bash",
+        command,
+        "```",
+        "",
         f"**Setup.** {setup['model']}; {setup['points']} held-out digits, clean accuracy "
         f"{_pct(main['evaluator']['last']['accuracy']['clean'])} %; AutoAttack `standard`, L-inf eps = "
         f"{setup['eps_255']:g}/255, batch {args.batch_size}, seed {args.seed}"
-        + (f", options `{json.dumps(setup['options'])}`" if setup["options"] else "") + ". "
-        + (f"The reference is pyautoattack {setup['reference_version']} on the PyTorch port "
-           f"(benchmarks/torch_reference.py `DigitsCNN`, same weights) in a worker process with "
-           f"{args.torch_threads} torch threads." if "reference" in main else
-           "The reference did not run (`pip install -e '.[crosscheck]'` for torch and pyautoattack).")
-        + f" Medians of {args.rounds} interleaved round(s).", "",
-        "### Wall time, whole AutoAttack", "", *wall_table(main), "",
-        "### Robust accuracy (%) after each attack", "", *accuracy_table(main), "",
+        + (f", options `{json.dumps(setup['options'])}`" if setup["options"] else "")
+        + ". "
+        + (
+            f"The reference is pyautoattack {setup['reference_version']} on the PyTorch port "
+            f"(benchmarks/torch_reference.py `DigitsCNN`, same weights) in a worker process with "
+            f"{args.torch_threads} torch threads."
+            if "reference" in main
+            else "The reference did not run (`pip install -e '.[crosscheck]'` for torch and pyautoattack)."
+        )
+        + f" Medians of {args.rounds} interleaved round(s).",
+        "",
+        "### Wall time, whole AutoAttack",
+        "",
+        *wall_table(main),
+        "",
+        "### Robust accuracy (%) after each attack",
+        "",
+        *accuracy_table(main),
+        "",
         f"The evaluator and the one graph make the same draws: same final flags on "
-        f"{100 * main['evaluator_vs_graph']:.2f} % of the points.", "",
-        "### Seconds per attack", "",
+        f"{100 * main['evaluator_vs_graph']:.2f} % of the points.",
+        "",
+        "### Seconds per attack",
+        "",
         "The evaluator's stage seconds include tracing (each call of `evaluate_points` traces every stage, once per "
-        "chunk shape); \"ours alone\" runs each attack by itself as a tf.function on the points it attacked, in "
+        'chunk shape); "ours alone" runs each attack by itself as a tf.function on the points it attacked, in '
         "one batch: trace = first call − median of 3 later calls, all attacking no point (`active` all false, so "
         "the attack loops exit at once and the difference is tracing and graph optimisation, not run-time noise); "
         "run = one call on the points. The reference's are the gaps between its log lines (clean = its model "
-        "checks and clean pass).", "",
-        *attack_table(main), "", time_shares(main), "",
+        "checks and clean pass).",
+        "",
+        *attack_table(main),
+        "",
+        time_shares(main),
+        "",
     ]
     if results.get("iteration"):
         it = results["iteration"]
-        lines += [f"### Per iteration: APGD vs PGD (CE, {it['batch']} points, same model)", "",
-                  *iteration_table(it["costs"], it["per_iteration"], it["iter_ks"]), ""]
+        lines += [
+            f"### Per iteration: APGD vs PGD (CE, {it['batch']} points, same model)",
+            "",
+            *iteration_table(it["costs"], it["per_iteration"], it["iter_ks"]),
+            "",
+        ]
     if results.get("mlp"):
         mlp = results["mlp"]
-        lines += [f"### Second model: {results['mlp_model']}, eps = {MLP_EPS:g}", "",
-                  *wall_table(mlp), "",
-                  *accuracy_table(mlp), ""]
-    checks = verdicts(main, results.get("iteration", {}).get("per_iteration"),
-                      results.get("iteration", {}).get("costs"), results.get("iteration", {}).get("trace_ks"))
+        lines += [
+            f"### Second model: {results['mlp_model']}, eps = {MLP_EPS:g}",
+            "",
+            *wall_table(mlp),
+            "",
+            *accuracy_table(mlp),
+            "",
+        ]
+    checks = verdicts(
+        main,
+        results.get("iteration", {}).get("per_iteration"),
+        results.get("iteration", {}).get("costs"),
+        results.get("iteration", {}).get("trace_ks"),
+    )
     if checks:
         lines += ["### Against the goals", "", "| target | measured | holds |", "|---|---|---|"]
         lines += [f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, m, ok in checks]
@@ -607,26 +742,41 @@ def parse_args(argv):
         return f"(default {DEFAULTS[key]}; --quick: {QUICK[key]})"
 
     parser.add_argument("--workdir", default=None, help="a launch/train.py run of digits_cnn (default: train one)")
-    parser.add_argument("--points", type=int, default=later,
-                        help="first N held-out digits (default: all 360; --quick: 16)")
+    parser.add_argument(
+        "--points", type=int, default=later, help="first N held-out digits (default: all 360; --quick: 16)"
+    )
     parser.add_argument("--eps", type=float, default=32.0, help="L-inf budget on the 0-255 scale (the main job's)")
     parser.add_argument("--batch_size", type=int, default=250, help="AutoAttack batch (the reference's default)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--options", default=later,
-                        help='per-attack settings for both sides as JSON, e.g. \'{"square": {"queries": 100}}\' '
-                        "(default: none, the version's settings; --quick: every attack shrunk)")
-    parser.add_argument("--rounds", type=int, default=later,
-                        help=f"interleaved rounds of reference / evaluator / one graph {default('rounds')}")
+    parser.add_argument(
+        "--options",
+        default=later,
+        help='per-attack settings for both sides as JSON, e.g. \'{"square": {"queries": 100}}\' '
+        "(default: none, the version's settings; --quick: every attack shrunk)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=later,
+        help=f"interleaved rounds of reference / evaluator / one graph {default('rounds')}",
+    )
     parser.add_argument("--iter_ks", default=later, help=f"K_lo,K_hi of APGD vs PGD {default('iter_ks')}")
     parser.add_argument("--trace_ks", default=later, help=f"K values of APGD's trace time {default('trace_ks')}")
-    parser.add_argument("--iter_rounds", type=int, default=later,
-                        help=f"steady rounds of the per-iteration cases {default('iter_rounds')}")
+    parser.add_argument(
+        "--iter_rounds",
+        type=int,
+        default=later,
+        help=f"steady rounds of the per-iteration cases {default('iter_rounds')}",
+    )
     parser.add_argument("--no_iteration", action="store_true", help="skip the per-iteration and trace part")
     parser.add_argument("--no_breakdown", action="store_true", help="skip the per-attack trace/run breakdown")
     parser.add_argument("--mlp", action="store_true", help="also compare on tests/aa_reference.py's MLP")
     parser.add_argument("--torch_threads", type=int, default=2, help="threads of the reference's worker")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke settings (see the defaults above) and a one-epoch training run (unless --workdir)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke settings (see the defaults above) and a one-epoch training run (unless --workdir)",
+    )
     parser.add_argument("--output", default=_report.BENCHMARKS_MD, help="markdown file whose section is updated")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
@@ -638,10 +788,14 @@ def parse_args(argv):
     except ValueError:
         parser.error(f"--iter_ks and --trace_ks take comma-separated ints, got {args.iter_ks!r}, {args.trace_ks!r}")
     if len(args.iter_ks) != 2 or min(args.iter_ks + args.trace_ks) < 1:
-        parser.error(f"--iter_ks needs two different K >= 1 and --trace_ks K >= 1, got {args.iter_ks}, "
-                     f"{args.trace_ks}")
-    counts = dict(rounds=args.rounds, iter_rounds=args.iter_rounds,
-                  batch_size=args.batch_size, torch_threads=args.torch_threads, points=args.points or 1)
+        parser.error(f"--iter_ks needs two different K >= 1 and --trace_ks K >= 1, got {args.iter_ks}, {args.trace_ks}")
+    counts = dict(
+        rounds=args.rounds,
+        iter_rounds=args.iter_rounds,
+        batch_size=args.batch_size,
+        torch_threads=args.torch_threads,
+        points=args.points or 1,
+    )
     if min(counts.values()) < 1:
         parser.error(f"--{', --'.join(counts)} must be >= 1, got {counts}")
     try:
@@ -679,31 +833,76 @@ def run(args, tmp):
     def reference_for(arch, kwargs):
         if worker is None:
             return None
-        return lambda m, a, b, e: Reference(worker, m, a, b, arch=arch, arch_kwargs=kwargs, eps=e,
-                                            batch_size=args.batch_size, seed=args.seed, options=args.options,
-                                            tmp=tmp)
+        return lambda m, a, b, e: Reference(
+            worker,
+            m,
+            a,
+            b,
+            arch=arch,
+            arch_kwargs=kwargs,
+            eps=e,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            options=args.options,
+            tmp=tmp,
+        )
 
     common = dict(options=args.options, batch_size=args.batch_size, seed=args.seed)
-    results = {"setup": {"model": description, "points": len(y), "eps_255": args.eps, "options": args.options,
-                         "reference_version": version("pyautoattack") if worker else None}}
+    results = {
+        "setup": {
+            "model": description,
+            "points": len(y),
+            "eps_255": args.eps,
+            "options": args.options,
+            "reference_version": version("pyautoattack") if worker else None,
+        }
+    }
     try:
         print("== digits_cnn: ours vs the reference", file=sys.stderr, flush=True)
-        results["digits"] = compare_sides(model, x, y, eps=eps, rounds=args.rounds, label="digits_cnn",
-                                          reference=reference_for("digits_cnn", arch_kwargs),
-                                          breakdown=not args.no_breakdown, **common)
+        results["digits"] = compare_sides(
+            model,
+            x,
+            y,
+            eps=eps,
+            rounds=args.rounds,
+            label="digits_cnn",
+            reference=reference_for("digits_cnn", arch_kwargs),
+            breakdown=not args.no_breakdown,
+            **common,
+        )
         if not args.no_iteration:
             print("== per iteration: APGD vs PGD", file=sys.stderr, flush=True)
             batch = min(args.batch_size, len(y))
-            costs = iteration_costs(model, x[:batch], y[:batch], eps=eps, iter_ks=args.iter_ks,
-                                    trace_ks=args.trace_ks, rounds=args.iter_rounds)
-            results["iteration"] = dict(costs=costs, per_iteration=derive_iteration(costs, args.iter_ks),
-                                        iter_ks=args.iter_ks, trace_ks=args.trace_ks, batch=batch)
+            costs = iteration_costs(
+                model,
+                x[:batch],
+                y[:batch],
+                eps=eps,
+                iter_ks=args.iter_ks,
+                trace_ks=args.trace_ks,
+                rounds=args.iter_rounds,
+            )
+            results["iteration"] = dict(
+                costs=costs,
+                per_iteration=derive_iteration(costs, args.iter_ks),
+                iter_ks=args.iter_ks,
+                trace_ks=args.trace_ks,
+                batch=batch,
+            )
         if args.mlp:
             print("== MLP: ours vs the reference", file=sys.stderr, flush=True)
             mlp, mx, my, results["mlp_model"] = load_mlp(len(y))
-            results["mlp"] = compare_sides(mlp, mx, my, eps=MLP_EPS, rounds=args.rounds, label="mlp",
-                                           reference=reference_for("mlp", {"activation": "relu"}),
-                                           breakdown=False, **common)
+            results["mlp"] = compare_sides(
+                mlp,
+                mx,
+                my,
+                eps=MLP_EPS,
+                rounds=args.rounds,
+                label="mlp",
+                reference=reference_for("mlp", {"activation": "relu"}),
+                breakdown=False,
+                **common,
+            )
     finally:
         if worker is not None:
             worker.close()

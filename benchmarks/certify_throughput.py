@@ -43,8 +43,9 @@ def _parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="Timed calls per case (median reported).")
     parser.add_argument("--quick", action="store_true", help="Digits only, tiny sizes, 1 repeat (smoke test).")
-    parser.add_argument("--output", default=None,
-                        help="Markdown file to update (default: BENCHMARKS.md; with --quick: none).")
+    parser.add_argument(
+        "--output", default=None, help="Markdown file to update (default: BENCHMARKS.md; with --quick: none)."
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
@@ -149,8 +150,11 @@ def run(args):
         median, low, high = _time(_sampler(key, built[name, sharded], x, batch, num, mirrored), args.repeats)
         label = f"{batch}/replica" if sharded else str(batch)
         results.append((name, PATHS[key], label, num / median, num / high, num / low))
-        print(f"{name:15s} {PATHS[key]:45s} batch {label:>13s}: {num / median:10,.0f} samples/s "
-              f"({num / high:,.0f}-{num / low:,.0f})", flush=True)
+        print(
+            f"{name:15s} {PATHS[key]:45s} batch {label:>13s}: {num / median:10,.0f} samples/s "
+            f"({num / high:,.0f}-{num / low:,.0f})",
+            flush=True,
+        )
     return results
 
 
@@ -164,30 +168,44 @@ def markdown(results, args):
     cpu, cores = machine()
     command = "python benchmarks/certify_throughput.py" + (" --quick" if args.quick else "")
     lines = [
-        f"{SECTION} ({datetime.date.today().isoformat()})", "",
-        f"Machine: {cpu}, {cores} cores, no GPU; TensorFlow {tf.__version__}.", "",
-        "```bash", command, "```", "",
+        f"{SECTION} ({datetime.date.today().isoformat()})",
+        "",
+        f"Machine: {cpu}, {cores} cores, no GPU; TensorFlow {tf.__version__}.",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
         f"Noise samples per second of randomized-smoothing Monte Carlo (σ = {SIGMA}, untrained models, "
         f"float32); median of {args.repeats} timed calls after a warm-up call, min–max in brackets. "
         "`Smooth.sample` runs all noise batches in one tf.function (`tf.while_loop`); the Python loops "
-        "make one call per batch as the PyTorch reference does.", "",
-        "| model | path | batch | samples/s (median) | min–max |", "|---|---|---|---|---|",
+        "make one call per batch as the PyTorch reference does.",
+        "",
+        "| model | path | batch | samples/s (median) | min–max |",
+        "|---|---|---|---|---|",
     ]
     for name, path, batch, median, low, high in results:
         lines.append(f"| {name} | {path} | {batch} | {median:,.0f} | {low:,.0f}–{high:,.0f} |")
     graph = {(r[0], r[2]): r[3] for r in results if r[1] == PATHS["graph"]}
     notes = []
     if ("digits_cnn", "1000") in graph:
-        notes.append(f"digits CERTIFY with the reference's N0 = 100, N = 100 000, batch 1000: "
-                     f"{100_100 / graph[('digits_cnn', '1000')]:.2f} s per image")
+        notes.append(
+            f"digits CERTIFY with the reference's N0 = 100, N = 100 000, batch 1000: "
+            f"{100_100 / graph[('digits_cnn', '1000')]:.2f} s per image"
+        )
     if ("resnet18_cifar", "400") in graph:
-        notes.append(f"ResNet-18 CIFAR, batch 400: {100_100 / graph[('resnet18_cifar', '400')] / 60:.1f} "
-                     "min per image (use a GPU/TPU)")
+        notes.append(
+            f"ResNet-18 CIFAR, batch 400: {100_100 / graph[('resnet18_cifar', '400')] / 60:.1f} "
+            "min per image (use a GPU/TPU)"
+        )
     if notes:
         lines += ["", "At these rates: " + "; ".join(notes) + "."]
     loop = {(r[0], r[2]): r[3] for r in results if r[1] == PATHS["function"]}
-    ratios = [f"{name} batch {batch}: {rate / loop[name, batch]:.2f}x"
-              for (name, batch), rate in graph.items() if (name, batch) in loop]
+    ratios = [
+        f"{name} batch {batch}: {rate / loop[name, batch]:.2f}x"
+        for (name, batch), rate in graph.items()
+        if (name, batch) in loop
+    ]
     lines += ["", "Graph loop over the Python loop with a tf.function per batch: " + ", ".join(ratios) + "."]
     return "\n".join(lines) + "\n"
 

@@ -29,11 +29,16 @@ def run(name, seed, out, flags):
     workdir = os.path.join(out, f"{name}_seed{seed}")
     report = os.path.join(workdir, "report", "robustness.json")
     if not os.path.exists(report):
-        cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-               *flags, f"--config.system.seed={seed}", f"--workdir={workdir}", "--config.export.enabled=false"]
+        cmd = [
+            sys.executable,
+            os.path.join(ROOT, "launch", "train.py"),
+            *flags,
+            f"--config.system.seed={seed}",
+            f"--workdir={workdir}",
+            "--config.export.enabled=false",
+        ]
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         print(f"  {name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     with open(report) as f:
         return json.load(f)["results"]
@@ -44,8 +49,10 @@ def table_lines(table, first_column="activation"):
     per-attack rows left out: its final row and the worst case stand for it)."""
     first = next(iter(table.values()))[0]
     columns = [c for c in first if "/" not in c]
-    lines = [f"| {first_column} | " + " | ".join(f"{c} top-1 (%)" for c in columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
+    lines = [
+        f"| {first_column} | " + " | ".join(f"{c} top-1 (%)" for c in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
     for name, runs in table.items():
         cells = []
         for c in columns:

@@ -24,12 +24,31 @@ from compare_activations import run, table_lines  # noqa: E402
 
 BUDGET = ["--config=launch/configs/rat_digits.py"]
 ROWS = {
-    "pgd_at": ["--config.objective.name=adversarial", "--config.attack.name=pgd", "--config.attack.prob_start_from_clean=0"],
+    "pgd_at": [
+        "--config.objective.name=adversarial",
+        "--config.attack.name=pgd",
+        "--config.attack.prob_start_from_clean=0",
+    ],
     "trades": ["--config.objective.name=trades"],
     "trades_rat": ["--config.objective.name=trades_rat"],
-    "pgd_at_relu": ["--config.objective.name=adversarial", "--config.attack.name=pgd", "--config.attack.prob_start_from_clean=0", "--config.model.activation=relu"],
-    "pgd_at_silu": ["--config.objective.name=adversarial", "--config.attack.name=pgd", "--config.attack.prob_start_from_clean=0", "--config.model.activation=silu"],
-    "pgd_at_sparta": ["--config.objective.name=adversarial", "--config.attack.name=pgd", "--config.attack.prob_start_from_clean=0", "--config.model.activation=sparta"],
+    "pgd_at_relu": [
+        "--config.objective.name=adversarial",
+        "--config.attack.name=pgd",
+        "--config.attack.prob_start_from_clean=0",
+        "--config.model.activation=relu",
+    ],
+    "pgd_at_silu": [
+        "--config.objective.name=adversarial",
+        "--config.attack.name=pgd",
+        "--config.attack.prob_start_from_clean=0",
+        "--config.model.activation=silu",
+    ],
+    "pgd_at_sparta": [
+        "--config.objective.name=adversarial",
+        "--config.attack.name=pgd",
+        "--config.attack.prob_start_from_clean=0",
+        "--config.model.activation=sparta",
+    ],
 }
 DEFAULT_ROWS = "pgd_at,trades,trades_rat,pgd_at_relu,pgd_at_sparta"
 

@@ -91,21 +91,34 @@ def _activations(args, config):
 
 
 def _gradients(args, config):
-    return [RELU] + [Row(f"smooth_grad_{mode}", (("model.activation", "relu_smooth_grad"),
-                                                 ("model.activation_options", f"('mode={mode}',)")),
-                         eval_activation="relu") for mode in ("attacker", "optimizer", "both")]
+    return [RELU] + [
+        Row(
+            f"smooth_grad_{mode}",
+            (("model.activation", "relu_smooth_grad"), ("model.activation_options", f"('mode={mode}',)")),
+            eval_activation="relu",
+        )
+        for mode in ("attacker", "optimizer", "both")
+    ]
 
 
 def _rat(args, config):
     # AWP starts after warm-up epochs: the CIFAR recipe's 10 of 200, scaled to this schedule.
     awp_warmup = int(round(config.schedule.epochs * 10 / 200))
-    trades = (("model.activation", "relu"), ("objective.label_smoothing", "0.0"), ("objective.trades_beta", "6.0"),
-              ("objective.rat_alpha", "0.2"))
-    return [dataclasses.replace(RELU, name="pgd_at"),
-            Row("trades", trades + (("objective.name", "trades"),)),
-            Row("trades_rat", trades + (("objective.name", "trades_rat"),)),
-            Row("awp_trades_rat", trades + (("objective.name", "awp_trades_rat"),
-                                            ("objective.awp_warmup_epochs", str(awp_warmup))))]
+    trades = (
+        ("model.activation", "relu"),
+        ("objective.label_smoothing", "0.0"),
+        ("objective.trades_beta", "6.0"),
+        ("objective.rat_alpha", "0.2"),
+    )
+    return [
+        dataclasses.replace(RELU, name="pgd_at"),
+        Row("trades", trades + (("objective.name", "trades"),)),
+        Row("trades_rat", trades + (("objective.name", "trades_rat"),)),
+        Row(
+            "awp_trades_rat",
+            trades + (("objective.name", "awp_trades_rat"), ("objective.awp_warmup_epochs", str(awp_warmup))),
+        ),
+    ]
 
 
 def _sparta(args, config):
@@ -113,8 +126,11 @@ def _sparta(args, config):
     transfer = [("model.activation", "sparta"), ("model.load_sparta", source)]
     if args.sparta_target_model:
         transfer.append(("model.name", args.sparta_target_model))
-    return [RELU, Row("sparta", (("model.activation", "sparta"),)),
-            Row("sparta_transfer", tuple(transfer), needs=source)]
+    return [
+        RELU,
+        Row("sparta", (("model.activation", "sparta"),)),
+        Row("sparta_transfer", tuple(transfer), needs=source),
+    ]
 
 
 def _certified(args, config):
@@ -123,9 +139,18 @@ def _certified(args, config):
         noise = (("attack.name", "none"), ("objective.noise_sd", str(sigma)), ("objective.label_smoothing", "0.0"))
         rows.append(Row(f"gaussian_s{sigma}", noise + (("objective.name", "gaussian"),), kind="certified"))
         for attack in ("pgd", "ddn"):
-            rows.append(Row(f"smoothadv_{attack}_s{sigma}", noise + (
-                ("objective.name", "smoothadv"), ("objective.smoothadv.attack", attack),
-                ("objective.smoothadv.eps", str(sigma))), kind="certified"))
+            rows.append(
+                Row(
+                    f"smoothadv_{attack}_s{sigma}",
+                    noise
+                    + (
+                        ("objective.name", "smoothadv"),
+                        ("objective.smoothadv.attack", attack),
+                        ("objective.smoothadv.eps", str(sigma)),
+                    ),
+                    kind="certified",
+                )
+            )
     return rows
 
 
@@ -133,14 +158,22 @@ def _budget(args, config):
     entries = study_lib.load_table(args.results_dir, "activations")
     best = best_smooth_activation(entries, args.seeds)
     if best is None:
-        raise StudyError("--table=budget needs the activations table for every seed first: run "
-                         f"`python benchmarks/fashion_mnist_study.py --table=activations --seeds={args.seeds}`")
+        raise StudyError(
+            "--table=budget needs the activations table for every seed first: run "
+            f"`python benchmarks/fashion_mnist_study.py --table=activations --seeds={args.seeds}`"
+        )
     print(f"budget: relu and {best}, the smooth activation with the best mean AutoAttack accuracy", flush=True)
     return [Row("relu", kind="budget"), Row(best, kind="budget")]
 
 
-TABLES = {"activations": _activations, "gradients": _gradients, "budget": _budget, "rat": _rat,
-          "sparta": _sparta, "certified": _certified}
+TABLES = {
+    "activations": _activations,
+    "gradients": _gradients,
+    "budget": _budget,
+    "rat": _rat,
+    "sparta": _sparta,
+    "certified": _certified,
+}
 
 
 def best_smooth_activation(entries, seeds):
@@ -157,12 +190,15 @@ def best_smooth_activation(entries, seeds):
 
 # === Commands ===
 
+
 def load_config(path):
     """The ConfigDict of a launch/configs/ file (no TensorFlow needed)."""
     full = path if os.path.isabs(path) else os.path.join(ROOT, path)
     if not os.path.isfile(full):
-        raise StudyError(f"--config={path} does not exist; pass an existing launch/configs/ file "
-                         "(e.g. --config=launch/configs/digits_sat.py)")
+        raise StudyError(
+            f"--config={path} does not exist; pass an existing launch/configs/ file "
+            "(e.g. --config=launch/configs/digits_sat.py)"
+        )
     spec = importlib.util.spec_from_file_location("study_config", full)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -175,8 +211,10 @@ def check_fields(config, overrides, where):
         node = config
         for part in field.split("."):
             if part not in node:
-                raise StudyError(f"{where}: config field {field!r} does not exist in the --config file; "
-                                 "use a field of sat_tf/config.py base(), e.g. schedule.epochs=1")
+                raise StudyError(
+                    f"{where}: config field {field!r} does not exist in the --config file; "
+                    "use a field of sat_tf/config.py base(), e.g. schedule.epochs=1"
+                )
             node = node[part]
 
 
@@ -197,14 +235,28 @@ def workdir(args, record, seed):
 
 def train_command(args, row, seed, wd):
     overrides = args.sets + tuple((field, value.format(seed=seed)) for field, value in row.overrides)
-    return ["python", os.path.join("launch", "train.py"), f"--config={args.config}", f"--workdir={wd}",
-            "--config.mode=train", f"--config.system.seed={seed}", "--config.export.enabled=false",
-            *[f"--config.{field}={value}" for field, value in overrides]]
+    return [
+        "python",
+        os.path.join("launch", "train.py"),
+        f"--config={args.config}",
+        f"--workdir={wd}",
+        "--config.mode=train",
+        f"--config.system.seed={seed}",
+        "--config.export.enabled=false",
+        *[f"--config.{field}={value}" for field, value in overrides],
+    ]
 
 
 def eval_command(args, wd, eps, limit, output_dir, activation=None):
-    command = ["python", os.path.join("launch", "evaluate.py"), f"--workdir={wd}", f"--limit={limit}",
-               f"--eps={eps:g}", f"--output_dir={output_dir}", f"--batch_size={args.eval_batch}"]
+    command = [
+        "python",
+        os.path.join("launch", "evaluate.py"),
+        f"--workdir={wd}",
+        f"--limit={limit}",
+        f"--eps={eps:g}",
+        f"--output_dir={output_dir}",
+        f"--batch_size={args.eval_batch}",
+    ]
     if eps > 0:  # step eps/4 (SAT's ratio), on the flag's 0-255 scale
         command += [f"--attack_step_size={eps * 255 / 4:g}", f"--steps={args.pgd_steps}", "--autoattack=standard"]
     else:  # nothing to attack: robust accuracy is the clean accuracy
@@ -215,10 +267,18 @@ def eval_command(args, wd, eps, limit, output_dir, activation=None):
 
 
 def certify_command(args, wd, sigma):
-    return ["python", os.path.join("launch", "certify.py"), f"--workdir={wd}", f"--N={args.cert_N}",
-            f"--N0={args.cert_N0}", "--skip=1", f"--max={args.cert_images}", f"--batch={args.cert_batch}",
-            f"--outfile={os.path.join(wd, 'study_certify', f'noise_{sigma:g}.tsv')}",
-            f"--radii={','.join(f'{r:g}' for r in CERT_RADII)}"]
+    return [
+        "python",
+        os.path.join("launch", "certify.py"),
+        f"--workdir={wd}",
+        f"--N={args.cert_N}",
+        f"--N0={args.cert_N0}",
+        "--skip=1",
+        f"--max={args.cert_images}",
+        f"--batch={args.cert_batch}",
+        f"--outfile={os.path.join(wd, 'study_certify', f'noise_{sigma:g}.tsv')}",
+        f"--radii={','.join(f'{r:g}' for r in CERT_RADII)}",
+    ]
 
 
 def run_logged(command, log_path):
@@ -229,8 +289,13 @@ def run_logged(command, log_path):
         log.write(f"\n$ {shlex.join(command)}\n")
         log.flush()
         executable = sys.executable if command[0] == "python" else command[0]  # the recorded line says python
-        code = subprocess.call([executable, *command[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        code = subprocess.call(
+            [executable, *command[1:]],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
     if code:
         with open(log_path) as log:
             last = [line.rstrip() for line in log if line.strip()][-1:]
@@ -246,11 +311,17 @@ def read_robustness(output_dir, pgd_steps):
         rows = json.load(f)["results"]
     clean = rows["clean"]["top1"]
     get = lambda name: rows[name]["top1"] if name in rows else clean  # noqa: E731  (eps 0: no attack rows)
-    return {"clean": clean, "pgd": get(f"pgd{pgd_steps}"), "autoattack": get("autoattack"),
-            "worst_case": get("worst case"), "images": rows["clean"]["count"]}
+    return {
+        "clean": clean,
+        "pgd": get(f"pgd{pgd_steps}"),
+        "autoattack": get("autoattack"),
+        "worst_case": get("worst case"),
+        "images": rows["clean"]["count"],
+    }
 
 
 # === Running a table ===
+
 
 def planned_runs(args, table, config):
     """[(row, seed)] of `table` in seed-major order (every row of seed 0 first: paired results come early)."""
@@ -258,8 +329,9 @@ def planned_runs(args, table, config):
     if args.rows:
         unknown = set(args.rows) - {row.name for row in rows}
         if unknown:
-            raise StudyError(f"--rows: {sorted(unknown)} not in table {table}; allowed: "
-                             f"{', '.join(row.name for row in rows)}")
+            raise StudyError(
+                f"--rows: {sorted(unknown)} not in table {table}; allowed: {', '.join(row.name for row in rows)}"
+            )
         rows = [row for row in rows if row.name in args.rows]
     for row in rows:
         check_fields(config, [(f, v) for f, v in row.overrides], f"--table={table} row {row.name}")
@@ -274,11 +346,19 @@ def execute(args, table, row, seed):
     wd = workdir(args, record, seed)
     log = os.path.join(wd, "study_log.txt")
     if row.needs and not os.path.exists(row.needs.format(seed=seed)):
-        raise StudyError(f"row {row.name} seed {seed} needs {row.needs.format(seed=seed)}, written by an earlier "
-                         "row's run; run the table without skipping it")
+        raise StudyError(
+            f"row {row.name} seed {seed} needs {row.needs.format(seed=seed)}, written by an earlier "
+            "row's run; run the table without skipping it"
+        )
     train = train_command(args, row, seed, wd)
-    entry = {"row": record[1], "seed": seed, "workdir": wd, "config": args.config,
-             "commands": [shlex.join(train)], "train_seconds": run_logged(train, log)}
+    entry = {
+        "row": record[1],
+        "seed": seed,
+        "workdir": wd,
+        "config": args.config,
+        "commands": [shlex.join(train)],
+        "train_seconds": run_logged(train, log),
+    }
     if row.kind == "certified":
         sigma = float(dict(row.overrides)["objective.noise_sd"])
         command = certify_command(args, wd, sigma)
@@ -301,16 +381,29 @@ def read_certified(command, sigma):
 
     outfile = next(c.split("=", 1)[1] for c in command if c.startswith("--outfile="))
     rows = logs.read_tsv(os.path.join(ROOT, outfile) if not os.path.isabs(outfile) else outfile)
-    return {"sigma": sigma, "radii": list(CERT_RADII),
-            "certified": [float(a) for a in logs.certified_accuracy(rows, CERT_RADII)],
-            "abstain": sum(r.predict == -1 for r in rows), "images": len(rows), "clean": None}
+    return {
+        "sigma": sigma,
+        "radii": list(CERT_RADII),
+        "certified": [float(a) for a in logs.certified_accuracy(rows, CERT_RADII)],
+        "abstain": sum(r.predict == -1 for r in rows),
+        "images": len(rows),
+        "clean": None,
+    }
 
 
 def execute_budget(args, row, seed):
     wd = workdir(args, ("activations", row.name), seed)
     log = os.path.join(wd, "study_log.txt")
-    entry = {"row": row.name, "seed": seed, "workdir": wd, "config": args.config, "commands": [],
-             "train_seconds": 0.0, "eval_seconds": 0.0, "curve": []}
+    entry = {
+        "row": row.name,
+        "seed": seed,
+        "workdir": wd,
+        "config": args.config,
+        "commands": [],
+        "train_seconds": 0.0,
+        "eval_seconds": 0.0,
+        "curve": [],
+    }
     for eps in args.budget_eps:
         out = os.path.join(wd, "study_budget", f"eps{eps:g}")
         command = eval_command(args, wd, eps, args.budget_images, out)
@@ -324,8 +417,12 @@ def execute_budget(args, row, seed):
 
 def command_line(args):
     """The study command that makes this table, as recorded beside it."""
-    parts = ["python benchmarks/fashion_mnist_study.py", f"--table={args.table}", f"--seeds={args.seeds}",
-             f"--config={args.config}"]
+    parts = [
+        "python benchmarks/fashion_mnist_study.py",
+        f"--table={args.table}",
+        f"--seeds={args.seeds}",
+        f"--config={args.config}",
+    ]
     parts += [f"--set={f}={v}" for f, v in args.sets]
     if args.table == "certified":
         parts += [f"--cert_images={args.cert_images}", f"--cert_N={args.cert_N}"]
@@ -346,8 +443,11 @@ def run_table(args):
         if study_lib.find_entry(study_lib.load_table(args.results_dir, record[0]), record[1], seed) is None:
             pending.append((row, seed, record))
     done = len(runs) - len(pending)
-    print(f"table {args.table}: {len(runs)} runs, {done} recorded, {len(pending)} to do "
-          f"({args.config}, {args.seeds} seeds)", flush=True)
+    print(
+        f"table {args.table}: {len(runs)} runs, {done} recorded, {len(pending)} to do "
+        f"({args.config}, {args.seeds} seeds)",
+        flush=True,
+    )
     if args.dry_run:
         for row, seed, record in pending:
             wd = workdir(args, record if row.kind != "budget" else ("activations", row.name), seed)
@@ -368,40 +468,62 @@ def run_table(args):
     for k, (row, seed, record) in enumerate(pending):
         elapsed = time.perf_counter() - start
         eta = "?" if k == 0 else study_lib.clock(elapsed / k * (len(pending) - k))
-        print(f"[{args.table} {done + k + 1}/{len(runs)}, {len(pending) - k - 1} left after this] "
-              f"{record[0]}/{record[1]} seed {seed} ... (elapsed {study_lib.clock(elapsed)}, ETA {eta})", flush=True)
+        print(
+            f"[{args.table} {done + k + 1}/{len(runs)}, {len(pending) - k - 1} left after this] "
+            f"{record[0]}/{record[1]} seed {seed} ... (elapsed {study_lib.clock(elapsed)}, ETA {eta})",
+            flush=True,
+        )
         entry = execute(args, args.table, row, seed)
         entry["study_command"] = command_line(args)
         study_lib.append_entry(args.results_dir, record[0], entry)
-        summary = (f"AutoAttack {100 * entry['autoattack']:.2f}%, clean {100 * entry['clean']:.2f}%"
-                   if "autoattack" in entry else
-                   f"certified@0 {100 * entry['certified'][0]:.2f}%" if "certified" in entry else
-                   f"{len(entry['curve'])} budgets")
-        print(f"  done: {summary} (train {entry['train_seconds']:.0f} s, eval {entry['eval_seconds']:.0f} s) -> "
-              f"{study_lib.table_path(args.results_dir, record[0])}", flush=True)
-    print(f"table {args.table}: all {len(runs)} runs recorded; summarize with "
-          "`python benchmarks/fashion_mnist_study.py --summarize`", flush=True)
+        summary = (
+            f"AutoAttack {100 * entry['autoattack']:.2f}%, clean {100 * entry['clean']:.2f}%"
+            if "autoattack" in entry
+            else f"certified@0 {100 * entry['certified'][0]:.2f}%"
+            if "certified" in entry
+            else f"{len(entry['curve'])} budgets"
+        )
+        print(
+            f"  done: {summary} (train {entry['train_seconds']:.0f} s, eval {entry['eval_seconds']:.0f} s) -> "
+            f"{study_lib.table_path(args.results_dir, record[0])}",
+            flush=True,
+        )
+    print(
+        f"table {args.table}: all {len(runs)} runs recorded; summarize with "
+        "`python benchmarks/fashion_mnist_study.py --summarize`",
+        flush=True,
+    )
     return 0
 
 
 # === Summary ===
 
 CLAIMS = {  # table -> [(claim, a, b, metric, alternative)]; b is the baseline
-    "activations": [("SAT", a, "relu", m, alt) for a in SMOOTH_ACTIVATIONS
-                    for m, alt in (("autoattack", "greater"), ("clean", "less"))],
-    "gradients": [("smooth gradient", f"smooth_grad_{m}", "relu", "autoattack", "greater")
-                  for m in ("attacker", "optimizer", "both")],
-    "rat": [("RAT", a, "trades", m, "greater") for a in ("trades_rat", "awp_trades_rat") for m in ("clean", "autoattack")]
-    + [("RAT vs PGD-AT", a, "pgd_at", m, "greater") for a in ("trades_rat", "awp_trades_rat")
-       for m in ("clean", "autoattack")],
+    "activations": [
+        ("SAT", a, "relu", m, alt)
+        for a in SMOOTH_ACTIVATIONS
+        for m, alt in (("autoattack", "greater"), ("clean", "less"))
+    ],
+    "gradients": [
+        ("smooth gradient", f"smooth_grad_{m}", "relu", "autoattack", "greater")
+        for m in ("attacker", "optimizer", "both")
+    ],
+    "rat": [
+        ("RAT", a, "trades", m, "greater") for a in ("trades_rat", "awp_trades_rat") for m in ("clean", "autoattack")
+    ]
+    + [
+        ("RAT vs PGD-AT", a, "pgd_at", m, "greater")
+        for a in ("trades_rat", "awp_trades_rat")
+        for m in ("clean", "autoattack")
+    ],
     "sparta": [("Sparta", a, "relu", "autoattack", "greater") for a in ("sparta", "sparta_transfer")],
 }
 NOTES = {
     "activations": "SAT's claim: a smooth activation beats ReLU in AutoAttack accuracy (one-sided, greater) with clean "
-                   "accuracy not worse; the `clean` lines test the opposite direction (smooth < ReLU), so a small p "
-                   "there is evidence *against* the claim.",
+    "accuracy not worse; the `clean` lines test the opposite direction (smooth < ReLU), so a small p "
+    "there is evidence *against* the claim.",
     "gradients": "The smooth_grad rows compute ReLU forward; they were evaluated with the same weights in the plain "
-                 "ReLU network (evaluate.py --activation=relu, clean logits checked equal), i.e. the true gradient.",
+    "ReLU network (evaluate.py --activation=relu, clean logits checked equal), i.e. the true gradient.",
     "rat": "RAT's claim: better clean and AutoAttack accuracy than its base (TRADES); PGD-AT is relu of `activations`.",
     "sparta": "sparta_transfer: the Sparta of the same seed's `sparta` run, frozen, training a fresh network.",
 }
@@ -432,18 +554,24 @@ def _commands(entries):
 
 
 def summarize(args):
-    lines = ["## Fashion-MNIST study", "",
-             f"Generated {datetime.date.today().isoformat()} by `python benchmarks/fashion_mnist_study.py "
-             f"--summarize` from the per-seed JSON in `{os.path.relpath(args.results_dir, ROOT)}/`. Mean ± sample std "
-             f"(min–max) over seeds; p: one-sided Welch's t-test (scipy.stats.ttest_ind(equal_var=False)); sign count: "
-             f"seeds where A beats / ties / loses to B, paired by seed. Wall times are the sums of the recorded "
-             "train and evaluation times of the table's own runs.", ""]
+    lines = [
+        "## Fashion-MNIST study",
+        "",
+        f"Generated {datetime.date.today().isoformat()} by `python benchmarks/fashion_mnist_study.py "
+        f"--summarize` from the per-seed JSON in `{os.path.relpath(args.results_dir, ROOT)}/`. Mean ± sample std "
+        f"(min–max) over seeds; p: one-sided Welch's t-test (scipy.stats.ttest_ind(equal_var=False)); sign count: "
+        f"seeds where A beats / ties / loses to B, paired by seed. Wall times are the sums of the recorded "
+        "train and evaluation times of the table's own runs.",
+        "",
+    ]
     pngs = []
     for table in ("activations", "gradients", "rat", "sparta"):
-        names = {"activations": ["relu", *SMOOTH_ACTIVATIONS],
-                 "gradients": ["relu"] + [f"smooth_grad_{m}" for m in ("attacker", "optimizer", "both")],
-                 "rat": ["pgd_at", "trades", "trades_rat", "awp_trades_rat"],
-                 "sparta": ["relu", "sparta", "sparta_transfer"]}[table]
+        names = {
+            "activations": ["relu", *SMOOTH_ACTIVATIONS],
+            "gradients": ["relu"] + [f"smooth_grad_{m}" for m in ("attacker", "optimizer", "both")],
+            "rat": ["pgd_at", "trades", "trades_rat", "awp_trades_rat"],
+            "sparta": ["relu", "sparta", "sparta_transfer"],
+        }[table]
         entries = _load_rows(args.results_dir, table, names)
         own = study_lib.load_table(args.results_dir, table)
         lines += [f"### {table}", ""]
@@ -451,16 +579,27 @@ def summarize(args):
             lines += ["No runs recorded yet.", ""]
             continue
         eps = sorted({e.get("eps") for e in entries if e.get("eps") is not None})
-        lines += [f"L-inf eps {', '.join(f'{e:g}' for e in eps)}; images per run: {_images(entries)}; "
-                  f"wall time {study_lib.clock(study_lib.wall_seconds(own))} ({len(own)} runs).", "",
-                  "Command:", "", _commands(own or entries), "",
-                  study_lib.row_table(entries, names), ""]
-        tests = [(claim, metric, study_lib.compare(entries, a, b, metric, alt))
-                 for claim, a, b, metric, alt in CLAIMS[table]]
+        lines += [
+            f"L-inf eps {', '.join(f'{e:g}' for e in eps)}; images per run: {_images(entries)}; "
+            f"wall time {study_lib.clock(study_lib.wall_seconds(own))} ({len(own)} runs).",
+            "",
+            "Command:",
+            "",
+            _commands(own or entries),
+            "",
+            study_lib.row_table(entries, names),
+            "",
+        ]
+        tests = [
+            (claim, metric, study_lib.compare(entries, a, b, metric, alt)) for claim, a, b, metric, alt in CLAIMS[table]
+        ]
         lines += [study_lib.claim_table(tests), "", NOTES[table], ""]
-        png = study_lib.plot_rows(entries, [n for n in names if any(e["row"] == n for e in entries)],
-                                  os.path.join(args.results_dir, f"{table}.png"),
-                                  f"Fashion-MNIST {table}: top-1 accuracy, mean ± std over seeds")
+        png = study_lib.plot_rows(
+            entries,
+            [n for n in names if any(e["row"] == n for e in entries)],
+            os.path.join(args.results_dir, f"{table}.png"),
+            f"Fashion-MNIST {table}: top-1 accuracy, mean ± std over seeds",
+        )
         pngs.append(png)
         lines += [f"![{table}]({os.path.basename(png)})", ""]
     lines += _summarize_budget(args, pngs) + _summarize_certified(args, pngs)
@@ -485,18 +624,29 @@ def _summarize_budget(args, pngs):
         runs = [[p["autoattack"] for p in e["curve"]] for e in mine]
         curves[name] = (xs, runs)
         table.append((name, xs, runs))
-    lines += [f"AutoAttack standard (eps 0: clean accuracy) on the first {_images(entries)} test images, "
-              f"the `activations` runs re-evaluated; wall time {study_lib.clock(study_lib.wall_seconds(entries))}.",
-              "", "Command:", "", _commands(entries), ""]
+    lines += [
+        f"AutoAttack standard (eps 0: clean accuracy) on the first {_images(entries)} test images, "
+        f"the `activations` runs re-evaluated; wall time {study_lib.clock(study_lib.wall_seconds(entries))}.",
+        "",
+        "Command:",
+        "",
+        _commands(entries),
+        "",
+    ]
     xs = table[0][1]
-    lines += ["| eps | " + " | ".join(f"{name} (%)" for name, _, _ in table) + " |",
-              "|---|" + "---|" * len(table)]
+    lines += ["| eps | " + " | ".join(f"{name} (%)" for name, _, _ in table) + " |", "|---|" + "---|" * len(table)]
     for i, x in enumerate(xs):
-        cells = [study_lib.cell(study_lib.describe([run[i] for run in runs])) if i < len(x_) else "—"
-                 for _, x_, runs in table]
+        cells = [
+            study_lib.cell(study_lib.describe([run[i] for run in runs])) if i < len(x_) else "—"
+            for _, x_, runs in table
+        ]
         lines.append(f"| {x:g} | " + " | ".join(cells) + " |")
-    png = study_lib.plot_curves(curves, os.path.join(args.results_dir, "budget.png"),
-                                "Fashion-MNIST: AutoAttack accuracy vs L-inf eps", "L-inf eps")
+    png = study_lib.plot_curves(
+        curves,
+        os.path.join(args.results_dir, "budget.png"),
+        "Fashion-MNIST: AutoAttack accuracy vs L-inf eps",
+        "L-inf eps",
+    )
     pngs.append(png)
     return lines + ["", f"![budget]({os.path.basename(png)})", ""]
 
@@ -507,13 +657,18 @@ def _summarize_certified(args, pngs):
     if not entries:
         return lines + ["No runs recorded yet.", ""]
     ns = sorted({c.split("--N=")[1].split()[0] for e in entries for c in e["commands"] if "--N=" in c})
-    lines += [f"Certified accuracy (Cohen et al. CERTIFY, alpha 0.001, N = {', '.join(ns)}) on the first "
-              f"{_images(entries)} test images; wall time {study_lib.clock(study_lib.wall_seconds(entries))}.", "",
-              "Command:", "", _commands(entries), ""]
+    lines += [
+        f"Certified accuracy (Cohen et al. CERTIFY, alpha 0.001, N = {', '.join(ns)}) on the first "
+        f"{_images(entries)} test images; wall time {study_lib.clock(study_lib.wall_seconds(entries))}.",
+        "",
+        "Command:",
+        "",
+        _commands(entries),
+        "",
+    ]
     radii = entries[0]["radii"]
     names = sorted({e["row"] for e in entries}, key=lambda n: (n.split("_s")[-1], not n.startswith("gaussian"), n))
-    lines += ["| row | seeds | " + " | ".join(f"r={r:g} (%)" for r in radii) + " |",
-              "|---|---|" + "---|" * len(radii)]
+    lines += ["| row | seeds | " + " | ".join(f"r={r:g} (%)" for r in radii) + " |", "|---|---|" + "---|" * len(radii)]
     curves = {}
     for name in names:
         mine = [e for e in entries if e["row"] == name]
@@ -526,21 +681,37 @@ def _summarize_certified(args, pngs):
         for attack in ("pgd", "ddn"):
             a = f"smoothadv_{attack}_s{sigma}"
             for i, r in enumerate(radii):
-                tests.append(("SmoothAdv", f"certified r={r:g}",
-                              study_lib.compare(entries, a, base, lambda e, i=i: e["certified"][i], "greater")))
-    lines += ["", study_lib.claim_table(tests), "",
-              "SmoothAdv's claim: its certified accuracy dominates Gaussian training's at every radius.", ""]
-    png = study_lib.plot_curves(curves, os.path.join(args.results_dir, "certified.png"),
-                                "Fashion-MNIST: certified accuracy vs L2 radius", "L2 radius")
+                tests.append(
+                    (
+                        "SmoothAdv",
+                        f"certified r={r:g}",
+                        study_lib.compare(entries, a, base, lambda e, i=i: e["certified"][i], "greater"),
+                    )
+                )
+    lines += [
+        "",
+        study_lib.claim_table(tests),
+        "",
+        "SmoothAdv's claim: its certified accuracy dominates Gaussian training's at every radius.",
+        "",
+    ]
+    png = study_lib.plot_curves(
+        curves,
+        os.path.join(args.results_dir, "certified.png"),
+        "Fashion-MNIST: certified accuracy vs L2 radius",
+        "L2 radius",
+    )
     pngs.append(png)
     return lines + [f"![certified]({os.path.basename(png)})", ""]
 
 
 # === Command line ===
 
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--table", choices=sorted(TABLES), help="the table to run")
     parser.add_argument("--summarize", action="store_true", help="write TABLES.md and the plots from the JSON")
     parser.add_argument("--dry_run", action="store_true", help="list the commands of the runs still to do")
@@ -548,12 +719,22 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per row")
     parser.add_argument("--eval_limit", type=int, default=2000, help="evaluate on the first N test images")
     parser.add_argument("--eval_eps", type=float, default=0.1, help="L-inf budget of the evaluation")
-    parser.add_argument("--eval_batch", type=int, default=1000,
-                        help="evaluate.py --batch_size: images per chunk (large chunks amortise a small model's op overhead)")
+    parser.add_argument(
+        "--eval_batch",
+        type=int,
+        default=1000,
+        help="evaluate.py --batch_size: images per chunk (large chunks amortise a small model's op overhead)",
+    )
     parser.add_argument("--pgd_steps", type=int, default=20, help="steps of the PGD row beside AutoAttack")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="a launch/configs/ file every run starts from")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a config override for every training run (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a config override for every training run (repeatable)",
+    )
     parser.add_argument("--runs_dir", default="runs/fmnist_study", help="run workdirs (relative to the repo root)")
     parser.add_argument("--results_dir", default=os.path.join(ROOT, "benchmarks", "results", "fashion_mnist"))
     parser.add_argument("--budget_eps", default=",".join(f"{e:g}" for e in BUDGET_EPS), help="budget table's eps")
@@ -566,8 +747,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.summarize and not args.table:
         parser.error("give --table=NAME (one of " + ", ".join(TABLES) + ") or --summarize")
-    for name in ("seeds", "eval_limit", "pgd_steps", "budget_images", "cert_images", "cert_N", "cert_N0",
-                 "cert_batch"):
+    for name in ("seeds", "eval_limit", "pgd_steps", "budget_images", "cert_images", "cert_N", "cert_N0", "cert_batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.eval_eps <= 1:

@@ -60,8 +60,12 @@ def _images_per_second(split, directory, args):
     rates = []
     for _ in range(args.repeats):
         ds = imagenet_input.load_imagenet(
-            split, data_dir=directory, image_size=args.image_size, batch_size=args.batch_size,
-            deterministic=args.deterministic, drop_remainder=True,
+            split,
+            data_dir=directory,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            deterministic=args.deterministic,
+            drop_remainder=True,
         )
         start, count = time.perf_counter(), 0
         for images, _ in ds:
@@ -77,8 +81,10 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         _write_shards(directory, args.num_images)
         cores = os.cpu_count()
-        print(f"{platform.processor() or platform.machine()}, {cores} cores, TF {tf.__version__}; "
-              f"{args.num_images} JPEGs, {args.image_size}px, batch {args.batch_size}")
+        print(
+            f"{platform.processor() or platform.machine()}, {cores} cores, TF {tf.__version__}; "
+            f"{args.num_images} JPEGs, {args.image_size}px, batch {args.batch_size}"
+        )
         print("| pipeline | images/s (median) | min-max | per core |")
         print("|---|---|---|---|")
         for split in ("train", "validation"):

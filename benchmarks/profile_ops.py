@@ -80,11 +80,16 @@ def markdown(results, args, top):
     acts = list(results)
     keys = sorted(set().union(*results.values()), key=lambda key: -sum(r[key] for r in results.values()))
     lines = [
-        f"{HEADING} ({datetime.date.today().isoformat()})", "",
-        f"ResNet-18 CIFAR, batch 128, PGD-{args.k} train step; {cpu}, {cores} cores, TensorFlow {tf.__version__}.", "",
-        "```bash", f"python benchmarks/profile_ops.py --activations={args.activations} --k={args.k} --steps={args.steps}",
-        "```", "",
-        "Seconds per step by op type, summed over the threads that ran them (so totals exceed wall time).", "",
+        f"{HEADING} ({datetime.date.today().isoformat()})",
+        "",
+        f"ResNet-18 CIFAR, batch 128, PGD-{args.k} train step; {cpu}, {cores} cores, TensorFlow {tf.__version__}.",
+        "",
+        "```bash",
+        f"python benchmarks/profile_ops.py --activations={args.activations} --k={args.k} --steps={args.steps}",
+        "```",
+        "",
+        "Seconds per step by op type, summed over the threads that ran them (so totals exceed wall time).",
+        "",
         "| op type | " + " | ".join(f"{a} s/step" for a in acts) + " |",
         "|---|" + "---|" * len(acts),
     ]

@@ -22,6 +22,7 @@ METRICS = (("clean", "clean"), ("pgd", "PGD"), ("autoattack", "AutoAttack"), ("w
 
 # === The result store ===
 
+
 def table_path(results_dir, table):
     return os.path.join(results_dir, f"{table}.json")
 
@@ -35,8 +36,9 @@ def load_table(results_dir, table):
         try:
             return json.load(f)["runs"]
         except (json.JSONDecodeError, KeyError) as err:
-            raise ValueError(f"{path} is not a study result file ({err}); move it aside to start the table "
-                             "over") from None
+            raise ValueError(
+                f"{path} is not a study result file ({err}); move it aside to start the table over"
+            ) from None
 
 
 def find_entry(entries, row, seed):
@@ -56,8 +58,9 @@ def append_entry(results_dir, table, entry):
     os.makedirs(results_dir, exist_ok=True)
     path = table_path(results_dir, table)
     with _locked(path):
-        entries = [e for e in load_table(results_dir, table)
-                   if not (e["row"] == entry["row"] and e["seed"] == entry["seed"])]
+        entries = [
+            e for e in load_table(results_dir, table) if not (e["row"] == entry["row"] and e["seed"] == entry["seed"])
+        ]
         entries.append(entry)
         temporary = f"{path}.tmp-{os.getpid()}"
         with open(temporary, "w") as f:
@@ -69,13 +72,19 @@ def append_entry(results_dir, table, entry):
 
 # === Statistics ===
 
+
 def describe(values):
     """{"n", "mean", "std" (sample, ddof 1; None below 2 values), "min", "max"} of a list of numbers."""
     values = [float(v) for v in values]
     if not values:
         return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
-    return {"n": len(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else None, "min": min(values), "max": max(values)}
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def welch(a, b, alternative="greater"):
@@ -108,19 +117,29 @@ def compare(entries, a, b, metric, alternative="greater"):
     """The test of "a's metric is greater (or less) than b's" over the seeds: means, p and sign count."""
     va, vb = by_seed(entries, a, metric), by_seed(entries, b, metric)
     p = welch(list(va.values()), list(vb.values()), alternative)
-    return {"a": a, "b": b, "alternative": alternative, "mean_a": describe(va.values())["mean"],
-            "mean_b": describe(vb.values())["mean"], "n_a": len(va), "n_b": len(vb), "p": p,
-            "signs": sign_count(va, vb, alternative), "supported": None if p is None else p < ALPHA}
+    return {
+        "a": a,
+        "b": b,
+        "alternative": alternative,
+        "mean_a": describe(va.values())["mean"],
+        "mean_b": describe(vb.values())["mean"],
+        "n_a": len(va),
+        "n_b": len(vb),
+        "p": p,
+        "signs": sign_count(va, vb, alternative),
+        "supported": None if p is None else p < ALPHA,
+    }
 
 
 # === Markdown ===
+
 
 def pct(value):
     return "—" if value is None else f"{100 * value:.2f}"
 
 
 def cell(summary):
-    """"mean ± std (min–max)" in percent."""
+    """ "mean ± std (min–max)" in percent."""
     if summary["n"] == 0:
         return "—"
     std = "" if summary["std"] is None else f" ± {100 * summary['std']:.2f}"
@@ -129,8 +148,10 @@ def cell(summary):
 
 def row_table(entries, rows, metrics=METRICS):
     """Markdown: one line per row, mean ± std (min–max) per metric over the seeds."""
-    lines = ["| row | seeds | " + " | ".join(f"{label} (%)" for _, label in metrics) + " |",
-             "|---|---|" + "---|" * len(metrics)]
+    lines = [
+        "| row | seeds | " + " | ".join(f"{label} (%)" for _, label in metrics) + " |",
+        "|---|---|" + "---|" * len(metrics),
+    ]
     for row in rows:
         mine = [e for e in entries if e["row"] == row]
         cells = [cell(describe([e[key] for e in mine if e.get(key) is not None])) for key, _ in metrics]
@@ -140,15 +161,19 @@ def row_table(entries, rows, metrics=METRICS):
 
 def claim_table(tests):
     """Markdown: one line per (claim, metric) test."""
-    lines = ["| claim | metric | A mean (%) | B mean (%) | seeds A/B | Welch p (one-sided) | "
-             f"sign count A better/tie/worse | supported at p < {ALPHA} |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| claim | metric | A mean (%) | B mean (%) | seeds A/B | Welch p (one-sided) | "
+        f"sign count A better/tie/worse | supported at p < {ALPHA} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for claim, metric, t in tests:
         direction = ">" if t["alternative"] == "greater" else "<"
         p = "—" if t["p"] is None else f"{t['p']:.3g}"
-        lines.append(f"| {t['a']} {direction} {t['b']} ({claim}) | {metric} | {pct(t['mean_a'])} | "
-                     f"{pct(t['mean_b'])} | {t['n_a']}/{t['n_b']} | {p} | {'/'.join(map(str, t['signs']))} | "
-                     f"{'—' if t['supported'] is None else 'yes' if t['supported'] else 'no'} |")
+        lines.append(
+            f"| {t['a']} {direction} {t['b']} ({claim}) | {metric} | {pct(t['mean_a'])} | "
+            f"{pct(t['mean_b'])} | {t['n_a']}/{t['n_b']} | {p} | {'/'.join(map(str, t['signs']))} | "
+            f"{'—' if t['supported'] is None else 'yes' if t['supported'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 
@@ -163,6 +188,7 @@ def wall_seconds(entries):
 
 
 # === Plots (matplotlib, Agg) ===
+
 
 def _pyplot():
     import matplotlib
@@ -185,8 +211,15 @@ def plot_rows(entries, rows, path, title, metrics=(("autoattack", "AutoAttack"),
                 continue
             ax.scatter([i + offset] * len(values), values, s=8, alpha=0.35, color=f"C{k}")
             d = describe(values)
-            ax.errorbar(i + offset, d["mean"], yerr=d["std"] or 0.0, fmt="o", capsize=3, color=f"C{k}",
-                        label=label if i == 0 else None)
+            ax.errorbar(
+                i + offset,
+                d["mean"],
+                yerr=d["std"] or 0.0,
+                fmt="o",
+                capsize=3,
+                color=f"C{k}",
+                label=label if i == 0 else None,
+            )
     ax.set_xticks(range(len(rows)), rows, rotation=20, ha="right")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=9)

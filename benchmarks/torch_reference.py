@@ -167,8 +167,16 @@ def _modules():
         `ZeroPadding2D((1, 1))` + `valid` (not TensorFlow's asymmetric `same`, which would pad only after).
         """
 
-        def __init__(self, activation="silu", filters=(32, 32, 64), num_classes=NUM_CLASSES, in_channels=1,
-                     preprocessing=(0.5, 0.5), bn_epsilon=1e-5, bn_momentum=0.1):
+        def __init__(
+            self,
+            activation="silu",
+            filters=(32, 32, 64),
+            num_classes=NUM_CLASSES,
+            in_channels=1,
+            preprocessing=(0.5, 0.5),
+            bn_epsilon=1e-5,
+            bn_momentum=0.1,
+        ):
             super().__init__()
             if activation not in activations:
                 raise ValueError(f"Unknown activation {activation!r}. Known: {sorted(activations)}")
@@ -205,8 +213,12 @@ def _modules():
             return self.linears[-1](h)
 
     return types.SimpleNamespace(
-        ResNet18Cifar=ResNet18Cifar, BasicBlock=BasicBlock, DigitsCNN=DigitsCNN, KerasMLP=KerasMLP,
-        SmoothReLU=SmoothReLU, ACTIVATIONS=activations,
+        ResNet18Cifar=ResNet18Cifar,
+        BasicBlock=BasicBlock,
+        DigitsCNN=DigitsCNN,
+        KerasMLP=KerasMLP,
+        SmoothReLU=SmoothReLU,
+        ACTIVATIONS=activations,
     )
 
 
@@ -448,16 +460,22 @@ def run_reference_autoattack(model, x, y, *, eps, version="standard", seed=0, ba
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
     accuracy, attack_seconds = _parse_reference_log(records, runner.attacks_to_run, start, len(y))
-    return {"seconds": end - start, "accuracy": accuracy, "attack_seconds": attack_seconds,
-            "robust": (y_adv.numpy() == np.asarray(y)).tolist()}
+    return {
+        "seconds": end - start,
+        "accuracy": accuracy,
+        "attack_seconds": attack_seconds,
+        "robust": (y_adv.numpy() == np.asarray(y)).tolist(),
+    }
 
 
 def _apply_reference_options(runner, options):
     for attack, settings in options.items():
         for key, value in settings.items():
             if (attack, key) not in REFERENCE_OPTIONS:
-                raise ValueError(f"no reference counterpart for option {attack}.{key}; known: "
-                                 f"{sorted('.'.join(k) for k in REFERENCE_OPTIONS)}")
+                raise ValueError(
+                    f"no reference counterpart for option {attack}.{key}; known: "
+                    f"{sorted('.'.join(k) for k in REFERENCE_OPTIONS)}"
+                )
             owner, name = REFERENCE_OPTIONS[(attack, key)]
             setattr(getattr(runner, owner), name, value)
     for apgd in (runner.apgd, runner.apgd_targeted):
@@ -538,9 +556,16 @@ def _autoattack(msg):
     model = build_reference_model(msg["arch"], load_layer_weights(msg["weights"]), **msg.get("arch_kwargs", {}))
     with np.load(msg["points"]) as points:
         x, y = points["x"], points["y"]
-    return run_reference_autoattack(model, x, y, eps=msg["eps"], version=msg.get("version", "standard"),
-                                    seed=msg.get("seed", 0), batch_size=msg.get("batch_size", 250),
-                                    options=msg.get("options"))
+    return run_reference_autoattack(
+        model,
+        x,
+        y,
+        eps=msg["eps"],
+        version=msg.get("version", "standard"),
+        seed=msg.get("seed", 0),
+        batch_size=msg.get("batch_size", 250),
+        options=msg.get("options"),
+    )
 
 
 def _handle(msg, built):
@@ -597,9 +622,9 @@ def serve(threads):
 class Worker:
     """Client of a `--worker` subprocess; never imports torch in the calling process.
 
-        with Worker(threads=2) as worker:
-            worker.request(op="build", id="t", kind="train", activation="relu", k=1, batch=128)
-            times = worker.request(op="time", id="t", n=4)["times"]
+    with Worker(threads=2) as worker:
+        worker.request(op="build", id="t", kind="train", activation="relu", k=1, batch=128)
+        times = worker.request(op="time", id="t", n=4)["times"]
     """
 
     def __init__(self, threads=None, python=sys.executable):

@@ -38,15 +38,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def _activation(name):
     import torch
 
-    table = {"silu": torch.nn.SiLU, "swish": torch.nn.SiLU, "relu": torch.nn.ReLU, "softplus": torch.nn.Softplus,
-             "gelu_erf": torch.nn.GELU, "gelu_tanh": lambda: torch.nn.GELU(approximate="tanh")}
+    table = {
+        "silu": torch.nn.SiLU,
+        "swish": torch.nn.SiLU,
+        "relu": torch.nn.ReLU,
+        "softplus": torch.nn.Softplus,
+        "gelu_erf": torch.nn.GELU,
+        "gelu_tanh": lambda: torch.nn.GELU(approximate="tanh"),
+    }
     if name not in table:
         raise ValueError(f"no torch twin for activation {name!r}; known: {sorted(table)}")
     return table[name]
 
 
-def dm_wide_resnet(num_classes=10, depth=28, width=10, activation="silu", mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                   padding=0):
+def dm_wide_resnet(
+    num_classes=10, depth=28, width=10, activation="silu", mean=CIFAR10_MEAN, std=CIFAR10_STD, padding=0
+):
     """RobustBench's `DMWideResNet` with `activation_fn` = the torch module of `activation`."""
     import torch
     from torch import nn
@@ -64,7 +71,9 @@ def dm_wide_resnet(num_classes=10, depth=28, width=10, activation="silu", mean=C
             self.relu_1 = act()
             self.conv_1 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
             self.has_shortcut = in_planes != out_planes
-            self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False) if self.has_shortcut else None
+            self.shortcut = (
+                nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False) if self.has_shortcut else None
+            )
             self.stride = stride
 
         def forward(self, x):
@@ -81,8 +90,12 @@ def dm_wide_resnet(num_classes=10, depth=28, width=10, activation="silu", mean=C
     class BlockGroup(nn.Module):
         def __init__(self, num_blocks, in_planes, out_planes, stride):
             super().__init__()
-            self.block = nn.Sequential(*[Block(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
-                                         for i in range(num_blocks)])
+            self.block = nn.Sequential(
+                *[
+                    Block(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
+                    for i in range(num_blocks)
+                ]
+            )
 
         def forward(self, x):
             return self.block(x)
@@ -95,9 +108,11 @@ def dm_wide_resnet(num_classes=10, depth=28, width=10, activation="silu", mean=C
             channels = [16, 16 * width, 32 * width, 64 * width]
             n = (depth - 4) // 6
             self.init_conv = nn.Conv2d(3, channels[0], 3, stride=1, padding=1, bias=False)
-            self.layer = nn.Sequential(BlockGroup(n, channels[0], channels[1], 1),
-                                       BlockGroup(n, channels[1], channels[2], 2),
-                                       BlockGroup(n, channels[2], channels[3], 2))
+            self.layer = nn.Sequential(
+                BlockGroup(n, channels[0], channels[1], 1),
+                BlockGroup(n, channels[1], channels[2], 2),
+                BlockGroup(n, channels[2], channels[3], 2),
+            )
             self.batchnorm = nn.BatchNorm2d(channels[3])
             self.relu = act()
             self.logits = nn.Linear(channels[3], num_classes)
@@ -126,8 +141,9 @@ def _layer_norm_2d(channels):
     return LayerNorm2d(channels, eps=1e-6)
 
 
-def convnext(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), num_classes=1000, activation="gelu_erf",
-             ls_init_value=1e-6):
+def convnext(
+    depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), num_classes=1000, activation="gelu_erf", ls_init_value=1e-6
+):
     """timm's `ConvNeXt` (patchify stem); `convstem(...)` replaces its stem as RobustBench does."""
     import torch
     from torch import nn

@@ -63,9 +63,7 @@ def find_images(input_dir, synsets=None):
         d for d in os.listdir(input_dir)
         if not d.startswith(".") and os.path.isdir(os.path.join(input_dir, d))
     )  # fmt: skip
-    common.require(
-        folders, f"--input_dir={input_dir} has no class folders (<input_dir>/<synset>/*.JPEG)"
-    )
+    common.require(folders, f"--input_dir={input_dir} has no class folders (<input_dir>/<synset>/*.JPEG)")
     if synsets is None:
         synsets = folders
     index = {synset: i for i, synset in enumerate(synsets)}
@@ -111,24 +109,19 @@ class LazyExamples(collections.abc.Sequence):
 
 def main(argv):
     del argv
-    common.require(
-        FLAGS.input_dir, "--input_dir is required (class folders <input_dir>/<synset>/*.JPEG)"
-    )
+    common.require(FLAGS.input_dir, "--input_dir is required (class folders <input_dir>/<synset>/*.JPEG)")
     common.require(FLAGS.output_dir, "--output_dir is required")
     common.choice("split", FLAGS.split, set(DEFAULT_SHARDS))
     num_shards = DEFAULT_SHARDS[FLAGS.split] if FLAGS.num_shards is None else FLAGS.num_shards
     common.require(num_shards >= 1, f"--num_shards must be >= 1, got {num_shards}")
     if not os.path.isdir(FLAGS.input_dir):
         raise FileNotFoundError(f"--input_dir={FLAGS.input_dir} is not a directory")
-    common.require(
-        not os.path.isfile(FLAGS.output_dir), f"--output_dir={FLAGS.output_dir} is a file; pass a directory"
-    )
+    common.require(not os.path.isfile(FLAGS.output_dir), f"--output_dir={FLAGS.output_dir} is a file; pass a directory")
     synsets = read_synsets(FLAGS.labels_file) if FLAGS.labels_file else None
     images = find_images(FLAGS.input_dir, synsets)
     common.require(
         num_shards <= len(images),
-        f"--num_shards={num_shards} exceeds the {len(images)} images (empty shards); "
-        f"allowed: [1, {len(images)}]",
+        f"--num_shards={num_shards} exceeds the {len(images)} images (empty shards); allowed: [1, {len(images)}]",
     )
     if FLAGS.split == "train":
         random.Random(FLAGS.seed).shuffle(images)
@@ -148,9 +141,7 @@ def main(argv):
         print(f"  {os.path.basename(path)}: {count} images ({len(done)}/{num_shards})", flush=True)
 
     examples = LazyExamples(images, 1 if FLAGS.one_based_labels else 0)
-    imagenet_input.write_tfrecords(
-        examples, FLAGS.output_dir, FLAGS.split, num_shards, progress=progress
-    )
+    imagenet_input.write_tfrecords(examples, FLAGS.output_dir, FLAGS.split, num_shards, progress=progress)
     print(f"wrote {sum(done)} records to {FLAGS.output_dir}/{FLAGS.split}-*-of-{num_shards:05d}")
     return 0
 

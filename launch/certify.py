@@ -64,7 +64,10 @@ def validate():
     common.require(FLAGS.skip >= 1, f"--skip must be >= 1, got {FLAGS.skip}")
     common.require(FLAGS.max == -1 or FLAGS.max >= 1, f"--max must be -1 (all) or >= 1, got {FLAGS.max}")
     common.require(FLAGS.batch >= 1, f"--batch must be >= 1, got {FLAGS.batch}")
-    common.require(FLAGS.sigma is None or 0 < FLAGS.sigma <= 10, f"--sigma must be in (0, 10] ([0, 1] pixel units), got {FLAGS.sigma}")
+    common.require(
+        FLAGS.sigma is None or 0 < FLAGS.sigma <= 10,
+        f"--sigma must be in (0, 10] ([0, 1] pixel units), got {FLAGS.sigma}",
+    )
     common.check_run_flags(FLAGS)
     if FLAGS.plot_only:
         common.require(FLAGS.plot_with, "--plot_only needs --plot_with=a.tsv,b.tsv")
@@ -72,8 +75,7 @@ def validate():
     import tensorflow as tf
 
     for path in FLAGS.plot_with:
-        common.require(tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path),
-                       f"--plot_with: {path} does not exist")
+        common.require(tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path), f"--plot_with: {path} does not exist")
     return radii()
 
 
@@ -145,8 +147,14 @@ def write_summary(outfile, curves, table_radii, *, title, meta, png):
 
 def plot_only(table_radii):
     curves = plot_with_curves()
-    markdown = write_summary(FLAGS.plot_output, curves, table_radii, title="certified accuracy",
-                             meta={"files": ", ".join(FLAGS.plot_with)}, png=FLAGS.plot_output)
+    markdown = write_summary(
+        FLAGS.plot_output,
+        curves,
+        table_radii,
+        title="certified accuracy",
+        meta={"files": ", ".join(FLAGS.plot_with)},
+        png=FLAGS.plot_output,
+    )
     print(f"plot: {FLAGS.plot_output}  table: {markdown}", flush=True)
     return 0
 
@@ -167,7 +175,9 @@ def progress(k, total, rows, samples, seconds):
     accuracy = certify_logs.certified_accuracy(rows, [0.0])[0]
     abstain = sum(r.predict == -1 for r in rows)
     common.progress_line(
-        k, total, f"certified acc (r=0) {accuracy:.3f}, {abstain} abstain, {samples / max(seconds, 1e-9):,.0f} samples/s"
+        k,
+        total,
+        f"certified acc (r=0) {accuracy:.3f}, {abstain} abstain, {samples / max(seconds, 1e-9):,.0f} samples/s",
     )
 
 
@@ -178,8 +188,11 @@ def smoothed_classifier(sigma, config, strategy):
     with strategy.scope():
         model, config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
     split = common.RunSplit(
-        config, dataset=FLAGS.dataset or config["dataset"], split=FLAGS.split,
-        data_dir=FLAGS.data_dir or config.get("data_dir"), image_size=model.input_shape[1],
+        config,
+        dataset=FLAGS.dataset or config["dataset"],
+        split=FLAGS.split,
+        data_dir=FLAGS.data_dir or config.get("data_dir"),
+        image_size=model.input_shape[1],
     )
     num_classes = split.num_classes
     outputs = int(model.output_shape[-1])
@@ -205,8 +218,9 @@ def certify_rows(smooth, images, out, total, chief):
             smooth.sample(x, FLAGS.N0, 0, certification.SELECTION)
             smooth.sample(x, min(FLAGS.N, FLAGS.batch), 0, certification.ESTIMATION)
         before = time.perf_counter()
-        predict, radius = smooth.certify(x, FLAGS.N0, FLAGS.N, FLAGS.alpha,
-                                         seed=certify_logs.image_seed(FLAGS.seed, idx))
+        predict, radius = smooth.certify(
+            x, FLAGS.N0, FLAGS.N, FLAGS.alpha, seed=certify_logs.image_seed(FLAGS.seed, idx)
+        )
         elapsed = time.perf_counter() - before
         seconds += elapsed
         rows.append(certify_logs.write_row(out, idx, label, predict, radius, elapsed))
@@ -238,10 +252,21 @@ def main(argv):
     outfile = FLAGS.outfile or default_outfile(sigma)
     meta = {
         "training": training_description(config),
-        "sigma": sigma, "N0": FLAGS.N0, "N": FLAGS.N, "alpha": FLAGS.alpha, "skip": FLAGS.skip,
-        "max": FLAGS.max, "workdir": FLAGS.workdir, "seed": FLAGS.seed, "images": 0,
-        "seconds": None, "dataset": dataset, "split": FLAGS.split, "batch": FLAGS.batch,
-        "replicas": strategy.num_replicas_in_sync, "checkpoint": FLAGS.checkpoint,
+        "sigma": sigma,
+        "N0": FLAGS.N0,
+        "N": FLAGS.N,
+        "alpha": FLAGS.alpha,
+        "skip": FLAGS.skip,
+        "max": FLAGS.max,
+        "workdir": FLAGS.workdir,
+        "seed": FLAGS.seed,
+        "images": 0,
+        "seconds": None,
+        "dataset": dataset,
+        "split": FLAGS.split,
+        "batch": FLAGS.batch,
+        "replicas": strategy.num_replicas_in_sync,
+        "checkpoint": FLAGS.checkpoint,
     }
     if chief:
         files.makedirs_for(outfile)
@@ -257,8 +282,11 @@ def main(argv):
         rows, seconds = certify_rows(smooth, images, out, len(indices), chief)
     if not chief:
         return 0
-    meta.update(images=len(rows), seconds=round(time.perf_counter() - start, 2),
-                certify_seconds_per_image=round(seconds / max(len(rows), 1), 4))
+    meta.update(
+        images=len(rows),
+        seconds=round(time.perf_counter() - start, 2),
+        certify_seconds_per_image=round(seconds / max(len(rows), 1), 4),
+    )
     certify_logs.write_sidecar(outfile, meta)
     if not rows:
         print(f"no image selected (split of {split_size}, skip={FLAGS.skip}, max={FLAGS.max})", flush=True)

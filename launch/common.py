@@ -138,8 +138,14 @@ def run(main):
     from sat_tf import config, distribute, training
     from sat_tf.data import record_faults
 
-    expected = (FlagError, config.ConfigError, distribute.StrategyError, FileNotFoundError,
-                training.CheckpointError, record_faults.CorruptRecordError)
+    expected = (
+        FlagError,
+        config.ConfigError,
+        distribute.StrategyError,
+        FileNotFoundError,
+        training.CheckpointError,
+        record_faults.CorruptRecordError,
+    )
 
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)
@@ -156,9 +162,12 @@ def run(main):
             sys.exit(143)  # retryable, as a preemption: restart every worker
         except training.DivergenceError as err:
             # The library names its arguments; here they are flags.
-            print(f"error: {err} (--config.system.on_nonfinite=skip skips such steps, "
-                  "--config.system.max_skipped_steps caps them)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"error: {err} (--config.system.on_nonfinite=skip skips such steps, "
+                "--config.system.max_skipped_steps caps them)",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(2)
         except expected as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
@@ -185,7 +194,9 @@ def define_run_flags(*, workdir, seed, split_help="Split to read: test or train.
     --helpshort lists them."""
     caller = sys._getframe(1).f_globals["__name__"]
     module = sys.argv[0] if caller == "__main__" else caller
-    define = {kind: functools.partial(getattr(flags, f"DEFINE_{kind}"), module_name=module) for kind in ("string", "integer")}
+    define = {
+        kind: functools.partial(getattr(flags, f"DEFINE_{kind}"), module_name=module) for kind in ("string", "integer")
+    }
     define["string"]("workdir", workdir, "A training workdir (run_config.json + checkpoints/).")
     define["string"]("checkpoint", None, "Checkpoint prefix (default: the latest in --workdir).")
     define["string"]("dataset", None, "Override the run's dataset.")
@@ -236,19 +247,30 @@ def run_view(config):
         "data_dir": config.data.data_dir,
         "model": config.model.name,
         "model_kwargs": config_lib.model_kwargs(config),
-        "eval": {"epsilon": config_lib.eval_epsilon(config), "step_size": config_lib.eval_step_size(config),
-                 "iters": list(config.eval.steps)},
-        "train_attack": {"name": config.objective.name if config.objective.name != "adversarial"
-                         else config.attack.name},
-        "imagenet": {"source": config.data.source, "labels": config.data.labels,
-                     "num_eval_images": config.data.limit_test, "num_train_images": config.data.num_train,
-                     "image_size": config.data.image_size},
+        "eval": {
+            "epsilon": config_lib.eval_epsilon(config),
+            "step_size": config_lib.eval_step_size(config),
+            "iters": list(config.eval.steps),
+        },
+        "train_attack": {
+            "name": config.objective.name if config.objective.name != "adversarial" else config.attack.name
+        },
+        "imagenet": {
+            "source": config.data.source,
+            "labels": config.data.labels,
+            "num_eval_images": config.data.limit_test,
+            "num_train_images": config.data.num_train,
+            "image_size": config.data.image_size,
+        },
     }
     if config.objective.name in config_lib.SMOOTHING_OBJECTIVES:
         s = config.objective.smoothadv
-        view["smoothing"] = {"noise_sd": config.objective.noise_sd, "num_noise_vec": s.num_noise,
-                             "attack": "none" if config.objective.name == "gaussian" else s.attack,
-                             "epsilon": s.eps}
+        view["smoothing"] = {
+            "noise_sd": config.objective.noise_sd,
+            "num_noise_vec": s.num_noise,
+            "attack": "none" if config.objective.name == "gaussian" else s.attack,
+            "epsilon": s.eps,
+        }
     return view
 
 
@@ -257,9 +279,13 @@ def imagenet_options(run_config):
     if "imagenet" in run_config:
         return run_config["imagenet"]
     flags_ = run_config.get("flags", {})
-    return {"source": flags_.get("data_source", "tfrecord"), "labels": flags_.get("tfrecord_labels", "one_based"),
-            "num_eval_images": flags_.get("num_eval_images"), "num_train_images": flags_.get("num_train_images"),
-            "image_size": flags_.get("image_size")}
+    return {
+        "source": flags_.get("data_source", "tfrecord"),
+        "labels": flags_.get("tfrecord_labels", "one_based"),
+        "num_eval_images": flags_.get("num_eval_images"),
+        "num_train_images": flags_.get("num_train_images"),
+        "image_size": flags_.get("image_size"),
+    }
 
 
 def restore_model(workdir, checkpoint=None):
@@ -360,13 +386,17 @@ def check_autoattack_classes(version, items, num_classes, *, version_flag):
         given = "n_target_classes" in options.get(spec.name, {})
         if targets is not None and not given and targets + 1 > num_classes >= 2:
             options.setdefault(spec.name, {})["n_target_classes"] = num_classes - 1
-            notes.append(f"AutoAttack {version}: {spec.name} uses {num_classes - 1} target classes instead of "
-                         f"{targets} (the model has {num_classes} classes)")
+            notes.append(
+                f"AutoAttack {version}: {spec.name} uses {num_classes - 1} target classes instead of "
+                f"{targets} (the model has {num_classes} classes)"
+            )
     try:
         validate_classes(num_classes, plan(version, options=options or None))
     except ValueError as err:
-        raise FlagError(f"--{version_flag}={version} on {num_classes} classes: {err} "
-                        "(e.g. --autoattack_options=apgd-t.n_target_classes=3,fab-t.n_target_classes=3)") from None
+        raise FlagError(
+            f"--{version_flag}={version} on {num_classes} classes: {err} "
+            "(e.g. --autoattack_options=apgd-t.n_target_classes=3,fab-t.n_target_classes=3)"
+        ) from None
     return options or None, notes
 
 
@@ -417,7 +447,8 @@ class RunSplit:
             evaluating = split == "test"
             self.size = int(
                 (self.options["num_eval_images"] or imagenet_input.NUM_EVAL_IMAGES)
-                if evaluating else self.options["num_train_images"] or 1281167
+                if evaluating
+                else self.options["num_train_images"] or 1281167
             )
             if self.options["source"] == "tfrecord":
                 imagenet_input.list_files(data_dir, "validation" if evaluating else "train")  # fail fast

@@ -33,18 +33,29 @@ from launch import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "TF1 checkpoint prefix (<dir>/<name>/<name>) or its directory.")
-flags.DEFINE_string("zoo_name", None, "A released checkpoint name (e.g. Res50-silu, efficientnet-b0): "
-                    "fills --model/--activation/--image_size/--use_ema/--channel_order.")
+flags.DEFINE_string(
+    "zoo_name",
+    None,
+    "A released checkpoint name (e.g. Res50-silu, efficientnet-b0): "
+    "fills --model/--activation/--image_size/--use_ema/--channel_order.",
+)
 flags.DEFINE_string("model", None, "Registry model name (default: inferred from the checkpoint).")
-flags.DEFINE_string("activation", None, "Activation at every site (ResNet: required unless SmoothReLU "
-                    "is detected or --zoo_name is given; EfficientNet: silu).")
+flags.DEFINE_string(
+    "activation",
+    None,
+    "Activation at every site (ResNet: required unless SmoothReLU "
+    "is detected or --zoo_name is given; EfficientNet: silu).",
+)
 flags.DEFINE_integer("image_size", None, "Input height = width (default: the zoo size, else 224).")
 flags.DEFINE_integer("num_classes", None, "Classes (default: from the checkpoint).")
-flags.DEFINE_boolean("use_ema", None,
-                     "Load the ExponentialMovingAverage shadows (default: the zoo entry's, else no).")
-flags.DEFINE_enum("channel_order", None, ["rgb", "bgr"],
-                  "Channel order the checkpoint expects (default: the zoo entry's, else the family's as in "
-                  "SAT's released code: bgr for ResNets, rgb for EfficientNets).")
+flags.DEFINE_boolean("use_ema", None, "Load the ExponentialMovingAverage shadows (default: the zoo entry's, else no).")
+flags.DEFINE_enum(
+    "channel_order",
+    None,
+    ["rgb", "bgr"],
+    "Channel order the checkpoint expects (default: the zoo entry's, else the family's as in "
+    "SAT's released code: bgr for ResNets, rgb for EfficientNets).",
+)
 flags.DEFINE_string("output", None, "Output .keras file (default: <checkpoint prefix>.keras).")
 flags.DEFINE_string("saved_model", None, "Also export a serving SavedModel to this directory.")
 
@@ -54,8 +65,10 @@ def _settings(info, entry):
     from sat_tf import models
 
     if entry is not None and entry["family"] != info["family"]:
-        raise common.FlagError(f"--zoo_name={FLAGS.zoo_name} names a {entry['family']} checkpoint, but "
-                               f"--checkpoint holds a {info['family']} one ({info['model']})")
+        raise common.FlagError(
+            f"--zoo_name={FLAGS.zoo_name} names a {entry['family']} checkpoint, but "
+            f"--checkpoint holds a {info['family']} one ({info['model']})"
+        )
     model_name = FLAGS.model or (entry["model"] if entry else info["model"])
     common.choice("model", model_name, set(models.list_models()))
     if model_name == info["model"]:
@@ -67,11 +80,16 @@ def _settings(info, entry):
     if info["family"] == "efficientnet":
         kwargs.update(bn_epsilon=1e-5, bn_momentum=0.9)  # SAT's values (README), not upstream's
     activation = FLAGS.activation or (entry["activation"] if entry else None) or info["activation_hint"]
-    common.require(activation is not None, "--activation is required: a ResNet's activation is not stored "
-                   "in its weights (e.g. --activation=silu, or --zoo_name=Res50-silu)")
+    common.require(
+        activation is not None,
+        "--activation is required: a ResNet's activation is not stored "
+        "in its weights (e.g. --activation=silu, or --zoo_name=Res50-silu)",
+    )
     if info["activation_hint"] == "smooth_relu":
-        common.require(activation.lower().replace("-", "_") in ("smooth_relu", "smoothrelu"),
-                       f"the checkpoint has smoothrelu_beta tensors but --activation={activation}")
+        common.require(
+            activation.lower().replace("-", "_") in ("smooth_relu", "smoothrelu"),
+            f"the checkpoint has smoothrelu_beta tensors but --activation={activation}",
+        )
     kwargs["activation"] = activation
     if FLAGS.num_classes is not None:
         kwargs["num_classes"] = FLAGS.num_classes
@@ -85,14 +103,17 @@ def _settings(info, entry):
 
 def main(argv):
     del argv
-    common.require(FLAGS.checkpoint,
-                   "--checkpoint is required (a TF1 prefix such as zoo/Res50-silu/Res50-silu)")
-    common.require(FLAGS.output is None or FLAGS.output.endswith(".keras"),
-                   f"--output must end in .keras, got {FLAGS.output}")
-    common.require(FLAGS.image_size is None or 16 <= FLAGS.image_size <= 2048,
-                   f"--image_size must be in [16, 2048], got {FLAGS.image_size}")
-    common.require(FLAGS.num_classes is None or FLAGS.num_classes >= 1,
-                   f"--num_classes must be >= 1, got {FLAGS.num_classes}")
+    common.require(FLAGS.checkpoint, "--checkpoint is required (a TF1 prefix such as zoo/Res50-silu/Res50-silu)")
+    common.require(
+        FLAGS.output is None or FLAGS.output.endswith(".keras"), f"--output must end in .keras, got {FLAGS.output}"
+    )
+    common.require(
+        FLAGS.image_size is None or 16 <= FLAGS.image_size <= 2048,
+        f"--image_size must be in [16, 2048], got {FLAGS.image_size}",
+    )
+    common.require(
+        FLAGS.num_classes is None or FLAGS.num_classes >= 1, f"--num_classes must be >= 1, got {FLAGS.num_classes}"
+    )
     from sat_tf import activations, models, zoo
 
     if FLAGS.model is not None:
@@ -112,8 +133,9 @@ def main(argv):
     model_name, kwargs, use_ema, channel_order = _settings(info, entry)
     model = models.build_model(model_name, **kwargs)
     try:
-        report = zoo.load_tf1_checkpoint(model, prefix, family=info["family"], use_ema=use_ema,
-                                         channel_order=channel_order)
+        report = zoo.load_tf1_checkpoint(
+            model, prefix, family=info["family"], use_ema=use_ema, channel_order=channel_order
+        )
     except ValueError as err:
         raise common.FlagError(str(err)) from None
     print(report.summary())

@@ -28,13 +28,16 @@ from absl import flags  # noqa: E402
 from launch import common  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "RobustBench checkpoint: a .pt/.pth file (torch.load weights_only) "
-                    "or a .safetensors file.")
-flags.DEFINE_string("preset", None, "A supported RobustBench entry, e.g. Wang2023Better_WRN-70-16 "
-                    "(fills --model and its build kwargs).")
+flags.DEFINE_string(
+    "checkpoint", None, "RobustBench checkpoint: a .pt/.pth file (torch.load weights_only) or a .safetensors file."
+)
+flags.DEFINE_string(
+    "preset", None, "A supported RobustBench entry, e.g. Wang2023Better_WRN-70-16 (fills --model and its build kwargs)."
+)
 flags.DEFINE_string("model", None, "Registry model name (dm_wide_resnet*, convnext_*), instead of --preset.")
-flags.DEFINE_string("model_kwargs", None, "JSON object of build kwargs that override the preset's, "
-                    "e.g. '{\"num_classes\": 100}'.")
+flags.DEFINE_string(
+    "model_kwargs", None, "JSON object of build kwargs that override the preset's, e.g. '{\"num_classes\": 100}'."
+)
 flags.DEFINE_integer("image_size", None, "Input height = width (default: the preset's, else the model's).")
 flags.DEFINE_string("output", None, "Output .keras file (default: the checkpoint path with .keras).")
 flags.DEFINE_string("saved_model", None, "Also export a serving SavedModel to this directory.")
@@ -55,7 +58,9 @@ def _build_kwargs():
         try:
             extra = json.loads(FLAGS.model_kwargs)
         except ValueError as err:
-            raise common.FlagError(f"--model_kwargs must be a JSON object, got {FLAGS.model_kwargs!r} ({err})") from None
+            raise common.FlagError(
+                f"--model_kwargs must be a JSON object, got {FLAGS.model_kwargs!r} ({err})"
+            ) from None
         common.require(isinstance(extra, dict), f"--model_kwargs must be a JSON object, got {FLAGS.model_kwargs!r}")
         kwargs.update(extra)
     if FLAGS.image_size is not None:
@@ -69,15 +74,20 @@ def main(argv):
     del argv
     common.require(FLAGS.checkpoint, "--checkpoint is required (a RobustBench .pt or a .safetensors file)")
     common.require(os.path.isfile(FLAGS.checkpoint), f"--checkpoint={FLAGS.checkpoint} is not a file")
-    common.require(bool(FLAGS.preset) != bool(FLAGS.model), "give exactly one of --preset (a RobustBench entry) "
-                   "or --model (a registry name, with --model_kwargs)")
-    common.require(FLAGS.output is None or FLAGS.output.endswith(".keras"),
-                   f"--output must end in .keras, got {FLAGS.output}")
+    common.require(
+        bool(FLAGS.preset) != bool(FLAGS.model),
+        "give exactly one of --preset (a RobustBench entry) or --model (a registry name, with --model_kwargs)",
+    )
+    common.require(
+        FLAGS.output is None or FLAGS.output.endswith(".keras"), f"--output must end in .keras, got {FLAGS.output}"
+    )
     from sat_tf import models
     from sat_tf.zoo import robustbench
 
     if FLAGS.model:
-        common.choice("model", FLAGS.model, set(models.list_models("dm_wide_resnet*") + models.list_models("convnext*")))
+        common.choice(
+            "model", FLAGS.model, set(models.list_models("dm_wide_resnet*") + models.list_models("convnext*"))
+        )
     model_name, kwargs, entry = _build_kwargs()
     try:
         model = models.build_model(model_name, **kwargs)
@@ -99,8 +109,10 @@ def main(argv):
         print(f"exported SavedModel -> {FLAGS.saved_model}")
     if entry is not None:
         published = entry["published"]
-        print(f"published ({FLAGS.preset}, {entry['dataset']} {entry['threat_model']} eps {entry['eps_text']}, %): "
-              f"clean {published['clean']}, AutoAttack {published['autoattack']}")
+        print(
+            f"published ({FLAGS.preset}, {entry['dataset']} {entry['threat_model']} eps {entry['eps_text']}, %): "
+            f"clean {published['clean']}, AutoAttack {published['autoattack']}"
+        )
     return 0
 
 

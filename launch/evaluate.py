@@ -65,11 +65,19 @@ from sat_tf.evaluation import protocols  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("protocol", None, f"Named evaluation, one of {protocols.list_protocols()} (default: run).")
 common.define_run_flags(workdir="runs/digits_sat", seed=1, split_help="Split to evaluate.")
-flags.DEFINE_string("activation", None, "Evaluate the --workdir run's weights in its network rebuilt with this activation "
-                    "(e.g. relu for a relu_smooth_grad run: the attacks then see the true ReLU gradient); the clean "
-                    "logits must equal the trained model's.")
-flags.DEFINE_string("model_path", None, "Evaluate this .keras file or SavedModel instead of a training run (needs --dataset).")
-flags.DEFINE_list("input_range", ["0", "1"], "The pixel range the --model_path model takes: 0,1 (default), 0,255 or -1,1.")
+flags.DEFINE_string(
+    "activation",
+    None,
+    "Evaluate the --workdir run's weights in its network rebuilt with this activation "
+    "(e.g. relu for a relu_smooth_grad run: the attacks then see the true ReLU gradient); the clean "
+    "logits must equal the trained model's.",
+)
+flags.DEFINE_string(
+    "model_path", None, "Evaluate this .keras file or SavedModel instead of a training run (needs --dataset)."
+)
+flags.DEFINE_list(
+    "input_range", ["0", "1"], "The pixel range the --model_path model takes: 0,1 (default), 0,255 or -1,1."
+)
 flags.DEFINE_list("mean", None, "Per-channel mean subtracted (in --input_range units) before a --model_path model.")
 flags.DEFINE_list("std", None, "Per-channel std divided by (in --input_range units) before a --model_path model.")
 flags.DEFINE_integer("limit", None, "Evaluate only the first N images.")
@@ -81,15 +89,27 @@ flags.DEFINE_string("eps", None, "Budget in natural units: 8/255 or 0.031 (L-inf
 flags.DEFINE_float("attack_epsilon", None, "Budget on the 0-255 scale (default: the protocol's, else the run's).")
 flags.DEFINE_float("attack_step_size", None, "Step on the 0-255 scale (default: the protocol's, else the run's).")
 flags.DEFINE_integer("restarts", 1, "Random restarts of the PGD/CW rows; the worst case per image counts.")
-flags.DEFINE_enum("autoattack", "protocol", ["protocol", "standard", "plus", "rand", "none"],
-                  "AutoAttack version beside the rows (protocol: the protocol's own).")
-flags.DEFINE_list("autoattack_options", [], "Per-attack settings, attack.key=value (e.g. square.queries=1000): "
-                  "a quicker, weaker AutoAttack than the standard one, reported as such.")
+flags.DEFINE_enum(
+    "autoattack",
+    "protocol",
+    ["protocol", "standard", "plus", "rand", "none"],
+    "AutoAttack version beside the rows (protocol: the protocol's own).",
+)
+flags.DEFINE_list(
+    "autoattack_options",
+    [],
+    "Per-attack settings, attack.key=value (e.g. square.queries=1000): "
+    "a quicker, weaker AutoAttack than the standard one, reported as such.",
+)
 flags.DEFINE_integer("batch_size", 256, "Images per chunk (over all replicas).")
 flags.DEFINE_enum("jit", "auto", ["auto", "true", "false"], "XLA for the attacks (auto: on for TPU/GPU, off on CPU).")
 flags.DEFINE_string("output_dir", None, "Report directory (default: <workdir>/report, or ./report for --model_path).")
-flags.DEFINE_string("robustbench_record", None, "Also write the model's RobustBench entry (JSON) here; needs "
-                    "AutoAttack standard (sat_tf.evaluation.robustbench_record).")
+flags.DEFINE_string(
+    "robustbench_record",
+    None,
+    "Also write the model's RobustBench entry (JSON) here; needs "
+    "AutoAttack standard (sat_tf.evaluation.robustbench_record).",
+)
 flags.DEFINE_string("architecture", None, "The record's architecture, e.g. WideResNet-28-10 (default: the model name).")
 flags.DEFINE_bool("resume", True, "Continue an interrupted evaluation from <output_dir>/evaluation_state.json.")
 
@@ -106,20 +126,27 @@ def check_budget(image_shape=None):
     two [0, 1] images (`protocols.max_epsilon`): 1 for L-inf, sqrt(H*W*C) for L2.
     Without `image_shape` an L2 budget is only checked to be >= 0."""
     limit = protocols.max_epsilon(FLAGS.norm, image_shape)
-    images = "" if FLAGS.norm == "linf" or image_shape is None else \
-        f" on {'x'.join(str(int(d)) for d in image_shape)} images"
+    images = (
+        ""
+        if FLAGS.norm == "linf" or image_shape is None
+        else f" on {'x'.join(str(int(d)) for d in image_shape)} images"
+    )
     if FLAGS.eps is not None:
         value = natural_budget(FLAGS.eps)
         hint = f"; [0, 1] pixel units, e.g. {FLAGS.eps}/255" if FLAGS.norm == "linf" and value <= 255 else ""
         if limit is not None and value > limit:
-            raise common.FlagError(f"--eps={FLAGS.eps} is above {limit:g}, the largest --norm={FLAGS.norm} distance "
-                                   f"between two images in [0, 1]{images}{hint}")
+            raise common.FlagError(
+                f"--eps={FLAGS.eps} is above {limit:g}, the largest --norm={FLAGS.norm} distance "
+                f"between two images in [0, 1]{images}{hint}"
+            )
     allowed = ">= 0" if limit is None else f"in [0, {255 * limit:g}]"
     for_images = f" for --norm={FLAGS.norm}{images}" if images else ""
     for name in ("attack_epsilon", "attack_step_size"):
         value = FLAGS[name].value
-        common.require(value is None or 0 <= value <= (math.inf if limit is None else 255 * limit),
-                       f"--{name} must be {allowed} (0-255 scale){for_images}, got {value}")
+        common.require(
+            value is None or 0 <= value <= (math.inf if limit is None else 255 * limit),
+            f"--{name} must be {allowed} (0-255 scale){for_images}, got {value}",
+        )
 
 
 def validate():
@@ -146,11 +173,15 @@ def validate():
         common.require(FLAGS.activation is None, "--activation rebuilds a --workdir run; drop it with --model_path")
         import tensorflow as tf
 
-        common.require(tf.io.gfile.exists(FLAGS.model_path),
-                       f"--model_path={FLAGS.model_path} does not exist (a .keras file or a SavedModel directory)")
+        common.require(
+            tf.io.gfile.exists(FLAGS.model_path),
+            f"--model_path={FLAGS.model_path} does not exist (a .keras file or a SavedModel directory)",
+        )
     model_input()  # checks --input_range/--mean/--std
-    common.require(FLAGS.eps is None or FLAGS.attack_epsilon is None,
-                   "give the budget once: --eps (natural units) or --attack_epsilon (0-255 scale)")
+    common.require(
+        FLAGS.eps is None or FLAGS.attack_epsilon is None,
+        "give the budget once: --eps (natural units) or --attack_epsilon (0-255 scale)",
+    )
     check_budget()  # L-inf now; L2 once the image shape is known (main)
     if FLAGS.attack_epsilon and FLAGS.attack_step_size is not None:
         common.check_step_size("attack_step_size", FLAGS.attack_step_size, "attack_epsilon", FLAGS.attack_epsilon)
@@ -184,7 +215,9 @@ def model_input():
     try:
         low, high = (float(v) for v in FLAGS.input_range)
     except (TypeError, ValueError):
-        raise common.FlagError(f"--input_range must be two numbers LOW,HIGH (e.g. 0,255), got {FLAGS.input_range}") from None
+        raise common.FlagError(
+            f"--input_range must be two numbers LOW,HIGH (e.g. 0,255), got {FLAGS.input_range}"
+        ) from None
     common.require(high > low, f"--input_range must have LOW < HIGH, got {FLAGS.input_range}")
     stats = []
     for name in ("mean", "std"):
@@ -196,8 +229,10 @@ def model_input():
     mean, std = stats
     common.require(std is None or all(s > 0 for s in std), f"--std must be > 0, got {FLAGS.std}")
     custom = (low, high) != (0.0, 1.0) or mean is not None or std is not None
-    common.require(not custom or FLAGS.model_path is not None,
-                   "--input_range/--mean/--std describe a --model_path model; a --workdir run has its own")
+    common.require(
+        not custom or FLAGS.model_path is not None,
+        "--input_range/--mean/--std describe a --model_path model; a --workdir run has its own",
+    )
     return low, high, mean, std
 
 
@@ -268,16 +303,23 @@ def rebuilt_with_activation(trained, config, activation):
     try:
         model.set_weights(trained.get_weights())
     except ValueError as err:
-        raise common.FlagError(f"--activation={activation}: the run's weights do not fit that network "
-                               f"({' '.join(str(err).split())}); use an activation without weights of its own") from None
+        raise common.FlagError(
+            f"--activation={activation}: the run's weights do not fit that network "
+            f"({' '.join(str(err).split())}); use an activation without weights of its own"
+        ) from None
     probe = np.random.default_rng(0).uniform(size=(16, *model.input_shape[1:])).astype("float32")
     want, got = trained(probe, training=False).numpy(), model(probe, training=False).numpy()
     gap = float(np.max(np.abs(want - got)))
-    common.require(gap <= 1e-5 * max(1.0, float(np.max(np.abs(want)))),
-                   f"--activation={activation} changes the run's clean logits (max difference {gap:.3g}): it is "
-                   "not the same function; use the activation the run computes in its forward pass")
-    print(f"evaluating with activation={activation}: clean logits equal the trained model's "
-          f"(max difference {gap:.3g} on 16 random images)", flush=True)
+    common.require(
+        gap <= 1e-5 * max(1.0, float(np.max(np.abs(want)))),
+        f"--activation={activation} changes the run's clean logits (max difference {gap:.3g}): it is "
+        "not the same function; use the activation the run computes in its forward pass",
+    )
+    print(
+        f"evaluating with activation={activation}: clean logits equal the trained model's "
+        f"(max difference {gap:.3g} on 16 random images)",
+        flush=True,
+    )
     return model, {**config, "model_kwargs": kwargs}
 
 
@@ -285,8 +327,13 @@ def load_points(config, dataset, data_dir):
     """The evaluation images and labels as NumPy, in the split's fixed order."""
     import numpy as np
 
-    split = common.RunSplit(config, dataset=dataset, split=FLAGS.split, data_dir=data_dir,
-                            image_size=common.imagenet_options(config)["image_size"] or 0)
+    split = common.RunSplit(
+        config,
+        dataset=dataset,
+        split=FLAGS.split,
+        data_dir=data_dir,
+        image_size=common.imagenet_options(config)["image_size"] or 0,
+    )
     xs, ys = [], []
     for x, y in split.batches(256, limit=FLAGS.limit):
         xs.append(x.numpy())
@@ -301,8 +348,10 @@ def resolve(protocol, run_eval, name):
     run_eval = dict(run_eval)
     if run_eval.get("epsilon") is None:
         run_eval["epsilon"] = explicit["epsilon"] if explicit["epsilon"] is not None else protocol.epsilon
-        common.require(run_eval["epsilon"] is not None,
-                       f"--protocol={name} on --model_path needs a budget: pass --eps (e.g. --eps=8/255)")
+        common.require(
+            run_eval["epsilon"] is not None,
+            f"--protocol={name} on --model_path needs a budget: pass --eps (e.g. --eps=8/255)",
+        )
     if run_eval.get("step_size") is None:
         eps = explicit["epsilon"] if explicit["epsilon"] is not None else run_eval["epsilon"]
         run_eval["step_size"] = eps / 4
@@ -319,8 +368,10 @@ class Progress:
         left = total - done
         rate = done / seconds if seconds > 0 else 0.0
         eta = left / rate if rate > 0 else math.nan
-        line = (f"  {row}: {done}/{total} images, {left} left, elapsed {_clock(time.perf_counter() - self.start)}, "
-                f"row remaining ~{_clock(eta)}")
+        line = (
+            f"  {row}: {done}/{total} images, {left} left, elapsed {_clock(time.perf_counter() - self.start)}, "
+            f"row remaining ~{_clock(eta)}"
+        )
         if sys.stdout.isatty():  # redrawn in place; a log gets one line per chunk
             print("\r" + line, end="\n" if left == 0 else "", flush=True)
         else:
@@ -340,15 +391,29 @@ def report_text(description, dataset, budget, rows, protocol_name):
 
     run = f"{description} on {dataset}:{FLAGS.split}"
     eps, step = budget["epsilon"], budget["step_size"]
-    meta = {"protocol": protocol_name, "epsilon": eps, "step": step, "epsilon (0-255)": round(eps * 255, 3),
-            "step (0-255)": round(step * 255, 3), "steps": budget["steps"], "norm": FLAGS.norm,
-            "loss": FLAGS.loss, "targeted": FLAGS.targeted, "restarts": FLAGS.restarts, "attacks": {}}
+    meta = {
+        "protocol": protocol_name,
+        "epsilon": eps,
+        "step": step,
+        "epsilon (0-255)": round(eps * 255, 3),
+        "step (0-255)": round(step * 255, 3),
+        "steps": budget["steps"],
+        "norm": FLAGS.norm,
+        "loss": FLAGS.loss,
+        "targeted": FLAGS.targeted,
+        "restarts": FLAGS.restarts,
+        "attacks": {},
+    }
     for row in rows:
         if isinstance(row, attacks.AutoAttackRows):
             meta["attacks"][row.name] = row.describe()
-            meta["autoattack"] = {"version": row.version, "norm": row.norm, "epsilon": row.eps,
-                                  "attacks": [spec.name for spec in row.specs()],
-                                  "options": row.options or {}}
+            meta["autoattack"] = {
+                "version": row.version,
+                "norm": row.norm,
+                "epsilon": row.eps,
+                "attacks": [spec.name for spec in row.specs()],
+                "options": row.options or {},
+            }
         elif row.attack is not None:
             meta["attacks"][row.name] = protocols.describe({row.name: row.attack})[row.name]
     return f"{run}, protocol {protocol_name}, eps={eps:.6g}", meta
@@ -380,39 +445,69 @@ def main(argv):
     check_budget(image_shape(config if FLAGS.model_path is None else {}, dataset, data_dir))
     logits_fn, description, config, run_eval = model_logits(strategy)
     budget = resolve(protocol, run_eval, name)
-    rows = protocols.build_rows(protocol, **budget, norm=FLAGS.norm, autoattack=autoattack_version(protocol),
-                                autoattack_options=common.autoattack_options(FLAGS.autoattack_options), **overrides)
+    rows = protocols.build_rows(
+        protocol,
+        **budget,
+        norm=FLAGS.norm,
+        autoattack=autoattack_version(protocol),
+        autoattack_options=common.autoattack_options(FLAGS.autoattack_options),
+        **overrides,
+    )
     if FLAGS.robustbench_record:
         from sat_tf import attacks
 
         common.require(
-            any(isinstance(row, attacks.AutoAttackRows) and row.version == "standard" and not row.options
-                for row in rows),
+            any(
+                isinstance(row, attacks.AutoAttackRows) and row.version == "standard" and not row.options
+                for row in rows
+            ),
             f"--robustbench_record={FLAGS.robustbench_record} needs AutoAttack standard with default settings "
-            "(RobustBench's autoattack_acc); pass --autoattack=standard and no --autoattack_options")
+            "(RobustBench's autoattack_acc); pass --autoattack=standard and no --autoattack_options",
+        )
     x, y = load_points(config, dataset, data_dir)
     out = FLAGS.output_dir or (os.path.join(FLAGS.workdir, "report") if FLAGS.model_path is None else "report")
     state_path = os.path.join(out, STATE_FILE)
     if not FLAGS.resume and tf.io.gfile.exists(state_path):
         tf.io.gfile.remove(state_path)
     jit = distribute.jit_default(strategy) if FLAGS.jit == "auto" else FLAGS.jit == "true"
-    identity = {"model": FLAGS.model_path or files.absolute(FLAGS.workdir), "checkpoint": FLAGS.checkpoint,
-                **({"activation": FLAGS.activation} if FLAGS.activation else {}),
-                "dataset": dataset, "split": FLAGS.split, "limit": FLAGS.limit, "input": FLAGS.input_range,
-                "mean": FLAGS.mean, "std": FLAGS.std}
+    identity = {
+        "model": FLAGS.model_path or files.absolute(FLAGS.workdir),
+        "checkpoint": FLAGS.checkpoint,
+        **({"activation": FLAGS.activation} if FLAGS.activation else {}),
+        "dataset": dataset,
+        "split": FLAGS.split,
+        "limit": FLAGS.limit,
+        "input": FLAGS.input_range,
+        "mean": FLAGS.mean,
+        "std": FLAGS.std,
+    }
     try:
         results = evaluation.evaluate_points(
-            logits_fn, x, y, rows, strategy=strategy, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-            state_path=state_path, identity=identity, jit_compile=jit, progress=Progress(),
+            logits_fn,
+            x,
+            y,
+            rows,
+            strategy=strategy,
+            batch_size=FLAGS.batch_size,
+            seed=FLAGS.seed,
+            state_path=state_path,
+            identity=identity,
+            jit_compile=jit,
+            progress=Progress(),
         )
     except evaluation.EvaluationStateError as err:
         raise common.FlagError(f"{err} (or pass --noresume)") from None
     if not distribute.is_chief(strategy):
         return 0
     title, meta = report_text(description, dataset, budget, rows, name)
-    meta = {"workdir": FLAGS.workdir if FLAGS.model_path is None else None, "model_path": FLAGS.model_path,
-            **({"activation override": FLAGS.activation} if FLAGS.activation else {}),
-            **meta, "images": len(y), "minutes": round((time.perf_counter() - start) / 60, 2)}
+    meta = {
+        "workdir": FLAGS.workdir if FLAGS.model_path is None else None,
+        "model_path": FLAGS.model_path,
+        **({"activation override": FLAGS.activation} if FLAGS.activation else {}),
+        **meta,
+        "images": len(y),
+        "minutes": round((time.perf_counter() - start) / 60, 2),
+    }
     paths = report.write_report(results["rows"], out, meta=meta, title=title, warnings=results["warnings"])
     print(report.markdown_table(results["rows"], title=title))
     for warning in results["warnings"]:
@@ -423,13 +518,15 @@ def main(argv):
 
         try:
             record = robustbench_record.write_robustbench_record(
-                paths["json"], FLAGS.robustbench_record, architecture=FLAGS.architecture or description,
-                dataset=dataset)
+                paths["json"], FLAGS.robustbench_record, architecture=FLAGS.architecture or description, dataset=dataset
+            )
         except robustbench_record.RecordError as err:
             raise common.FlagError(f"--robustbench_record={FLAGS.robustbench_record}: {err}") from None
-        print(f"robustbench record: {FLAGS.robustbench_record} (clean {record['clean_acc']} %, AutoAttack "
-              f"{record['autoattack_acc']} % on {record['n_examples']} images; fill in name, link, authors, venue)",
-              flush=True)
+        print(
+            f"robustbench record: {FLAGS.robustbench_record} (clean {record['clean_acc']} %, AutoAttack "
+            f"{record['autoattack_acc']} % on {record['n_examples']} images; fill in name, link, authors, venue)",
+            flush=True,
+        )
     return 0
 
 

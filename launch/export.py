@@ -42,22 +42,32 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the latest 
 flags.DEFINE_string("model_path", None, "A .keras file instead of --workdir (loaded with safe_mode=True).")
 flags.DEFINE_string("output", None, "SavedModel directory (default: <workdir>/saved_model).")
 flags.DEFINE_integer("top_k", 5, "Classes in `top_k_classes`/`top_k_probabilities` (clipped to the class count).")
-flags.DEFINE_bool("jpeg", True, "Add the `serve_jpeg` signature (encoded image bytes in; square 1- or 3-channel models).")
+flags.DEFINE_bool(
+    "jpeg", True, "Add the `serve_jpeg` signature (encoded image bytes in; square 1- or 3-channel models)."
+)
 flags.DEFINE_integer(
-    "crop_padding", 32,
+    "crop_padding",
+    32,
     "serve_jpeg centre crop: the central S/(S+crop_padding) of the shorter side, as ImageNet eval (0: whole side).",
 )
 flags.DEFINE_string("serving_name", None, "MODEL_NAME in the printed TF Serving command (default: the model's name).")
 flags.DEFINE_float(
-    "smoothed_sigma", None,
+    "smoothed_sigma",
+    None,
     "Add `predict_smoothed` with this noise sigma ([0, 1] pixel units). Default: the workdir's "
     "config.objective.noise_sd if it trained with one, else no signature; 0 turns it off.",
 )
 flags.DEFINE_integer("smoothed_n", 1000, "predict_smoothed: noise samples per image.")
 flags.DEFINE_float("smoothed_alpha", 0.001, "predict_smoothed: abstain when the binomial test's p-value exceeds it.")
-flags.DEFINE_integer("smoothed_batch", None, "predict_smoothed: noise samples per forward pass (default: min(n, 1000)).")
-flags.DEFINE_integer("smoothed_seed", None, "predict_smoothed: fix the noise seed (answers become deterministic per image, "
-                     "for reproducible tests). Default: fresh noise for every request.")
+flags.DEFINE_integer(
+    "smoothed_batch", None, "predict_smoothed: noise samples per forward pass (default: min(n, 1000))."
+)
+flags.DEFINE_integer(
+    "smoothed_seed",
+    None,
+    "predict_smoothed: fix the noise seed (answers become deterministic per image, "
+    "for reproducible tests). Default: fresh noise for every request.",
+)
 SMOOTHED_FLAGS = ("smoothed_n", "smoothed_alpha", "smoothed_batch", "smoothed_seed")
 
 
@@ -87,8 +97,11 @@ def smoothed_serving(run_config):
             )
         return None
     return export.SmoothedServing(
-        float(sigma), n=FLAGS.smoothed_n, alpha=FLAGS.smoothed_alpha,
-        batch_size=FLAGS.smoothed_batch, seed=FLAGS.smoothed_seed,
+        float(sigma),
+        n=FLAGS.smoothed_n,
+        alpha=FLAGS.smoothed_alpha,
+        batch_size=FLAGS.smoothed_batch,
+        seed=FLAGS.smoothed_seed,
     )
 
 
@@ -146,7 +159,11 @@ def main(argv):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No serve_jpeg signature")  # printed above
         export.export_saved_model(
-            model, output, top_k=FLAGS.top_k, jpeg=FLAGS.jpeg, crop_padding=FLAGS.crop_padding,
+            model,
+            output,
+            top_k=FLAGS.top_k,
+            jpeg=FLAGS.jpeg,
+            crop_padding=FLAGS.crop_padding,
             smoothed=smoothed,
         )
     text = export.serving_readme(output, FLAGS.serving_name or model.name, notes=notes)

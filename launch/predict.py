@@ -37,7 +37,9 @@ from launch import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 common.define_run_flags(workdir="runs/digits_noise_0.25", seed=0, split_help="Split to attack.")
-flags.DEFINE_float("sigma", None, "Noise sigma of the smoothed classifier (default: the run's config.objective.noise_sd).")
+flags.DEFINE_float(
+    "sigma", None, "Noise sigma of the smoothed classifier (default: the run's config.objective.noise_sd)."
+)
 flags.DEFINE_integer("skip", 1, "Attack every skip-th image.")
 flags.DEFINE_integer("max", -1, "Stop before image index max (-1: all).")
 flags.DEFINE_integer("N", 100000, "Noise samples of PREDICT.")
@@ -50,24 +52,34 @@ flags.DEFINE_integer("num_noise_vec", 1, "m_test: noise draws the attack average
 flags.DEFINE_bool("base_attack", False, "Attack the base classifier (no noise in the attack).")
 flags.DEFINE_float("init_norm_ddn", 256.0, "DDN's initial norm, 1/256 units.")
 flags.DEFINE_float("gamma_ddn", 0.05, "DDN's gamma when --epsilon=0 (else recomputed, as the reference).")
-flags.DEFINE_string("outfile", None, "TSV path (default: <workdir>/predict/<attack>_<eps>_noise_<sigma>_mtest_<m>.tsv).")
+flags.DEFINE_string(
+    "outfile", None, "TSV path (default: <workdir>/predict/<attack>_<eps>_noise_<sigma>_mtest_<m>.tsv)."
+)
 
 HEADER = "idx\tlabel\tpredict\tbasePredict\tcorrect\ttime"
 
 
 def validate():
-    common.require(FLAGS.workdir, "--workdir is required: a directory written by launch/train.py --config=launch/configs/digits_gaussian.py")
+    common.require(
+        FLAGS.workdir,
+        "--workdir is required: a directory written by launch/train.py --config=launch/configs/digits_gaussian.py",
+    )
     common.require(FLAGS.skip >= 1, f"--skip must be >= 1, got {FLAGS.skip}")
     common.require(FLAGS.N >= 1, f"--N must be >= 1, got {FLAGS.N}")
     common.require(0 < FLAGS.alpha < 1, f"--alpha must be in (0, 1), got {FLAGS.alpha}")
     common.require(FLAGS.batch >= 1, f"--batch must be >= 1, got {FLAGS.batch}")
-    common.require(0 <= FLAGS.epsilon <= 4096, f"--epsilon must be in [0, 4096] (1/256 units: 64 means 0.25), got {FLAGS.epsilon}")
+    common.require(
+        0 <= FLAGS.epsilon <= 4096, f"--epsilon must be in [0, 4096] (1/256 units: 64 means 0.25), got {FLAGS.epsilon}"
+    )
     common.require(FLAGS.num_steps >= 1, f"--num_steps must be >= 1, got {FLAGS.num_steps}")
     common.require(1 <= FLAGS.num_noise_vec <= 4096, f"--num_noise_vec must be in [1, 4096], got {FLAGS.num_noise_vec}")
     if FLAGS.sigma is not None:
         common.require(0 < FLAGS.sigma <= 10, f"--sigma must be in (0, 10] ([0, 1] pixel units), got {FLAGS.sigma}")
     common.require(FLAGS.max == -1 or FLAGS.max >= 1, f"--max must be -1 (all) or >= 1, got {FLAGS.max}")
-    common.require(0 < FLAGS.init_norm_ddn <= 4096, f"--init_norm_ddn must be in (0, 4096] (1/256 units), got {FLAGS.init_norm_ddn}")
+    common.require(
+        0 < FLAGS.init_norm_ddn <= 4096,
+        f"--init_norm_ddn must be in (0, 4096] (1/256 units), got {FLAGS.init_norm_ddn}",
+    )
     common.require(0 < FLAGS.gamma_ddn < 1, f"--gamma_ddn must be in (0, 1), got {FLAGS.gamma_ddn}")
     common.check_run_flags(FLAGS)
 
@@ -76,7 +88,10 @@ def smoothing_sigma(run_config):
     if FLAGS.sigma is not None:
         return FLAGS.sigma
     sigma = run_config.get("smoothing", {}).get("noise_sd", 0.0)
-    common.require(sigma > 0, "--sigma is required: the run was not trained with a smoothing objective (no objective.noise_sd in run_config.json)")
+    common.require(
+        sigma > 0,
+        "--sigma is required: the run was not trained with a smoothing objective (no objective.noise_sd in run_config.json)",
+    )
     return sigma
 
 
@@ -101,11 +116,16 @@ def main(argv):
     run_config = common.load_run_config(FLAGS.workdir)
     sigma = smoothing_sigma(run_config)
     dataset = FLAGS.dataset or run_config["dataset"]
-    common.check_run_data(run_config, dataset=dataset, split=FLAGS.split, data_dir=FLAGS.data_dir or run_config.get("data_dir"))
+    common.check_run_data(
+        run_config, dataset=dataset, split=FLAGS.split, data_dir=FLAGS.data_dir or run_config.get("data_dir")
+    )
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     model, run_config = common.restore_model(FLAGS.workdir, FLAGS.checkpoint)
     split = common.RunSplit(
-        run_config, dataset=dataset, split=FLAGS.split, data_dir=FLAGS.data_dir or run_config.get("data_dir"),
+        run_config,
+        dataset=dataset,
+        split=FLAGS.split,
+        data_dir=FLAGS.data_dir or run_config.get("data_dir"),
         image_size=model.input_shape[1],
     )
     logits_fn = lambda z: model(z, training=False)  # noqa: E731  one callable: one trace
@@ -128,8 +148,11 @@ def main(argv):
     last = total if FLAGS.max < 0 else min(total, FLAGS.max)
     images = split.batches(1, limit=last)
     selected = len(range(0, last, FLAGS.skip))
-    print(f"predict: {FLAGS.attack} eps={kwargs['eps']:.4f} steps={FLAGS.num_steps} m_test={m} sigma={sigma:g} "
-          f"N={FLAGS.N} alpha={FLAGS.alpha} on {selected} {dataset}/{FLAGS.split} images -> {outfile}", flush=True)
+    print(
+        f"predict: {FLAGS.attack} eps={kwargs['eps']:.4f} steps={FLAGS.num_steps} m_test={m} sigma={sigma:g} "
+        f"N={FLAGS.N} alpha={FLAGS.alpha} on {selected} {dataset}/{FLAGS.split} images -> {outfile}",
+        flush=True,
+    )
     correct, done, start = 0, 0, time.perf_counter()
     with tf.io.gfile.GFile(outfile, "w") as f:
         print(HEADER, file=f, flush=True)
@@ -150,14 +173,27 @@ def main(argv):
             rate = done * FLAGS.N / (time.perf_counter() - start)
             common.progress_line(done, selected, f"empirical accuracy {correct / done:.4f}  {rate:,.0f} samples/s")
     summary = {
-        "empirical_accuracy": correct / max(done, 1), "images": done, "sigma": sigma, "attack": FLAGS.attack,
-        "epsilon": kwargs["eps"], "epsilon_256": FLAGS.epsilon, "num_steps": FLAGS.num_steps, "m_test": m,
-        "base_attack": FLAGS.base_attack, "N": FLAGS.N, "alpha": FLAGS.alpha, "seed": FLAGS.seed,
-        "workdir": FLAGS.workdir, "seconds": round(time.perf_counter() - start, 2),
+        "empirical_accuracy": correct / max(done, 1),
+        "images": done,
+        "sigma": sigma,
+        "attack": FLAGS.attack,
+        "epsilon": kwargs["eps"],
+        "epsilon_256": FLAGS.epsilon,
+        "num_steps": FLAGS.num_steps,
+        "m_test": m,
+        "base_attack": FLAGS.base_attack,
+        "N": FLAGS.N,
+        "alpha": FLAGS.alpha,
+        "seed": FLAGS.seed,
+        "workdir": FLAGS.workdir,
+        "seconds": round(time.perf_counter() - start, 2),
     }
     files.write_json(os.path.splitext(outfile)[0] + ".json", summary, indent=2)
-    print(f"empirical accuracy of the smoothed classifier: {summary['empirical_accuracy']:.4f} "
-          f"({correct}/{done}) under {FLAGS.attack} eps={kwargs['eps']:.3f}; {outfile}", flush=True)
+    print(
+        f"empirical accuracy of the smoothed classifier: {summary['empirical_accuracy']:.4f} "
+        f"({correct}/{done}) under {FLAGS.attack} eps={kwargs['eps']:.3f}; {outfile}",
+        flush=True,
+    )
     return 0
 
 

@@ -60,7 +60,8 @@ config_flags.register_flag_parser_for_type(float, FractionParser())
 def define_flags(default_config):
     """The trainer's three flags; `default_config` is the config file used without --config."""
     config_flags.DEFINE_config_file(
-        "config", os.path.join(CONFIGS, default_config), "A config file of launch/configs/ (see its docstring).")
+        "config", os.path.join(CONFIGS, default_config), "A config file of launch/configs/ (see its docstring)."
+    )
     flags.DEFINE_string("workdir", None, "Checkpoints, logs, reports and exports (default: runs/<config name>).")
     flags.DEFINE_string("tpu", None, "Cloud TPU name, 'local' or grpc://host:port: --config.system.tpu.")
 
@@ -82,12 +83,15 @@ def check_precision(config):
     wants_tpu = bool(config.system.tpu) or config.system.strategy == "tpu"
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     if precision == "mixed_float16" and not (has_gpu and not wants_tpu):
-        raise config_lib.ConfigError("config.system.precision='mixed_float16' needs a GPU (float16 is slow or "
-                                     "unsupported on CPU/TPU); allowed here: 'auto', 'float32', 'mixed_bfloat16'")
+        raise config_lib.ConfigError(
+            "config.system.precision='mixed_float16' needs a GPU (float16 is slow or "
+            "unsupported on CPU/TPU); allowed here: 'auto', 'float32', 'mixed_bfloat16'"
+        )
     if precision == "mixed_bfloat16" and not (wants_tpu or has_gpu or distribute.cpu_has_bf16()):
         raise config_lib.ConfigError(
             "config.system.precision='mixed_bfloat16' on a CPU without AVX512-BF16/AMX is emulated and slower than "
-            "float32; allowed here: 'auto', 'float32'")
+            "float32; allowed here: 'auto', 'float32'"
+        )
 
 
 def precision_policy(config, strategy):
@@ -117,19 +121,28 @@ def training_objective(config, model, num_classes, steps_per_epoch):
     if o.name in config_lib.SMOOTHING_OBJECTIVES:
         s = o.smoothadv
         return objectives.SmoothAdvObjective(
-            sigma=o.noise_sd, attack="none" if o.name == "gaussian" else s.attack, epsilon=s.eps, steps=s.steps,
-            num_noise=s.num_noise, multi_noise=s.multi_noise, warmup_epochs=s.warmup_epochs,
-            steps_per_epoch=steps_per_epoch, ddn_gamma=s.ddn_gamma)
+            sigma=o.noise_sd,
+            attack="none" if o.name == "gaussian" else s.attack,
+            epsilon=s.eps,
+            steps=s.steps,
+            num_noise=s.num_noise,
+            multi_noise=s.multi_noise,
+            warmup_epochs=s.warmup_epochs,
+            steps_per_epoch=steps_per_epoch,
+            ddn_gamma=s.ddn_gamma,
+        )
     if o.name in config_lib.TRADES_OBJECTIVES:
         kwargs = {"eps": a.eps, "step_size": a.step_size, "steps": a.steps, "beta": o.trades_beta}
         if "rat" in o.name:
-            kwargs.update(rat_alpha=o.rat_alpha, rat_second_weight=o.rat_second_weight,
-                          rat_c=o.rat_c if o.rat_c is not None else (0.8 if num_classes <= 10 else 0.98))
+            kwargs.update(
+                rat_alpha=o.rat_alpha,
+                rat_second_weight=o.rat_second_weight,
+                rat_c=o.rat_c if o.rat_c is not None else (0.8 if num_classes <= 10 else 0.98),
+            )
         if o.name == "trades_rat":
             kwargs["attack_weight_noise"] = o.rat_weight_noise
         if "awp" in o.name:
-            kwargs.update(awp_gamma=o.awp_gamma, awp_warmup_epochs=o.awp_warmup_epochs,
-                          steps_per_epoch=steps_per_epoch)
+            kwargs.update(awp_gamma=o.awp_gamma, awp_warmup_epochs=o.awp_warmup_epochs, steps_per_epoch=steps_per_epoch)
         return objectives.TradesObjective(model, **kwargs)
     if o.name == "mart":
         return objectives.MartObjective(eps=a.eps, step_size=a.step_size, steps=a.steps, beta=o.mart_beta)
@@ -147,16 +160,25 @@ def mixed_train_fn(config, dataset, batch_size, steps_per_epoch, chief):
         augment = (rule.pad, rule.flip)
     files = generated.list_generated_files(config.data.generated_path)
     if chief:
-        print(f"generated images: {len(files)} file(s) matching {config.data.generated_path}, "
-              f"int({config.data.generated_fraction:g} x batch) of every replica's batch", flush=True)
+        print(
+            f"generated images: {len(files)} file(s) matching {config.data.generated_path}, "
+            f"int({config.data.generated_fraction:g} x batch) of every replica's batch",
+            flush=True,
+        )
 
     def real_fn(epoch, ctx, batch):
         return dataset.train_dataset(epoch, batch_size=batch, seed=config.system.seed, input_context=ctx)
 
     return generated.mixed_dataset_fn(
-        real_fn, files=files, fraction=config.data.generated_fraction, global_batch_size=batch_size,
-        steps_per_epoch=steps_per_epoch, image_shape=config.model.input_shape, seed=config.system.seed,
-        augment=augment)
+        real_fn,
+        files=files,
+        fraction=config.data.generated_fraction,
+        global_batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        image_shape=config.model.input_shape,
+        seed=config.system.seed,
+        augment=augment,
+    )
 
 
 def describe_objective(config):
@@ -191,8 +213,9 @@ def main(argv):
     try:  # ml_collections reports a config file that failed to load on first use
         config.mode  # noqa: B018 (the access is the check)
     except OSError as err:
-        raise config_lib.ConfigError(f"--config={FLAGS['config'].config_filename}: "
-                                     f"{' '.join(str(err).split())}") from None
+        raise config_lib.ConfigError(
+            f"--config={FLAGS['config'].config_filename}: {' '.join(str(err).split())}"
+        ) from None
     if FLAGS.tpu:
         config.system.tpu = FLAGS.tpu
     workdir = workdir_for(FLAGS["config"].config_filename)
@@ -202,8 +225,9 @@ def main(argv):
     try:
         common.check_autoattack(autoattack, config.eval.autoattack_options, version_flag="config.eval.autoattack")
     except common.FlagError as err:
-        raise config_lib.ConfigError(f"config.eval.autoattack_options={tuple(config.eval.autoattack_options)}: "
-                                     f"{err}") from None
+        raise config_lib.ConfigError(
+            f"config.eval.autoattack_options={tuple(config.eval.autoattack_options)}: {err}"
+        ) from None
     activation = config_lib.activation_spec(config.model.activation, config.model.activation_options)
     check_precision(config)
     from sat_tf import data
@@ -230,16 +254,19 @@ def main(argv):
     keras.utils.set_random_seed(config.system.seed)
     strategy_name = config.system.strategy
     if strategy_name is None:
-        strategy_name = "tpu" if config.system.tpu else ("mirrored" if tf.config.list_logical_devices("GPU")
-                                                          else "default")
+        strategy_name = (
+            "tpu" if config.system.tpu else ("mirrored" if tf.config.list_logical_devices("GPU") else "default")
+        )
     strategy = distribute.make_strategy(strategy_name, tpu=config.system.tpu)
     replicas = strategy.num_replicas_in_sync
     batch_size = config.schedule.batch_size
     eval_batch = config.eval.batch_size or max(replicas, (256 // replicas) * replicas)
     for field, value in (("schedule.batch_size", batch_size), ("eval.batch_size", eval_batch)):
         if value % replicas:
-            raise config_lib.ConfigError(f"config.{field}={value} is invalid; allowed: a multiple of the {replicas} "
-                                         f"replicas of strategy {strategy_name!r}")
+            raise config_lib.ConfigError(
+                f"config.{field}={value} is invalid; allowed: a multiple of the {replicas} "
+                f"replicas of strategy {strategy_name!r}"
+            )
     policy = precision_policy(config, strategy)
     keras.mixed_precision.set_global_policy(policy)
     chief = distribute.is_chief(strategy)
@@ -253,15 +280,17 @@ def main(argv):
     num_train = min(info.num_train, config.data.limit_train or info.num_train)
     steps_per_epoch = num_train // batch_size
     if steps_per_epoch == 0:
-        raise config_lib.ConfigError(f"config.schedule.batch_size={batch_size} is invalid; allowed: at most the "
-                                     f"{num_train} training images")
+        raise config_lib.ConfigError(
+            f"config.schedule.batch_size={batch_size} is invalid; allowed: at most the {num_train} training images"
+        )
     total_steps = config.schedule.steps or config.schedule.epochs * steps_per_epoch
     epochs = -(-total_steps // steps_per_epoch)
     aa_options, aa_notes = None, []
     if autoattack and config.mode != "train":
         try:
             aa_options, aa_notes = common.check_autoattack_classes(
-                autoattack, config.eval.autoattack_options, num_classes, version_flag="config.eval.autoattack")
+                autoattack, config.eval.autoattack_options, num_classes, version_flag="config.eval.autoattack"
+            )
         except common.FlagError as err:
             raise config_lib.ConfigError(str(err)) from None
         for note in aa_notes if chief else ():
@@ -285,9 +314,13 @@ def main(argv):
         optimizer = training_setup.make_optimizer(config, schedule, model)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        ema = ema_lib.WeightEMA(model, config.optimizer.ema_decay,
-                                start_step=int(config.optimizer.ema_warmup_epochs * steps_per_epoch)
-                                ) if config.optimizer.ema_decay > 0 else None
+        ema = (
+            ema_lib.WeightEMA(
+                model, config.optimizer.ema_decay, start_step=int(config.optimizer.ema_warmup_epochs * steps_per_epoch)
+            )
+            if config.optimizer.ema_decay > 0
+            else None
+        )
     image_size = int(model.input_shape[1])
     config.model.input_shape = tuple(int(d) for d in model.input_shape[1:])
     if info.image_shape is None:  # a data set of any resolution (ImageNet's JPEGs) is read at the model's
@@ -302,21 +335,28 @@ def main(argv):
         except (ValueError, OSError, tf.errors.OpError) as err:
             raise config_lib.ConfigError(f"config.model.load_sparta={config.model.load_sparta}: {err}") from None
     if config.model.init_checkpoint:
-        summary = training_setup.load_init_weights(model, config.model.init_checkpoint,
-                                                   use_ema=config.model.init_use_ema,
-                                                   channel_order=config.model.channel_order)
+        summary = training_setup.load_init_weights(
+            model,
+            config.model.init_checkpoint,
+            use_ema=config.model.init_use_ema,
+            channel_order=config.model.channel_order,
+        )
         if chief:
             print(summary, flush=True)
         if ema is not None:
             ema.reset_from_model()  # average from the loaded weights, not the random init
-    attack = training_setup.with_mixup(config, training_objective(config, model, num_classes, steps_per_epoch),
-                                       num_classes, strategy)
+    attack = training_setup.with_mixup(
+        config, training_objective(config, model, num_classes, steps_per_epoch), num_classes, strategy
+    )
     if chief:
         config_lib.save(config, workdir)
-        print(f"sat_tf: {config.model.name}/{config.model.activation} on {config.data.name} "
-              f"({num_train} images, {image_size}px, {steps_per_epoch} steps/epoch x {epochs} epochs), mode "
-              f"{config.mode}, {describe_objective(config)}, {replicas} replica(s) [{strategy_name}], {policy}, "
-              f"jit={jit}, workdir {workdir}", flush=True)
+        print(
+            f"sat_tf: {config.model.name}/{config.model.activation} on {config.data.name} "
+            f"({num_train} images, {image_size}px, {steps_per_epoch} steps/epoch x {epochs} epochs), mode "
+            f"{config.mode}, {describe_objective(config)}, {replicas} replica(s) [{strategy_name}], {policy}, "
+            f"jit={jit}, workdir {workdir}",
+            flush=True,
+        )
 
     # ===== Train =====
     bad_reported = [0]
@@ -329,8 +369,9 @@ def main(argv):
         return count
 
     def train_fn(epoch, ctx, skip_batches=0):
-        return dataset.train_dataset(epoch, batch_size=batch_size, seed=config.system.seed, input_context=ctx,
-                                     skip_batches=skip_batches)
+        return dataset.train_dataset(
+            epoch, batch_size=batch_size, seed=config.system.seed, input_context=ctx, skip_batches=skip_batches
+        )
 
     if config.data.generated_path:  # Wang et al. 2023: a fixed share of every batch from generated images
         train_fn = mixed_train_fn(config, dataset, batch_size, steps_per_epoch, chief)
@@ -344,8 +385,9 @@ def main(argv):
     def eval_rows(iters):
         if smoothing:  # the base classifier under noise; certificates come from launch/certify.py
             return {"clean": None, f"noise_sd={config.objective.noise_sd:g}": noise_attack(config.objective.noise_sd)}
-        return common.eval_attacks(iters, epsilon=config_lib.eval_epsilon(config),
-                                   step_size=config_lib.eval_step_size(config))
+        return common.eval_attacks(
+            iters, epsilon=config_lib.eval_epsilon(config), step_size=config_lib.eval_step_size(config)
+        )
 
     def streaming_evaluation(rows):
         from sat_tf import evaluation
@@ -372,23 +414,40 @@ def main(argv):
         results = streaming_evaluation(eval_rows(config.eval.periodic_steps))
         if chief:
             print(report.markdown_table(results, title=f"epoch {epoch + 1}"), flush=True)
-        return {**extra, **{f"eval/{name}_{k}": v for name, row in results.items() for k, v in row.items()
-                            if k.startswith("top")}}  # top1 and top{k}, k = min(5, classes)
+        return {
+            **extra,
+            **{f"eval/{name}_{k}": v for name, row in results.items() for k, v in row.items() if k.startswith("top")},
+        }  # top1 and top{k}, k = min(5, classes)
 
     history, weights_tag = [], "init" if config.model.init_checkpoint else None
     if config.mode != "eval":
         step_config = training.StepConfig(
-            global_batch_size=batch_size, num_classes=num_classes, label_smoothing=config.objective.label_smoothing,
-            weight_decay=training_setup.l2_weight_decay(config), jit_compile=jit, seed=config.system.seed,
+            global_batch_size=batch_size,
+            num_classes=num_classes,
+            label_smoothing=config.objective.label_smoothing,
+            weight_decay=training_setup.l2_weight_decay(config),
+            jit_compile=jit,
+            seed=config.system.seed,
             steps_per_execution=config.system.steps_per_execution,
-            attack_grad_scale=128.0 if policy == "mixed_float16" else 1.0)
+            attack_grad_scale=128.0 if policy == "mixed_float16" else 1.0,
+        )
         with record_faults.named_errors():
             history = training.fit(
-                model, optimizer, attack, strategy, train_fn, config=step_config, epochs=epochs,
-                steps_per_epoch=steps_per_epoch, workdir=workdir,
+                model,
+                optimizer,
+                attack,
+                strategy,
+                train_fn,
+                config=step_config,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                workdir=workdir,
                 checkpoint_every_steps=config.system.checkpoint_every_steps,
-                on_nonfinite=config.system.on_nonfinite, max_skipped_steps=config.system.max_skipped_steps,
-                epoch_end_fn=epoch_end_fn, ema=ema)
+                on_nonfinite=config.system.on_nonfinite,
+                max_skipped_steps=config.system.max_skipped_steps,
+                epoch_end_fn=epoch_end_fn,
+                ema=ema,
+            )
         weights_tag = f"step{int(optimizer.iterations.numpy())}"
         if chief and isinstance(attack, mixup.MixupObjective):
             print(attack.summary(), flush=True)
@@ -396,8 +455,10 @@ def main(argv):
         checkpoint = tf.train.Checkpoint(model=model, **({"ema": ema} if ema is not None else {}))
         path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
         if path is None:
-            raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first or set "
-                                    "config.model.init_checkpoint")
+            raise FileNotFoundError(
+                f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first or set "
+                "config.model.init_checkpoint"
+            )
         checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
         weights_tag = os.path.basename(path)
         if chief:
@@ -419,17 +480,32 @@ def main(argv):
         warnings = list(aa_notes)
         if point_rows:
             with record_faults.named_errors():
-                x, y = dataset.eval_arrays(limit=config.data.limit_test if dataset.in_memory
-                                           else config.eval.autoattack_images)
+                x, y = dataset.eval_arrays(
+                    limit=config.data.limit_test if dataset.in_memory else config.eval.autoattack_images
+                )
             for prefix, swapped in weights():
                 # One state per weights, so an interrupted evaluation of these weights resumes.
                 state_path = os.path.join(workdir, "report", f"{prefix}evaluation_state-{weights_tag}.json")
                 evaluate = functools.partial(
-                    evaluation.evaluate_points, logits_fn, x, y, point_rows, strategy=strategy,
-                    batch_size=eval_batch, seed=config.system.seed + 1, state_path=state_path, jit_compile=jit,
-                    identity={"workdir": files.absolute(workdir), "weights": weights_tag,
-                              "init_checkpoint": config.model.init_checkpoint, "ema": bool(prefix)},
-                    worst_case=not smoothing, progress=functools.partial(print_progress, chief, prefix))
+                    evaluation.evaluate_points,
+                    logits_fn,
+                    x,
+                    y,
+                    point_rows,
+                    strategy=strategy,
+                    batch_size=eval_batch,
+                    seed=config.system.seed + 1,
+                    state_path=state_path,
+                    jit_compile=jit,
+                    identity={
+                        "workdir": files.absolute(workdir),
+                        "weights": weights_tag,
+                        "init_checkpoint": config.model.init_checkpoint,
+                        "ema": bool(prefix),
+                    },
+                    worst_case=not smoothing,
+                    progress=functools.partial(print_progress, chief, prefix),
+                )
                 with swapped:
                     try:
                         out = evaluate()
@@ -444,10 +520,18 @@ def main(argv):
                         results[prefix + ("autoattack worst case" if name == evaluation.WORST_CASE else name)] = row
                 warnings += [f"{prefix}autoattack: {w}" if prefix else w for w in out["warnings"]]
         if chief:
-            write_report(config, results, warnings, workdir=workdir, weights_tag=weights_tag, history=history,
-                         aa_rows=[r for r in point_rows if isinstance(r, attacks.AutoAttackRows)],
-                         aa_images=None if dataset.in_memory else config.eval.autoattack_images,
-                         train_minutes=train_minutes, minutes=(time.perf_counter() - start) / 60)
+            write_report(
+                config,
+                results,
+                warnings,
+                workdir=workdir,
+                weights_tag=weights_tag,
+                history=history,
+                aa_rows=[r for r in point_rows if isinstance(r, attacks.AutoAttackRows)],
+                aa_images=None if dataset.in_memory else config.eval.autoattack_images,
+                train_minutes=train_minutes,
+                minutes=(time.perf_counter() - start) / 60,
+            )
 
     # ===== Export =====
     if config.mode != "eval" and chief:
@@ -463,9 +547,12 @@ def main(argv):
         if config.export.enabled:
             # A noise-trained run also serves its smoothed classifier (predict_smoothed, n=1000, alpha=0.001).
             sigma = config.objective.noise_sd if smoothing else 0.0
-            export.export_saved_model(model, os.path.join(workdir, "saved_model"),
-                                      crop_padding=config.export.crop_padding,
-                                      smoothed=export.SmoothedServing(sigma=sigma) if sigma > 0 else None)
+            export.export_saved_model(
+                model,
+                os.path.join(workdir, "saved_model"),
+                crop_padding=config.export.crop_padding,
+                smoothed=export.SmoothedServing(sigma=sigma) if sigma > 0 else None,
+            )
         if smoothing:
             print(f"certify the smoothed classifier: python launch/certify.py --workdir={workdir}", flush=True)
     if chief:
@@ -478,16 +565,19 @@ def print_progress(chief, prefix, row, done, total, seconds):
         print(f"  {prefix}{row}: {done}/{total} images ({seconds:.0f} s)", flush=True)
 
 
-def write_report(config, results, warnings, *, workdir, weights_tag, history, aa_rows, aa_images, train_minutes,
-                 minutes):
+def write_report(
+    config, results, warnings, *, workdir, weights_tag, history, aa_rows, aa_images, train_minutes, minutes
+):
     """report/robustness.{json,md,png} and the table on stdout."""
     from sat_tf.evaluation import report
 
     eval_eps, eval_step = config_lib.eval_epsilon(config), config_lib.eval_step_size(config)
     o = config.objective
     title = f"{config.model.name}/{config.model.activation} on {config.data.name}, " + (
-        f"base classifier of {o.name} (sigma={o.noise_sd:g})" if o.name in config_lib.SMOOTHING_OBJECTIVES
-        else f"eps={eval_eps * 255:g}/255")
+        f"base classifier of {o.name} (sigma={o.noise_sd:g})"
+        if o.name in config_lib.SMOOTHING_OBJECTIVES
+        else f"eps={eval_eps * 255:g}/255"
+    )
     meta = {"workdir": workdir, "weights": weights_tag, "init_checkpoint": config.model.init_checkpoint}
     if o.name in config_lib.SMOOTHING_OBJECTIVES:
         meta.update({"noise_sd": o.noise_sd, "objective": o.name, "smoothadv epsilon": o.smoothadv.eps})
@@ -495,10 +585,16 @@ def write_report(config, results, warnings, *, workdir, weights_tag, history, aa
         meta.update({"epsilon (0-255)": round(eval_eps * 255, 3), "step (0-255)": round(eval_step * 255, 3)})
     if aa_rows:
         options = config.eval.autoattack_options
-        meta["autoattack"] = aa_rows[0].describe() + (f", on the first {aa_images} images" if aa_images else "") + (
-            f", options {','.join(options)}" if options else "")
-    meta |= {"final train loss": round(history[-1]["train_loss"], 4) if history else None,
-             "train minutes": round(train_minutes, 2), "minutes": round(minutes, 2)}
+        meta["autoattack"] = (
+            aa_rows[0].describe()
+            + (f", on the first {aa_images} images" if aa_images else "")
+            + (f", options {','.join(options)}" if options else "")
+        )
+    meta |= {
+        "final train loss": round(history[-1]["train_loss"], 4) if history else None,
+        "train minutes": round(train_minutes, 2),
+        "minutes": round(minutes, 2),
+    }
     paths = report.write_report(results, os.path.join(workdir, "report"), meta=meta, title=title, warnings=warnings)
     print(report.markdown_table(results, title=title, warnings=warnings))
     print(f"report: {paths['markdown']}  plot: {paths['png']}", flush=True)

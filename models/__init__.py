@@ -23,10 +23,7 @@ def register_model(fn):
     """Registers an entry point under `fn.__name__`; refuses duplicates."""
     name = fn.__name__
     if name in _MODELS:
-        raise KeyError(
-            f"Model {name!r} is already registered (by {_MODULES[name]}). "
-            f"Received: {fn.__module__}.{name}"
-        )
+        raise KeyError(f"Model {name!r} is already registered (by {_MODULES[name]}). Received: {fn.__module__}.{name}")
     _MODELS[name] = fn
     _MODULES[name] = fn.__module__
     return fn

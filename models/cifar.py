@@ -287,9 +287,7 @@ class WideResNet(layers.ImageClassifier):
         if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
             raise ValueError(f"`depth` must be 6n + 4 with n >= 1. Received: depth={depth!r}")
         if not isinstance(widen_factor, int) or widen_factor < 1:
-            raise ValueError(
-                f"`widen_factor` must be an int >= 1. Received: widen_factor={widen_factor!r}"
-            )
+            raise ValueError(f"`widen_factor` must be an int >= 1. Received: widen_factor={widen_factor!r}")
         common = layers.common_kwargs(
             num_classes=num_classes,
             input_shape=input_shape,
@@ -312,9 +310,7 @@ class WideResNet(layers.ImageClassifier):
         x = layers.batch_norm(x, args, name="bn1")
         x = layers.act(x, args, name="act")
         outputs = layers.classifier_head(x, num_classes, args, name="fc")
-        super().__init__(
-            inputs, outputs, name=name or f"wide_resnet{depth}_{widen_factor}", **common, **kwargs
-        )
+        super().__init__(inputs, outputs, name=name or f"wide_resnet{depth}_{widen_factor}", **common, **kwargs)
 
         # === Config ===
         self.depth = depth

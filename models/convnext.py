@@ -38,8 +38,7 @@ STEMS = ("patch", "convstem")
 LN_EPSILON = 1e-6
 
 
-def convnext_params(depths, dims, *, stem="patch", convstem=None, num_classes=1000, input_channels=3,
-                    layer_scale=True):
+def convnext_params(depths, dims, *, stem="patch", convstem=None, num_classes=1000, input_channels=3, layer_scale=True):
     """Trainable parameters of a ConvNeXt, in closed form (no build).
 
     `convstem`: the ConvStem's (channels, stride) convs, needed when `stem="convstem"`.
@@ -76,8 +75,9 @@ class LayerScale(keras.layers.Layer):
         self.init_value = float(init_value)
 
     def build(self, input_shape):
-        self.gamma = self.add_weight(shape=(input_shape[-1],), name="gamma",
-                                     initializer=keras.initializers.Constant(self.init_value))
+        self.gamma = self.add_weight(
+            shape=(input_shape[-1],), name="gamma", initializer=keras.initializers.Constant(self.init_value)
+        )
 
     def call(self, x):
         return x * ops.cast(self.gamma, x.dtype)
@@ -132,15 +132,17 @@ def _conv(x, filters, kernel_size, strides, padding, init, *, name):
     """Conv2D with bias; `padding` pixels of zeros on every side first (PyTorch's `padding=`)."""
     if padding:
         x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
-    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", use_bias=True,
-                               kernel_initializer=init(), name=name)(x)
+    return keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding="valid", use_bias=True, kernel_initializer=init(), name=name
+    )(x)
 
 
 def apply_convnext_block(x, args, *, layer_scale_init, drop_path, init, name):
     """timm `ConvNeXtBlock` (conv_mlp=False): dwconv7, LN, fc1, act, fc2, gamma, drop-path, + x."""
     channels = x.shape[-1]
-    out = keras.layers.DepthwiseConv2D(7, padding="same", use_bias=True, depthwise_initializer=init(),
-                                       name=f"{name}_conv_dw")(x)
+    out = keras.layers.DepthwiseConv2D(
+        7, padding="same", use_bias=True, depthwise_initializer=init(), name=f"{name}_conv_dw"
+    )(x)
     out = _layer_norm(out, name=f"{name}_norm")
     out = keras.layers.Dense(4 * channels, kernel_initializer=init(), name=f"{name}_mlp_fc1")(out)
     out = layers.act(out, args, name=f"{name}_mlp_act")
@@ -204,8 +206,10 @@ class ConvNeXt(layers.ImageClassifier):
         if not isinstance(drop_path_rate, (int, float)) or not 0 <= drop_path_rate < 1:
             raise ValueError(f"`drop_path_rate` must be in [0, 1). Received: drop_path_rate={drop_path_rate!r}")
         if data_format != "channels_last":
-            raise ValueError("ConvNeXt is built channels_last only (its MLP is a Dense over the channel axis, "
-                             f"as timm's). Received: data_format={data_format!r}")
+            raise ValueError(
+                "ConvNeXt is built channels_last only (its MLP is a Dense over the channel axis, "
+                f"as timm's). Received: data_format={data_format!r}"
+            )
         common = layers.common_kwargs(
             num_classes=num_classes,
             input_shape=input_shape,
@@ -224,11 +228,15 @@ class ConvNeXt(layers.ImageClassifier):
             if len(values) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
                 raise ValueError(f"`{label}` must be 4 ints >= 1. Received: {label}={values!r}")
         if not convstem or any(len(c) != 2 or c[0] < 1 or c[1] not in (1, 2) for c in convstem):
-            raise ValueError("`convstem_convs` must be (channels >= 1, stride 1 or 2) pairs. "
-                             f"Received: convstem_convs={convstem_convs!r}")
+            raise ValueError(
+                "`convstem_convs` must be (channels >= 1, stride 1 or 2) pairs. "
+                f"Received: convstem_convs={convstem_convs!r}"
+            )
         if stem == "convstem" and convstem[-1][0] != dims[0]:
-            raise ValueError(f"the ConvStem's last conv must give dims[0]={dims[0]} channels. "
-                             f"Received: convstem_convs={convstem_convs!r}")
+            raise ValueError(
+                f"the ConvStem's last conv must give dims[0]={dims[0]} channels. "
+                f"Received: convstem_convs={convstem_convs!r}"
+            )
 
         def init():
             return keras.initializers.TruncatedNormal(stddev=0.02)
@@ -251,8 +259,9 @@ class ConvNeXt(layers.ImageClassifier):
                 x = _conv(x, channels, 2, 2, 0, init, name=f"stages_{i}_downsample_1")
             for b in range(blocks):
                 rate = drop_path_rate * index / (total - 1) if total > 1 else 0.0
-                x = apply_convnext_block(x, args, layer_scale_init=layer_scale_init, drop_path=rate,
-                                         init=init, name=f"stages_{i}_blocks_{b}")
+                x = apply_convnext_block(
+                    x, args, layer_scale_init=layer_scale_init, drop_path=rate, init=init, name=f"stages_{i}_blocks_{b}"
+                )
                 index += 1
         x = keras.layers.GlobalAveragePooling2D(name="head_global_pool")(x)
         x = _layer_norm(x, name="head_norm")
@@ -271,9 +280,17 @@ class ConvNeXt(layers.ImageClassifier):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"variant": self.variant, "stem": self.stem, "drop_path_rate": self.drop_path_rate,
-                       "layer_scale_init": self.layer_scale_init, "depths": layers._plain(self.depths),
-                       "dims": layers._plain(self.dims), "convstem_convs": layers._plain(self.convstem_convs)})
+        config.update(
+            {
+                "variant": self.variant,
+                "stem": self.stem,
+                "drop_path_rate": self.drop_path_rate,
+                "layer_scale_init": self.layer_scale_init,
+                "depths": layers._plain(self.depths),
+                "dims": layers._plain(self.dims),
+                "convstem_convs": layers._plain(self.convstem_convs),
+            }
+        )
         return config
 
 

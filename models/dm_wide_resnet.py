@@ -29,8 +29,12 @@ DM_CIFAR10 = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2471, 0.2435, 0.2616)}
 DM_CIFAR100 = {"mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762)}
 # (depth, width) of the published networks: Gowal et al. 2020, Rebuffi et al. 2021, Wang et al. 2023,
 # Bartoldson et al. 2024. Any depth = 6n + 4 and width >= 1 builds.
-DM_WIDE_RESNETS = {"dm_wide_resnet28_10": (28, 10), "dm_wide_resnet34_10": (34, 10),
-                   "dm_wide_resnet70_16": (70, 16), "dm_wide_resnet94_16": (94, 16)}
+DM_WIDE_RESNETS = {
+    "dm_wide_resnet28_10": (28, 10),
+    "dm_wide_resnet34_10": (34, 10),
+    "dm_wide_resnet70_16": (70, 16),
+    "dm_wide_resnet94_16": (94, 16),
+}
 
 
 def dm_wide_resnet_params(depth, width, num_classes=10, input_channels=3):
@@ -62,9 +66,16 @@ def apply_dm_block(x, out_planes, stride, args, *, name):
     activated = layers.act(activated, args, name=f"{name}_relu_0")
     pads = ((1, 1), (1, 1)) if stride == 1 else ((0, 1), (0, 1))
     out = _pad(activated, pads, args, name=f"{name}_pad_0")
-    out = keras.layers.Conv2D(out_planes, 3, strides=stride, padding="valid", use_bias=False,
-                              data_format=args.data_format, kernel_initializer=args.init.conv(),
-                              name=f"{name}_conv_0")(out)
+    out = keras.layers.Conv2D(
+        out_planes,
+        3,
+        strides=stride,
+        padding="valid",
+        use_bias=False,
+        data_format=args.data_format,
+        kernel_initializer=args.init.conv(),
+        name=f"{name}_conv_0",
+    )(out)
     out = layers.batch_norm(out, args, name=f"{name}_batchnorm_1")
     out = layers.act(out, args, name=f"{name}_relu_1")
     out = layers.conv(out, out_planes, 3, args, name=f"{name}_conv_1")
@@ -124,9 +135,11 @@ class DMWideResNet(layers.ImageClassifier):
             raise ValueError(f"`padding` must be an int >= 0. Received: padding={padding!r}")
         size = tuple(input_shape)[:2] if len(tuple(input_shape)) == 3 else ()
         if any(d is not None and (d + 2 * padding) % 4 for d in size):
-            raise ValueError("DMWideResNet needs height and width (plus 2 * padding) divisible by 4: its stride-2 "
-                             "convs pad (0, 1) and their 1x1 shortcuts do not, so odd sizes give mismatched "
-                             f"branches (as in the reference). Received: input_shape={input_shape!r}, {padding=}")
+            raise ValueError(
+                "DMWideResNet needs height and width (plus 2 * padding) divisible by 4: its stride-2 "
+                "convs pad (0, 1) and their 1x1 shortcuts do not, so odd sizes give mismatched "
+                f"branches (as in the reference). Received: input_shape={input_shape!r}, {padding=}"
+            )
         if preprocessing is None:
             preprocessing = {k: list(v) for k, v in DM_CIFAR10.items()}
         common = layers.common_kwargs(
@@ -169,8 +182,9 @@ class DMWideResNet(layers.ImageClassifier):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"depth": self.depth, "width": self.width, "padding": self.padding,
-                       "init_scheme": self.init_scheme})
+        config.update(
+            {"depth": self.depth, "width": self.width, "padding": self.padding, "init_scheme": self.init_scheme}
+        )
         return config
 
 

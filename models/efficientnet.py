@@ -226,18 +226,24 @@ def apply_mbconv_block(x, block, survival_prob, args, *, name):
     x = layers.act(x, args, name=f"{name}_dwconv_act")
 
     reduced = max(1, int(input_filters * SE_RATIO))  # block *input* filters
-    se = keras.layers.GlobalAveragePooling2D(
-        data_format=args.data_format, keepdims=True, name=f"{name}_se_squeeze"
-    )(x)
+    se = keras.layers.GlobalAveragePooling2D(data_format=args.data_format, keepdims=True, name=f"{name}_se_squeeze")(x)
     se = keras.layers.Conv2D(
-        reduced, 1, padding="same", data_format=args.data_format,
+        reduced,
+        1,
+        padding="same",
+        data_format=args.data_format,
         kernel_initializer=args.init.conv(),
         name=f"{name}_se_reduce",
     )(se)
     se = layers.act(se, args, name=f"{name}_se_act")
     se = keras.layers.Conv2D(
-        expanded, 1, padding="same", activation="sigmoid", data_format=args.data_format,
-        kernel_initializer=args.init.conv(), name=f"{name}_se_expand",
+        expanded,
+        1,
+        padding="same",
+        activation="sigmoid",
+        data_format=args.data_format,
+        kernel_initializer=args.init.conv(),
+        name=f"{name}_se_expand",
     )(se)
     x = keras.layers.Multiply(name=f"{name}_se_excite")([x, se])
 
@@ -321,12 +327,8 @@ class EfficientNet(layers.ImageClassifier):
         _check_number("depth_coefficient", depth_coefficient, "> 0", lambda v: v > 0)
         _check_number("dropout_rate", dropout_rate, "in [0, 1)", lambda v: 0 <= v < 1)
         _check_number("survival_prob", survival_prob, "in (0, 1]", lambda v: 0 < v <= 1)
-        if not isinstance(depth_divisor, int) or isinstance(depth_divisor, bool) \
-                or depth_divisor < 1:
-            raise ValueError(
-                "`depth_divisor` must be an int >= 1. "
-                f"Received: depth_divisor={depth_divisor!r}"
-            )
+        if not isinstance(depth_divisor, int) or isinstance(depth_divisor, bool) or depth_divisor < 1:
+            raise ValueError(f"`depth_divisor` must be an int >= 1. Received: depth_divisor={depth_divisor!r}")
         common = layers.common_kwargs(
             num_classes=num_classes,
             input_shape=input_shape,
@@ -356,9 +358,7 @@ class EfficientNet(layers.ImageClassifier):
         i = 0
         for stage in table.stages:
             for r in range(stage.repeats):
-                block = stage if r == 0 else stage._replace(
-                    strides=1, input_filters=stage.output_filters
-                )
+                block = stage if r == 0 else stage._replace(strides=1, input_filters=stage.output_filters)
                 x = apply_mbconv_block(x, block, survival[i], args, name=f"block{i}")
                 i += 1
         x = _conv(x, table.head_filters, 1, args, name="head_conv")

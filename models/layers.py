@@ -37,13 +37,8 @@ DATA_FORMATS = ("channels_last", "channels_first")
 
 def _as_floats(name, value):
     values = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not values or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
-    ):
-        raise ValueError(
-            f"`{name}` must be a number or a non-empty sequence of numbers. "
-            f"Received: {name}={value!r}"
-        )
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"`{name}` must be a number or a non-empty sequence of numbers. Received: {name}={value!r}")
     values = [float(v) for v in values]
     return values[0] if len(values) == 1 else values
 
@@ -152,16 +147,14 @@ def preprocessing_stats(spec):
         unknown = set(spec) - {"mean", "std"}
         if "mean" not in spec or unknown:
             raise ValueError(
-                "A preprocessing dict takes a 'mean' and an optional 'std'. "
-                f"Received: preprocessing={spec!r}"
+                f"A preprocessing dict takes a 'mean' and an optional 'std'. Received: preprocessing={spec!r}"
             )
         stats = {"mean": spec["mean"], "std": spec.get("std", 1.0)}
     elif isinstance(spec, (list, tuple)) and len(spec) == 2:
         stats = {"mean": spec[0], "std": spec[1]}
     else:
         raise ValueError(
-            "`preprocessing` must be None, a name, a dict or a (mean, std) "
-            f"pair. Received: preprocessing={spec!r}"
+            f"`preprocessing` must be None, a name, a dict or a (mean, std) pair. Received: preprocessing={spec!r}"
         )
     return {"mean": _as_floats("mean", stats["mean"]), "std": _as_floats("std", stats["std"])}
 
@@ -234,9 +227,7 @@ INIT_SCHEMES = {
 
 def get_init_scheme(name):
     if name not in INIT_SCHEMES:
-        raise ValueError(
-            f"Unknown init_scheme {name!r}. Known: {sorted(INIT_SCHEMES)}"
-        )
+        raise ValueError(f"Unknown init_scheme {name!r}. Known: {sorted(INIT_SCHEMES)}")
     return INIT_SCHEMES[name]
 
 
@@ -255,9 +246,7 @@ class BlockArgs:
     # The activation instance `act` shares across this build's sites when its
     # class sets `SHARED = True` (Sparta). A fresh dict per BlockArgs, i.e. per
     # model build; mutable inside the frozen dataclass by design.
-    shared_layers: dict = dataclasses.field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    shared_layers: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def channel_axis(self):
@@ -283,9 +272,9 @@ def conv(x, filters, kernel_size, args, *, strides=1, groups=1, name):
     if strides > 1 and kernel_size > 1:
         begin = (kernel_size - 1) // 2
         end = kernel_size - 1 - begin
-        x = keras.layers.ZeroPadding2D(
-            ((begin, end), (begin, end)), data_format=args.data_format, name=f"{name}_pad"
-        )(x)
+        x = keras.layers.ZeroPadding2D(((begin, end), (begin, end)), data_format=args.data_format, name=f"{name}_pad")(
+            x
+        )
         padding = "valid"
     return keras.layers.Conv2D(
         filters,
@@ -314,8 +303,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
     """
 
     def _fusable(self, inputs, mask):
-        return (fused.enabled() and mask is None and len(inputs.shape) == 4
-                and self.axis in (-1, 3) and not self.synchronized and not self.renorm)
+        return (
+            fused.enabled()
+            and mask is None
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and not self.synchronized
+            and not self.renorm
+        )
 
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, mask):
@@ -330,16 +325,30 @@ class BatchNormalization(keras.layers.BatchNormalization):
         moving_variance = ops.cast(self.moving_variance, "float32")
         if training and self.trainable:
             y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=gamma, offset=beta, mean=tf.constant([], tf.float32),
-                variance=tf.constant([], tf.float32), epsilon=self.epsilon, data_format="NHWC", is_training=True)
+                x=x,
+                scale=gamma,
+                offset=beta,
+                mean=tf.constant([], tf.float32),
+                variance=tf.constant([], tf.float32),
+                epsilon=self.epsilon,
+                data_format="NHWC",
+                is_training=True,
+            )
             n = tf.cast(tf.size(x) // channels, tf.float32)
             variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
             self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(moving_variance * self.momentum + variance * (1.0 - self.momentum))
         else:
             y = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=gamma, offset=beta, mean=moving_mean, variance=moving_variance,
-                epsilon=self.epsilon, data_format="NHWC", is_training=False)[0]
+                x=x,
+                scale=gamma,
+                offset=beta,
+                mean=moving_mean,
+                variance=moving_variance,
+                epsilon=self.epsilon,
+                data_format="NHWC",
+                is_training=False,
+            )[0]
         return ops.cast(y, self.compute_dtype)
 
 
@@ -422,18 +431,14 @@ def canonical_activation(activation):
 
 def check_common(num_classes, input_shape, data_format):
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(
-            f"`num_classes` must be an int >= 1. Received: num_classes={num_classes!r}"
-        )
+        raise ValueError(f"`num_classes` must be an int >= 1. Received: num_classes={num_classes!r}")
     if len(tuple(input_shape)) != 3:
         raise ValueError(
             "`input_shape` must be (height, width, channels); inputs are always "
             f"NHWC. Received: input_shape={input_shape!r}"
         )
     if data_format not in DATA_FORMATS:
-        raise ValueError(
-            f"`data_format` must be one of {DATA_FORMATS}. Received: data_format={data_format!r}"
-        )
+        raise ValueError(f"`data_format` must be one of {DATA_FORMATS}. Received: data_format={data_format!r}")
 
 
 def common_kwargs(**kwargs):

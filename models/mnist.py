@@ -65,8 +65,9 @@ class MnistResNet(layers.ImageClassifier):
             raise ValueError(f"`blocks` must be an int >= 1. Received: blocks={blocks!r}")
         strides = tuple(strides)
         if len(strides) != len(filters) or not all(s in (1, 2) for s in strides):
-            raise ValueError(f"`strides` must be one 1 or 2 per stage ({len(filters)} stages). "
-                             f"Received: strides={strides!r}")
+            raise ValueError(
+                f"`strides` must be one 1 or 2 per stage ({len(filters)} stages). Received: strides={strides!r}"
+            )
         if stem_stride not in (1, 2):
             raise ValueError(f"`stem_stride` must be 1 or 2. Received: stem_stride={stem_stride!r}")
         common = layers.common_kwargs(
@@ -99,8 +100,14 @@ class MnistResNet(layers.ImageClassifier):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": list(self.filters), "blocks": self.blocks, "strides": list(self.strides),
-                       "stem_stride": self.stem_stride})
+        config.update(
+            {
+                "filters": list(self.filters),
+                "blocks": self.blocks,
+                "strides": list(self.strides),
+                "stem_stride": self.stem_stride,
+            }
+        )
         return config
 
 

@@ -140,17 +140,12 @@ class ResNet(layers.ImageClassifier):
         **kwargs,
     ):
         if depth not in RESNET_DEPTHS:
-            raise ValueError(
-                f"`depth` must be one of {sorted(RESNET_DEPTHS)}. Received: depth={depth!r}"
-            )
+            raise ValueError(f"`depth` must be one of {sorted(RESNET_DEPTHS)}. Received: depth={depth!r}")
         block_type, num_blocks = RESNET_DEPTHS[depth]
         if not isinstance(groups, int) or groups < 1:
             raise ValueError(f"`groups` must be an int >= 1. Received: groups={groups!r}")
         if not isinstance(bottleneck_width, int) or bottleneck_width < 1:
-            raise ValueError(
-                "`bottleneck_width` must be an int >= 1. "
-                f"Received: bottleneck_width={bottleneck_width!r}"
-            )
+            raise ValueError(f"`bottleneck_width` must be an int >= 1. Received: bottleneck_width={bottleneck_width!r}")
         if block_type == "basic" and (groups, bottleneck_width) != (1, 64):
             raise ValueError(
                 f"Depth {depth} uses basic blocks, which need groups=1 and "
@@ -177,9 +172,7 @@ class ResNet(layers.ImageClassifier):
         x = layers.conv(x, 64, 7, args, strides=2, name="conv0")
         x = layers.batch_norm(x, args, name="conv0_bn")
         x = layers.act(x, args, name="conv0_act")
-        x = keras.layers.MaxPooling2D(
-            3, 2, padding="same", data_format=data_format, name="pool0"
-        )(x)
+        x = keras.layers.MaxPooling2D(3, 2, padding="same", data_format=data_format, name="pool0")(x)
         groups_table = zip(GROUP_FILTERS, GROUP_STRIDES, num_blocks)
         for g, (filters, stride, blocks) in enumerate(groups_table):
             for b in range(blocks):

@@ -194,6 +194,7 @@ def base():
 
 # === Validation ===
 
+
 def _fmt(value):
     return repr(value) if isinstance(value, str) else f"{value}"
 
@@ -209,15 +210,16 @@ def _get(config, path):
     return node
 
 
-def _number(config, path, low=None, high=None, *, low_open=False, high_open=False, optional=False,
-            integer=False):
+def _number(config, path, low=None, high=None, *, low_open=False, high_open=False, optional=False, integer=False):
     value = _get(config, path)
     if value is None and optional:
         return
     left = "(" if low_open else "["
     right = ")" if high_open else "]"
-    allowed = f"{'an integer' if integer else 'a number'} in {left}{_fmt(low) if low is not None else '-inf'}, " \
-              f"{_fmt(high) if high is not None else 'inf'}{right}" + (" or None" if optional else "")
+    allowed = (
+        f"{'an integer' if integer else 'a number'} in {left}{_fmt(low) if low is not None else '-inf'}, "
+        f"{_fmt(high) if high is not None else 'inf'}{right}" + (" or None" if optional else "")
+    )
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         _fail(path, value, allowed)
     if math.isnan(value) or (math.isinf(value) and not (high is None and value > 0)):
@@ -238,8 +240,9 @@ def _choice(config, path, allowed, optional=False):
 
 def _int_tuple(config, path, low=0):
     value = _get(config, path)
-    if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low
-                                                       for v in value):
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value
+    ):
         _fail(path, value, f"a tuple of integers >= {low}, e.g. (10, 20)")
 
 
@@ -269,8 +272,11 @@ def validate(config):
     _choice(config, "data.name", names["datasets"])
     imagenet = config.data.name == IMAGENET
     if imagenet and not config.data.data_dir:
-        _fail("data.data_dir", config.data.data_dir,
-              "a directory of train-*/validation-* TFRecords (or a tfds data_dir with data.source='tfds')")
+        _fail(
+            "data.data_dir",
+            config.data.data_dir,
+            "a directory of train-*/validation-* TFRecords (or a tfds data_dir with data.source='tfds')",
+        )
     for field in ("data.limit_train", "data.limit_test", "data.num_classes", "data.num_train"):
         _number(config, field, 1, integer=True, optional=True)
     _number(config, "data.image_size", 16, 2048, integer=True, optional=True)
@@ -280,14 +286,24 @@ def validate(config):
     _number(config, "data.generated_fraction", 0, 1, high_open=True)
     if config.data.generated_path is not None:
         if imagenet:
-            _fail("data.generated_path", config.data.generated_path, "None with data.name='imagenet' (generated "
-                  "images mix into the registry data sets' batches)")
+            _fail(
+                "data.generated_path",
+                config.data.generated_path,
+                "None with data.name='imagenet' (generated images mix into the registry data sets' batches)",
+            )
         if config.data.generated_fraction <= 0:
-            _fail("data.generated_fraction", config.data.generated_fraction,
-                  "a number in (0, 1) with data.generated_path (e.g. 0.7, Wang et al. 2023)")
+            _fail(
+                "data.generated_fraction",
+                config.data.generated_fraction,
+                "a number in (0, 1) with data.generated_path (e.g. 0.7, Wang et al. 2023)",
+            )
     elif config.data.generated_fraction > 0:
-        _fail("data.generated_path", None, "a glob of generated-image TFRecord files with data.generated_fraction="
-              f"{config.data.generated_fraction:g} (see sat_tf.data.generated.write_generated_records)")
+        _fail(
+            "data.generated_path",
+            None,
+            "a glob of generated-image TFRecord files with data.generated_fraction="
+            f"{config.data.generated_fraction:g} (see sat_tf.data.generated.write_generated_records)",
+        )
     if imagenet and config.data.num_classes is None:
         _fail("data.num_classes", None, "an integer >= 1 for ImageNet (1000)")
     # Model.
@@ -317,14 +333,22 @@ def validate(config):
         path = config.model.init_checkpoint
         if path.endswith(".keras"):
             if "://" not in path and not os.path.isfile(path):
-                _fail("model.init_checkpoint", path, "an existing .keras file (a run's model.keras, "
-                      "launch/convert_robustbench.py's output) or a TF1 checkpoint prefix")
+                _fail(
+                    "model.init_checkpoint",
+                    path,
+                    "an existing .keras file (a run's model.keras, "
+                    "launch/convert_robustbench.py's output) or a TF1 checkpoint prefix",
+                )
             for field, default in (("model.init_use_ema", False), ("model.channel_order", None)):
                 if _get(config, field) != default:
                     _fail(field, _get(config, field), f"{default!r} with a .keras model.init_checkpoint")
         elif "://" not in path and not (os.path.exists(path + ".index") or os.path.isdir(path)):
-            _fail("model.init_checkpoint", path, "a TF1 checkpoint prefix with a .index file "
-                  "(e.g. Res50-silu/Res50-silu), its directory, or a .keras file")
+            _fail(
+                "model.init_checkpoint",
+                path,
+                "a TF1 checkpoint prefix with a .index file "
+                "(e.g. Res50-silu/Res50-silu), its directory, or a .keras file",
+            )
     # Attack and objective.
     _choice(config, "objective.name", set(OBJECTIVES))
     objective = config.objective.name
@@ -335,16 +359,22 @@ def validate(config):
     _choice(config, "attack.step_size_rule", {"fixed", "max_eps_over_steps"})
     attacking = config.attack.name != "none" and config.attack.steps > 0 and config.attack.eps > 0
     if objective in SMOOTHING_OBJECTIVES and config.attack.name != "none":
-        _fail("attack.name", config.attack.name, f"'none' with objective {objective!r} "
-              "(its attack is objective.smoothadv)")
+        _fail(
+            "attack.name",
+            config.attack.name,
+            f"'none' with objective {objective!r} (its attack is objective.smoothadv)",
+        )
     own_attack = objective in TRADES_OBJECTIVES + CE_PGD_OBJECTIVES
     if own_attack and config.attack.steps < 1:
         _fail("attack.steps", config.attack.steps, f"an integer >= 1 with objective {objective!r} (its attack)")
     if attacking or own_attack:
         _number(config, "attack.step_size", 0, 1, low_open=True)
         if config.attack.name != "fgsm" and config.attack.eps > 0 and config.attack.step_size > 2 * config.attack.eps:
-            _fail("attack.step_size", config.attack.step_size,
-                  f"(0, {2 * config.attack.eps:g}]: at most 2 x attack.eps (a larger step only lands on the boundary)")
+            _fail(
+                "attack.step_size",
+                config.attack.step_size,
+                f"(0, {2 * config.attack.eps:g}]: at most 2 x attack.eps (a larger step only lands on the boundary)",
+            )
     _number(config, "objective.label_smoothing", 0, 1, high_open=True)
     _number(config, "mixup.mixup_alpha", 0)
     _number(config, "mixup.cutmix_alpha", 0)
@@ -354,8 +384,11 @@ def validate(config):
         if objective != "adversarial":
             _fail("objective.name", objective, "'adversarial' with mixup (an alpha > 0)")
         if config.attack.name not in MIXUP_ATTACKS:
-            _fail("attack.name", config.attack.name, f"one of {list(MIXUP_ATTACKS)} with mixup (an alpha > 0): "
-                  "the attack must take the mixed soft targets")
+            _fail(
+                "attack.name",
+                config.attack.name,
+                f"one of {list(MIXUP_ATTACKS)} with mixup (an alpha > 0): the attack must take the mixed soft targets",
+            )
     _number(config, "objective.trades_beta", 0)
     _number(config, "objective.mart_beta", 0)
     _number(config, "objective.rat_alpha", 0, 1)
@@ -463,6 +496,7 @@ def eval_step_size(config):
 
 # === run_config.json ===
 
+
 def to_json(config):
     return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
@@ -529,10 +563,16 @@ def model_kwargs(config):
     kwargs = {"num_classes": config.data.num_classes, "activation": activation_spec(m.activation, m.activation_options)}
     if m.input_shape is not None:
         kwargs["input_shape"] = list(m.input_shape)
-    for field, kwarg in (("preprocessing", "preprocessing"), ("data_format", "data_format"),
-                         ("bn_momentum", "bn_momentum"), ("bn_epsilon", "bn_epsilon"),
-                         ("dropout_rate", "dropout_rate"), ("survival_prob", "survival_prob"),
-                         ("depth", "depth"), ("width", "width")):
+    for field, kwarg in (
+        ("preprocessing", "preprocessing"),
+        ("data_format", "data_format"),
+        ("bn_momentum", "bn_momentum"),
+        ("bn_epsilon", "bn_epsilon"),
+        ("dropout_rate", "dropout_rate"),
+        ("survival_prob", "survival_prob"),
+        ("depth", "depth"),
+        ("width", "width"),
+    ):
         if m[field] is not None:
             kwargs[kwarg] = m[field]
     return {**kwargs, **model_options(config)}
@@ -568,8 +608,9 @@ def activation_spec(name, options):
     try:
         layer = activations.get_activation(name, **kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"config.model.activation_options={tuple(options)} do not fit "
-                          f"config.model.activation={name!r}: {err}") from None
+        raise ConfigError(
+            f"config.model.activation_options={tuple(options)} do not fit config.model.activation={name!r}: {err}"
+        ) from None
     spec = keras.saving.serialize_keras_object(layer)
     spec["config"].pop("name", None)
     return spec

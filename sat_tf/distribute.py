@@ -60,9 +60,7 @@ def _probe_grpc(address, timeout=5.0):
     parsed = urllib.parse.urlparse(address)
     host, port = parsed.hostname, parsed.port
     if not host or not port:
-        raise StrategyError(
-            f"tpu={address!r} is not of the form grpc://HOST:PORT (e.g. grpc://10.2.3.4:8470)"
-        )
+        raise StrategyError(f"tpu={address!r} is not of the form grpc://HOST:PORT (e.g. grpc://10.2.3.4:8470)")
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as err:
@@ -120,9 +118,7 @@ def make_strategy(name="default", *, tpu=None):
     if tpu and name == "default":
         name = "tpu"
     if name not in STRATEGIES:
-        raise StrategyError(
-            f"strategy={name!r} is unknown; choose one of {sorted(STRATEGIES)}"
-        )
+        raise StrategyError(f"strategy={name!r} is unknown; choose one of {sorted(STRATEGIES)}")
     return STRATEGIES[name](tpu=tpu)
 
 

@@ -41,8 +41,13 @@ def torch_twin(model):
     import keras
     import torch
 
-    activations = {"relu": torch.relu, "softplus": torch.nn.functional.softplus, "tanh": torch.tanh,
-                   "linear": lambda t: t, "silu": torch.nn.functional.silu}
+    activations = {
+        "relu": torch.relu,
+        "softplus": torch.nn.functional.softplus,
+        "tanh": torch.tanh,
+        "linear": lambda t: t,
+        "silu": torch.nn.functional.silu,
+    }
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
 
     class Twin(torch.nn.Module):
@@ -124,7 +129,7 @@ def trained_mlp(seed=0, *, eps=0.1, epochs=8, hidden=(64, 32), activation="relu"
     for _ in range(epochs):
         order = rng.permutation(len(train[0]))
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             step(train[0][index], train[1][index], tf.constant([seed, count], tf.int64))
             count += 1
     return model, train, test

@@ -15,11 +15,11 @@ import pytest  # noqa: E402
 
 
 def pytest_addoption(parser):
+    parser.addoption("--run_slow", action="store_true", default=False, help="run tests marked slow")
     parser.addoption(
-        "--run_slow", action="store_true", default=False, help="run tests marked slow"
-    )
-    parser.addoption(
-        "--run_exhaustive", action="store_true", default=False,
+        "--run_exhaustive",
+        action="store_true",
+        default=False,
         help="run tests marked exhaustive (every registry variant; beyond CI's 30-minute budget)",
     )
 
@@ -61,8 +61,9 @@ def run_launcher(script, *flag_args, env=None, timeout=600, check=True):
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -81,7 +82,6 @@ def checkpoint_weights(directory):
     # Trainable weights are stored once, under the optimizer's references.
     keys = sorted(k for k in reader.get_variable_to_shape_map() if k.startswith(("model/", "optimizer/")))
     return {k: reader.get_tensor(k) for k in keys}
-
 
 
 def run_launcher_in_process(script, *flag_args, default_config="digits_sat.py"):
@@ -127,9 +127,7 @@ TINY_IMAGENET_SOURCES = (  # class index (0-based) -> real photos shipped with s
 )
 
 
-def build_tiny_imagenet(
-    root, *, per_class_train=12, per_class_eval=4, train_shards=4, eval_shards=2
-):
+def build_tiny_imagenet(root, *, per_class_train=12, per_class_eval=4, train_shards=4, eval_shards=2):
     """Writes `root/train-0000i-of-00004` and `root/validation-0000i-of-00002`.
 
     Every record is a random crop (area 25-100 %, aspect 1/2-2) of a
@@ -247,6 +245,7 @@ def tiny_imagenet(tmp_path_factory):
 
 
 # === Tiny models and NumPy references ===
+
 
 def tiny_conv_bn_model(seed=0, activation=None, output_dtype=None):
     """Conv + BatchNorm + activation + Dense on 4x4x1 images, 3 classes (BN checks that attacks run the

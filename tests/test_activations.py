@@ -35,9 +35,7 @@ def _gelu_erf(x):
 
 
 def _gelu_tanh(x):
-    return (
-        0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
-    )
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
 def _elu(x, alpha=1.0):
@@ -45,9 +43,7 @@ def _elu(x, alpha=1.0):
 
 
 def _celu(x, alpha=1.0):
-    return np.maximum(0.0, x) + np.minimum(
-        0.0, alpha * (np.exp(np.minimum(x, 0.0) / alpha) - 1.0)
-    )
+    return np.maximum(0.0, x) + np.minimum(0.0, alpha * (np.exp(np.minimum(x, 0.0) / alpha) - 1.0))
 
 
 def _smooth_relu(x, beta=400.0):
@@ -74,9 +70,7 @@ NP_GRAD = {
     "relu": lambda x: (x > 0).astype(np.float64),
     # Defaults mode="both", alpha=10.
     "relu_smooth_grad": lambda x: np_sigmoid(10.0 * x),
-    "smooth_relu": lambda x: np.where(
-        x > 0, 400.0 * x / (1.0 + 400.0 * np.abs(x)), 0.0
-    ),
+    "smooth_relu": lambda x: np.where(x > 0, 400.0 * x / (1.0 + 400.0 * np.abs(x)), 0.0),
 }
 CANONICAL = {
     "swish": "silu",
@@ -126,9 +120,7 @@ def test_values_and_gradients_match_numpy(name):
         rtol=1e-5,
         atol=1e-6,
     )
-    np.testing.assert_allclose(
-        g.numpy(), _ref_grad(name)(GRID), rtol=1e-4, atol=1e-5
-    )
+    np.testing.assert_allclose(g.numpy(), _ref_grad(name)(GRID), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -151,12 +143,8 @@ def test_pure_functions_with_parameters(fn, ref):
     # ELU with alpha != 1 has a kink at 0; the layer tests cover x = 0.
     x = GRID[GRID != 0]
     y, g = _value_and_grad(fn, x)
-    np.testing.assert_allclose(
-        y.numpy(), ref(x.astype(np.float64)), rtol=1e-5, atol=1e-6
-    )
-    np.testing.assert_allclose(
-        g.numpy(), _numeric_grad(ref, x), rtol=1e-4, atol=1e-5
-    )
+    np.testing.assert_allclose(y.numpy(), ref(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g.numpy(), _numeric_grad(ref, x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -165,9 +153,7 @@ def test_config_round_trip(name):
     config = layer.get_config()
     clone = type(layer).from_config(config)
     assert clone.get_config() == config
-    revived = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(layer)
-    )
+    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(revived) is type(layer) and revived.get_config() == config
 
 
@@ -233,9 +219,7 @@ def test_get_activation_identifier_kinds():
     assert get_activation("gelu_erf").approximate is False
     assert get_activation("gelu_erf", approximate=True).approximate is True
     assert get_activation("psoftplus", alpha=3.0).alpha == 3.0
-    assert isinstance(
-        get_activation(activations.SiLU, name="c"), activations.SiLU
-    )
+    assert isinstance(get_activation(activations.SiLU, name="c"), activations.SiLU)
     partial = functools.partial(activations.ParametricSoftplus, alpha=5.0)
     assert get_activation(partial, name="p").alpha == 5.0
     zero_arg = get_activation(lambda: activations.Mish(), name="z")
@@ -293,17 +277,13 @@ def test_relu_smooth_grad_modes(mode, training):
     model = keras.Model(inputs, layer(inputs))
     x = GRID[None]
     _, g_model = _value_and_grad(lambda t: model(t, training=training), x)
-    np.testing.assert_allclose(
-        g_model.numpy()[0], expected, rtol=1e-5, atol=1e-7
-    )
+    np.testing.assert_allclose(g_model.numpy()[0], expected, rtol=1e-5, atol=1e-7)
     grad_fn = tf.function(
         lambda t, flag: _value_and_grad(layer, t, training=flag)[1],
         jit_compile=True,
     )
     g_tensor_flag = grad_fn(tf.constant(GRID), tf.constant(bool(training)))
-    np.testing.assert_allclose(
-        g_tensor_flag.numpy(), expected, rtol=1e-5, atol=1e-7
-    )
+    np.testing.assert_allclose(g_tensor_flag.numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -312,15 +292,9 @@ def test_jit_compile_matches_eager(name):
     x = np.random.default_rng(0).normal(scale=3.0, size=(4, 5))
     x = tf.constant(x.astype(np.float32))
     y_eager, g_eager = _value_and_grad(layer, x)
-    y_xla, g_xla = tf.function(
-        lambda t: _value_and_grad(layer, t), jit_compile=True
-    )(x)
-    np.testing.assert_allclose(
-        y_xla.numpy(), y_eager.numpy(), rtol=1e-5, atol=1e-6
-    )
-    np.testing.assert_allclose(
-        g_xla.numpy(), g_eager.numpy(), rtol=1e-5, atol=1e-6
-    )
+    y_xla, g_xla = tf.function(lambda t: _value_and_grad(layer, t), jit_compile=True)(x)
+    np.testing.assert_allclose(y_xla.numpy(), y_eager.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g_xla.numpy(), g_eager.numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -343,9 +317,7 @@ def _all_activations_model():
     inputs = keras.Input((6,))
     h = keras.layers.Dense(8, name="dense_in")(inputs)
     branches = [get_activation(name, name=f"act_{name}")(h) for name in NAMES]
-    outputs = keras.layers.Dense(3, name="logits")(
-        keras.layers.Concatenate()(branches)
-    )
+    outputs = keras.layers.Dense(3, name="logits")(keras.layers.Concatenate()(branches))
     return keras.Model(inputs, outputs)
 
 
@@ -365,9 +337,7 @@ def test_keras_save_load_safe_mode(model, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     x = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
-    np.testing.assert_allclose(
-        loaded(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6
-    )
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
     for name in NAMES:
         layer = loaded.get_layer(f"act_{name}")
         original = model.get_layer(f"act_{name}")
@@ -383,9 +353,7 @@ def test_saved_model_export(model, tmp_path):
     for batch in (5, 2):
         x = np.random.default_rng(batch).normal(size=(batch, 6))
         x = x.astype(np.float32)
-        np.testing.assert_allclose(
-            revived.serve(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6
-        )
+        np.testing.assert_allclose(revived.serve(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
     # Input gradients (what an attack on the SavedModel uses) survive too,
     # including ReLUSmoothGrad's custom gradient.
     _, g_revived = _value_and_grad(revived.serve, x)
@@ -411,8 +379,13 @@ def test_fused_kernels_equal_the_plain_ops(name):
             graph = step.get_concrete_function(x).graph
             top_level = {op.type for op in graph.get_operations()}
             # Fused: the elementwise math lives in XLA-compiled functions, not in the step's graph.
-            assert ("Tanh" in top_level or "Sigmoid" in top_level or "Log1p" in top_level
-                    or "Erfc" in top_level or "Erf" in top_level) == (context is fused.disabled), top_level
+            assert (
+                "Tanh" in top_level
+                or "Sigmoid" in top_level
+                or "Log1p" in top_level
+                or "Erfc" in top_level
+                or "Erf" in top_level
+            ) == (context is fused.disabled), top_level
     for plain, fast in zip(*results):
         np.testing.assert_allclose(fast, plain, rtol=2e-5, atol=2e-5)
 

@@ -62,8 +62,8 @@ def test_dlr_losses_and_gradients_equal_the_reference(robust_mlp):
     ref.y_target = torch.from_numpy(target)
     dlr_t = ref.dlr_loss(logits_t, torch.from_numpy(y))
     tdlr_t = ref.dlr_loss_targeted(logits_t, torch.from_numpy(y))
-    g_dlr_t, = torch.autograd.grad(dlr_t.sum(), xt, retain_graph=True)
-    g_tdlr_t, = torch.autograd.grad(tdlr_t.sum(), xt)
+    (g_dlr_t,) = torch.autograd.grad(dlr_t.sum(), xt, retain_graph=True)
+    (g_tdlr_t,) = torch.autograd.grad(tdlr_t.sum(), xt)
 
     xs = tf.constant(x)
     with tf.GradientTape(persistent=True) as tape:
@@ -118,14 +118,17 @@ def test_halving_decisions_on_a_loss_trace_equal_the_reference(steps):
     rng = np.random.default_rng(steps)
     # Traces of several shapes: rising, falling, oscillating, flat, noisy, with plateaus and negative losses.
     i = np.arange(steps, dtype=np.float32)[:, None]
-    traces = np.concatenate([
-        np.cumsum(rng.normal(0.1, 1.0, (steps, 6)), 0),
-        np.cumsum(rng.normal(-0.1, 1.0, (steps, 6)), 0),
-        np.sin(i * np.array([0.5, 1.3, 2.9])) + 0.01 * i,
-        np.repeat(rng.integers(-3, 3, (max(steps // 5, 1), 4)).astype(np.float32), 5, axis=0)[:steps],
-        np.ones((steps, 2), np.float32) * np.array([2.0, -2.0]),
-        -np.log1p(i) * np.array([1.0, 0.5]),
-    ], axis=1).astype(np.float32)
+    traces = np.concatenate(
+        [
+            np.cumsum(rng.normal(0.1, 1.0, (steps, 6)), 0),
+            np.cumsum(rng.normal(-0.1, 1.0, (steps, 6)), 0),
+            np.sin(i * np.array([0.5, 1.3, 2.9])) + 0.01 * i,
+            np.repeat(rng.integers(-3, 3, (max(steps // 5, 1), 4)).astype(np.float32), 5, axis=0)[:steps],
+            np.ones((steps, 2), np.float32) * np.array([2.0, -2.0]),
+            -np.log1p(i) * np.array([1.0, 0.5]),
+        ],
+        axis=1,
+    ).astype(np.float32)
     ours = halving_decisions(traces).numpy()
     theirs = reference_halving(traces)
     assert ours.shape == theirs.shape == (len(checkpoint_iterations(steps)), traces.shape[1])
@@ -145,16 +148,16 @@ def test_a_run_from_the_same_start_follows_the_reference(robust_mlp, norm, eps, 
     model, x, y = robust_mlp
     correct = model(x).numpy().argmax(1) == y
     x, y = x[correct], y[correct]
-    start = apgd_module._start_point(tf.constant(x), tf.constant(eps), norm, base.as_seed(5),
-                                     base.default_point_ids(x), (0,)).numpy()
+    start = apgd_module._start_point(
+        tf.constant(x), tf.constant(eps), norm, base.as_seed(5), base.default_point_ids(x), (0,)
+    ).numpy()
     target = base.ranked_classes(model(x), 2).numpy()
     twin = aa_reference.torch_twin(model)
     ref_norm = {"linf": "Linf", "l2": "L2"}[norm]
     for steps in (10, 100):
         # Eagerly for the image comparison: graph rewrites fuse the model's ops, and a rounding difference can
         # flip the sign of a near-zero gradient coordinate; the flags after 100 steps run as users run it.
-        run = functools.partial(apgd, logits_of(model), eps=eps, norm=norm, loss=loss, steps=steps,
-                                n_target_classes=1)
+        run = functools.partial(apgd, logits_of(model), eps=eps, norm=norm, loss=loss, steps=steps, n_target_classes=1)
         run = run if steps == 10 else tf.function(run)
         ours = run(x, y, x_init=start).numpy()
         ours_broken = model(ours).numpy().argmax(1) != y
@@ -165,8 +168,9 @@ def test_a_run_from_the_same_start_follows_the_reference(robust_mlp, norm, eps, 
             ref = ref_module.APGDAttack(twin, n_iter=steps, norm=ref_norm, eps=eps, loss=loss, device="cpu")
         ref.init_hyperparam(aa_reference.to_nchw(x))
         with _quiet():
-            _, acc, _, best_adv = ref.attack_single_run(aa_reference.to_nchw(x), torch.from_numpy(y),
-                                                        x_init=aa_reference.to_nchw(start))
+            _, acc, _, best_adv = ref.attack_single_run(
+                aa_reference.to_nchw(x), torch.from_numpy(y), x_init=aa_reference.to_nchw(start)
+            )
         theirs_broken = ~acc.numpy().astype(bool)
         agree = np.mean(ours_broken == theirs_broken)
         assert agree >= 0.98, (steps, agree, ours_broken.mean(), theirs_broken.mean())
@@ -186,16 +190,16 @@ def test_robust_accuracy_agrees_with_the_reference(robust_mlp, norm, eps, loss, 
     ref_module = reference_module()
     model, x, y = robust_mlp
     kwargs = {"n_target_classes": 9} if loss == "dlr_targeted" else {}
-    ours = tf.function(lambda a, b: apgd(logits_of(model), a, b, eps=eps, norm=norm, loss=loss,
-                                         restarts=restarts, seed=0, **kwargs))(x, y)
+    ours = tf.function(
+        lambda a, b: apgd(logits_of(model), a, b, eps=eps, norm=norm, loss=loss, restarts=restarts, seed=0, **kwargs)
+    )(x, y)
     ours_acc = np.mean(model(ours).numpy().argmax(1) == y)
     twin = aa_reference.torch_twin(model)
     ref_norm = {"linf": "Linf", "l2": "L2"}[norm]
     if loss == "dlr_targeted":
         ref = ref_module.APGDAttack_targeted(twin, norm=ref_norm, eps=eps, seed=0, device="cpu", **kwargs)
     else:
-        ref = ref_module.APGDAttack(twin, norm=ref_norm, eps=eps, loss=loss, n_restarts=restarts, seed=0,
-                                    device="cpu")
+        ref = ref_module.APGDAttack(twin, norm=ref_norm, eps=eps, loss=loss, n_restarts=restarts, seed=0, device="cpu")
     with _quiet():
         adv = ref.perturb(aa_reference.to_nchw(x), torch.from_numpy(y))
     theirs_acc = np.mean(twin(adv).detach().numpy().argmax(1) == y)
@@ -312,17 +316,20 @@ def test_low_precision_models_are_attacked_in_float32(robust_mlp):
     assert base.lp_norm(adv - x[:64], "linf").numpy().max() <= 0.1 + 1e-6
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"eps": -0.1}, "eps"),
-    ({"eps": float("nan")}, "eps"),
-    ({"norm": "l3"}, "norm"),
-    ({"norm": "l1"}, "not implemented"),
-    ({"loss": "hinge"}, "loss"),
-    ({"steps": 0}, "steps"),
-    ({"restarts": 0}, "restarts"),
-    ({"rho": 1.5}, "rho"),
-    ({"eot_iter": 0}, "eot_iter"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"eps": -0.1}, "eps"),
+        ({"eps": float("nan")}, "eps"),
+        ({"norm": "l3"}, "norm"),
+        ({"norm": "l1"}, "not implemented"),
+        ({"loss": "hinge"}, "loss"),
+        ({"steps": 0}, "steps"),
+        ({"restarts": 0}, "restarts"),
+        ({"rho": 1.5}, "rho"),
+        ({"eot_iter": 0}, "eot_iter"),
+    ],
+)
 def test_bad_arguments_are_named(robust_mlp, kwargs, match):
     model, x, y = robust_mlp
     with pytest.raises(ValueError, match=match):

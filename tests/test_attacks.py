@@ -123,7 +123,12 @@ def _np_pgd(lin, x, labels, eps, step, steps, norm, loss, targeted=False):
 def test_result_in_ball_and_box(convnet, budget, targeted, loss):
     model, x, y = convnet
     x_adv = attacks.pgd(
-        _infer(model), x, y, targeted=targeted, loss=loss, seed=[1, 2],
+        _infer(model),
+        x,
+        y,
+        targeted=targeted,
+        loss=loss,
+        seed=[1, 2],
         **budget,
     )
     assert x_adv.dtype == tf.float32 and x_adv.shape == x.shape
@@ -156,13 +161,20 @@ def test_targeted_pgd_reaches_its_targets(loss):
     x, y = _data(batch=32)
     seed = tf.constant([5, 6])
     x_adv = attacks.pgd(
-        lin, x, y, eps=1.0, step_size=0.1, steps=30, targeted=True,
-        loss=loss, cw_kappa=0.5, random_start=False, seed=seed,
+        lin,
+        x,
+        y,
+        eps=1.0,
+        step_size=0.1,
+        steps=30,
+        targeted=True,
+        loss=loss,
+        cw_kappa=0.5,
+        random_start=False,
+        seed=seed,
     )
     pred = np.argmax(lin(x_adv), axis=-1)
-    targets = base.random_targets(
-        y, 5, base.fold_seed(seed, pgd_lib._TARGETS)
-    ).numpy()
+    targets = base.random_targets(y, 5, base.fold_seed(seed, pgd_lib._TARGETS)).numpy()
     np.testing.assert_array_equal(pred, targets)
     assert np.all(targets != y)
 
@@ -180,8 +192,15 @@ def test_two_class_targeted_matches_numpy_reference():
     lin = Linear(16, 2, seed=3)
     x, y = _data(num_classes=2, seed=3)  # with 2 classes the target is 1-y
     got = attacks.pgd(
-        lin, x, y, eps=EPS, step_size=2 / 255, steps=4, targeted=True,
-        random_start=False, seed=[0, 1],
+        lin,
+        x,
+        y,
+        eps=EPS,
+        step_size=2 / 255,
+        steps=4,
+        targeted=True,
+        random_start=False,
+        seed=[0, 1],
     )
     want = _np_pgd(lin, x, 1 - y, EPS, 2 / 255, 4, "linf", "ce", True)
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -192,14 +211,20 @@ def test_two_class_targeted_matches_numpy_reference():
 
 @pytest.mark.parametrize(
     "norm, loss, eps, step",
-    [("linf", "ce", EPS, 2 / 255), ("linf", "cw", EPS, 2 / 255),
-     ("l2", "ce", 0.5, 0.15), ("l2", "cw", 0.5, 0.15)],
+    [("linf", "ce", EPS, 2 / 255), ("linf", "cw", EPS, 2 / 255), ("l2", "ce", 0.5, 0.15), ("l2", "cw", 0.5, 0.15)],
 )
 def test_pgd_matches_numpy_reference(norm, loss, eps, step):
     lin = Linear(16, 5, seed=1)
     x, y = _data(seed=2)
     got = attacks.pgd(
-        lin, x, y, eps=eps, step_size=step, steps=6, norm=norm, loss=loss,
+        lin,
+        x,
+        y,
+        eps=eps,
+        step_size=step,
+        steps=6,
+        norm=norm,
+        loss=loss,
         random_start=False,
     )
     want = _np_pgd(lin, x, y, eps, step, 6, norm, loss)
@@ -224,8 +249,7 @@ def test_fgsm_is_the_analytic_step(norm):
 
 def test_steps_zero_without_random_start_returns_x():
     x, y = _data()
-    got = attacks.pgd(Linear(16, 5), x, y, steps=0, eps=EPS, step_size=0.0,
-                      random_start=False)
+    got = attacks.pgd(Linear(16, 5), x, y, steps=0, eps=EPS, step_size=0.0, random_start=False)
     np.testing.assert_array_equal(got, x)
 
 
@@ -234,8 +258,7 @@ def test_steps_zero_without_random_start_returns_x():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(LINF), dict(L2), dict(LINF, loss="cw", targeted=True),
-     dict(LINF, restarts=2, prob_start_from_clean=0.5)],
+    [dict(LINF), dict(L2), dict(LINF, loss="cw", targeted=True), dict(LINF, restarts=2, prob_start_from_clean=0.5)],
     ids=["linf", "l2", "cw_targeted", "restarts"],
 )
 def test_eager_function_and_xla_agree(convnet, kwargs):
@@ -258,9 +281,7 @@ def test_same_seed_same_result_and_different_seeds_differ():
     x, y = _data()
     run = lambda seed: attacks.pgd(lin, x, y, seed=seed, **LINF).numpy()
     np.testing.assert_array_equal(run([1, 2]), run([1, 2]))
-    np.testing.assert_array_equal(
-        run(tf.constant([1, 2], tf.int64)), run(np.array([1, 2], np.int32))
-    )
+    np.testing.assert_array_equal(run(tf.constant([1, 2], tf.int64)), run(np.array([1, 2], np.int32)))
     np.testing.assert_array_equal(run(7), run(7))
     assert not np.allclose(run([1, 2]), run([1, 3]))
     assert not np.allclose(run(None), run(None))  # a fresh seed per call
@@ -278,7 +299,13 @@ def test_random_start_is_inside_the_ball_and_per_example(norm, eps):
     x = np.full((2000, 4, 4, 1), 0.5, np.float32)  # no clipping at 0.5 +- eps
     y = np.zeros(2000, np.int32)
     start = attacks.pgd(
-        Linear(16, 5), x, y, eps=eps, step_size=0.01, steps=0, norm=norm,
+        Linear(16, 5),
+        x,
+        y,
+        eps=eps,
+        step_size=0.01,
+        steps=0,
+        norm=norm,
         seed=[1, 1],
     ).numpy()
     delta = (start - x).reshape(2000, -1)
@@ -316,8 +343,14 @@ def test_clean_start_coin_is_one_draw_per_batch():
     outcomes = []
     for i in range(40):
         start = attacks.pgd(
-            lin, x, y, eps=EPS, step_size=0.01, steps=0,
-            prob_start_from_clean=0.5, seed=[i, 99],
+            lin,
+            x,
+            y,
+            eps=EPS,
+            step_size=0.01,
+            steps=0,
+            prob_start_from_clean=0.5,
+            seed=[i, 99],
         ).numpy()
         moved = _linf(start, x) > 0
         assert moved.all() or not moved.any()  # the whole batch, or none
@@ -331,19 +364,16 @@ def test_max_eps_over_steps_rule():
     y = np.arange(4, dtype=np.int32)
     kw = dict(eps=0.1, steps=1, random_start=False)
     small = attacks.pgd(lin, x, y, step_size=0.001, **kw).numpy()
-    ruled = attacks.pgd(lin, x, y, step_size=0.001,
-                        step_size_rule="max_eps_over_steps", **kw).numpy()
+    ruled = attacks.pgd(lin, x, y, step_size=0.001, step_size_rule="max_eps_over_steps", **kw).numpy()
     np.testing.assert_allclose(_linf(small, x), 0.001, rtol=1e-3)
     np.testing.assert_allclose(_linf(ruled, x), 0.1, rtol=1e-3)
     kw["steps"] = 4  # max(0.001, 0.1 / 4) = 0.025; a larger step is kept
     np.testing.assert_array_equal(
-        attacks.pgd(lin, x, y, step_size=0.001,
-                    step_size_rule="max_eps_over_steps", **kw),
+        attacks.pgd(lin, x, y, step_size=0.001, step_size_rule="max_eps_over_steps", **kw),
         attacks.pgd(lin, x, y, step_size=0.025, **kw),
     )
     np.testing.assert_array_equal(
-        attacks.pgd(lin, x, y, step_size=0.05,
-                    step_size_rule="max_eps_over_steps", **kw),
+        attacks.pgd(lin, x, y, step_size=0.05, step_size_rule="max_eps_over_steps", **kw),
         attacks.pgd(lin, x, y, step_size=0.05, **kw),
     )
 
@@ -372,12 +402,17 @@ def test_steps_may_be_a_tensor():
     x, y = _data()
     fn = tf.function(
         lambda steps: attacks.pgd(
-            lin, x, y, eps=EPS, step_size=2 / 255, steps=steps, seed=[1, 2],
+            lin,
+            x,
+            y,
+            eps=EPS,
+            step_size=2 / 255,
+            steps=steps,
+            seed=[1, 2],
             step_size_rule="max_eps_over_steps",
         )
     )
-    want = attacks.pgd(lin, x, y, eps=EPS, step_size=2 / 255, steps=3,
-                       seed=[1, 2], step_size_rule="max_eps_over_steps")
+    want = attacks.pgd(lin, x, y, eps=EPS, step_size=2 / 255, steps=3, seed=[1, 2], step_size_rule="max_eps_over_steps")
     np.testing.assert_allclose(fn(tf.constant(3)), want, atol=1e-7)
 
 
@@ -385,9 +420,7 @@ def test_low_precision_logits_and_rank2_inputs():
     lin = Linear(16, 5)
     x, y = _data()
     x2 = x.reshape(8, 16)
-    x_adv = attacks.pgd(
-        lambda z: tf.cast(lin(z), tf.bfloat16), x2, y, seed=[1, 2], **LINF
-    )
+    x_adv = attacks.pgd(lambda z: tf.cast(lin(z), tf.bfloat16), x2, y, seed=[1, 2], **LINF)
     assert x_adv.dtype == tf.float32 and x_adv.shape == (8, 16)
     assert _linf(x_adv.numpy(), x2).max() <= EPS + 1e-6
     l2 = attacks.pgd(lin, x2, y, seed=[1, 2], **L2)
@@ -396,16 +429,24 @@ def test_low_precision_logits_and_rank2_inputs():
 
 def test_unknown_batch_size_and_mixed_precision_model():
     model = keras.Sequential(
-        [keras.Input((4, 4, 1)), keras.layers.Flatten(),
-         keras.layers.Dense(8, activation="softplus", dtype="mixed_float16"),
-         keras.layers.Dense(5, dtype="mixed_float16")]
+        [
+            keras.Input((4, 4, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8, activation="softplus", dtype="mixed_float16"),
+            keras.layers.Dense(5, dtype="mixed_float16"),
+        ]
     )
     x, y = _data()
     assert model(x).dtype == tf.float16
     spec = [tf.TensorSpec([None, 4, 4, 1]), tf.TensorSpec([None], tf.int32)]
     fn = tf.function(
         lambda x, y: attacks.pgd(
-            _infer(model), x, y, restarts=2, targeted=True, seed=[1, 2],
+            _infer(model),
+            x,
+            y,
+            restarts=2,
+            targeted=True,
+            seed=[1, 2],
             **L2,
         ),
         input_signature=spec,
@@ -437,9 +478,12 @@ def test_runs_in_mirrored_strategy_replica_context():
     with strategy.scope():
         keras.utils.set_random_seed(1)
         model = keras.Sequential(
-            [keras.Input((4, 4, 1)), keras.layers.Flatten(),
-             keras.layers.Dense(8, activation="softplus"),
-             keras.layers.Dense(5)]
+            [
+                keras.Input((4, 4, 1)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(8, activation="softplus"),
+                keras.layers.Dense(5),
+            ]
         )
     x, y = _data()
 
@@ -501,22 +545,16 @@ def test_registry():
     lin = Linear(16, 5)
     x, y = _data()
     attack = attacks.get_attack("pgd", **LINF)
-    np.testing.assert_array_equal(
-        attack(lin, x, y, seed=[1, 2]), attacks.pgd(lin, x, y, seed=[1, 2],
-                                                    **LINF)
-    )
+    np.testing.assert_array_equal(attack(lin, x, y, seed=[1, 2]), attacks.pgd(lin, x, y, seed=[1, 2], **LINF))
     l2 = attacks.get_attack("pgd_l2", eps=0.5, step_size=0.1, steps=3)
     np.testing.assert_array_equal(
         l2(lin, x, y, seed=[1, 2]),
-        attacks.pgd(lin, x, y, norm="l2", eps=0.5, step_size=0.1, steps=3,
-                    seed=[1, 2]),
+        attacks.pgd(lin, x, y, norm="l2", eps=0.5, step_size=0.1, steps=3, seed=[1, 2]),
     )
     none = attacks.get_attack("none", eps=0.1, steps=3)
     np.testing.assert_array_equal(none(lin, x, y, seed=[1, 2]), x)
     fgsm = attacks.get_attack("fgsm", eps=0.1)
-    np.testing.assert_array_equal(
-        fgsm(lin, x, y), attacks.fgsm(lin, x, y, eps=0.1)
-    )
+    np.testing.assert_array_equal(fgsm(lin, x, y), attacks.fgsm(lin, x, y, eps=0.1))
 
 
 # === Building blocks ===
@@ -530,25 +568,15 @@ def test_losses_and_projections_match_numpy():
     zo = np.where(np.eye(4)[y] > 0, -np.inf, z).max(axis=1)
     ce = -np.log(np_softmax(z.astype(np.float64))[np.arange(6), y])
     np.testing.assert_allclose(base.cross_entropy(z, y), ce, rtol=1e-5)
-    np.testing.assert_allclose(
-        base.cw_margin(z, y, None), zo - zy, rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        base.cw_margin(z, y, 1.0), np.minimum(zo - zy, 1.0), rtol=1e-6
-    )
+    np.testing.assert_allclose(base.cw_margin(z, y, None), zo - zy, rtol=1e-6)
+    np.testing.assert_allclose(base.cw_margin(z, y, 1.0), np.minimum(zo - zy, 1.0), rtol=1e-6)
     # RAT's CW-inf: -clamp(z_y - max_other + kappa, 0) = cw_margin - kappa.
     rat = -np.maximum(zy - zo + 2.0, 0.0)
-    np.testing.assert_allclose(
-        base.cw_margin(z, y, 2.0) - 2.0, rat, rtol=1e-6, atol=1e-6
-    )
-    np.testing.assert_allclose(
-        base.cw_margin(z, y, None, targeted=True), zy - zo, rtol=1e-6
-    )
+    np.testing.assert_allclose(base.cw_margin(z, y, 2.0) - 2.0, rat, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(base.cw_margin(z, y, None, targeted=True), zy - zo, rtol=1e-6)
     x = rng.uniform(size=(3, 5)).astype(np.float32)
     far = x + rng.normal(size=(3, 5)).astype(np.float32)
-    np.testing.assert_allclose(
-        base.project_linf(far, x, 0.1), np.clip(far, x - 0.1, x + 0.1)
-    )
+    np.testing.assert_allclose(base.project_linf(far, x, 0.1), np.clip(far, x - 0.1, x + 0.1))
     proj = base.project_l2(far, x, 0.1).numpy()
     np.testing.assert_allclose(_l2(proj, x), 0.1, rtol=1e-5)
     np.testing.assert_allclose(  # same direction

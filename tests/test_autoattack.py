@@ -32,8 +32,13 @@ def graph(fn, **kwargs):
 
 def quick(**extra):
     """Settings for the invariant tests: every attack, fewer iterations."""
-    return {"apgd-ce": {"steps": 20}, "apgd-t": {"steps": 20, "n_target_classes": 3},
-            "fab-t": {"steps": 20, "n_target_classes": 3}, "square": {"queries": 200}, **extra}
+    return {
+        "apgd-ce": {"steps": 20},
+        "apgd-t": {"steps": 20, "n_target_classes": 3},
+        "fab-t": {"steps": 20, "n_target_classes": 3},
+        "square": {"queries": 200},
+        **extra,
+    }
 
 
 @pytest.mark.slow
@@ -52,8 +57,10 @@ def test_standard_agrees_with_the_reference(robust_mlp):
     with torch.no_grad():
         theirs_robust = twin(x_ref).argmax(1).numpy() == y
     ours_acc, theirs_acc = ours_robust.mean(), theirs_robust.mean()
-    print(f"robust accuracy: ours {ours_acc:.4f}, reference {theirs_acc:.4f}, "
-          f"same flags on {np.mean(ours_robust == theirs_robust):.4f} of {len(y)} points")
+    print(
+        f"robust accuracy: ours {ours_acc:.4f}, reference {theirs_acc:.4f}, "
+        f"same flags on {np.mean(ours_robust == theirs_robust):.4f} of {len(y)} points"
+    )
     assert 0.3 < theirs_acc < 0.85  # a model with points to break and points to keep
     assert abs(ours_acc - theirs_acc) <= TOLERANCE
     assert ours_acc <= theirs_acc + TOLERANCE  # never weaker by more than the tolerance
@@ -123,8 +130,12 @@ def test_a_gradient_masking_model_makes_square_win_and_the_warning_fire(robust_m
 def test_graph_xla_and_eager_agree(robust_mlp):
     model, x, y = robust_mlp
     x, y = x[:40], y[:40]
-    tiny = {"apgd-ce": {"steps": 5}, "apgd-t": {"steps": 5, "n_target_classes": 2},
-            "fab-t": {"steps": 5, "n_target_classes": 2}, "square": {"queries": 20}}
+    tiny = {
+        "apgd-ce": {"steps": 5},
+        "apgd-t": {"steps": 5, "n_target_classes": 2},
+        "fab-t": {"steps": 5, "n_target_classes": 2},
+        "square": {"queries": 20},
+    }
 
     def run(a, b):
         return aa.autoattack(logits_of(model), a, b, eps=0.1, seed=3, options=tiny)
@@ -152,8 +163,15 @@ def test_the_evaluator_gives_the_in_graph_result(robust_mlp):
 
 def test_probability_outputs_are_flagged(robust_mlp):
     model, x, y = robust_mlp
-    result = aa.autoattack(lambda z: tf.nn.softmax(model(z)), x[:32], y[:32], eps=0.1, seed=0, attacks=["apgd-ce"],
-                           options={"apgd-ce": {"steps": 5}})
+    result = aa.autoattack(
+        lambda z: tf.nn.softmax(model(z)),
+        x[:32],
+        y[:32],
+        eps=0.1,
+        seed=0,
+        attacks=["apgd-ce"],
+        options={"apgd-ce": {"steps": 5}},
+    )
     assert any("look like probabilities" in w for w in result.warnings())
 
 
@@ -163,23 +181,35 @@ def test_a_randomised_model_is_flagged(robust_mlp):
     def noisy(z):
         return model(z + tf.random.normal(tf.shape(z), stddev=0.2))
 
-    result = aa.autoattack(noisy, x[:32], y[:32], eps=0.1, seed=0, attacks=["apgd-ce"], options={"apgd-ce": {"steps": 5}})
+    result = aa.autoattack(
+        noisy, x[:32], y[:32], eps=0.1, seed=0, attacks=["apgd-ce"], options={"apgd-ce": {"steps": 5}}
+    )
     assert any("version='rand'" in w for w in result.warnings())
-    rand = aa.autoattack(noisy, x[:32], y[:32], eps=0.1, seed=0, version="rand",
-                         options={"apgd-ce": {"steps": 5, "eot_iter": 2}, "apgd-dlr": {"steps": 5, "eot_iter": 2}})
+    rand = aa.autoattack(
+        noisy,
+        x[:32],
+        y[:32],
+        eps=0.1,
+        seed=0,
+        version="rand",
+        options={"apgd-ce": {"steps": 5, "eot_iter": 2}, "apgd-dlr": {"steps": 5, "eot_iter": 2}},
+    )
     assert not any("version='rand'" in w for w in rand.warnings(version="rand"))
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"eps": -0.1}, ValueError, "eps"),
-    ({"version": "fast"}, ValueError, "version"),
-    ({"norm": "l0"}, ValueError, "norm"),
-    ({"norm": "l1"}, ValueError, "l1"),
-    ({"attacks": ["apgd-ce", "pgd"]}, ValueError, "attacks"),
-    ({"options": {"square": {"queries": 10}}, "attacks": ["apgd-ce"]}, ValueError, "do not run"),
-    ({"options": {"square": {"quries": 10}}}, ValueError, "quries"),
-    ({"seed": None}, ValueError, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"eps": -0.1}, ValueError, "eps"),
+        ({"version": "fast"}, ValueError, "version"),
+        ({"norm": "l0"}, ValueError, "norm"),
+        ({"norm": "l1"}, ValueError, "l1"),
+        ({"attacks": ["apgd-ce", "pgd"]}, ValueError, "attacks"),
+        ({"options": {"square": {"queries": 10}}, "attacks": ["apgd-ce"]}, ValueError, "do not run"),
+        ({"options": {"square": {"quries": 10}}}, ValueError, "quries"),
+        ({"seed": None}, ValueError, "seed"),
+    ],
+)
 def test_bad_arguments_are_one_clear_error(robust_mlp, kwargs, error, match):
     model, x, y = robust_mlp
     with pytest.raises(error, match=match):
@@ -192,6 +222,9 @@ def test_too_few_classes_for_the_targets_names_the_fix():
     def five_classes(z):
         return tf.reshape(z, [-1, 16])[:, :5]
 
-    with pytest.raises(ValueError, match=r"apgd-t with 9 target classes needs >= 10 classes; the model has 5\. "
-                                         r"Pass options=\{'apgd-t': \{'n_target_classes': 4\}\}"):
+    with pytest.raises(
+        ValueError,
+        match=r"apgd-t with 9 target classes needs >= 10 classes; the model has 5\. "
+        r"Pass options=\{'apgd-t': \{'n_target_classes': 4\}\}",
+    ):
         aa.autoattack(five_classes, x, [0, 1], eps=0.1)

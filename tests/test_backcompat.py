@@ -51,8 +51,12 @@ def test_old_run_config_is_understood_by_the_tools(old, tmp_path):
 
     x, y, logits = old
     out = tmp_path / "report"
-    assert run_launcher_in_process("evaluate.py", f"--workdir={FIXTURE}", "--limit=8", "--autoattack=none",
-                                   f"--output_dir={out}") == 0
+    assert (
+        run_launcher_in_process(
+            "evaluate.py", f"--workdir={FIXTURE}", "--limit=8", "--autoattack=none", f"--output_dir={out}"
+        )
+        == 0
+    )
     results = json.loads((out / "robustness.json").read_text())["results"]
     # The run's own evaluation settings (PGD-1 at 32/255) and the same first 8 test images.
     assert sorted(results) == ["clean", "pgd1", "worst case"]

@@ -64,8 +64,9 @@ def paths(tmp_path_factory):
         "digits_run": _run_config("digits"),
         "noise_run": _run_config("digits", noise_sd=0.25),
         "cifar_run": _run_config("cifar10", out["empty"], noise_sd=0.25, model="resnet18_cifar", shape=(32, 32, 3)),
-        "imagenet_run": _run_config("imagenet", out["empty"], noise_sd=0.25, model="resnet50", shape=(224, 224, 3),
-                                    classes=1000),
+        "imagenet_run": _run_config(
+            "imagenet", out["empty"], noise_sd=0.25, model="resnet50", shape=(224, 224, 3), classes=1000
+        ),
     }
     for name, config in runs.items():
         os.makedirs(root / name)
@@ -97,12 +98,19 @@ EVALUATE = [
     (["--loss=mse"], "flag --loss=mse: value should be one of <ce|cw>"),
     (["--attack_epsilon=-2"], "--attack_epsilon must be in [0, 255] (0-255 scale), got -2"),
     # Budgets are capped per norm: L-inf at 1, L2 at the image's diagonal (digits: sqrt(8*8*1) = 8).
-    (["--eps=8"], "--eps=8 is above 1, the largest --norm=linf distance between two images in [0, 1]; "
-                  "[0, 1] pixel units, e.g. 8/255"),
-    (["--norm=l2", "--eps=9"], "--eps=9 is above 8, the largest --norm=l2 distance between two images in [0, 1] "
-                               "on 8x8x1 images"),
-    (["--norm=l2", "--attack_epsilon=3000"], "--attack_epsilon must be in [0, 2040] (0-255 scale) for --norm=l2 on "
-                                             "8x8x1 images, got 3000"),
+    (
+        ["--eps=8"],
+        "--eps=8 is above 1, the largest --norm=linf distance between two images in [0, 1]; "
+        "[0, 1] pixel units, e.g. 8/255",
+    ),
+    (
+        ["--norm=l2", "--eps=9"],
+        "--eps=9 is above 8, the largest --norm=l2 distance between two images in [0, 1] on 8x8x1 images",
+    ),
+    (
+        ["--norm=l2", "--attack_epsilon=3000"],
+        "--attack_epsilon must be in [0, 2040] (0-255 scale) for --norm=l2 on 8x8x1 images, got 3000",
+    ),
     (["--norm=l2", "--attack_epsilon=-1"], "--attack_epsilon must be >= 0 (0-255 scale), got -1"),
     (["--norm=l2", "--eps=7.5"], "reached:build_model"),
     (["--norm=l2", "--attack_epsilon=510", "--attack_step_size=255"], "reached:build_model"),
@@ -117,9 +125,15 @@ EVALUATE = [
     (["--seed=-1"], "--seed must be in [0, 2**32), got -1"),
     (["--strategy=horovod"], "--strategy='horovod' is unknown"),
     (["--tpu=grpc://127.0.0.1:{port}"], "tpu='grpc://127.0.0.1:{port}': nothing answers"),
-    (["--tpu=my-tpu", "--strategy=mirrored"], "--tpu=my-tpu needs --strategy=tpu (or no --strategy), got --strategy=mirrored"),
+    (
+        ["--tpu=my-tpu", "--strategy=mirrored"],
+        "--tpu=my-tpu needs --strategy=tpu (or no --strategy), got --strategy=mirrored",
+    ),
     (["--checkpoint={missing}/ckpt-1"], "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index"),
-    (["--workdir={missing}"], "{missing}/run_config.json does not exist: --workdir must be a directory written by launch/train.py"),
+    (
+        ["--workdir={missing}"],
+        "{missing}/run_config.json does not exist: --workdir must be a directory written by launch/train.py",
+    ),
     (["--workdir={cifar_run}"], "cifar10 not found in {empty}"),
     (["--workdir={imagenet_run}"], "is an ImageNet run: evaluate it with launch/train_imagenet.py --config.mode=eval"),
     ([], "reached:build_model"),
@@ -143,7 +157,10 @@ CERTIFY = [
     (["--seed=-1"], "--seed must be in [0, 2**32), got -1"),
     (["--strategy=horovod"], "--strategy='horovod' is unknown"),
     (["--tpu=grpc://127.0.0.1:{port}"], "tpu='grpc://127.0.0.1:{port}': nothing answers"),
-    (["--tpu=local", "--strategy=one_device"], "--tpu=local needs --strategy=tpu (or no --strategy), got --strategy=one_device"),
+    (
+        ["--tpu=local", "--strategy=one_device"],
+        "--tpu=local needs --strategy=tpu (or no --strategy), got --strategy=one_device",
+    ),
     (["--checkpoint={missing}/ckpt-1"], "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index"),
     (["--workdir={digits_run}"], "--sigma is required: {digits_run} was not trained with a smoothing objective"),
     (["--workdir={missing}"], "{missing}/run_config.json does not exist"),
@@ -169,7 +186,10 @@ PREDICT = [
     (["--seed=-1"], "--seed must be in [0, 2**32), got -1"),
     (["--strategy=horovod"], "--strategy='horovod' is unknown"),
     (["--tpu=grpc://127.0.0.1:{port}"], "tpu='grpc://127.0.0.1:{port}': nothing answers"),
-    (["--tpu=local", "--strategy=mirrored"], "--tpu=local needs --strategy=tpu (or no --strategy), got --strategy=mirrored"),
+    (
+        ["--tpu=local", "--strategy=mirrored"],
+        "--tpu=local needs --strategy=tpu (or no --strategy), got --strategy=mirrored",
+    ),
     (["--checkpoint={missing}/ckpt-1"], "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index"),
     (["--workdir="], "--workdir is required"),
     (["--workdir={digits_run}"], "--sigma is required: the run was not trained with a smoothing objective"),
@@ -184,14 +204,23 @@ EXPORT = [
     (["--workdir={digits_run}", "--top_k=0"], "--top_k must be at least 1, got 0"),
     (["--workdir={digits_run}", "--crop_padding=-1"], "--crop_padding must be non-negative, got -1"),
     (["--workdir={digits_run}", "--smoothed_sigma=-1"], "--smoothed_sigma must be in [0, 10] (0: off), got -1"),
-    (["--workdir={digits_run}", "--smoothed_sigma=0.25", "--smoothed_n=0"], "--smoothed_n must be in [1, 2**31), got 0"),
-    (["--workdir={digits_run}", "--smoothed_sigma=0.25", "--smoothed_alpha=1"], "--smoothed_alpha must be in (0, 1), got 1"),
+    (
+        ["--workdir={digits_run}", "--smoothed_sigma=0.25", "--smoothed_n=0"],
+        "--smoothed_n must be in [1, 2**31), got 0",
+    ),
+    (
+        ["--workdir={digits_run}", "--smoothed_sigma=0.25", "--smoothed_alpha=1"],
+        "--smoothed_alpha must be in (0, 1), got 1",
+    ),
     (["--workdir={digits_run}", "--smoothed_sigma=0.25", "--smoothed_batch=0"], "--smoothed_batch must be >= 1, got 0"),
     (["--workdir={digits_run}", "--smoothed_n=10"], "--smoothed_n needs --smoothed_sigma"),
     (["--model_path={tmp}/model.h5"], "--model_path={tmp}/model.h5 must be a .keras file"),
     (["--model_path={missing}/model.keras"], "--model_path={missing}/model.keras does not exist"),
     (["--model_path={keras}", "--checkpoint={missing}/ckpt-1"], "--checkpoint applies to --workdir only"),
-    (["--workdir={digits_run}", "--checkpoint={missing}/ckpt-1"], "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index"),
+    (
+        ["--workdir={digits_run}", "--checkpoint={missing}/ckpt-1"],
+        "--checkpoint={missing}/ckpt-1: no {missing}/ckpt-1.index",
+    ),
     (["--workdir={missing}"], "{missing}/run_config.json does not exist"),
     (["--workdir={digits_run}"], "reached:build_model"),
     (["--model_path={keras}"], "reached:load_model"),
@@ -204,7 +233,10 @@ CONVERT = [
     (["--checkpoint={missing}/Res50", "--model=resnet49"], "--model='resnet49' is unknown"),
     (["--checkpoint={missing}/Res50", "--activation=swishy"], "--activation='swishy' is unknown"),
     (["--checkpoint={missing}/Res50", "--zoo_name=Res51-silu"], "--zoo_name='Res51-silu' is unknown; choose one of"),
-    (["--checkpoint={missing}/Res50", "--channel_order=gbr"], "flag --channel_order=gbr: value should be one of <rgb|bgr>"),
+    (
+        ["--checkpoint={missing}/Res50", "--channel_order=gbr"],
+        "flag --channel_order=gbr: value should be one of <rgb|bgr>",
+    ),
     (["--checkpoint={missing}/Res50"], "TF1 checkpoint {missing}/Res50 not found (expected {missing}/Res50.index"),
     (["--checkpoint={empty}"], "no TF1 checkpoint in directory {empty} (no *.index file)"),
 ]
@@ -212,24 +244,45 @@ CONVERT_ROBUSTBENCH = [
     ([], "--checkpoint is required (a RobustBench .pt or a .safetensors file)"),
     (["--checkpoint={missing}/w.pt", "--preset=Wang2023Better_WRN-70-16"], "--checkpoint={missing}/w.pt is not a file"),
     (["--checkpoint={a_file}"], "give exactly one of --preset (a RobustBench entry) or --model"),
-    (["--checkpoint={a_file}", "--preset=Wang2023Better_WRN-70-16", "--output=out.h5"], "--output must end in .keras, got out.h5"),
+    (
+        ["--checkpoint={a_file}", "--preset=Wang2023Better_WRN-70-16", "--output=out.h5"],
+        "--output must end in .keras, got out.h5",
+    ),
     (["--checkpoint={a_file}", "--preset=NoSuchEntry"], "--preset='NoSuchEntry' is unknown"),
     (["--checkpoint={a_file}", "--model=resnet50"], "--model='resnet50' is unknown"),
-    (["--checkpoint={a_file}", "--model=dm_wide_resnet28_10", "--model_kwargs=[1]"], "--model_kwargs must be a JSON object"),
-    (["--checkpoint={a_file}", "--preset=Wang2023Better_WRN-70-16", "--image_size=4"], "--image_size must be in [8, 2048], got 4"),
+    (
+        ["--checkpoint={a_file}", "--model=dm_wide_resnet28_10", "--model_kwargs=[1]"],
+        "--model_kwargs must be a JSON object",
+    ),
+    (
+        ["--checkpoint={a_file}", "--preset=Wang2023Better_WRN-70-16", "--image_size=4"],
+        "--image_size must be in [8, 2048], got 4",
+    ),
     (["--checkpoint={a_file}", "--preset=Wang2023Better_WRN-70-16"], "reached:build_model"),
 ]
 BUILD = [
     (["--output_dir={ws}/records"], "--input_dir is required"),
     (["--input_dir={images}"], "--output_dir is required"),
-    (["--input_dir={images}", "--output_dir={ws}/records", "--split=test"], "--split='test' is unknown; choose one of ['train', 'validation']"),
+    (
+        ["--input_dir={images}", "--output_dir={ws}/records", "--split=test"],
+        "--split='test' is unknown; choose one of ['train', 'validation']",
+    ),
     (["--input_dir={images}", "--output_dir={ws}/records", "--num_shards=0"], "--num_shards must be >= 1, got 0"),
-    (["--input_dir={images}", "--output_dir={ws}/records", "--num_shards=5"], "--num_shards=5 exceeds the 1 images (empty shards); allowed: [1, 1]"),
+    (
+        ["--input_dir={images}", "--output_dir={ws}/records", "--num_shards=5"],
+        "--num_shards=5 exceeds the 1 images (empty shards); allowed: [1, 1]",
+    ),
     (["--input_dir={images}", "--output_dir={ws}/records"], "--num_shards=1024 exceeds the 1 images"),
-    (["--input_dir={images}", "--output_dir={a_file}", "--num_shards=1"], "--output_dir={a_file} is a file; pass a directory"),
+    (
+        ["--input_dir={images}", "--output_dir={a_file}", "--num_shards=1"],
+        "--output_dir={a_file} is a file; pass a directory",
+    ),
     (["--input_dir={missing}", "--output_dir={ws}/records"], "--input_dir={missing} is not a directory"),
     (["--input_dir={empty}", "--output_dir={ws}/records"], "--input_dir={empty} has no class folders"),
-    (["--input_dir={images}", "--output_dir={ws}/records", "--labels_file={missing}/synsets.txt"], "--labels_file={missing}/synsets.txt does not exist"),
+    (
+        ["--input_dir={images}", "--output_dir={ws}/records", "--labels_file={missing}/synsets.txt"],
+        "--labels_file={missing}/synsets.txt does not exist",
+    ),
     (["--input_dir={images}", "--output_dir={ws}/records", "--num_shards=1"], "reached:write_tfrecords"),
 ]
 CASES = (
@@ -241,7 +294,9 @@ CASES = (
     + [("convert_robustbench", f, n) for f, n in CONVERT_ROBUSTBENCH]
     + [("build_imagenet_tfrecords", f, n) for f, n in BUILD]
 )
-CASE_IDS = [f"{launcher}:{' '.join(a for a in argv if not a.startswith('--workdir={ws}'))}" for launcher, argv, _ in CASES]
+CASE_IDS = [
+    f"{launcher}:{' '.join(a for a in argv if not a.startswith('--workdir={ws}'))}" for launcher, argv, _ in CASES
+]
 LAUNCHERS = sorted({launcher for launcher, _, _ in CASES})
 
 
@@ -249,15 +304,25 @@ LAUNCHERS = sorted({launcher for launcher, _, _ in CASES})
 def batch(paths, tmp_path_factory):
     """Every case of CASES, run in one process (one TensorFlow import)."""
     cases = [
-        {"id": case_id, "launcher": launcher, "argv": [a.format(**paths) for a in argv if a != "NO_BF16"],
-         "no_bf16": "NO_BF16" in argv}
+        {
+            "id": case_id,
+            "launcher": launcher,
+            "argv": [a.format(**paths) for a in argv if a != "NO_BF16"],
+            "no_bf16": "NO_BF16" in argv,
+        }
         for case_id, (launcher, argv, _) in zip(CASE_IDS, CASES)
     ]
     root = tmp_path_factory.mktemp("batch")
     with open(root / "cases.json", "w") as f:
         json.dump(cases, f)
-    proc = subprocess.run([sys.executable, BATCH, str(root / "cases.json"), str(root / "results.json")],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    proc = subprocess.run(
+        [sys.executable, BATCH, str(root / "cases.json"), str(root / "results.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(root / "results.json") as f:
         return json.load(f)
@@ -282,8 +347,11 @@ def test_bad_flag_is_one_line_before_expensive_work(batch, paths, case):
 def test_every_launcher_is_covered():
     """The tools run their cases in the batch; the trainer's config is validated by sat_tf.config
     (tests/test_config.py), and both trainer entry points run end to end below."""
-    launchers = {name[:-3] for name in os.listdir(os.path.join(ROOT, "launch"))
-                 if name.endswith(".py") and name not in ("__init__.py", "common.py")}
+    launchers = {
+        name[:-3]
+        for name in os.listdir(os.path.join(ROOT, "launch"))
+        if name.endswith(".py") and name not in ("__init__.py", "common.py")
+    }
     assert set(LAUNCHERS) | {"train", "train_imagenet"} == launchers
     assert {"train", "train_imagenet"} <= {case[0] for case in E2E}
 
@@ -291,17 +359,29 @@ def test_every_launcher_is_covered():
 # === End to end: the real launchers, one subprocess each, with the time to error ===
 
 E2E = [  # (launcher, flags, needle, what)
-    ("train", ["--config.data.name=cifar10", "--config.data.data_dir={empty}", "--workdir={ws}/e2e"],
-     "cifar10 not found in {empty}", "absent data"),
-    ("train_imagenet", ["--config.data.data_dir={empty}", "--workdir={ws}/e2e_imagenet"],
-     "no ImageNet TFRecords {empty}/train-*", "absent data"),
+    (
+        "train",
+        ["--config.data.name=cifar10", "--config.data.data_dir={empty}", "--workdir={ws}/e2e"],
+        "cifar10 not found in {empty}",
+        "absent data",
+    ),
+    (
+        "train_imagenet",
+        ["--config.data.data_dir={empty}", "--workdir={ws}/e2e_imagenet"],
+        "no ImageNet TFRecords {empty}/train-*",
+        "absent data",
+    ),
     ("evaluate", ["--workdir={cifar_run}"], "cifar10 not found in {empty}", "data gone"),
     ("certify", ["--workdir={missing}"], "{missing}/run_config.json does not exist", "missing workdir"),
     ("predict", ["--workdir={imagenet_run}"], "no ImageNet TFRecords {empty}/validation-*", "data gone"),
     ("export", ["--workdir={digits_run}", "--smoothed_sigma=nan"], "--smoothed_sigma must be in [0, 10]", "bad flag"),
     ("convert_checkpoint", ["--checkpoint={missing}/Res50"], "TF1 checkpoint {missing}/Res50 not found", "absent file"),
-    ("build_imagenet_tfrecords", ["--input_dir={missing}", "--output_dir={ws}/e2e_records"],
-     "--input_dir={missing} is not a directory", "absent data"),
+    (
+        "build_imagenet_tfrecords",
+        ["--input_dir={missing}", "--output_dir={ws}/e2e_records"],
+        "--input_dir={missing} is not a directory",
+        "absent data",
+    ),
 ]
 
 
@@ -319,9 +399,13 @@ def e2e(paths):
         launcher, flags, _, _ = case
         with tempfile.TemporaryFile("w+") as err:
             start = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch", f"{launcher}.py"),
-                                     *(f.format(**paths) for f in flags)],
-                                    stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env=env)
+            proc = subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "launch", f"{launcher}.py"), *(f.format(**paths) for f in flags)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=ROOT,
+                env=env,
+            )
             timer = threading.Timer(120, proc.kill)
             timer.start()
             _, status, usage = os.wait4(proc.pid, 0)

@@ -17,8 +17,12 @@ def _pair(shape, axis=-1, **kwargs):
     fused.build(shape)
     plain.build(shape)
     rng = np.random.default_rng(0)
-    weights = [rng.normal(1.0, 0.3, w.shape).astype(np.float32) if i != 3 else
-               rng.uniform(0.5, 2.0, w.shape).astype(np.float32) for i, w in enumerate(plain.get_weights())]
+    weights = [
+        rng.normal(1.0, 0.3, w.shape).astype(np.float32)
+        if i != 3
+        else rng.uniform(0.5, 2.0, w.shape).astype(np.float32)
+        for i, w in enumerate(plain.get_weights())
+    ]
     fused.set_weights(weights)
     plain.set_weights(weights)
     return fused, plain
@@ -124,13 +128,15 @@ def test_mixed_bfloat16_normalises_in_float32_and_returns_bfloat16():
 def test_keras_file_round_trip_in_safe_mode(tmp_path):
     inputs = keras.Input((5, 4, 3))
     model = keras.Model(inputs, layers.BatchNormalization(epsilon=EPS, name="bn")(inputs))
-    model.get_layer("bn").set_weights([np.full(3, 2.0, np.float32), np.ones(3, np.float32),
-                                       np.full(3, 0.5, np.float32), np.full(3, 4.0, np.float32)])
+    model.get_layer("bn").set_weights(
+        [np.full(3, 2.0, np.float32), np.ones(3, np.float32), np.full(3, 0.5, np.float32), np.full(3, 4.0, np.float32)]
+    )
     path = str(tmp_path / "bn.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     assert type(loaded.get_layer("bn")) is layers.BatchNormalization
     x = _images((2, 5, 4, 3))
     np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), rtol=1e-6)
-    np.testing.assert_allclose(loaded(x, training=False), (x - 0.5) / np.sqrt(4.0 + EPS) * 2.0 + 1.0,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        loaded(x, training=False), (x - 0.5) / np.sqrt(4.0 + EPS) * 2.0 + 1.0, rtol=1e-5, atol=1e-5
+    )

@@ -16,7 +16,11 @@ def test_step_time_quick_group_times_interleaved_cases_and_writes_its_section(tm
     rows = step_time.main(["--groups=quick", "--warmup=1", "--steps=2", f"--output={out}"])["quick"]
     clean, pgd1, clean4, plain = rows
     assert [(r["case"].k, r["case"].per_call, r["case"].fused) for r in rows] == [
-        (0, 1, True), (1, 1, True), (0, 4, True), (1, 1, False)]
+        (0, 1, True),
+        (1, 1, True),
+        (0, 4, True),
+        (1, 1, False),
+    ]
     assert all(0 < r["low"] <= r["median"] <= r["high"] for r in rows)
     assert all(r["traces"] == 1 for r in rows)  # no retracing across rounds
     assert clean["x_clean"] == 1.0 and pgd1["bound"] == 5 / 3
@@ -46,10 +50,18 @@ def test_verdicts_compare_against_the_issue_targets():
 
     group = step_time.GROUPS["ksweep"]
     Case = step_time.Case
-    rows = [dict(case=c, median=m, low=m, high=m, first=1.0, traces=1) for c, m in [
-        (Case("tf", "relu", 0), 1.0), (Case("tf", "relu", 3), 3.1), (Case("tf", "silu", 0), 1.0),
-        (Case("tf", "silu", 1), 1.9), (Case("tf", "relu", 1), 1.6),
-        (Case("torch", "relu", 0), 1.1), (Case("torch", "relu", 3), 4.5)]]
+    rows = [
+        dict(case=c, median=m, low=m, high=m, first=1.0, traces=1)
+        for c, m in [
+            (Case("tf", "relu", 0), 1.0),
+            (Case("tf", "relu", 3), 3.1),
+            (Case("tf", "silu", 0), 1.0),
+            (Case("tf", "silu", 1), 1.9),
+            (Case("tf", "relu", 1), 1.6),
+            (Case("torch", "relu", 0), 1.1),
+            (Case("torch", "relu", 3), 4.5),
+        ]
+    ]
     checks = {target: ok for target, _, ok in step_time.verdicts(group, step_time.derive(group, rows))}
     bound, torch = "step ≤ 1.05 × (2K+3)/3 clean", "ours ≥ 1.25× PyTorch (floor 1.0×)"
     assert checks[f"tf relu K=3 float32: {bound}"] is True  # 3.1 / 3 <= 1.05
@@ -66,9 +78,12 @@ def test_torch_cases_are_dropped_with_a_note_when_torch_is_missing(monkeypatch, 
     import step_time
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
-    group = step_time.dataclasses.replace(step_time.GROUPS["quick"], cases=(
-        step_time.Case("tf", "silu", 0), step_time.Case("torch", "silu", 0)))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a)
+    )
+    group = step_time.dataclasses.replace(
+        step_time.GROUPS["quick"], cases=(step_time.Case("tf", "silu", 0), step_time.Case("torch", "silu", 0))
+    )
 
     def no_worker():
         raise AssertionError("the PyTorch worker must not start")
@@ -84,8 +99,17 @@ def test_profile_sums_op_events_by_type_per_step():
 
     space = xplane_pb2.XSpace()
     plane = space.planes.add(name="/host:CPU")
-    for key, name in enumerate(["conv1:_MklNativeConv2D", "conv2:_MklNativeConv2D", "ExecutorState::Process",
-                                "StatefulPartitionedCall:__inference_train_1", "XlaLaunch::Start", "act:Relu"], 1):
+    for key, name in enumerate(
+        [
+            "conv1:_MklNativeConv2D",
+            "conv2:_MklNativeConv2D",
+            "ExecutorState::Process",
+            "StatefulPartitionedCall:__inference_train_1",
+            "XlaLaunch::Start",
+            "act:Relu",
+        ],
+        1,
+    ):
         plane.event_metadata[key].name = name
     line = plane.lines.add(name="tf_Compute")
     for key, ps in [(1, 3e12), (2, 1e12), (3, 9e12), (4, 9e12), (5, 2e12), (6, 1e12), (1, 2e12)]:
@@ -104,8 +128,10 @@ def test_autoattack_time_quick_run_compares_both_sides_and_replaces_its_section(
 
     out = tmp_path / "BENCHMARKS.md"
     # A section from an earlier run: the run must replace it, not append a second one.
-    out.write_text("# sat_tf benchmarks\n\n## AutoAttack: ours vs the reference (2000-01-01)\n\nstale\n\n"
-                   "## Other section\n\nkept\n")
+    out.write_text(
+        "# sat_tf benchmarks\n\n## AutoAttack: ours vs the reference (2000-01-01)\n\nstale\n\n"
+        "## Other section\n\nkept\n"
+    )
     results = autoattack_time.main(["--quick", f"--output={out}"])
     main = results["digits"]
     attacks = ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -125,8 +151,9 @@ def test_autoattack_time_quick_run_compares_both_sides_and_replaces_its_section(
     assert all(b["run"] > 0 for b in main["breakdown"].values() if b["points"])
     iteration = results["iteration"]
     assert set(iteration["costs"]["cases"]) == {("apgd", 2), ("apgd", 4), ("pgd", 2), ("pgd", 4)}
-    assert all(0 < c["low"] <= c["median"] <= c["high"] and c["runs"] == 2
-               for c in iteration["costs"]["cases"].values())
+    assert all(
+        0 < c["low"] <= c["median"] <= c["high"] and c["runs"] == 2 for c in iteration["costs"]["cases"].values()
+    )
     assert set(iteration["costs"]["traces"]) == {2, 4}
     assert all(0 < t["low"] <= t["trace"] <= t["high"] for t in iteration["costs"]["traces"].values())
     assert iteration["per_iteration"]["ratio"] == iteration["per_iteration"]["apgd"] / iteration["per_iteration"]["pgd"]
@@ -139,8 +166,13 @@ def test_autoattack_time_quick_run_compares_both_sides_and_replaces_its_section(
     assert text.count("## AutoAttack: ours vs the reference") == 1 and "stale" not in text
     assert "## Other section\n\nkept" in text
     assert "python benchmarks/autoattack_time.py --quick" in text and "load average" in text
-    for table in ("### Wall time", "### Robust accuracy", "### Seconds per attack", "### Per iteration",
-                  "### Against the goals"):
+    for table in (
+        "### Wall time",
+        "### Robust accuracy",
+        "### Seconds per attack",
+        "### Per iteration",
+        "### Against the goals",
+    ):
         assert table in text
     assert results["section"] in text
 
@@ -149,8 +181,14 @@ def test_autoattack_time_rejects_inconsistent_flags():
     import autoattack_time
     import pytest
 
-    for bad in (["--iter_ks=10"], ["--iter_ks=10,x"], ["--rounds=0"], ['--options={"square": {"nope": 1}}'],
-                ['--options={"fab": {"steps": 1}}'], ["--options={"]):
+    for bad in (
+        ["--iter_ks=10"],
+        ["--iter_ks=10,x"],
+        ["--rounds=0"],
+        ['--options={"square": {"nope": 1}}'],
+        ['--options={"fab": {"steps": 1}}'],
+        ["--options={"],
+    ):
         with pytest.raises(SystemExit):
             autoattack_time.parse_args(bad)
     quick = autoattack_time.parse_args(["--quick", "--rounds=2"])
@@ -166,8 +204,12 @@ def test_autoattack_time_verdicts_and_busy_machine_warning():
     def side(seconds, final):
         return {"median": seconds, "last": {"accuracy": {"square": final}}}
 
-    main = {"attacks": ["apgd-ce", "square"], "reference": side(100.0, 0.50), "evaluator": side(40.0, 0.51),
-            "graph": side(60.0, 0.45)}
+    main = {
+        "attacks": ["apgd-ce", "square"],
+        "reference": side(100.0, 0.50),
+        "evaluator": side(40.0, 0.51),
+        "graph": side(60.0, 0.45),
+    }
     per_iteration = {"ratio": 1.02, "ratio_at_hi": 1.03}
     costs = {"traces": {10: {"trace": 1.0}, 1000: {"trace": 1.05}}}
     checks = [ok for _, _, ok in autoattack_time.verdicts(main, per_iteration, costs, [10, 1000])]

@@ -179,8 +179,17 @@ def test_image_seeds_are_distinct_and_stable():
 def noise_run(tmp_path_factory):
     """A 1-epoch digits run trained with launch/configs/digits_gaussian.py, sigma 0.25 (so --sigma defaults to 0.25)."""
     workdir = str(tmp_path_factory.mktemp("certify") / "digits_noise")
-    run_launcher("launch/train.py", "--config=launch/configs/digits_gaussian.py", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.objective.noise_sd=0.25",
-                 "--config.export.enabled=false", "--config.schedule.batch_size=32", f"--workdir={workdir}")
+    run_launcher(
+        "launch/train.py",
+        "--config=launch/configs/digits_gaussian.py",
+        "--config.schedule.epochs=1",
+        "--config.data.limit_train=128",
+        "--config.data.limit_test=32",
+        "--config.objective.noise_sd=0.25",
+        "--config.export.enabled=false",
+        "--config.schedule.batch_size=32",
+        f"--workdir={workdir}",
+    )
     return workdir
 
 
@@ -234,8 +243,16 @@ def test_mirrored_two_replicas_write_the_single_device_rows(noise_run, tmp_path)
     from sat_tf import certification, data
 
     tsv = str(tmp_path / "mirrored.tsv")
-    flags = [f"--workdir={noise_run}", "--strategy=mirrored", "--N=200", "--N0=20", "--batch=30",
-             "--skip=9", "--max=30", f"--outfile={tsv}"]
+    flags = [
+        f"--workdir={noise_run}",
+        "--strategy=mirrored",
+        "--N=200",
+        "--N0=20",
+        "--batch=30",
+        "--skip=9",
+        "--max=30",
+        f"--outfile={tsv}",
+    ]
     # Two logical CPUs must exist before TensorFlow starts, so wrap the launcher.
     code = (
         "import runpy, sys, tensorflow as tf\n"
@@ -244,8 +261,14 @@ def test_mirrored_two_replicas_write_the_single_device_rows(noise_run, tmp_path)
         f"sys.argv = ['certify.py', *{flags!r}]\n"
         f"runpy.run_path({os.path.join(ROOT, 'launch', 'certify.py')!r}, run_name='__main__')\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, cwd=ROOT, capture_output=True,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert json.load(open(tsv + ".json"))["replicas"] == 2
     model, _ = common.restore_model(noise_run)
     smooth = certification.Smooth(lambda z: model(z, training=False), 10, 0.25, batch_size=30)
@@ -262,8 +285,9 @@ def test_plot_only_draws_several_tsvs(certified, tmp_path):
     reference = tmp_path / "sigma_0.12"
     reference.write_text(REFERENCE_LOG)  # no sidecar: labelled by its file name
     out = str(tmp_path / "plots" / "sigmas.png")
-    proc = run_launcher("launch/certify.py", "--plot_only", f"--plot_with={tsv},{reference}", f"--plot_output={out}",
-                        "--radii=0,0.5")
+    proc = run_launcher(
+        "launch/certify.py", "--plot_only", f"--plot_with={tsv},{reference}", f"--plot_output={out}", "--radii=0,0.5"
+    )
     assert open(out, "rb").read(8) == PNG_MAGIC
     table = open(str(tmp_path / "plots" / "sigmas.md")).read().replace("**", "")  # bold = best
     assert "| σ = 0.25, Gaussian | 10 |" in table and "| sigma_0.12 | 8 | 0.500 | 0.125 |" in table
@@ -286,8 +310,14 @@ def bad_flag_runs(noise_run, tmp_path_factory):
     }
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     procs = {
-        name: subprocess.Popen([sys.executable, os.path.join(ROOT, "launch", "certify.py"), *flags], cwd=ROOT,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        name: subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "launch", "certify.py"), *flags],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name, flags in cases.items()
     }
     return {name: (p.wait(timeout=300), p.communicate()[1]) for name, p in procs.items()}
@@ -324,8 +354,12 @@ def test_benchmark_quick_updates_only_its_section(tmp_path):
     assert text.startswith("# b\n\n## Other (keep)\n\nA | 1\n\n## Certification throughput (")
     assert text.endswith("\n## Tail\n\nkeep too\n") and "stale" not in text
     assert text.count("## Certification throughput") == 1
-    for path_name in ("graph loop (`Smooth.sample`)", "Python loop, tf.function per batch",
-                      "Python loop, eager per batch", "graph loop, MirroredStrategy 2 logical CPUs"):
+    for path_name in (
+        "graph loop (`Smooth.sample`)",
+        "Python loop, tf.function per batch",
+        "Python loop, eager per batch",
+        "graph loop, MirroredStrategy 2 logical CPUs",
+    ):
         assert f"| digits_cnn | {path_name}" in text and path_name in proc.stdout
     assert "python benchmarks/certify_throughput.py --quick" in text and "TensorFlow 2." in text
 

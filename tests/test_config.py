@@ -36,45 +36,59 @@ def test_default_config_is_the_sat_digits_main_job():
     assert c.objective.label_smoothing == 0.1
 
 
-@pytest.mark.parametrize("name, smoothing", [("rat_cifar10", 0.0), ("trades_cifar10", 0.0), ("awp_rat_cifar10", 0.0),
-                                             ("pgd_at_cifar10", 0.0), ("rat_digits", 0.0), ("digits_gaussian", 0.0),
-                                             ("digits_smoothadv", 0.0), ("imagenet_sat", 0.1), ("digits_sat", 0.1),
-                                             ("wang2023_cifar10", 0.1)])
+@pytest.mark.parametrize(
+    "name, smoothing",
+    [
+        ("rat_cifar10", 0.0),
+        ("trades_cifar10", 0.0),
+        ("awp_rat_cifar10", 0.0),
+        ("pgd_at_cifar10", 0.0),
+        ("rat_digits", 0.0),
+        ("digits_gaussian", 0.0),
+        ("digits_smoothadv", 0.0),
+        ("imagenet_sat", 0.1),
+        ("digits_sat", 0.1),
+        ("wang2023_cifar10", 0.1),
+    ],
+)
 def test_each_objective_config_carries_its_papers_label_smoothing(name, smoothing):
     assert _load(os.path.join(ROOT, "launch", "configs", f"{name}.py")).objective.label_smoothing == smoothing
 
 
-@pytest.mark.parametrize("field, value, allowed", [
-    ("attack.eps", 8.0, "[0, 1]"),  # 0-255 units by mistake
-    ("attack.eps", float("nan"), "[0, 1]"),
-    ("attack.step_size", 0.5, "at most 2 x attack.eps"),
-    ("attack.steps", -1, "an integer in [0, inf]"),
-    ("attack.name", "cw", "one of ["),
-    ("model.name", "resnet9000", "one of ["),
-    ("model.activation", "tanhh", "one of ["),
-    ("data.name", "imagenet_9", "one of ["),
-    ("objective.name", "gairat", "one of ['adversarial'"),
-    ("objective.mart_beta", -1.0, "[0, inf]"),
-    ("data.generated_fraction", 1.0, "[0, 1)"),
-    ("optimizer.ema_warmup_epochs", -1.0, "[0, inf]"),
-    ("model.depth", 0, "an integer in [1, inf] or None"),
-    ("objective.rat_alpha", 2.0, "[0, 1]"),
-    ("objective.label_smoothing", 1.0, "[0, 1)"),
-    ("objective.smoothadv.num_noise", 0, "[1, 256]"),
-    ("optimizer.learning_rate", 0.0, "(0, inf]"),
-    ("optimizer.learning_rate", float("inf"), "a finite number > 0"),
-    ("optimizer.momentum", 1.5, "[0, 1)"),
-    ("schedule.epochs", 0, "an integer in [1, inf]"),
-    ("schedule.decay", "linear", "one of ['constant', 'cosine', 'step']"),
-    ("schedule.decay_epochs", (-5,), "a tuple of integers >= 0"),
-    ("system.seed", 2**32, "[0, 4294967296)"),
-    ("system.strategy", "horovod", "one of ["),
-    ("system.on_nonfinite", "ignore", "one of ['skip', 'stop']"),
-    ("eval.step_size", 0.5, "at most 2 x the eval eps"),
-    ("eval.autoattack", "fast", "one of ["),
-    ("data.limit_train", 0, "an integer in [1, inf] or None"),
-    ("model.load_sparta", "/nonexistent/sparta.npz", "'sparta' with model.load_sparta"),
-])
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [
+        ("attack.eps", 8.0, "[0, 1]"),  # 0-255 units by mistake
+        ("attack.eps", float("nan"), "[0, 1]"),
+        ("attack.step_size", 0.5, "at most 2 x attack.eps"),
+        ("attack.steps", -1, "an integer in [0, inf]"),
+        ("attack.name", "cw", "one of ["),
+        ("model.name", "resnet9000", "one of ["),
+        ("model.activation", "tanhh", "one of ["),
+        ("data.name", "imagenet_9", "one of ["),
+        ("objective.name", "gairat", "one of ['adversarial'"),
+        ("objective.mart_beta", -1.0, "[0, inf]"),
+        ("data.generated_fraction", 1.0, "[0, 1)"),
+        ("optimizer.ema_warmup_epochs", -1.0, "[0, inf]"),
+        ("model.depth", 0, "an integer in [1, inf] or None"),
+        ("objective.rat_alpha", 2.0, "[0, 1]"),
+        ("objective.label_smoothing", 1.0, "[0, 1)"),
+        ("objective.smoothadv.num_noise", 0, "[1, 256]"),
+        ("optimizer.learning_rate", 0.0, "(0, inf]"),
+        ("optimizer.learning_rate", float("inf"), "a finite number > 0"),
+        ("optimizer.momentum", 1.5, "[0, 1)"),
+        ("schedule.epochs", 0, "an integer in [1, inf]"),
+        ("schedule.decay", "linear", "one of ['constant', 'cosine', 'step']"),
+        ("schedule.decay_epochs", (-5,), "a tuple of integers >= 0"),
+        ("system.seed", 2**32, "[0, 4294967296)"),
+        ("system.strategy", "horovod", "one of ["),
+        ("system.on_nonfinite", "ignore", "one of ['skip', 'stop']"),
+        ("eval.step_size", 0.5, "at most 2 x the eval eps"),
+        ("eval.autoattack", "fast", "one of ["),
+        ("data.limit_train", 0, "an integer in [1, inf] or None"),
+        ("model.load_sparta", "/nonexistent/sparta.npz", "'sparta' with model.load_sparta"),
+    ],
+)
 def test_a_bad_field_names_the_field_the_value_and_the_allowed_range(field, value, allowed):
     config = config_lib.base()
     node = config
@@ -90,19 +104,30 @@ def test_a_bad_field_names_the_field_the_value_and_the_allowed_range(field, valu
     assert f"config.{named}=" in message, message
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"objective.name": "gaussian", "objective.noise_sd": 0.25}, "attack.name"),  # the SAT attack does not apply
-    ({"objective.name": "gaussian", "attack.name": "none"}, "objective.noise_sd"),  # sigma 0 smooths nothing
-    ({"objective.name": "trades", "attack.steps": 0}, "attack.steps"),
-    ({"objective.name": "mart", "attack.steps": 0}, "attack.steps"),
-    ({"data.generated_fraction": 0.7}, "data.generated_path"),  # a fraction of nothing
-    ({"data.generated_path": "gen/*.tfrecord"}, "data.generated_fraction"),  # files, but 0 % of the batch
-    ({"data.name": "imagenet", "data.data_dir": "/x", "data.num_classes": 1000, "data.generated_path": "g/*",
-      "data.generated_fraction": 0.5}, "data.generated_path"),
-    ({"data.name": "imagenet"}, "data.data_dir"),
-    ({"model.init_use_ema": True}, "model.init_use_ema"),
-    ({"system.tpu": "my-tpu", "system.strategy": "mirrored"}, "system.strategy"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"objective.name": "gaussian", "objective.noise_sd": 0.25}, "attack.name"),  # the SAT attack does not apply
+        ({"objective.name": "gaussian", "attack.name": "none"}, "objective.noise_sd"),  # sigma 0 smooths nothing
+        ({"objective.name": "trades", "attack.steps": 0}, "attack.steps"),
+        ({"objective.name": "mart", "attack.steps": 0}, "attack.steps"),
+        ({"data.generated_fraction": 0.7}, "data.generated_path"),  # a fraction of nothing
+        ({"data.generated_path": "gen/*.tfrecord"}, "data.generated_fraction"),  # files, but 0 % of the batch
+        (
+            {
+                "data.name": "imagenet",
+                "data.data_dir": "/x",
+                "data.num_classes": 1000,
+                "data.generated_path": "g/*",
+                "data.generated_fraction": 0.5,
+            },
+            "data.generated_path",
+        ),
+        ({"data.name": "imagenet"}, "data.data_dir"),
+        ({"model.init_use_ema": True}, "model.init_use_ema"),
+        ({"system.tpu": "my-tpu", "system.strategy": "mirrored"}, "system.strategy"),
+    ],
+)
 def test_cross_field_rules_name_the_field(changes, field):
     config = config_lib.base()
     for path, value in changes.items():

@@ -40,8 +40,9 @@ def test_closed_form_counts_equal_the_published_sizes(variant):
 @pytest.mark.parametrize("convs", [((4, 2), (8, 2)), ((4, 2), (6, 2), (8, 1))])
 def test_closed_form_equals_the_built_model(stem, convs):
     model = models.build_model("convnext_tiny", stem=stem, convstem_convs=convs, **SMALL)
-    assert trainable_params(model) == cn.convnext_params(SMALL["depths"], SMALL["dims"], stem=stem, convstem=convs,
-                                                         num_classes=5)
+    assert trainable_params(model) == cn.convnext_params(
+        SMALL["depths"], SMALL["dims"], stem=stem, convstem=convs, num_classes=5
+    )
 
 
 def test_tiny_builds_with_the_published_count():
@@ -63,10 +64,23 @@ def test_layout_and_defaults():
     assert models.list_models("convnext*") == ["convnext_base", "convnext_large", "convnext_small", "convnext_tiny"]
     model = models.build_model("convnext_tiny", stem="convstem", convstem_convs=((4, 2), (6, 2), (8, 1)), **SMALL)
     names = {l.name for l in model.layers}
-    for expected in ("stem_stem_0", "stem_stem_1", "stem_stem_2", "stem_stem_6", "stem_stem_7",
-                     "stages_1_downsample_0", "stages_1_downsample_1", "stages_2_blocks_1_conv_dw",
-                     "stages_2_blocks_1_norm", "stages_2_blocks_1_mlp_fc1", "stages_2_blocks_1_mlp_act",
-                     "stages_2_blocks_1_mlp_fc2", "stages_2_blocks_1_gamma", "head_norm", "head_fc"):
+    for expected in (
+        "stem_stem_0",
+        "stem_stem_1",
+        "stem_stem_2",
+        "stem_stem_6",
+        "stem_stem_7",
+        "stages_1_downsample_0",
+        "stages_1_downsample_1",
+        "stages_2_blocks_1_conv_dw",
+        "stages_2_blocks_1_norm",
+        "stages_2_blocks_1_mlp_fc1",
+        "stages_2_blocks_1_mlp_act",
+        "stages_2_blocks_1_mlp_fc2",
+        "stages_2_blocks_1_gamma",
+        "head_norm",
+        "head_fc",
+    ):
         assert expected in names
     assert "stages_0_downsample_0" not in names and "stem_0" not in names
     config = model.get_config()
@@ -82,8 +96,9 @@ def test_layout_and_defaults():
 
 
 def test_activation_at_every_site():
-    model = models.build_model("convnext_tiny", stem="convstem", activation="softplus",
-                               convstem_convs=((4, 2), (8, 2)), **SMALL)
+    model = models.build_model(
+        "convnext_tiny", stem="convstem", activation="softplus", convstem_convs=((4, 2), (8, 2)), **SMALL
+    )
     sites = [l for l in model.layers if isinstance(l, activations.Softplus)]
     assert len(sites) == sum(SMALL["depths"]) + 2
     assert not [l for l in model.layers if isinstance(l, activations.GELU)]
@@ -106,8 +121,13 @@ def test_drop_path_rates_and_semantics():
 
 
 def test_round_trip_shapes_and_gradient(tmp_path):
-    model = models.build_model("convnext_small", stem="convstem", drop_path_rate=0.1,
-                               convstem_convs=((4, 2), (8, 2)), **{**SMALL, "input_shape": (40, 48, 3)})
+    model = models.build_model(
+        "convnext_small",
+        stem="convstem",
+        drop_path_rate=0.1,
+        convstem_convs=((4, 2), (8, 2)),
+        **{**SMALL, "input_shape": (40, 48, 3)},
+    )
     x = np.random.default_rng(1).uniform(size=(2, 40, 48, 3)).astype(np.float32)
     logits = model(x, training=False).numpy()
     assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
@@ -132,14 +152,17 @@ def test_layer_scale_is_the_numpy_product():
     assert cn.LayerScale.from_config(layer.get_config()).init_value == 0.5
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(variant="huge"), "`variant` must be one of"),
-    (dict(stem="overlap"), "`stem` must be one of"),
-    (dict(drop_path_rate=1.0), "`drop_path_rate` must be in"),
-    (dict(data_format="channels_first"), "channels_last only"),
-    (dict(depths=(1, 1, 1)), "`depths` must be 4 ints"),
-    (dict(stem="convstem", convstem_convs=((4, 2), (6, 2))), "last conv must give dims\\[0\\]=8"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(variant="huge"), "`variant` must be one of"),
+        (dict(stem="overlap"), "`stem` must be one of"),
+        (dict(drop_path_rate=1.0), "`drop_path_rate` must be in"),
+        (dict(data_format="channels_first"), "channels_last only"),
+        (dict(depths=(1, 1, 1)), "`depths` must be 4 ints"),
+        (dict(stem="convstem", convstem_convs=((4, 2), (6, 2))), "last conv must give dims\\[0\\]=8"),
+    ],
+)
 def test_bad_arguments_name_the_setting(kwargs, match):
     with pytest.raises(ValueError, match=match):
         cn.ConvNeXt(**{**SMALL, **kwargs})

@@ -23,16 +23,29 @@ from sat_tf import training
 # 2 epochs x 8 steps; checkpoints at steps 3, 6, 8 (epoch end), 9, 12, 15, 16; 3 kept.
 FLAGS = [
     "--config.eval.autoattack=none",
-    "--config.schedule.epochs=2", "--config.data.limit_train=256", "--config.data.limit_test=32", "--config.schedule.batch_size=32", "--config.attack.steps=1",
-    "--config.eval.steps=1", "--config.schedule.warmup_epochs=0", "--config.optimizer.learning_rate=1.0", "--config.system.checkpoint_every_steps=3",
-    "--config.system.deterministic", "--config.export.enabled=false",
+    "--config.schedule.epochs=2",
+    "--config.data.limit_train=256",
+    "--config.data.limit_test=32",
+    "--config.schedule.batch_size=32",
+    "--config.attack.steps=1",
+    "--config.eval.steps=1",
+    "--config.schedule.warmup_epochs=0",
+    "--config.optimizer.learning_rate=1.0",
+    "--config.system.checkpoint_every_steps=3",
+    "--config.system.deterministic",
+    "--config.export.enabled=false",
 ]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _train(workdir, *prefix):
-    cmd = [sys.executable, *prefix, *([] if prefix else [os.path.join(ROOT, "launch", "train.py")]),
-           *FLAGS, f"--workdir={workdir}"]
+    cmd = [
+        sys.executable,
+        *prefix,
+        *([] if prefix else [os.path.join(ROOT, "launch", "train.py")]),
+        *FLAGS,
+        f"--workdir={workdir}",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT)
 
 

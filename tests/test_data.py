@@ -65,12 +65,21 @@ def test_every_data_set_is_a_registry_entry():
 def test_array_entry_is_load_split_per_epoch_and_resumes_by_skipping():
     entry = data.get_dataset("digits", limit_train=100)
     ctx = _ctx(1)
-    expected = data.load_split("digits", "train", batch_size=16, shuffle=True, seed=data.epoch_seed(3, 2),
-                               drop_remainder=True, augment=True, input_context=ctx, limit=100)
+    expected = data.load_split(
+        "digits",
+        "train",
+        batch_size=16,
+        shuffle=True,
+        seed=data.epoch_seed(3, 2),
+        drop_remainder=True,
+        augment=True,
+        input_context=ctx,
+        limit=100,
+    )
     x, y = collect(entry.train_dataset(2, batch_size=16, seed=3, input_context=ctx))
     np.testing.assert_array_equal(x, collect(expected)[0])
     resumed = collect(entry.train_dataset(2, batch_size=16, seed=3, input_context=ctx, skip_batches=2))
-    np.testing.assert_array_equal(resumed[1], y[2 * 8:])  # 8 images per replica batch
+    np.testing.assert_array_equal(resumed[1], y[2 * 8 :])  # 8 images per replica batch
     x_test, y_test = entry.eval_arrays(limit=50, batch_size=7)
     np.testing.assert_array_equal(y_test, collect(data.load_split("digits", "test", batch_size=64, limit=50))[1])
 
@@ -162,17 +171,13 @@ def test_limit_and_repeat():
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_input_context_shards_are_disjoint_and_cover(shuffle):
     kw = dict(batch_size=16, shuffle=shuffle, seed=7, limit=101)
-    shards = [
-        collect(data.load_split("digits", "train", input_context=_ctx(i), **kw)) for i in (0, 1)
-    ]
+    shards = [collect(data.load_split("digits", "train", input_context=_ctx(i), **kw)) for i in (0, 1)]
     for _, y in shards:
         assert len(y) in (50, 51)
     for i in (0, 1):  # per-replica batch: global 16 over 2 replicas
         ds = data.load_split("digits", "train", input_context=_ctx(i), **kw)
         assert int(next(iter(ds))[1].shape[0]) == 8
-        assert ds.options().experimental_distribute.auto_shard_policy == (
-            tf.data.experimental.AutoShardPolicy.OFF
-        )
+        assert ds.options().experimental_distribute.auto_shard_policy == (tf.data.experimental.AutoShardPolicy.OFF)
     whole = collect(data.load_split("digits", "train", **kw))
     union = _rows(*(np.concatenate([shards[0][k], shards[1][k]]) for k in (0, 1)))
     assert union == _rows(*whole)  # disjoint (sizes add up) and covering
@@ -354,9 +359,7 @@ def test_present_tfds_dataset_pipeline_options(fake_cifar10):
     head = collect(data.load_split("cifar10", "train", data_dir=data_dir, batch_size=12, limit=5))
     np.testing.assert_array_equal(head[0], full[0][:5])
     kw = dict(data_dir=data_dir, batch_size=4, shuffle=True, augment=True, seed=3)
-    shards = [
-        collect(data.load_split("cifar10", "train", input_context=_ctx(i), **kw)) for i in (0, 1)
-    ]
+    shards = [collect(data.load_split("cifar10", "train", input_context=_ctx(i), **kw)) for i in (0, 1)]
     assert sorted(np.concatenate([shards[0][1], shards[1][1]])) == sorted(full[1])
     again = collect(data.load_split("cifar10", "train", input_context=_ctx(0), **kw))
     np.testing.assert_array_equal(again[0], shards[0][0])

@@ -104,7 +104,7 @@ def test_error_mode_names_the_shard_fast(fault, tiny_imagenet, tmp_path):
     # Without a log: the tf.data error itself names the shard.
     with pytest.raises(tf.errors.InvalidArgumentError, match=os.path.basename(bad_path)) as err:
         _hashes(_eval_stream(data_dir))
-    assert bad_path in err.value.message and "--bad_records=skip" in err.value.message
+    assert bad_path in err.value.message and "rerun with bad_records=skip" in err.value.message
     # With a log, hosts get a one-line CorruptRecordError.
     log = record_faults.BadRecordLog(str(tmp_path / "bad.tsv"))
     with pytest.raises(record_faults.CorruptRecordError) as err:
@@ -112,7 +112,7 @@ def test_error_mode_names_the_shard_fast(fault, tiny_imagenet, tmp_path):
             _hashes(_eval_stream(data_dir, bad_records="error", bad_record_log=log))
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{bad_path}: record {RECORD}: ")
-    assert "build_imagenet_tfrecords.py" in message and "--bad_records=skip" in message
+    assert "build_imagenet_tfrecords.py" in message and "rerun with bad_records=skip" in message
     assert time.monotonic() - start < 10
 
 
@@ -122,9 +122,7 @@ def test_skip_mode_yields_exactly_the_readable_records(fault, tiny_imagenet, tmp
     log = record_faults.BadRecordLog(str(tmp_path / "bad.tsv"))
     got = _hashes(_eval_stream(data_dir, bad_records="skip", bad_record_log=log))
     clean = _hashes(_eval_stream(tiny_imagenet.data_dir))
-    lost_images = [
-        hashlib.sha1(ii.preprocess_for_eval(r.jpeg, 32).numpy().tobytes()).hexdigest() for r in lost
-    ]
+    lost_images = [hashlib.sha1(ii.preprocess_for_eval(r.jpeg, 32).numpy().tobytes()).hexdigest() for r in lost]
     assert len(got) == tiny_imagenet.num_train - len(lost)
     assert collections.Counter(got) == collections.Counter(clean) - collections.Counter(lost_images)
     # One entry per bad record; a broken shard is one entry at its first unreadable record.
@@ -142,9 +140,7 @@ def test_skip_keeps_positions_and_augmentation_of_the_training_stream(tiny_image
     kw = dict(image_size=32, batch_size=1, seed=3, shuffle_buffer=8, drop_remainder=False)
 
     def stream(data_dir, **extra):
-        return [
-            (x.numpy(), y.numpy()) for x, y in ii.load_imagenet("train", data_dir=data_dir, **kw, **extra)
-        ]
+        return [(x.numpy(), y.numpy()) for x, y in ii.load_imagenet("train", data_dir=data_dir, **kw, **extra)]
 
     clean = stream(tiny_imagenet.data_dir)
     log = record_faults.BadRecordLog(str(tmp_path / "bad.tsv"))

@@ -12,7 +12,10 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "mi
 
 def run_script(*args):
     return subprocess.run(
-        [sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=300,
+        [sys.executable, SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
 

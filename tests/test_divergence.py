@@ -64,9 +64,19 @@ def _fit(workdir, fault, on_nonfinite="stop", max_skipped_steps=100, steps=STEPS
         return tf.data.Dataset.from_tensor_slices((x, y))
 
     history = training.fit(
-        model, optimizer, attack, tf.distribute.get_strategy(), dataset_fn,
-        config=config, epochs=1, steps_per_epoch=steps, workdir=str(workdir), verbose=False,
-        checkpoint_every_steps=EVERY, on_nonfinite=on_nonfinite, max_skipped_steps=max_skipped_steps,
+        model,
+        optimizer,
+        attack,
+        tf.distribute.get_strategy(),
+        dataset_fn,
+        config=config,
+        epochs=1,
+        steps_per_epoch=steps,
+        workdir=str(workdir),
+        verbose=False,
+        checkpoint_every_steps=EVERY,
+        on_nonfinite=on_nonfinite,
+        max_skipped_steps=max_skipped_steps,
     )
     return model, optimizer, history
 
@@ -125,16 +135,25 @@ def test_skip_equals_training_without_the_bad_batch_before_it(tmp_path):
 def test_unknown_policy_is_rejected():
     with pytest.raises(ValueError, match="on_nonfinite='ignore'"):
         training.make_train_function(
-            tiny_conv_bn_model(), keras.optimizers.SGD(0.1), lambda f, x, y, seed=None: x,
-            tf.distribute.get_strategy(), training.StepConfig(8, 3), on_nonfinite="ignore",
+            tiny_conv_bn_model(),
+            keras.optimizers.SGD(0.1),
+            lambda f, x, y, seed=None: x,
+            tf.distribute.get_strategy(),
+            training.StepConfig(8, 3),
+            on_nonfinite="ignore",
         )
 
 
 def test_skip_agrees_across_mirrored_replicas():
     # The NaN is in one replica's half of the batch: both replicas must skip.
     script = os.path.join(ROOT, "tests", "scripts", "skip_nonfinite_mirrored.py")
-    proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run(
+        [sys.executable, script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["nonfinite_loss"] == 1.0 and result["iterations"] == 2
@@ -144,12 +163,22 @@ def test_skip_agrees_across_mirrored_replicas():
 def test_launcher_stops_on_divergence_with_one_line_and_a_readable_checkpoint(tmp_path):
     # An absurd LR: step 1 trains, its update overflows the weights, step 2's loss is NaN/Inf.
     workdir = str(tmp_path / "run")
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config.optimizer.learning_rate=1e30", "--config.schedule.warmup_epochs=0",
-           "--config.system.checkpoint_every_steps=1", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.export.enabled=false",
-           f"--workdir={workdir}"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "launch", "train.py"),
+        "--config.optimizer.learning_rate=1e30",
+        "--config.schedule.warmup_epochs=0",
+        "--config.system.checkpoint_every_steps=1",
+        "--config.schedule.epochs=1",
+        "--config.data.limit_train=128",
+        "--config.data.limit_test=32",
+        "--config.export.enabled=false",
+        f"--workdir={workdir}",
+    ]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
     print(f"\ndivergence: exit {proc.returncode} after {time.perf_counter() - start:.1f} s (whole launcher run)")
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]

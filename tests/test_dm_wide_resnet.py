@@ -37,8 +37,9 @@ def test_closed_form_counts_equal_the_published_sizes(depth_width):
 
 @pytest.mark.parametrize("depth,width,classes", [(10, 1, 10), (16, 2, 100), (22, 3, 7), (28, 10, 10)])
 def test_closed_form_equals_the_built_model(depth, width, classes):
-    model = models.build_model("dm_wide_resnet28_10", depth=depth, width=width, num_classes=classes,
-                               input_shape=(16, 16, 3))
+    model = models.build_model(
+        "dm_wide_resnet28_10", depth=depth, width=width, num_classes=classes, input_shape=(16, 16, 3)
+    )
     assert trainable_params(model) == dm.dm_wide_resnet_params(depth, width, classes)
 
 
@@ -63,9 +64,20 @@ def test_registry_and_defaults():
 def test_layer_names_follow_the_reference_modules():
     model = models.build_model("dm_wide_resnet28_10", depth=16, width=2, input_shape=(16, 16, 3))
     names = {l.name for l in model.layers}
-    for expected in ("init_conv", "layer_0_block_0_batchnorm_0", "layer_0_block_0_relu_0", "layer_0_block_0_conv_0",
-                     "layer_0_block_0_batchnorm_1", "layer_0_block_0_relu_1", "layer_0_block_0_conv_1",
-                     "layer_0_block_0_shortcut", "layer_2_block_1_conv_1", "batchnorm", "relu", "logits"):
+    for expected in (
+        "init_conv",
+        "layer_0_block_0_batchnorm_0",
+        "layer_0_block_0_relu_0",
+        "layer_0_block_0_conv_0",
+        "layer_0_block_0_batchnorm_1",
+        "layer_0_block_0_relu_1",
+        "layer_0_block_0_conv_1",
+        "layer_0_block_0_shortcut",
+        "layer_2_block_1_conv_1",
+        "batchnorm",
+        "relu",
+        "logits",
+    ):
         assert expected in names
     # Shortcuts where the channel count changes: every group's first block (16 -> 32 at width 2, ...).
     assert sorted(n for n in names if n.endswith("_shortcut")) == [f"layer_{g}_block_0_shortcut" for g in range(3)]
@@ -83,8 +95,7 @@ def test_equal_channels_make_no_shortcut():
 
 @pytest.mark.parametrize("activation", ["softplus", "smooth_relu", "gelu"])
 def test_activation_at_every_site(activation):
-    model = models.build_model("dm_wide_resnet28_10", depth=16, width=1, activation=activation,
-                               input_shape=(16, 16, 3))
+    model = models.build_model("dm_wide_resnet28_10", depth=16, width=1, activation=activation, input_shape=(16, 16, 3))
     kind = type(activations.get_activation(activation))
     sites = [l for l in model.layers if isinstance(l, kind)]
     assert len(sites) == 2 * 2 * 3 + 1
@@ -94,8 +105,9 @@ def test_activation_at_every_site(activation):
 
 
 def test_round_trip_and_shapes(tmp_path):
-    model = models.build_model("dm_wide_resnet28_10", depth=10, width=2, num_classes=4, input_shape=(20, 12, 3),
-                               padding=2)
+    model = models.build_model(
+        "dm_wide_resnet28_10", depth=10, width=2, num_classes=4, input_shape=(20, 12, 3), padding=2
+    )
     x = np.random.default_rng(0).uniform(size=(3, 20, 12, 3)).astype(np.float32)
     logits = model(x, training=False).numpy()
     assert logits.shape == (3, 4) and np.all(np.isfinite(logits))
@@ -121,12 +133,15 @@ def test_normalisation_inside_the_model_is_the_numpy_formula():
     np.testing.assert_allclose(normalize(x).numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(depth=27), "6n \\+ 4"),
-    (dict(width=0), "`width` must be an int >= 1"),
-    (dict(padding=-1), "`padding` must be an int >= 0"),
-    (dict(input_shape=(30, 30, 3)), "divisible by 4"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(depth=27), "6n \\+ 4"),
+        (dict(width=0), "`width` must be an int >= 1"),
+        (dict(padding=-1), "`padding` must be an int >= 0"),
+        (dict(input_shape=(30, 30, 3)), "divisible by 4"),
+    ],
+)
 def test_bad_arguments_name_the_setting(kwargs, match):
     with pytest.raises(ValueError, match=match):
         models.build_model("dm_wide_resnet28_10", **{"input_shape": (16, 16, 3), **kwargs})

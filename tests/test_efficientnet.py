@@ -42,8 +42,7 @@ PARAM_COUNTS = {
 # Built at the default resolution; B4-B6 (~3 s each) only with --run_slow,
 # the closed form covers them in the fast suite.
 BUILT = [
-    pytest.param(f"efficientnet_b{i}", marks=pytest.mark.slow) if i in (4, 5, 6)
-    else f"efficientnet_b{i}"
+    pytest.param(f"efficientnet_b{i}", marks=pytest.mark.slow) if i in (4, 5, 6) else f"efficientnet_b{i}"
     for i in range(8)
 ]
 # B0 identity-skip blocks (stride 1, in == out): the repeats after the first
@@ -88,8 +87,18 @@ def closed_form_params(table, num_classes=1000):
 def expected_layer_names(table):
     names = {"images", "preprocessing", "stem_conv", "stem_bn", "stem_act"}
     for i, _, stride, e, cin, cout in blocks(table):
-        parts = ["dwconv", "dwconv_bn", "dwconv_act", "se_squeeze", "se_reduce",
-                 "se_act", "se_expand", "se_excite", "project_conv", "project_bn"]
+        parts = [
+            "dwconv",
+            "dwconv_bn",
+            "dwconv_act",
+            "se_squeeze",
+            "se_reduce",
+            "se_act",
+            "se_expand",
+            "se_excite",
+            "project_conv",
+            "project_bn",
+        ]
         if e != 1:
             parts += ["expand_conv", "expand_bn", "expand_act"]
         if stride == 1 and cin == cout:
@@ -146,8 +155,7 @@ def test_l1_table():
     """SAT's `efficientnet-bL1` (reference notes §1.7)."""
     table = efficientnet.stage_table(3.9, 3.7)
     assert (table.stem_filters, table.head_filters, table.num_blocks) == (128, 4992, 63)
-    assert [(s.repeats, s.kernel_size, s.strides, s.input_filters, s.output_filters)
-            for s in table.stages] == [
+    assert [(s.repeats, s.kernel_size, s.strides, s.input_filters, s.output_filters) for s in table.stages] == [
         (4, 3, 1, 128, 64),
         (8, 3, 2, 64, 96),
         (8, 5, 2, 96, 160),
@@ -193,16 +201,22 @@ def test_same_weight_shapes_as_keras_applications(name):
 def test_entry_point_defaults_and_caller_kwargs_win(monkeypatch):
     monkeypatch.setattr(efficientnet, "EfficientNet", lambda **kwargs: kwargs)
     l1 = models.build_model("efficientnet_l1")
-    assert l1 == {"width_coefficient": 3.9, "depth_coefficient": 3.7, "dropout_rate": 0.5,
-                  "input_shape": (600, 600, 3), "name": "efficientnet_l1"}
+    assert l1 == {
+        "width_coefficient": 3.9,
+        "depth_coefficient": 3.7,
+        "dropout_rate": 0.5,
+        "input_shape": (600, 600, 3),
+        "name": "efficientnet_l1",
+    }
     l2 = models.build_model("efficientnet_l2", dropout_rate=0.1)
     assert l2["input_shape"] == (800, 800, 3) and l2["dropout_rate"] == 0.1
     assert models.build_model("efficientnet_b3")["dropout_rate"] == 0.3
 
 
 def test_caller_kwargs_win_on_a_real_build():
-    model = models.build_model("efficientnet_b0", input_shape=(64, 64, 3), num_classes=10,
-                               dropout_rate=0.1, name="mine")
+    model = models.build_model(
+        "efficientnet_b0", input_shape=(64, 64, 3), num_classes=10, dropout_rate=0.1, name="mine"
+    )
     assert model.name == "mine" and model.image_shape == (64, 64, 3)
     assert model.output_shape == (None, 10)
     assert model.get_layer("dropout").rate == 0.1
@@ -244,10 +258,18 @@ def test_layer_name_contract():
     assert isinstance(model.get_layer("block2_drop"), efficientnet.DropConnect)
     paths = {w.path for w in model.weights}
     for path in [
-        "stem_conv/kernel", "stem_bn/gamma", "stem_bn/moving_variance",
-        "block1_expand_conv/kernel", "block1_dwconv/kernel",  # Keras 3: not depthwise_kernel
-        "block1_se_reduce/kernel", "block1_se_reduce/bias", "block1_se_expand/bias",
-        "block1_project_bn/beta", "head_conv/kernel", "head_dense/kernel", "head_dense/bias",
+        "stem_conv/kernel",
+        "stem_bn/gamma",
+        "stem_bn/moving_variance",
+        "block1_expand_conv/kernel",
+        "block1_dwconv/kernel",  # Keras 3: not depthwise_kernel
+        "block1_se_reduce/kernel",
+        "block1_se_reduce/bias",
+        "block1_se_expand/bias",
+        "block1_project_bn/beta",
+        "head_conv/kernel",
+        "head_dense/kernel",
+        "head_dense/bias",
     ]:
         assert path in paths, path
     assert model.get_layer("block1_dwconv").kernel.shape == (3, 3, 96, 1)
@@ -388,11 +410,7 @@ def test_drop_connect_config_and_validation():
 @pytest.mark.parametrize("survival_prob", [0.8, 0.5])
 def test_survival_schedule_by_block_index(survival_prob):
     model = tiny_b0(survival_prob=survival_prob)
-    drops = {
-        int(l.name[5:-5]): l
-        for l in model.layers
-        if isinstance(l, efficientnet.DropConnect)
-    }
+    drops = {int(l.name[5:-5]): l for l in model.layers if isinstance(l, efficientnet.DropConnect)}
     assert set(drops) == B0_SKIP_BLOCKS
     for i, layer in drops.items():
         assert layer.survival_prob == pytest.approx(1 - (1 - survival_prob) * i / 16)
@@ -466,9 +484,7 @@ def test_keras_save_load_safe_mode(tmp_path):
     assert type(loaded) is efficientnet.EfficientNet
     assert loaded.get_config() == model.get_config()
     x = images()
-    np.testing.assert_allclose(
-        loaded(x, training=False), model(x, training=False), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), rtol=1e-5, atol=1e-6)
 
 
 def test_preprocessing_is_inside_the_model():

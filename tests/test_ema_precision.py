@@ -61,8 +61,9 @@ def test_ema_with_a_start_step_follows_the_watrain_recursion():
     model = _model()
     optimizer = keras.optimizers.SGD(0.5, momentum=0.9)
     ema = ema_lib.WeightEMA(model, decay=0.7, start_step=3)
-    train = training.make_train_function(model, optimizer, shift_attack, tf.distribute.get_strategy(), _config(8),
-                                         ema=ema)
+    train = training.make_train_function(
+        model, optimizer, shift_attack, tf.distribute.get_strategy(), _config(8), ema=ema
+    )
     iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
     expected = [np.asarray(w) for w in model.weights]
     decays = []
@@ -123,9 +124,7 @@ def test_skipped_loss_scale_steps_still_count_as_batches():
     x, y = _data()
     model = _model()
     # An infinite scale makes every gradient non-finite: every step is skipped.
-    optimizer = keras.optimizers.LossScaleOptimizer(
-        keras.optimizers.SGD(0.1), initial_scale=float("inf")
-    )
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=float("inf"))
     batches = tf.Variable(0, dtype=tf.int64)
     train = training.make_train_function(
         model, optimizer, shift_attack, tf.distribute.get_strategy(), _config(8), batches=batches
@@ -158,7 +157,10 @@ def test_mixed_precision_step_keeps_attack_arithmetic_float32(policy):
     if policy == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     train = training.make_train_function(
-        model, optimizer, recording_attack, tf.distribute.get_strategy(),
+        model,
+        optimizer,
+        recording_attack,
+        tf.distribute.get_strategy(),
         _config(8, attack_grad_scale=128.0 if policy == "mixed_float16" else 1.0),
     )
     before = [np.asarray(w).copy() for w in model.trainable_weights]
@@ -206,9 +208,17 @@ def _fit(workdir, *, epochs=2, steps=3, ema_decay=None, on_update=None, calls=No
         training.loop._Progress.update = update
     try:
         training.fit(
-            model, optimizer, shift_attack, tf.distribute.get_strategy(), dataset_fn,
-            config=_config(8), epochs=epochs, steps_per_epoch=steps, workdir=str(workdir),
-            verbose=True, ema=ema,
+            model,
+            optimizer,
+            shift_attack,
+            tf.distribute.get_strategy(),
+            dataset_fn,
+            config=_config(8),
+            epochs=epochs,
+            steps_per_epoch=steps,
+            workdir=str(workdir),
+            verbose=True,
+            ema=ema,
         )
     finally:
         if on_update is not None:

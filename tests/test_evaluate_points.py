@@ -18,8 +18,12 @@ from conftest import ROOT
 from sat_tf import evaluation
 from sat_tf.attacks import AutoAttackRows, get_attack
 
-QUICK = {"apgd-ce": {"steps": 20}, "apgd-t": {"steps": 20, "n_target_classes": 3},
-         "fab-t": {"steps": 20, "n_target_classes": 3}, "square": {"queries": 300}}
+QUICK = {
+    "apgd-ce": {"steps": 20},
+    "apgd-t": {"steps": 20, "n_target_classes": 3},
+    "fab-t": {"steps": 20, "n_target_classes": 3},
+    "square": {"queries": 300},
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +33,21 @@ def robust_mlp():
 
 
 def rows():
-    return [evaluation.AttackRow("clean"),
-            evaluation.AttackRow("pgd5", get_attack("pgd", eps=0.1, step_size=0.03, steps=5)),
-            AutoAttackRows(eps=0.1, options=QUICK)]
+    return [
+        evaluation.AttackRow("clean"),
+        evaluation.AttackRow("pgd5", get_attack("pgd", eps=0.1, step_size=0.03, steps=5)),
+        AutoAttackRows(eps=0.1, options=QUICK),
+    ]
 
 
 def test_mirrored_over_two_replicas_equals_one_device():
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "scripts", "evaluate_points_mirrored.py")],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "scripts", "evaluate_points_mirrored.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     match = re.search(r"rows=(\d+) equal=(\w+) robust=(\S+) replicas=(\d+)", proc.stdout)
     assert match, proc.stdout + proc.stderr[-2000:]
@@ -53,8 +64,16 @@ def test_chunking_does_not_change_a_result(robust_mlp):
     for name in small["flags"]:
         np.testing.assert_array_equal(small["flags"][name], large["flags"][name], err_msg=name)
     table = small["rows"]
-    assert list(table) == ["clean", "pgd5", "autoattack/apgd-ce", "autoattack/apgd-t", "autoattack/fab-t",
-                           "autoattack/square", "autoattack", "worst case"]
+    assert list(table) == [
+        "clean",
+        "pgd5",
+        "autoattack/apgd-ce",
+        "autoattack/apgd-t",
+        "autoattack/fab-t",
+        "autoattack/square",
+        "autoattack",
+        "worst case",
+    ]
     worst = np.logical_and.reduce([small["flags"][n] for n in table if n != "worst case"])
     np.testing.assert_array_equal(small["flags"]["worst case"], worst)
     assert table["worst case"]["top1"] <= min(row["top1"] for row in table.values())
@@ -76,13 +95,20 @@ def test_an_interrupted_evaluation_resumes_to_the_same_result(robust_mlp, tmp_pa
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        evaluation.evaluate_points(logits_fn, x, y, rows(), batch_size=16, seed=4, state_path=state,
-                                   progress=interrupt)
+        evaluation.evaluate_points(logits_fn, x, y, rows(), batch_size=16, seed=4, state_path=state, progress=interrupt)
     saved = json.load(open(state))
     assert saved["rows"]["autoattack/apgd-ce"]["finished"] and not saved["rows"]["autoattack/apgd-t"]["finished"]
     again = []
-    resumed = evaluation.evaluate_points(logits_fn, x, y, rows(), batch_size=16, seed=4, state_path=state,
-                                         progress=lambda row, done, total, s: again.append((row, done)))
+    resumed = evaluation.evaluate_points(
+        logits_fn,
+        x,
+        y,
+        rows(),
+        batch_size=16,
+        seed=4,
+        state_path=state,
+        progress=lambda row, done, total, s: again.append((row, done)),
+    )
     assert {row for row, _ in again} == {"autoattack/apgd-t", "autoattack/fab-t", "autoattack/square"}
     assert again[0][1] > 32  # continued after the chunks already done
     for name in whole["flags"]:
@@ -94,8 +120,9 @@ def test_a_batch_of_one_point_works_for_every_attack(robust_mlp):
     """The last, padded chunk can be a single point: every attack keeps its loop shapes at a static batch of 1."""
     model, x, y = robust_mlp
     logits_fn = lambda z: model(z, training=False)  # noqa: E731
-    out = evaluation.evaluate_points(logits_fn, x[:3], y[:3], [AutoAttackRows(eps=0.1, options=QUICK)],
-                                     batch_size=2, seed=0)
+    out = evaluation.evaluate_points(
+        logits_fn, x[:3], y[:3], [AutoAttackRows(eps=0.1, options=QUICK)], batch_size=2, seed=0
+    )
     assert out["rows"]["autoattack"]["count"] == 3
 
 

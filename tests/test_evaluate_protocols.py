@@ -21,8 +21,17 @@ from launch import common  # noqa: E402
 from sat_tf import attacks  # noqa: E402
 from sat_tf.evaluation import protocols  # noqa: E402
 
-_PGD = {"func": attacks.pgd, "norm": "linf", "loss": "ce", "targeted": False, "random_start": True,
-        "prob_start_from_clean": 0.0, "step_size_rule": "fixed", "restarts": 1, "cw_kappa": 50.0}
+_PGD = {
+    "func": attacks.pgd,
+    "norm": "linf",
+    "loss": "ce",
+    "targeted": False,
+    "random_start": True,
+    "prob_start_from_clean": 0.0,
+    "step_size_rule": "fixed",
+    "restarts": 1,
+    "cw_kappa": 50.0,
+}
 _FGSM = {"func": attacks.fgsm, "norm": "linf", "loss": "ce", "targeted": False, "cw_kappa": 50.0}
 RAT_CIFAR = {
     "fgsm": {**_FGSM, "eps": 0.031},
@@ -79,10 +88,17 @@ def test_explicit_values_beat_the_preset_and_the_preset_beats_the_run():
     assert effective(got["cw50"]) == {**RAT_CIFAR["cw20"], "eps": 8 / 255, "steps": 50}
     strong = table("strong")  # no budget of its own: the run's
     assert list(strong) == ["clean", "pgd100", "cw100"]
-    assert effective(strong["cw100"]) == {**_PGD, "eps": 0.5, "step_size": 0.25, "steps": 100,
-                                          "loss": "cw", "restarts": 5}
-    restarted = protocols.build_attacks(protocols.PROTOCOLS["strong"], epsilon=0.1, step_size=0.1, steps=[3],
-                                        restarts=2)
+    assert effective(strong["cw100"]) == {
+        **_PGD,
+        "eps": 0.5,
+        "step_size": 0.25,
+        "steps": 100,
+        "loss": "cw",
+        "restarts": 5,
+    }
+    restarted = protocols.build_attacks(
+        protocols.PROTOCOLS["strong"], epsilon=0.1, step_size=0.1, steps=[3], restarts=2
+    )
     assert effective(restarted["pgd3"])["restarts"] == 2
 
 
@@ -90,8 +106,13 @@ def test_protocols_put_autoattack_where_their_papers_report_it():
     budget = {"epsilon": 0.031, "step_size": 0.003, "steps": [20]}
     versions = {name: protocols.build_rows(protocols.PROTOCOLS[name], **budget)[-1] for name in protocols.PROTOCOLS}
     assert {name: getattr(row, "version", None) for name, row in versions.items()} == {
-        "run": "standard", "sat_imagenet": "standard", "rat_cifar": "standard", "rat_svhn": "standard",
-        "strong": "plus", "autoattack": "standard"}
+        "run": "standard",
+        "sat_imagenet": "standard",
+        "rat_cifar": "standard",
+        "rat_svhn": "standard",
+        "strong": "plus",
+        "autoattack": "standard",
+    }
     assert versions["rat_cifar"].eps == 8 / 255  # RAT's eval_autoattack.py, beside PGD's 0.031
     assert versions["sat_imagenet"].eps == 0.031  # the budget (given here), as every other protocol
     # An explicit budget also moves AutoAttack's; --autoattack picks or drops it.
@@ -99,7 +120,9 @@ def test_protocols_put_autoattack_where_their_papers_report_it():
     plus = protocols.build_rows(protocols.PROTOCOLS["run"], **budget, autoattack="plus", norm="l2")[-1]
     assert (plus.version, plus.norm) == ("plus", "l2")
     assert [r.name for r in protocols.build_rows(protocols.PROTOCOLS["run"], **budget, autoattack=None)] == [
-        "clean", "pgd20"]
+        "clean",
+        "pgd20",
+    ]
 
 
 def test_default_protocol_builds_what_evaluate_always_built():
@@ -109,11 +132,11 @@ def test_default_protocol_builds_what_evaluate_always_built():
     assert effective(ours["pgd7"]) == effective(theirs["pgd7"])
     sat = table("sat_imagenet")
     assert list(sat) == ["clean", "pgd10", "pgd20", "pgd50", "pgd200"]
-    assert effective(sat["pgd200"]) == {**effective(theirs["pgd7"]), "eps": 4 / 255, "step_size": 1 / 255,
-                                        "steps": 200}
+    assert effective(sat["pgd200"]) == {**effective(theirs["pgd7"]), "eps": 4 / 255, "step_size": 1 / 255, "steps": 200}
 
 
 # === One step on a linear model, by hand ===
+
 
 def linear_problem(margins):
     """logits = flatten(x) @ w + offset; `offset` sets each example's initial
@@ -165,8 +188,9 @@ def test_cw_row_takes_one_sign_step_on_the_kappa_50_margin():
     assert not np.allclose(got, one_step(x, margin_grad(w, z, y, kappa=np.inf), 0.031, 0.003), atol=1e-6)
 
 
-@pytest.mark.parametrize("row,eps,step,overrides", [("fgsm", 0.031, 0.031, {}),
-                                                     ("pgd20", 0.031, 0.003, {"steps": 1, "random_start": False})])
+@pytest.mark.parametrize(
+    "row,eps,step,overrides", [("fgsm", 0.031, 0.031, {}), ("pgd20", 0.031, 0.003, {"steps": 1, "random_start": False})]
+)
 def test_fgsm_and_pgd_rows_step_on_the_cross_entropy(row, eps, step, overrides):
     x, y, w, z, logits_fn = linear_problem([0.0] * 6)
     got = table("rat_cifar")[row](logits_fn, x, y, seed=0, **overrides).numpy()
@@ -175,14 +199,27 @@ def test_fgsm_and_pgd_rows_step_on_the_cross_entropy(row, eps, step, overrides):
 
 # === The launcher, end to end ===
 
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     # Clean training for 3 short epochs: accurate enough (~70 %) that the
     # attacks have something to lower, in about 10 s.
     path = str(tmp_path_factory.mktemp("protocols") / "digits")
-    run_launcher("train.py", "--config.schedule.epochs=3", "--config.data.limit_train=512", "--config.data.limit_test=32", "--config.schedule.batch_size=32", "--config.export.enabled=false",
-                 "--config.attack.name=none", "--config.eval.autoattack=none", "--config.optimizer.learning_rate=2", "--config.schedule.warmup_epochs=0", "--config.eval.steps=1", "--config.system.deterministic",
-                 f"--workdir={path}")
+    run_launcher(
+        "train.py",
+        "--config.schedule.epochs=3",
+        "--config.data.limit_train=512",
+        "--config.data.limit_test=32",
+        "--config.schedule.batch_size=32",
+        "--config.export.enabled=false",
+        "--config.attack.name=none",
+        "--config.eval.autoattack=none",
+        "--config.optimizer.learning_rate=2",
+        "--config.schedule.warmup_epochs=0",
+        "--config.eval.steps=1",
+        "--config.system.deterministic",
+        f"--workdir={path}",
+    )
     return path
 
 
@@ -192,7 +229,9 @@ def report(directory):
 
 
 def test_rat_cifar_end_to_end(workdir, tmp_path):
-    proc = run_launcher("evaluate.py", f"--workdir={workdir}", "--protocol=rat_cifar", "--limit=32", f"--output_dir={tmp_path}")
+    proc = run_launcher(
+        "evaluate.py", f"--workdir={workdir}", "--protocol=rat_cifar", "--limit=32", f"--output_dir={tmp_path}"
+    )
     out = report(tmp_path)
     results, meta = out["results"], out["meta"]
     aa = [f"autoattack/{name}" for name in ("apgd-ce", "apgd-t", "fab-t", "square")]
@@ -210,8 +249,17 @@ def test_rat_cifar_end_to_end(workdir, tmp_path):
 
 
 def test_flags_override_the_protocol_end_to_end(workdir, tmp_path):
-    run_launcher("evaluate.py", f"--workdir={workdir}", "--protocol=rat_svhn", "--attack_epsilon=8", "--steps=3",
-                 "--restarts=2", "--limit=32", "--autoattack=none", f"--output_dir={tmp_path}")
+    run_launcher(
+        "evaluate.py",
+        f"--workdir={workdir}",
+        "--protocol=rat_svhn",
+        "--attack_epsilon=8",
+        "--steps=3",
+        "--restarts=2",
+        "--limit=32",
+        "--autoattack=none",
+        f"--output_dir={tmp_path}",
+    )
     out = report(tmp_path)
     assert list(out["results"]) == ["clean", "fgsm", "pgd3", "cw3", "worst case"]
     meta = out["meta"]
@@ -219,10 +267,13 @@ def test_flags_override_the_protocol_end_to_end(workdir, tmp_path):
     assert "restarts=2" in meta["attacks"]["cw3"] and "restarts" not in meta["attacks"]["fgsm"]
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--protocol=foo"], f"--protocol='foo' is unknown; choose one of {protocols.list_protocols()}"),
-    (["--protocol=rat_cifar", "--loss=cw"], "--loss is fixed by --protocol=rat_cifar"),
-])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--protocol=foo"], f"--protocol='foo' is unknown; choose one of {protocols.list_protocols()}"),
+        (["--protocol=rat_cifar", "--loss=cw"], "--loss is fixed by --protocol=rat_cifar"),
+    ],
+)
 def test_bad_protocol_flags_fail_with_one_line(flags, needle):
     proc = run_launcher("evaluate.py", "--workdir=/tmp/sat_tf_never_written", *flags, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

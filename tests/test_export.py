@@ -105,7 +105,7 @@ def expected_pixels(fname, image, blob, size, crop_padding):
     if fname.endswith(".jpg"):
         return imagenet_input.preprocess_for_eval(tf.constant(blob), size, crop_padding=crop_padding)
     top, left, crop, _ = imagenet_input.center_crop_window(*image.shape[:2], size, crop_padding)
-    window = image[top:top + crop, left:left + crop].astype(np.float32)
+    window = image[top : top + crop, left : left + crop].astype(np.float32)
     resized = tf.compat.v1.image.resize_bicubic(window[None], [size, size])[0]
     return tf.clip_by_value(resized / 255.0, 0.0, 1.0)
 
@@ -159,9 +159,19 @@ def exported(tmp_path_factory):
             os.makedirs(root / name)
             model.save(root / name / "model.keras")
             launcher = subprocess.run(
-                [sys.executable, os.path.join(ROOT, "launch", "export.py"),
-                 f"--model_path={root / name / 'model.keras'}", f"--output={out}", "--top_k=3", "--crop_padding=0"],
-                capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT,
+                [
+                    sys.executable,
+                    os.path.join(ROOT, "launch", "export.py"),
+                    f"--model_path={root / name / 'model.keras'}",
+                    f"--output={out}",
+                    "--top_k=3",
+                    "--crop_padding=0",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=ENV,
+                cwd=ROOT,
             )
             assert launcher.returncode == 0, launcher.stderr[-3000:]
         else:
@@ -185,8 +195,9 @@ def exported(tmp_path_factory):
             "derivatives": keras_derivatives(model, floats, labels, jacobian=name == "digits"),
         }
     (root / "names.json").write_text(json.dumps(list(MODELS)))
-    proc = subprocess.run([sys.executable, "-c", SERVED, str(root)], capture_output=True, text=True,
-                          timeout=300, env=ENV, cwd=str(root))
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVED, str(root)], capture_output=True, text=True, timeout=300, env=ENV, cwd=str(root)
+    )
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-5000:]
     served = {name: dict(np.load(root / name / "served.npz")) for name in MODELS}
     return root, expected, served, launcher
@@ -228,11 +239,14 @@ def assert_keras_derivatives(served, expected, kinds):
     assert np.abs(derivatives["gradient"]).min(axis=(1, 2, 3)).max() > 0  # not a vacuous comparison
     checked = [kind for kind in kinds if f"{kind}/gradient" in served]
     for kind in checked:
-        np.testing.assert_allclose(served[f"{kind}/logits"], expected["serve_float"], rtol=ATOL, atol=ATOL, err_msg=kind)
+        np.testing.assert_allclose(
+            served[f"{kind}/logits"], expected["serve_float"], rtol=ATOL, atol=ATOL, err_msg=kind
+        )
         for key, value in derivatives.items():
             if f"{kind}/{key}" in served:
                 np.testing.assert_allclose(
-                    served[f"{kind}/{key}"], value, rtol=1e-4, atol=ATOL, err_msg=f"{kind}/{key}")
+                    served[f"{kind}/{key}"], value, rtol=1e-4, atol=ATOL, err_msg=f"{kind}/{key}"
+                )
     return checked
 
 
@@ -241,12 +255,13 @@ def test_logits_float_gives_the_keras_gradients_without_sat_tf(exported, name):
     _, expected, served, _ = exported
     kinds = ["logits_float", "logits_float_signature"]
     assert assert_keras_derivatives(served[name], expected[name], kinds) == (
-        kinds if name == "digits" else ["logits_float"])
+        kinds if name == "digits" else ["logits_float"]
+    )
     assert ("logits_float/jacobian" in served[name]) == (name == "digits")
     np.testing.assert_allclose(
-        served[name]["logits_float/logits"], served[name]["serve_float/logits"], rtol=ATOL, atol=ATOL)
-    np.testing.assert_array_equal(
-        served[name]["logits_float_signature/classes"], served[name]["serve_float/classes"])
+        served[name]["logits_float/logits"], served[name]["serve_float/logits"], rtol=ATOL, atol=ATOL
+    )
+    np.testing.assert_array_equal(served[name]["logits_float_signature/classes"], served[name]["serve_float/classes"])
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -256,7 +271,8 @@ def test_serve_float_is_differentiable_after_reload(exported, name):
     _, expected, served, _ = exported
     kinds = ["serve_float_fn", "serve_float_signature"]
     assert assert_keras_derivatives(served[name], expected[name], kinds) == (
-        kinds if name == "digits" else ["serve_float_signature"])
+        kinds if name == "digits" else ["serve_float_signature"]
+    )
     assert ("serve_float_signature/jacobian" in served[name]) == (name == "digits")
 
 
@@ -282,9 +298,11 @@ def test_logits_float_has_no_control_flow_and_serving_keeps_its_checks(exported)
         assert "serve_float expects float32 pixels in [0, 1]" in error_message(fn, images)
     # The loaded function, like every other, refuses a wrong dtype or shape before running.
     assert "TensorSpec(shape=(None, 8, 8, 1), dtype=tf.float32" in error_message(
-        loaded.logits_float, tf.zeros((2, 8, 8, 1), tf.uint8))
+        loaded.logits_float, tf.zeros((2, 8, 8, 1), tf.uint8)
+    )
     assert "TensorSpec(shape=(None, 8, 8, 1), dtype=tf.float32" in error_message(
-        loaded.logits_float, tf.zeros((2, 16, 16, 1)))
+        loaded.logits_float, tf.zeros((2, 16, 16, 1))
+    )
 
 
 def test_load_logits_fn_returns_the_differentiable_endpoint(exported, tmp_path):
@@ -296,7 +314,10 @@ def test_load_logits_fn_returns_the_differentiable_endpoint(exported, tmp_path):
     path = root / "digits" / "saved_model"
     logits_fn, info = export.load_logits_fn(path)
     assert info == {
-        "path": os.path.abspath(path), "endpoint": "logits_float", "image_shape": [8, 8, 1], "num_classes": 10,
+        "path": os.path.abspath(path),
+        "endpoint": "logits_float",
+        "image_shape": [8, 8, 1],
+        "num_classes": 10,
         "signatures": sorted(["serving_default", "serve", "serve_uint8", "serve_float", "serve_jpeg", "logits_float"]),
     }
     json.dumps(info)
@@ -308,7 +329,8 @@ def test_load_logits_fn_returns_the_differentiable_endpoint(exported, tmp_path):
         loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(inputs["labels"], logits))
     np.testing.assert_allclose(logits, expected["digits"]["serve_float"], rtol=ATOL, atol=ATOL)
     np.testing.assert_allclose(
-        tape.gradient(loss, x), expected["digits"]["derivatives"]["gradient"], rtol=1e-4, atol=ATOL)
+        tape.gradient(loss, x), expected["digits"]["derivatives"]["gradient"], rtol=1e-4, atol=ATOL
+    )
     # NumPy keeps its dtype: float64 (or uint8) pixels are refused, not cast.
     assert "dtype=tf.float32" in error_message(logits_fn, inputs["float"].astype(np.float64))
     # A SavedModel exported before logits_float existed.
@@ -317,7 +339,8 @@ def test_load_logits_fn_returns_the_differentiable_endpoint(exported, tmp_path):
     archive = keras.export.ExportArchive()
     archive.track(old)
     archive.add_endpoint(
-        "serve_float", lambda x: {"logits": old(x)}, input_signature=[tf.TensorSpec((None, 8, 8, 1), tf.float32)])
+        "serve_float", lambda x: {"logits": old(x)}, input_signature=[tf.TensorSpec((None, 8, 8, 1), tf.float32)]
+    )
     archive.write_out(str(tmp_path / "old"), verbose=False)
     with pytest.raises(ValueError) as err:
         export.load_logits_fn(tmp_path / "old")
@@ -347,17 +370,17 @@ def test_wrong_inputs_give_readable_errors(exported):
     assert "expected to be a uint8 tensor but is a float" in error(default, images=tf.zeros((2, 8, 8, 1)))
     # Loaded functions refuse before running, naming the expected spec.
     assert "TensorSpec(shape=(None, 8, 8, 1), dtype=tf.uint8" in error(loaded.serve_uint8, tf.zeros((2, 8, 8, 1)))
-    assert "TensorSpec(shape=(None, 8, 8, 1), dtype=tf.float32" in error(
-        loaded.serve_float, tf.zeros((2, 16, 16, 1)))
+    assert "TensorSpec(shape=(None, 8, 8, 1), dtype=tf.float32" in error(loaded.serve_float, tf.zeros((2, 16, 16, 1)))
     # 0..255 floats sent to serve_float.
     assert "serve_float expects float32 pixels in [0, 1]" in error(
-        loaded.signatures["serve_float"], images=tf.fill((1, 8, 8, 1), 255.0))
+        loaded.signatures["serve_float"], images=tf.fill((1, 8, 8, 1), 255.0)
+    )
     jpeg = loaded.signatures["serve_jpeg"]
     assert "Shape of tensor image_bytes [1,1] is not compatible with expected shape [?]" in error(
-        jpeg, image_bytes=tf.constant([[b"x"]]))
+        jpeg, image_bytes=tf.constant([[b"x"]])
+    )
     assert "expected to be a string tensor" in error(jpeg, image_bytes=tf.zeros((2,), tf.uint8))
-    assert "Unknown image file format" in error(
-        jpeg, image_bytes=tf.constant([b"not an image"]))
+    assert "Unknown image file format" in error(jpeg, image_bytes=tf.constant([b"not an image"]))
 
 
 def error_message(fn, *args, **kwargs):
@@ -411,9 +434,12 @@ def test_every_input_fault_names_the_expected_spec(exported, name):
     empty_images = {"uint8": tf.zeros((0, h, w, c), tf.uint8), "float": tf.zeros((0, h, w, c))}
     no_bytes = tf.constant([], tf.string)
     for out in (
-        sigs["serving_default"](images=empty_images["uint8"]), loaded.serve_uint8(empty_images["uint8"]),
-        sigs["serve_float"](images=empty_images["float"]), loaded.serve_float(empty_images["float"]),
-        sigs["serve_jpeg"](image_bytes=no_bytes), loaded.serve_jpeg(no_bytes),
+        sigs["serving_default"](images=empty_images["uint8"]),
+        loaded.serve_uint8(empty_images["uint8"]),
+        sigs["serve_float"](images=empty_images["float"]),
+        loaded.serve_float(empty_images["float"]),
+        sigs["serve_jpeg"](image_bytes=no_bytes),
+        loaded.serve_jpeg(no_bytes),
     ):
         assert out["logits"].shape == out["probabilities"].shape == (0, num_classes)
         assert out["top_k_classes"].shape == out["top_k_probabilities"].shape == (0, k)
@@ -422,12 +448,14 @@ def test_every_input_fault_names_the_expected_spec(exported, name):
     photo = (root / "jpeg" / "0_chelsea.jpg").read_bytes()
     for fn in (lambda b: sigs["serve_jpeg"](image_bytes=b), loaded.serve_jpeg):
         assert "serve_jpeg got empty image_bytes strings at indices] [1]" in error_message(
-            fn, tf.constant([photo, b""]))
+            fn, tf.constant([photo, b""])
+        )
         assert "Invalid JPEG data" in error_message(fn, tf.constant([photo[:300]]))
         raw = np.zeros((h, w, c), np.uint8).tobytes()
         assert "Unknown image file format" in error_message(fn, tf.constant([raw]))
     assert "Shape of tensor image_bytes [] is not compatible with expected shape [?]" in error_message(
-        sigs["serve_jpeg"], image_bytes=tf.constant(photo))
+        sigs["serve_jpeg"], image_bytes=tf.constant(photo)
+    )
     assert "TensorSpec(shape=(None,), dtype=tf.string" in error_message(loaded.serve_jpeg, tf.constant(photo))
 
 

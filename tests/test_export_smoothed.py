@@ -61,7 +61,9 @@ def in_process(model, images, settings=SETTINGS):
     """(decisions, counts) of Smooth.predict / Smooth.sample, one image at a time."""
     num_classes = model.output_shape[-1]
     smooth = certification.Smooth(
-        lambda z: model(z, training=False), num_classes, settings["sigma"],
+        lambda z: model(z, training=False),
+        num_classes,
+        settings["sigma"],
         batch_size=settings["batch_size"],
     )
     n, alpha, seed = settings["n"], settings["alpha"], settings["seed"]
@@ -74,8 +76,19 @@ def in_process(model, images, settings=SETTINGS):
 
 
 GRID = [0, 1, 2, 3, 4, 5, 7, 10, 11, 20, 50, 99, 100, 101, 500, 1000]
-LARGE = [(60000, 40000), (40000, 60000), (50500, 49500), (50001, 49999), (50000, 50000),
-         (5050, 4950), (100000, 0), (0, 100000), (99999, 1), (500500, 499500), (1030, 1)]
+LARGE = [
+    (60000, 40000),
+    (40000, 60000),
+    (50500, 49500),
+    (50001, 49999),
+    (50000, 50000),
+    (5050, 4950),
+    (100000, 0),
+    (0, 100000),
+    (99999, 1),
+    (500500, 499500),
+    (1030, 1),
+]
 
 
 def test_binomial_pvalue_half_matches_scipy_binomtest():
@@ -100,9 +113,7 @@ def test_predict_batch_graph_equals_smooth_predict_image_by_image():
 
     @tf.function(input_signature=[tf.TensorSpec([None, *SHAPE], tf.float32)])
     def predict(batch):
-        return certification.predict_batch_graph(
-            lambda z: model(z, training=False), batch, num_classes=3, **SETTINGS
-        )
+        return certification.predict_batch_graph(lambda z: model(z, training=False), batch, num_classes=3, **SETTINGS)
 
     out = {k: v.numpy() for k, v in predict(images).items()}
     decisions, counts = in_process(model, images)
@@ -122,9 +133,12 @@ def test_smoothed_serving_validates_and_defaults_the_batch():
     assert export.SmoothedServing(0.25).batch_size == 1000
     assert export.SmoothedServing(0.25, n=200).batch_size == 200
     for kwargs, needle in [
-        (dict(sigma=0.0), "sigma=0.0"), (dict(sigma=0.25, n=0), "n=0"),
-        (dict(sigma=0.25, alpha=1.0), "alpha=1.0"), (dict(sigma=0.25, alpha=0), "alpha=0"),
-        (dict(sigma=0.25, batch_size=0), "batch_size=0"), (dict(sigma=0.25, n=1.5), "n=1.5"),
+        (dict(sigma=0.0), "sigma=0.0"),
+        (dict(sigma=0.25, n=0), "n=0"),
+        (dict(sigma=0.25, alpha=1.0), "alpha=1.0"),
+        (dict(sigma=0.25, alpha=0), "alpha=0"),
+        (dict(sigma=0.25, batch_size=0), "batch_size=0"),
+        (dict(sigma=0.25, n=1.5), "n=1.5"),
         (dict(sigma=0.25, seed=1.5), "seed=1.5"),
     ]:
         with pytest.raises(ValueError, match=needle):
@@ -198,7 +212,11 @@ def served(tmp_path_factory):
     np.save(root / "images.npy", images)
     proc = subprocess.run(
         [sys.executable, "-c", SERVED, path, str(root / "images.npy"), str(root / "out.npz")],
-        capture_output=True, text=True, timeout=300, env=ENV, cwd=str(root),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        cwd=str(root),
     )
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-4000:]
     return model, images, path, dict(np.load(root / "out.npz"))
@@ -237,11 +255,11 @@ def test_bad_images_give_clear_errors(served):
     assert "[2 8 8 1]" in wrong
     assert "shape [batch, 4, 4, 1]" in error(signature, images=tf.zeros((2, 4, 4)))
     for bad in (255.0, -0.1, np.nan):
-        assert "predict_smoothed expects float32 pixels in [0, 1]" in error(
-            signature, images=tf.fill((1, *SHAPE), bad))
+        assert "predict_smoothed expects float32 pixels in [0, 1]" in error(signature, images=tf.fill((1, *SHAPE), bad))
     assert "expected to be a float tensor" in error(signature, images=tf.zeros((1, *SHAPE), tf.uint8))
     assert "TensorSpec(shape=(None, 4, 4, 1), dtype=tf.float32" in error(
-        loaded.predict_smoothed, tf.zeros((1, 8, 8, 1)))
+        loaded.predict_smoothed, tf.zeros((1, 8, 8, 1))
+    )
 
 
 # === launch/export.py on a tiny run trained with the Gaussian config ===
@@ -250,8 +268,18 @@ def test_bad_images_give_clear_errors(served):
 @pytest.fixture(scope="module")
 def noise_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run") / "digits_noise")
-    run_launcher("train.py", "--config=launch/configs/digits_gaussian.py", "--config.schedule.epochs=1", "--config.data.limit_train=128", "--config.data.limit_test=32", "--config.schedule.batch_size=32",
-                 "--config.objective.noise_sd=0.12", "--config.eval.steps=1", "--config.export.enabled=false", f"--workdir={workdir}")
+    run_launcher(
+        "train.py",
+        "--config=launch/configs/digits_gaussian.py",
+        "--config.schedule.epochs=1",
+        "--config.data.limit_train=128",
+        "--config.data.limit_test=32",
+        "--config.schedule.batch_size=32",
+        "--config.objective.noise_sd=0.12",
+        "--config.eval.steps=1",
+        "--config.export.enabled=false",
+        f"--workdir={workdir}",
+    )
     return workdir
 
 
@@ -261,8 +289,15 @@ def test_launcher_adds_predict_smoothed(noise_run, tmp_path):
     import sat_tf.models  # noqa: F401  registers the custom layers
 
     out = str(tmp_path / "served")
-    proc = run_launcher("export.py", f"--workdir={noise_run}", f"--output={out}", "--smoothed_sigma=0.25",
-                        "--smoothed_n=200", "--smoothed_seed=0", "--nojpeg")
+    proc = run_launcher(
+        "export.py",
+        f"--workdir={noise_run}",
+        f"--output={out}",
+        "--smoothed_sigma=0.25",
+        "--smoothed_n=200",
+        "--smoothed_seed=0",
+        "--nojpeg",
+    )
     assert "predict_smoothed" in export.describe_signatures(out)
     settings = export.smoothed_settings(out)
     assert (settings["sigma"], settings["n"], settings["alpha"], settings["batch_size"]) == (0.25, 200, 0.001, 200)
@@ -288,10 +323,13 @@ def test_launcher_defaults_to_the_runs_noise_sd(noise_run, tmp_path):
     assert settings["seed"] is None  # fresh noise per request unless --smoothed_seed
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--smoothed_alpha=2"], "error: --smoothed_alpha must be in (0, 1), got 2.0"),
-    (["--smoothed_n=10", "--model_path={workdir}/model.keras"], "error: --smoothed_n needs --smoothed_sigma"),
-])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--smoothed_alpha=2"], "error: --smoothed_alpha must be in (0, 1), got 2.0"),
+        (["--smoothed_n=10", "--model_path={workdir}/model.keras"], "error: --smoothed_n needs --smoothed_sigma"),
+    ],
+)
 def test_launcher_bad_smoothed_flags_fail_with_one_line(noise_run, tmp_path, flags, needle):
     flags = [f.format(workdir=noise_run) for f in flags]
     if not any(f.startswith("--model_path") for f in flags):

@@ -54,8 +54,9 @@ def case():
     def compiled(norm, targeted):
         """One trace per configuration, shared by the tests: `steps` and `active` are tensor arguments."""
         return tf.function(
-            lambda x, y, steps, active: fab(logits_fn, x, y, eps=EPS[norm], norm=norm, targeted=targeted,
-                                            steps=steps, seed=0, active=active)
+            lambda x, y, steps, active: fab(
+                logits_fn, x, y, eps=EPS[norm], norm=norm, targeted=targeted, steps=steps, seed=0, active=active
+            )
         )
 
     def run(norm, targeted, steps, x=x, y=y, active=None):
@@ -123,8 +124,15 @@ def _reference_fab(case, norm, targeted, steps):
     from pyautoattack.fab_pt import FABAttack_PT
 
     attack = FABAttack_PT(
-        aa.torch_twin(case.model), norm=REF_NORMS[norm], n_restarts=1, n_iter=steps, eps=EPS[norm],
-        targeted=targeted, n_target_classes=9, seed=0, device="cpu",
+        aa.torch_twin(case.model),
+        norm=REF_NORMS[norm],
+        n_restarts=1,
+        n_iter=steps,
+        eps=EPS[norm],
+        targeted=targeted,
+        n_target_classes=9,
+        seed=0,
+        device="cpu",
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # torch's spinning OpenMP threads beside TensorFlow's on 2 cores: 10x slower
@@ -152,9 +160,11 @@ def _assert_follows_reference(case, norm, targeted, steps):
     else:
         close = image_diff <= 1e-4
     same = (ours == ref) & (~ours | close)
-    print(f"{norm} targeted={targeted} steps={steps}: broken ours {ours.sum()} reference {ref.sum()}, "
-          f"identical images {np.sum((ours == ref) & (~ours | (image_diff <= 1e-4)))}/{len(same)}, "
-          f"max image diff where both broke {image_diff[ours & ref].max() if np.any(ours & ref) else 0:.1e}")
+    print(
+        f"{norm} targeted={targeted} steps={steps}: broken ours {ours.sum()} reference {ref.sum()}, "
+        f"identical images {np.sum((ours == ref) & (~ours | (image_diff <= 1e-4)))}/{len(same)}, "
+        f"max image diff where both broke {image_diff[ours & ref].max() if np.any(ours & ref) else 0:.1e}"
+    )
     assert ref.sum() > 0
     assert same.mean() >= 0.95
     assert np.all(_norms(got, case.x, norm)[ours] <= EPS[norm] + 1e-6)
@@ -214,8 +224,7 @@ def test_inactive_and_misclassified_points_unchanged(case):
 )
 def test_eager_function_and_xla_agree(case, norm, targeted):
     x, y = case.x[:12], case.y[:12]
-    kwargs = dict(eps=EPS[norm], norm=norm, targeted=targeted, n_target_classes=3, steps=3, restarts=2,
-                  seed=7)
+    kwargs = dict(eps=EPS[norm], norm=norm, targeted=targeted, n_target_classes=3, steps=3, restarts=2, seed=7)
     eager = fab(case.logits_fn, x, y, **kwargs).numpy()
     spec = (tf.TensorSpec([None, 8, 8, 1], tf.float32), tf.TensorSpec([None], tf.int32))  # unknown batch size
     graph = tf.function(lambda x, y: fab(case.logits_fn, x, y, **kwargs), input_signature=spec)(x, y).numpy()
@@ -234,10 +243,21 @@ def with_restarts(case):
 
     @tf.function
     def run(x, y, seed, point_ids, restarts):
-        return fab(case.logits_fn, x, y, eps=1.0, norm="l2", targeted=False, steps=1, restarts=restarts,
-                   seed=seed, point_ids=point_ids)
+        return fab(
+            case.logits_fn,
+            x,
+            y,
+            eps=1.0,
+            norm="l2",
+            targeted=False,
+            steps=1,
+            restarts=restarts,
+            seed=seed,
+            point_ids=point_ids,
+        )
 
     ids = np.arange(NUM_POINTS, dtype=np.int32) + 1000
+
     def call(x, y, seed, ids=ids, restarts=3):
         return run(x, y, tf.constant(seed, tf.int64), ids, restarts).numpy()
 
@@ -259,8 +279,18 @@ def test_point_result_does_not_depend_on_its_batch(case, with_restarts):
 def test_random_start_is_deterministic_per_seed(case, with_restarts):
     x, y = case.x, case.y
     np.testing.assert_array_equal(with_restarts(x, y, [0, 3]), with_restarts(x, y, [0, 3]))
-    eager = fab(case.logits_fn, x, y, eps=1.0, norm="l2", targeted=False, steps=1, restarts=3, seed=3,
-                point_ids=np.arange(NUM_POINTS) + 1000)
+    eager = fab(
+        case.logits_fn,
+        x,
+        y,
+        eps=1.0,
+        norm="l2",
+        targeted=False,
+        steps=1,
+        restarts=3,
+        seed=3,
+        point_ids=np.arange(NUM_POINTS) + 1000,
+    )
     np.testing.assert_allclose(eager, with_restarts(x, y, [0, 3]), atol=1e-6)  # an int seed is [0, seed]
     assert not np.array_equal(with_restarts(x, y, [0, 3]), with_restarts(x, y, [0, 4]))
 
@@ -268,9 +298,7 @@ def test_random_start_is_deterministic_per_seed(case, with_restarts):
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_random_start_has_half_the_radius(norm):
     x = np.full((4, 6), 0.5, np.float32)  # far from the box faces: no clipping
-    start = fab_lib._random_start(
-        tf.constant(x), tf.constant(0.2), norm, base.as_seed(0), tf.range(4), keys=(1, 2)
-    )
+    start = fab_lib._random_start(tf.constant(x), tf.constant(0.2), norm, base.as_seed(0), tf.range(4), keys=(1, 2))
     np.testing.assert_allclose(base.lp_norm(start - x, norm), 0.1, rtol=1e-5)
 
 

@@ -23,7 +23,8 @@ DEBIAN_PRESENT = fashion_mnist.find_idx_files(fashion_mnist.DEBIAN_DIR) is not N
 needs_debian = pytest.mark.skipif(
     not DEBIAN_PRESENT and not os.environ.get("CI"),
     reason=f"Debian's Fashion-MNIST is not installed in {fashion_mnist.DEBIAN_DIR} "
-           "(apt-get install dataset-fashion-mnist)")
+    "(apt-get install dataset-fashion-mnist)",
+)
 
 
 def _idx_bytes(array, magic):
@@ -45,8 +46,10 @@ def write_idx(directory, arrays, gz=True):
     paths = {}
     for split, (images_name, labels_name) in fashion_mnist.FILES.items():
         images, labels = arrays[split]
-        for name, blob in ((images_name, _idx_bytes(images, fashion_mnist.IMAGES_MAGIC)),
-                           (labels_name, _idx_bytes(labels, fashion_mnist.LABELS_MAGIC))):
+        for name, blob in (
+            (images_name, _idx_bytes(images, fashion_mnist.IMAGES_MAGIC)),
+            (labels_name, _idx_bytes(labels, fashion_mnist.LABELS_MAGIC)),
+        ):
             path = os.path.join(directory, name + (".gz" if gz else ""))
             with open(path, "wb") as f:
                 f.write(gzip.compress(blob) if gz else blob)
@@ -74,8 +77,14 @@ def test_reads_idx_files_in_file_order(tmp_path, gz):
     arrays = _arrays(0)
     write_idx(tmp_path, arrays, gz=gz)
     info = data.dataset_info("fashion_mnist", data_dir=tmp_path)
-    assert info == data.DatasetInfo(name="fashion_mnist", num_classes=10, image_shape=(28, 28, 1), num_train=20,
-                                    num_test=10, class_names=fashion_mnist.CLASS_NAMES)
+    assert info == data.DatasetInfo(
+        name="fashion_mnist",
+        num_classes=10,
+        image_shape=(28, 28, 1),
+        num_train=20,
+        num_test=10,
+        class_names=fashion_mnist.CLASS_NAMES,
+    )
     for split, (images, labels) in arrays.items():
         ds = data.load_split("fashion_mnist", split, data_dir=tmp_path, batch_size=7)
         assert ds.element_spec == (tf.TensorSpec((None, 28, 28, 1), tf.float32), tf.TensorSpec((None,), tf.int32))
@@ -204,10 +213,12 @@ def _prepare_fake_tfds(data_dir, arrays):
         def _info(self):
             return tfds.core.DatasetInfo(
                 builder=self,
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(28, 28, 1)),
-                    "label": tfds.features.ClassLabel(names=list(fashion_mnist.CLASS_NAMES)),
-                }),
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(28, 28, 1)),
+                        "label": tfds.features.ClassLabel(names=list(fashion_mnist.CLASS_NAMES)),
+                    }
+                ),
                 supervised_keys=("image", "label"),
             )
 
@@ -220,8 +231,9 @@ def _prepare_fake_tfds(data_dir, arrays):
 
     builder = FashionMnist(data_dir=str(data_dir))
     assert builder.name == "fashion_mnist"
-    builder.download_and_prepare(download_dir=str(data_dir / "downloads"),
-                                 download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    builder.download_and_prepare(
+        download_dir=str(data_dir / "downloads"), download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
     return builder.data_dir
 
 
@@ -290,13 +302,22 @@ def test_smoke_run_on_the_real_data(tmp_path):
     them), end to end in its own process, as CI runs it. 50 steps of batch 20 at a higher learning rate and no
     warm-up: the recipe's half-epoch warm-up and LR left 1 000 images near chance (17 % clean)."""
     workdir = str(tmp_path / "fmnist")
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-           "--config=" + os.path.join(ROOT, "launch", "configs", "fashion_mnist_sat.py"), f"--workdir={workdir}",
-           "--config.schedule.epochs=1", "--config.data.limit_train=1000", "--config.data.limit_test=200",
-           "--config.schedule.batch_size=20", "--config.schedule.warmup_epochs=0",
-           "--config.optimizer.learning_rate=1.0", "--config.export.enabled=false"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "launch", "train.py"),
+        "--config=" + os.path.join(ROOT, "launch", "configs", "fashion_mnist_sat.py"),
+        f"--workdir={workdir}",
+        "--config.schedule.epochs=1",
+        "--config.data.limit_train=1000",
+        "--config.data.limit_test=200",
+        "--config.schedule.batch_size=20",
+        "--config.schedule.warmup_epochs=0",
+        "--config.optimizer.learning_rate=1.0",
+        "--config.export.enabled=false",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     config = json.load(open(os.path.join(workdir, "run_config.json")))
     assert config["data"]["num_train"] == 60000 and config["model"]["input_shape"] == [28, 28, 1]

@@ -19,9 +19,20 @@ DIGITS = "launch/configs/digits_sat.py"
 
 
 def entry(row, seed, clean, aa, **extra):
-    return {"row": row, "seed": seed, "clean": clean, "pgd": aa + 0.01, "autoattack": aa, "worst_case": aa,
-            "images": 2000, "eps": 0.1, "train_seconds": 60.0, "eval_seconds": 30.0,
-            "study_command": "python benchmarks/fashion_mnist_study.py --table=activations", **extra}
+    return {
+        "row": row,
+        "seed": seed,
+        "clean": clean,
+        "pgd": aa + 0.01,
+        "autoattack": aa,
+        "worst_case": aa,
+        "images": 2000,
+        "eps": 0.1,
+        "train_seconds": 60.0,
+        "eval_seconds": 30.0,
+        "study_command": "python benchmarks/fashion_mnist_study.py --table=activations",
+        **extra,
+    }
 
 
 def write_table(results_dir, table, entries):
@@ -55,26 +66,58 @@ def test_summary_of_synthetic_json(tmp_path):
     entries += [entry("silu", s, 0.80 + 0.01 * s, aa) for s, aa in enumerate(SILU_AA)]
     write_table(results, "activations", entries)
     write_table(results, "gradients", [entry("smooth_grad_attacker", s, 0.8, 0.41) for s in range(5)])
-    write_table(results, "budget", [
-        {"row": row, "seed": s, "train_seconds": 0.0, "eval_seconds": 10.0, "images": 1000, "commands": [],
-         "curve": [{"eps": e, "autoattack": max(0.0, top - 2 * e)} for e in (0, 0.1, 0.2)]}
-        for row, top in (("relu", 0.8), ("silu", 0.85)) for s in range(2)])
-    write_table(results, "certified", [
-        {"row": row, "seed": s, "train_seconds": 5.0, "eval_seconds": 5.0, "images": 500, "sigma": 0.25,
-         "radii": [0.0, 0.5], "certified": [acc + 0.01 * s, acc / 2], "commands": ["python launch/certify.py --N=1000"]}
-        for row, acc in (("gaussian_s0.25", 0.7), ("smoothadv_pgd_s0.25", 0.72)) for s in range(3)])
+    write_table(
+        results,
+        "budget",
+        [
+            {
+                "row": row,
+                "seed": s,
+                "train_seconds": 0.0,
+                "eval_seconds": 10.0,
+                "images": 1000,
+                "commands": [],
+                "curve": [{"eps": e, "autoattack": max(0.0, top - 2 * e)} for e in (0, 0.1, 0.2)],
+            }
+            for row, top in (("relu", 0.8), ("silu", 0.85))
+            for s in range(2)
+        ],
+    )
+    write_table(
+        results,
+        "certified",
+        [
+            {
+                "row": row,
+                "seed": s,
+                "train_seconds": 5.0,
+                "eval_seconds": 5.0,
+                "images": 500,
+                "sigma": 0.25,
+                "radii": [0.0, 0.5],
+                "certified": [acc + 0.01 * s, acc / 2],
+                "commands": ["python launch/certify.py --N=1000"],
+            }
+            for row, acc in (("gaussian_s0.25", 0.7), ("smoothadv_pgd_s0.25", 0.72))
+            for s in range(3)
+        ],
+    )
     assert study.main(["--summarize", f"--results_dir={results}"]) == 0
     text = open(os.path.join(results, "TABLES.md")).read()
     mean, std = 100 * np.mean(SILU_AA), 100 * np.std(SILU_AA, ddof=1)
     assert "| silu | 5 | 82.00 ± 1.58 (80.00–84.00) |" in text
     assert f"{mean:.2f} ± {std:.2f} (41.00–47.00)" in text
     p = stats.ttest_ind(SILU_AA, RELU_AA, equal_var=False, alternative="greater").pvalue
-    assert f"| silu > relu (SAT) | autoattack | {mean:.2f} | {100 * np.mean(RELU_AA):.2f} | 5/5 | {p:.3g} | 5/0/0 | " \
-           f"{'yes' if p < 0.05 else 'no'} |" in text
+    assert (
+        f"| silu > relu (SAT) | autoattack | {mean:.2f} | {100 * np.mean(RELU_AA):.2f} | 5/5 | {p:.3g} | 5/0/0 | "
+        f"{'yes' if p < 0.05 else 'no'} |" in text
+    )
     assert "| silu < relu (SAT) | clean | 82.00 | 82.00 | 5/5 | 0.5 | 0/5/0 | no |" in text  # t = 0
     # gradients shares relu with activations (read from activations.json)
     assert "| smooth_grad_attacker > relu (smooth gradient) | autoattack | 41.00 | 41.00 | 5/5 |" in text
-    assert "wall time 15m00s (10 runs)" in text and "python benchmarks/fashion_mnist_study.py --table=activations" in text
+    assert (
+        "wall time 15m00s (10 runs)" in text and "python benchmarks/fashion_mnist_study.py --table=activations" in text
+    )
     assert "| 0.1 | 60.00 ± 0.00 (60.00–60.00) | 65.00 ± 0.00 (65.00–65.00) |" in text
     assert "| smoothadv_pgd_s0.25 > gaussian_s0.25 (SmoothAdv) | certified r=0 | 73.00 | 71.00 | 3/3 |" in text
     assert "N = 1000" in text
@@ -105,8 +148,13 @@ def test_append_is_atomic_and_replaces_the_same_run(tmp_path, monkeypatch):
 
 
 def args_for(tmp_path, *extra):
-    return [f"--config={DIGITS}", f"--results_dir={tmp_path / 'results'}", f"--runs_dir={tmp_path / 'runs'}",
-            "--seeds=2", *extra]
+    return [
+        f"--config={DIGITS}",
+        f"--results_dir={tmp_path / 'results'}",
+        f"--runs_dir={tmp_path / 'runs'}",
+        "--seeds=2",
+        *extra,
+    ]
 
 
 def test_recorded_runs_are_skipped_and_shared_rows_go_to_activations(tmp_path, monkeypatch, capsys):
@@ -120,8 +168,14 @@ def test_recorded_runs_are_skipped_and_shared_rows_go_to_activations(tmp_path, m
 
     monkeypatch.setattr(study, "execute", fake_execute)
     assert study.main(args_for(tmp_path, "--table=rat")) == 0
-    assert calls == [(("rat", "trades_rat"), 0), (("rat", "awp_trades_rat"), 0), (("activations", "relu"), 1),
-                     (("rat", "trades"), 1), (("rat", "trades_rat"), 1), (("rat", "awp_trades_rat"), 1)]
+    assert calls == [
+        (("rat", "trades_rat"), 0),
+        (("rat", "awp_trades_rat"), 0),
+        (("activations", "relu"), 1),
+        (("rat", "trades"), 1),
+        (("rat", "trades_rat"), 1),
+        (("rat", "awp_trades_rat"), 1),
+    ]
     out = capsys.readouterr().out
     assert "table rat: 8 runs, 2 recorded, 6 to do" in out and "[rat 8/8, 0 left after this]" in out and "ETA" in out
     assert {e["row"] for e in study_lib.load_table(str(tmp_path / "results"), "activations")} == {"relu"}
@@ -132,8 +186,10 @@ def test_recorded_runs_are_skipped_and_shared_rows_go_to_activations(tmp_path, m
 
 
 def test_dry_run_lists_the_commands(tmp_path, capsys):
-    assert study.main(args_for(tmp_path, "--table=gradients", "--set=schedule.epochs=1", "--eval_limit=100",
-                               "--dry_run")) == 0
+    assert (
+        study.main(args_for(tmp_path, "--table=gradients", "--set=schedule.epochs=1", "--eval_limit=100", "--dry_run"))
+        == 0
+    )
     out = capsys.readouterr().out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
     train = [line for line in out.splitlines() if "launch/train.py" in line]
@@ -162,8 +218,14 @@ def test_bad_settings_fail_with_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_one_tiny_real_run_on_digits_end_to_end(tmp_path, capsys):
     """One smooth_grad_attacker run (1 epoch, 16 images) through train.py and evaluate.py --activation=relu."""
-    argv = args_for(tmp_path, "--table=gradients", "--rows=smooth_grad_attacker", "--seeds=1", "--eval_limit=16",
-                    "--set=schedule.epochs=1")
+    argv = args_for(
+        tmp_path,
+        "--table=gradients",
+        "--rows=smooth_grad_attacker",
+        "--seeds=1",
+        "--eval_limit=16",
+        "--set=schedule.epochs=1",
+    )
     assert study.main(argv) == 0
     (run,) = study_lib.load_table(str(tmp_path / "results"), "gradients")
     assert run["row"] == "smooth_grad_attacker" and run["seed"] == 0 and run["images"] == 16

@@ -61,13 +61,21 @@ def test_generated_count_follows_the_reference_int():
 
 
 def digits_fn(epoch, ctx, batch_size):
-    return data.load_split("digits", "train", batch_size=batch_size, shuffle=True, seed=epoch, drop_remainder=True,
-                           input_context=ctx)
+    return data.load_split(
+        "digits", "train", batch_size=batch_size, shuffle=True, seed=epoch, drop_remainder=True, input_context=ctx
+    )
 
 
 def mixed(records, seed=0, fraction=0.7, batch=20, steps=4):
-    return generated.mixed_dataset_fn(digits_fn, files=records["files"], fraction=fraction, global_batch_size=batch,
-                                      steps_per_epoch=steps, image_shape=SHAPE, seed=seed)
+    return generated.mixed_dataset_fn(
+        digits_fn,
+        files=records["files"],
+        fraction=fraction,
+        global_batch_size=batch,
+        steps_per_epoch=steps,
+        image_shape=SHAPE,
+        seed=seed,
+    )
 
 
 @pytest.mark.parametrize("replicas, fraction", [(1, 0.7), (2, 0.7), (2, 0.25)])
@@ -128,8 +136,11 @@ def test_bad_paths_and_files_fail_with_one_line_naming_the_file(records, tmp_pat
     with pytest.raises(generated.GeneratedDataError, match="holds no record"):
         generated.check_generated_files([str(empty)], SHAPE, 10)
 
-    with pytest.raises(generated.GeneratedDataError, match=r"images of shape \(8, 8, 1\), but the data set's are "
-                                                           r"\(32, 32, 3\)"):
+    with pytest.raises(
+        generated.GeneratedDataError,
+        match=r"images of shape \(8, 8, 1\), but the data set's are "
+        r"\(32, 32, 3\)",
+    ):
         generated.check_generated_files(records["files"][:1], (32, 32, 3), 10)
     with pytest.raises(generated.GeneratedDataError, match=r"label \d outside \[0, 2\)|label \d is outside"):
         generated.check_generated_files(records["files"], SHAPE, 2)

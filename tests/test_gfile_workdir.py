@@ -18,8 +18,12 @@ from conftest import ROOT, run_launcher_in_process
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "--config.data.limit_train=256", "--config.data.limit_test=32", "--config.schedule.batch_size=32",
-    "--config.schedule.warmup_epochs=0", "--config.attack.steps=1", "--config.eval.steps=1",
+    "--config.data.limit_train=256",
+    "--config.data.limit_test=32",
+    "--config.schedule.batch_size=32",
+    "--config.schedule.warmup_epochs=0",
+    "--config.attack.steps=1",
+    "--config.eval.steps=1",
     "--config.eval.autoattack=none",
 ]
 STEPS_PER_EPOCH = 256 // 32
@@ -48,9 +52,17 @@ def test_ram_workdir_trains_resumes_evaluates_and_exports(tmp_path, monkeypatch,
     workdir = f"ram://{uuid.uuid4().hex}/digits"
 
     assert run_launcher_in_process("train.py", *TINY, "--config.schedule.epochs=1", f"--workdir={workdir}") == 0
-    for rel in ("run_config.json", "history.json", "checkpoints/checkpoint", "model.keras",
-                "report/robustness.json", "report/robustness.md", "report/robustness.png",
-                f"report/evaluation_state-{STEPS_PER_EPOCH}.json", "saved_model/saved_model.pb"):
+    for rel in (
+        "run_config.json",
+        "history.json",
+        "checkpoints/checkpoint",
+        "model.keras",
+        "report/robustness.json",
+        "report/robustness.md",
+        "report/robustness.png",
+        f"report/evaluation_state-{STEPS_PER_EPOCH}.json",
+        "saved_model/saved_model.pb",
+    ):
         assert tf.io.gfile.exists(f"{workdir}/{rel}"), rel
     assert tf.io.gfile.listdir(f"{workdir}/tensorboard")
     first = read_json(f"{workdir}/history.json")
@@ -70,8 +82,12 @@ def test_ram_workdir_trains_resumes_evaluates_and_exports(tmp_path, monkeypatch,
 
     # The tools rebuild the run from the workdir.
     evaluated = f"{workdir}/evaluate"
-    assert run_launcher_in_process("evaluate.py", f"--workdir={workdir}", "--limit=32", "--autoattack=none",
-                                   f"--output_dir={evaluated}") == 0
+    assert (
+        run_launcher_in_process(
+            "evaluate.py", f"--workdir={workdir}", "--limit=32", "--autoattack=none", f"--output_dir={evaluated}"
+        )
+        == 0
+    )
     results = read_json(f"{evaluated}/robustness.json")["results"]
     assert results["clean"]["count"] == 32 and results["pgd1"]["max_norm"] > 0
     assert tf.io.gfile.exists(f"{evaluated}/robustness.png")
@@ -95,21 +111,39 @@ def test_ram_workdir_certifies_and_predicts(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     workdir = f"ram://{uuid.uuid4().hex}/gaussian"
-    assert run_launcher_in_process("train.py", *TINY, "--config.schedule.epochs=1", f"--workdir={workdir}",
-                                   default_config="digits_gaussian.py") == 0
+    assert (
+        run_launcher_in_process(
+            "train.py", *TINY, "--config.schedule.epochs=1", f"--workdir={workdir}", default_config="digits_gaussian.py"
+        )
+        == 0
+    )
     assert tf.io.gfile.exists(f"{workdir}/saved_model/assets.extra/predict_smoothed.json")
 
     tsv = f"{workdir}/certify/noise.tsv"
-    assert run_launcher_in_process("certify.py", f"--workdir={workdir}", "--max=3", "--N0=10", "--N=50",
-                                   "--batch=50", f"--outfile={tsv}") == 0
+    assert (
+        run_launcher_in_process(
+            "certify.py", f"--workdir={workdir}", "--max=3", "--N0=10", "--N=50", "--batch=50", f"--outfile={tsv}"
+        )
+        == 0
+    )
     with tf.io.gfile.GFile(tsv) as f:
         assert len(f.read().strip().splitlines()) == 1 + 3
     for suffix in (".tsv.json", ".md", ".png"):
         assert tf.io.gfile.exists(tsv[: -len(".tsv")] + suffix), suffix
 
     predicted = f"{workdir}/predict/pgd.tsv"
-    assert run_launcher_in_process("predict.py", f"--workdir={workdir}", "--max=2", "--N=20", "--batch=20",
-                                   "--num_steps=1", f"--outfile={predicted}") == 0
+    assert (
+        run_launcher_in_process(
+            "predict.py",
+            f"--workdir={workdir}",
+            "--max=2",
+            "--N=20",
+            "--batch=20",
+            "--num_steps=1",
+            f"--outfile={predicted}",
+        )
+        == 0
+    )
     summary = read_json(predicted[: -len(".tsv")] + ".json")
     assert summary["images"] == 2
     assert_nothing_local(str(tmp_path))

@@ -241,9 +241,7 @@ def test_write_tfrecords_round_trip_and_format(tiny_imagenet, tmp_path):
     records = tiny_imagenet.records["validation"]
     examples = [(r.jpeg, r.file_label, r.filename, r.synset) for r in records]
     seen = []
-    paths = ii.write_tfrecords(
-        examples, tmp_path, "validation", 3, progress=lambda path, n: seen.append(n)
-    )
+    paths = ii.write_tfrecords(examples, tmp_path, "validation", 3, progress=lambda path, n: seen.append(n))
     names = [f"validation-0000{i}-of-00003" for i in range(3)]
     assert [os.path.basename(p) for p in paths] == names
     assert seen == [6, 5, 5] and ii.count_records(paths) == 16
@@ -271,9 +269,7 @@ def test_write_tfrecords_round_trip_and_format(tiny_imagenet, tmp_path):
      ("validation", 2, "files"), ("validation", 3, "records")],
 )  # fmt: skip
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_pipelines_are_disjoint_and_cover_the_split(
-    tiny_imagenet, split, num_pipelines, mode, shuffle
-):
+def test_pipelines_are_disjoint_and_cover_the_split(tiny_imagenet, split, num_pipelines, mode, shuffle):
     files = tiny_imagenet.files[split]
     assert ii.shard_mode(len(files), num_pipelines) == mode
     kw = dict(num_pipelines=num_pipelines, shuffle=shuffle, seed=5, shuffle_buffer=8)
@@ -294,9 +290,7 @@ def test_load_imagenet_with_input_context(tiny_imagenet):
         # batch_size is global: 12 over 3 replicas is 4 per pipeline, as above.
         ds = ii.load_imagenet("validation", input_context=_ctx(i, 3), deterministic=False, **{**kw, "batch_size": 12})
         assert ds.element_spec[0].shape.as_list() == [None, 32, 32, 3]
-        assert ds.options().experimental_distribute.auto_shard_policy == (
-            tf.data.experimental.AutoShardPolicy.OFF
-        )
+        assert ds.options().experimental_distribute.auto_shard_policy == (tf.data.experimental.AutoShardPolicy.OFF)
         assert ds.options().deterministic is False
         shards.append(collect(ds))
     assert sum(len(y) for _, y in shards) == len(whole_y)
@@ -384,7 +378,7 @@ def test_missing_tfrecords_fail_fast_naming_the_dir(tmp_path, tiny_imagenet):
         ii.load_imagenet("train", data_dir=tmp_path / "nowhere", image_size=32, batch_size=4)
     message = str(err.value)
     assert "\n" not in message and str(tmp_path / "nowhere") in message
-    assert "build_imagenet_tfrecords.py" in message and "--data_source=tfds" in message
+    assert "build_imagenet_tfrecords.py" in message and "source=tfds" in message
     (tmp_path / "train-00000-of-00001").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="validation-"):
         ii.list_files(tmp_path, "validation")
@@ -445,27 +439,18 @@ def test_tfds_source_reads_jpegs_with_0_based_labels(tiny_imagenet, tmp_path):
     # label_offset is ignored for tfds (already 0-based); same preprocessing as TFRecords.
     kw = dict(data_dir=tmp_path, image_size=32, batch_size=16, source="tfds", label_offset=-1)
     x, y = collect(ii.load_imagenet("validation", **kw))
-    ours = collect(
-        ii.load_imagenet(
-            "validation", data_dir=tiny_imagenet.data_dir, image_size=32, batch_size=16
-        )
-    )
+    ours = collect(ii.load_imagenet("validation", data_dir=tiny_imagenet.data_dir, image_size=32, batch_size=16))
     rows = sorted((int(yi), xi.tobytes()) for xi, yi in zip(x, y))
     assert rows == sorted((int(yi), xi.tobytes()) for xi, yi in zip(*ours))
     # Training and sharding go through the same pipeline.
-    parts = [
-        collect(ii.load_imagenet("train", input_context=_ctx(i, 2), **{**kw, "batch_size": 8}))[1]
-        for i in (0, 1)
-    ]
+    parts = [collect(ii.load_imagenet("train", input_context=_ctx(i, 2), **{**kw, "batch_size": 8}))[1] for i in (0, 1)]
     assert sorted(np.concatenate(parts)) == sorted(r.label for r in tiny_imagenet.records["train"])
 
 
 def test_tfds_source_absent_fails_fast_with_the_manual_download_fix(tmp_path):
     start = time.monotonic()
     with pytest.raises(data.DatasetNotFoundError) as err:
-        ii.load_imagenet(
-            "validation", data_dir=tmp_path, image_size=32, batch_size=4, source="tfds"
-        )
+        ii.load_imagenet("validation", data_dir=tmp_path, image_size=32, batch_size=4, source="tfds")
     assert time.monotonic() - start < 3
     message = str(err.value)
     assert "\n" not in message
@@ -528,9 +513,7 @@ def test_build_tool_converts_class_folders(tmp_path):
         assert image_bytes.numpy()[:3] == b"\xff\xd8\xff"
         assert int(tf.image.extract_jpeg_shape(image_bytes)[2]) == 3
     assert sorted(stored) == [1, 1, 1, 2, 2, 2, 3, 3, 3]  # 1-based by default
-    x, y = collect(
-        ii.load_imagenet("train", data_dir=out, image_size=16, batch_size=9, training=False)
-    )
+    x, y = collect(ii.load_imagenet("train", data_dir=out, image_size=16, batch_size=9, training=False))
     for xi, yi in zip(x, y):  # flat images: the class is readable from the pixel value
         value = int(round(float(np.median(xi)) * 255))
         key = min(expected, key=lambda v: abs(v - value))

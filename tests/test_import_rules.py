@@ -11,7 +11,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FILES = sorted(
-    p for folder in ("sat_tf", "models", "attacks", "launch", "tests", "benchmarks")
+    p
+    for folder in ("sat_tf", "models", "attacks", "launch", "tests", "benchmarks")
     for p in (ROOT / folder).rglob("*.py")
 )
 
@@ -28,8 +29,17 @@ def imported_modules(path):
 
 FORBIDDEN = {  # path prefix -> modules it must not import (every matching prefix applies)
     "sat_tf/activations/": ("sat_tf.models", "sat_tf.attacks", "sat_tf.training", "sat_tf.data", "absl", "launch"),
-    "models/": ("sat_tf.attacks", "sat_tf.training", "sat_tf.data", "sat_tf.evaluation", "sat_tf.certification",
-                "sat_tf.export", "sat_tf.zoo", "absl", "launch"),
+    "models/": (
+        "sat_tf.attacks",
+        "sat_tf.training",
+        "sat_tf.data",
+        "sat_tf.evaluation",
+        "sat_tf.certification",
+        "sat_tf.export",
+        "sat_tf.zoo",
+        "absl",
+        "launch",
+    ),
     "attacks/": ("sat_tf.models", "sat_tf.activations", "sat_tf.training", "keras.Model", "absl", "launch"),
     "sat_tf/training/": ("sat_tf.models", "sat_tf.evaluation", "sat_tf.export", "absl", "launch"),
     # The step and the loop see an attack only through an objective; only objectives/ may import attacks.
@@ -37,16 +47,29 @@ FORBIDDEN = {  # path prefix -> modules it must not import (every matching prefi
     "sat_tf/training/step.py": ("sat_tf.attacks", "sat_tf.training.loop", "sat_tf.training.adversarial_model"),
     "sat_tf/training/loop.py": ("sat_tf.attacks", "sat_tf.training.objectives", "sat_tf.training.adversarial_model"),
     "sat_tf/training/adversarial_model.py": ("sat_tf.attacks", "sat_tf.training.loop"),
-    "sat_tf/training/checkpoints.py": ("sat_tf.attacks", "sat_tf.training.step", "sat_tf.training.loop",
-                                      "sat_tf.training.objectives"),
-    "sat_tf/training/losses.py": ("sat_tf.attacks", "sat_tf.training.step", "sat_tf.training.loop",
-                                 "sat_tf.training.objectives"),
+    "sat_tf/training/checkpoints.py": (
+        "sat_tf.attacks",
+        "sat_tf.training.step",
+        "sat_tf.training.loop",
+        "sat_tf.training.objectives",
+    ),
+    "sat_tf/training/losses.py": (
+        "sat_tf.attacks",
+        "sat_tf.training.step",
+        "sat_tf.training.loop",
+        "sat_tf.training.objectives",
+    ),
     "sat_tf/training/errors.py": ("sat_tf",),  # plain exception classes
     "sat_tf/training/objectives/base.py": ("sat_tf.attacks",),
     # Objectives are plug-ins of the step: they may use losses (and attacks), never the step or loop.
-    "sat_tf/training/objectives/": ("sat_tf.training.step", "sat_tf.training.loop", "sat_tf.training.checkpoints",
-                                    "sat_tf.training.adversarial_model", "sat_tf.training.ema",
-                                    "sat_tf.training.schedules"),
+    "sat_tf/training/objectives/": (
+        "sat_tf.training.step",
+        "sat_tf.training.loop",
+        "sat_tf.training.checkpoints",
+        "sat_tf.training.adversarial_model",
+        "sat_tf.training.ema",
+        "sat_tf.training.schedules",
+    ),
     "sat_tf/data/": ("sat_tf.models", "sat_tf.attacks", "sat_tf.training", "sat_tf.evaluation", "absl", "launch"),
     "sat_tf/evaluation/__init__.py": ("sat_tf.models", "sat_tf.attacks", "absl", "launch"),
     "sat_tf/evaluation/": ("sat_tf.models", "sat_tf.training", "absl", "launch"),

@@ -17,9 +17,14 @@ import pytest
 from conftest import ROOT, checkpoint_weights, free_port, run_launcher
 
 TINY = [
-    "--config.schedule.epochs=3", "--config.data.limit_train=512", "--config.data.limit_test=96",
-    "--config.schedule.batch_size=32", "--config.attack.steps=1", "--config.eval.steps=2,3",
-    "--config.schedule.warmup_epochs=0", "--config.optimizer.learning_rate=1.0",
+    "--config.schedule.epochs=3",
+    "--config.data.limit_train=512",
+    "--config.data.limit_test=96",
+    "--config.schedule.batch_size=32",
+    "--config.attack.steps=1",
+    "--config.eval.steps=2,3",
+    "--config.schedule.warmup_epochs=0",
+    "--config.optimizer.learning_rate=1.0",
 ]
 TINY_STEPS = 3 * 512 // 32
 
@@ -33,8 +38,15 @@ def tiny_run(tmp_path_factory):
 
 def test_main_job_tiny_writes_everything(tiny_run):
     workdir, proc = tiny_run
-    for rel in ("run_config.json", "history.json", "model.keras", "report/robustness.json",
-                "report/robustness.md", "report/robustness.png", "saved_model/saved_model.pb"):
+    for rel in (
+        "run_config.json",
+        "history.json",
+        "model.keras",
+        "report/robustness.json",
+        "report/robustness.md",
+        "report/robustness.png",
+        "saved_model/saved_model.pb",
+    ):
         assert os.path.exists(os.path.join(workdir, rel)), rel
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     history = json.load(open(os.path.join(workdir, "history.json")))
@@ -58,8 +70,15 @@ def test_main_job_tiny_writes_everything(tiny_run):
 def test_evaluate_reproduces_the_training_report(tiny_run, tmp_path):
     workdir, _ = tiny_run
     out = str(tmp_path / "report")
-    run_launcher("evaluate.py", f"--workdir={workdir}", "--steps=2,3", "--limit=96", f"--output_dir={out}", "--seed=1",
-                 "--autoattack=none")
+    run_launcher(
+        "evaluate.py",
+        f"--workdir={workdir}",
+        "--steps=2,3",
+        "--limit=96",
+        f"--output_dir={out}",
+        "--seed=1",
+        "--autoattack=none",
+    )
     ours = json.load(open(os.path.join(out, "robustness.json")))["results"]
     train_report = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
     same = ("top1", "top5", "count", "max_norm", "nan")
@@ -75,14 +94,21 @@ def test_evaluate_any_model_file_gives_the_runs_numbers(tiny_run, tmp_path):
     reloaded SavedModel's gradients."""
     workdir, _ = tiny_run
     common = ["--steps=2", "--limit=48", "--seed=1", "--eps=32/255"]
-    quick_aa = ["--autoattack_options=apgd-ce.steps=10,apgd-t.steps=5,apgd-t.n_target_classes=2,fab-t.steps=5,"
-                "fab-t.n_target_classes=2,square.queries=50"]
+    quick_aa = [
+        "--autoattack_options=apgd-ce.steps=10,apgd-t.steps=5,apgd-t.n_target_classes=2,fab-t.steps=5,"
+        "fab-t.n_target_classes=2,square.queries=50"
+    ]
     reports = {}
     for name, flags in {
         "workdir": [f"--workdir={workdir}", "--autoattack=none"],
         "keras": [f"--model_path={workdir}/model.keras", "--dataset=digits", "--autoattack=none"],
-        "scaled": [f"--model_path={workdir}/model.keras", "--dataset=digits", "--input_range=0,255", "--std=255",
-                   "--autoattack=none"],
+        "scaled": [
+            f"--model_path={workdir}/model.keras",
+            "--dataset=digits",
+            "--input_range=0,255",
+            "--std=255",
+            "--autoattack=none",
+        ],
         "saved_model": [f"--model_path={workdir}/saved_model", "--dataset=digits", *quick_aa],
     }.items():
         out = str(tmp_path / name)
@@ -109,16 +135,21 @@ def test_export_reloads_without_sat_tf(tiny_run, tmp_path):
     script = f"""
 import sys, numpy as np, tensorflow as tf
 served = tf.saved_model.load({exported!r})
-images = np.load({str(tmp_path / 'images.npy')!r})
+images = np.load({str(tmp_path / "images.npy")!r})
 out = served.signatures["serving_default"](images=tf.constant(images))
 flt = served.serve_float(tf.constant(images.astype(np.float32) / 255.0))
 assert not any(m.startswith("sat_tf") for m in sys.modules), "sat_tf was imported"
-np.save({str(tmp_path / 'served.npy')!r}, out["logits"].numpy())
+np.save({str(tmp_path / "served.npy")!r}, out["logits"].numpy())
 assert np.allclose(out["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
 assert np.abs(flt["logits"].numpy() - out["logits"].numpy()).max() < 1e-4
 """
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=str(tmp_path))
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        cwd=str(tmp_path),
+    )
     import keras
 
     import sat_tf.models  # noqa: F401
@@ -129,15 +160,26 @@ assert np.abs(flt["logits"].numpy() - out["logits"].numpy()).max() < 1e-4
 
 
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
-    flags = [*(f for f in TINY if not f.startswith("--config.eval.steps")), "--config.system.checkpoint_every_steps=2", "--config.system.deterministic",
-             "--config.export.enabled=false", "--config.eval.steps=1", "--config.eval.autoattack=none"]
+    flags = [
+        *(f for f in TINY if not f.startswith("--config.eval.steps")),
+        "--config.system.checkpoint_every_steps=2",
+        "--config.system.deterministic",
+        "--config.export.enabled=false",
+        "--config.eval.steps=1",
+        "--config.eval.autoattack=none",
+    ]
     whole = str(tmp_path / "whole")
     run_launcher("train.py", *flags, f"--workdir={whole}")
 
     killed = str(tmp_path / "killed")
     cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), *flags, f"--workdir={killed}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     state = os.path.join(killed, "checkpoints", "checkpoint")
     deadline = time.time() + 300
     while not os.path.exists(state) and time.time() < deadline and proc.poll() is None:
@@ -150,7 +192,10 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
 
     proc = run_launcher("train.py", *flags, f"--workdir={killed}")
     assert "resumed from" in proc.stdout
-    a, b = checkpoint_weights(os.path.join(whole, "checkpoints")), checkpoint_weights(os.path.join(killed, "checkpoints"))
+    a, b = (
+        checkpoint_weights(os.path.join(whole, "checkpoints")),
+        checkpoint_weights(os.path.join(killed, "checkpoints")),
+    )
     assert a.keys() == b.keys() and len(a) > 5
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -180,12 +225,15 @@ def test_activation_options_reach_every_site():
     assert common.activation_spec("silu", ()) == "silu"
 
 
-@pytest.mark.parametrize("classes, items, expected, notes", [
-    (10, [], None, 0),
-    (4, [], {"apgd-t": {"n_target_classes": 3}, "fab-t": {"n_target_classes": 3}}, 2),
-    (4, ["apgd-t.steps=5"], {"apgd-t": {"steps": 5, "n_target_classes": 3}, "fab-t": {"n_target_classes": 3}}, 2),
-    (4, ["fab-t.n_target_classes=2"], {"apgd-t": {"n_target_classes": 3}, "fab-t": {"n_target_classes": 2}}, 1),
-])
+@pytest.mark.parametrize(
+    "classes, items, expected, notes",
+    [
+        (10, [], None, 0),
+        (4, [], {"apgd-t": {"n_target_classes": 3}, "fab-t": {"n_target_classes": 3}}, 2),
+        (4, ["apgd-t.steps=5"], {"apgd-t": {"steps": 5, "n_target_classes": 3}, "fab-t": {"n_target_classes": 3}}, 2),
+        (4, ["fab-t.n_target_classes=2"], {"apgd-t": {"n_target_classes": 3}, "fab-t": {"n_target_classes": 2}}, 1),
+    ],
+)
 def test_autoattack_targets_fit_a_model_with_few_classes(classes, items, expected, notes):
     sys.path.insert(0, ROOT)
     from launch import common
@@ -207,10 +255,20 @@ def test_in_memory_data_get_ema_rows_and_periodic_evaluation_like_imagenet(tmp_p
     """One evaluation path for every data set: digits (held in memory, every row per image) with weight EMA
     and a periodic evaluation gets the raw and ema_ rows ImageNet gets, and mode=eval reproduces them."""
     workdir = str(tmp_path / "ema")
-    flags = ["--config.schedule.epochs=2", "--config.data.limit_train=256", "--config.data.limit_test=32",
-             "--config.schedule.batch_size=32", "--config.attack.steps=1", "--config.eval.steps=1",
-             "--config.eval.periodic_steps=1", "--config.eval.every_epochs=1", "--config.optimizer.ema_decay=0.9",
-             "--config.eval.autoattack=none", "--config.export.enabled=false", f"--workdir={workdir}"]
+    flags = [
+        "--config.schedule.epochs=2",
+        "--config.data.limit_train=256",
+        "--config.data.limit_test=32",
+        "--config.schedule.batch_size=32",
+        "--config.attack.steps=1",
+        "--config.eval.steps=1",
+        "--config.eval.periodic_steps=1",
+        "--config.eval.every_epochs=1",
+        "--config.optimizer.ema_decay=0.9",
+        "--config.eval.autoattack=none",
+        "--config.export.enabled=false",
+        f"--workdir={workdir}",
+    ]
     run_launcher("train.py", *flags)
     results = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
     assert list(results) == ["clean", "pgd1", "worst case", "ema_clean", "ema_pgd1", "ema_worst case"]
@@ -219,7 +277,9 @@ def test_in_memory_data_get_ema_rows_and_periodic_evaluation_like_imagenet(tmp_p
     assert {"eval/clean_top1", "eval/pgd1_top5", "eval/ema_pgd1_top1"} <= set(history[0])
     assert not any(key.startswith("eval/") for key in history[1])  # the last epoch gets the final evaluation
     assert sorted(os.listdir(os.path.join(workdir, "report")))[:2] == [
-        "ema_evaluation_state-step16.json", "evaluation_state-step16.json"]
+        "ema_evaluation_state-step16.json",
+        "evaluation_state-step16.json",
+    ]
     run_launcher("train.py", *flags, "--config.mode=eval")
     again = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
     assert {n: r["top1"] for n, r in again.items()} == {n: r["top1"] for n, r in results.items()}

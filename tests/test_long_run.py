@@ -41,10 +41,19 @@ EVAL_GC_OBJECTS_PER_CALL = 5  # measured 0
 def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("long_run")
     proc = subprocess.run(
-        [sys.executable, SCRIPT, f"--epochs={EPOCHS}", f"--steps={STEPS}",
-         f"--checkpoint_every={CHECKPOINT_EVERY}", f"--max_checkpoints={MAX_CHECKPOINTS}",
-         f"--eval_calls={EVAL_CALLS}", f"--workdir={workdir}"],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            SCRIPT,
+            f"--epochs={EPOCHS}",
+            f"--steps={STEPS}",
+            f"--checkpoint_every={CHECKPOINT_EVERY}",
+            f"--max_checkpoints={MAX_CHECKPOINTS}",
+            f"--eval_calls={EVAL_CALLS}",
+            f"--workdir={workdir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -67,8 +76,7 @@ def test_python_objects_do_not_accumulate_per_epoch(run):
     counts = [s["gc_objects"] for s in run["epochs"]]
     growth = counts[-1] - counts[WARMUP - 1]
     assert growth <= GC_OBJECTS_PER_EPOCH * (EPOCHS - WARMUP), (
-        f"gc objects grew by {growth} over {EPOCHS - WARMUP} epochs "
-        f"({growth / (EPOCHS - WARMUP):.0f}/epoch): {counts}"
+        f"gc objects grew by {growth} over {EPOCHS - WARMUP} epochs ({growth / (EPOCHS - WARMUP):.0f}/epoch): {counts}"
     )
 
 

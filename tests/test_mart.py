@@ -48,8 +48,9 @@ def np_mart(w, b, x, x_adv, y, beta):
 
 def objective_loss(objective, model, data, label_smoothing=0.0):
     forward = lambda z: model(z, training=True)  # noqa: E731
-    return objective.loss(forward, data, list(model.trainable_variables), num_classes=K,
-                          label_smoothing=label_smoothing)
+    return objective.loss(
+        forward, data, list(model.trainable_variables), num_classes=K, label_smoothing=label_smoothing
+    )
 
 
 @pytest.mark.parametrize("beta", [6.0, 0.0, 1.5])
@@ -169,10 +170,20 @@ def test_mart_trains_a_few_steps():
 def test_objective_mart_through_the_trainer(tmp_path, capsys):
     from conftest import run_launcher_in_process
 
-    flags = ["--config.objective.name=mart", "--config.objective.mart_beta=3", "--config.objective.label_smoothing=0",
-             "--config.schedule.epochs=1", "--config.eval.autoattack=none", "--config.data.limit_train=64",
-             "--config.data.limit_test=16", "--config.schedule.batch_size=32", "--config.export.enabled=false",
-             "--config.attack.steps=2", "--config.eval.steps=(1,)", f"--workdir={tmp_path}"]
+    flags = [
+        "--config.objective.name=mart",
+        "--config.objective.mart_beta=3",
+        "--config.objective.label_smoothing=0",
+        "--config.schedule.epochs=1",
+        "--config.eval.autoattack=none",
+        "--config.data.limit_train=64",
+        "--config.data.limit_test=16",
+        "--config.schedule.batch_size=32",
+        "--config.export.enabled=false",
+        "--config.attack.steps=2",
+        "--config.eval.steps=(1,)",
+        f"--workdir={tmp_path}",
+    ]
     assert run_launcher_in_process("train.py", *flags) == 0
     assert "mart (eps=32/255 step=16/255 steps=2)" in capsys.readouterr().out
     import json

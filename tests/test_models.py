@@ -141,8 +141,17 @@ ACTIVATION_SITES = {
     **{
         f"efficientnet_{v}": 2 + 3 * blocks - first
         for v, (blocks, first) in {
-            "b0": (16, 1), "b1": (23, 2), "b2": (23, 2), "b3": (26, 2), "b4": (32, 2),
-            "b5": (39, 3), "b6": (45, 3), "b7": (55, 4), "b8": (61, 4), "l1": (63, 4), "l2": (88, 6),
+            "b0": (16, 1),
+            "b1": (23, 2),
+            "b2": (23, 2),
+            "b3": (26, 2),
+            "b4": (32, 2),
+            "b5": (39, 3),
+            "b6": (45, 3),
+            "b7": (55, 4),
+            "b8": (61, 4),
+            "l1": (63, 4),
+            "l2": (88, 6),
         }.items()
     },
 }
@@ -248,9 +257,7 @@ def test_architecture(name):
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu"])
-@pytest.mark.parametrize(
-    "name", ["resnet50", "resnext50_32x4d", "resnet18", "wide_resnet34_10"]
-)
+@pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d", "resnet18", "wide_resnet34_10"])
 def test_published_param_counts(name, activation):
     model = models.build_model(name, input_shape=tiny_shape(name), activation=activation)
     assert trainable_params(model) == PARAM_COUNTS[name]
@@ -286,8 +293,7 @@ def test_resnet110_param_count_closed_form():
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "digits_cnn"])
 def test_smooth_relu_has_one_beta_per_site(name):
-    model = models.build_model(name, input_shape=tiny_shape(name), num_classes=3,
-                               activation="smooth_relu")
+    model = models.build_model(name, input_shape=tiny_shape(name), num_classes=3, activation="smooth_relu")
     betas = [w for w in model.trainable_weights if w.path.endswith("beta_raw")]
     assert len(betas) == ACTIVATION_SITES[name]
     assert len({w.path for w in betas}) == len(betas)
@@ -360,9 +366,7 @@ def test_fixed_padding_numerics():
     np.testing.assert_allclose(pool, tf.nn.max_pool2d(stem, 3, 2, "SAME"), rtol=1e-6)
     kernel = model.get_layer("group1_block0_conv1").kernel
     padded = tf.pad(block_in, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    np.testing.assert_allclose(
-        conv, tf.nn.conv2d(padded, kernel, 2, "VALID"), rtol=1e-4, atol=1e-5
-    )
+    np.testing.assert_allclose(conv, tf.nn.conv2d(padded, kernel, 2, "VALID"), rtol=1e-4, atol=1e-5)
     tf_same = tf.nn.conv2d(block_in, kernel, 2, "SAME")
     assert not np.allclose(conv, tf_same, atol=1e-3)
 
@@ -411,8 +415,7 @@ def test_channels_first_builds(name):
     """NCHW builds (TF on CPU cannot run NCHW convs, so no forward pass); the
     input stays NHWC [0, 1] pixels and is transposed after preprocessing."""
     shape = tiny_shape(name)
-    model = models.build_model(name, input_shape=shape, num_classes=3,
-                               data_format="channels_first")
+    model = models.build_model(name, input_shape=shape, num_classes=3, data_format="channels_first")
     assert model.input_shape == (None, *shape)
     assert model.output_shape == (None, 3)
     assert model.get_layer("to_channels_first").output.shape[1] == shape[-1]
@@ -542,9 +545,7 @@ def test_keras_save_load_safe_mode(tmp_path, name, kwargs):
     assert type(loaded) is type(model)
     assert loaded.get_config() == model.get_config()
     x = images(tiny_shape(name))
-    np.testing.assert_allclose(
-        loaded(x, training=False), model(x, training=False), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), rtol=1e-5, atol=1e-6)
 
 
 def _check_export(model, path, shape):

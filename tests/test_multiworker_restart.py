@@ -22,9 +22,19 @@ import numpy as np
 import tensorflow as tf
 from conftest import ROOT, free_port
 
-FLAGS = ["--config.system.strategy=multi_worker", "--config.eval.autoattack=none", "--config.data.limit_train=256", "--config.data.limit_test=32", "--config.schedule.batch_size=16",
-         "--config.attack.steps=1", "--config.eval.steps=1", "--config.export.enabled=false", "--config.schedule.decay=constant",
-         "--config.schedule.warmup_epochs=0", "--config.system.deterministic"]
+FLAGS = [
+    "--config.system.strategy=multi_worker",
+    "--config.eval.autoattack=none",
+    "--config.data.limit_train=256",
+    "--config.data.limit_test=32",
+    "--config.schedule.batch_size=16",
+    "--config.attack.steps=1",
+    "--config.eval.steps=1",
+    "--config.export.enabled=false",
+    "--config.schedule.decay=constant",
+    "--config.schedule.warmup_epochs=0",
+    "--config.system.deterministic",
+]
 EPOCH = 256 // 16  # steps; checkpoints at epoch ends
 
 
@@ -32,11 +42,27 @@ def _start(workdir, ports, epochs=2):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(2):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "launch", "train.py"), *FLAGS, f"--config.schedule.epochs={epochs}", f"--workdir={workdir}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.join(ROOT, "launch", "train.py"),
+                    *FLAGS,
+                    f"--config.schedule.epochs={epochs}",
+                    f"--workdir={workdir}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
+        )
     return procs
 
 
@@ -104,26 +130,74 @@ def test_two_workers_evaluate_as_one_device(tmp_path):
     """launch/evaluate.py with --strategy=multi_worker: the chunks are split over the two workers' replicas and
     gathered to both; the chief's report equals a single-process evaluation, and only the chief writes it."""
     workdir = str(tmp_path / "run")
-    subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config.schedule.epochs=1", "--config.data.limit_train=128",
-                    "--config.data.limit_test=32", "--config.schedule.batch_size=32", "--config.attack.steps=1", "--config.eval.steps=1",
-                    "--config.eval.autoattack=none", "--config.export.enabled=false", f"--workdir={workdir}"],
-                   check=True, capture_output=True, timeout=600, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    flags = ["--limit=40", "--steps=2", "--batch_size=16", "--eps=32/255",
-             "--autoattack_options=apgd-ce.steps=10,apgd-t.steps=5,apgd-t.n_target_classes=2,fab-t.steps=5,"
-             "fab-t.n_target_classes=2,square.queries=50"]
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch", "train.py"),
+            "--config.schedule.epochs=1",
+            "--config.data.limit_train=128",
+            "--config.data.limit_test=32",
+            "--config.schedule.batch_size=32",
+            "--config.attack.steps=1",
+            "--config.eval.steps=1",
+            "--config.eval.autoattack=none",
+            "--config.export.enabled=false",
+            f"--workdir={workdir}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    flags = [
+        "--limit=40",
+        "--steps=2",
+        "--batch_size=16",
+        "--eps=32/255",
+        "--autoattack_options=apgd-ce.steps=10,apgd-t.steps=5,apgd-t.n_target_classes=2,fab-t.steps=5,"
+        "fab-t.n_target_classes=2,square.queries=50",
+    ]
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
     procs = []
     for index in range(2):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "launch", "evaluate.py"), f"--workdir={workdir}", *flags,
-             "--strategy=multi_worker", f"--output_dir={tmp_path / 'two'}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.join(ROOT, "launch", "evaluate.py"),
+                    f"--workdir={workdir}",
+                    *flags,
+                    "--strategy=multi_worker",
+                    f"--output_dir={tmp_path / 'two'}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
+        )
     outs = _finish(procs)
-    subprocess.run([sys.executable, os.path.join(ROOT, "launch", "evaluate.py"), f"--workdir={workdir}", *flags,
-                    f"--output_dir={tmp_path / 'one'}"],
-                   check=True, capture_output=True, timeout=600, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch", "evaluate.py"),
+            f"--workdir={workdir}",
+            *flags,
+            f"--output_dir={tmp_path / 'one'}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     two = json.load(open(tmp_path / "two" / "robustness.json"))["results"]
     one = json.load(open(tmp_path / "one" / "robustness.json"))["results"]
     assert {k: r["top1"] for k, r in two.items()} == {k: r["top1"] for k, r in one.items()}

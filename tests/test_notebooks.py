@@ -72,9 +72,11 @@ def test_setup_takes_a_checkout_path_or_a_git_url(name, monkeypatch, tmp_path):
     namespace, commands = run_setup(name, monkeypatch, tmp_path, source="git+https://example.org/lab/sat_tf.git@v0.1")
     repo = namespace["REPO"]
     assert repo in (os.path.join("/content", "sat_tf"), str(tmp_path / "home" / "sat_tf"))
-    assert commands == [["git", "clone", "-q", "https://example.org/lab/sat_tf.git", repo],
-                        ["git", "-C", repo, "checkout", "-q", "v0.1"],
-                        [sys.executable, "-m", "pip", "install", "-q", "-e", repo]]
+    assert commands == [
+        ["git", "clone", "-q", "https://example.org/lab/sat_tf.git", repo],
+        ["git", "-C", repo, "checkout", "-q", "v0.1"],
+        [sys.executable, "-m", "pip", "install", "-q", "-e", repo],
+    ]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -113,11 +115,11 @@ def test_notebook_runs_in_its_tiny_configuration(name, tmp_path, monkeypatch):
     assert len(params) == 1, "one cell tagged 'parameters'"
     params[0].source = params[0].source.replace("/tmp/sat_", str(tmp_path / "sat_"))
     client = NotebookClient(
-        nb, timeout=600, kernel_name="python3",
+        nb,
+        timeout=600,
+        kernel_name="python3",
         resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}},
     )
     client.execute()  # raises CellExecutionError with the failing cell's traceback
-    outputs = "".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-    )
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "Traceback" not in outputs

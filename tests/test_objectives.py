@@ -105,8 +105,9 @@ def test_rat_loss_matches_numpy(second_weight):
     x, x_adv, y = batch()
     objective = objectives.TradesObjective(model, rat_alpha=0.2, beta=6.0, rat_second_weight=second_weight)
     per_example, adv_logits, labels = objective_loss(objective, model, (x, x_adv, y))
-    np.testing.assert_allclose(per_example.numpy(), np_rat_loss(model, x, x_adv, y, second_weight=second_weight),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        per_example.numpy(), np_rat_loss(model, x, x_adv, y, second_weight=second_weight), rtol=1e-4, atol=1e-5
+    )
     np.testing.assert_allclose(adv_logits.numpy(), model(x_adv).numpy(), atol=1e-6)
     np.testing.assert_array_equal(np.asarray(labels), y)
 
@@ -239,13 +240,15 @@ def test_train_step_with_awp_takes_the_gradient_at_the_perturbed_weights():
     strategy = tf.distribute.get_strategy()
     config = training.StepConfig(global_batch_size=4, num_classes=K, seed=3)
     train = training.make_train_function(model, keras.optimizers.SGD(0.5), objective, strategy, config)
-    metrics = train(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat())),
-                    tf.constant(1))
+    metrics = train(
+        iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors((x, y)).repeat())), tf.constant(1)
+    )
     assert np.isfinite(float(metrics["loss_sum"]))
 
     # By hand: same attack (same seed), AWP v on the reference, loss gradient at w + v, applied to w.
-    ref_objective = objectives.TradesObjective(reference, steps=2, beta=6.0, rat_alpha=0.2, awp_gamma=0.01,
-                                               awp_warmup_epochs=0)
+    ref_objective = objectives.TradesObjective(
+        reference, steps=2, beta=6.0, rat_alpha=0.2, awp_gamma=0.01, awp_warmup_epochs=0
+    )
     seed = training.make_seed(3, 0, 0)
     fn = lambda z: reference(z, training=False)  # noqa: E731
     data = ref_objective.training_batch(fn, x, y, seed=seed, step=tf.constant(0, tf.int64))
@@ -260,8 +263,9 @@ def test_train_step_with_awp_takes_the_gradient_at_the_perturbed_weights():
     for w, old, g in zip(model.trainable_variables, original, grads):
         np.testing.assert_allclose(w.numpy(), old - 0.5 * g.numpy(), rtol=1e-4, atol=1e-5)
     # BatchNorm statistics moved as in two training-mode forwards at w + v.
-    np.testing.assert_allclose(model.get_layer("bn").moving_mean.numpy(),
-                               reference.get_layer("bn").moving_mean.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        model.get_layer("bn").moving_mean.numpy(), reference.get_layer("bn").moving_mean.numpy(), rtol=1e-4, atol=1e-6
+    )
     assert np.abs(model.get_layer("bn").moving_mean.numpy()).max() > 0
 
 

@@ -15,8 +15,17 @@ from conftest import ROOT, run_launcher
 @pytest.fixture(scope="module")
 def noise_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("predict") / "digits_noise")
-    run_launcher("train.py", "--config=launch/configs/digits_gaussian.py", "--config.objective.noise_sd=0.25", "--config.schedule.epochs=3", "--config.data.limit_train=512", "--config.data.limit_test=32",
-                 "--config.schedule.batch_size=32", "--config.export.enabled=false", f"--workdir={workdir}")
+    run_launcher(
+        "train.py",
+        "--config=launch/configs/digits_gaussian.py",
+        "--config.objective.noise_sd=0.25",
+        "--config.schedule.epochs=3",
+        "--config.data.limit_train=512",
+        "--config.data.limit_test=32",
+        "--config.schedule.batch_size=32",
+        "--config.export.enabled=false",
+        f"--workdir={workdir}",
+    )
     return workdir
 
 
@@ -28,8 +37,19 @@ def read_rows(path):
 @pytest.mark.parametrize("attack", ["pgd", "ddn"])
 def test_predict_matches_the_library_computation(noise_run, tmp_path, attack):
     out = str(tmp_path / "pred.tsv")
-    proc = run_launcher("predict.py", f"--workdir={noise_run}", f"--attack={attack}", "--N=300", "--epsilon=128",
-                        "--num_steps=3", "--num_noise_vec=4", "--skip=3", "--max=10", "--seed=5", f"--outfile={out}")
+    proc = run_launcher(
+        "predict.py",
+        f"--workdir={noise_run}",
+        f"--attack={attack}",
+        "--N=300",
+        "--epsilon=128",
+        "--num_steps=3",
+        "--num_noise_vec=4",
+        "--skip=3",
+        "--max=10",
+        "--seed=5",
+        f"--outfile={out}",
+    )
     lines = open(out).read().splitlines()
     assert lines[0] == "idx\tlabel\tpredict\tbasePredict\tcorrect\ttime"
     rows = read_rows(out)
@@ -66,8 +86,9 @@ def test_predict_matches_the_library_computation(noise_run, tmp_path, attack):
 
 
 def test_predict_base_attack_and_default_outfile(noise_run):
-    run_launcher("predict.py", f"--workdir={noise_run}", "--N=100", "--epsilon=64", "--num_steps=2",
-                 "--base_attack", "--max=4")
+    run_launcher(
+        "predict.py", f"--workdir={noise_run}", "--N=100", "--epsilon=64", "--num_steps=2", "--base_attack", "--max=4"
+    )
     path = os.path.join(noise_run, "predict", "pgd_0.250_noise_0.25_mtest_1.tsv")
     assert [int(r["idx"]) for r in read_rows(path)] == [0, 1, 2, 3]
     assert json.load(open(path[:-4] + ".json"))["base_attack"] is True
@@ -75,8 +96,17 @@ def test_predict_base_attack_and_default_outfile(noise_run):
 
 def test_predict_needs_sigma_for_a_run_without_noise(tmp_path):
     workdir = str(tmp_path / "plain")
-    run_launcher("train.py", "--config.schedule.epochs=1", "--config.data.limit_train=64", "--config.data.limit_test=16", "--config.schedule.batch_size=32", "--config.attack.name=none",
-                 "--config.export.enabled=false", "--config.eval.autoattack=none", f"--workdir={workdir}")
+    run_launcher(
+        "train.py",
+        "--config.schedule.epochs=1",
+        "--config.data.limit_train=64",
+        "--config.data.limit_test=16",
+        "--config.schedule.batch_size=32",
+        "--config.attack.name=none",
+        "--config.export.enabled=false",
+        "--config.eval.autoattack=none",
+        f"--workdir={workdir}",
+    )
     proc = run_launcher("predict.py", f"--workdir={workdir}", "--N=10", check=False)
     assert proc.returncode == 2 and "--sigma is required" in proc.stderr
     proc = run_launcher("predict.py", f"--workdir={tmp_path / 'missing'}", check=False)

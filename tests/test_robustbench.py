@@ -50,31 +50,69 @@ def points(shape, count=4, seed=0):
 
 # name -> (twin factory, Keras builder, input shape)
 CASES = {
-    "dm_wrn10_2": (lambda: trb.dm_wide_resnet(depth=10, width=2),
-                   lambda s: models.build_model("dm_wide_resnet28_10", depth=10, width=2, input_shape=s), (16, 16, 3)),
-    "dm_wrn16_1_nonsquare": (lambda: trb.dm_wide_resnet(depth=16, width=1, num_classes=5),
-                             lambda s: models.build_model("dm_wide_resnet28_10", depth=16, width=1, num_classes=5,
-                                                          input_shape=s), (20, 12, 3)),
+    "dm_wrn10_2": (
+        lambda: trb.dm_wide_resnet(depth=10, width=2),
+        lambda s: models.build_model("dm_wide_resnet28_10", depth=10, width=2, input_shape=s),
+        (16, 16, 3),
+    ),
+    "dm_wrn16_1_nonsquare": (
+        lambda: trb.dm_wide_resnet(depth=16, width=1, num_classes=5),
+        lambda s: models.build_model("dm_wide_resnet28_10", depth=16, width=1, num_classes=5, input_shape=s),
+        (20, 12, 3),
+    ),
     "dm_wrn10_1_cifar100_padding": (
-        lambda: trb.dm_wide_resnet(depth=10, width=1, num_classes=100, mean=dm_lib.DM_CIFAR100["mean"],
-                                   std=dm_lib.DM_CIFAR100["std"], padding=2),
-        lambda s: models.build_model("dm_wide_resnet28_10", depth=10, width=1, num_classes=100, padding=2,
-                                     preprocessing={k: list(v) for k, v in dm_lib.DM_CIFAR100.items()}, input_shape=s),
-        (12, 12, 3)),
+        lambda: trb.dm_wide_resnet(
+            depth=10,
+            width=1,
+            num_classes=100,
+            mean=dm_lib.DM_CIFAR100["mean"],
+            std=dm_lib.DM_CIFAR100["std"],
+            padding=2,
+        ),
+        lambda s: models.build_model(
+            "dm_wide_resnet28_10",
+            depth=10,
+            width=1,
+            num_classes=100,
+            padding=2,
+            preprocessing={k: list(v) for k, v in dm_lib.DM_CIFAR100.items()},
+            input_shape=s,
+        ),
+        (12, 12, 3),
+    ),
     "convnext_patch_normalized": (
         lambda: trb.normalize_model(trb.convnext(DEPTHS, DIMS, num_classes=7)),
         lambda s: models.build_model("convnext_large", depths=DEPTHS, dims=DIMS, num_classes=7, input_shape=s),
-        (32, 32, 3)),
+        (32, 32, 3),
+    ),
     "convnext_convstem_2": (
         lambda: trb.convnext_convstem(DEPTHS, DIMS, CONVSTEM_2, num_classes=7),
-        lambda s: models.build_model("convnext_tiny", stem="convstem", depths=DEPTHS, dims=DIMS,
-                                     convstem_convs=CONVSTEM_2, num_classes=7, preprocessing=None, input_shape=s),
-        (32, 32, 3)),
+        lambda s: models.build_model(
+            "convnext_tiny",
+            stem="convstem",
+            depths=DEPTHS,
+            dims=DIMS,
+            convstem_convs=CONVSTEM_2,
+            num_classes=7,
+            preprocessing=None,
+            input_shape=s,
+        ),
+        (32, 32, 3),
+    ),
     "convnext_convstem_3": (
         lambda: trb.convnext_convstem(DEPTHS, DIMS, CONVSTEM_3, num_classes=7),
-        lambda s: models.build_model("convnext_base", stem="convstem", depths=DEPTHS, dims=DIMS,
-                                     convstem_convs=CONVSTEM_3, num_classes=7, preprocessing=None, input_shape=s),
-        (36, 36, 3)),
+        lambda s: models.build_model(
+            "convnext_base",
+            stem="convstem",
+            depths=DEPTHS,
+            dims=DIMS,
+            convstem_convs=CONVSTEM_3,
+            num_classes=7,
+            preprocessing=None,
+            input_shape=s,
+        ),
+        (36, 36, 3),
+    ),
 }
 
 
@@ -160,8 +198,9 @@ def test_normalisation_buffers_must_match_the_model():
     with pytest.raises(ValueError, match=r"mean=\[0.5071, 0.4865, 0.4409\] but the model's preprocessing has mean"):
         rb.convert_state_dict(twin.state_dict(), model)
     liu = trb.normalize_model(trb.convnext(DEPTHS, DIMS, num_classes=7))
-    bare = models.build_model("convnext_tiny", depths=DEPTHS, dims=DIMS, num_classes=7, input_shape=(32, 32, 3),
-                              preprocessing=None)
+    bare = models.build_model(
+        "convnext_tiny", depths=DEPTHS, dims=DIMS, num_classes=7, input_shape=(32, 32, 3), preprocessing=None
+    )
     with pytest.raises(ValueError, match="the model has no preprocessing layer"):
         rb.convert_state_dict(liu.state_dict(), bare)
 
@@ -182,11 +221,15 @@ def test_bad_files_name_the_file(tmp_path):
 
 # The RobustBench model cards (model_info/<dataset>/Linf/<name>.json): clean_acc, autoattack_acc.
 PUBLISHED = {
-    "Wang2023Better_WRN-28-10": (92.44, 67.31), "Wang2023Better_WRN-70-16": (93.25, 70.69),
+    "Wang2023Better_WRN-28-10": (92.44, 67.31),
+    "Wang2023Better_WRN-70-16": (93.25, 70.69),
     "Bartoldson2024Adversarial_WRN-94-16": (93.68, 73.71),
-    "Singh2023Revisiting_ConvNeXt-T-ConvStem": (72.72, 49.46), "Singh2023Revisiting_ConvNeXt-S-ConvStem": (74.10, 52.42),
-    "Singh2023Revisiting_ConvNeXt-B-ConvStem": (75.90, 56.14), "Singh2023Revisiting_ConvNeXt-L-ConvStem": (77.00, 57.70),
-    "Liu2023Comprehensive_ConvNeXt-B": (75.84, 53.98), "Liu2023Comprehensive_ConvNeXt-L": (77.18, 56.44),
+    "Singh2023Revisiting_ConvNeXt-T-ConvStem": (72.72, 49.46),
+    "Singh2023Revisiting_ConvNeXt-S-ConvStem": (74.10, 52.42),
+    "Singh2023Revisiting_ConvNeXt-B-ConvStem": (75.90, 56.14),
+    "Singh2023Revisiting_ConvNeXt-L-ConvStem": (77.00, 57.70),
+    "Liu2023Comprehensive_ConvNeXt-B": (75.84, 53.98),
+    "Liu2023Comprehensive_ConvNeXt-L": (77.18, 56.44),
 }
 
 
@@ -196,8 +239,9 @@ def preset_params(entry):
         depth, width = dm_lib.DM_WIDE_RESNETS[entry["model"]]
         return dm_lib.dm_wide_resnet_params(depth, width, kwargs["num_classes"])
     depths, dims, convs = convnext_lib.CONVNEXT_VARIANTS[entry["model"].split("_", 1)[1]]
-    return convnext_lib.convnext_params(depths, dims, stem=kwargs.get("stem", "patch"), convstem=convs,
-                                        num_classes=kwargs["num_classes"])
+    return convnext_lib.convnext_params(
+        depths, dims, stem=kwargs.get("stem", "patch"), convstem=convs, num_classes=kwargs["num_classes"]
+    )
 
 
 def test_presets_table():
@@ -294,20 +338,33 @@ def test_autoattack_on_the_converted_model_agrees_with_the_reference_on_the_twin
     assert len(set(y.tolist())) >= 3
     np.savez(tmp_path / "points.npz", x=x, y=y)
     (tmp_path / "settings.json").write_text(json.dumps(settings))
-    reference = subprocess.Popen([sys.executable, "-c", REFERENCE_AA, str(tmp_path), os.path.join(ROOT, "benchmarks")],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    options = {"apgd-ce": {"steps": 20}, "apgd-t": {"steps": 20, "n_target_classes": 3},
-               "fab-t": {"steps": 20, "n_target_classes": 3}, "square": {"queries": 200}}
-    ours = tf.function(lambda a, b: aa.autoattack(lambda z: model(z, training=False), a, b, eps=settings["eps"],
-                                                  seed=0, options=options))(x, y)
+    reference = subprocess.Popen(
+        [sys.executable, "-c", REFERENCE_AA, str(tmp_path), os.path.join(ROOT, "benchmarks")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    options = {
+        "apgd-ce": {"steps": 20},
+        "apgd-t": {"steps": 20, "n_target_classes": 3},
+        "fab-t": {"steps": 20, "n_target_classes": 3},
+        "square": {"queries": 200},
+    }
+    ours = tf.function(
+        lambda a, b: aa.autoattack(
+            lambda z: model(z, training=False), a, b, eps=settings["eps"], seed=0, options=options
+        )
+    )(x, y)
     ours_robust = ours.robust["square"].numpy()
     assert ours.warnings() == []
     _, err = reference.communicate(timeout=900)
     assert reference.returncode == 0, err[-2000:]
     theirs = np.load(tmp_path / "robust.npy")
     agree = float(np.mean(ours_robust == theirs))
-    print(f"robust accuracy: ours {ours_robust.mean():.4f}, reference {theirs.mean():.4f}, "
-          f"same flags on {agree:.4f} of {len(y)} points")
+    print(
+        f"robust accuracy: ours {ours_robust.mean():.4f}, reference {theirs.mean():.4f}, "
+        f"same flags on {agree:.4f} of {len(y)} points"
+    )
     assert 0.2 <= theirs.mean() <= 0.8
     assert abs(ours_robust.mean() - theirs.mean()) <= 2 / 32
     assert agree >= 0.9
@@ -318,8 +375,16 @@ def test_converted_model_exports_with_the_serving_signatures(tmp_path):
     from sat_tf import export
 
     twin = trb.randomize_(trb.convnext_convstem(DEPTHS, DIMS, CONVSTEM_2, num_classes=7), seed=6)
-    model = models.build_model("convnext_tiny", stem="convstem", depths=DEPTHS, dims=DIMS, convstem_convs=CONVSTEM_2,
-                               num_classes=7, preprocessing=None, input_shape=(32, 32, 3))
+    model = models.build_model(
+        "convnext_tiny",
+        stem="convstem",
+        depths=DEPTHS,
+        dims=DIMS,
+        convstem_convs=CONVSTEM_2,
+        num_classes=7,
+        preprocessing=None,
+        input_shape=(32, 32, 3),
+    )
     rb.convert_state_dict(twin.state_dict(), model)
     export.export_saved_model(model, str(tmp_path / "sm"), top_k=3, crop_padding=0)
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
@@ -338,17 +403,33 @@ def test_launcher_converts_a_checkpoint_and_reports_bad_flags(tmp_path):
     torch.save({"state_dict": twin.state_dict()}, tmp_path / "dm.pt")
     script = os.path.join(ROOT, "launch", "convert_robustbench.py")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    run = subprocess.run([sys.executable, script, f"--checkpoint={tmp_path / 'dm.pt'}", "--model=dm_wide_resnet28_10",
-                          '--model_kwargs={"depth": 10, "width": 2}', "--image_size=16"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            script,
+            f"--checkpoint={tmp_path / 'dm.pt'}",
+            "--model=dm_wide_resnet28_10",
+            '--model_kwargs={"depth": 10, "width": 2}',
+            "--image_size=16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "loaded" in run.stdout
     model = keras.saving.load_model(tmp_path / "dm.keras", safe_mode=True)
     x = points((16, 16, 3))
     assert np.abs(model(x, training=False).numpy() - twin_logits(twin, x)).max() <= TOLERANCE
 
-    bad = subprocess.run([sys.executable, script, f"--checkpoint={tmp_path / 'dm.pt'}",
-                          "--preset=Wang2023Better_WRN-28-10"], capture_output=True, text=True, env=env, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, script, f"--checkpoint={tmp_path / 'dm.pt'}", "--preset=Wang2023Better_WRN-28-10"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert bad.returncode != 0
     lines = [line for line in bad.stderr.splitlines() if "does not fit model" in line]
     assert len(lines) == 1 and "shape mismatches" in lines[0]

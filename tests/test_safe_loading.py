@@ -65,10 +65,25 @@ CIFAR_MODELS = {"resnet18_cifar", "resnet110", "preact_resnet18", "wide_resnet28
 UNBUILT = {"efficientnet_l2"}
 PY_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
 FILE_OPS = {
-    "ReadFile", "WriteFile", "MatchingFiles", "Save", "SaveV2", "SaveSlices", "Restore", "RestoreV2",
-    "RestoreSlice", "MergeV2Checkpoints", "ShardedFilename", "PrintV2", "ImmutableConst",
-    "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDatasetV2", "TextLineDataset",
-    "CreateSummaryFileWriter", "WriteSummary",
+    "ReadFile",
+    "WriteFile",
+    "MatchingFiles",
+    "Save",
+    "SaveV2",
+    "SaveSlices",
+    "Restore",
+    "RestoreV2",
+    "RestoreSlice",
+    "MergeV2Checkpoints",
+    "ShardedFilename",
+    "PrintV2",
+    "ImmutableConst",
+    "TFRecordDataset",
+    "TFRecordDatasetV2",
+    "FixedLengthRecordDatasetV2",
+    "TextLineDataset",
+    "CreateSummaryFileWriter",
+    "WriteSummary",
 }
 SMOOTHED = export.SmoothedServing(0.25, n=8, batch_size=8)
 # Keras' own .keras writer triggers NumPy 2's `__array__(copy=...)` warning.
@@ -144,8 +159,12 @@ def reload_in_fresh_process(root, archives, inputs, saved_model=None):
     (root / "manifest.json").write_text(json.dumps(manifest))
     np.savez(root / "inputs.npz", **inputs)
     return subprocess.Popen(
-        [sys.executable, "-c", RELOAD, str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=ENV, cwd=str(root),
+        [sys.executable, "-c", RELOAD, str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=str(root),
     )
 
 
@@ -195,9 +214,17 @@ def built(tmp_path_factory):
     evil = lambda_archive(root / "lambda.keras", marker)
     # The launcher runs alongside the fixture's work (2 cores).
     launcher = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "launch", "export.py"), f"--model_path={evil}",
-         f"--output={root / 'evil_saved_model'}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch", "export.py"),
+            f"--model_path={evil}",
+            f"--output={root / 'evil_saved_model'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
     )
     archives, inputs, expected = {}, {}, {}
     for name, shape in FAST_MODELS.items():
@@ -220,9 +247,17 @@ def built(tmp_path_factory):
     report, outputs = finish(proc, root)
     out, err = launcher.communicate(timeout=600)
     return {
-        "root": root, "archives": archives, "expected": expected, "report": report, "outputs": outputs,
-        "digits": digits, "signature_inputs": signature_inputs, "served": dict(np.load(root / "served.npz")),
-        "marker": marker, "evil": evil, "launcher": (launcher.returncode, out, err),
+        "root": root,
+        "archives": archives,
+        "expected": expected,
+        "report": report,
+        "outputs": outputs,
+        "digits": digits,
+        "signature_inputs": signature_inputs,
+        "served": dict(np.load(root / "served.npz")),
+        "marker": marker,
+        "evil": evil,
+        "launcher": (launcher.returncode, out, err),
     }
 
 
@@ -320,9 +355,7 @@ def test_a_python_lambda_is_refused_and_never_runs(built):
 
 def test_a_foreign_module_is_never_imported(tmp_path, monkeypatch):
     marker = tmp_path / "imported"
-    (tmp_path / "evil_payload.py").write_text(
-        f"open({str(marker)!r}, 'w').close()\nclass Payload:\n    pass\n"
-    )
+    (tmp_path / "evil_payload.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Payload:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     inputs = keras.Input((4,))
     keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(tmp_path / "dense.keras")
@@ -340,7 +373,10 @@ def test_a_foreign_module_is_never_imported(tmp_path, monkeypatch):
 def test_a_non_modeling_keras_api_is_refused(built, tmp_path):
     def call_get_file(config):
         find_layer(config, "Lambda")["config"]["function"] = {
-            "module": "keras.utils", "class_name": "function", "config": "get_file", "registered_name": None,
+            "module": "keras.utils",
+            "class_name": "function",
+            "config": "get_file",
+            "registered_name": None,
         }
 
     crafted = rewrite_config(built["evil"], tmp_path / "get_file.keras", call_get_file)
@@ -397,8 +433,9 @@ def _walk_sources(dirs):
             for i, cell in enumerate(cells):
                 if cell["cell_type"] == "code":
                     source = "".join(cell["source"])
-                    source = "\n".join("" if line.lstrip().startswith(("!", "%")) else line
-                                       for line in source.splitlines())
+                    source = "\n".join(
+                        "" if line.lstrip().startswith(("!", "%")) else line for line in source.splitlines()
+                    )
                     yield f"{path}#cell{i}", ast.parse(source)
 
 
@@ -540,16 +577,31 @@ def test_saved_model_holds_no_python_and_signatures_touch_no_files(built):
         # JSON-encoded Python objects; tf.saved_model.load unpickles nothing).
         for node in meta_graph.object_graph_def.nodes:
             kind = node.WhichOneof("kind")
-            assert kind in {"user_object", "variable", "function", "bare_concrete_function", "asset",
-                            "constant", "resource", "captured_tensor"}, kind
+            assert kind in {
+                "user_object",
+                "variable",
+                "function",
+                "bare_concrete_function",
+                "asset",
+                "constant",
+                "resource",
+                "captured_tensor",
+            }, kind
             if kind == "user_object":
                 assert node.user_object.identifier in {
-                    "_generic_user_object", "signature_map", "trackable_list_wrapper",
-                    "trackable_dict_wrapper", "trackable_tuple_wrapper"}, node.user_object.identifier
+                    "_generic_user_object",
+                    "signature_map",
+                    "trackable_list_wrapper",
+                    "trackable_dict_wrapper",
+                    "trackable_tuple_wrapper",
+                }, node.user_object.identifier
                 assert not node.user_object.metadata
     files = sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
     assert [f for f in files if not f.startswith("variables/")] == [
-        "assets.extra/predict_smoothed.json", "fingerprint.pb", "saved_model.pb"]
+        "assets.extra/predict_smoothed.json",
+        "fingerprint.pb",
+        "saved_model.pb",
+    ]
     assert export.smoothed_settings(path)["n"] == SMOOTHED.n  # plain JSON
 
 
@@ -564,5 +616,6 @@ def test_every_signature_runs_without_sat_tf(built):
     digits, x = built["digits"], built["signature_inputs"]
     np.testing.assert_allclose(served["serve_float/logits"], digits(x["float32"], training=False), atol=1e-5)
     np.testing.assert_allclose(
-        served["serving_default/logits"], digits(x["uint8"].astype(np.float32) / 255.0, training=False), atol=1e-5)
+        served["serving_default/logits"], digits(x["uint8"].astype(np.float32) / 255.0, training=False), atol=1e-5
+    )
     assert served["predict_smoothed/counts"].sum(axis=-1).tolist() == [SMOOTHED.n] * 2

@@ -15,7 +15,7 @@ def sat_imagenet_lr(steps, total_batch, steps_per_epoch, base=0.1, warmup_epochs
     steps = np.asarray(steps, np.float64)
     peak = base * total_batch / 256
     passed = sum((steps >= e * steps_per_epoch).astype(np.float64) for e in decay_epochs)
-    lr = peak * 0.1 ** passed
+    lr = peak * 0.1**passed
     if peak > base:
         ramp_end = warmup_epochs * steps_per_epoch
         lr = np.where(steps < ramp_end, base + (peak - base) * steps / ramp_end, lr)

@@ -173,9 +173,7 @@ def test_smoothadv_pgd_raises_the_smoothed_loss():
 @pytest.mark.parametrize("num_noise", [1, 3])
 def test_smoothadv_ddn_matches_numpy_reference(num_noise):
     w, b, x, y, noise = linear_problem(num_noise=num_noise, scale=1.0, seed=1)
-    got = attacks.smoothadv_ddn(
-        tf_linear(w, b), x, y, noise=tf.constant(noise), eps=1.0, steps=10, quantize=False
-    )
+    got = attacks.smoothadv_ddn(tf_linear(w, b), x, y, noise=tf.constant(noise), eps=1.0, steps=10, quantize=False)
     expected = np_smoothadv_ddn(w, b, x, y, noise, eps=1.0, steps=10, gamma=0.05)
     np.testing.assert_allclose(got.numpy(), expected, atol=2e-5)
     assert np.any(np.abs(expected - x) > 1e-3), "the problem should make some attack succeed"
@@ -183,6 +181,7 @@ def test_smoothadv_ddn_matches_numpy_reference(num_noise):
 
 def test_smoothadv_ddn_returns_clean_input_when_no_adversarial_is_found_and_quantizes():
     x = (np.random.default_rng(0).integers(0, 256, (2,) + SHAPE) / 255.0).astype(np.float32)
+
     def always_right(z):  # class 0 whatever the input; its zero gradient takes the random-direction path
         flat = tf.reshape(z, [tf.shape(z)[0], -1])[:, :CLASSES]
         return tf.one_hot(tf.zeros(tf.shape(z)[0], tf.int32), CLASSES) * 50.0 + 0.0 * flat
@@ -247,8 +246,13 @@ def test_epsilon_warmup_ramps_per_epoch(warmup, expected):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"attack": "fgsm"}, "attack"), ({"sigma": -1.0}, "sigma"), ({"num_noise": 0}, "num_noise"),
-     ({"warmup_epochs": 0}, "warmup"), ({"ddn_gamma": 1.5}, "ddn_gamma")],
+    [
+        ({"attack": "fgsm"}, "attack"),
+        ({"sigma": -1.0}, "sigma"),
+        ({"num_noise": 0}, "num_noise"),
+        ({"warmup_epochs": 0}, "warmup"),
+        ({"ddn_gamma": 1.5}, "ddn_gamma"),
+    ],
 )
 def test_objective_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -265,7 +269,13 @@ def test_train_step_uses_the_objective_rows_and_normalises_by_rows():
     reference.set_weights(model.get_weights())
     _, _, x, y, _ = linear_problem(batch=4)
     objective = objectives.SmoothAdvObjective(
-        sigma=0.3, attack="pgd", epsilon=0.5, steps=2, num_noise=2, multi_noise=True, warmup_epochs=2,
+        sigma=0.3,
+        attack="pgd",
+        epsilon=0.5,
+        steps=2,
+        num_noise=2,
+        multi_noise=True,
+        warmup_epochs=2,
         steps_per_epoch=5,
     )
     strategy = tf.distribute.get_strategy()
@@ -293,19 +303,33 @@ def test_train_step_uses_the_objective_rows_and_normalises_by_rows():
 
 def launch_train(tmp_path, *flags, check=True):
     files = [f for f in flags if f.startswith("--config=")]  # the config file comes before its overrides
-    return run_launcher("train.py", *files, "--config.schedule.epochs=2", "--config.data.limit_train=256",
-                        "--config.data.limit_test=64", "--config.schedule.batch_size=32",
-                        "--config.export.enabled=false", "--config.eval.autoattack=none", f"--workdir={tmp_path}",
-                        *(f for f in flags if f not in files), check=check)
+    return run_launcher(
+        "train.py",
+        *files,
+        "--config.schedule.epochs=2",
+        "--config.data.limit_train=256",
+        "--config.data.limit_test=64",
+        "--config.schedule.batch_size=32",
+        "--config.export.enabled=false",
+        "--config.eval.autoattack=none",
+        f"--workdir={tmp_path}",
+        *(f for f in flags if f not in files),
+        check=check,
+    )
 
 
 @pytest.mark.slow
 def test_train_launcher_smoothadv_run(tmp_path):
     proc = launch_train(
-        tmp_path, "--config=launch/configs/digits_smoothadv.py", "--config.objective.smoothadv.attack=ddn",
-        "--config.objective.smoothadv.eps=128/256", "--config.objective.smoothadv.steps=2",
-        "--config.objective.smoothadv.num_noise=2", "--config.objective.smoothadv.multi_noise=true",
-        "--config.objective.smoothadv.warmup_epochs=2", "--config.export.enabled=true",
+        tmp_path,
+        "--config=launch/configs/digits_smoothadv.py",
+        "--config.objective.smoothadv.attack=ddn",
+        "--config.objective.smoothadv.eps=128/256",
+        "--config.objective.smoothadv.steps=2",
+        "--config.objective.smoothadv.num_noise=2",
+        "--config.objective.smoothadv.multi_noise=true",
+        "--config.objective.smoothadv.warmup_epochs=2",
+        "--config.export.enabled=true",
     )
     config = json.load(open(tmp_path / "run_config.json"))
     assert config["objective"]["noise_sd"] == 0.25 and config["objective"]["smoothadv"]["eps"] == 0.5
@@ -322,14 +346,25 @@ def test_train_launcher_smoothadv_run(tmp_path):
 
 @pytest.mark.parametrize(
     "flags,field",
-    [(["--config=launch/configs/digits_gaussian.py", "--config.attack.name=pgd"], "config.attack.name="),
-     (["--config=launch/configs/digits_gaussian.py", "--config.objective.noise_sd=-1"], "config.objective.noise_sd="),
-     (["--config=launch/configs/digits_smoothadv.py", "--config.objective.smoothadv.steps=0"],
-      "config.objective.smoothadv.steps="),
-     (["--config=launch/configs/digits_smoothadv.py", "--config.objective.smoothadv.eps=-3/256"],
-      "config.objective.smoothadv.eps="),
-     (["--config=launch/configs/digits_smoothadv.py", "--config.objective.smoothadv.attack=fgsm"],
-      "config.objective.smoothadv.attack=")],
+    [
+        (["--config=launch/configs/digits_gaussian.py", "--config.attack.name=pgd"], "config.attack.name="),
+        (
+            ["--config=launch/configs/digits_gaussian.py", "--config.objective.noise_sd=-1"],
+            "config.objective.noise_sd=",
+        ),
+        (
+            ["--config=launch/configs/digits_smoothadv.py", "--config.objective.smoothadv.steps=0"],
+            "config.objective.smoothadv.steps=",
+        ),
+        (
+            ["--config=launch/configs/digits_smoothadv.py", "--config.objective.smoothadv.eps=-3/256"],
+            "config.objective.smoothadv.eps=",
+        ),
+        (
+            ["--config=launch/configs/digits_smoothadv.py", "--config.objective.smoothadv.attack=fgsm"],
+            "config.objective.smoothadv.attack=",
+        ),
+    ],
 )
 def test_train_launcher_rejects_bad_smoothing_fields(tmp_path, flags, field):
     proc = launch_train(tmp_path, *flags, check=False)

@@ -68,8 +68,20 @@ HALF = np.full(SHAPE, 0.5, np.float32)
 
 @pytest.mark.parametrize("alpha", [0.001, 0.01, 0.05])
 @pytest.mark.parametrize(
-    "n_a,n", [(1, 1), (1, 100), (3, 100), (50, 100), (99, 100), (100, 100), (500, 1000),
-              (990, 1000), (1000, 1000), (99000, 100000), (100000, 100000)],
+    "n_a,n",
+    [
+        (1, 1),
+        (1, 100),
+        (3, 100),
+        (50, 100),
+        (99, 100),
+        (100, 100),
+        (500, 1000),
+        (990, 1000),
+        (1000, 1000),
+        (99000, 100000),
+        (100000, 100000),
+    ],
 )
 def test_clopper_pearson_matches_exact_binomial_tail(n_a, n, alpha):
     got = certification.clopper_pearson_lower(n_a, n, alpha)
@@ -93,7 +105,10 @@ def test_regression_fact_max_radius():
         assert f"{radius:.3}" == printed  # certify.py's {:.3} (3 significant digits)
         assert radius == pytest.approx(certification.max_radius(n, alpha, sigma))
     assert [round(certification.max_radius(n, alpha, s), 3) for s in (0.12, 0.25, 0.5, 1.0)] == [
-        0.457, 0.953, 1.906, 3.811
+        0.457,
+        0.953,
+        1.906,
+        3.811,
     ]
 
 
@@ -243,13 +258,16 @@ def test_small_n0_gets_its_own_batch_shape():
 
 def test_mirrored_two_replicas_equal_single_device():
     proc = subprocess.run(
-        [sys.executable, SCRIPT], capture_output=True, text=True, timeout=300,
+        [sys.executable, SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert line, proc.stdout
-    result = json.loads(line[-1][len("RESULT "):])
+    result = json.loads(line[-1][len("RESULT ") :])
     assert result["replicas"] == 2
     for key, pair in result["counts"].items():
         num = int(key.split("/")[0])
@@ -272,7 +290,5 @@ def test_bound_method_logits_fn_is_cached():
 
     base = Base()
     for seed in range(3):  # `base.logits` is a new bound-method object each time
-        certification.sample_counts(
-            base.logits, HALF, 300, sigma=0.25, num_classes=2, batch_size=100, seed=seed
-        )
+        certification.sample_counts(base.logits, HALF, 300, sigma=0.25, num_classes=2, batch_size=100, seed=seed)
     assert base.calls == 1

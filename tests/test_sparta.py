@@ -280,9 +280,7 @@ def _train(model, attack, steps, num_classes, seed=0):
     x = rng.uniform(size=(8, *model.input_shape[1:])).astype("float32")
     y = rng.integers(0, num_classes, size=8).astype("int32")
     config = training.StepConfig(global_batch_size=8, num_classes=num_classes)
-    train = training.make_train_function(
-        model, keras.optimizers.SGD(0.1), attack, tf.distribute.get_strategy(), config
-    )
+    train = training.make_train_function(model, keras.optimizers.SGD(0.1), attack, tf.distribute.get_strategy(), config)
     out = train(iter(tf.data.Dataset.from_tensors((x, y)).repeat()), tf.constant(steps))
     assert np.isfinite(float(out["loss_sum"]))
 
@@ -303,9 +301,7 @@ def test_freeze_and_transfer_to_another_network(tmp_path):
     path = sparta.save_sparta(tmp_path / "sparta", source)
     assert path.endswith("sparta.npz")
 
-    target = cifar.WideResNet(
-        depth=16, widen_factor=2, num_classes=5, input_shape=(8, 8, 3), activation="sparta"
-    )
+    target = cifar.WideResNet(depth=16, widen_factor=2, num_classes=5, input_shape=(8, 8, 3), activation="sparta")
     (layer,) = sparta.load_sparta(path, target)
     assert not layer.trainable
     assert not any(v.path.startswith("sparta/") for v in target.trainable_variables)

@@ -132,8 +132,17 @@ def reference_sides(norm, height, width, channels, queries=250):
 
 @pytest.mark.parametrize(
     "norm, height, width, channels",
-    [("linf", 8, 8, 1), ("linf", 32, 32, 3), ("linf", 28, 28, 1), ("linf", 5, 40, 2), ("linf", 12, 7, 3),
-     ("l2", 8, 8, 1), ("l2", 16, 16, 3), ("l2", 28, 28, 1), ("l2", 32, 32, 3)],
+    [
+        ("linf", 8, 8, 1),
+        ("linf", 32, 32, 3),
+        ("linf", 28, 28, 1),
+        ("linf", 5, 40, 2),
+        ("linf", 12, 7, 3),
+        ("l2", 8, 8, 1),
+        ("l2", 16, 16, 3),
+        ("l2", 28, 28, 1),
+        ("l2", 32, 32, 3),
+    ],
 )
 def test_square_side_equals_the_reference(norm, height, width, channels):
     theirs = reference_sides(norm, height, width, channels)
@@ -162,8 +171,7 @@ def test_eta_blocks_equal_the_reference(s):
 @pytest.mark.parametrize("rows, cols", [(1, 1), (1, 4), (2, 5), (3, 3), (3, 7), (6, 4), (7, 7), (14, 29)])
 def test_eta_rectangles_equal_the_reference(rows, cols):
     ref = reference_module().SquareAttack(None, norm="L2", eps=1.0, device="cpu")
-    np.testing.assert_allclose(square_lib._eta_rectangle(rows, cols), ref.eta_rectangles(rows, cols).numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(square_lib._eta_rectangle(rows, cols), ref.eta_rectangles(rows, cols).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("height, width", [(8, 8), (32, 32), (9, 20)])
@@ -175,13 +183,14 @@ def test_eta_placed_in_the_graph_is_the_eta_block(height, width):
     for stage, s in enumerate(sides):
         row, col = rng.integers(0, height - s + 1, 4), rng.integers(0, width - s + 1, 4)
         transpose = np.array([False, True, False, True])
-        _, _, local_row, local_col = square_lib._window(tf.constant(row, tf.int32), tf.constant(col, tf.int32), s,
-                                                        height, width)
+        _, _, local_row, local_col = square_lib._window(
+            tf.constant(row, tf.int32), tf.constant(col, tf.int32), s, height, width
+        )
         placed = square_lib._place_eta(profiles, stage, local_row, local_col, tf.constant(transpose)).numpy()
         for b in range(4):
             block = square_lib._eta_block(s, s)
             expected = block.T if transpose[b] else block
-            np.testing.assert_allclose(placed[b, row[b]:row[b] + s, col[b]:col[b] + s], expected, atol=1e-6)
+            np.testing.assert_allclose(placed[b, row[b] : row[b] + s, col[b] : col[b] + s], expected, atol=1e-6)
 
 
 def test_window_positions_are_uniform_and_never_the_last():
@@ -216,6 +225,7 @@ class OurDraws:
     @tf.function
     def steps(self, restart):
         """Every iteration's draws at once, `[queries, B, ...]` (one call rather than one per iteration)."""
+
         def one(i):
             side = tf.gather(self.sides, square_lib._stage(i, self.queries, False))
             return square_lib._step_draws(self.seed, self.ids, restart, i, side, self.shape, self.norm)
@@ -232,12 +242,15 @@ class OurDraws:
         """Yields ("int", (value, L - s)), ("sign", array) or ("transpose", bool) for point `b`."""
         height, width, channels = self.shape
         if self.norm == "linf":
-            signs = self._get(("start", restart), lambda: square_lib._linf_start_draws(
-                self.seed, self.ids, restart, self.shape))
+            signs = self._get(
+                ("start", restart), lambda: square_lib._linf_start_draws(self.seed, self.ids, restart, self.shape)
+            )
             yield "sign", signs[b].transpose(2, 0, 1)[None]  # NHWC [1, W, C] -> NCHW [1, C, 1, W]
         else:
-            transpose, signs = self._get(("start", restart), lambda: square_lib._l2_start_draws(
-                self.seed, self.ids, restart, self.shape, self.layout[2]))
+            transpose, signs = self._get(
+                ("start", restart),
+                lambda: square_lib._l2_start_draws(self.seed, self.ids, restart, self.shape, self.layout[2]),
+            )
             for k in range(self.layout[2]):  # the reference's blocks, row-major
                 yield "transpose", bool(transpose[b, k])
                 yield "sign", signs[b, k].reshape(1, channels, 1, 1)
@@ -289,18 +302,30 @@ def replay_reference(predict, x, y, *, norm, eps, queries, restarts, seed):
     adv = []
     with one_torch_thread():
         for b in range(len(x)):
-            ref = Replay(predict, norm=REF_NORM[norm], n_queries=queries, eps=eps, n_restarts=restarts,
-                         p_init=0.8, resc_schedule=False, seed=0)
+            ref = Replay(
+                predict,
+                norm=REF_NORM[norm],
+                n_queries=queries,
+                eps=eps,
+                n_restarts=restarts,
+                p_init=0.8,
+                resc_schedule=False,
+                seed=0,
+            )
             ref.point, ref.restart = b, 0
-            out = ref.perturb(aa_reference.to_nchw(x[b:b + 1]), torch.from_numpy(y[b:b + 1].astype(np.int64)))
+            out = ref.perturb(aa_reference.to_nchw(x[b : b + 1]), torch.from_numpy(y[b : b + 1].astype(np.int64)))
             adv.append(aa_reference.to_nhwc(out)[0])
     return np.stack(adv)
 
 
 @pytest.mark.parametrize(
     "case, norm, eps, queries, restarts",
-    [("digits", "linf", 0.15, 60, 2), ("digits", "l2", 1.0, 60, 1), ("colour16", "l2", 1.0, 60, 1),
-     ("colour16", "linf", 0.03, 100, 1)],
+    [
+        ("digits", "linf", 0.15, 60, 2),
+        ("digits", "l2", 1.0, 60, 1),
+        ("colour16", "l2", 1.0, 60, 1),
+        ("colour16", "linf", 0.03, 100, 1),
+    ],
 )
 def test_runs_equal_the_reference_replayed_with_our_draws(case, norm, eps, queries, restarts, centroid, colour16):
     import torch
@@ -338,14 +363,18 @@ def test_robust_accuracy_agrees_with_the_reference(norm, eps, centroid):
     n = len(x)
     with one_torch_thread(), torch.no_grad():
         twin = centroid.twin()
-        ref = reference_module().SquareAttack(twin, norm=REF_NORM[norm], n_queries=queries, eps=eps, p_init=0.8,
-                                              n_restarts=1, seed=0, resc_schedule=False)
+        ref = reference_module().SquareAttack(
+            twin, norm=REF_NORM[norm], n_queries=queries, eps=eps, p_init=0.8, n_restarts=1, seed=0, resc_schedule=False
+        )
         adv = ref.perturb(aa_reference.to_nchw(x), torch.from_numpy(y))
         theirs = (twin(adv).argmax(1).numpy() == y).mean()
 
     tiled_x, tiled_y = np.tile(x, (replicas, 1, 1, 1)), np.tile(y, replicas)
-    fn = tf.function(lambda x, y: square_lib._square(centroid.keras_fn, x, y, eps=eps, norm=norm, queries=queries,
-                                                     seed=0, point_ids=tf.range(replicas * n)))
+    fn = tf.function(
+        lambda x, y: square_lib._square(
+            centroid.keras_fn, x, y, eps=eps, norm=norm, queries=queries, seed=0, point_ids=tf.range(replicas * n)
+        )
+    )
     _, broken, _ = fn(tiled_x, tiled_y)
     clean_right = centroid.fn(x).numpy().argmax(1) == y
     robust = (~broken.numpy().reshape(replicas, n)) & clean_right  # [replicas, N]
@@ -353,8 +382,10 @@ def test_robust_accuracy_agrees_with_the_reference(norm, eps, centroid):
     p_var = robust.var(axis=0, ddof=1).sum()
     sigma = np.sqrt((1 + 1 / replicas) * p_var) / n
     tolerance = max(4 * sigma, 3 / n)
-    print(f"{norm}: robust accuracy ours {ours:.4f} (replicas {robust.mean(1)}), reference {theirs:.4f}, "
-          f"clean {clean_right.mean():.4f}, sigma {sigma:.4f}, tolerance {tolerance:.4f}")
+    print(
+        f"{norm}: robust accuracy ours {ours:.4f} (replicas {robust.mean(1)}), reference {theirs:.4f}, "
+        f"clean {clean_right.mean():.4f}, sigma {sigma:.4f}, tolerance {tolerance:.4f}"
+    )
     assert 0.2 < theirs < clean_right.mean() - 0.05  # Square breaks some points, not all
     assert abs(ours - theirs) <= tolerance
 
@@ -429,8 +460,9 @@ def test_eager_graph_and_xla_agree(norm, eps, centroid):
 def test_a_point_gets_the_same_result_in_any_batch(centroid):
     x, y = aa_reference.digits_points(12, seed=6)
     spec = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32))
-    fn = tf.function(lambda x, y, ids: square(centroid.fn, x, y, eps=0.2, queries=50, seed=2, point_ids=ids),
-                     input_signature=spec)
+    fn = tf.function(
+        lambda x, y, ids: square(centroid.fn, x, y, eps=0.2, queries=50, seed=2, point_ids=ids), input_signature=spec
+    )
     full = fn(x, y, tf.range(12)).numpy()
     order = np.array([9, 3, 0, 7, 11])  # another batch: a subset, shuffled
     part = fn(x[order], y[order], tf.constant(order, tf.int32)).numpy()

@@ -30,8 +30,9 @@ def numpy_topk(logits_fn, x, y, k):
 @pytest.mark.parametrize("classes,top_k,key", [(10, 5, "top5"), (4, 5, "top4"), (3, 2, "top2"), (4, 1, None)])
 def test_evaluate_points_names_the_column_after_k(classes, top_k, key, tmp_path):
     logits_fn, (x, y) = linear_model(classes), points(classes)
-    out = evaluation.evaluate_points(logits_fn, x, y, [evaluation.AttackRow("clean")], top_k=top_k,
-                                     state_path=str(tmp_path / "state.json"))
+    out = evaluation.evaluate_points(
+        logits_fn, x, y, [evaluation.AttackRow("clean")], top_k=top_k, state_path=str(tmp_path / "state.json")
+    )
     clean = out["rows"]["clean"]
     assert evaluation.topk_key(clean) == key
     assert not any(k.startswith("top") and k not in ("top1", key) for k in clean)
@@ -41,8 +42,9 @@ def test_evaluate_points_names_the_column_after_k(classes, top_k, key, tmp_path)
         header = report.markdown_table(out["rows"]).splitlines()[0]
         assert f"| top-{key[3:]} (%) |" in header and ("top-5" in header) == (key == "top5")
     # A resumed (finished) evaluation reads the k back from its state and names the column the same.
-    again = evaluation.evaluate_points(logits_fn, x, y, [evaluation.AttackRow("clean")], top_k=top_k,
-                                       state_path=str(tmp_path / "state.json"))
+    again = evaluation.evaluate_points(
+        logits_fn, x, y, [evaluation.AttackRow("clean")], top_k=top_k, state_path=str(tmp_path / "state.json")
+    )
     assert again["rows"] == out["rows"]
     assert json.load(open(tmp_path / "state.json"))["extra"]["top_k"] == min(top_k, classes)
 
@@ -51,8 +53,9 @@ def test_streaming_evaluate_names_the_column_after_k():
     classes = 4
     logits_fn, (x, y) = linear_model(classes), points(classes)
     strategy = tf.distribute.get_strategy()
-    results = evaluation.evaluate(logits_fn, strategy, lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
-                                  {"clean": None})
+    results = evaluation.evaluate(
+        logits_fn, strategy, lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(16), {"clean": None}
+    )
     assert set(results["clean"]) == {"top1", "top4", "count"}
     assert results["clean"]["top4"] == pytest.approx(numpy_topk(logits_fn, x, y, 4)) == 1.0
     assert "| top-4 (%) |" in report.markdown_table(results)

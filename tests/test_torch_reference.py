@@ -67,9 +67,13 @@ def test_pgd_follows_our_pgd(ported):
     model, torch_model, x, y = ported
     attack = attacks.get_attack("pgd", eps=EPS, step_size=STEP, steps=3, random_start=False)
     ours = attack(lambda z: model(z, training=False), x, y, seed=0).numpy()
-    theirs = torch_reference.pgd_linf(
-        torch_model, to_torch(x), torch.from_numpy(y), eps=EPS, step_size=STEP, steps=3, random_start=False
-    ).permute(0, 2, 3, 1).numpy()
+    theirs = (
+        torch_reference.pgd_linf(
+            torch_model, to_torch(x), torch.from_numpy(y), eps=EPS, step_size=STEP, steps=3, random_start=False
+        )
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
     diff = np.abs(theirs - ours)
     assert np.mean(diff < 1e-6) >= 0.99  # sign ties of tiny gradients may differ
     assert diff.max() <= 2 * STEP + 1e-6
@@ -89,8 +93,9 @@ def test_ported_digits_cnn_gives_the_same_logits_and_input_gradients(activation,
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             c = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c),
-                               rng.uniform(0.5, 2, c)])
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), rng.uniform(0.5, 2, c)]
+            )
         elif layer.weights and layer.weights[0].path.endswith("beta_raw"):
             layer.set_weights([np.float32(rng.uniform(1.0, 4.0))])
     # Through the .npz the benchmark hands its worker process, so that path is covered too.
@@ -138,14 +143,17 @@ def test_ported_mlp_is_the_twin_of_the_autoattack_cross_checks():
 
 
 def test_reference_log_gives_accuracy_and_seconds_per_attack():
-    records = [(10.0, "using standard version including apgd-ce, apgd-t, fab-t, square."),
-               (11.5, "initial accuracy: 75.00%"),
-               (12.0, "apgd-ce - 1/1 - 2 out of 3 successfully perturbed"),
-               (14.5, "robust accuracy after APGD-CE: 25.00% (total time 3.0 s)"),
-               (20.5, "robust accuracy after APGD-T: 0.00% (total time 9.0 s)"),
-               (20.6, "no robust datapoints left, skipping remaining attacks")]
+    records = [
+        (10.0, "using standard version including apgd-ce, apgd-t, fab-t, square."),
+        (11.5, "initial accuracy: 75.00%"),
+        (12.0, "apgd-ce - 1/1 - 2 out of 3 successfully perturbed"),
+        (14.5, "robust accuracy after APGD-CE: 25.00% (total time 3.0 s)"),
+        (20.5, "robust accuracy after APGD-T: 0.00% (total time 9.0 s)"),
+        (20.6, "no robust datapoints left, skipping remaining attacks"),
+    ]
     accuracy, seconds = torch_reference._parse_reference_log(
-        records, ["apgd-ce", "apgd-t", "fab-t", "square"], start=10.0, count=4)
+        records, ["apgd-ce", "apgd-t", "fab-t", "square"], start=10.0, count=4
+    )
     assert accuracy == {"clean": 0.75, "apgd-ce": 0.25, "apgd-t": 0.0, "fab-t": 0.0, "square": 0.0}
     assert seconds == {"clean": 1.5, "apgd-ce": 3.0, "apgd-t": 6.0, "fab-t": 0.0, "square": 0.0}
 
@@ -159,10 +167,23 @@ def test_worker_runs_the_reference_autoattack_with_our_options(tmp_path):
     y = model(x).numpy().argmax(1)  # every point correct: each attack has points to work on
     torch_reference.save_layer_weights(tmp_path / "w.npz", torch_reference.keras_layer_weights(model))
     np.savez(tmp_path / "p.npz", x=x.transpose(0, 3, 1, 2), y=y)
-    options = {"apgd-ce": {"steps": 3}, "apgd-t": {"steps": 3, "n_target_classes": 2},
-               "fab-t": {"steps": 3, "n_target_classes": 2}, "square": {"queries": 5}}
-    request = dict(op="autoattack", arch="mlp", arch_kwargs={"activation": "relu"}, weights=str(tmp_path / "w.npz"),
-                   points=str(tmp_path / "p.npz"), eps=0.1, seed=0, batch_size=5, options=options)
+    options = {
+        "apgd-ce": {"steps": 3},
+        "apgd-t": {"steps": 3, "n_target_classes": 2},
+        "fab-t": {"steps": 3, "n_target_classes": 2},
+        "square": {"queries": 5},
+    }
+    request = dict(
+        op="autoattack",
+        arch="mlp",
+        arch_kwargs={"activation": "relu"},
+        weights=str(tmp_path / "w.npz"),
+        points=str(tmp_path / "p.npz"),
+        eps=0.1,
+        seed=0,
+        batch_size=5,
+        options=options,
+    )
     with torch_reference.Worker(threads=1) as worker:
         reply = worker.request(**request)
         with pytest.raises(RuntimeError, match="no reference counterpart for option square.p_init"):

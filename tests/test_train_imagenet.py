@@ -54,7 +54,11 @@ def _checkpoint_tensors(workdir):
     reader = tf.train.load_checkpoint(path)
     # Everything a resume needs: weights, BN statistics, optimizer slots and
     # step, EMA shadows, the batch counter.
-    names = [n for n in reader.get_variable_to_shape_map() if n != "_CHECKPOINTABLE_OBJECT_GRAPH" and not n.startswith("save_counter")]
+    names = [
+        n
+        for n in reader.get_variable_to_shape_map()
+        if n != "_CHECKPOINTABLE_OBJECT_GRAPH" and not n.startswith("save_counter")
+    ]
     return path, {n: reader.get_tensor(n) for n in names}
 
 
@@ -94,7 +98,9 @@ def test_train_and_eval_writes_reports_tensorboard_checkpoints_and_export(traine
     tags = _tensorboard_tags(workdir)
     assert {"train/loss", "train/adv_accuracy", "train/images_per_second", "epoch/eval/clean_top1"} <= tags
     config = json.load(open(os.path.join(workdir, "run_config.json")))
-    assert config["attack"]["eps"] == pytest.approx(4 / 255) and config["attack"]["step_size_rule"] == "max_eps_over_steps"
+    assert (
+        config["attack"]["eps"] == pytest.approx(4 / 255) and config["attack"]["step_size_rule"] == "max_eps_over_steps"
+    )
     assert config["attack"]["prob_start_from_clean"] == 0.2
     assert config["system"]["precision"] == "auto" and config["model"]["input_shape"] == [32, 32, 3]
     assert "[default], float32, jit=False" in proc.stdout
@@ -119,7 +125,9 @@ def test_eval_mode_adds_autoattack_beside_pgd_for_raw_and_ema_weights(trained, t
     options = "apgd-ce.steps=10,apgd-t.steps=10,fab-t.steps=10,square.queries=50"
     flags = _tiny_flags(tiny_imagenet, workdir, "--config.optimizer.ema_decay=0.9", "--config.mode=eval")
     flags = [f for f in flags if f != "--config.eval.autoattack=none"] + [
-        "--config.eval.autoattack_images=6", f"--config.eval.autoattack_options={tuple(options.split(','))}"]
+        "--config.eval.autoattack_images=6",
+        f"--config.eval.autoattack_options={tuple(options.split(','))}",
+    ]
     proc = _run(flags)
     report = json.load(open(os.path.join(workdir, "report", "robustness.json")))
     results = report["results"]
@@ -139,15 +147,22 @@ def test_autoattack_on_too_few_classes_is_one_line(tiny_imagenet, tmp_path):
     flags = [f for f in _tiny_flags(tiny_imagenet, str(tmp_path / "run")) if f != "--config.eval.autoattack=none"]
     proc = _run([*flags, "--config.eval.autoattack_options=apgd-t.n_target_classes=9"], check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "config.eval.autoattack=standard on 4 classes: apgd-t with 9 target classes needs >= 10 classes" in proc.stderr
+    assert (
+        "config.eval.autoattack=standard on 4 classes: apgd-t with 9 target classes needs >= 10 classes" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
 
 
 def test_sigterm_then_rerun_reaches_the_uninterrupted_weights(trained, tiny_imagenet, tmp_path):
     reference_dir, _ = trained
     workdir = str(tmp_path / "preempted")
-    flags = _tiny_flags(tiny_imagenet, workdir, "--config.optimizer.ema_decay=0.9", "--config.mode=train",
-                        "--config.export.enabled=false")
+    flags = _tiny_flags(
+        tiny_imagenet,
+        workdir,
+        "--config.optimizer.ema_decay=0.9",
+        "--config.mode=train",
+        "--config.export.enabled=false",
+    )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, SCRIPT, *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
@@ -173,10 +188,15 @@ def test_sigterm_then_rerun_reaches_the_uninterrupted_weights(trained, tiny_imag
         np.testing.assert_allclose(resumed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ("fpu vme avx512f avx512_bf16 avx512_vnni", True), ("fpu amx_bf16 amx_tile", True),
-    ("fpu vme avx2 avx512f avx512bw", False), (None, False),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("fpu vme avx512f avx512_bf16 avx512_vnni", True),
+        ("fpu amx_bf16 amx_tile", True),
+        ("fpu vme avx2 avx512f avx512bw", False),
+        (None, False),
+    ],
+)
 def test_cpu_bf16_detection(tmp_path, flags, expected):
     cpuinfo = tmp_path / "cpuinfo"
     if flags is not None:
@@ -190,15 +210,32 @@ def test_two_worker_processes_train_and_evaluate_in_step(tiny_imagenet, tmp_path
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
     workdir = str(tmp_path / "mwms")
     flags = _tiny_flags(
-        tiny_imagenet, workdir, "--config.system.strategy=multi_worker", "--config.schedule.epochs=1",
-        "--config.data.limit_test=16", "--config.eval.steps=1", "--config.export.enabled=false",
+        tiny_imagenet,
+        workdir,
+        "--config.system.strategy=multi_worker",
+        "--config.schedule.epochs=1",
+        "--config.data.limit_test=16",
+        "--config.eval.steps=1",
+        "--config.export.enabled=false",
     )
     procs = []
     for index in range(2):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        procs.append(subprocess.Popen([sys.executable, SCRIPT, *flags], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "CUDA_VISIBLE_DEVICES": "",
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, SCRIPT, *flags],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
+        )
     outs = [p.communicate(timeout=400) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
@@ -207,7 +244,8 @@ def test_two_worker_processes_train_and_evaluate_in_step(tiny_imagenet, tmp_path
     assert results["clean"]["count"] == 16 and results["pgd1"]["count"] == 16
     chief = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")))
     other = tf.train.load_checkpoint(
-        tf.train.latest_checkpoint(os.path.join(workdir, "scratch", "worker1", "checkpoints")))
+        tf.train.latest_checkpoint(os.path.join(workdir, "scratch", "worker1", "checkpoints"))
+    )
     # Trainable weights (saved under the optimizer) only: BN moving statistics
     # are per worker (local batches).
     names = [n for n in chief.get_variable_to_shape_map() if n.startswith("optimizer/_trainable_variables/")]
@@ -221,9 +259,18 @@ def test_efficientnet_with_rmsprop_and_ema_trains(tiny_imagenet, tmp_path):
     # RMSProp, weight EMA, BN/dropout overrides; the final report has EMA rows.
     workdir = str(tmp_path / "effnet")
     flags = _tiny_flags(
-        tiny_imagenet, workdir, "--config.model.name=efficientnet_b0", "--config.schedule.epochs=1", "--config.optimizer.name=rmsprop",
-        "--config.optimizer.learning_rate=0.016", "--config.optimizer.ema_decay=0.99", "--config.model.bn_momentum=0.99",
-        "--config.model.dropout_rate=0.3", "--config.model.survival_prob=0.7", "--config.eval.steps=1", "--config.export.enabled=false",
+        tiny_imagenet,
+        workdir,
+        "--config.model.name=efficientnet_b0",
+        "--config.schedule.epochs=1",
+        "--config.optimizer.name=rmsprop",
+        "--config.optimizer.learning_rate=0.016",
+        "--config.optimizer.ema_decay=0.99",
+        "--config.model.bn_momentum=0.99",
+        "--config.model.dropout_rate=0.3",
+        "--config.model.survival_prob=0.7",
+        "--config.eval.steps=1",
+        "--config.export.enabled=false",
     )
     _run(flags)
     config = json.load(open(os.path.join(workdir, "run_config.json")))
@@ -239,32 +286,58 @@ def test_smoothadv_imagenet_run_uses_the_smoothing_objective(tiny_imagenet, tmp_
     # classifier clean and under noise (certification is launch/certify.py).
     workdir = str(tmp_path / "smoothadv")
     flags = _tiny_flags(
-        tiny_imagenet, workdir, "--config.schedule.epochs=1", "--config.objective.name=smoothadv",
-        "--config.attack.name=none", "--config.objective.noise_sd=0.5", "--config.objective.label_smoothing=0",
-        "--config.objective.smoothadv.eps=255/256", "--config.objective.smoothadv.steps=1",
-        "--config.objective.smoothadv.num_noise=2", "--config.objective.smoothadv.multi_noise=true",
+        tiny_imagenet,
+        workdir,
+        "--config.schedule.epochs=1",
+        "--config.objective.name=smoothadv",
+        "--config.attack.name=none",
+        "--config.objective.noise_sd=0.5",
+        "--config.objective.label_smoothing=0",
+        "--config.objective.smoothadv.eps=255/256",
+        "--config.objective.smoothadv.steps=1",
+        "--config.objective.smoothadv.num_noise=2",
+        "--config.objective.smoothadv.multi_noise=true",
         "--config.export.enabled=false",
     )
     _run(flags)
     config = json.load(open(os.path.join(workdir, "run_config.json")))
     assert config["objective"]["smoothadv"] == {
-        "attack": "pgd", "eps": 255 / 256, "steps": 1, "num_noise": 2, "multi_noise": True, "warmup_epochs": 1,
+        "attack": "pgd",
+        "eps": 255 / 256,
+        "steps": 1,
+        "num_noise": 2,
+        "multi_noise": True,
+        "warmup_epochs": 1,
         "ddn_gamma": 0.05,
     }
     results = json.load(open(os.path.join(workdir, "report", "robustness.json")))["results"]
     assert set(results) == {"clean", "noise_sd=0.5"}
     # Certify and attack the smoothed classifier on the validation TFRecords (reference protocol, tiny N).
-    for script, extra in (("certify.py", ["--N0=10", "--N=60", "--batch=30"]),
-                          ("predict.py", ["--N=60", "--batch=30", "--num_steps=1", "--num_noise_vec=2"])):
+    for script, extra in (
+        ("certify.py", ["--N0=10", "--N=60", "--batch=30"]),
+        ("predict.py", ["--N=60", "--batch=30", "--num_steps=1", "--num_noise_vec=2"]),
+    ):
         out = os.path.join(workdir, f"{script}.tsv")
-        cmd = [sys.executable, os.path.join(ROOT, "launch", script), f"--workdir={workdir}", "--max=6", "--skip=2",
-               f"--outfile={out}", *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        cmd = [
+            sys.executable,
+            os.path.join(ROOT, "launch", script),
+            f"--workdir={workdir}",
+            "--max=6",
+            "--skip=2",
+            f"--outfile={out}",
+            *extra,
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows = [line.split("\t") for line in open(out).read().splitlines()[1:]]
         assert [int(r[0]) for r in rows] == [0, 2, 4]
         assert all(0 <= int(r[1]) < tiny_imagenet.num_classes for r in rows)  # 0-based labels
-    proc = _run(_tiny_flags(tiny_imagenet, str(tmp_path / "bad"), "--config.objective.name=gaussian",
-                            "--config.objective.noise_sd=0.5"), check=False)  # the SAT attack is still on
+    proc = _run(
+        _tiny_flags(
+            tiny_imagenet, str(tmp_path / "bad"), "--config.objective.name=gaussian", "--config.objective.noise_sd=0.5"
+        ),
+        check=False,
+    )  # the SAT attack is still on
     assert proc.returncode == 2 and "config.attack.name='pgd'" in proc.stderr.strip().splitlines()[-1]

@@ -44,8 +44,10 @@ def _run_steps(model, x, y, *, steps, label_smoothing, weight_decay, lr=0.1):
     strategy = tf.distribute.get_strategy()
     optimizer = keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
     config = training.StepConfig(
-        global_batch_size=len(y), num_classes=3,
-        label_smoothing=label_smoothing, weight_decay=weight_decay,
+        global_batch_size=len(y),
+        num_classes=3,
+        label_smoothing=label_smoothing,
+        weight_decay=weight_decay,
     )
     train = training.make_train_function(model, optimizer, shift_attack, strategy, config)
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
@@ -147,8 +149,11 @@ def test_jit_step_equals_plain_step():
         model = _tiny_model(with_bn=True, seed=7)
         config = training.StepConfig(global_batch_size=8, num_classes=3, weight_decay=1e-3, jit_compile=jit)
         train = training.make_train_function(
-            model, keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True), shift_attack,
-            tf.distribute.get_strategy(), config,
+            model,
+            keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+            shift_attack,
+            tf.distribute.get_strategy(),
+            config,
         )
         train(iter(tf.data.Dataset.from_tensors((x, y)).repeat()), tf.constant(2))
         results.append(model.get_weights())
@@ -169,8 +174,16 @@ def test_nan_loss_stops_without_checkpoint(tmp_path):
 
     with pytest.raises(training.DivergenceError, match="step 1"):
         training.fit(
-            model, optimizer, lambda f, x, y, seed=None: x, strategy, dataset_fn,
-            config=config, epochs=1, steps_per_epoch=4, workdir=str(tmp_path), verbose=False,
+            model,
+            optimizer,
+            lambda f, x, y, seed=None: x,
+            strategy,
+            dataset_fn,
+            config=config,
+            epochs=1,
+            steps_per_epoch=4,
+            workdir=str(tmp_path),
+            verbose=False,
         )
     assert not os.path.exists(tmp_path / "checkpoints" / "checkpoint")
 
@@ -183,9 +196,17 @@ def test_fit_traces_the_train_function_once_for_any_chunk_and_epoch(tmp_path):
     strategy = tf.distribute.get_strategy()
     config = training.StepConfig(global_batch_size=8, num_classes=3, steps_per_execution=2)
     history = training.fit(
-        model, keras.optimizers.SGD(0.1), shift_attack, strategy,
+        model,
+        keras.optimizers.SGD(0.1),
+        shift_attack,
+        strategy,
         lambda epoch, ctx: tf.data.Dataset.from_tensors((x, y)).repeat(5),
-        config=config, epochs=3, steps_per_epoch=5, checkpoint_every_steps=3, workdir=str(tmp_path), verbose=False,
+        config=config,
+        epochs=3,
+        steps_per_epoch=5,
+        checkpoint_every_steps=3,
+        workdir=str(tmp_path),
+        verbose=False,
     )
     assert [h["step"] for h in history] == [5, 10, 15]
     assert [h["train_traces"] for h in history] == [1, 1, 1]
@@ -194,9 +215,16 @@ def test_fit_traces_the_train_function_once_for_any_chunk_and_epoch(tmp_path):
 @pytest.mark.parametrize(
     "decay,step,expected",
     [
-        ("step", 0, 0.0), ("step", 5, 0.5), ("step", 10, 1.0), ("step", 29, 1.0),
-        ("step", 30, 0.1), ("step", 60, 0.01), ("cosine", 10, 1.0), ("cosine", 55, 0.5),
-        ("cosine", 100, 0.0), ("constant", 99, 1.0),
+        ("step", 0, 0.0),
+        ("step", 5, 0.5),
+        ("step", 10, 1.0),
+        ("step", 29, 1.0),
+        ("step", 30, 0.1),
+        ("step", 60, 0.01),
+        ("cosine", 10, 1.0),
+        ("cosine", 55, 0.5),
+        ("cosine", 100, 0.0),
+        ("constant", 99, 1.0),
     ],
 )
 def test_warmup_decay_schedule(decay, step, expected):

@@ -43,7 +43,13 @@ OBJECTIVES = {
     "trades": lambda model: objectives.TradesObjective(model, steps=2, beta=6.0),
     # Two rows per image and an epsilon ramp driven by the step counter.
     "smoothadv": lambda model: objectives.SmoothAdvObjective(
-        sigma=0.25, attack="pgd", epsilon=0.5, steps=2, num_noise=2, multi_noise=True, warmup_epochs=2,
+        sigma=0.25,
+        attack="pgd",
+        epsilon=0.5,
+        steps=2,
+        num_noise=2,
+        multi_noise=True,
+        warmup_epochs=2,
         steps_per_epoch=2,
     ),
 }
@@ -102,9 +108,16 @@ def test_keras_fit_equals_training_fit(tmp_path, name):
     fitted, _, logs = _keras_fit(name, data)
     model = _model()
     history = training.fit(
-        model, _optimizer(), OBJECTIVES[name](model), tf.distribute.get_strategy(),
-        lambda epoch, ctx: _dataset(*data), config=training.StepConfig(global_batch_size=GLOBAL_BATCH, **STEP),
-        epochs=1, steps_per_epoch=STEPS, workdir=str(tmp_path), verbose=False,
+        model,
+        _optimizer(),
+        OBJECTIVES[name](model),
+        tf.distribute.get_strategy(),
+        lambda epoch, ctx: _dataset(*data),
+        config=training.StepConfig(global_batch_size=GLOBAL_BATCH, **STEP),
+        epochs=1,
+        steps_per_epoch=STEPS,
+        workdir=str(tmp_path),
+        verbose=False,
     )
     _assert_same_weights(fitted, model)
     np.testing.assert_allclose(logs["loss"][-1], history[-1]["train_loss"], rtol=1e-5)
@@ -257,7 +270,10 @@ def test_public_api_is_reexported():
 @pytest.mark.slow  # ~35 s: four fits and two loops on 2 logical CPUs
 def test_wrapper_under_mirrored_equals_one_device_and_the_loop():
     proc = subprocess.run(
-        [sys.executable, SCRIPT], capture_output=True, text=True, timeout=600,
+        [sys.executable, SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -284,9 +300,17 @@ def test_launchers_add_flag_hints_to_a_divergence_error():
         "common.run(main)\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: NaN/Inf training loss at step 2"), last
-    assert "(--config.system.on_nonfinite=skip skips such steps, --config.system.max_skipped_steps caps them)" in last, last
+    assert (
+        "(--config.system.on_nonfinite=skip skips such steps, --config.system.max_skipped_steps caps them)" in last
+    ), last

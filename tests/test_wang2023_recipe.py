@@ -36,14 +36,25 @@ def _stand_in(tmp_path):
     _prepare_fake_cifar10(tmp_path / "tfds", train_x, np.arange(48) % 10, test_x, np.arange(8) % 10)
     gen_x = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     generated.write_generated_records(gen_x, np.arange(40) % 10, str(tmp_path / "gen" / "edm.tfrecord"), num_shards=2)
-    return [f"--config={CONFIG}", f"--config.data.data_dir={tmp_path / 'tfds'}",
-            f"--config.data.generated_path={tmp_path / 'gen' / '*.tfrecord'}"]
+    return [
+        f"--config={CONFIG}",
+        f"--config.data.data_dir={tmp_path / 'tfds'}",
+        f"--config.data.generated_path={tmp_path / 'gen' / '*.tfrecord'}",
+    ]
 
 
-TINY = ["--config.model.depth=10", "--config.model.width=1", "--config.schedule.batch_size=16",
-        "--config.schedule.steps=3", "--config.attack.steps=2", "--config.optimizer.ema_warmup_epochs=0.5",
-        "--config.eval.autoattack=none", "--config.eval.steps=(1,)", "--config.export.enabled=False",
-        "--config.system.jit=false"]
+TINY = [
+    "--config.model.depth=10",
+    "--config.model.width=1",
+    "--config.schedule.batch_size=16",
+    "--config.schedule.steps=3",
+    "--config.attack.steps=2",
+    "--config.optimizer.ema_warmup_epochs=0.5",
+    "--config.eval.autoattack=none",
+    "--config.eval.steps=(1,)",
+    "--config.export.enabled=False",
+    "--config.system.jit=false",
+]
 
 
 def test_the_recipe_trains_a_few_steps_on_a_tiny_stand_in(tmp_path, capsys):

@@ -6,7 +6,6 @@ reference forward passes are raw `tf.nn` code over those arrays, so neither
 depends on sat_tf's model code or on its name mapping.
 """
 
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -61,8 +60,15 @@ def resnet_table(depth, groups=1, width=64, smooth=False):
 
 
 # B0: (repeats, kernel, stride, expand, in, out); stem 32, head 1280.
-B0 = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-      (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+B0 = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
 
 
 def b0_blocks():
@@ -127,8 +133,12 @@ def random_values(table, seed):
 
 def save(path, arrays):
     names = sorted(arrays)
-    tf.raw_ops.SaveV2(prefix=str(path), tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(arrays[n]) for n in names])
+    tf.raw_ops.SaveV2(
+        prefix=str(path),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(arrays[n]) for n in names],
+    )
     return str(path)
 
 
@@ -309,8 +319,12 @@ def test_resnet50_smoothrelu_matches_reference_and_reports(res50_smooth):
     assert len(report.loaded) == len(model.weights) == len(params)
     assert report.unused_in_checkpoint == []
     assert set(report.ignored_training_state) == {
-        "global_step", "learning_rate", "conv0/W/Momentum", "group0/block0/conv1/bn/gamma/Momentum",
-        "EMA/train-error-top1/EMA"}
+        "global_step",
+        "learning_rate",
+        "conv0/W/Momentum",
+        "group0/block0/conv1/bn/gamma/Momentum",
+        "EMA/train-error-top1/EMA",
+    }
     x = images()  # ours takes RGB; the released ResNet BGR (the default channel order)
     assert_logits_close(logits(model, x), reference_resnet(params, x[..., ::-1], 50, "smooth"))
     assert f"loaded {len(params)} weights" in report.summary() and report.channel_order == "bgr"
@@ -472,8 +486,7 @@ def test_launcher_converts_and_reloads(tmp_path):
     params = resnet_params(18, "silu", seed=6)
     path = save(tmp_path / "r18", params)
     out = tmp_path / "r18.keras"
-    proc = run_convert(f"--checkpoint={path}", "--activation=silu", f"--image_size={SIZE}",
-                        f"--output={out}")
+    proc = run_convert(f"--checkpoint={path}", "--activation=silu", f"--image_size={SIZE}", f"--output={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"loaded {len(params)} weights" in proc.stdout and str(out) in proc.stdout
     model = keras.saving.load_model(str(out), safe_mode=True)

@@ -1,6 +1,6 @@
 r"""RAT (TRADES + Taylor terms, attack on noisy conv kernels) on digits: the CIFAR recipe's shape, minutes on a CPU.
 
-    python launch/train.py --config=launch/configs/rat_digits.py --workdir=runs/digits_rat
+python launch/train.py --config=launch/configs/rat_digits.py --workdir=runs/digits_rat
 """
 
 from sat_tf import config as config_lib

@@ -75,8 +75,9 @@ def _fused_kernels():
         return 0.5 * x * tf.math.erfc(x * (-1.0 / math.sqrt(2.0)))
 
     def gelu_erf_derivative(x):
-        return (0.5 * tf.math.erfc(x * (-1.0 / math.sqrt(2.0)))
-                + x * tf.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi)))
+        return 0.5 * tf.math.erfc(x * (-1.0 / math.sqrt(2.0))) + x * tf.exp(-0.5 * x * x) * (
+            1.0 / math.sqrt(2.0 * math.pi)
+        )
 
     def smooth_relu_forward(x, beta):
         return tf.nn.relu(x - tf.math.log1p(beta * tf.abs(x)) / beta)
@@ -86,8 +87,9 @@ def _fused_kernels():
         # summed outside XLA (tf.reduce_sum's tree reduction, in float32).
         positive, bx = x > 0, beta * x
         dx = tf.where(positive, upstream * bx / (1.0 + bx), tf.zeros_like(x))
-        dbeta = tf.where(positive, upstream * (tf.math.log1p(bx) / (beta * beta) - x / (beta * (1.0 + bx))),
-                         tf.zeros_like(x))
+        dbeta = tf.where(
+            positive, upstream * (tf.math.log1p(bx) / (beta * beta) - x / (beta * (1.0 + bx))), tf.zeros_like(x)
+        )
         return dx, tf.cast(dbeta, tf.float32)
 
     forward_kernel = tf.function(smooth_relu_forward, jit_compile=True, autograph=False)
@@ -162,9 +164,7 @@ def relu_smooth_grad(x, alpha=10.0, smooth=True):
 def _check_positive(name, value):
     is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not is_number or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive number. Received: {name}={value!r}"
-        )
+        raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
     return float(value)
 
 
@@ -270,9 +270,7 @@ class GELU(_Elementwise):
     def __init__(self, approximate=True, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(approximate, bool):
-            raise ValueError(
-                f"`approximate` must be a bool. Received: {approximate=!r}"
-            )
+            raise ValueError(f"`approximate` must be a bool. Received: {approximate=!r}")
         self.approximate = approximate
 
     def call(self, inputs):
@@ -365,9 +363,7 @@ class SmoothReLU(keras.layers.Layer):
 
     def __init__(self, initial_beta_raw=20.0, **kwargs):
         super().__init__(**kwargs)
-        self.initial_beta_raw = _check_positive(
-            "initial_beta_raw", initial_beta_raw
-        )
+        self.initial_beta_raw = _check_positive("initial_beta_raw", initial_beta_raw)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -422,10 +418,7 @@ class ReLUSmoothGrad(_Elementwise):
         super().__init__(**kwargs)
         self.alpha = _check_positive("alpha", alpha)
         if mode not in RELU_SMOOTH_GRAD_MODES:
-            raise ValueError(
-                f"`mode` must be one of {RELU_SMOOTH_GRAD_MODES}. "
-                f"Received: {mode=!r}"
-            )
+            raise ValueError(f"`mode` must be one of {RELU_SMOOTH_GRAD_MODES}. Received: {mode=!r}")
         self.mode = mode
 
     def call(self, inputs, training=None):
@@ -496,16 +489,11 @@ def get_activation(identifier, **kwargs):
     if isinstance(identifier, str):
         key = identifier.lower().replace("-", "_")
         if key not in ACTIVATIONS:
-            raise ValueError(
-                f"Unknown activation {identifier!r}. "
-                f"Known: {list_activations()}"
-            )
+            raise ValueError(f"Unknown activation {identifier!r}. Known: {list_activations()}")
         return ACTIVATIONS[key](**kwargs)
     if isinstance(identifier, dict):
         config = {**identifier.get("config", {}), **kwargs}
-        return keras.saving.deserialize_keras_object(
-            {**identifier, "config": config}
-        )
+        return keras.saving.deserialize_keras_object({**identifier, "config": config})
     if isinstance(identifier, keras.layers.Layer):
         config = identifier.get_config()
         config.pop("name", None)
@@ -524,6 +512,4 @@ def get_activation(identifier, **kwargs):
         if name is not None:
             layer.name = name
         return layer
-    raise ValueError(
-        f"Could not interpret activation identifier. Received: {identifier!r}"
-    )
+    raise ValueError(f"Could not interpret activation identifier. Received: {identifier!r}")

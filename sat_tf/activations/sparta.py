@@ -152,19 +152,12 @@ class Sparta(keras.layers.Layer):
     def __init__(self, kernel_size=3, initial_beta=1.0, data_format=None, **kwargs):
         super().__init__(**kwargs)
         if not _is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
-                f"`kernel_size` must be an odd int >= 1. Received: kernel_size={kernel_size!r}"
-            )
+            raise ValueError(f"`kernel_size` must be an odd int >= 1. Received: kernel_size={kernel_size!r}")
         if not _is_number(initial_beta) or initial_beta <= 0:
-            raise ValueError(
-                f"`initial_beta` must be a positive number. Received: initial_beta={initial_beta!r}"
-            )
+            raise ValueError(f"`initial_beta` must be a positive number. Received: initial_beta={initial_beta!r}")
         data_format = data_format or keras.config.image_data_format()
         if data_format not in DATA_FORMATS:
-            raise ValueError(
-                f"`data_format` must be one of {DATA_FORMATS}. "
-                f"Received: data_format={data_format!r}"
-            )
+            raise ValueError(f"`data_format` must be one of {DATA_FORMATS}. Received: data_format={data_format!r}")
         self.kernel_size = kernel_size
         self.initial_beta = float(initial_beta)
         self.data_format = data_format
@@ -182,9 +175,7 @@ class Sparta(keras.layers.Layer):
             initializer=functools.partial(_centre_kernel, beta=self.initial_beta),
             autocast=False,  # float32 gate under mixed precision
         )
-        self.gate_bias = self.add_weight(
-            shape=(), name="gate_bias", initializer="zeros", autocast=False
-        )
+        self.gate_bias = self.add_weight(shape=(), name="gate_bias", initializer="zeros", autocast=False)
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
@@ -231,15 +222,11 @@ def sparta_layers(model):
 def _require_built_sparta(model):
     layers = sparta_layers(model)
     if not layers:
-        raise ValueError(
-            f"Model {model.name!r} has no Sparta layer; build it with "
-            "activation='sparta'."
-        )
+        raise ValueError(f"Model {model.name!r} has no Sparta layer; build it with activation='sparta'.")
     unbuilt = [layer.name for layer in layers if not layer.built]
     if unbuilt:
         raise ValueError(
-            f"Sparta layers {unbuilt} of model {model.name!r} are not built; "
-            "call the model on a batch first."
+            f"Sparta layers {unbuilt} of model {model.name!r} are not built; call the model on a batch first."
         )
     return layers
 
@@ -279,8 +266,7 @@ def _checked_values(weights, kernel_size):
     if not isinstance(weights, Mapping) or not set(WEIGHT_NAMES) <= set(weights):
         keys = sorted(weights) if isinstance(weights, Mapping) else type(weights).__name__
         raise ValueError(
-            f"Sparta weights must be a mapping with {list(WEIGHT_NAMES)} (from "
-            f"`sparta_weights`). Received: {keys}"
+            f"Sparta weights must be a mapping with {list(WEIGHT_NAMES)} (from `sparta_weights`). Received: {keys}"
         )
     kernel = np.asarray(weights["gate_weights"], "float32")
     bias = np.asarray(weights["gate_bias"], "float32")

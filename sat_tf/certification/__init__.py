@@ -68,9 +68,7 @@ def noise_seed(seed, stream, batch_index):
     return tf.random.experimental.stateless_fold_in(key, tf.cast(batch_index, tf.int32))
 
 
-def _replica_counts(
-    logits_fn, x, num, sigma, seed, stream, replica, replicas, *, batch, num_classes
-):
+def _replica_counts(logits_fn, x, num, sigma, seed, stream, replica, replicas, *, batch, num_classes):
     """int32 [num_classes] counts over global batches replica, replica + replicas, ..."""
     num_batches = (num + batch - 1) // batch
     iterations = (num_batches + replicas - 1) // replicas
@@ -88,17 +86,23 @@ def _replica_counts(
         counts += tf.reduce_sum(tf.one_hot(pred, num_classes, dtype=tf.int32) * valid[:, None], 0)
         return j + 1, counts
 
-    _, counts = tf.while_loop(
-        lambda j, _: j < iterations, body, (tf.constant(0), tf.zeros([num_classes], tf.int32))
-    )
+    _, counts = tf.while_loop(lambda j, _: j < iterations, body, (tf.constant(0), tf.zeros([num_classes], tf.int32)))
     return counts
 
 
 def _build_sampler(logits_ref, batch, num_classes, strategy):
     def local(x, num, sigma, seed, stream):
         return _replica_counts(
-            logits_ref(), x, num, sigma, seed, stream, tf.constant(0), tf.constant(1),
-            batch=batch, num_classes=num_classes,
+            logits_ref(),
+            x,
+            num,
+            sigma,
+            seed,
+            stream,
+            tf.constant(0),
+            tf.constant(1),
+            batch=batch,
+            num_classes=num_classes,
         )
 
     def distributed(x, num, sigma, seed, stream):
@@ -106,9 +110,16 @@ def _build_sampler(logits_ref, batch, num_classes, strategy):
             ctx = tf.distribute.get_replica_context()
             replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
             return _replica_counts(
-                logits_ref(), x, num, sigma, seed, stream, replica,
+                logits_ref(),
+                x,
+                num,
+                sigma,
+                seed,
+                stream,
+                replica,
                 tf.constant(ctx.num_replicas_in_sync, tf.int32),
-                batch=batch, num_classes=num_classes,
+                batch=batch,
+                num_classes=num_classes,
             )
 
         per_replica = strategy.run(replica_fn, args=(x, num, sigma, seed, stream))
@@ -143,9 +154,7 @@ def get_sampler(logits_fn, shape, *, batch, num_classes, strategy=None):
     return cache[key]
 
 
-def sample_counts(
-    logits_fn, x, num, *, sigma, num_classes, batch_size, seed, stream=0, strategy=None
-):
+def sample_counts(logits_fn, x, num, *, sigma, num_classes, batch_size, seed, stream=0, strategy=None):
     """int64 [num_classes] counts of argmax logits_fn(x + N(0, σ²I)) over `num` draws.
 
     Args:
@@ -167,17 +176,13 @@ def sample_counts(
         raise ValueError(f"x must be one [H, W, C] image. Received: shape={x.shape}")
     num = int(num)
     if num < 0 or batch_size < 1:
-        raise ValueError(
-            f"Need num >= 0, batch_size >= 1. Received: num={num}, batch_size={batch_size}"
-        )
+        raise ValueError(f"Need num >= 0, batch_size >= 1. Received: num={num}, batch_size={batch_size}")
     if num == 0:
         return np.zeros([num_classes], np.int64)
     if num >= 2**31:
         raise ValueError(f"num must be < 2**31 (int32 counts). Received: num={num}")
     batch = min(int(batch_size), num)
-    sampler = get_sampler(
-        logits_fn, x.shape, batch=batch, num_classes=num_classes, strategy=strategy
-    )
+    sampler = get_sampler(logits_fn, x.shape, batch=batch, num_classes=num_classes, strategy=strategy)
     counts = sampler(
         x,
         tf.constant(num, tf.int32),
@@ -222,8 +227,15 @@ class Smooth:
     def sample(self, x, num, seed, stream):
         """int64 [num_classes] class counts under `num` noise draws."""
         return sample_counts(
-            self.logits_fn, x, num, sigma=self.sigma, num_classes=self.num_classes,
-            batch_size=self.batch_size, seed=seed, stream=stream, strategy=self.strategy,
+            self.logits_fn,
+            x,
+            num,
+            sigma=self.sigma,
+            num_classes=self.num_classes,
+            batch_size=self.batch_size,
+            seed=seed,
+            stream=stream,
+            strategy=self.strategy,
         )
 
     def predict(self, x, n, alpha, seed=0):
@@ -282,9 +294,7 @@ def binomial_pvalue_half(c1, c2):
     return tf.where(hi > lo, tf.minimum(2.0 * tail, 1.0), tf.ones_like(tail))
 
 
-def predict_batch_graph(
-    logits_fn, images, *, n, alpha, sigma, num_classes, batch_size, seed
-):
+def predict_batch_graph(logits_fn, images, *, n, alpha, sigma, num_classes, batch_size, seed):
     """`Smooth.predict` for every image of a batch, as TF ops (for a SavedModel).
 
     Each image gets the counts `Smooth(logits_fn, num_classes, sigma,
@@ -336,14 +346,24 @@ def predict_batch_graph(
     def image_counts(args):
         x, image_seed = args
         return _replica_counts(
-            logits_fn, x, num, noise_sd, image_seed, tf.constant(PREDICT, tf.int32),
-            tf.constant(0), tf.constant(1), batch=min(batch_size, n), num_classes=num_classes,
+            logits_fn,
+            x,
+            num,
+            noise_sd,
+            image_seed,
+            tf.constant(PREDICT, tf.int32),
+            tf.constant(0),
+            tf.constant(1),
+            batch=min(batch_size, n),
+            num_classes=num_classes,
         )
 
     # One image at a time: each already runs batches of `batch_size` samples,
     # and parallel images would multiply the noise tensors held in memory.
     counts = tf.map_fn(
-        image_counts, (images, seeds), parallel_iterations=1,
+        image_counts,
+        (images, seeds),
+        parallel_iterations=1,
         fn_output_signature=tf.TensorSpec([num_classes], tf.int32),
     )
     top_counts, top_classes = tf.math.top_k(counts, k=2)  # equal counts: lower index first

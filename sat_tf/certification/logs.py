@@ -145,9 +145,7 @@ def high_prob_accuracy(rows, radii, alpha, rho):
     """
     accuracy = certified_accuracy(rows, radii)
     n, log_term = len(rows), math.log(1.0 / rho)
-    return (
-        accuracy - alpha - math.sqrt(alpha * (1 - alpha) * log_term / n) - log_term / (3 * n)
-    )
+    return accuracy - alpha - math.sqrt(alpha * (1 - alpha) * log_term / n) - log_term / (3 * n)
 
 
 def plot_radii(curves, max_radius=None):
@@ -208,10 +206,7 @@ def markdown_table(curves, radii, title=None):
     lines.append("| curve | images | " + " | ".join(f"r = {r:.2f}" for r in radii) + " |")
     lines.append("|---" * (len(radii) + 2) + "|")
     for label, accuracy in table.items():
-        cells = [
-            f"**{a:.3f}**" if len(table) > 1 and a == b > 0 else f"{a:.3f}"
-            for a, b in zip(accuracy, best)
-        ]
+        cells = [f"**{a:.3f}**" if len(table) > 1 and a == b > 0 else f"{a:.3f}" for a, b in zip(accuracy, best)]
         lines.append(f"| {label} | {len(curves[label])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -265,7 +260,7 @@ def read_sidecar(tsv_path):
 
 
 def curve_label(tsv_path):
-    """"σ = 0.25, SmoothAdv-PGD ε=0.25 m=2" from the sidecar, else the TSV's file name."""
+    """ "σ = 0.25, SmoothAdv-PGD ε=0.25 m=2" from the sidecar, else the TSV's file name."""
     meta = read_sidecar(tsv_path) or {}
     if isinstance(meta.get("sigma"), (int, float)):
         training = f", {meta['training']}" if meta.get("training") else ""

@@ -136,8 +136,9 @@ class Dataset:
         augmented as a pure function of `(seed, epoch)`, starting `skip_batches` batches in."""
         raise NotImplementedError
 
-    def eval_dataset(self, *, batch_size, split="test", limit=None, input_context=None, repeat=False,
-                     drop_remainder=False):
+    def eval_dataset(
+        self, *, batch_size, split="test", limit=None, input_context=None, repeat=False, drop_remainder=False
+    ):
         """`split` ("test" or "train") in its fixed order, unaugmented; its first `limit` images."""
         raise NotImplementedError
 
@@ -150,8 +151,9 @@ class Dataset:
         if input_context is None or input_context.num_input_pipelines == 1:
             return self.eval_dataset(batch_size=batch_size, limit=limit, input_context=input_context)
         steps = (limit or self.info().num_test) // batch_size
-        return self.eval_dataset(batch_size=batch_size, limit=limit, input_context=input_context, repeat=True,
-                                 drop_remainder=True).take(steps)
+        return self.eval_dataset(
+            batch_size=batch_size, limit=limit, input_context=input_context, repeat=True, drop_remainder=True
+        ).take(steps)
 
     def eval_arrays(self, *, split="test", limit=None, batch_size=256):
         """The first `limit` images of `split` as NumPy (float32 in [0, 1], int32 labels), in order."""
@@ -204,15 +206,33 @@ class ArrayDataset(Dataset):
         return _array_info(self.name, self.data_dir)
 
     def train_dataset(self, epoch, *, batch_size, seed, input_context=None, skip_batches=0):
-        ds = load_split(self.name, "train", data_dir=self.data_dir, batch_size=batch_size, shuffle=True,
-                        seed=epoch_seed(seed, epoch), drop_remainder=True, augment=self.augment,
-                        input_context=input_context, limit=self.limit_train)
+        ds = load_split(
+            self.name,
+            "train",
+            data_dir=self.data_dir,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=epoch_seed(seed, epoch),
+            drop_remainder=True,
+            augment=self.augment,
+            input_context=input_context,
+            limit=self.limit_train,
+        )
         return ds.skip(skip_batches) if skip_batches else ds
 
-    def eval_dataset(self, *, batch_size, split="test", limit=None, input_context=None, repeat=False,
-                     drop_remainder=False):
-        return load_split(self.name, split, data_dir=self.data_dir, batch_size=batch_size, repeat=repeat,
-                          drop_remainder=drop_remainder, input_context=input_context, limit=limit)
+    def eval_dataset(
+        self, *, batch_size, split="test", limit=None, input_context=None, repeat=False, drop_remainder=False
+    ):
+        return load_split(
+            self.name,
+            split,
+            data_dir=self.data_dir,
+            batch_size=batch_size,
+            repeat=repeat,
+            drop_remainder=drop_remainder,
+            input_context=input_context,
+            limit=limit,
+        )
 
 
 def _array_info(name, data_dir):
@@ -260,18 +280,16 @@ def find_prepared_dataset(name, data_dir=None):
     if tf.io.gfile.isdir(root):
         for entry in tf.io.gfile.listdir(root):
             entry = entry.rstrip("/")
-            if _VERSION_RE.match(entry) and tf.io.gfile.exists(
-                os.path.join(root, entry, "dataset_info.json")
-            ):
+            if _VERSION_RE.match(entry) and tf.io.gfile.exists(os.path.join(root, entry, "dataset_info.json")):
                 versions.append(entry)
     if not versions:
         where = data_dir if given else f"{data_dir} ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
         raise DatasetNotFoundError(
             f"{name} not found in {where}: expected {root}/<version>/dataset_info.json, and "
-            f"sat_tf never downloads. To fix, on a machine with network run `python -c \"import "
+            f'sat_tf never downloads. To fix, on a machine with network run `python -c "import '
             f"tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{data_dir}')"
-            f".download_and_prepare()\"` (or `tfds build {name} --data_dir={data_dir}`), copy "
-            f"the resulting {root} folder to {root} here, then pass --data_dir={data_dir} "
+            f'.download_and_prepare()"` (or `tfds build {name} --data_dir={data_dir}`), copy '
+            f"the resulting {root} folder to {root} here, then pass data_dir={data_dir!r} "
             f"(or set TFDS_DATA_DIR={data_dir})."
         )
     newest = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
@@ -355,9 +373,7 @@ def load_split(
     images = tf.constant(images)
     labels = tf.constant(labels, tf.int32)
     shuffle_seed = tf.constant([int(seed), 1], tf.int64)
-    augment_seed = tf.random.experimental.stateless_fold_in(
-        tf.constant([int(seed), 2], tf.int64), pipeline_id
-    )
+    augment_seed = tf.random.experimental.stateless_fold_in(tf.constant([int(seed), 2], tf.int64), pipeline_id)
 
     def epoch_indices(epoch):
         order = tf.range(num_examples, dtype=tf.int64)
@@ -377,9 +393,7 @@ def load_split(
     def example(position, index):
         image = _to_unit_float(tf.gather(images, index))
         if augment:
-            image = _augment(
-                image, tf.random.experimental.stateless_fold_in(augment_seed, position), aug
-            )
+            image = _augment(image, tf.random.experimental.stateless_fold_in(augment_seed, position), aug)
         return image, tf.gather(labels, index)
 
     ds = ds.enumerate().map(example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -387,9 +401,7 @@ def load_split(
     if input_context is not None:
         # Already split per input pipeline; do not let tf.distribute shard again.
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF
-        )
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         ds = ds.with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -33,8 +33,7 @@ DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 APT_PACKAGE = "dataset-fashion-mnist"
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot")
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 # split -> (images file, labels file), without the optional ".gz".
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -62,8 +61,14 @@ def find_idx_files(data_dir=None):
     for split, names in FILES.items():
         paths = []
         for name in names:
-            path = next((p for p in (os.path.join(directory, name), os.path.join(directory, name + ".gz"))
-                         if os.path.isfile(p)), None)
+            path = next(
+                (
+                    p
+                    for p in (os.path.join(directory, name), os.path.join(directory, name + ".gz"))
+                    if os.path.isfile(p)
+                ),
+                None,
+            )
             if path is None:
                 return None
             paths.append(path)
@@ -76,13 +81,19 @@ def not_found_message(data_dir=None):
     files = ", ".join(f"{n}[.gz]" for names in FILES.values() for n in names)
     if data_dir:
         directory = _expand(data_dir)
-        where = (f"data directory {directory} has neither the IDX files ({files}) nor a tfds-prepared copy "
-                 f"{os.path.join(directory, NAME)}/<version>/")
-        fix = (f"To fix, run `apt-get install {APT_PACKAGE}` and leave data.data_dir unset (it reads {DEBIAN_DIR}), "
-               f"or copy the four IDX files into {directory}")
+        where = (
+            f"data directory {directory} has neither the IDX files ({files}) nor a tfds-prepared copy "
+            f"{os.path.join(directory, NAME)}/<version>/"
+        )
+        fix = (
+            f"To fix, run `apt-get install {APT_PACKAGE}` and leave data.data_dir unset (it reads {DEBIAN_DIR}), "
+            f"or copy the four IDX files into {directory}"
+        )
     else:
-        where = f"no IDX files in {DEBIAN_DIR} ({files}) and no tfds-prepared copy in $TFDS_DATA_DIR or " \
-                "~/tensorflow_datasets"
+        where = (
+            f"no IDX files in {DEBIAN_DIR} ({files}) and no tfds-prepared copy in $TFDS_DATA_DIR or "
+            "~/tensorflow_datasets"
+        )
         fix = f"To fix, run `apt-get install {APT_PACKAGE}` (Debian's package of these files)"
     return f"{NAME} not found: {where}; sat_tf never downloads. {fix}."
 
@@ -102,6 +113,7 @@ def read_split(images_path, labels_path):
         IdxFormatError: bad magic number, dimensions other than 28 x 28, a size that disagrees with the header,
             an undecodable gzip stream, image and label counts that differ, or a label outside 0-9.
     """
+
     def stat(path):
         info = os.stat(path)
         return (info.st_size, info.st_mtime_ns)
@@ -118,10 +130,12 @@ def _read_split_cached(images_path, labels_path, images_stat, labels_stat):
     if len(images) != len(labels):
         raise IdxFormatError(
             f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
-            f"{_fix(images_path)}")
+            f"{_fix(images_path)}"
+        )
     if len(labels) and int(labels.max()) >= NUM_CLASSES:
         raise IdxFormatError(
-            f"{labels_path}: label {int(labels.max())} is outside 0..{NUM_CLASSES - 1}; {_fix(labels_path)}")
+            f"{labels_path}: label {int(labels.max())} is outside 0..{NUM_CLASSES - 1}; {_fix(labels_path)}"
+        )
     images = images[..., None]
     labels = labels.astype(np.int32)
     images.setflags(write=False)
@@ -146,18 +160,21 @@ def _read_idx(path, magic, item_shape):
     if found != magic:
         raise IdxFormatError(
             f"{path}: magic number 0x{found:08x}, expected 0x{magic:08x} ({ndim}-dimensional unsigned bytes); "
-            f"{_fix(path)}")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+            f"{_fix(path)}"
+        )
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if dims[1:] != tuple(item_shape):
         raise IdxFormatError(
             f"{path}: dimensions {' x '.join(map(str, dims))}, expected N x {' x '.join(map(str, item_shape))}"
-            f"{'' if item_shape else ' (one dimension)'}; {_fix(path)}")
+            f"{'' if item_shape else ' (one dimension)'}; {_fix(path)}"
+        )
     expected = header + int(np.prod(dims))
     if len(raw) != expected:
         problem = "truncated" if len(raw) < expected else "longer than its header says"
         raise IdxFormatError(
             f"{path}: {problem}: {len(raw)} bytes (uncompressed), the header's {' x '.join(map(str, dims))} "
-            f"needs {expected}; {_fix(path)}")
+            f"needs {expected}; {_fix(path)}"
+        )
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -193,5 +210,11 @@ def dataset_info(files):
     from sat_tf import data
 
     counts = {split: len(read_split(*paths)[1]) for split, paths in files.items()}
-    return data.DatasetInfo(name=NAME, num_classes=NUM_CLASSES, image_shape=IMAGE_SHAPE, num_train=counts["train"],
-                            num_test=counts["test"], class_names=CLASS_NAMES)
+    return data.DatasetInfo(
+        name=NAME,
+        num_classes=NUM_CLASSES,
+        image_shape=IMAGE_SHAPE,
+        num_train=counts["train"],
+        num_test=counts["test"],
+        class_names=CLASS_NAMES,
+    )

@@ -96,11 +96,14 @@ def write_generated_records(images, labels, path, *, encoding="png", num_shards=
     """
     images, labels = np.asarray(images), np.asarray(labels)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"`images` must be uint8 [N, H, W, C] with C 1 or 3. Received: dtype={images.dtype}, "
-                         f"shape={images.shape}")
+        raise ValueError(
+            f"`images` must be uint8 [N, H, W, C] with C 1 or 3. Received: dtype={images.dtype}, shape={images.shape}"
+        )
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
-        raise ValueError(f"`labels` must be {len(images)} integers >= 0 (0-based). Received: dtype={labels.dtype}, "
-                         f"shape={labels.shape}")
+        raise ValueError(
+            f"`labels` must be {len(images)} integers >= 0 (0-based). Received: dtype={labels.dtype}, "
+            f"shape={labels.shape}"
+        )
     if encoding not in FORMATS:
         raise ValueError(f"`encoding` must be one of {list(FORMATS)}. Received: encoding={encoding!r}")
     if int(num_shards) < 1 or int(num_shards) > max(len(images), 1):
@@ -133,8 +136,9 @@ def list_generated_files(pattern):
         raise GeneratedDataError(f"{pattern}: cannot list it ({err.message.splitlines()[0]})") from None
     files = [f for f in files if not tf.io.gfile.isdir(f)]
     if not files:
-        raise GeneratedDataError(f"{pattern} matches no file: expected TFRecord files of generated images; "
-                                 f"{_WRITE_FIX}")
+        raise GeneratedDataError(
+            f"{pattern} matches no file: expected TFRecord files of generated images; {_WRITE_FIX}"
+        )
     return files
 
 
@@ -148,8 +152,10 @@ def parse_generated(serialized, image_shape):
         lambda: tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), shape),
     )
     check = tf.debugging.assert_equal(
-        tf.shape(image), tf.constant(shape, tf.int32),
-        message=f"a generated image does not have the data set's shape {shape}")
+        tf.shape(image),
+        tf.constant(shape, tf.int32),
+        message=f"a generated image does not have the data set's shape {shape}",
+    )
     with tf.control_dependencies([check]):
         image = tf.ensure_shape(tf.identity(image), shape)
     return tf.cast(image, tf.float32) / 255.0, tf.cast(example["label"], tf.int32)
@@ -171,18 +177,23 @@ def check_generated_files(files, image_shape, num_classes):
             if fmt not in FORMATS:
                 raise GeneratedDataError(f"{path}: format {fmt!r} is not one of {list(FORMATS)}; {_WRITE_FIX}")
             if stored != shape:
-                raise GeneratedDataError(f"{path}: images of shape {stored}, but the data set's are {shape}; "
-                                         "write generated images of the training set's size")
+                raise GeneratedDataError(
+                    f"{path}: images of shape {stored}, but the data set's are {shape}; "
+                    "write generated images of the training set's size"
+                )
             if not 0 <= label < num_classes:
-                raise GeneratedDataError(f"{path}: label {label} is outside [0, {num_classes}); labels are 0-based "
-                                         "class indices of the training set")
+                raise GeneratedDataError(
+                    f"{path}: label {label} is outside [0, {num_classes}); labels are 0-based "
+                    "class indices of the training set"
+                )
             parse_generated(first[0], shape)
         except GeneratedDataError:
             raise
         except (tf.errors.OpError, UnicodeDecodeError) as err:
             reason = err.message.splitlines()[0] if isinstance(err, tf.errors.OpError) else str(err)
-            raise GeneratedDataError(f"{path} is not a TFRecord file of generated images ({reason[:160]}); "
-                                     f"{_WRITE_FIX}") from None
+            raise GeneratedDataError(
+                f"{path} is not a TFRecord file of generated images ({reason[:160]}); {_WRITE_FIX}"
+            ) from None
 
 
 def _random_crop_flip(image, seed, pad, flip):
@@ -195,8 +206,19 @@ def _random_crop_flip(image, seed, pad, flip):
     return image
 
 
-def generated_stream(files, *, image_shape, batch_size, seed, skip_records=0, pipeline_id=0, num_pipelines=1,
-                     augment=None, window=4096, cycle_length=16):
+def generated_stream(
+    files,
+    *,
+    image_shape,
+    batch_size,
+    seed,
+    skip_records=0,
+    pipeline_id=0,
+    num_pipelines=1,
+    augment=None,
+    window=4096,
+    cycle_length=16,
+):
     """Endless batches of `batch_size` generated `(images, labels)`, starting `skip_records` into the stream.
 
     Args:
@@ -223,8 +245,12 @@ def generated_stream(files, *, image_shape, batch_size, seed, skip_records=0, pi
         pass_seed = tf.random.experimental.stateless_fold_in(base, g)
         order = tf.random.experimental.stateless_shuffle(tf.range(len(files), dtype=tf.int64), seed=pass_seed)
         ds = tf.data.Dataset.from_tensor_slices(tf.gather(names, order)).interleave(
-            tf.data.TFRecordDataset, cycle_length=min(cycle_length, len(files)), block_length=1,
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            tf.data.TFRecordDataset,
+            cycle_length=min(cycle_length, len(files)),
+            block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
         if not by_file:
             ds = ds.shard(num_pipelines, pipeline_id)
 
@@ -244,15 +270,15 @@ def generated_stream(files, *, image_shape, batch_size, seed, skip_records=0, pi
         if augment is not None:
             pad, flip = augment
             image = _random_crop_flip(
-                image, tf.random.experimental.stateless_fold_in(augment_seed, position), int(pad), bool(flip))
+                image, tf.random.experimental.stateless_fold_in(augment_seed, position), int(pad), bool(flip)
+            )
         return image, label
 
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(int(batch_size), drop_remainder=True)
 
 
-def mixed_dataset_fn(real_fn, *, files, fraction, global_batch_size, steps_per_epoch, image_shape, seed,
-                     augment=None):
+def mixed_dataset_fn(real_fn, *, files, fraction, global_batch_size, steps_per_epoch, image_shape, seed, augment=None):
     """A trainer `dataset_fn(epoch, ctx, skip_batches=0)` whose every per-replica batch holds
     `generated_count(per_replica_batch, fraction)` generated rows after the real ones.
 
@@ -276,20 +302,30 @@ def mixed_dataset_fn(real_fn, *, files, fraction, global_batch_size, steps_per_e
         generated = generated_count(per_replica, fraction)
         real = per_replica - generated
         if generated < 1 or real < 1:
-            raise ValueError(f"a generated fraction of {fraction:g} of a per-replica batch of {per_replica} leaves "
-                             f"{generated} generated and {real} real images; both must be >= 1")
+            raise ValueError(
+                f"a generated fraction of {fraction:g} of a per-replica batch of {per_replica} leaves "
+                f"{generated} generated and {real} real images; both must be >= 1"
+            )
         pipelines = ctx.num_input_pipelines if ctx is not None else 1
         pipeline_id = ctx.input_pipeline_id if ctx is not None else 0
         batches_before = int(epoch) * int(steps_per_epoch) * (replicas // pipelines) + int(skip_batches)
         real_ds = real_fn(epoch, ctx, real * replicas).skip(int(skip_batches))
         generated_ds = generated_stream(
-            files, image_shape=image_shape, batch_size=generated, seed=seed,
-            skip_records=batches_before * generated, pipeline_id=pipeline_id, num_pipelines=pipelines,
-            augment=augment)
+            files,
+            image_shape=image_shape,
+            batch_size=generated,
+            seed=seed,
+            skip_records=batches_before * generated,
+            pipeline_id=pipeline_id,
+            num_pipelines=pipelines,
+            augment=augment,
+        )
 
         def concat(real_batch, generated_batch):
-            return (tf.concat([real_batch[0], generated_batch[0]], 0),
-                    tf.concat([tf.cast(real_batch[1], tf.int32), generated_batch[1]], 0))
+            return (
+                tf.concat([real_batch[0], generated_batch[0]], 0),
+                tf.concat([tf.cast(real_batch[1], tf.int32), generated_batch[1]], 0),
+            )
 
         ds = tf.data.Dataset.zip((real_ds, generated_ds)).map(concat)
         if ctx is not None:

@@ -83,9 +83,13 @@ class ImageNet(Dataset):
 
     def info(self):
         size = self.image_size
-        return DatasetInfo(name=self.name, num_classes=self.num_classes or NUM_CLASSES,
-                           image_shape=(size, size, 3) if size else None,
-                           num_train=self.num_train or NUM_TRAIN_IMAGES, num_test=NUM_EVAL_IMAGES)
+        return DatasetInfo(
+            name=self.name,
+            num_classes=self.num_classes or NUM_CLASSES,
+            image_shape=(size, size, 3) if size else None,
+            num_train=self.num_train or NUM_TRAIN_IMAGES,
+            num_test=NUM_EVAL_IMAGES,
+        )
 
     def check(self, *, train=True, test=True):
         for split in ["train"] * train + ["validation"] * test:
@@ -98,20 +102,43 @@ class ImageNet(Dataset):
                 _tfds_files_and_parser(self.data_dir, split)  # raises, with the fix
 
     def _load(self, split, **kwargs):
-        return load_imagenet(split, data_dir=self.data_dir, image_size=self.image_size, source=self.source,
-                             label_offset=self.label_offset, bad_records=self.bad_records,
-                             bad_record_log=self.bad_record_log, **kwargs)
+        return load_imagenet(
+            split,
+            data_dir=self.data_dir,
+            image_size=self.image_size,
+            source=self.source,
+            label_offset=self.label_offset,
+            bad_records=self.bad_records,
+            bad_record_log=self.bad_record_log,
+            **kwargs,
+        )
 
     def train_dataset(self, epoch, *, batch_size, seed, input_context=None, skip_batches=0):
         # skip_batches skips a resumed epoch's records before they are decoded
-        return self._load("train", batch_size=batch_size, training=True, input_context=input_context,
-                          seed=epoch_seed(seed, epoch), repeat=True, deterministic=self.deterministic,
-                          drop_remainder=True, skip_batches=skip_batches)
+        return self._load(
+            "train",
+            batch_size=batch_size,
+            training=True,
+            input_context=input_context,
+            seed=epoch_seed(seed, epoch),
+            repeat=True,
+            deterministic=self.deterministic,
+            drop_remainder=True,
+            skip_batches=skip_batches,
+        )
 
-    def eval_dataset(self, *, batch_size, split="test", limit=None, input_context=None, repeat=False,
-                     drop_remainder=False):
-        return self._load("validation" if split == "test" else "train", batch_size=batch_size, training=False,
-                          input_context=input_context, limit=limit, repeat=repeat, drop_remainder=drop_remainder)
+    def eval_dataset(
+        self, *, batch_size, split="test", limit=None, input_context=None, repeat=False, drop_remainder=False
+    ):
+        return self._load(
+            "validation" if split == "test" else "train",
+            batch_size=batch_size,
+            training=False,
+            input_context=input_context,
+            limit=limit,
+            repeat=repeat,
+            drop_remainder=drop_remainder,
+        )
 
 
 # === Preprocessing ===
@@ -264,9 +291,7 @@ def write_tfrecords(examples, output_dir, split, num_shards, *, progress=None):
     if num_shards < 1:
         raise ValueError(f"`num_shards` must be >= 1. Received: num_shards={num_shards}")
     tf.io.gfile.makedirs(output_dir)
-    paths = [
-        os.path.join(output_dir, f"{split}-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)
-    ]
+    paths = [os.path.join(output_dir, f"{split}-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)]
 
     def record(item):
         image_bytes, label, *rest = item
@@ -314,7 +339,7 @@ def list_files(data_dir, split):
             f"build the shards with `python launch/build_imagenet_tfrecords.py --input_dir=<class "
             f"folders> --output_dir={data_dir or '<dir>'} --split={split}` (or tensorflow/tpu's "
             f"tools/datasets/imagenet_to_gcs.py), or read a prepared tfds imagenet2012 with "
-            f"--data_source=tfds."
+            f"source=tfds."
         )
     return files
 
@@ -439,9 +464,7 @@ def load_imagenet(
         shuffle_buffer=int(shuffle_buffer),
         cycle_length=int(cycle_length),
     )
-    augment_seed = tf.random.experimental.stateless_fold_in(
-        tf.constant([int(seed), 3], tf.int64), pipeline_id
-    )
+    augment_seed = tf.random.experimental.stateless_fold_in(tf.constant([int(seed), 3], tf.int64), pipeline_id)
 
     def preprocess(position, image_bytes):
         if training:
@@ -456,7 +479,12 @@ def load_imagenet(
     if skip_batches:
         ds = ds.skip(int(skip_batches) * batch)  # before decoding: cheap
     ds = record_faults.decode_checked(
-        ds, parse, preprocess, image_size, mode=bad_records, log=bad_record_log,
+        ds,
+        parse,
+        preprocess,
+        image_size,
+        mode=bad_records,
+        log=bad_record_log,
         start=int(skip_batches) * batch,
     )
     ds = ds.batch(batch, drop_remainder=drop_remainder)
@@ -464,9 +492,7 @@ def load_imagenet(
     options.deterministic = bool(deterministic)
     if input_context is not None:
         # Already split per input pipeline; tf.distribute must not shard again.
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF
-        )
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
@@ -582,15 +608,13 @@ def _tfds_files_and_parser(data_dir, split):
             f"and sat_tf never downloads (ImageNet needs a manual download anyway). To fix, put "
             f"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {data_dir}/downloads/manual "
             f"and run `tfds build {TFDS_NAME} --data_dir={data_dir}`, or use "
-            f"--data_source=tfrecord with tensorflow/tpu shards."
+            f"source=tfrecord with tensorflow/tpu shards."
         ) from None
     import tensorflow_datasets as tfds
 
     builder = tfds.builder_from_directory(version_dir)
     if split not in builder.info.splits:
-        raise DatasetNotFoundError(
-            f"{version_dir} has no split {split!r} (it has {sorted(builder.info.splits)})"
-        )
+        raise DatasetNotFoundError(f"{version_dir} has no split {split!r} (it has {sorted(builder.info.splits)})")
     file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
     if str(file_format) != "tfrecord":
         raise ValueError(f"{version_dir} is stored as {file_format}; only tfrecord is supported")

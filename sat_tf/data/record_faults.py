@@ -28,15 +28,15 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _SHARD_FIX = (
     "the shard is truncated or corrupt and TFRecord framing cannot resync past the damage; to fix, "
     "re-copy the shard or rebuild it with `python launch/build_imagenet_tfrecords.py --input_dir=... "
-    "--output_dir=... --split=...`, or rerun with --bad_records=skip (drops the rest of this shard)"
+    "--output_dir=... --split=...`, or rerun with bad_records=skip (drops the rest of this shard)"
 )
 _IMAGE_FIX = (
     "to fix, rebuild the shard from a repaired source image with `python launch/build_imagenet_tfrecords.py "
-    "...`, or rerun with --bad_records=skip (drops this record)"
+    "...`, or rerun with bad_records=skip (drops this record)"
 )
 _MARK = "CorruptRecordError: "
 _plain = tf.autograph.experimental.do_not_convert  # plain TF code: skip autograph (faster tracing)
-_FIX_HINT = "; fix: rebuild the shard (launch/build_imagenet_tfrecords.py) or rerun with --bad_records=skip"
+_FIX_HINT = "; fix: rebuild the shard (launch/build_imagenet_tfrecords.py) or rerun with bad_records=skip"
 
 
 class CorruptRecordError(ValueError):
@@ -111,9 +111,7 @@ def named_errors():
     try:
         yield
     except tf.errors.OpError as err:
-        found = re.search(
-            re.escape(_MARK) + r"(.*): record (-?\d+): ([^\n\]]*?)" + re.escape(_FIX_HINT), err.message
-        )
+        found = re.search(re.escape(_MARK) + r"(.*): record (-?\d+): ([^\n\]]*?)" + re.escape(_FIX_HINT), err.message)
         if found is None:
             raise
         raise corrupt_record_error(found.group(1), int(found.group(2)), found.group(3)) from None
@@ -198,15 +196,16 @@ def decode_checked(positions_and_records, parse, preprocess, image_size, *, mode
         image, label, position, paths, indices, stop, size, no_record, not_jpeg = element
         gap = position - last - 1
         bad = (gap > 0) | not_jpeg | (stop >= 0)
-        reported = tf.cond(
-            bad, lambda: _report(gap, paths, indices, stop, size, not_jpeg, mode, target), lambda: bad
-        )
+        reported = tf.cond(bad, lambda: _report(gap, paths, indices, stop, size, not_jpeg, mode, target), lambda: bad)
         with tf.control_dependencies([reported]):
             keep = tf.logical_not(no_record | not_jpeg)
         return position, (image, label, keep)
 
     end = tf.data.Dataset.from_tensor_slices(
-        (tf.constant([-1], tf.int64), (_strings(""), _strings(""), _int64s(-1), _int64s(-1), _int64s(0), tf.constant([True])))
+        (
+            tf.constant([-1], tf.int64),
+            (_strings(""), _strings(""), _int64s(-1), _int64s(-1), _int64s(0), tf.constant([True])),
+        )
     )
     init = (
         tf.constant(int(start) - 1, tf.int64),
@@ -248,9 +247,7 @@ def _report(gap, paths, indices, stop, size, not_jpeg, mode, target):
         ),
         lambda: tf.constant(""),
     )
-    own_image = tf.cond(
-        not_jpeg, lambda: tf.strings.join([own, "\t", _NOT_JPEG, "\n"]), lambda: tf.constant("")
-    )
+    own_image = tf.cond(not_jpeg, lambda: tf.strings.join([own, "\t", _NOT_JPEG, "\n"]), lambda: tf.constant(""))
     first_lost = tf.strings.as_string(indices[-1] + 1)
     own_shard = tf.cond(
         stop >= 0,

@@ -234,13 +234,24 @@ def _fingerprint(rows, x, y, seed, top_k, identity):
             attack = row.attack
             keywords = getattr(attack, "keywords", {})
             func = getattr(attack, "func", attack)
-            described.append([row.name, getattr(func, "__name__", repr(func)) if attack else None,
-                              {k: repr(v) for k, v in sorted(keywords.items())}])
+            described.append(
+                [
+                    row.name,
+                    getattr(func, "__name__", repr(func)) if attack else None,
+                    {k: repr(v) for k, v in sorted(keywords.items())},
+                ]
+            )
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(x).tobytes())
     digest.update(np.ascontiguousarray(y).tobytes())
-    return {"rows": described, "points": int(len(y)), "data_sha256": digest.hexdigest(), "seed": int(seed),
-            "top_k": int(top_k), "identity": identity}
+    return {
+        "rows": described,
+        "points": int(len(y)),
+        "data_sha256": digest.hexdigest(),
+        "seed": int(seed),
+        "top_k": int(top_k),
+        "identity": identity,
+    }
 
 
 def _pack(flags):
@@ -284,9 +295,15 @@ class _State:
 
     def row(self, name):
         if name not in self.rows:
-            self.rows[name] = {"done": np.zeros(self.count, bool), "top1": np.zeros(self.count, bool),
-                               "topk": np.zeros(self.count, bool), "max_norm": 0.0, "nan": 0, "seconds": 0.0,
-                               "finished": False}
+            self.rows[name] = {
+                "done": np.zeros(self.count, bool),
+                "top1": np.zeros(self.count, bool),
+                "topk": np.zeros(self.count, bool),
+                "max_norm": 0.0,
+                "nan": 0,
+                "seconds": 0.0,
+                "finished": False,
+            }
         return self.rows[name]
 
     def save(self):
@@ -296,8 +313,9 @@ class _State:
             name: {key: _pack(value) if key in ("done", "top1", "topk") else value for key, value in row.items()}
             for name, row in self.rows.items()
         }
-        text = json.dumps({"version": STATE_VERSION, "fingerprint": self.fingerprint, "rows": rows,
-                           "extra": self.extra})
+        text = json.dumps(
+            {"version": STATE_VERSION, "fingerprint": self.fingerprint, "rows": rows, "extra": self.extra}
+        )
         directory = os.path.dirname(self.path)
         if directory:
             tf.io.gfile.makedirs(directory)
@@ -348,7 +366,7 @@ class _Engine:
 
         def value(ctx, array):
             r = ctx.replica_id_in_sync_group
-            return tf.constant(array[r * b:(r + 1) * b])
+            return tf.constant(array[r * b : (r + 1) * b])
 
         args = [
             self.strategy.experimental_distribute_values_from_function(lambda ctx, a=a: value(ctx, a))
@@ -369,7 +387,7 @@ class _Engine:
 
     def chunks(self, ids):
         for start in range(0, len(ids), self.chunk):
-            yield ids[start:start + self.chunk]
+            yield ids[start : start + self.chunk]
 
 
 def _is_chief(strategy):
@@ -424,8 +442,16 @@ def _run_row(engine, state, row, index, seed, top_k, progress):
         size, nans = _perturbation(x_adv, x, row.norm)
         return top1, topk, size, nans
 
-    _run_chunks(engine, state, record, row.name, replica_fn, np.flatnonzero(~record["done"]), progress,
-                lambda ids, out: _update_row(record, ids, out))
+    _run_chunks(
+        engine,
+        state,
+        record,
+        row.name,
+        replica_fn,
+        np.flatnonzero(~record["done"]),
+        progress,
+        lambda ids, out: _update_row(record, ids, out),
+    )
     record["finished"] = True
     if engine.chief:
         state.save()
@@ -532,12 +558,14 @@ def _summary(state, rows, names, worst_case=True):
         table[name] = {"top1": float(top1.mean()) if count else 0.0}
         if topk:
             table[name][topk] = None if name in cascade_rows else float(record["topk"].mean())
-        table[name].update({
-            "count": int(count),
-            "max_norm": float(record["max_norm"]),
-            "nan": int(record["nan"]),
-            "seconds": round(float(record["seconds"]), 3),
-        })
+        table[name].update(
+            {
+                "count": int(count),
+                "max_norm": float(record["max_norm"]),
+                "nan": int(record["nan"]),
+                "seconds": round(float(record["seconds"]), 3),
+            }
+        )
         flags[name] = top1.copy()
         worst &= top1
     for row in rows:

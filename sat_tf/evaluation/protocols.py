@@ -118,10 +118,19 @@ class Protocol:
 _CLEAN = Row("clean")
 # Uniform start in the eps-ball, one run, the step as given (the reference
 # has no max(step, eps/steps) rule).
-_PGD = Row("pgd", "pgd", iterative=True, kwargs={
-    "norm": "linf", "loss": "ce", "targeted": False, "random_start": True, "restarts": 1,
-    "step_size_rule": "fixed",
-})
+_PGD = Row(
+    "pgd",
+    "pgd",
+    iterative=True,
+    kwargs={
+        "norm": "linf",
+        "loss": "ce",
+        "targeted": False,
+        "random_start": True,
+        "restarts": 1,
+        "step_size_rule": "fixed",
+    },
+)
 _CW = Row("cw", "pgd_cw", iterative=True, kwargs={**_PGD.kwargs, "loss": "cw", "cw_kappa": 50.0})
 _FGSM = Row("fgsm", "fgsm", kwargs={"norm": "linf", "loss": "ce", "targeted": False})
 # SAT / Feature Denoising: step = max(step, eps / steps); what evaluate.py
@@ -153,16 +162,14 @@ PROTOCOLS = {
         autoattack_epsilon=8 / 255,
     ),
     "rat_svhn": Protocol(
-        "RAT/TRADES/AWP SVHN: FGSM, PGD-20 and CW-inf-20 (kappa 50), eps 4/255, step 1/255; "
-        "AutoAttack standard.",
+        "RAT/TRADES/AWP SVHN: FGSM, PGD-20 and CW-inf-20 (kappa 50), eps 4/255, step 1/255; AutoAttack standard.",
         rows=(_CLEAN, _FGSM, _PGD, _CW),
         epsilon=4 / 255,
         step_size=1 / 255,
         steps=(20,),
     ),
     "strong": Protocol(
-        "A stronger check at the run's budget: PGD-100 and CW-inf-100 (kappa 50), 5 restarts each; "
-        "AutoAttack plus.",
+        "A stronger check at the run's budget: PGD-100 and CW-inf-100 (kappa 50), 5 restarts each; AutoAttack plus.",
         rows=(
             _CLEAN,
             dataclasses.replace(_PGD, kwargs={**_PGD.kwargs, "restarts": 5}),
@@ -214,8 +221,9 @@ def resolve_budget(protocol, run_eval, *, epsilon=None, step_size=None, steps=No
     return budget
 
 
-def build_rows(protocol, *, epsilon, step_size, steps, norm="linf", autoattack="protocol",
-               autoattack_options=None, **overrides):
+def build_rows(
+    protocol, *, epsilon, step_size, steps, norm="linf", autoattack="protocol", autoattack_options=None, **overrides
+):
     """The report rows of `protocol` for `sat_tf.evaluation.evaluate_points`.
 
     Args:
@@ -241,10 +249,14 @@ def build_rows(protocol, *, epsilon, step_size, steps, norm="linf", autoattack="
     ]
     version = protocol.autoattack if autoattack == "protocol" else autoattack
     if version:
-        eps = epsilon if protocol.autoattack_epsilon is None or epsilon != protocol.epsilon else (
-            protocol.autoattack_epsilon)
-        rows.append(attacks.AutoAttackRows(eps=float(eps), norm=norm, version=version,
-                                              options=autoattack_options or None))
+        eps = (
+            epsilon
+            if protocol.autoattack_epsilon is None or epsilon != protocol.epsilon
+            else (protocol.autoattack_epsilon)
+        )
+        rows.append(
+            attacks.AutoAttackRows(eps=float(eps), norm=norm, version=version, options=autoattack_options or None)
+        )
     return rows
 
 

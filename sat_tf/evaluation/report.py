@@ -42,8 +42,10 @@ def markdown_table(results, title=None, warnings=()):
     key = _topk(results)
     label = _topk_label(key)
     if extended:
-        lines += [f"| row | top-1 (%) | {label} (%) | images | max perturbation | NaN | seconds |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"| row | top-1 (%) | {label} (%) | images | max perturbation | NaN | seconds |",
+            "|---|---|---|---|---|---|---|",
+        ]
     else:
         lines += [f"| attack | top-1 (%) | {label} (%) | images |", "|---|---|---|---|"]
     for name, row in results.items():
@@ -100,8 +102,12 @@ def robustness_curve(results, path, title="robustness"):
         ax.plot(xs, [p[2] for p in points], "s--", label=_topk_label(key), alpha=0.7)
         for name in ("autoattack", "worst case"):
             if name in results:
-                ax.axhline(100 * results[name]["top1"], ls=":", color="#c44e52" if name == "autoattack" else "k",
-                           label=f"{name} (top-1)")
+                ax.axhline(
+                    100 * results[name]["top1"],
+                    ls=":",
+                    color="#c44e52" if name == "autoattack" else "k",
+                    label=f"{name} (top-1)",
+                )
         ax.set_xlabel("PGD steps (0 = clean)")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 103)
@@ -123,8 +129,7 @@ def write_report(results, directory, *, meta=None, title="robustness", warnings=
 
     tf.io.gfile.makedirs(directory)
     paths = {key: os.path.join(directory, name) for key, name in ROBUSTNESS_FILES.items()}
-    _write(paths["json"], json.dumps({"results": results, "warnings": list(warnings), "meta": meta or {}},
-                                     indent=2))
+    _write(paths["json"], json.dumps({"results": results, "warnings": list(warnings), "meta": meta or {}}, indent=2))
     text = markdown_table(results, title=title, warnings=warnings)
     if meta:
         text += "\n" + "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n"

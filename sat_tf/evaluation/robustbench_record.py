@@ -26,8 +26,22 @@ import os
 AUTOATTACK_ROW = "autoattack"
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 STANDARD_ATTACKS = {"linf": ["apgd-ce", "apgd-t", "fab-t", "square"], "l2": ["apgd-ce", "apgd-t", "fab-t", "square"]}
-RECORD_FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
-                 "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote", "unreliable")
+RECORD_FIELDS = (
+    "link",
+    "name",
+    "authors",
+    "additional_data",
+    "number_forward_passes",
+    "dataset",
+    "venue",
+    "architecture",
+    "eps",
+    "clean_acc",
+    "reported",
+    "autoattack_acc",
+    "footnote",
+    "unreliable",
+)
 
 
 class RecordError(ValueError):
@@ -46,8 +60,22 @@ def format_eps(eps, norm):
     return f"{float(eps):g}"
 
 
-def robustbench_record(report, *, architecture, dataset, source="report", date=None, name="", link="", authors="",
-                       venue="", footnote="", additional_data=False, number_forward_passes=1, reported=None):
+def robustbench_record(
+    report,
+    *,
+    architecture,
+    dataset,
+    source="report",
+    date=None,
+    name="",
+    link="",
+    authors="",
+    venue="",
+    footnote="",
+    additional_data=False,
+    number_forward_passes=1,
+    reported=None,
+):
     """The RobustBench entry (a dict, fields in RobustBench's order, then ours) of `report`.
 
     Args:
@@ -67,31 +95,49 @@ def robustbench_record(report, *, architecture, dataset, source="report", date=N
     results, meta = report.get("results", {}), report.get("meta", {})
     autoattack = meta.get("autoattack")
     if AUTOATTACK_ROW not in results or not isinstance(autoattack, dict):
-        raise RecordError(f"{source} has no AutoAttack row: RobustBench's autoattack_acc is AutoAttack 'standard' "
-                          "on the full test set; evaluate with --autoattack=standard")
+        raise RecordError(
+            f"{source} has no AutoAttack row: RobustBench's autoattack_acc is AutoAttack 'standard' "
+            "on the full test set; evaluate with --autoattack=standard"
+        )
     version, norm = autoattack.get("version"), autoattack.get("norm")
     attacks = list(autoattack.get("attacks") or [])
-    if version != "standard" or autoattack.get("options") or norm not in STANDARD_ATTACKS \
-            or attacks != STANDARD_ATTACKS[norm]:
+    if (
+        version != "standard"
+        or autoattack.get("options")
+        or norm not in STANDARD_ATTACKS
+        or attacks != STANDARD_ATTACKS[norm]
+    ):
         raise RecordError(
             f"{source}: AutoAttack {version!r} with attacks {attacks} and options {autoattack.get('options') or {}} "
             "is not RobustBench's standard AutoAttack; evaluate with --autoattack=standard and no "
-            "--autoattack_options")
+            "--autoattack_options"
+        )
     if "clean" not in results:
         raise RecordError(f"{source} has no clean row; evaluate with the clean row (every protocol has one)")
     clean, robust = results["clean"], results[AUTOATTACK_ROW]
     if int(clean.get("count", 0)) != int(robust.get("count", -1)):
-        raise RecordError(f"{source}: the clean row has {clean.get('count')} images and the AutoAttack row "
-                          f"{robust.get('count')}; evaluate both on the same images")
+        raise RecordError(
+            f"{source}: the clean row has {clean.get('count')} images and the AutoAttack row "
+            f"{robust.get('count')}; evaluate both on the same images"
+        )
     autoattack_acc = _percent(robust["top1"])
     record = {
-        "link": link, "name": name, "authors": authors, "additional_data": bool(additional_data),
-        "number_forward_passes": int(number_forward_passes), "dataset": dataset, "venue": venue,
-        "architecture": architecture, "eps": format_eps(autoattack["epsilon"], norm),
+        "link": link,
+        "name": name,
+        "authors": authors,
+        "additional_data": bool(additional_data),
+        "number_forward_passes": int(number_forward_passes),
+        "dataset": dataset,
+        "venue": venue,
+        "architecture": architecture,
+        "eps": format_eps(autoattack["epsilon"], norm),
         "clean_acc": _percent(clean["top1"]),
         "reported": autoattack_acc if reported is None else f"{float(reported):.2f}",
-        "autoattack_acc": autoattack_acc, "footnote": footnote, "unreliable": False,
-        "threat_model": THREAT_MODELS[norm], "n_examples": int(clean["count"]),
+        "autoattack_acc": autoattack_acc,
+        "footnote": footnote,
+        "unreliable": False,
+        "threat_model": THREAT_MODELS[norm],
+        "n_examples": int(clean["count"]),
         "date": date or datetime.date.today().isoformat(),
     }
     return record

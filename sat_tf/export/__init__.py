@@ -30,7 +30,11 @@ from sat_tf.data import imagenet_input
 # The differentiable endpoint (signature and loaded function) for attacks.
 LOGITS_SIGNATURE = "logits_float"
 SIGNATURES = (
-    "serving_default", "serve_uint8", "serve_float", "serve_jpeg", "predict_smoothed",
+    "serving_default",
+    "serve_uint8",
+    "serve_float",
+    "serve_jpeg",
+    "predict_smoothed",
     LOGITS_SIGNATURE,
 )
 OUTPUTS = ("logits", "probabilities", "classes", "top_k_classes", "top_k_probabilities")
@@ -77,12 +81,9 @@ class SmoothedServing:
         if self.batch_size is None:  # frozen: the default depends on n
             object.__setattr__(self, "batch_size", min(self.n, 1000))
         if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(
-                f"`batch_size` must be an integer >= 1. Received: batch_size={self.batch_size}"
-            )
+            raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={self.batch_size}")
         if self.seed is not None and not _is_int(self.seed):
-            raise ValueError(f"`seed` must be an integer or None (fresh noise per request). "
-                             f"Received: seed={self.seed}")
+            raise ValueError(f"`seed` must be an integer or None (fresh noise per request). Received: seed={self.seed}")
 
 
 def _is_int(value):
@@ -109,9 +110,7 @@ def _logits(model, images):
     on one zero image appended to an empty batch and its row is dropped; a
     non-empty batch gets nothing appended (a concat with 0 rows)."""
     batch = tf.shape(images)[0]
-    filler = tf.zeros(
-        tf.concat([[1 - tf.minimum(batch, 1)], tf.shape(images)[1:]], axis=0), images.dtype
-    )
+    filler = tf.zeros(tf.concat([[1 - tf.minimum(batch, 1)], tf.shape(images)[1:]], axis=0), images.dtype)
     logits = model(tf.concat([images, filler], axis=0), training=False)
     return tf.cast(logits, tf.float32)[:batch]
 
@@ -141,13 +140,9 @@ def _check_shape(tensor, expected, what):
     shape = tf.shape(tensor)
     rank = len(expected) + 1
     padded = tf.concat([shape, tf.zeros([rank], tf.int32)], axis=0)[1:rank]
-    ok = tf.logical_and(
-        tf.equal(tf.size(shape), rank), tf.reduce_all(tf.equal(padded, expected))
-    )
+    ok = tf.logical_and(tf.equal(tf.size(shape), rank), tf.reduce_all(tf.equal(padded, expected)))
     dims = ", ".join(["batch", *(str(d) for d in expected)])
-    assertion = tf.debugging.Assert(
-        ok, [f"{what} of shape [{dims}]; got shape", shape], summarize=8
-    )
+    assertion = tf.debugging.Assert(ok, [f"{what} of shape [{dims}]; got shape", shape], summarize=8)
     with tf.control_dependencies([assertion]):
         tensor = tf.identity(tensor)
     return tf.ensure_shape(tensor, (None, *expected))
@@ -156,9 +151,7 @@ def _check_shape(tensor, expected, what):
 def _check_unit_range(images, message):
     """Fails at run time unless every pixel is in [0, 1] (NaN fails too)."""
     in_range = tf.logical_and(tf.reduce_all(images >= 0.0), tf.reduce_all(images <= 1.0))
-    assertion = tf.debugging.Assert(
-        in_range, [message, tf.reduce_min(images), tf.reduce_max(images)]
-    )
+    assertion = tf.debugging.Assert(in_range, [message, tf.reduce_min(images), tf.reduce_max(images)])
     with tf.control_dependencies([assertion]):
         return tf.identity(images)
 
@@ -170,13 +163,10 @@ def _smoothed_endpoint(model, image_shape, num_classes, smoothed):
         return model(z, training=False)
 
     def predict_smoothed(images):
-        images = _check_shape(
-            images, image_shape, "predict_smoothed expects float32 images in [0, 1]"
-        )
+        images = _check_shape(images, image_shape, "predict_smoothed expects float32 images in [0, 1]")
         images = _check_unit_range(
             images,
-            "predict_smoothed expects float32 pixels in [0, 1] (divide 0..255 "
-            "images by 255); got min, max",
+            "predict_smoothed expects float32 pixels in [0, 1] (divide 0..255 images by 255); got min, max",
         )
         seed = smoothed.seed
         if seed is None:
@@ -186,8 +176,14 @@ def _smoothed_endpoint(model, image_shape, num_classes, smoothed):
                 shape=tf.shape(images)[:1], minval=tf.constant(0), maxval=tf.constant(2**31 - 1), seed=0, seed2=0
             )
         out = certification.predict_batch_graph(
-            logits_fn, images, n=smoothed.n, alpha=smoothed.alpha, sigma=smoothed.sigma,
-            num_classes=num_classes, batch_size=smoothed.batch_size, seed=seed,
+            logits_fn,
+            images,
+            n=smoothed.n,
+            alpha=smoothed.alpha,
+            sigma=smoothed.sigma,
+            num_classes=num_classes,
+            batch_size=smoothed.batch_size,
+            seed=seed,
         )
         out["classes"] = tf.argmax(_logits(model, images), axis=-1, output_type=tf.int32)
         return out
@@ -201,8 +197,7 @@ def _write_smoothed_settings(path, smoothed, num_classes):
         if tf.io.gfile.exists(file):
             tf.io.gfile.remove(file)
         return
-    settings = {**dataclasses.asdict(smoothed), "num_classes": int(num_classes),
-                "abstain": certification.ABSTAIN}
+    settings = {**dataclasses.asdict(smoothed), "num_classes": int(num_classes), "abstain": certification.ABSTAIN}
     # assets.extra: the SavedModel folder for files the graph does not load.
     files.write_json(file, settings, indent=2, sort_keys=True)
 
@@ -216,9 +211,7 @@ def smoothed_settings(path):
         return None
 
 
-def export_saved_model(
-    model, path, *, image_shape=None, top_k=5, jpeg=True, crop_padding=32, smoothed=None
-):
+def export_saved_model(model, path, *, image_shape=None, top_k=5, jpeg=True, crop_padding=32, smoothed=None):
     """Writes a SavedModel with uint8, float and JPEG serving signatures,
     and the differentiable `logits_float` (see the module docstring).
 
@@ -244,24 +237,18 @@ def export_saved_model(
     image_shape = tuple(image_shape)
     if len(image_shape) != 3 or any(d is None for d in image_shape):
         raise ValueError(
-            f"`image_shape` must be a fully defined (H, W, C) for export. "
-            f"Received: image_shape={image_shape}"
+            f"`image_shape` must be a fully defined (H, W, C) for export. Received: image_shape={image_shape}"
         )
     if int(top_k) < 1:
         raise ValueError(f"`top_k` must be at least 1. Received: top_k={top_k}")
     if int(crop_padding) < 0:
-        raise ValueError(
-            f"`crop_padding` must be non-negative. Received: crop_padding={crop_padding}"
-        )
+        raise ValueError(f"`crop_padding` must be non-negative. Received: crop_padding={crop_padding}")
     if smoothed is not None and not isinstance(smoothed, SmoothedServing):
-        raise ValueError(
-            f"`smoothed` must be a SmoothedServing or None. Received: smoothed={smoothed!r}"
-        )
+        raise ValueError(f"`smoothed` must be a SmoothedServing or None. Received: smoothed={smoothed!r}")
     num_classes = model.output_shape[-1]
     if smoothed is not None and not num_classes:
         raise ValueError(
-            f"`smoothed` needs a model with a known class count. Received: "
-            f"output_shape={model.output_shape}"
+            f"`smoothed` needs a model with a known class count. Received: output_shape={model.output_shape}"
         )
     k = min(int(top_k), int(num_classes)) if num_classes else int(top_k)
     height, width, channels = (int(d) for d in image_shape)
@@ -273,19 +260,14 @@ def export_saved_model(
     archive.track(model)
 
     def serve_uint8(images):
-        images = _check_shape(
-            images, image_shape, "serve_uint8 expects uint8 images (0..255)"
-        )
+        images = _check_shape(images, image_shape, "serve_uint8 expects uint8 images (0..255)")
         return _outputs(model, tf.cast(images, tf.float32) / 255.0, k)
 
     def serve_float(images):
-        images = _check_shape(
-            images, image_shape, "serve_float expects float32 images in [0, 1]"
-        )
+        images = _check_shape(images, image_shape, "serve_float expects float32 images in [0, 1]")
         images = _check_unit_range(
             images,
-            "serve_float expects float32 pixels in [0, 1] (send 0..255 "
-            "images as uint8 to serve_uint8); got min, max",
+            "serve_float expects float32 pixels in [0, 1] (send 0..255 images as uint8 to serve_uint8); got min, max",
         )
         return _outputs(model, images, k)
 
@@ -312,9 +294,7 @@ def export_saved_model(
             # PNG, BMP, GIF...: decode whole, then the same window and resize.
             image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
             shape = tf.shape(image)
-            window = imagenet_input.center_crop_window(
-                shape[0], shape[1], size, crop_padding
-            )
+            window = imagenet_input.center_crop_window(shape[0], shape[1], size, crop_padding)
             image = tf.image.crop_to_bounding_box(image, *window)
             image = tf.compat.v1.image.resize_bicubic(image[None], [size, size])[0]
             return tf.clip_by_value(image / 255.0, 0.0, 1.0)
@@ -322,9 +302,7 @@ def export_saved_model(
         def preprocess(image_bytes):
             image = tf.cond(
                 tf.io.is_jpeg(image_bytes),
-                lambda: imagenet_input.preprocess_for_eval(
-                    image_bytes, size, crop_padding=crop_padding
-                ),
+                lambda: imagenet_input.preprocess_for_eval(image_bytes, size, crop_padding=crop_padding),
                 lambda: other_format(image_bytes),
             )
             image = tf.ensure_shape(image, (size, size, 3))
@@ -344,9 +322,7 @@ def export_saved_model(
             )
             with tf.control_dependencies([assertion]):
                 image_bytes = tf.identity(image_bytes)
-            images = tf.map_fn(
-                preprocess, image_bytes, fn_output_signature=pixel_spec
-            )
+            images = tf.map_fn(preprocess, image_bytes, fn_output_signature=pixel_spec)
             return _outputs(model, images, k)
 
         bytes_spec = tf.TensorSpec((None,), tf.string, name="image_bytes")
@@ -460,11 +436,11 @@ def _smoothed_note(settings):
     determinism = (
         "The fixed seed makes the answers deterministic: the same image always gets the same answer "
         "(for reproducible tests; a client who learns the seed can attack that one noise draw)."
-        if seeded else
-        "Every image of every request gets fresh noise, so repeated requests may differ near the "
+        if seeded
+        else "Every image of every request gets fresh noise, so repeated requests may differ near the "
         "decision boundary, and the alpha guarantee holds for each answer."
-        if seeded is False else
-        "Without a seed (the default) every request gets fresh noise; a fixed seed makes each image's "
+        if seeded is False
+        else "Without a seed (the default) every request gets fresh noise; a fixed seed makes each image's "
         "answer deterministic."
     )
     return (
@@ -503,23 +479,14 @@ def serving_readme(path, model_name, *, signatures=None, notes=()):
         "`serving_default` is `serve_uint8` (`serve` too, Keras' name). Pixels: "
         "`images` are uint8 0..255 (`serve_float`: float32 in [0, 1]); the "
         "model's preprocessing is inside the graph.",
-        *(
-            ("", _LOGITS_NOTE)
-            if LOGITS_SIGNATURE in signatures
-            else ()
-        ),
-        *(
-            ("", _smoothed_note(smoothed_settings(path)))
-            if "predict_smoothed" in signatures
-            else ()
-        ),
+        *(("", _LOGITS_NOTE) if LOGITS_SIGNATURE in signatures else ()),
+        *(("", _smoothed_note(smoothed_settings(path))) if "predict_smoothed" in signatures else ()),
         *(line for note in notes for line in ("", note)),
         "",
         "## TF Serving (REST on port 8501)",
         "",
         "```sh",
-        f"docker run --rm -p 8501:8501 -v {path}:/models/{name}/1 "
-        f"-e MODEL_NAME={name} tensorflow/serving",
+        f"docker run --rm -p 8501:8501 -v {path}:/models/{name}/1 -e MODEL_NAME={name} tensorflow/serving",
         "```",
         "",
     ]
@@ -530,19 +497,18 @@ def serving_readme(path, model_name, *, signatures=None, notes=()):
             "`serving_default` (uint8 images; replace the zeros with your pixels):",
             "",
             "```sh",
-            "python -c \"import json, numpy as np; "
-            f"print(json.dumps({{'instances': {zeros}.tolist()}}))\" \\",
+            f"python -c \"import json, numpy as np; print(json.dumps({{'instances': {zeros}.tolist()}}))\" \\",
             f"  | curl -s -X POST {url} -d @-",
             "```",
             "",
         ]
     if "serve_jpeg" in signatures:
         lines += [
-            "`serve_jpeg` (encoded image files, base64 in `{\"b64\": ...}`):",
+            '`serve_jpeg` (encoded image files, base64 in `{"b64": ...}`):',
             "",
             "```sh",
-            f"curl -s -X POST {url} -d '{{\"signature_name\": \"serve_jpeg\", "
-            "\"instances\": [{\"image_bytes\": {\"b64\": \"'\"$(base64 -w0 image.jpg)\"'\"}}]}'",
+            f'curl -s -X POST {url} -d \'{{"signature_name": "serve_jpeg", '
+            '"instances": [{"image_bytes": {"b64": "\'"$(base64 -w0 image.jpg)"\'"}}]}\'',
             "```",
             "",
         ]
@@ -550,11 +516,10 @@ def serving_readme(path, model_name, *, signatures=None, notes=()):
         shape = signatures["predict_smoothed"][0]["images"].shape
         zeros = f"np.full((1, {', '.join(str(d) for d in shape[1:])}), 0.5, np.float32)"
         lines += [
-            "`predict_smoothed` (float32 pixels in [0, 1]; -1 in "
-            "`smoothed_classes` means abstain):",
+            "`predict_smoothed` (float32 pixels in [0, 1]; -1 in `smoothed_classes` means abstain):",
             "",
             "```sh",
-            "python -c \"import json, numpy as np; print(json.dumps("
+            'python -c "import json, numpy as np; print(json.dumps('
             f"{{'signature_name': 'predict_smoothed', 'instances': {zeros}.tolist()}}))\" \\",
             f"  | curl -s -X POST {url} -d @-",
             "```",
@@ -567,7 +532,7 @@ def serving_readme(path, model_name, *, signatures=None, notes=()):
         "```python",
         "import tensorflow as tf",
         f"loaded = tf.saved_model.load({path!r})",
-        "out = loaded.signatures[\"serving_default\"](images=uint8_batch)",
+        'out = loaded.signatures["serving_default"](images=uint8_batch)',
         *(
             ['smoothed = loaded.signatures["predict_smoothed"](images=float_batch)']
             if "predict_smoothed" in signatures

@@ -7,8 +7,13 @@ from sat_tf.training.objectives.base import as_objective
 from sat_tf.training.step import NONFINITE_POLICIES, StepConfig, make_replica_step
 
 _STEP_DEFAULTS = dict(
-    num_classes=None, label_smoothing=0.0, weight_decay=0.0, seed=0, attack_grad_scale=1.0,
-    jit_compile=False, global_batch_size=None,
+    num_classes=None,
+    label_smoothing=0.0,
+    weight_decay=0.0,
+    seed=0,
+    attack_grad_scale=1.0,
+    jit_compile=False,
+    global_batch_size=None,
 )
 
 
@@ -120,7 +125,10 @@ class AdversarialModel(keras.Model):
             raise ValueError("AdversarialModel does not support sample weights (or class_weight)")
         if self._replica_step is None:
             self._replica_step = make_replica_step(
-                self.base_model, self.optimizer, self.objective, self.step_config,
+                self.base_model,
+                self.optimizer,
+                self.objective,
+                self.step_config,
                 on_nonfinite=self.on_nonfinite,
             )
         loss_sum, correct, count, bad_loss, bad_grad = self._replica_step(x, y)

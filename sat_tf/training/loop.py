@@ -25,7 +25,9 @@ from sat_tf.training.step import make_train_function
 
 # What a collective raises on the survivors when a peer dies.
 _PEER_FAILURES = (
-    tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
     tf.errors.DeadlineExceededError,
 )
 
@@ -53,8 +55,7 @@ class _Progress:
         done = int(width * step / max(self.steps, 1))
         fields = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         line = (
-            f"\repoch {self.epoch + 1}/{self.epochs} "
-            f"[{'=' * done}{'.' * (width - done)}] {step}/{self.steps}  {fields}"
+            f"\repoch {self.epoch + 1}/{self.epochs} [{'=' * done}{'.' * (width - done)}] {step}/{self.steps}  {fields}"
         )
         if self.tty:
             print(line, end="\n" if step >= self.steps else "", flush=True)
@@ -106,8 +107,7 @@ def _run_steps(train, iterator, n, first, strategy, manager):
         ) from None
 
 
-def _nonfinite_steps(out, n, global_step, *, on_nonfinite, skipped_total, max_skipped_steps, last_checkpoint,
-                     log):
+def _nonfinite_steps(out, n, global_step, *, on_nonfinite, skipped_total, max_skipped_steps, last_checkpoint, log):
     """How many of the `n` steps just run had a NaN/Inf loss or gradient
     (they were skipped); raises `DivergenceError` as the policy says."""
     bad = int(max(out["nonfinite_loss"], out["nonfinite_grad"]))
@@ -211,9 +211,7 @@ def fit(
     if ema is not None:
         trackables["ema"] = ema
     checkpoint = tf.train.Checkpoint(**trackables)
-    manager = tf.train.CheckpointManager(
-        checkpoint, checkpoint_dir(workdir, strategy), max_to_keep=max_checkpoints
-    )
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir(workdir, strategy), max_to_keep=max_checkpoints)
 
     def log(message):
         if verbose and chief:
@@ -265,8 +263,14 @@ def fit(
                 done_in_epoch += n
                 global_step = seen()
                 bad = _nonfinite_steps(
-                    out, n, global_step, on_nonfinite=on_nonfinite, skipped_total=skipped_total,
-                    max_skipped_steps=max_skipped_steps, last_checkpoint=manager.latest_checkpoint, log=log,
+                    out,
+                    n,
+                    global_step,
+                    on_nonfinite=on_nonfinite,
+                    skipped_total=skipped_total,
+                    max_skipped_steps=max_skipped_steps,
+                    last_checkpoint=manager.latest_checkpoint,
+                    log=log,
                 )
                 skipped_total += bad
                 sums["skipped"] += bad
@@ -283,12 +287,14 @@ def fit(
                     path = manager.save(checkpoint_number=global_step)
                     writer.flush()
                     raise PreemptedError(
-                        f"SIGTERM at step {global_step}: saved {path}; "
-                        "rerun the same command to resume"
+                        f"SIGTERM at step {global_step}: saved {path}; rerun the same command to resume"
                     )
                 # The epoch's last step is saved below, after its history record.
-                if (checkpoint_every_steps and global_step % checkpoint_every_steps == 0
-                        and done_in_epoch < steps_per_epoch):
+                if (
+                    checkpoint_every_steps
+                    and global_step % checkpoint_every_steps == 0
+                    and done_in_epoch < steps_per_epoch
+                ):
                     manager.save(checkpoint_number=global_step)
             record = {
                 "epoch": epoch + 1,
@@ -314,8 +320,14 @@ def fit(
                     write_json(history_path, history)
             with writer.as_default(step=seen()):
                 for key, value in record.items():
-                    if key not in ("epoch", "step", "train_loss", "train_adv_accuracy", "train_traces",
-                                   "skipped_steps"):
+                    if key not in (
+                        "epoch",
+                        "step",
+                        "train_loss",
+                        "train_adv_accuracy",
+                        "train_traces",
+                        "skipped_steps",
+                    ):
                         tf.summary.scalar(f"epoch/{key}", value)
             writer.flush()
     return history

@@ -46,9 +46,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         warmup_start_lr=0.0,
     ):
         if decay not in ("step", "cosine", "constant"):
-            raise ValueError(
-                f"`decay` must be 'step', 'cosine' or 'constant'. Received: decay={decay!r}"
-            )
+            raise ValueError(f"`decay` must be 'step', 'cosine' or 'constant'. Received: decay={decay!r}")
         if peak_lr <= 0:
             raise ValueError(f"`peak_lr` must be > 0. Received: peak_lr={peak_lr}")
         self.peak_lr = float(peak_lr)
@@ -62,14 +60,9 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         warmup = float(max(self.warmup_steps, 1))
-        warm_lr = self.warmup_start_lr + (self.peak_lr - self.warmup_start_lr) * (
-            step / warmup
-        )
+        warm_lr = self.warmup_start_lr + (self.peak_lr - self.warmup_start_lr) * (step / warmup)
         if self.decay == "step":
-            passed = tf.add_n(
-                [tf.cast(step >= b, tf.float32) for b in self.boundaries]
-                + [tf.constant(0.0)]
-            )
+            passed = tf.add_n([tf.cast(step >= b, tf.float32) for b in self.boundaries] + [tf.constant(0.0)])
             decayed = self.peak_lr * tf.pow(self.decay_rate, passed)
         elif self.decay == "cosine":
             span = float(max(self.total_steps - self.warmup_steps, 1))

@@ -165,7 +165,10 @@ def make_replica_step(model, optimizer, attack, config, *, batches=None, on_nonf
             if perturbation is not None:
                 tape.watch(weights)
             per_example, logits, labels = objective.loss(
-                forward, batch, weights, num_classes=config.num_classes,
+                forward,
+                batch,
+                weights,
+                num_classes=config.num_classes,
                 label_smoothing=config.label_smoothing,
             )
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=rows_per_step)
@@ -220,8 +223,7 @@ def make_replica_step(model, optimizer, attack, config, *, batches=None, on_nonf
     return replica_step
 
 
-def make_train_function(model, optimizer, attack, strategy, config, *, ema=None, batches=None,
-                        on_nonfinite="stop"):
+def make_train_function(model, optimizer, attack, strategy, config, *, ema=None, batches=None, on_nonfinite="stop"):
     """Builds `train(iterator, num_steps) -> dict of summed metrics`.
 
     `attack` is an attack callable `attack(logits_fn, x, y, seed=...)` or an

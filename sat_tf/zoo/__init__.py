@@ -42,6 +42,7 @@ _TRAINING_STATE = re.compile(
 )
 _RESNET_BN = {"gamma": "gamma", "beta": "beta", "moving_mean": "mean/EMA", "moving_variance": "variance/EMA"}
 
+
 @dataclasses.dataclass
 class ConversionReport:
     """What `load_tf1_checkpoint` did. Entries read `model_weight <- checkpoint_name`.
@@ -228,8 +229,10 @@ def detect_family(names):
     for name, spec in FAMILIES.items():
         if spec.owns(names):
             return name
-    raise ValueError("cannot tell the checkpoint family: no `conv0/W` (SAT ResNet) and no "
-                     "`efficientnet-*/` names (SAT EfficientNet); pass family='resnet'|'efficientnet'")
+    raise ValueError(
+        "cannot tell the checkpoint family: no `conv0/W` (SAT ResNet) and no "
+        "`efficientnet-*/` names (SAT EfficientNet); pass family='resnet'|'efficientnet'"
+    )
 
 
 def _efficientnet_scope(names):
@@ -249,8 +252,7 @@ def _fit(array, variable, kind):
     return array if tuple(array.shape) == target else None
 
 
-def load_tf1_checkpoint(model, checkpoint_path, *, family="auto", use_ema=False, channel_order=None,
-                        strict=True):
+def load_tf1_checkpoint(model, checkpoint_path, *, family="auto", use_ema=False, channel_order=None, strict=True):
     """Loads a SAT TF1 checkpoint (ResNet/ResNeXt or EfficientNet) into `model`.
 
     Every model weight (kernels, biases, BN gamma/beta/moving stats,
@@ -322,13 +324,16 @@ def load_tf1_checkpoint(model, checkpoint_path, *, family="auto", use_ema=False,
             report.unused_in_checkpoint.append(name)
     if strict and not report.ok:
         problems = []
-        for label, values in (("model weights missing from the checkpoint", report.missing_in_checkpoint),
-                              ("shape mismatches", report.shape_mismatches)):
+        for label, values in (
+            ("model weights missing from the checkpoint", report.missing_in_checkpoint),
+            ("shape mismatches", report.shape_mismatches),
+        ):
             if values:
-                problems.append(f"{len(values)} {label}: {'; '.join(values[:3])}"
-                                + (f"; ... (+{len(values) - 3} more)" if len(values) > 3 else ""))
-        raise ValueError(f"checkpoint {prefix} does not fit model {model.name} ({family}): "
-                         + " | ".join(problems))
+                problems.append(
+                    f"{len(values)} {label}: {'; '.join(values[:3])}"
+                    + (f"; ... (+{len(values) - 3} more)" if len(values) > 3 else "")
+                )
+        raise ValueError(f"checkpoint {prefix} does not fit model {model.name} ({family}): " + " | ".join(problems))
     for variable, value in assignments:
         variable.assign(np.asarray(value, dtype=variable.dtype))
     return report
@@ -350,8 +355,9 @@ def _inspect_resnet(shapes):
     block_type = "bottleneck" if "group0/block0/conv3/W" in shapes else "basic"
     depth = next((d for d, (t, n) in resnet.RESNET_DEPTHS.items() if t == block_type and n == counts), None)
     if depth is None:
-        raise ValueError(f"blocks per group {counts} ({block_type}) match no ResNet depth in "
-                         f"{sorted(resnet.RESNET_DEPTHS)}")
+        raise ValueError(
+            f"blocks per group {counts} ({block_type}) match no ResNet depth in {sorted(resnet.RESNET_DEPTHS)}"
+        )
     groups, width = 1, 64
     if block_type == "bottleneck":
         w2 = shapes["group0/block0/conv2/W"]  # [3, 3, C/groups, C], C = bottleneck_width * groups
@@ -367,9 +373,12 @@ def _inspect_resnet(shapes):
         "bottleneck_width": width,
         "num_classes": shapes["linear/W"][1],
         "activation_hint": "smooth_relu" if smooth else None,
-        "activation_note": ("SmoothReLU (smoothrelu_beta present)" if smooth else
-                            "not in the weights: relu/silu/gelu/elu/softplus/mish are indistinguishable; "
-                            "pass the activation (see ZOO)"),
+        "activation_note": (
+            "SmoothReLU (smoothrelu_beta present)"
+            if smooth
+            else "not in the weights: relu/silu/gelu/elu/softplus/mish are indistinguishable; "
+            "pass the activation (see ZOO)"
+        ),
     }
     name = f"resnet{depth}" if (groups, width) == (1, 64) else f"resnext{depth}_{groups}x{width}d"
     from sat_tf import models
@@ -411,8 +420,9 @@ def _inspect_efficientnet(shapes):
 
 def _check_channel_order(channel_order):
     if channel_order not in (None, "rgb", "bgr"):
-        raise ValueError(f"`channel_order` must be 'rgb', 'bgr' or None (the family's). "
-                         f"Received: channel_order={channel_order!r}")
+        raise ValueError(
+            f"`channel_order` must be 'rgb', 'bgr' or None (the family's). Received: channel_order={channel_order!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -531,6 +541,10 @@ def write_tf1_checkpoint(model, path, *, family, ema=False, channel_order=None, 
             tensors[e.name + EMA_SUFFIX] = value
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     names = sorted(tensors)
-    tf.raw_ops.SaveV2(prefix=os.fspath(path), tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(tensors[n]) for n in names])
+    tf.raw_ops.SaveV2(
+        prefix=os.fspath(path),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(tensors[n]) for n in names],
+    )
     return os.fspath(path)

@@ -16,14 +16,29 @@ _PGD = ("clean", "pgd10", "pgd20", "pgd50")
 
 def _resnet(model, activation, size, scores, **kwargs):
     published = dict(zip(_PGD, scores)) if scores else None
-    return {"family": "resnet", "model": model, "activation": activation, "input_size": size,
-            "model_kwargs": kwargs, "use_ema": False, "channel_order": "bgr", "published": published}
+    return {
+        "family": "resnet",
+        "model": model,
+        "activation": activation,
+        "input_size": size,
+        "model_kwargs": kwargs,
+        "use_ema": False,
+        "channel_order": "bgr",
+        "published": published,
+    }
 
 
 def _efficientnet(model, size, clean, use_ema=False):
-    return {"family": "efficientnet", "model": model, "activation": "silu",
-            "input_size": size, "model_kwargs": {"bn_epsilon": 1e-5, "bn_momentum": 0.9},
-            "use_ema": use_ema, "channel_order": "rgb", "published": {"clean": clean}}
+    return {
+        "family": "efficientnet",
+        "model": model,
+        "activation": "silu",
+        "input_size": size,
+        "model_kwargs": {"bn_epsilon": 1e-5, "bn_momentum": 0.9},
+        "use_ema": use_ema,
+        "channel_order": "rgb",
+        "published": {"clean": clean},
+    }
 
 
 ZOO = {
@@ -36,14 +51,17 @@ ZOO = {
     "Res50-mish": _resnet("resnet50", "mish", 224, None),
     "Res50-silu-299": _resnet("resnet50", "silu", 299, (70.7, 44.6, 43.8, 43.6)),
     "Res50-silu-380": _resnet("resnet50", "silu", 380, (71.6, 44.9, 44.1, 43.8)),
-    "ResX50-silu-32x4d": _resnet("resnext50_32x4d", "silu", 224, (71.1, 43.3, 42.5, 42.2),
-                                 groups=32, bottleneck_width=4),
-    "ResX50-silu-32x8d": _resnet("resnext50_32x8d", "silu", 224, (73.3, 46.3, 45.2, 44.8),
-                                 groups=32, bottleneck_width=8),
+    "ResX50-silu-32x4d": _resnet(
+        "resnext50_32x4d", "silu", 224, (71.1, 43.3, 42.5, 42.2), groups=32, bottleneck_width=4
+    ),
+    "ResX50-silu-32x8d": _resnet(
+        "resnext50_32x8d", "silu", 224, (73.3, 46.3, 45.2, 44.8), groups=32, bottleneck_width=8
+    ),
     "Res101-silu": _resnet("resnet101", "silu", 224, (72.9, 46.4, 45.5, 45.2)),
     "Res152-silu": _resnet("resnet152", "silu", 224, (74.0, 47.3, 46.2, 45.8)),
-    "ResX152-silu-380-32x8d": _resnet("resnext152_32x8d", "silu", 380, (78.0, 53.0, 51.7, 51.0),
-                                      groups=32, bottleneck_width=8),
+    "ResX152-silu-380-32x8d": _resnet(
+        "resnext152_32x8d", "silu", 380, (78.0, 53.0, 51.7, 51.0), groups=32, bottleneck_width=8
+    ),
     "efficientnet-b0": _efficientnet("efficientnet_b0", 224, 65.2),
     "efficientnet-b1": _efficientnet("efficientnet_b1", 240, 68.6),
     "efficientnet-b2": _efficientnet("efficientnet_b2", 260, 70.3),

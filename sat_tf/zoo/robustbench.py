@@ -46,16 +46,32 @@ _DM_CIFAR10 = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2471, 0.2435, 0.2616]
 
 def _cifar10_linf(model, clean, autoattack, paper):
     # DMWideResNet(num_classes=10, depth, width, activation_fn=nn.SiLU, mean=CIFAR10_MEAN, std=CIFAR10_STD).
-    return {"model": model, "model_kwargs": {"num_classes": 10, "activation": "silu", "preprocessing": _DM_CIFAR10},
-            "dataset": "cifar10", "threat_model": "Linf", "eps": 8 / 255, "eps_text": "8/255", "input_size": 32,
-            "published": {"clean": clean, "autoattack": autoattack}, "paper": paper}
+    return {
+        "model": model,
+        "model_kwargs": {"num_classes": 10, "activation": "silu", "preprocessing": _DM_CIFAR10},
+        "dataset": "cifar10",
+        "threat_model": "Linf",
+        "eps": 8 / 255,
+        "eps_text": "8/255",
+        "input_size": 32,
+        "published": {"clean": clean, "autoattack": autoattack},
+        "paper": paper,
+    }
 
 
 def _imagenet_linf(model, clean, autoattack, paper, **kwargs):
     # 224x224 crops ("BicubicRes256Crop224": bicubic resize to 256, centre crop 224), eps 4/255.
-    return {"model": model, "model_kwargs": {"num_classes": 1000, "activation": "gelu_erf", **kwargs},
-            "dataset": "imagenet", "threat_model": "Linf", "eps": 4 / 255, "eps_text": "4/255", "input_size": 224,
-            "published": {"clean": clean, "autoattack": autoattack}, "paper": paper}
+    return {
+        "model": model,
+        "model_kwargs": {"num_classes": 1000, "activation": "gelu_erf", **kwargs},
+        "dataset": "imagenet",
+        "threat_model": "Linf",
+        "eps": 4 / 255,
+        "eps_text": "4/255",
+        "input_size": 224,
+        "published": {"clean": clean, "autoattack": autoattack},
+        "paper": paper,
+    }
 
 
 ROBUSTBENCH = {
@@ -65,25 +81,30 @@ ROBUSTBENCH = {
     "Wang2023Better_WRN-70-16": _cifar10_linf("dm_wide_resnet70_16", 93.25, 70.69, "arXiv:2302.04638"),
     # model_info/cifar10/Linf/Bartoldson2024Adversarial_WRN-94-16.json: 93.68 / 73.71 (500M generated
     # images); the same DMWideResNet class at depth 94, width 16, nn.SiLU.
-    "Bartoldson2024Adversarial_WRN-94-16": _cifar10_linf("dm_wide_resnet94_16", 93.68, 73.71,
-                                                          "arXiv:2404.09349"),
+    "Bartoldson2024Adversarial_WRN-94-16": _cifar10_linf("dm_wide_resnet94_16", 93.68, 73.71, "arXiv:2404.09349"),
     # Singh et al.: RobustBench builds get_convstem_models(...) WITHOUT normalize_model and loads the
     # checkpoint without the `model.` prefix, so these networks take [0, 1] pixels un-normalised
     # (preprocessing=None). model_info/imagenet/Linf/Singh2023Revisiting_ConvNeXt-{T,S,B,L}-ConvStem.json.
-    "Singh2023Revisiting_ConvNeXt-T-ConvStem": _imagenet_linf("convnext_tiny", 72.72, 49.46, "arXiv:2303.01870",
-                                                              stem="convstem", preprocessing=None),
-    "Singh2023Revisiting_ConvNeXt-S-ConvStem": _imagenet_linf("convnext_small", 74.10, 52.42, "arXiv:2303.01870",
-                                                              stem="convstem", preprocessing=None),
-    "Singh2023Revisiting_ConvNeXt-B-ConvStem": _imagenet_linf("convnext_base", 75.90, 56.14, "arXiv:2303.01870",
-                                                              stem="convstem", preprocessing=None),
-    "Singh2023Revisiting_ConvNeXt-L-ConvStem": _imagenet_linf("convnext_large", 77.00, 57.70, "arXiv:2303.01870",
-                                                              stem="convstem", preprocessing=None),
+    "Singh2023Revisiting_ConvNeXt-T-ConvStem": _imagenet_linf(
+        "convnext_tiny", 72.72, 49.46, "arXiv:2303.01870", stem="convstem", preprocessing=None
+    ),
+    "Singh2023Revisiting_ConvNeXt-S-ConvStem": _imagenet_linf(
+        "convnext_small", 74.10, 52.42, "arXiv:2303.01870", stem="convstem", preprocessing=None
+    ),
+    "Singh2023Revisiting_ConvNeXt-B-ConvStem": _imagenet_linf(
+        "convnext_base", 75.90, 56.14, "arXiv:2303.01870", stem="convstem", preprocessing=None
+    ),
+    "Singh2023Revisiting_ConvNeXt-L-ConvStem": _imagenet_linf(
+        "convnext_large", 77.00, 57.70, "arXiv:2303.01870", stem="convstem", preprocessing=None
+    ),
     # Liu et al.: normalize_model(timm.create_model('convnext_base'|'convnext_large'), ImageNet mean/std).
     # model_info/imagenet/Linf/Liu2023Comprehensive_ConvNeXt-{B,L}.json.
-    "Liu2023Comprehensive_ConvNeXt-B": _imagenet_linf("convnext_base", 75.84, 53.98, "arXiv:2302.14301",
-                                                      preprocessing="imagenet"),
-    "Liu2023Comprehensive_ConvNeXt-L": _imagenet_linf("convnext_large", 77.18, 56.44, "arXiv:2302.14301",
-                                                      preprocessing="imagenet"),
+    "Liu2023Comprehensive_ConvNeXt-B": _imagenet_linf(
+        "convnext_base", 75.84, 53.98, "arXiv:2302.14301", preprocessing="imagenet"
+    ),
+    "Liu2023Comprehensive_ConvNeXt-L": _imagenet_linf(
+        "convnext_large", 77.18, 56.44, "arXiv:2302.14301", preprocessing="imagenet"
+    ),
 }
 
 
@@ -107,8 +128,17 @@ def build_preset(name, **overrides):
 
 # === Reading state dicts safely ===
 
-_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-                       "I8": "i1", "U8": "u1", "BOOL": "?"}
+_SAFETENSORS_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 
 
@@ -123,10 +153,10 @@ def read_safetensors(path):
     if size > len(data) - 8:
         raise ValueError(f"{path} is not a safetensors file (header size {size} > file size {len(data)})")
     try:
-        header = json.loads(data[8:8 + size])
+        header = json.loads(data[8 : 8 + size])
     except ValueError as err:
         raise ValueError(f"{path} is not a safetensors file (its header is not JSON: {err})") from None
-    body = memoryview(data)[8 + size:]
+    body = memoryview(data)[8 + size :]
     arrays = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -169,14 +199,18 @@ def _torch_load(path):
     try:
         import torch
     except ImportError:
-        raise ValueError(f"reading {path} needs PyTorch (pip install torch), or convert the checkpoint to "
-                         ".safetensors where torch is installed") from None
+        raise ValueError(
+            f"reading {path} needs PyTorch (pip install torch), or convert the checkpoint to "
+            ".safetensors where torch is installed"
+        ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, ... for unsafe or broken files
-        raise ValueError(f"{path} cannot be loaded with torch.load(weights_only=True) (only tensors and plain "
-                         f"containers are accepted, never pickled code): {type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        raise ValueError(
+            f"{path} cannot be loaded with torch.load(weights_only=True) (only tensors and plain "
+            f"containers are accepted, never pickled code): {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
 
 
 def _to_numpy(value):
@@ -209,7 +243,7 @@ def _strip_prefixes(names):
         key = name
         for prefix in ("module.", "model."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         if key in out:
             raise ValueError(f"state dict keys {out[key]!r} and {name!r} collide once prefixes are removed")
         out[key] = name
@@ -227,8 +261,9 @@ def load_state_dict(path_or_state_dict):
         elif path.endswith(_TORCH_SUFFIXES):
             raw = _torch_load(path)
         else:
-            raise ValueError(f"checkpoint {path}: expected a .safetensors file or a torch file "
-                             f"({', '.join(_TORCH_SUFFIXES)})")
+            raise ValueError(
+                f"checkpoint {path}: expected a .safetensors file or a torch file ({', '.join(_TORCH_SUFFIXES)})"
+            )
         source = path
     else:
         raw, source = path_or_state_dict, "the state dict"
@@ -254,16 +289,24 @@ def _torch_to_keras(layer, leaf, array):
     from sat_tf.models.convnext import LayerScale
 
     if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return {"weight": ("kernel", lambda a: a.transpose(2, 3, 0, 1) if a.ndim == 4 else a),
-                "bias": ("bias", None)}.get(leaf)
+        return {
+            "weight": ("kernel", lambda a: a.transpose(2, 3, 0, 1) if a.ndim == 4 else a),
+            "bias": ("bias", None),
+        }.get(leaf)
     if isinstance(layer, keras.layers.Conv2D):
-        return {"weight": ("kernel", lambda a: a.transpose(2, 3, 1, 0) if a.ndim == 4 else a),
-                "bias": ("bias", None)}.get(leaf)
+        return {
+            "weight": ("kernel", lambda a: a.transpose(2, 3, 1, 0) if a.ndim == 4 else a),
+            "bias": ("bias", None),
+        }.get(leaf)
     if isinstance(layer, keras.layers.Dense):
         return {"weight": ("kernel", lambda a: a.T if a.ndim == 2 else a), "bias": ("bias", None)}.get(leaf)
     if isinstance(layer, keras.layers.BatchNormalization):
-        return {"weight": ("gamma", None), "bias": ("beta", None), "running_mean": ("moving_mean", None),
-                "running_var": ("moving_variance", None)}.get(leaf)
+        return {
+            "weight": ("gamma", None),
+            "bias": ("beta", None),
+            "running_mean": ("moving_mean", None),
+            "running_var": ("moving_variance", None),
+        }.get(leaf)
     if isinstance(layer, keras.layers.LayerNormalization):
         return {"weight": ("gamma", None), "bias": ("beta", None)}.get(leaf)
     if isinstance(layer, LayerScale):
@@ -294,8 +337,10 @@ class RobustBenchConversion:
     normalization: str = ""
 
     def summary(self):
-        return (f"{self.model} <- {self.source}: loaded {len(self.loaded)} tensors, ignored "
-                f"{len(self.ignored)} BatchNorm counters; {self.normalization}")
+        return (
+            f"{self.model} <- {self.source}: loaded {len(self.loaded)} tensors, ignored "
+            f"{len(self.ignored)} BatchNorm counters; {self.normalization}"
+        )
 
 
 def _listing(label, items, limit=12):
@@ -351,20 +396,27 @@ def convert_state_dict(state_dict_or_path, model):
     if buffers:
         described = ", ".join(f"{key}={np.round(values, 4).tolist()}" for key, values in buffers.values())
         if ours is None:
-            norm_problems.append(f"the checkpoint normalises its input ({described}) but the model has no "
-                                 "preprocessing layer; build it with preprocessing={'mean': ..., 'std': ...}")
+            norm_problems.append(
+                f"the checkpoint normalises its input ({described}) but the model has no "
+                "preprocessing layer; build it with preprocessing={'mean': ..., 'std': ...}"
+            )
         else:
             for stat, (key, values) in buffers.items():
                 mine = np.broadcast_to(ours[stat], values.shape) if ours[stat].size == 1 else ours[stat]
                 if mine.shape != values.shape or not np.allclose(mine, values, atol=1e-6):
-                    norm_problems.append(f"{key}={np.round(values, 4).tolist()} but the model's preprocessing "
-                                         f"has {stat}={np.round(ours[stat], 4).tolist()}")
+                    norm_problems.append(
+                        f"{key}={np.round(values, 4).tolist()} but the model's preprocessing "
+                        f"has {stat}={np.round(ours[stat], 4).tolist()}"
+                    )
         report.normalization = f"checkpoint normalisation {described} " + (
-            "matches the model's" if not norm_problems else "does not match")
+            "matches the model's" if not norm_problems else "does not match"
+        )
     else:
-        report.normalization = ("no normalisation buffers in the checkpoint; the model's preprocessing: "
-                                + ("none" if ours is None else
-                                   f"mean={np.round(ours['mean'], 4).tolist()}, std={np.round(ours['std'], 4).tolist()}"))
+        report.normalization = "no normalisation buffers in the checkpoint; the model's preprocessing: " + (
+            "none"
+            if ours is None
+            else f"mean={np.round(ours['mean'], 4).tolist()}, std={np.round(ours['std'], 4).tolist()}"
+        )
 
     if unknown or missing or mismatched or norm_problems:
         parts = []
@@ -375,8 +427,11 @@ def convert_state_dict(state_dict_or_path, model):
         if mismatched:
             parts.append(_listing("shape mismatches", mismatched))
         parts += norm_problems
-        raise ValueError(f"{source} does not fit model {model.name}: " + " | ".join(parts)
-                         + ". Check the architecture (ROBUSTBENCH entry, depth/width, variant, stem, num_classes).")
+        raise ValueError(
+            f"{source} does not fit model {model.name}: "
+            + " | ".join(parts)
+            + ". Check the architecture (ROBUSTBENCH entry, depth/width, variant, stem, num_classes)."
+        )
     for variable, value in assignments:
         variable.assign(np.asarray(value, dtype=variable.dtype))
     return report

@@ -54,9 +54,7 @@ def main():
         result["counts"][f"{num}/{batch}"] = {"single": one.tolist(), "mirrored": two.tolist()}
 
     smooth_one = certification.Smooth(single_fn, NUM_CLASSES, SIGMA, batch_size=200)
-    smooth_two = certification.Smooth(
-        mirrored_fn, NUM_CLASSES, SIGMA, batch_size=200, strategy=mirrored
-    )
+    smooth_two = certification.Smooth(mirrored_fn, NUM_CLASSES, SIGMA, batch_size=200, strategy=mirrored)
     result["certify"] = {
         "single": list(smooth_one.certify(x, 100, 2000, 0.001, seed=3)),
         "mirrored": list(smooth_two.certify(x, 100, 2000, 0.001, seed=3)),

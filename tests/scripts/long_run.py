@@ -70,8 +70,15 @@ def main():
 
     def dataset_fn(epoch, ctx):
         return data.load_split(
-            "digits", "train", batch_size=BATCH, shuffle=True, repeat=True, seed=epoch,
-            drop_remainder=True, augment=True, input_context=ctx,
+            "digits",
+            "train",
+            batch_size=BATCH,
+            shuffle=True,
+            repeat=True,
+            seed=epoch,
+            drop_remainder=True,
+            augment=True,
+            input_context=ctx,
         )
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="long_run_")
@@ -84,17 +91,28 @@ def main():
             "hwm_kb": status_kb("VmHWM"),
             "gc_objects": gc_objects(),
             "checkpoint_files": len(os.listdir(os.path.join(workdir, "checkpoints"))),
-            "checkpoints_kept": len(tf.train.get_checkpoint_state(
-                os.path.join(workdir, "checkpoints")).all_model_checkpoint_paths),
+            "checkpoints_kept": len(
+                tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints")).all_model_checkpoint_paths
+            ),
             "tensorboard_files": len(os.listdir(os.path.join(workdir, "tensorboard"))),
         }
         samples.append(sample)
         return {}  # nothing extra in the history/TensorBoard: only the run itself is measured
 
     history = training.fit(
-        model, optimizer, attack, strategy, dataset_fn, config=config, epochs=args.epochs,
-        steps_per_epoch=args.steps, workdir=workdir, checkpoint_every_steps=args.checkpoint_every,
-        max_checkpoints=args.max_checkpoints, verbose=False, epoch_end_fn=epoch_end_fn,
+        model,
+        optimizer,
+        attack,
+        strategy,
+        dataset_fn,
+        config=config,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps,
+        workdir=workdir,
+        checkpoint_every_steps=args.checkpoint_every,
+        max_checkpoints=args.max_checkpoints,
+        verbose=False,
+        epoch_end_fn=epoch_end_fn,
     )
     for sample, record in zip(samples, history):
         sample["train_traces"] = record["train_traces"]
@@ -115,17 +133,24 @@ def main():
     evals = []
     for call in range(args.eval_calls):
         before = traces[0]
-        results = evaluation.evaluate(lambda z: model(z, training=False), strategy, eval_dataset_fn, {"pgd2": counting_attack})
+        results = evaluation.evaluate(
+            lambda z: model(z, training=False), strategy, eval_dataset_fn, {"pgd2": counting_attack}
+        )
         assert results["pgd2"]["count"] == 128, results
-        evals.append({
-            "call": call + 1,
-            "rss_kb": status_kb("VmRSS"),
-            "gc_objects": gc_objects(),
-            "attack_traces": traces[0] - before,
-        })
+        evals.append(
+            {
+                "call": call + 1,
+                "rss_kb": status_kb("VmRSS"),
+                "gc_objects": gc_objects(),
+                "attack_traces": traces[0] - before,
+            }
+        )
     out = {
-        "epochs": samples, "eval": evals, "seconds": time.perf_counter() - start,
-        "train_cpu_seconds": train_cpu, "eval_cpu_seconds": time.process_time() - train_cpu,
+        "epochs": samples,
+        "eval": evals,
+        "seconds": time.perf_counter() - start,
+        "train_cpu_seconds": train_cpu,
+        "eval_cpu_seconds": time.process_time() - train_cpu,
     }
     print(json.dumps(out), flush=True)
     return 0

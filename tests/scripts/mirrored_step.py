@@ -54,7 +54,10 @@ def run(strategy):
         model = build()
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
     config = training.StepConfig(
-        global_batch_size=GLOBAL_BATCH, num_classes=3, label_smoothing=0.1, weight_decay=1e-3,
+        global_batch_size=GLOBAL_BATCH,
+        num_classes=3,
+        label_smoothing=0.1,
+        weight_decay=1e-3,
         jit_compile=len(sys.argv) > 2 and sys.argv[2] == "jit",
     )
     train = training.make_train_function(model, optimizer, OBJECTIVES[OBJECTIVE](model), strategy, config)

@@ -47,7 +47,6 @@ dataset = strategy.experimental_distribute_dataset(
 out = {k: float(v) for k, v in train(iter(dataset), tf.constant(3)).items()}
 
 
-
 def copies(variables):
     return [[np.asarray(value) for value in strategy.experimental_local_results(v)] for v in variables]
 
@@ -55,5 +54,8 @@ def copies(variables):
 finite = all(np.all(np.isfinite(c)) for per_replica in copies(model.weights) for c in per_replica)
 # BN moving statistics are per replica (each saw its own shard): only their finiteness is checked.
 agree = all(np.array_equal(p[0], p[-1]) for p in copies(model.trainable_weights + optimizer.variables))
-print(json.dumps({**out, "iterations": int(optimizer.iterations.numpy()), "finite": bool(finite),
-                  "replicas_agree": bool(agree)}))
+print(
+    json.dumps(
+        {**out, "iterations": int(optimizer.iterations.numpy()), "finite": bool(finite), "replicas_agree": bool(agree)}
+    )
+)

@@ -53,9 +53,7 @@ class Objective:
 
         Defaults to cross-entropy on `batch = (rows, labels)`.
         """
-        return losses.default_loss(
-            forward, batch, weights, num_classes=num_classes, label_smoothing=label_smoothing
-        )
+        return losses.default_loss(forward, batch, weights, num_classes=num_classes, label_smoothing=label_smoothing)
 
     def weight_perturbation(self, batch, step):
         """None (the default), or per trainable variable a tensor or None."""
@@ -111,9 +109,7 @@ def as_objective(attack_or_objective):
     if isinstance(value, type):
         raise TypeError(f"{expected}; got the class {value.__name__}, not an instance. Received: attack={value!r}")
     if not callable(value):
-        hint = (
-            "; objectives must subclass `Objective`" if hasattr(value, "training_batch") else ""
-        )
+        hint = "; objectives must subclass `Objective`" if hasattr(value, "training_batch") else ""
         raise TypeError(f"{expected}{hint}. Received: attack={value!r} of type {type(value).__name__}")
     if not _takes_attack_arguments(value):
         raise TypeError(

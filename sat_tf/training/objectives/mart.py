@@ -52,9 +52,7 @@ def mart_terms(clean_logits, adv_logits, y, num_classes, label_smoothing=0.0):
     other = tf.reduce_max(tf.where(is_label, -1.0, adv_probs), axis=-1)
     bce = cross_entropy(adv, y, num_classes, label_smoothing) - tf.math.log(MARGIN_OFFSET - other + MARGIN_FLOOR)
     clean_probs = tf.nn.softmax(clean)
-    kl = tf.reduce_sum(
-        tf.math.xlogy(clean_probs, clean_probs) - clean_probs * tf.nn.log_softmax(adv), axis=-1
-    )
+    kl = tf.reduce_sum(tf.math.xlogy(clean_probs, clean_probs) - clean_probs * tf.nn.log_softmax(adv), axis=-1)
     true_prob = tf.reduce_sum(tf.where(is_label, clean_probs, 0.0), axis=-1)
     return bce, kl * (WEIGHT_OFFSET - true_prob)
 
@@ -85,7 +83,12 @@ class MartObjective(Objective):
     def training_batch(self, logits_fn, x, y, *, seed, step):
         del step
         x_adv = mart_pgd(
-            logits_fn, x, y, eps=self.eps, step_size=self.step_size, steps=int(self.steps),
+            logits_fn,
+            x,
+            y,
+            eps=self.eps,
+            step_size=self.step_size,
+            steps=int(self.steps),
             seed=attack_base.fold_seed(seed, _ATTACK_SEED),
         )
         return x, x_adv, y

@@ -109,8 +109,14 @@ class SmoothAdvObjective(Objective):
         noise = attacks.sample_noise(x, int(self.num_noise), self.sigma, seed)
         if self.adversarial:
             x = attacks.SMOOTHADV_ATTACKS[self.attack](
-                logits_fn, x, y, noise=noise, eps=self.epsilon_at(step), steps=int(self.steps),
-                seed=attack_base.fold_seed(seed, _ATTACK_SEED), **self.attack_kwargs(),
+                logits_fn,
+                x,
+                y,
+                noise=noise,
+                eps=self.epsilon_at(step),
+                steps=int(self.steps),
+                seed=attack_base.fold_seed(seed, _ATTACK_SEED),
+                **self.attack_kwargs(),
             )
         if self.multi_noise:
             return attacks.noisy_copies(x, noise), tf.repeat(y, int(self.num_noise))

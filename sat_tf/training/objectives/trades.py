@@ -54,9 +54,7 @@ _NOISE_SEED, _ATTACK_SEED = 11, 12
 
 def kl_soft(targets, logits):
     """Per-example KL(q || softmax(logits)) for soft targets q with exact zeros (xlogy), [B]."""
-    return tf.reduce_sum(
-        tf.math.xlogy(targets, targets) - targets * tf.nn.log_softmax(tf.cast(logits, tf.float32)), -1
-    )
+    return tf.reduce_sum(tf.math.xlogy(targets, targets) - targets * tf.nn.log_softmax(tf.cast(logits, tf.float32)), -1)
 
 
 def trades_kl(clean_logits, adv_logits):
@@ -95,7 +93,8 @@ def final_dense_index(model):
 def conv_kernel_indices(model):
     """Indices of conv kernels (RAT perturbs parameters named 'conv': conv kernels, not BN or fc)."""
     kernels = {
-        id(layer.kernel) for layer in model._flatten_layers()
+        id(layer.kernel)
+        for layer in model._flatten_layers()
         if isinstance(layer, keras.layers.Conv2D) and getattr(layer, "kernel", None) is not None
     }
     return [i for i, v in enumerate(model.trainable_variables) if id(v) in kernels]
@@ -173,7 +172,12 @@ class TradesObjective(Objective):
         del step
         attacker = self.attacker_logits(logits_fn, attack_base.fold_seed(seed, _NOISE_SEED))
         x_adv = trades_pgd(
-            attacker, x, y, eps=self.eps, step_size=self.step_size, steps=int(self.steps),
+            attacker,
+            x,
+            y,
+            eps=self.eps,
+            step_size=self.step_size,
+            steps=int(self.steps),
             seed=attack_base.fold_seed(seed, _ATTACK_SEED),
         )
         return x, x_adv, y
@@ -197,8 +201,10 @@ class TradesObjective(Objective):
         del tape
         first, second = rat_terms(g_nat, g_adv, y, clean, adv, self.rat_c)
         per_example = (
-            (1.0 - self.rat_alpha) * ce_nat + self.rat_alpha * first
-            + self.second_weight * second + self.beta * trades_kl(clean, adv)
+            (1.0 - self.rat_alpha) * ce_nat
+            + self.rat_alpha * first
+            + self.second_weight * second
+            + self.beta * trades_kl(clean, adv)
         )
         return per_example, adv, y
 
