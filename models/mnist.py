@@ -7,9 +7,7 @@ the study of issue 16 trains dozens of these.
 
 import keras
 
-from sat_tf.models import cifar
-from sat_tf.models import layers
-from sat_tf.models import register_model
+from sat_tf.models import cifar, layers, register_model
 
 
 @keras.saving.register_keras_serializable(package="sat_tf")

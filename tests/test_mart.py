@@ -5,12 +5,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import np_softmax
 
 from sat_tf import attacks, training
 from sat_tf.attacks import base
 from sat_tf.training import objectives
-
-from conftest import np_softmax
 
 K, D, B = 4, 6, 7
 

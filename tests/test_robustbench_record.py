@@ -4,10 +4,9 @@ import json
 import os
 
 import pytest
+from conftest import ROOT, run_launcher_in_process
 
 from sat_tf.evaluation import robustbench_record as rb
-
-from conftest import ROOT, run_launcher_in_process
 
 # The keys, in order, of RobustBench's model_info/cifar10/Linf/Wang2023Better_WRN-70-16.json.
 ROBUSTBENCH_KEYS = [

@@ -6,13 +6,12 @@ import os
 
 import numpy as np
 import pytest
-
-from sat_tf import config as config_lib
-from sat_tf.data import generated
-
 from conftest import ROOT, run_launcher_in_process
 from test_config import _load
 from test_data import _prepare_fake_cifar10
+
+from sat_tf import config as config_lib
+from sat_tf.data import generated
 
 CONFIG = os.path.join(ROOT, "launch", "configs", "wang2023_cifar10.py")
 
