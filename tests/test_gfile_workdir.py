@@ -60,7 +60,7 @@ def test_ram_workdir_trains_resumes_evaluates_and_exports(tmp_path, monkeypatch,
         "report/robustness.json",
         "report/robustness.md",
         "report/robustness.png",
-        f"report/evaluation_state-{STEPS_PER_EPOCH}.json",
+        f"report/evaluation_state-step{STEPS_PER_EPOCH}.json",
         "saved_model/saved_model.pb",
     ):
         assert tf.io.gfile.exists(f"{workdir}/{rel}"), rel
@@ -78,7 +78,7 @@ def test_ram_workdir_trains_resumes_evaluates_and_exports(tmp_path, monkeypatch,
     assert history[0] == first[0]
     latest = tf.train.latest_checkpoint(f"{workdir}/checkpoints")
     assert latest == f"{workdir}/checkpoints/ckpt-{2 * STEPS_PER_EPOCH}"
-    assert tf.io.gfile.exists(f"{workdir}/report/evaluation_state-{2 * STEPS_PER_EPOCH}.json")
+    assert tf.io.gfile.exists(f"{workdir}/report/evaluation_state-step{2 * STEPS_PER_EPOCH}.json")
 
     # The tools rebuild the run from the workdir.
     evaluated = f"{workdir}/evaluate"
