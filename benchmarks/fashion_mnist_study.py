@@ -6,6 +6,7 @@ r"""The Fashion-MNIST study (issue 16): one command per table, resumable, per-se
     python benchmarks/fashion_mnist_study.py --table=rat
     python benchmarks/fashion_mnist_study.py --table=sparta
     python benchmarks/fashion_mnist_study.py --table=certified --cert_N=10000
+    python benchmarks/fashion_mnist_study.py --table=all --seeds=5  # seed 0 of every table, then seed 1, ...
     python benchmarks/fashion_mnist_study.py --summarize           # TABLES.md + PNGs from the JSON
     python benchmarks/fashion_mnist_study.py --table=rat --dry_run # the commands, nothing run
 
@@ -433,7 +434,24 @@ def command_line(args):
     return " ".join(parts)
 
 
+SEED_MAJOR_TABLES = ("activations", "gradients", "rat", "sparta", "certified")
+
+
+def run_all(args):
+    """Every table, seed-major: seed 0 of each table, then seed 1, ..., so every table has paired
+    results early; `budget` last (it needs every seed of `activations`)."""
+    total = args.seeds
+    for seeds in range(1, total + 1):
+        for table in SEED_MAJOR_TABLES:
+            status = run_table(argparse.Namespace(**{**vars(args), "table": table, "seeds": seeds}))
+            if status:
+                return status
+    return run_table(argparse.Namespace(**{**vars(args), "table": "budget", "seeds": total}))
+
+
 def run_table(args):
+    if args.table == "all":
+        return run_all(args)
     config = load_config(args.config)
     check_fields(config, args.sets, "--set")
     runs = planned_runs(args, args.table, config)
@@ -712,7 +730,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
-    parser.add_argument("--table", choices=sorted(TABLES), help="the table to run")
+    parser.add_argument(
+        "--table", choices=sorted(TABLES) + ["all"], help="the table to run (all: every table, seed-major)"
+    )
     parser.add_argument("--summarize", action="store_true", help="write TABLES.md and the plots from the JSON")
     parser.add_argument("--dry_run", action="store_true", help="list the commands of the runs still to do")
     parser.add_argument("--rows", default=None, help="only these rows of the table (comma-separated)")
@@ -752,6 +772,8 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.eval_eps <= 1:
         parser.error(f"--eval_eps must be in (0, 1] (L-inf, [0, 1] pixels), got {args.eval_eps}")
+    if args.table == "all" and args.rows:
+        parser.error("--rows needs one table (--table=NAME), not --table=all")
     args.rows = args.rows.split(",") if args.rows else None
     try:
         args.budget_eps = [float(e) for e in args.budget_eps.split(",")]
