@@ -206,6 +206,46 @@ def test_dry_run_lists_the_commands(tmp_path, capsys):
     assert "run `python benchmarks/fashion_mnist_study.py --table=activations --seeds=2`" in capsys.readouterr().err
 
 
+def test_all_tables_run_seed_major_then_budget(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_execute(args, table, row, seed):
+        record = ("budget", row.name) if row.kind == "budget" else (row.record or (table, row.name))
+        calls.append((record, seed))
+        if row.kind == "budget":
+            return {"row": row.name, "seed": seed, "curve": [], "train_seconds": 0.0, "eval_seconds": 1.0}
+        return entry(record[1], seed, 0.7, 0.3 + 0.01 * (row.name == "mish"))
+
+    monkeypatch.setattr(study, "execute", fake_execute)
+    assert study.main(args_for(tmp_path, "--table=all")) == 0
+    first_seed1 = next(k for k, (_, seed) in enumerate(calls) if seed == 1)
+    assert all(seed == 0 for _, seed in calls[:first_seed1])  # every table's seed 0 before any seed 1
+    assert {record[0] for record, _ in calls[:first_seed1]} == {
+        "activations",
+        "gradients",
+        "rat",
+        "sparta",
+        "certified",
+    }
+    assert calls[-4:] == [
+        (("budget", "relu"), 0),
+        (("budget", "mish"), 0),
+        (("budget", "relu"), 1),
+        (("budget", "mish"), 1),
+    ]
+    assert len(calls) == len(set(calls)) == 2 * (7 + 3 + 3 + 2 + 6) + 4  # shared relu runs once per seed
+    assert "budget: relu and mish" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        study.main(args_for(tmp_path, "--table=all", "--rows=relu"))
+    assert "--rows needs one table" in capsys.readouterr().err
+
+
+def test_eval_batch_reaches_evaluate(tmp_path, capsys):
+    assert study.main(args_for(tmp_path, "--table=activations", "--rows=silu", "--dry_run", "--eval_batch=250")) == 0
+    evals = [line for line in capsys.readouterr().out.splitlines() if "launch/evaluate.py" in line]
+    assert len(evals) == 2 and all("--batch_size=250" in e for e in evals)
+
+
 def test_bad_settings_fail_with_one_line(tmp_path, capsys):
     assert study.main(args_for(tmp_path, "--table=rat", "--set=schedule.epoch=1", "--dry_run")) == 2
     assert "config field 'schedule.epoch' does not exist" in capsys.readouterr().err
