@@ -49,7 +49,8 @@ def test_every_data_set_is_a_registry_entry():
     assert all(issubclass(data.DATASETS[name], data.Dataset) for name in data.list_datasets())
     # Options an entry does not declare are dropped: one config schema serves every entry.
     digits = data.get_dataset("digits", data_dir=None, augment=False, source="tfds", image_size=224)
-    assert digits == data.ArrayDataset(name="digits", augment=False) and digits.in_memory
+    assert digits == data.DigitsDataset(name="digits", augment=False) and digits.in_memory
+    assert isinstance(data.get_dataset("fashion_mnist"), data.TfdsDataset)  # IDX files, else a tfds copy
     imagenet = data.get_dataset("imagenet", data_dir="/nowhere", image_size=32, labels="zero_based", limit_test=5)
     assert not imagenet.in_memory and imagenet.label_offset == 0
     assert imagenet.info().image_shape == (32, 32, 3) and imagenet.info().num_classes == 1000
@@ -59,7 +60,9 @@ def test_every_data_set_is_a_registry_entry():
     with pytest.raises(ValueError, match="Unknown dataset 'imagenet_typo'.*imagenet"):
         data.get_dataset("imagenet_typo")
     with pytest.raises(KeyError, match="already registered"):
-        data.register_dataset("digits", data.ArrayDataset)
+        data.register_dataset("digits", data.DigitsDataset)
+    with pytest.raises(ValueError, match="'imagenet' streams from files.*load_split reads: .*digits"):
+        data.load_split("imagenet", "test", batch_size=4)
 
 
 def test_array_entry_is_load_split_per_epoch_and_resumes_by_skipping():

@@ -7,9 +7,11 @@ resumed one started `skip_batches` in) and `eval_dataset(...)` (one ordered
 pass). Every pipeline yields `(images, labels)`: float32 `[B, H, W, C]` in
 [0, 1] and int32 `[B]` 0-based labels. Registered here: `"digits"`
 (scikit-learn's `load_digits()`, 1 797 grey 8x8 digits, a stratified 80/20
-split: 1 437 train / 360 test) and the tfds data sets of `TFDS_DATASETS`, read
-only from a prepared `<data_dir>/<name>/<version>/` (default `$TFDS_DATA_DIR`,
-else `~/tensorflow_datasets`) and decoded once into memory (`load_split`);
+split: 1 437 train / 360 test, `DigitsDataset`) and the tfds data sets of
+`TFDS_DATASETS` (`TfdsDataset`), read only from a prepared
+`<data_dir>/<name>/<version>/` (default `$TFDS_DATA_DIR`, else
+`~/tensorflow_datasets`); both are `ArrayDataset`s, decoded once into memory
+(`load_split`);
 `"imagenet"` (`sat_tf.data.imagenet_input`) streams TFRecords. A new data set
 is a `Dataset` subclass and one `register_dataset` line. `"fashion_mnist"` is
 read from its IDX files (Debian's `dataset-fashion-mnist`) when present, else
@@ -24,8 +26,6 @@ import re
 
 import numpy as np
 import tensorflow as tf
-
-from sat_tf.data import fashion_mnist
 
 DIGITS = "digits"
 DIGITS_TEST_FRACTION = 0.2
@@ -200,10 +200,15 @@ def dataset_info(name, data_dir=None):
 
 @dataclasses.dataclass(frozen=True)
 class ArrayDataset(Dataset):
-    """Digits or a prepared tfds data set, decoded once into memory (`load_split`)."""
+    """A data set small enough to decode once into memory; `load_split` builds its pipelines.
 
-    def info(self):
-        return _array_info(self.name, self.data_dir)
+    Subclasses implement `info` and `arrays`; the training augmentation is `AUGMENTATIONS[name]`.
+    """
+
+    def arrays(self, split, limit=None):
+        """`(images, labels)` of `split` as read-only NumPy (uint8 or float32 images, int32 labels), in file
+        order; at least its first `limit` examples (None: all)."""
+        raise NotImplementedError
 
     def train_dataset(self, epoch, *, batch_size, seed, input_context=None, skip_batches=0):
         ds = load_split(
@@ -235,33 +240,47 @@ class ArrayDataset(Dataset):
         )
 
 
-def _array_info(name, data_dir):
-    _check_name(name)
-    if name == DIGITS:
+@dataclasses.dataclass(frozen=True)
+class DigitsDataset(ArrayDataset):
+    """scikit-learn's 8x8 digits, split 80/20 (stratified, fixed seed); needs no files."""
+
+    def info(self):
         arrays = _digits_arrays()
         return DatasetInfo(
-            name=DIGITS,
+            name=self.name,
             num_classes=10,
             image_shape=(8, 8, 1),
             num_train=len(arrays["train"][1]),
             num_test=len(arrays["test"][1]),
             class_names=tuple(str(i) for i in range(10)),
         )
-    if name == fashion_mnist.NAME and (files := fashion_mnist.locate(data_dir)):
-        return fashion_mnist.dataset_info(files)
-    builder = _tfds_builder(find_prepared_dataset(name, data_dir))
-    image_key, label_key = _supervised_keys(builder)
-    features = builder.info.features
-    label_feature = features[label_key]
-    names = getattr(label_feature, "names", None)
-    return DatasetInfo(
-        name=name,
-        num_classes=int(label_feature.num_classes),
-        image_shape=tuple(int(d) for d in features[image_key].shape),
-        num_train=int(builder.info.splits["train"].num_examples),
-        num_test=int(builder.info.splits["test"].num_examples),
-        class_names=tuple(names) if names else None,
-    )
+
+    def arrays(self, split, limit=None):
+        return _digits_arrays()[split]
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsDataset(ArrayDataset):
+    """A tfds data set read only from its prepared `<data_dir>/<name>/<version>/` (never downloaded)."""
+
+    def info(self):
+        builder = _tfds_builder(find_prepared_dataset(self.name, self.data_dir))
+        image_key, label_key = _supervised_keys(builder)
+        features = builder.info.features
+        label_feature = features[label_key]
+        names = getattr(label_feature, "names", None)
+        return DatasetInfo(
+            name=self.name,
+            num_classes=int(label_feature.num_classes),
+            image_shape=tuple(int(d) for d in features[image_key].shape),
+            num_train=int(builder.info.splits["train"].num_examples),
+            num_test=int(builder.info.splits["test"].num_examples),
+            class_names=tuple(names) if names else None,
+        )
+
+    def arrays(self, split, limit=None):
+        version_dir = find_prepared_dataset(self.name, self.data_dir)
+        return _tfds_arrays(version_dir, split, None if limit is None else int(limit))
 
 
 def find_prepared_dataset(name, data_dir=None):
@@ -325,7 +344,7 @@ def load_split(
     `tf.random.set_seed` or on other datasets built earlier.
 
     Args:
-        name: one of `AUGMENTATIONS` (the data sets decoded into memory).
+        name: a registered `ArrayDataset` (the data sets decoded into memory).
         split: `"train"` or `"test"`.
         data_dir: root of prepared tfds datasets (ignored for digits). Defaults
             to `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`.
@@ -345,20 +364,19 @@ def load_split(
         ValueError: unknown dataset or split, or a bad batch size / limit.
         DatasetNotFoundError: a tfds dataset is not prepared in `data_dir`.
     """
-    _check_name(name)
+    entry = get_dataset(name, data_dir=data_dir)
+    if not isinstance(entry, ArrayDataset):
+        raise ValueError(
+            f"{name!r} streams from files and is not decoded into memory; use get_dataset({name!r}).train_dataset "
+            f"or .eval_dataset. load_split reads: {sorted(n for n, e in DATASETS.items() if issubclass(e, ArrayDataset))}"
+        )
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r} for {name}. Known: {list(SPLITS)}")
     if int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
     if limit is not None and int(limit) < 0:
         raise ValueError(f"`limit` must be >= 0 or None. Received: limit={limit}")
-    if name == DIGITS:
-        images, labels = _digits_arrays()[split]
-    elif name == fashion_mnist.NAME and (files := fashion_mnist.locate(data_dir)):
-        images, labels = fashion_mnist.read_split(*files[split])
-    else:
-        version_dir = find_prepared_dataset(name, data_dir)
-        images, labels = _tfds_arrays(version_dir, split, None if limit is None else int(limit))
+    images, labels = entry.arrays(split, limit)
     if limit is not None:
         images, labels = images[: int(limit)], labels[: int(limit)]
 
@@ -407,11 +425,6 @@ def load_split(
 
 
 # === Helpers ===
-
-
-def _check_name(name):
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"Unknown dataset {name!r}. Known (decoded into memory): {sorted(AUGMENTATIONS)}")
 
 
 def _to_unit_float(image):
@@ -489,9 +502,13 @@ def _tfds_arrays(version_dir, split, limit):
     return images, labels
 
 
-for _name in AUGMENTATIONS:
-    register_dataset(_name, ArrayDataset)
+register_dataset(DIGITS, DigitsDataset)
+for _name in TFDS_DATASETS:
+    if _name != "fashion_mnist":
+        register_dataset(_name, TfdsDataset)
 
-from sat_tf.data import imagenet_input  # noqa: E402  (needs the names above)
+# The entries in their own modules subclass the classes above.
+from sat_tf.data import fashion_mnist, imagenet_input  # noqa: E402
 
+register_dataset(fashion_mnist.NAME, fashion_mnist.FashionMnist)
 register_dataset(imagenet_input.NAME, imagenet_input.ImageNet)

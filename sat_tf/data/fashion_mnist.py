@@ -21,12 +21,15 @@ truncated file fails with one line naming the file and the fix, instead of
 training on garbage.
 """
 
+import dataclasses
 import functools
 import gzip
 import os
 import zlib
 
 import numpy as np
+
+from sat_tf import data  # imported by sat_tf.data after the classes this module subclasses
 
 NAME = "fashion_mnist"
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -184,7 +187,30 @@ def _fix(path):
     return f"to fix, replace it with the original file (Debian's `{APT_PACKAGE}` installs them in {DEBIAN_DIR})"
 
 
-# === The hooks of sat_tf.data ===
+# === The registry entry ===
+
+
+@dataclasses.dataclass(frozen=True)
+class FashionMnist(data.TfdsDataset):
+    """`"fashion_mnist"`: the IDX files when `locate` finds them, else a tfds-prepared copy."""
+
+    def info(self):
+        files = locate(self.data_dir)
+        if files is None:
+            return super().info()
+        counts = {split: len(read_split(*paths)[1]) for split, paths in files.items()}  # reads and checks both
+        return data.DatasetInfo(
+            name=NAME,
+            num_classes=NUM_CLASSES,
+            image_shape=IMAGE_SHAPE,
+            num_train=counts["train"],
+            num_test=counts["test"],
+            class_names=CLASS_NAMES,
+        )
+
+    def arrays(self, split, limit=None):
+        files = locate(self.data_dir)
+        return super().arrays(split, limit) if files is None else read_split(*files[split])
 
 
 def locate(data_dir=None):
@@ -196,25 +222,8 @@ def locate(data_dir=None):
     files = find_idx_files(data_dir)
     if files is not None:
         return files
-    from sat_tf import data  # at call time: this module is imported by sat_tf.data
-
     try:
         data.find_prepared_dataset(NAME, data_dir)
     except data.DatasetNotFoundError:
         raise data.DatasetNotFoundError(not_found_message(data_dir)) from None
     return None
-
-
-def dataset_info(files):
-    """The `DatasetInfo` of the IDX files `files` (both splits are read and checked: corrupt data fails early)."""
-    from sat_tf import data
-
-    counts = {split: len(read_split(*paths)[1]) for split, paths in files.items()}
-    return data.DatasetInfo(
-        name=NAME,
-        num_classes=NUM_CLASSES,
-        image_shape=IMAGE_SHAPE,
-        num_train=counts["train"],
-        num_test=counts["test"],
-        class_names=CLASS_NAMES,
-    )
