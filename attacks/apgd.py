@@ -179,10 +179,7 @@ def apgd(
         eot_iter=eot_iter,
     )
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
-    y = tf.convert_to_tensor(y)
-    if not y.dtype.is_integer:
-        raise TypeError(f"`y` must hold integer labels. Received: {y.dtype=}")
-    y = tf.cast(y, tf.int32)
+    y = base.as_labels(y)
     eps = tf.cast(eps, tf.float32)
     seed = base.as_seed(seed)
     point_ids = base.default_point_ids(x) if point_ids is None else point_ids
@@ -566,10 +563,6 @@ def _check_classes(logits, loss, n_target_classes):
         )
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _validate(*, eps, norm, loss, steps, restarts, n_target_classes, rho, eot_iter):
     if norm == "l1":
         raise ValueError("norm='l1' is not implemented for APGD (sparse L1 steps); use 'linf' or 'l2'.")
@@ -585,7 +578,7 @@ def _validate(*, eps, norm, loss, steps, restarts, n_target_classes, rho, eot_it
         ("n_target_classes", n_target_classes, 1),
         ("eot_iter", eot_iter, 1),
     ):
-        if not _is_int(value) or value < low:
+        if not base.is_int(value) or value < low:
             raise ValueError(f"`{name}` must be a Python int >= {low}. Received: {name}={value!r}")
     if not (isinstance(rho, numbers.Real) and 0.0 <= rho <= 1.0):
         raise ValueError(f"`rho` must be in [0, 1]. Received: {rho=}")

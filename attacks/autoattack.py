@@ -307,10 +307,7 @@ def autoattack(
     _validate(eps=eps, norm=norm, version=version, seed=seed)
     specs = plan(version, attacks=attacks, options=options)
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
-    y = tf.convert_to_tensor(y)
-    if not y.dtype.is_integer:
-        raise TypeError(f"`y` must hold integer labels. Received: {y.dtype=}")
-    y = tf.cast(y, tf.int32)
+    y = base.as_labels(y)
     seed = base.as_seed(seed)
     point_ids = base.default_point_ids(x) if point_ids is None else tf.cast(point_ids, tf.int32)
     eps = tf.cast(eps, tf.float32)

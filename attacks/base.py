@@ -12,6 +12,7 @@ floats than the TF kernels do; with our own conversion eager, `tf.function`
 and `jit_compile=True` give the same perturbation for the same seed.
 """
 
+import numbers
 from collections.abc import Callable
 
 import numpy as np
@@ -260,13 +261,29 @@ def default_point_ids(x):
     return tf.range(tf.shape(x)[0], dtype=tf.int32)
 
 
+def as_labels(y):
+    """`y` as int32 labels; a float array (one-hot, probabilities) is a TypeError, not a silent cast."""
+    y = tf.convert_to_tensor(y)
+    if not y.dtype.is_integer:
+        raise TypeError(f"`y` must hold integer labels. Received: {y.dtype=}")
+    return tf.cast(y, tf.int32)
+
+
+def is_number(value):
+    """A Python/NumPy real number, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_int(value):
+    """A Python/NumPy integer, not a bool (a bool is an int to Python but a mistake as a count)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def as_seed(seed):
     """A stateless seed tensor of shape `[2]` from None, an int or a tensor.
 
     None draws a fresh seed with `tf.random.uniform` (not reproducible).
     """
-    import numbers
-
     if seed is None:
         return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
     if isinstance(seed, numbers.Integral):

@@ -63,7 +63,6 @@ References:
 """
 
 import math
-import numbers
 
 import numpy as np
 import tensorflow as tf
@@ -165,10 +164,7 @@ def fab(
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
     if x.shape.rank is None or x.shape.rank < 2 or not x.shape[1:].is_fully_defined():
         raise ValueError(f"`x` must have a static rank >= 2 and static non-batch dimensions. Received: {x.shape=}")
-    y = tf.convert_to_tensor(y)
-    if not y.dtype.is_integer:
-        raise TypeError(f"`y` must hold integer labels. Received: {y.dtype=}")
-    y = tf.cast(y, tf.int32)
+    y = base.as_labels(y)
     eps = tf.cast(eps, tf.float32)
     steps = tf.cast(steps, tf.int32)
     seed = base.as_seed(seed)
@@ -558,30 +554,22 @@ def _check_classes(logits, targeted, n_target_classes):
         )
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _validate(*, eps, norm, targeted, n_target_classes, steps, restarts, alpha_max, eta, beta):
     """Checks the arguments that are Python values; tensors pass through."""
     if norm not in NORMS:
         raise ValueError(f"`norm` must be one of {NORMS}. Received: {norm=}")
     if not isinstance(targeted, bool):
         raise ValueError(f"`targeted` must be a Python bool. Received: {targeted=}")
-    if _is_real(eps) and not (np.isfinite(eps) and eps >= 0):
+    if base.is_number(eps) and not (np.isfinite(eps) and eps >= 0):
         raise ValueError(f"`eps` must be finite and >= 0. Received: {eps=}")
-    if not (_is_int(steps) and steps >= 0) and not tf.is_tensor(steps):
+    if not (base.is_int(steps) and steps >= 0) and not tf.is_tensor(steps):
         raise ValueError(f"`steps` must be an int >= 0 (or an int tensor). Received: {steps=}")
     for name, value in (("restarts", restarts), ("n_target_classes", n_target_classes)):
-        if not _is_int(value) or value < 1:
+        if not base.is_int(value) or value < 1:
             raise ValueError(f"`{name}` must be a Python int >= 1. Received: {name}={value!r}")
-    if not (_is_real(alpha_max) and 0.0 <= alpha_max <= 1.0):
+    if not (base.is_number(alpha_max) and 0.0 <= alpha_max <= 1.0):
         raise ValueError(f"`alpha_max` must be in [0, 1]. Received: {alpha_max=}")
-    if not (_is_real(eta) and np.isfinite(eta) and eta >= 1.0):
+    if not (base.is_number(eta) and np.isfinite(eta) and eta >= 1.0):
         raise ValueError(f"`eta` must be finite and >= 1. Received: {eta=}")
-    if not (_is_real(beta) and 0.0 < beta <= 1.0):
+    if not (base.is_number(beta) and 0.0 < beta <= 1.0):
         raise ValueError(f"`beta` must be in (0, 1]. Received: {beta=}")

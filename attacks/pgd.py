@@ -215,10 +215,7 @@ def _run_attack(
     point_ids=None,
 ):
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
-    y = tf.convert_to_tensor(y)
-    if not y.dtype.is_integer:
-        raise TypeError(f"`y` must hold integer labels. Received: {y.dtype=}")
-    y = tf.cast(y, tf.int32)
+    y = base.as_labels(y)
     eps = tf.cast(eps, tf.float32)
     step_size = tf.cast(step_size, tf.float32)
     if step_size_rule == "max_eps_over_steps":
@@ -344,10 +341,6 @@ def _point_delta(x, eps, norm, seed, point_ids, run):
     return direction * tf.reshape(radius, [-1] + [1] * (x.shape.rank - 1))
 
 
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _validate(
     *,
     eps,
@@ -369,20 +362,20 @@ def _validate(
     ):
         if value not in choices:
             raise ValueError(f"`{name}` must be one of {choices}. Received: {name}={value!r}")
-    if _is_number(eps) and not (np.isfinite(eps) and eps >= 0):
+    if base.is_number(eps) and not (np.isfinite(eps) and eps >= 0):
         raise ValueError(f"`eps` must be finite and >= 0. Received: {eps=}")
-    if _is_number(steps) and (not isinstance(steps, numbers.Integral) or steps < 0):
+    if base.is_number(steps) and (not isinstance(steps, numbers.Integral) or steps < 0):
         raise ValueError(f"`steps` must be an int >= 0. Received: {steps=}")
-    if _is_number(step_size):
+    if base.is_number(step_size):
         if step_size < 0 or not np.isfinite(step_size):
             raise ValueError(f"`step_size` must be finite and > 0. Received: {step_size=}")
         effective = step_size
-        if step_size_rule == "max_eps_over_steps" and _is_number(eps):
-            if _is_number(steps) and steps > 0:
+        if step_size_rule == "max_eps_over_steps" and base.is_number(eps):
+            if base.is_number(steps) and steps > 0:
                 effective = max(step_size, eps / steps)
-        if _is_number(steps) and steps > 0 and effective <= 0:
+        if base.is_number(steps) and steps > 0 and effective <= 0:
             raise ValueError(f"`step_size` must be > 0 when `steps` > 0. Received: {step_size=}, {steps=}")
-    if _is_number(prob_start_from_clean) and not (0.0 <= prob_start_from_clean <= 1.0):
+    if base.is_number(prob_start_from_clean) and not (0.0 <= prob_start_from_clean <= 1.0):
         raise ValueError(f"`prob_start_from_clean` must be in [0, 1]. Received: {prob_start_from_clean=}")
     if not isinstance(restarts, numbers.Integral) or restarts < 1:
         raise ValueError(f"`restarts` must be a Python int >= 1. Received: {restarts=}")
@@ -391,5 +384,5 @@ def _validate(
             "`restarts` > 1 needs `random_start=True` (every restart would "
             f"be the same). Received: {restarts=}, {random_start=}"
         )
-    if _is_number(cw_kappa) and cw_kappa < 0:
+    if base.is_number(cw_kappa) and cw_kappa < 0:
         raise ValueError(f"`cw_kappa` must be >= 0 or None. Received: {cw_kappa=}")

@@ -329,10 +329,7 @@ def _square(
     _validate(eps=eps, norm=norm, queries=queries, p_init=p_init, restarts=restarts)
     x = tf.cast(tf.convert_to_tensor(x), tf.float32)
     shape = _static_image_shape(x)
-    y = tf.convert_to_tensor(y)
-    if not y.dtype.is_integer:
-        raise TypeError(f"`y` must hold integer labels. Received: {y.dtype=}")
-    y = tf.cast(y, tf.int32)
+    y = base.as_labels(y)
     eps = tf.cast(eps, tf.float32)
     queries = tf.cast(queries, tf.int32)
     seed = base.as_seed(seed)
@@ -602,21 +599,17 @@ def _static_image_shape(x):
     return tuple(int(d) for d in x.shape[1:])
 
 
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _validate(*, eps, norm, queries, p_init, restarts):
     """Checks the arguments that are Python values; tensors pass through."""
     if norm == "l1":
         raise ValueError(f"L1 Square is not implemented; `norm` must be one of {NORMS}. Received: {norm=}")
     if norm not in NORMS:
         raise ValueError(f"`norm` must be one of {NORMS}. Received: {norm=}")
-    if _is_number(eps) and not (np.isfinite(eps) and eps >= 0):
+    if base.is_number(eps) and not (np.isfinite(eps) and eps >= 0):
         raise ValueError(f"`eps` must be finite and >= 0. Received: {eps=}")
-    if _is_number(queries) and (not isinstance(queries, numbers.Integral) or queries < 0):
+    if base.is_number(queries) and (not isinstance(queries, numbers.Integral) or queries < 0):
         raise ValueError(f"`queries` must be an int >= 0. Received: {queries=}")
-    if not _is_number(p_init) or not 0 < p_init <= 1:
+    if not base.is_number(p_init) or not 0 < p_init <= 1:
         raise ValueError(f"`p_init` must be a Python float in (0, 1]. Received: {p_init=}")
     if isinstance(restarts, bool) or not isinstance(restarts, numbers.Integral) or restarts < 1:
         raise ValueError(f"`restarts` must be a Python int >= 1. Received: {restarts=}")
