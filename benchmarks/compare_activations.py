@@ -63,6 +63,16 @@ def table_lines(table, first_column="activation"):
     return lines
 
 
+def write_table(table, seeds, out, first_column="activation"):
+    """Prints the table and writes it to `<out>/table.md`."""
+    text = "\n".join(table_lines(table, first_column=first_column))
+    print(f"\n{len(seeds)} seeds each ({', '.join(map(str, seeds))}); mean ± std (min–max)\n")
+    print(text)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--activations", default="relu,silu")
@@ -73,13 +83,7 @@ def main():
     activations = args.activations.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     table = {a: [run(a, s, args.out, [f"--config.model.activation={a}", *extra]) for s in seeds] for a in activations}
-    lines = table_lines(table)
-    text = "\n".join(lines)
-    print(f"\n{len(seeds)} seeds each ({', '.join(map(str, seeds))}); mean ± std (min–max)\n")
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text + "\n")
+    write_table(table, seeds, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from compare_activations import run, table_lines  # noqa: E402
+from compare_activations import run, write_table  # noqa: E402
 
 BUDGET = ["--config=launch/configs/rat_digits.py"]
 ROWS = {
@@ -66,12 +66,7 @@ def main():
         parser.error(f"--rows: unknown {unknown}; choose from {sorted(ROWS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     table = {row: [run(row, s, args.out, [*BUDGET, *ROWS[row], *extra]) for s in seeds] for row in rows}
-    text = "\n".join(table_lines(table, first_column="configuration"))
-    print(f"\n{len(seeds)} seeds each ({', '.join(map(str, seeds))}); mean ± std (min–max)\n")
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text + "\n")
+    write_table(table, seeds, args.out, first_column="configuration")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ FLAGS = [
 EPOCH = 256 // 16  # steps; checkpoints at epoch ends
 
 
-def _start(workdir, ports, epochs=2):
+def _start_workers(script, args, ports):
+    """Starts `launch/<script>` with `args` as the two workers of a local cluster on `ports`."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(2):
@@ -47,23 +48,15 @@ def _start(workdir, ports, epochs=2):
             "TF_CPP_MIN_LOG_LEVEL": "3",
             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
         }
+        command = [sys.executable, os.path.join(ROOT, "launch", script), *args]
         procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    os.path.join(ROOT, "launch", "train.py"),
-                    *FLAGS,
-                    f"--config.schedule.epochs={epochs}",
-                    f"--workdir={workdir}",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-                cwd=ROOT,
-            )
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         )
     return procs
+
+
+def _start(workdir, ports, epochs=2):
+    return _start_workers("train.py", [*FLAGS, f"--config.schedule.epochs={epochs}", f"--workdir={workdir}"], ports)
 
 
 def _finish(procs):
@@ -158,31 +151,11 @@ def test_two_workers_evaluate_as_one_device(tmp_path):
         "--autoattack_options=apgd-ce.steps=10,apgd-t.steps=5,apgd-t.n_target_classes=2,fab-t.steps=5,"
         "fab-t.n_target_classes=2,square.queries=50",
     ]
-    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
-    procs = []
-    for index in range(2):
-        env = {
-            **os.environ,
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-        }
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    os.path.join(ROOT, "launch", "evaluate.py"),
-                    f"--workdir={workdir}",
-                    *flags,
-                    "--strategy=multi_worker",
-                    f"--output_dir={tmp_path / 'two'}",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-                cwd=ROOT,
-            )
-        )
+    procs = _start_workers(
+        "evaluate.py",
+        [f"--workdir={workdir}", *flags, "--strategy=multi_worker", f"--output_dir={tmp_path / 'two'}"],
+        [free_port() for _ in range(2)],
+    )
     outs = _finish(procs)
     subprocess.run(
         [
