@@ -44,6 +44,7 @@ import argparse
 import dataclasses
 import datetime
 import importlib.util
+import json
 import os
 import shlex
 import subprocess
@@ -304,6 +305,33 @@ def run_logged(command, log_path):
     return time.perf_counter() - start
 
 
+def training_speed(wd):
+    """Training time from the trainer's history (the sum of its epochs' seconds, so a run resumed across
+    sessions counts each epoch once and not the restarts) and the training images per second."""
+    path = os.path.join(wd, "history.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        epochs = json.load(f)
+    with open(os.path.join(wd, "run_config.json")) as f:
+        config = json.load(f)
+    seconds = sum(e["seconds"] for e in epochs)
+    images = epochs[-1]["step"] * config["schedule"]["batch_size"] if epochs else 0
+    return {"train_epoch_seconds": seconds, "train_images_per_second": images / seconds if seconds else None}
+
+
+def wait_while_paused(args):
+    """Between runs, waits while `<runs_dir>/PAUSE` exists (so the machine can be freed for a
+    measurement without a run's recorded times including the pause)."""
+    pause = os.path.join(args.runs_dir, "PAUSE")
+    announced = False
+    while os.path.exists(pause):
+        if not announced:
+            print(f"paused: {pause} exists; remove it to go on", flush=True)
+            announced = True
+        time.sleep(5)
+
+
 def read_robustness(output_dir, pgd_steps):
     """(clean, PGD, AutoAttack, worst case, images) of an evaluate.py report."""
     import json
@@ -360,6 +388,7 @@ def execute(args, table, row, seed):
         "commands": [shlex.join(train)],
         "train_seconds": run_logged(train, log),
     }
+    entry.update(training_speed(wd))
     if row.kind == "certified":
         sigma = float(dict(row.overrides)["objective.noise_sd"])
         command = certify_command(args, wd, sigma)
@@ -484,6 +513,7 @@ def run_table(args):
         return 0
     start = time.perf_counter()
     for k, (row, seed, record) in enumerate(pending):
+        wait_while_paused(args)
         elapsed = time.perf_counter() - start
         eta = "?" if k == 0 else study_lib.clock(elapsed / k * (len(pending) - k))
         print(
@@ -599,7 +629,7 @@ def summarize(args):
         eps = sorted({e.get("eps") for e in entries if e.get("eps") is not None})
         lines += [
             f"L-inf eps {', '.join(f'{e:g}' for e in eps)}; images per run: {_images(entries)}; "
-            f"wall time {study_lib.clock(study_lib.wall_seconds(own))} ({len(own)} runs).",
+            f"wall time {study_lib.clock(study_lib.wall_seconds(own))} ({len(own)} runs)." + study_lib.speed_text(own),
             "",
             "Command:",
             "",

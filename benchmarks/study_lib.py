@@ -187,6 +187,18 @@ def wall_seconds(entries):
     return sum(e.get("train_seconds", 0.0) + e.get("eval_seconds", 0.0) for e in entries)
 
 
+def speed_text(entries):
+    """The training images/s of the runs that recorded it (median and range), or ""."""
+    speeds = sorted(e["train_images_per_second"] for e in entries if e.get("train_images_per_second"))
+    if not speeds:
+        return ""
+    median = statistics.median(speeds)
+    return (
+        f" Training speed: median {median:,.0f} images/s ({speeds[0]:,.0f}–{speeds[-1]:,.0f}) over "
+        f"{len(speeds)} runs, from the trainer's per-epoch seconds."
+    )
+
+
 # === Plots (matplotlib, Agg) ===
 
 

@@ -240,6 +240,34 @@ def test_all_tables_run_seed_major_then_budget(tmp_path, monkeypatch, capsys):
     assert "--rows needs one table" in capsys.readouterr().err
 
 
+def test_training_speed_comes_from_the_history_and_pause_waits(tmp_path, monkeypatch, capsys):
+    wd = tmp_path / "run"
+    wd.mkdir()
+    (wd / "history.json").write_text(json.dumps([{"step": 100, "seconds": 20.0}, {"step": 200, "seconds": 30.0}]))
+    (wd / "run_config.json").write_text(json.dumps({"schedule": {"batch_size": 64}}))
+    speed = study.training_speed(str(wd))
+    assert speed == {"train_epoch_seconds": 50.0, "train_images_per_second": 200 * 64 / 50.0}
+    assert study.training_speed(str(tmp_path / "nothing")) == {}
+    text = study_lib.speed_text([{"train_images_per_second": v} for v in (100.0, 300.0, 200.0)] + [{}])
+    assert "median 200 images/s (100–300) over 3 runs" in text and study_lib.speed_text([{}]) == ""
+
+    args = study.parse_args(args_for(tmp_path, "--table=rat"))
+    os.makedirs(args.runs_dir)
+    pause = os.path.join(args.runs_dir, "PAUSE")
+    open(pause, "w").close()
+    sleeps = []
+
+    def fake_sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            os.remove(pause)
+
+    monkeypatch.setattr(study.time, "sleep", fake_sleep)
+    study.wait_while_paused(args)
+    assert len(sleeps) == 3 and not os.path.exists(pause)
+    assert capsys.readouterr().out.count("paused:") == 1
+
+
 def test_eval_batch_reaches_evaluate(tmp_path, capsys):
     assert study.main(args_for(tmp_path, "--table=activations", "--rows=silu", "--dry_run", "--eval_batch=250")) == 0
     evals = [line for line in capsys.readouterr().out.splitlines() if "launch/evaluate.py" in line]
@@ -271,6 +299,7 @@ def test_one_tiny_real_run_on_digits_end_to_end(tmp_path, capsys):
     assert run["row"] == "smooth_grad_attacker" and run["seed"] == 0 and run["images"] == 16
     assert 0 <= run["autoattack"] <= run["pgd"] <= run["clean"] <= 1 and run["worst_case"] <= run["autoattack"]
     assert run["train_seconds"] > 0 and run["eval_seconds"] > 0
+    assert 0 < run["train_epoch_seconds"] <= run["train_seconds"] and run["train_images_per_second"] > 0
     assert run["commands"][1].endswith("--activation=relu")
     log = open(os.path.join(run["workdir"], "study_log.txt")).read()
     assert "clean logits equal the trained model's" in log
