@@ -125,8 +125,8 @@ GROUPS = {
         samples=800,
     ),
     "fashion": Group(
-        "Fashion-MNIST model, clean vs PGD-5 (mnist_resnet, 28x28x1, batch 128, float32)",
-        "mnist_resnet",
+        "Fashion-MNIST study model, clean vs PGD-5 (mnist_resnet_fast, 28x28x1, batch 128, float32)",
+        "mnist_resnet_fast",
         (28, 28, 1),
         10,
         128,
