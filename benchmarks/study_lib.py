@@ -17,7 +17,13 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05  # the one-sided level a claim's direction is called "supported" at
-METRICS = (("clean", "clean"), ("pgd", "PGD"), ("autoattack", "AutoAttack"), ("worst_case", "worst case"))
+METRICS = (
+    ("clean", "clean"),
+    ("pgd", "PGD"),
+    ("apgd_ce", "APGD-CE"),
+    ("autoattack", "AutoAttack"),
+    ("worst_case", "worst case"),
+)
 
 
 # === The result store ===

@@ -298,6 +298,7 @@ def test_one_tiny_real_run_on_digits_end_to_end(tmp_path, capsys):
     (run,) = study_lib.load_table(str(tmp_path / "results"), "gradients")
     assert run["row"] == "smooth_grad_attacker" and run["seed"] == 0 and run["images"] == 16
     assert 0 <= run["autoattack"] <= run["pgd"] <= run["clean"] <= 1 and run["worst_case"] <= run["autoattack"]
+    assert run["autoattack"] <= run["apgd_ce"] <= run["clean"]  # AutoAttack's first attack, then the others
     assert run["train_seconds"] > 0 and run["eval_seconds"] > 0
     assert 0 < run["train_epoch_seconds"] <= run["train_seconds"] and run["train_images_per_second"] > 0
     assert run["commands"][1].endswith("--activation=relu")
