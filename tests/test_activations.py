@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from conftest import np_sigmoid
 
-from sat_tf import activations
+from sat_tf import activations, models
 from sat_tf.activations import ACTIVATIONS, get_activation, list_activations
 
 # Sparta is spatial (4-D feature maps, a k x k gate), so the elementwise
@@ -284,6 +284,30 @@ def test_relu_smooth_grad_modes(mode, training):
     )
     g_tensor_flag = grad_fn(tf.constant(GRID), tf.constant(bool(training)))
     np.testing.assert_allclose(g_tensor_flag.numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", list_activations())
+def test_after_batch_norm_in_inference_inside_tf_function(name):
+    """Conv (no bias) -> BN -> activation (the digits CNN, built as every network here), called as evaluation and the attacks
+    call it (training=False in a tf.function, with and without the input gradient): TensorFlow's graph rewrites there (the
+    fused Conv2D + BatchNorm + activation of oneDNN) must not break it, and the result must equal eager
+    execution. Mish's Softplus -> Tanh -> Mul once became an unimplemented Conv+BatchNorm+Mish fusion."""
+    model = models.build_model("digits_cnn", num_classes=3, input_shape=(8, 8, 1), activation=name)
+    images = tf.constant(np.random.default_rng(0).uniform(size=(2, 8, 8, 1)).astype(np.float32))
+
+    def value_and_input_gradient(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            logits = model(t, training=False)
+            total = tf.reduce_sum(logits)
+        return logits, tape.gradient(total, t)
+
+    y_graph, g_graph = tf.function(value_and_input_gradient)(images)
+    y_eager, g_eager = value_and_input_gradient(images)
+    y_forward = tf.function(lambda t: model(t, training=False))(images)  # a clean-accuracy pass: no gradient
+    np.testing.assert_allclose(y_forward.numpy(), y_eager.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y_graph.numpy(), y_eager.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g_graph.numpy(), g_eager.numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -131,8 +131,19 @@ def smooth_relu(x, beta):
 
 
 def mish(x):
-    """`x * tanh(softplus(x))`."""
-    return x * ops.tanh(ops.softplus(x))
+    """`x * tanh(softplus(x))`, computed as `x * q / (q + 2)` with `q = n (n + 2)`, `n = exp(min(x, cap))`.
+
+    The same function (`tanh(log(1 + n)) = q / (q + 2)`; past `cap`, 20 or 5 for float16, the ratio is 1 to
+    the dtype's precision) without the Softplus -> Tanh -> Mul chain: TensorFlow's oneDNN graph rewrite turns
+    that chain after a BatchNorm in inference mode into a fused BatchNorm+Mish node that has no CPU kernel
+    ("Fusion is not implemented: [FusedBatchNorm,Mish]"), so every Mish network failed to evaluate in a
+    `tf.function` on CPU.
+    """
+    # Past the cap the ratio is 1 to the dtype's precision; float16's cap keeps n (n + 2) below its 65 504.
+    cap = 5.0 if keras.backend.standardize_dtype(x.dtype) == "float16" else 20.0
+    n = ops.exp(ops.minimum(x, cap))
+    q = n * (n + 2.0)
+    return x * (q / (q + 2.0))
 
 
 def relu_smooth_grad(x, alpha=10.0, smooth=True):
