@@ -450,7 +450,7 @@ def command_line(args):
     parts = [
         "python benchmarks/fashion_mnist_study.py",
         f"--table={args.table}",
-        f"--seeds={args.seeds}",
+        f"--seeds={getattr(args, 'all_seeds', args.seeds)}",  # under --table=all: the study's seeds, not the pass's
         f"--config={args.config}",
     ]
     parts += [f"--set={f}={v}" for f, v in args.sets]
@@ -472,7 +472,7 @@ def run_all(args):
     total = args.seeds
     for seeds in range(1, total + 1):
         for table in SEED_MAJOR_TABLES:
-            status = run_table(argparse.Namespace(**{**vars(args), "table": table, "seeds": seeds}))
+            status = run_table(argparse.Namespace(**{**vars(args), "table": table, "seeds": seeds, "all_seeds": total}))
             if status:
                 return status
     return run_table(argparse.Namespace(**{**vars(args), "table": "budget", "seeds": total}))

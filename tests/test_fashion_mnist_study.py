@@ -235,6 +235,8 @@ def test_all_tables_run_seed_major_then_budget(tmp_path, monkeypatch, capsys):
     ]
     assert len(calls) == len(set(calls)) == 2 * (7 + 3 + 3 + 2 + 6) + 4  # shared relu runs once per seed
     assert "budget: relu and mish" in capsys.readouterr().out
+    recorded = study_lib.load_table(str(tmp_path / "results"), "rat")
+    assert {e["study_command"].split()[2:4] == ["--table=rat", "--seeds=2"] for e in recorded} == {True}
     with pytest.raises(SystemExit):
         study.main(args_for(tmp_path, "--table=all", "--rows=relu"))
     assert "--rows needs one table" in capsys.readouterr().err
