@@ -17,6 +17,8 @@ How it matches ours:
 - `pgd_linf`: attacks/pgd.py's L-inf loop: model in eval() mode; start `x + U(-eps, eps)` clipped to [0, 1]; each
   step the input gradient (only; no weight gradients) of the cross-entropy summed over the batch,
   `x_adv += step_size * sign(g)`, projection onto the eps-ball around `x`, clip to [0, 1].
+- `trades_loss`: the released TRADES loss (yaodongyu/TRADES `trades.py`) with the start passed in: the cross-check
+  of `sat_tf.training.objectives.TradesObjective` (attack in eval() mode, both loss forwards in train() mode).
 - `make_train_step`: k == 0 a clean step, else PGD-k on the batch in eval() mode, then one train()-mode step on
   the adversarial batch: mean CE, SGD(lr, momentum 0.9, Nesterov) with weight decay on conv and linear weights
   only, which equals our `0.5 * wd * sum(w**2)` over kernels in the loss. `precision="bfloat16"` runs the forward
@@ -314,6 +316,39 @@ def pgd_linf(model, x, y, *, eps, step_size, steps, random_start=True, generator
         x_adv = x_adv.detach() + step_size * grad.sign()
         x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
     return x_adv.detach()
+
+
+def trades_loss(model, x_natural, y, *, start, step_size, epsilon, perturb_steps, beta):
+    """yaodongyu/TRADES `trades.py` `trades_loss` (L-inf), line for line, with its random start passed in
+    (`start` = `x_natural + 0.001 * randn`, so a test can hand both sides the same draw) and no optimizer call.
+
+    Returns `(loss, x_adv)`: the attack in eval() mode on the summed KL(p(x) || p(x')), then in train() mode
+    CE(f(x), y) + beta / B * sum KL(p(x) || p(x')), p(x) not detached (the reference's gradient flows through it).
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    criterion_kl = nn.KLDivLoss(reduction="sum")  # the reference's size_average=False
+    model.eval()
+    batch_size = len(x_natural)
+    x_adv = start.detach()
+    for _ in range(perturb_steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x_natural), dim=1))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x_natural - epsilon), x_natural + epsilon)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    model.train()
+    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
+    logits = model(x_natural)
+    loss_natural = F.cross_entropy(logits, y)
+    loss_robust = (1.0 / batch_size) * criterion_kl(
+        F.log_softmax(model(x_adv), dim=1), F.softmax(model(x_natural), dim=1)
+    )
+    return loss_natural + beta * loss_robust, x_adv
 
 
 def make_optimizer(model, *, lr, weight_decay):

@@ -288,3 +288,103 @@ def test_worker_protocol_round_trip():
         assert worker.request(op="rss")["max_rss_mb"] > 0  # still serving after errors
         assert worker.request(op="quit") == {"ok": True}
         assert worker._proc.wait(timeout=30) == 0
+
+
+def _digits_cnn_pair(activation, seed=0):
+    """digits_cnn with random BN statistics and its torch port."""
+    keras.utils.set_random_seed(seed)
+    model = models.build_model("digits_cnn", activation=activation)
+    rng = np.random.default_rng(seed + 1)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), rng.uniform(0.5, 2, c)]
+            )
+    torch_model = torch_reference.DigitsCNN(activation)
+    torch_reference.load_keras_weights(torch_model, model)
+    return model, torch_model
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_trades_objective_is_the_released_trades_loss(activation, monkeypatch):
+    """Our TRADES step against yaodongyu/TRADES' `trades_loss` on the same network and start: the attack (BN in
+    inference mode), the loss (both forwards in training mode, gradient through p(x)) and its weight gradient.
+
+    The released start is x + 0.001 N(0, 1), where the KL's input gradient is ~1e-10 and float32 rounding flips
+    the sign of ~1 % of its entries (either framework against float64); the test starts at 0.01 N(0, 1), where
+    the first step is well defined, so the two attacks must agree pixel for pixel."""
+    from sat_tf.attacks import base
+    from sat_tf.attacks import trades as trades_attack
+    from sat_tf.training import objectives
+    from sat_tf.training.objectives import trades as trades_objective
+
+    assert trades_attack.START_SCALE == 0.001  # the released code's start
+    monkeypatch.setattr(trades_attack, "START_SCALE", 0.01)
+
+    model, torch_model = _digits_cnn_pair(activation)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(32, 8, 8, 1)).astype(np.float32)
+    y = np.arange(32) % 10
+    eps, step, steps, beta = 0.1, 0.02, 10, 6.0
+    objective = objectives.TradesObjective(model, eps=eps, step_size=step, steps=steps, beta=beta)
+    seed = tf.constant([7, 8], tf.int64)
+    _, x_adv, _ = objective.training_batch(lambda z: model(z, training=False), x, y, seed=seed, step=0)
+    start_seed = base.fold_seed(seed, trades_objective._ATTACK_SEED)
+    start = x + 0.01 * base.random_normal(x.shape, start_seed).numpy()
+
+    y_t = torch.from_numpy(y)
+    _, their_adv = torch_reference.trades_loss(
+        torch_model,
+        to_torch(x),
+        y_t,
+        start=to_torch(start),
+        step_size=step,
+        epsilon=eps,
+        perturb_steps=steps,
+        beta=beta,
+    )
+    their_adv = their_adv.permute(0, 2, 3, 1).numpy()
+    # A gradient entry near float32's noise level can flip a pixel's sign step (the two frameworks compute the
+    # activations' derivatives differently), and later steps carry it on in that example: < 1 % of the pixels
+    # differ, and the KL each attack reaches is the same.
+    assert np.mean(np.abs(their_adv - x_adv.numpy()) > 1e-6) < 0.01
+    clean = model(x, training=False)
+    reached = [float(tf.reduce_mean(objectives.trades_kl(clean, model(z, training=False)))) for z in (x_adv, their_adv)]
+    assert reached[0] == pytest.approx(reached[1], rel=0.01) and reached[0] > 0
+
+    # The loss and its gradient, both sides on our x' (so one sign flip above cannot spread).
+    torch_model.zero_grad()
+    their_loss, _ = torch_reference.trades_loss(
+        torch_model,
+        to_torch(x),
+        y_t,
+        start=to_torch(x_adv.numpy()),
+        step_size=step,
+        epsilon=eps,
+        perturb_steps=0,
+        beta=beta,
+    )
+    their_loss.backward()
+    with tf.GradientTape() as tape:
+        per_example, _, _ = objective.loss(
+            lambda z: model(z, training=True),
+            (x, x_adv, y),
+            list(model.trainable_variables),
+            num_classes=10,
+            label_smoothing=0.0,
+        )
+        loss = tf.reduce_mean(per_example)
+    grads = dict(zip((id(v) for v in model.trainable_variables), tape.gradient(loss, model.trainable_variables)))
+    np.testing.assert_allclose(float(loss), their_loss.item(), rtol=1e-5)
+    # Our gradients, laid out as Keras layer weights, ported into a twin, compared parameter by parameter.
+    layer_grads = {
+        layer.name: [grads[id(w)].numpy() if id(w) in grads else w.numpy() for w in layer.weights]
+        for layer in model.layers
+        if layer.weights
+    }
+    holder = torch_reference.DigitsCNN(activation)
+    torch_reference.load_keras_weights(holder, layer_grads)
+    for (name, theirs), (_, ours) in zip(torch_model.named_parameters(), holder.named_parameters()):
+        scale = float(ours.abs().max())
+        assert float((theirs.grad - ours).abs().max()) <= 1e-4 * scale + 1e-7, name
