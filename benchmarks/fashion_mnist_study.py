@@ -28,7 +28,12 @@ Tables:
   budget       evaluation only: robust accuracy vs eps for relu and the best smooth activation of
                `activations` (mean AutoAttack), on the first `budget_images` test images
   rat          PGD-AT (relu of `activations`), TRADES, TRADES+RAT, AWP+TRADES+RAT (beta 6, alpha 0.2,
-               as launch/configs/rat_cifar10.py; no label smoothing, as the released code)
+               as launch/configs/rat_cifar10.py; no label smoothing, as the released code; TRADES's own
+               attack: 10 sign steps of eps/4 from the released x + 0.001 N start)
+  masking      TRADES (beta 6) with the attack changed one thing at a time: `fine` (rat's), `coarse`
+               (PGD-AT's 5 steps of eps/2), `coarse_uniform` (and PGD's uniform start), `coarse_beta1`
+               (and the released MNIST script's beta 1). Not part of `all`: a diagnostic of gradient
+               masking (compare APGD+FAB, the gradient attacks, with AutoAttack, which adds Square)
   sparta       Sparta vs relu, and transfer: the Sparta trained in this table's `sparta` run of the
                same seed, frozen (config.model.load_sparta), trains a fresh network
                (--sparta_target_model, default the config's model)
@@ -103,15 +108,25 @@ def _gradients(args, config):
     ]
 
 
+def _trades_overrides(config, *, steps=10, step_fraction=0.25, beta="6.0", start=None):
+    """A TRADES run's overrides. The default attack is TRADES's own: 10 sign steps of eps / 4 from the released
+    near-clean start (the released CIFAR script: 10 of 0.007 at eps 0.031), not PGD-AT's 5 of eps / 2, which
+    relies on PGD's uniform start and gave a gradient-masked TRADES (the `masking` table)."""
+    overrides = (
+        ("model.activation", "relu"),
+        ("objective.label_smoothing", "0.0"),
+        ("objective.trades_beta", beta),
+        ("objective.rat_alpha", "0.2"),
+        ("attack.steps", str(steps)),
+        ("attack.step_size", f"{config.attack.eps * step_fraction:g}"),
+    )
+    return overrides + ((("objective.trades_start", start),) if start else ())
+
+
 def _rat(args, config):
     # AWP starts after warm-up epochs: the CIFAR recipe's 10 of 200, scaled to this schedule.
     awp_warmup = int(round(config.schedule.epochs * 10 / 200))
-    trades = (
-        ("model.activation", "relu"),
-        ("objective.label_smoothing", "0.0"),
-        ("objective.trades_beta", "6.0"),
-        ("objective.rat_alpha", "0.2"),
-    )
+    trades = _trades_overrides(config)
     return [
         dataclasses.replace(RELU, name="pgd_at"),
         Row("trades", trades + (("objective.name", "trades"),)),
@@ -120,6 +135,16 @@ def _rat(args, config):
             "awp_trades_rat",
             trades + (("objective.name", "awp_trades_rat"), ("objective.awp_warmup_epochs", str(awp_warmup))),
         ),
+    ]
+
+
+def _masking(args, config):
+    name = (("objective.name", "trades"),)
+    return [
+        Row("fine", _trades_overrides(config) + name, record=("rat", "trades")),  # rat's TRADES, run once
+        Row("coarse", _trades_overrides(config, steps=5, step_fraction=0.5) + name),
+        Row("coarse_uniform", _trades_overrides(config, steps=5, step_fraction=0.5, start="uniform") + name),
+        Row("coarse_beta1", _trades_overrides(config, steps=5, step_fraction=0.5, beta="1.0") + name),
     ]
 
 
@@ -173,6 +198,7 @@ TABLES = {
     "gradients": _gradients,
     "budget": _budget,
     "rat": _rat,
+    "masking": _masking,
     "sparta": _sparta,
     "certified": _certified,
 }
@@ -333,8 +359,10 @@ def wait_while_paused(args):
 
 
 def read_robustness(output_dir, pgd_steps):
-    """(clean, PGD, APGD-CE, AutoAttack, worst case, images) of an evaluate.py report. APGD-CE, AutoAttack's
-    first attack, beside PGD shows how much a fixed-step PGD overstates robustness."""
+    """(clean, PGD, APGD-CE, gradient attacks, AutoAttack, worst case, images) of an evaluate.py report.
+    APGD-CE, AutoAttack's first attack, beside PGD shows how much a fixed-step PGD overstates robustness; the
+    accuracy after AutoAttack's gradient attacks (APGD-CE, APGD-T, FAB-T) beside AutoAttack shows what the
+    black-box Square adds, the sign of gradient masking."""
     with open(os.path.join(output_dir, "robustness.json")) as f:
         rows = json.load(f)["results"]
     clean = rows["clean"]["top1"]
@@ -343,6 +371,7 @@ def read_robustness(output_dir, pgd_steps):
         "clean": clean,
         "pgd": get(f"pgd{pgd_steps}"),
         "apgd_ce": get("autoattack/apgd-ce"),
+        "gradient_attacks": get("autoattack/fab-t"),  # after APGD-CE, APGD-T, FAB-T: Square's gain is the rest
         "autoattack": get("autoattack"),
         "worst_case": get("worst case"),
         "images": rows["clean"]["count"],
@@ -564,6 +593,7 @@ CLAIMS = {  # table -> [(claim, a, b, metric, alternative)]; b is the baseline
         for a in ("trades_rat", "awp_trades_rat")
         for m in ("clean", "autoattack")
     ],
+    "masking": [],
     "sparta": [("Sparta", a, "relu", "autoattack", "greater") for a in ("sparta", "sparta_transfer")],
 }
 NOTES = {
@@ -573,20 +603,29 @@ NOTES = {
     "gradients": "The smooth_grad rows compute ReLU forward; they were evaluated with the same weights in the plain "
     "ReLU network (evaluate.py --activation=relu, clean logits checked equal), i.e. the true gradient.",
     "rat": "RAT's claim: better clean and AutoAttack accuracy than its base (TRADES); PGD-AT is relu of `activations`.",
+    "masking": "TRADES with its attack changed one thing at a time (see the table's help). A gradient-masked "
+    "model is one where AutoAttack (which adds the black-box Square) is far below APGD+FAB (the gradient attacks).",
     "sparta": "sparta_transfer: the Sparta of the same seed's `sparta` run, frozen, training a fresh network.",
 }
 
 
+def _shared_source(table, name):
+    """(table, row) whose entries a row of `table` reads when another table runs it (`Row.record`)."""
+    return {("rat", "pgd_at"): ("activations", "relu"), ("masking", "fine"): ("rat", "trades")}.get(
+        (table, name), ("activations", name)
+    )
+
+
 def _load_rows(results_dir, table, names):
-    """Entries for `names`, each read from the table that records it (shared rows from `activations`)."""
+    """Entries for `names`, each read from the table that records it (shared rows from their first table)."""
     own = study_lib.load_table(results_dir, table)
-    shared = study_lib.load_table(results_dir, "activations") if table != "activations" else []
-    alias = {"pgd_at": "relu"}
     entries = []
     for name in names:
         mine = [e for e in own if e["row"] == name]
-        if not mine and table != "activations":
-            mine = [{**e, "row": name} for e in shared if e["row"] == alias.get(name, name)]
+        source_table, source_row = _shared_source(table, name)
+        if not mine and source_table != table:
+            source = study_lib.load_table(results_dir, source_table)
+            mine = [{**e, "row": name} for e in source if e["row"] == source_row]
         entries += mine
     return entries
 
@@ -613,11 +652,12 @@ def summarize(args):
         "",
     ]
     pngs = []
-    for table in ("activations", "gradients", "rat", "sparta"):
+    for table in ("activations", "gradients", "rat", "masking", "sparta"):
         names = {
             "activations": ["relu", *SMOOTH_ACTIVATIONS],
             "gradients": ["relu"] + [f"smooth_grad_{m}" for m in ("attacker", "optimizer", "both")],
             "rat": ["pgd_at", "trades", "trades_rat", "awp_trades_rat"],
+            "masking": ["fine", "coarse", "coarse_uniform", "coarse_beta1"],
             "sparta": ["relu", "sparta", "sparta_transfer"],
         }[table]
         entries = _load_rows(args.results_dir, table, names)

@@ -21,6 +21,7 @@ METRICS = (
     ("clean", "clean"),
     ("pgd", "PGD"),
     ("apgd_ce", "APGD-CE"),
+    ("gradient_attacks", "APGD+FAB"),
     ("autoattack", "AutoAttack"),
     ("worst_case", "worst case"),
 )

@@ -133,6 +133,7 @@ def training_objective(config, model, num_classes, steps_per_epoch):
         )
     if o.name in config_lib.TRADES_OBJECTIVES:
         kwargs = {"eps": a.eps, "step_size": a.step_size, "steps": a.steps, "beta": o.trades_beta}
+        kwargs["start"] = o.trades_start
         if "rat" in o.name:
             kwargs.update(
                 rat_alpha=o.rat_alpha,

@@ -104,6 +104,7 @@ def base():
     c.objective.name = "adversarial"
     c.objective.label_smoothing = 0.1  # of the training loss, never the attack
     c.objective.trades_beta = 6.0
+    c.objective.trades_start = "near_clean"  # the KL attack's start: near_clean (released: x + 0.001 N) | uniform
     c.objective.mart_beta = 6.0  # MART (Wang et al., 2020): weight of the (1 - p_y)-weighted KL
     c.objective.rat_alpha = 0.2
     c.objective.rat_second_weight = placeholder(float)  # None: alpha / 2
@@ -390,6 +391,7 @@ def validate(config):
                 f"one of {list(MIXUP_ATTACKS)} with mixup (an alpha > 0): the attack must take the mixed soft targets",
             )
     _number(config, "objective.trades_beta", 0)
+    _choice(config, "objective.trades_start", {"near_clean", "uniform"})
     _number(config, "objective.mart_beta", 0)
     _number(config, "objective.rat_alpha", 0, 1)
     _number(config, "objective.rat_second_weight", 0, 1, optional=True)

@@ -72,6 +72,7 @@ def test_each_objective_config_carries_its_papers_label_smoothing(name, smoothin
         ("optimizer.ema_warmup_epochs", -1.0, "[0, inf]"),
         ("model.depth", 0, "an integer in [1, inf] or None"),
         ("objective.rat_alpha", 2.0, "[0, 1]"),
+        ("objective.trades_start", "zero", "uniform"),
         ("objective.label_smoothing", 1.0, "[0, 1)"),
         ("objective.smoothadv.num_noise", 0, "[1, 256]"),
         ("optimizer.learning_rate", 0.0, "(0, inf]"),

@@ -206,6 +206,31 @@ def test_dry_run_lists_the_commands(tmp_path, capsys):
     assert "run `python benchmarks/fashion_mnist_study.py --table=activations --seeds=2`" in capsys.readouterr().err
 
 
+def test_trades_rows_use_trades_attack_and_masking_shares_rats_trades(tmp_path, capsys):
+    assert study.main(args_for(tmp_path, "--table=masking", "--seeds=1", "--dry_run")) == 0
+    out = capsys.readouterr().out
+    train = {line.split("--workdir=")[1].split()[0]: line for line in out.splitlines() if "launch/train.py" in line}
+    fine = train[f"{tmp_path}/runs/rat/trades/seed0"]  # `fine` is rat's TRADES run, recorded there
+    eps = float(study.load_config(DIGITS).attack.eps)
+    assert "--config.attack.steps=10" in fine and f"--config.attack.step_size={eps / 4:g}" in fine
+    coarse = {
+        row: train[f"{tmp_path}/runs/masking/{row}/seed0"] for row in ("coarse", "coarse_uniform", "coarse_beta1")
+    }
+    assert all(
+        "--config.attack.steps=5" in c and f"--config.attack.step_size={eps / 2:g}" in c for c in coarse.values()
+    )
+    assert "--config.objective.trades_start=uniform" in coarse["coarse_uniform"]
+    assert "--config.objective.trades_beta=1.0" in coarse["coarse_beta1"]
+    assert "trades_start" not in coarse["coarse"] and "--config.objective.trades_beta=6.0" in coarse["coarse"]
+    # The summary reads `fine` from rat's entries.
+    write_table(str(tmp_path / "results"), "rat", [entry("trades", 0, 0.8, 0.55)])
+    write_table(str(tmp_path / "results"), "masking", [entry("coarse", 0, 0.8, 0.45)])
+    assert study.main(args_for(tmp_path, "--summarize")) == 0
+    tables = (tmp_path / "results" / "TABLES.md").read_text()
+    masking = tables.split("### masking")[1].split("###")[0]
+    assert "| fine | 1 |" in masking and "| coarse | 1 |" in masking and "| coarse_uniform | 0 |" in masking
+
+
 def test_all_tables_run_seed_major_then_budget(tmp_path, monkeypatch, capsys):
     calls = []
 

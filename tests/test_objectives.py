@@ -178,6 +178,28 @@ def test_trades_attack_matches_numpy_and_stays_in_the_box():
     assert np.all(after > before)
 
 
+def test_trades_attack_uniform_start_matches_numpy():
+    model = linear_model(4)
+    x, _, y = batch(4)
+    seed = tf.constant([6, 7], tf.int64)
+    eps = 0.1
+    got = attacks.trades_pgd(lambda z: model(z), x, y, eps=eps, step_size=0.025, steps=3, seed=seed, start="uniform")
+    start = np.clip(x + eps * (2.0 * base.random_uniform(tf.shape(x), seed).numpy() - 1.0), 0, 1)
+    w, b = [t.astype(np.float64) for t in model.get_weights()]
+    np.testing.assert_allclose(got.numpy(), np_trades_pgd(w, b, x, start, eps, 0.025, 3), atol=1e-5)
+    untouched = attacks.trades_pgd(
+        lambda z: model(z), x, y, eps=eps, step_size=0.025, steps=0, seed=seed, start="uniform"
+    )
+    np.testing.assert_allclose(untouched.numpy(), start, atol=1e-6)  # the start spans the ball, not 0.001 N
+
+
+def test_trades_start_is_checked():
+    with pytest.raises(ValueError, match="start"):
+        attacks.trades_pgd(lambda z: z, tf.zeros([1, 3]), eps=0.1, step_size=0.1, steps=1, start="zero")
+    with pytest.raises(ValueError, match="start must be one of"):
+        objectives.TradesObjective(linear_model(), start="zero")
+
+
 # === RAT's noisy attacker and AWP ===
 
 

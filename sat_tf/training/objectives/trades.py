@@ -46,6 +46,7 @@ import tensorflow as tf
 
 from sat_tf.attacks import base as attack_base
 from sat_tf.attacks import kl_to_clean, trades_pgd
+from sat_tf.attacks.trades import STARTS
 from sat_tf.training.losses import cross_entropy
 from sat_tf.training.objectives.base import Objective
 
@@ -113,6 +114,8 @@ class TradesObjective(Objective):
         model: the Keras model being trained (for weight noise, AWP and the
             final dense kernel).
         eps, step_size, steps: the KL attack (L-inf, [0, 1] units).
+        start: the attack's start, "near_clean" (the released x + 0.001 N)
+            or "uniform" (`sat_tf.attacks.trades_pgd`).
         beta: TRADES' KL weight (6.0).
         rat_alpha: RAT's alpha (0.2); 0 disables the Taylor terms.
         rat_second_weight: weight of the second-order term; None = alpha / 2.
@@ -127,6 +130,7 @@ class TradesObjective(Objective):
     eps: float = 8 / 255
     step_size: float = 2 / 255
     steps: int = 10
+    start: str = "near_clean"
     beta: float = 6.0
     rat_alpha: float = 0.0
     rat_second_weight: float = None
@@ -139,6 +143,7 @@ class TradesObjective(Objective):
     def __post_init__(self):
         checks = (
             (self.eps >= 0 and self.step_size >= 0 and int(self.steps) >= 0, "eps, step_size, steps must be >= 0"),
+            (self.start in STARTS, f"start must be one of {STARTS}, not {self.start!r}"),
             (self.beta >= 0, "beta must be >= 0"),
             (0 <= self.rat_alpha <= 1, "rat_alpha must be in [0, 1]"),
             (0 < self.rat_c < 1, "rat_c must be in (0, 1)"),
@@ -179,6 +184,7 @@ class TradesObjective(Objective):
             step_size=self.step_size,
             steps=int(self.steps),
             seed=attack_base.fold_seed(seed, _ATTACK_SEED),
+            start=self.start,
         )
         return x, x_adv, y
 
