@@ -7,12 +7,13 @@ x + 0.001 * N(0, 1) (not clipped), then `steps` times x' += step * sign(g),
 project onto the L-inf ball and clip to [0, 1].
 
 `start="uniform"` starts at clip(x + U(-eps, eps)) instead, as PGD does. Why
-it exists: at x + 0.001 N the KL's input gradient is ~1e-10 (KL has a minimum
-at x), so the first sign step is nearly a coin toss per pixel; with a coarse
-step (eps / 2) a network can learn to beat that attack without being robust.
-On Fashion-MNIST (eps 0.1, 5 steps of 0.05, beta 6) the released start gave a
-gradient-masked model (Square 12 points below APGD-CE); 10 steps of eps / 4
-or the uniform start did not (RESULTS.md, "TRADES and gradient masking").
+it exists: KL(p(x) || p(x')) has its minimum at x' = x, so at x + 0.001 N its
+input gradient is tiny (~1e-10 on the cross-check test's network) and the
+first sign step is steered by little more than the start's noise; with a
+coarse step (eps / 2) a network can learn to beat that attack without being
+robust. On Fashion-MNIST (eps 0.1, 5 steps of 0.05, beta 6) the released
+start gave a gradient-masked model, where Square found 7 points that APGD and
+FAB missed (RESULTS.md, "TRADES and gradient masking", for the variants).
 
 Reference: https://arxiv.org/abs/1901.08573 (yaodongyu/TRADES `trades.py`,
 reused by Alexkael/Randomized-Adversarial-Training).
