@@ -681,6 +681,7 @@ def summarize(args):
         tests = [
             (claim, metric, study_lib.compare(entries, a, b, metric, alt)) for claim, a, b, metric, alt in CLAIMS[table]
         ]
+        lines += study_lib.masking_watch(entries)
         lines += ([study_lib.claim_table(tests), ""] if tests else []) + [NOTES[table], ""]
         png = study_lib.plot_rows(
             entries,

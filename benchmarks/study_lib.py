@@ -166,6 +166,29 @@ def row_table(entries, rows, metrics=METRICS):
     return "\n".join(lines)
 
 
+MASKING_GAIN = 0.03  # Square finding this much after APGD-CE, APGD-T and FAB-T: flag the run
+
+
+def masking_watch(entries, threshold=MASKING_GAIN):
+    """Markdown lines naming the runs where Square (black-box) found >= `threshold` of the images that the
+    gradient attacks left robust: the sign of gradient masking, whose robust number only Square holds up."""
+    flagged = [
+        (e["row"], e["seed"], e["gradient_attacks"] - e["autoattack"])
+        for e in entries
+        if e.get("gradient_attacks") is not None
+        and e.get("autoattack") is not None
+        and e["gradient_attacks"] - e["autoattack"] >= threshold - 1e-9
+    ]
+    if not flagged:
+        return []
+    runs = ", ".join(f"{row} seed {seed} ({100 * gain:.2f})" for row, seed, gain in flagged)
+    return [
+        f"**Masking watch:** Square found >= {100 * threshold:g} points after the gradient attacks (APGD+FAB - "
+        f"AutoAttack) in {runs}: gradient attacks alone overstate these models; only the AutoAttack column counts.",
+        "",
+    ]
+
+
 def claim_table(tests):
     """Markdown: one line per (claim, metric) test."""
     lines = [

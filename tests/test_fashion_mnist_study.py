@@ -224,11 +224,13 @@ def test_trades_rows_use_trades_attack_and_masking_shares_rats_trades(tmp_path, 
     assert "trades_start" not in coarse["coarse"] and "--config.objective.trades_beta=6.0" in coarse["coarse"]
     # The summary reads `fine` from rat's entries.
     write_table(str(tmp_path / "results"), "rat", [entry("trades", 0, 0.8, 0.55)])
-    write_table(str(tmp_path / "results"), "masking", [entry("coarse", 0, 0.8, 0.45)])
+    write_table(str(tmp_path / "results"), "masking", [entry("coarse", 0, 0.8, 0.446, gradient_attacks=0.517)])
     assert study.main(args_for(tmp_path, "--summarize")) == 0
     tables = (tmp_path / "results" / "TABLES.md").read_text()
     masking = tables.split("### masking")[1].split("###")[0]
     assert "| fine | 1 |" in masking and "| coarse | 1 |" in masking and "| coarse_uniform | 0 |" in masking
+    assert "**Masking watch:**" in masking and "coarse seed 0 (7.10)" in masking and "fine seed" not in masking
+    assert "Masking watch" not in tables.split("### masking")[0]  # no gradient_attacks there: nothing flagged
 
 
 def test_all_tables_run_seed_major_then_budget(tmp_path, monkeypatch, capsys):
