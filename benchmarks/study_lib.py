@@ -214,7 +214,13 @@ def clock(seconds):
 
 
 def wall_seconds(entries):
-    return sum(e.get("train_seconds", 0.0) + e.get("eval_seconds", 0.0) for e in entries)
+    """Training + evaluation seconds. Training counts its epochs' seconds from the trainer's history when that
+    is more than the runner waited: a run resumed in a later session (or found finished) took longer than the
+    last training process did."""
+    return sum(
+        max(e.get("train_seconds", 0.0), e.get("train_epoch_seconds") or 0.0) + e.get("eval_seconds", 0.0)
+        for e in entries
+    )
 
 
 def speed_text(entries):

@@ -60,6 +60,13 @@ def test_statistics_match_scipy_and_numpy():
     assert study_lib.sign_count(a, b, "less") == (1, 1, 2)
 
 
+def test_wall_time_counts_training_from_the_history_when_a_run_was_resumed():
+    fresh = entry("relu", 0, 0.8, 0.6, train_seconds=200.0, train_epoch_seconds=190.0, eval_seconds=500.0)
+    resumed = entry("silu", 0, 0.8, 0.6, train_seconds=6.0, train_epoch_seconds=300.0, eval_seconds=500.0)
+    old = entry("gelu", 0, 0.8, 0.6, train_seconds=100.0, eval_seconds=50.0)  # recorded before the history field
+    assert study_lib.wall_seconds([fresh, resumed, old]) == 700.0 + 800.0 + 150.0
+
+
 def test_summary_of_synthetic_json(tmp_path):
     results = str(tmp_path / "results")
     entries = [entry("relu", s, 0.80 + 0.01 * s, aa) for s, aa in enumerate(RELU_AA)]
