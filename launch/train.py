@@ -132,8 +132,13 @@ def training_objective(config, model, num_classes, steps_per_epoch):
             ddn_gamma=s.ddn_gamma,
         )
     if o.name in config_lib.TRADES_OBJECTIVES:
-        kwargs = {"eps": a.eps, "step_size": a.step_size, "steps": a.steps, "beta": o.trades_beta}
-        kwargs["start"] = o.trades_start
+        kwargs = {
+            "eps": a.eps,
+            "step_size": a.step_size,
+            "steps": a.steps,
+            "beta": o.trades_beta,
+            "start": o.trades_start,
+        }
         if "rat" in o.name:
             kwargs.update(
                 rat_alpha=o.rat_alpha,

@@ -83,13 +83,8 @@ def test_pgd_follows_our_pgd(ported):
         assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
 
 
-@pytest.mark.parametrize("activation", ["silu", "relu", "smooth_relu"])
-def test_ported_digits_cnn_gives_the_same_logits_and_input_gradients(activation, tmp_path):
-    """The AutoAttack benchmark's model pair: random BN statistics (so eval-mode BN is not the identity) and the
-    fixed padding of the strided conv are where a port goes wrong; the gradient is what the attacks follow."""
-    keras.utils.set_random_seed(0)
-    model = models.build_model("digits_cnn", activation=activation)
-    rng = np.random.default_rng(1)
+def randomize_statistics(model, rng):
+    """Random BN statistics (so eval-mode BN is not the identity) and SmoothReLU betas; returns `model`."""
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             c = layer.gamma.shape[0]
@@ -98,6 +93,15 @@ def test_ported_digits_cnn_gives_the_same_logits_and_input_gradients(activation,
             )
         elif layer.weights and layer.weights[0].path.endswith("beta_raw"):
             layer.set_weights([np.float32(rng.uniform(1.0, 4.0))])
+    return model
+
+
+@pytest.mark.parametrize("activation", ["silu", "relu", "smooth_relu"])
+def test_ported_digits_cnn_gives_the_same_logits_and_input_gradients(activation, tmp_path):
+    """The AutoAttack benchmark's model pair: random BN statistics (so eval-mode BN is not the identity) and the
+    fixed padding of the strided conv are where a port goes wrong; the gradient is what the attacks follow."""
+    keras.utils.set_random_seed(0)
+    model = randomize_statistics(models.build_model("digits_cnn", activation=activation), np.random.default_rng(1))
     # Through the .npz the benchmark hands its worker process, so that path is covered too.
     path = tmp_path / "weights.npz"
     torch_reference.save_layer_weights(path, torch_reference.keras_layer_weights(model))
@@ -293,14 +297,9 @@ def test_worker_protocol_round_trip():
 def _digits_cnn_pair(activation, seed=0):
     """digits_cnn with random BN statistics and its torch port."""
     keras.utils.set_random_seed(seed)
-    model = models.build_model("digits_cnn", activation=activation)
-    rng = np.random.default_rng(seed + 1)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights(
-                [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.1, c), rng.uniform(0.5, 2, c)]
-            )
+    model = randomize_statistics(
+        models.build_model("digits_cnn", activation=activation), np.random.default_rng(seed + 1)
+    )
     torch_model = torch_reference.DigitsCNN(activation)
     torch_reference.load_keras_weights(torch_model, model)
     return model, torch_model
