@@ -439,11 +439,18 @@ def read_certified(command, sigma):
     from sat_tf.certification import logs
 
     outfile = next(c.split("=", 1)[1] for c in command if c.startswith("--outfile="))
-    rows = logs.read_tsv(os.path.join(ROOT, outfile) if not os.path.isabs(outfile) else outfile)
+    outfile = os.path.join(ROOT, outfile) if not os.path.isabs(outfile) else outfile
+    rows = logs.read_tsv(outfile)
+    meta = logs.read_sidecar(outfile) or {}
+    radii = sorted(float(r.radius) for r in rows if r.correct == 1)  # the certified images' radii
     return {
         "sigma": sigma,
         "radii": list(CERT_RADII),
         "certified": [float(a) for a in logs.certified_accuracy(rows, CERT_RADII)],
+        "certified_radii": radii,
+        "acr": sum(radii) / len(rows),
+        "N": meta.get("N"),
+        "alpha": meta.get("alpha"),
         "abstain": sum(r.predict == -1 for r in rows),
         "images": len(rows),
         "clean": None,
@@ -740,15 +747,38 @@ def _summarize_budget(args, pngs):
     return lines + ["", f"![budget]({os.path.basename(png)})", ""]
 
 
+CERT_GRID = tuple(round(0.01 * k, 2) for k in range(201))  # the plot's radii: 0, 0.01, ..., 2.0
+CERT_ALPHA = 0.001  # certify.py's default, used for runs recorded before the entry carried it
+
+
+def _cert_n(entry):
+    """The run's CERTIFY sample size N (recorded, or read from its certify.py command)."""
+    if entry.get("N"):
+        return int(entry["N"])
+    command = next(c for c in entry["commands"] if "--N=" in c)
+    return int(command.split("--N=")[1].split()[0])
+
+
 def _summarize_certified(args, pngs):
     entries = study_lib.load_table(args.results_dir, "certified")
     lines = ["### certified", ""]
     if not entries:
         return lines + ["No runs recorded yet.", ""]
-    ns = sorted({c.split("--N=")[1].split()[0] for e in entries for c in e["commands"] if "--N=" in c})
+    ns = sorted({_cert_n(e) for e in entries})
+    # The radius N caps per sigma (the smallest over the runs): zeros beyond it say nothing about a model.
+    reach = {}
+    for e in entries:
+        r = study_lib.certified_reach(e["sigma"], _cert_n(e), e.get("alpha") or CERT_ALPHA)
+        reach[e["sigma"]] = min(r, reach.get(e["sigma"], r))
+    for sigma in SIGMAS:  # not run yet: the reach of the largest N recorded
+        reach.setdefault(sigma, study_lib.certified_reach(sigma, max(ns), CERT_ALPHA))
     lines += [
-        f"Certified accuracy (Cohen et al. CERTIFY, alpha 0.001, N = {', '.join(ns)}) on the first "
-        f"{_images(entries)} test images; wall time {study_lib.clock(study_lib.wall_seconds(entries))}.",
+        f"Certified accuracy (Cohen et al. CERTIFY, alpha {CERT_ALPHA:g}, N = {', '.join(f'{n:,}' for n in ns)}) "
+        f"on the first {_images(entries)} test images; wall time {study_lib.clock(study_lib.wall_seconds(entries))}. "
+        "N caps the radius any model can be certified at to sigma * Phi^-1(alpha^(1/N)): "
+        + ", ".join(f"{r:.3f} at sigma {sigma:g}" for sigma, r in sorted(reach.items()))
+        + "; cells beyond it read *beyond N*, and the tests stop there. ACR: average certified radius "
+        "(Zhai et al. 2020), the radius of each correctly certified image, 0 for the others, averaged.",
         "",
         "Command:",
         "",
@@ -757,38 +787,60 @@ def _summarize_certified(args, pngs):
     ]
     radii = entries[0]["radii"]
     names = sorted({e["row"] for e in entries}, key=lambda n: (n.split("_s")[-1], not n.startswith("gaussian"), n))
-    lines += ["| row | seeds | " + " | ".join(f"r={r:g} (%)" for r in radii) + " |", "|---|---|" + "---|" * len(radii)]
-    curves = {}
+    lines += [
+        "| row | seeds | " + " | ".join(f"r={r:g} (%)" for r in radii) + " | ACR |",
+        "|---|---|" + "---|" * (len(radii) + 1),
+    ]
+    curves, styles = {}, {}
     for name in names:
         mine = [e for e in entries if e["row"] == name]
-        cells = [study_lib.cell(study_lib.describe([e["certified"][i] for e in mine])) for i in range(len(radii))]
-        lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + " |")
-        curves[name] = (radii, [e["certified"] for e in mine])
+        sigma = mine[0]["sigma"]
+        cells = [
+            study_lib.cell(study_lib.describe([e["certified"][i] for e in mine])) if r <= reach[sigma] else "*beyond N*"
+            for i, r in enumerate(radii)
+        ]
+        acr = study_lib.describe([e["acr"] for e in mine if e.get("acr") is not None])
+        acr_cell = (
+            "—" if not acr["n"] else f"{acr['mean']:.3f}" + ("" if acr["std"] is None else f" ± {acr['std']:.3f}")
+        )
+        lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + f" | {acr_cell} |")
+        if all(e.get("certified_radii") is not None for e in mine):
+            curves[name] = (CERT_GRID, [study_lib.certified_curve(e, CERT_GRID) for e in mine])
+        else:
+            curves[name] = (radii, [e["certified"] for e in mine])
+        method = 0 if name.startswith("gaussian") else 1 if "_pgd_" in name else 2
+        styles[name] = {"color": f"C{method}", "linestyle": "-" if sigma == SIGMAS[0] else "--"}
     tests = []
     for sigma in SIGMAS:
         base = f"gaussian_s{sigma}"
         for attack in ("pgd", "ddn"):
             a = f"smoothadv_{attack}_s{sigma}"
+            if a not in names and base not in names:
+                continue
             for i, r in enumerate(radii):
+                if sigma in reach and r > reach[sigma]:
+                    continue
+                metric = lambda e, i=i: e["certified"][i]  # noqa: E731
                 tests.append(
-                    (
-                        "SmoothAdv",
-                        f"certified r={r:g}",
-                        study_lib.compare(entries, a, base, lambda e, i=i: e["certified"][i], "greater"),
-                    )
+                    ("SmoothAdv", f"certified r={r:g}", study_lib.compare(entries, a, base, metric, "greater"))
                 )
+            acr_test = study_lib.compare(entries, a, base, lambda e: e.get("acr"), "greater")
+            tests.append(("SmoothAdv", "ACR", {**acr_test, "unit": "radius"}))
     lines += [
         "",
         study_lib.claim_table(tests),
         "",
-        "SmoothAdv's claim: its certified accuracy dominates Gaussian training's at every radius.",
+        "SmoothAdv's claim: its certified accuracy dominates Gaussian training's at every radius. "
+        "The ACR lines' means are radii, not percentages.",
         "",
     ]
     png = study_lib.plot_curves(
         curves,
         os.path.join(args.results_dir, "certified.png"),
-        "Fashion-MNIST: certified accuracy vs L2 radius",
+        "Fashion-MNIST: certified accuracy vs L2 radius (solid sigma 0.25, dashed 0.5)",
         "L2 radius",
+        styles=styles,
+        vlines=[(r, f"N's reach, sigma {sigma:g}") for sigma, r in sorted(reach.items())],
     )
     pngs.append(png)
     return lines + [f"![certified]({os.path.basename(png)})", ""]

@@ -138,6 +138,19 @@ def compare(entries, a, b, metric, alternative="greater"):
     }
 
 
+def certified_reach(sigma, n, alpha):
+    """The largest L2 radius CERTIFY can return with `n` samples at level `alpha`: sigma * Phi^-1(alpha^(1/n))
+    (every sample votes for the class; Clopper-Pearson's lower bound is then alpha^(1/n)). Beyond it every
+    model certifies 0 %: the sample size's limit, not the model's."""
+    return float(sigma * stats.norm.ppf(alpha ** (1.0 / n)))
+
+
+def certified_curve(entry, grid):
+    """Certified accuracy of one certified run at each radius of `grid`, from its per-image radii."""
+    radii = np.asarray(entry["certified_radii"], float)
+    return [float(np.sum(radii >= r) / entry["images"]) for r in grid]
+
+
 # === Markdown ===
 
 
@@ -199,9 +212,11 @@ def claim_table(tests):
     for claim, metric, t in tests:
         direction = ">" if t["alternative"] == "greater" else "<"
         p = "—" if t["p"] is None else f"{t['p']:.3g}"
+        # A test carries "unit": "radius" when its values are lengths (printed as they are), not fractions.
+        mean = pct if t.get("unit") != "radius" else (lambda v: "—" if v is None else f"{v:.3f}")
         lines.append(
-            f"| {t['a']} {direction} {t['b']} ({claim}) | {metric} | {pct(t['mean_a'])} | "
-            f"{pct(t['mean_b'])} | {t['n_a']}/{t['n_b']} | {p} | {'/'.join(map(str, t['signs']))} | "
+            f"| {t['a']} {direction} {t['b']} ({claim}) | {metric} | {mean(t['mean_a'])} | "
+            f"{mean(t['mean_b'])} | {t['n_a']}/{t['n_b']} | {p} | {'/'.join(map(str, t['signs']))} | "
             f"{'—' if t['supported'] is None else 'yes' if t['supported'] else 'no'} |"
         )
     return "\n".join(lines)
@@ -279,16 +294,25 @@ def plot_rows(entries, rows, path, title, metrics=(("autoattack", "AutoAttack"),
     return path
 
 
-def plot_curves(curves, path, title, xlabel, ylabel="accuracy (%)"):
-    """`curves`: {label: (x, [per-seed y lists])}; the mean with a ± std band."""
+def plot_curves(curves, path, title, xlabel, ylabel="accuracy (%)", styles=None, vlines=()):
+    """`curves`: {label: (x, [per-seed y lists])}; the mean with a ± std band. `styles`: optional {label: plot
+    kwargs}; `vlines`: (x, text) pairs drawn as dotted vertical lines. Markers only on coarse grids."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for k, (label, (xs, runs)) in enumerate(curves.items()):
         ys = 100 * np.asarray(runs, float)
         mean = ys.mean(0)
         std = ys.std(0, ddof=1) if len(ys) > 1 else np.zeros_like(mean)
-        ax.plot(xs, mean, marker="o", ms=3, color=f"C{k}", label=f"{label} ({len(ys)} seeds)")
-        ax.fill_between(xs, mean - std, mean + std, color=f"C{k}", alpha=0.2)
+        style = {
+            "color": f"C{k}",
+            **({"marker": "o", "ms": 3} if len(xs) <= 30 else {}),
+            **(styles or {}).get(label, {}),
+        }
+        ax.plot(xs, mean, label=f"{label} ({len(ys)} seeds)", **style)
+        ax.fill_between(xs, mean - std, mean + std, color=style["color"], alpha=0.2)
+    for x, text in vlines:
+        ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+        ax.text(x, 98, text, rotation=90, va="top", ha="right", fontsize=6, color="grey")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)

@@ -101,8 +101,10 @@ def test_summary_of_synthetic_json(tmp_path):
                 "eval_seconds": 5.0,
                 "images": 500,
                 "sigma": 0.25,
-                "radii": [0.0, 0.5],
-                "certified": [acc + 0.01 * s, acc / 2],
+                "radii": [0.0, 0.5, 1.0],  # N = 1000 reaches 0.616 at sigma 0.25: 1.0 is beyond it
+                "certified": [acc + 0.01 * s, acc / 2, 0.0],
+                "certified_radii": [0.1] * 10 + [0.6] * 5,  # of 500 images: ACR = (1 + 3) / 500
+                "acr": 0.008 + 0.001 * s,
                 "commands": ["python launch/certify.py --N=1000"],
             }
             for row, acc in (("gaussian_s0.25", 0.7), ("smoothadv_pgd_s0.25", 0.72))
@@ -127,9 +129,26 @@ def test_summary_of_synthetic_json(tmp_path):
     )
     assert "| 0.1 | 60.00 ± 0.00 (60.00–60.00) | 65.00 ± 0.00 (65.00–65.00) |" in text
     assert "| smoothadv_pgd_s0.25 > gaussian_s0.25 (SmoothAdv) | certified r=0 | 73.00 | 71.00 | 3/3 |" in text
-    assert "N = 1000" in text
+    assert "N = 1,000" in text and "0.616 at sigma 0.25" in text
+    assert (
+        "| gaussian_s0.25 | 3 | 71.00 ± 1.00 (70.00–72.00) | 35.00 ± 0.00 (35.00–35.00) | *beyond N* | 0.009 ± 0.001 |"
+        in text
+    )
+    assert "(SmoothAdv) | certified r=1 |" not in text  # no test beyond N's reach
+    assert "smoothadv_pgd_s0.5 >" not in text  # nor of rows without a run on either side
+    assert "| smoothadv_pgd_s0.25 > gaussian_s0.25 (SmoothAdv) | ACR | 0.009 | 0.009 | 3/3 |" in text
     for png in ("activations", "gradients", "budget", "certified"):
         assert os.path.getsize(os.path.join(results, f"{png}.png")) > 1000
+
+
+def test_certified_reach_and_curve_agree_with_certify():
+    from sat_tf import certification
+
+    for sigma, n in ((0.25, 10_000), (0.5, 100_000), (1.0, 100)):
+        want = certification.max_radius(n, 0.001, sigma)
+        assert study_lib.certified_reach(sigma, n, 0.001) == pytest.approx(want, rel=1e-9)
+    run = {"certified_radii": [0.0, 0.2, 0.2, 0.7], "images": 8}  # 4 of 8 certified, one at radius 0
+    assert study_lib.certified_curve(run, [0.0, 0.2, 0.21, 0.7, 0.8]) == [0.5, 0.375, 0.125, 0.125, 0.0]
 
 
 def test_append_is_atomic_and_replaces_the_same_run(tmp_path, monkeypatch):
