@@ -654,7 +654,9 @@ def summarize(args):
         f"Generated {datetime.date.today().isoformat()} by `python benchmarks/fashion_mnist_study.py "
         f"--summarize` from the per-seed JSON in `{os.path.relpath(args.results_dir, ROOT)}/`. Mean ± sample std "
         f"(min–max) over seeds; p: one-sided Welch's t-test (scipy.stats.ttest_ind(equal_var=False)); sign count: "
-        f"seeds where A beats / ties / loses to B, paired by seed. Wall times are the sums of the recorded "
+        f"seeds where A beats / ties / loses to B, paired by seed; Holm p: Holm-Bonferroni over the family of tests "
+        "sharing a claim and a metric (e.g. all six smooth activations against ReLU); verdict: *holds* (Holm p "
+        "< 0.05), *reversed* (the opposite direction at that level) or *not shown*. Wall times are the sums of the recorded "
         "train and evaluation times of the table's own runs.",
         "",
     ]

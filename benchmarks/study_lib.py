@@ -16,7 +16,7 @@ import statistics
 import numpy as np
 from scipy import stats
 
-ALPHA = 0.05  # the one-sided level a claim's direction is called "supported" at
+ALPHA = 0.05  # the family-wise level (Holm) at which a claim's direction "holds"
 METRICS = (
     ("clean", "clean"),
     ("pgd", "PGD"),
@@ -124,6 +124,7 @@ def compare(entries, a, b, metric, alternative="greater"):
     """The test of "a's metric is greater (or less) than b's" over the seeds: means, p and sign count."""
     va, vb = by_seed(entries, a, metric), by_seed(entries, b, metric)
     p = welch(list(va.values()), list(vb.values()), alternative)
+    opposite = welch(list(va.values()), list(vb.values()), "less" if alternative == "greater" else "greater")
     return {
         "a": a,
         "b": b,
@@ -133,8 +134,8 @@ def compare(entries, a, b, metric, alternative="greater"):
         "n_a": len(va),
         "n_b": len(vb),
         "p": p,
+        "p_opposite": opposite,
         "signs": sign_count(va, vb, alternative),
-        "supported": None if p is None else p < ALPHA,
     }
 
 
@@ -149,6 +150,33 @@ def certified_curve(entry, grid):
     """Certified accuracy of one certified run at each radius of `grid`, from its per-image radii."""
     radii = np.asarray(entry["certified_radii"], float)
     return [float(np.sum(radii >= r) / entry["images"]) for r in grid]
+
+
+def holm(ps):
+    """Holm-Bonferroni adjusted p-values of one family of tests, in the input order (None stays None: no test)."""
+    tested = sorted((p, i) for i, p in enumerate(ps) if p is not None)
+    adjusted, running = [None] * len(ps), 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdicts(tests):
+    """Per test: (Holm-adjusted p, verdict). A family is the tests sharing (claim, metric), e.g. every smooth
+    activation against ReLU in AutoAttack accuracy. Verdict: "holds" (the direction, Holm p < ALPHA),
+    "reversed" (the opposite direction at the same level), "not shown", or "—" without a test (< 2 seeds)."""
+    families = {}
+    for k, (claim, metric, _) in enumerate(tests):
+        families.setdefault((claim, metric), []).append(k)
+    out = [None] * len(tests)
+    for members in families.values():
+        adjusted = holm([tests[k][2]["p"] for k in members])
+        opposite = holm([tests[k][2].get("p_opposite") for k in members])
+        for k, p, q in zip(members, adjusted, opposite):
+            verdict = "—" if p is None else "holds" if p < ALPHA else "reversed" if q < ALPHA else "not shown"
+            out[k] = (p, verdict)
+    return out
 
 
 # === Markdown ===
@@ -203,21 +231,22 @@ def masking_watch(entries, threshold=MASKING_GAIN):
 
 
 def claim_table(tests):
-    """Markdown: one line per (claim, metric) test."""
+    """Markdown: one line per (claim, metric) test, with its family's Holm-adjusted p and the verdict."""
     lines = [
-        "| claim | metric | A mean (%) | B mean (%) | seeds A/B | Welch p (one-sided) | "
-        f"sign count A better/tie/worse | supported at p < {ALPHA} |",
-        "|---|---|---|---|---|---|---|---|",
+        "| claim | metric | A mean (%) | B mean (%) | seeds A/B | Welch p (one-sided) | Holm p (family) | "
+        f"sign count A better/tie/worse | verdict at {ALPHA} |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for claim, metric, t in tests:
+    for (claim, metric, t), (p_holm, verdict) in zip(tests, verdicts(tests)):
         direction = ">" if t["alternative"] == "greater" else "<"
         p = "—" if t["p"] is None else f"{t['p']:.3g}"
+        p_holm = "—" if p_holm is None else f"{p_holm:.3g}"
         # A test carries "unit": "radius" when its values are lengths (printed as they are), not fractions.
         mean = pct if t.get("unit") != "radius" else (lambda v: "—" if v is None else f"{v:.3f}")
         lines.append(
             f"| {t['a']} {direction} {t['b']} ({claim}) | {metric} | {mean(t['mean_a'])} | "
-            f"{mean(t['mean_b'])} | {t['n_a']}/{t['n_b']} | {p} | {'/'.join(map(str, t['signs']))} | "
-            f"{'—' if t['supported'] is None else 'yes' if t['supported'] else 'no'} |"
+            f"{mean(t['mean_b'])} | {t['n_a']}/{t['n_b']} | {p} | {p_holm} | {'/'.join(map(str, t['signs']))} | "
+            f"{verdict} |"
         )
     return "\n".join(lines)
 

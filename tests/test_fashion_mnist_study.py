@@ -60,6 +60,38 @@ def test_statistics_match_scipy_and_numpy():
     assert study_lib.sign_count(a, b, "less") == (1, 1, 2)
 
 
+def test_holm_adjustment_and_verdicts():
+    # Holm: sorted p times (m - rank), kept monotone, capped at 1; None is no test and not counted in m.
+    assert study_lib.holm([0.01, None, 0.04, 0.03]) == pytest.approx([0.03, None, 0.06, 0.06], abs=0)
+    assert study_lib.holm([0.5, 0.9]) == [1.0, 1.0]
+    assert study_lib.holm([]) == [] and study_lib.holm([None]) == [None]
+
+    def test(p, p_opposite):
+        return {"p": p, "p_opposite": p_opposite}
+
+    tests = [
+        ("SAT", "autoattack", test(0.01, 0.99)),  # 0.02 after Holm over its family of two: holds
+        ("SAT", "autoattack", test(0.6, 0.4)),
+        ("SAT", "clean", test(0.03, 0.97)),  # alone in its family: 0.03 holds
+        ("RAT", "clean", test(0.99, 0.01)),  # the opposite direction is what the data say
+        ("RAT", "clean", test(0.3, 0.7)),
+        ("RAT", "autoattack", test(None, None)),  # one seed: no test
+    ]
+    got = study_lib.verdicts(tests)
+    assert [v for _, v in got] == ["holds", "not shown", "holds", "reversed", "not shown", "—"]
+    assert [p for p, _ in got[:5]] == pytest.approx([0.02, 0.6, 0.03, 1.0, 0.6]) and got[5][0] is None
+    # the real statistic: Welch's opposite p is 1 - p for a continuous t
+    a, b = dict(enumerate(SILU_AA)), dict(enumerate(RELU_AA))
+    t = study_lib.compare(
+        [{"row": "a", "seed": k, "v": v} for k, v in a.items()]
+        + [{"row": "b", "seed": k, "v": v} for k, v in b.items()],
+        "a",
+        "b",
+        "v",
+    )
+    assert t["p"] + t["p_opposite"] == pytest.approx(1.0)
+
+
 def test_wall_time_counts_training_from_the_history_when_a_run_was_resumed():
     fresh = entry("relu", 0, 0.8, 0.6, train_seconds=200.0, train_epoch_seconds=190.0, eval_seconds=500.0)
     resumed = entry("silu", 0, 0.8, 0.6, train_seconds=6.0, train_epoch_seconds=300.0, eval_seconds=500.0)
@@ -117,11 +149,12 @@ def test_summary_of_synthetic_json(tmp_path):
     assert "| silu | 5 | 82.00 ± 1.58 (80.00–84.00) |" in text
     assert f"{mean:.2f} ± {std:.2f} (41.00–47.00)" in text
     p = stats.ttest_ind(SILU_AA, RELU_AA, equal_var=False, alternative="greater").pvalue
+    # silu is the only smooth activation recorded: a family of one, Holm p = p
     assert (
-        f"| silu > relu (SAT) | autoattack | {mean:.2f} | {100 * np.mean(RELU_AA):.2f} | 5/5 | {p:.3g} | 5/0/0 | "
-        f"{'yes' if p < 0.05 else 'no'} |" in text
+        f"| silu > relu (SAT) | autoattack | {mean:.2f} | {100 * np.mean(RELU_AA):.2f} | 5/5 | {p:.3g} | {p:.3g} | "
+        f"5/0/0 | {'holds' if p < 0.05 else 'not shown'} |" in text
     )
-    assert "| silu < relu (SAT) | clean | 82.00 | 82.00 | 5/5 | 0.5 | 0/5/0 | no |" in text  # t = 0
+    assert "| silu < relu (SAT) | clean | 82.00 | 82.00 | 5/5 | 0.5 | 0.5 | 0/5/0 | not shown |" in text  # t = 0
     # gradients shares relu with activations (read from activations.json)
     assert "| smooth_grad_attacker > relu (smooth gradient) | autoattack | 41.00 | 41.00 | 5/5 |" in text
     assert (
