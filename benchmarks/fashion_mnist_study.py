@@ -52,6 +52,7 @@ import importlib.util
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -623,6 +624,71 @@ def _shared_source(table, name):
     )
 
 
+def _progress(args):
+    """Markdown: per table, the runs recorded of those planned at --seeds, their recorded wall time, and what the
+    rest should take at the median recorded wall time of the same row (of the table's runs while the row has
+    fewer than 2: one run is too noisy a guess). A shared row (ReLU, PGD-AT) counts once, in the table that records it."""
+    config = load_config(args.config)
+    activations = study_lib.load_table(args.results_dir, "activations")
+    best = best_smooth_activation(activations, args.seeds) or "best smooth"
+    lines = [
+        "### progress",
+        "",
+        f"Planned: {args.seeds} seeds per row. Recorded wall times are as measured (training + evaluation), "
+        "partly on a machine shared with tests and CI; the rest is estimated from them: per missing run, the "
+        "median of its row's recorded runs (of its table's while the row has fewer than 2).",
+        "",
+        "| table | runs recorded / planned | wall time recorded | estimated rest |",
+        "|---|---|---|---|",
+    ]
+    seen, totals, unknown = set(), [0, 0, 0.0, 0.0], []
+    for table in (*SEED_MAJOR_TABLES, "budget"):
+        if table == "budget":
+            planned = [(("budget", name), seed) for seed in range(args.seeds) for name in ("relu", best)]
+        else:
+            runs = planned_runs(argparse.Namespace(**{**vars(args), "rows": None}), table, config)
+            planned = [(row.record or (table, row.name), seed) for row, seed in runs]
+        planned = [p for p in planned if p not in seen]
+        seen.update(planned)
+        records = {name: study_lib.load_table(args.results_dir, name) for name in {r[0] for r, _ in planned}}
+        found = [study_lib.find_entry(records[r[0]], r[1], seed) for r, seed in planned]
+        times = {}
+        for (record, _), e in zip(planned, found):
+            if e is not None:
+                times.setdefault(record, []).append(study_lib.wall_seconds([e]))
+        every = [t for ts in times.values() for t in ts]
+        rest, missing_estimate = 0.0, False
+        for (record, _), e in zip(planned, found):
+            if e is None:
+                known = times.get(record) if len(times.get(record, ())) >= 2 else every
+                if known:
+                    rest += statistics.median(known)
+                else:
+                    missing_estimate = True
+        done = sum(e is not None for e in found)
+        recorded = sum(every)
+        if missing_estimate:
+            unknown.append(table)
+        lines.append(
+            f"| {table} | {done} / {len(planned)} | {study_lib.clock(recorded)} | "
+            f"{'unknown (no run yet)' if missing_estimate and not rest else study_lib.clock(rest)} |"
+        )
+        totals = [totals[0] + done, totals[1] + len(planned), totals[2] + recorded, totals[3] + rest]
+    lines.append(
+        f"| **all** | {totals[0]} / {totals[1]} | {study_lib.clock(totals[2])} | {study_lib.clock(totals[3])}"
+        + (f" + {', '.join(unknown)}" if unknown else "")
+        + " |"
+    )
+    masking = study_lib.load_table(args.results_dir, "masking")
+    if masking:
+        lines += [
+            "",
+            f"Besides the plan: the `masking` diagnostic, {len(masking)} runs, "
+            f"{study_lib.clock(study_lib.wall_seconds(masking))}.",
+        ]
+    return lines + [""]
+
+
 def _load_rows(results_dir, table, names):
     """Entries for `names`, each read from the table that records it (shared rows from their first table)."""
     own = study_lib.load_table(results_dir, table)
@@ -660,6 +726,7 @@ def summarize(args):
         "train and evaluation times of the table's own runs.",
         "",
     ]
+    lines += _progress(args)
     pngs = []
     for table in ("activations", "gradients", "rat", "masking", "sparta"):
         names = {

@@ -162,6 +162,11 @@ def test_summary_of_synthetic_json(tmp_path):
     )
     assert "| 0.1 | 60.00 ± 0.00 (60.00–60.00) | 65.00 ± 0.00 (65.00–65.00) |" in text
     assert "| smoothadv_pgd_s0.25 > gaussian_s0.25 (SmoothAdv) | certified r=0 | 73.00 | 71.00 | 3/3 |" in text
+    # progress: relu + silu x 5 seeds of 35 planned, 90 s each; the 25 missing at the median 90 s = 37m30s.
+    assert "| activations | 10 / 35 | 15m00s | 37m30s |" in text
+    # gradients' relu is activations' run (counted once); its 3 own rows: 5 recorded, 10 missing x 90 s
+    assert "| gradients | 5 / 15 | 7m30s | 15m00s |" in text
+    assert "| certified | 6 / 30 |" in text
     assert "N = 1,000" in text and "0.616 at sigma 0.25" in text
     assert (
         "| gaussian_s0.25 | 3 | 71.00 ± 1.00 (70.00–72.00) | 35.00 ± 0.00 (35.00–35.00) | *beyond N* | 0.009 ± 0.001 |"
