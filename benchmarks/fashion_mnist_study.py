@@ -910,6 +910,7 @@ def _summarize_certified(args, pngs):
         "L2 radius",
         styles=styles,
         vlines=[(r, f"N's reach, sigma {sigma:g}") for sigma, r in sorted(reach.items())],
+        legend="lower left",  # the curves fall to the right; the lines' labels stand at the top
     )
     pngs.append(png)
     return lines + [f"![certified]({os.path.basename(png)})", ""]

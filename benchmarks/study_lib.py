@@ -323,7 +323,7 @@ def plot_rows(entries, rows, path, title, metrics=(("autoattack", "AutoAttack"),
     return path
 
 
-def plot_curves(curves, path, title, xlabel, ylabel="accuracy (%)", styles=None, vlines=()):
+def plot_curves(curves, path, title, xlabel, ylabel="accuracy (%)", styles=None, vlines=(), legend="best"):
     """`curves`: {label: (x, [per-seed y lists])}; the mean with a ± std band. `styles`: optional {label: plot
     kwargs}; `vlines`: (x, text) pairs drawn as dotted vertical lines. Markers only on coarse grids."""
     plt = _pyplot()
@@ -347,7 +347,7 @@ def plot_curves(curves, path, title, xlabel, ylabel="accuracy (%)", styles=None,
     ax.set_title(title, fontsize=9)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc=legend)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
