@@ -727,6 +727,8 @@ def summarize(args):
         "",
     ]
     lines += _progress(args)
+    verdicts_at = len(lines)  # filled in once every table's tests are known
+    tests_so_far = []
     pngs = []
     for table in ("activations", "gradients", "rat", "masking", "sparta"):
         names = {
@@ -758,6 +760,7 @@ def summarize(args):
             (claim, metric, study_lib.compare(entries, a, b, metric, alt)) for claim, a, b, metric, alt in CLAIMS[table]
         ]
         lines += study_lib.masking_watch(entries)
+        tests_so_far += tests
         lines += ([study_lib.claim_table(tests), ""] if tests else []) + [NOTES[table], ""]
         png = study_lib.plot_rows(
             entries,
@@ -767,7 +770,16 @@ def summarize(args):
         )
         pngs.append(png)
         lines += [f"![{table}]({os.path.basename(png)})", ""]
-    lines += _summarize_budget(args, pngs) + _summarize_certified(args, pngs)
+    lines += _summarize_budget(args, pngs) + _summarize_certified(args, pngs, tests_so_far)
+    lines[verdicts_at:verdicts_at] = [
+        "### verdicts",
+        "",
+        "Every claim test of the tables below, by family (Holm-adjusted one-sided Welch p < 0.05): where it holds, "
+        "where the data say the opposite, where neither, and what has too few seeds to test.",
+        "",
+        study_lib.verdict_table(tests_so_far),
+        "",
+    ]
     os.makedirs(args.results_dir, exist_ok=True)
     path = os.path.join(args.results_dir, "TABLES.md")
     with open(path, "w") as f:
@@ -828,7 +840,7 @@ def _cert_n(entry):
     return int(command.split("--N=")[1].split()[0])
 
 
-def _summarize_certified(args, pngs):
+def _summarize_certified(args, pngs, all_tests):
     entries = study_lib.load_table(args.results_dir, "certified")
     lines = ["### certified", ""]
     if not entries:
@@ -895,6 +907,7 @@ def _summarize_certified(args, pngs):
                 )
             acr_test = study_lib.compare(entries, a, base, lambda e: e.get("acr"), "greater")
             tests.append(("SmoothAdv", "ACR", {**acr_test, "unit": "radius"}))
+    all_tests += tests
     lines += [
         "",
         study_lib.claim_table(tests),

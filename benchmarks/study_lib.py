@@ -251,6 +251,27 @@ def claim_table(tests):
     return "\n".join(lines)
 
 
+def verdict_table(tests):
+    """Markdown: one line per family of tests (claim, metric) naming the A rows where the claim holds, is
+    reversed, is not shown, or is not tested yet (fewer than 2 seeds on a side)."""
+    families = {}
+    for (claim, metric, t), (_, verdict) in zip(tests, verdicts(tests)):
+        family = families.setdefault((claim, metric, t["alternative"]), {"b": set(), "rows": {}})
+        family["b"].add(t["b"])
+        family["rows"].setdefault(verdict, []).append(t["a"])
+    lines = [
+        "| claim (A {>, <} B) | metric | holds | reversed | not shown | untested (< 2 seeds a side) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (claim, metric, alternative), family in families.items():
+        direction = ">" if alternative == "greater" else "<"
+        cells = [", ".join(family["rows"].get(v, [])) or "—" for v in ("holds", "reversed", "not shown", "—")]
+        lines.append(
+            f"| {claim}: A {direction} {', '.join(sorted(family['b']))} | {metric} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
 def clock(seconds):
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)

@@ -162,6 +162,14 @@ def test_summary_of_synthetic_json(tmp_path):
     )
     assert "| 0.1 | 60.00 ± 0.00 (60.00–60.00) | 65.00 ± 0.00 (65.00–65.00) |" in text
     assert "| smoothadv_pgd_s0.25 > gaussian_s0.25 (SmoothAdv) | certified r=0 | 73.00 | 71.00 | 3/3 |" in text
+    # verdicts: one line per family, rows sorted by verdict (silu > relu: p 0.012, alone in its family's tests)
+    others = "gelu, softplus, elu, smooth_relu, mish"  # no runs: untested
+    assert p < 0.05 and f"| SAT: A > relu | autoattack | silu | — | — | {others} |" in text
+    assert f"| SAT: A < relu | clean | — | — | silu | {others} |" in text
+    assert (
+        "| smooth gradient: A > relu | autoattack | — | — | smooth_grad_attacker | "
+        "smooth_grad_optimizer, smooth_grad_both |" in text
+    )
     # progress: relu + silu x 5 seeds of 35 planned, 90 s each; the 25 missing at the median 90 s = 37m30s.
     assert "| activations | 10 / 35 | 15m00s | 37m30s |" in text
     # gradients' relu is activations' run (counted once); its 3 own rows: 5 recorded, 10 missing x 90 s
