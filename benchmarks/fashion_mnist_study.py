@@ -641,7 +641,8 @@ def _progress(args):
         "| table | runs recorded / planned | wall time recorded | estimated rest |",
         "|---|---|---|---|",
     ]
-    seen, totals, unknown = set(), [0, 0, 0.0, 0.0], []
+    seen, unknown = set(), []
+    done_all = planned_all = recorded_all = rest_all = 0
     for table in (*SEED_MAJOR_TABLES, "budget"):
         if table == "budget":
             planned = [(("budget", name), seed) for seed in range(args.seeds) for name in ("relu", best)]
@@ -673,9 +674,14 @@ def _progress(args):
             f"| {table} | {done} / {len(planned)} | {study_lib.clock(recorded)} | "
             f"{'unknown (no run yet)' if missing_estimate and not rest else study_lib.clock(rest)} |"
         )
-        totals = [totals[0] + done, totals[1] + len(planned), totals[2] + recorded, totals[3] + rest]
+        done_all, planned_all, recorded_all, rest_all = (
+            done_all + done,
+            planned_all + len(planned),
+            recorded_all + recorded,
+            rest_all + rest,
+        )
     lines.append(
-        f"| **all** | {totals[0]} / {totals[1]} | {study_lib.clock(totals[2])} | {study_lib.clock(totals[3])}"
+        f"| **all** | {done_all} / {planned_all} | {study_lib.clock(recorded_all)} | {study_lib.clock(rest_all)}"
         + (f" + {', '.join(unknown)}" if unknown else "")
         + " |"
     )
@@ -899,7 +905,7 @@ def _summarize_certified(args, pngs, all_tests):
             if a not in names and base not in names:
                 continue
             for i, r in enumerate(radii):
-                if sigma in reach and r > reach[sigma]:
+                if r > reach[sigma]:  # every sigma has a reach (set above)
                     continue
                 metric = lambda e, i=i: e["certified"][i]  # noqa: E731
                 tests.append(
