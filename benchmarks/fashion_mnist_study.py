@@ -25,8 +25,9 @@ Tables:
                both vs relu; evaluated with the same weights in the plain-ReLU network (evaluate.py
                --activation=relu, which checks the clean logits are equal), so the evaluation attacks
                see the true ReLU gradient
-  budget       evaluation only: robust accuracy vs eps for relu and the best smooth activation of
-               `activations` (mean AutoAttack), on the first `budget_images` test images
+  budget       robust accuracy vs eps for relu and the best smooth activation of `activations` (mean
+               AutoAttack), on the first `budget_images` test images: evaluation only, but a run whose
+               checkpoint is gone (another machine) is trained again and flagged `retrained`
   rat          PGD-AT (relu of `activations`), TRADES, TRADES+RAT, AWP+TRADES+RAT (beta 6, alpha 0.2,
                as launch/configs/rat_cifar10.py; no label smoothing, as the released code; TRADES's own
                attack: 10 sign steps of eps/4 from the released x + 0.001 N start)
@@ -35,8 +36,8 @@ Tables:
                (and the released MNIST script's beta 1). Not part of `all`: a diagnostic of gradient
                masking (compare APGD+FAB, the gradient attacks, with AutoAttack, which adds Square)
   sparta       Sparta vs relu, and transfer: the Sparta trained in this table's `sparta` run of the
-               same seed, frozen (config.model.load_sparta), trains a fresh network
-               (--sparta_target_model, default the config's model)
+               same seed (kept as <results_dir>/sparta_seed<k>.npz), frozen (config.model.load_sparta),
+               trains a fresh network (--sparta_target_model, default the config's model)
   certified    Gaussian vs SmoothAdv-PGD and SmoothAdv-DDN (L2 eps = sigma) at sigma 0.25 and 0.5, then
                launch/certify.py on the first `cert_images` test images with N = --cert_N
 
@@ -52,6 +53,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,6 +91,9 @@ class Row:
     kind: str = "robust"
     eval_activation: str = None
     needs: str = None  # a file (formatted with the seed) that must exist first, made by an earlier row
+    # (a file of the run's workdir, where to copy it formatted with the seed): a run's product that a later row
+    # needs, kept beside the results (committed) because workdirs do not outlive the machine
+    keep: tuple = None
 
 
 RELU = Row("relu", (("model.activation", "relu"),), record=("activations", "relu"))
@@ -150,13 +155,13 @@ def _masking(args, config):
 
 
 def _sparta(args, config):
-    source = os.path.join(args.runs_dir, "sparta", "sparta", "seed{seed}", "sparta.npz")
+    source = os.path.join(args.results_dir, "sparta_seed{seed}.npz")
     transfer = [("model.activation", "sparta"), ("model.load_sparta", source)]
     if args.sparta_target_model:
         transfer.append(("model.name", args.sparta_target_model))
     return [
         RELU,
-        Row("sparta", (("model.activation", "sparta"),)),
+        Row("sparta", (("model.activation", "sparta"),), keep=("sparta.npz", source)),
         Row("sparta_transfer", tuple(transfer), needs=source),
     ]
 
@@ -191,7 +196,8 @@ def _budget(args, config):
             f"`python benchmarks/fashion_mnist_study.py --table=activations --seeds={args.seeds}`"
         )
     print(f"budget: relu and {best}, the smooth activation with the best mean AutoAttack accuracy", flush=True)
-    return [Row("relu", kind="budget"), Row(best, kind="budget")]
+    # With the activations row's overrides: a run whose checkpoint is gone (another machine) is trained again.
+    return [Row("relu", RELU.overrides, kind="budget"), Row(best, (("model.activation", best),), kind="budget")]
 
 
 TABLES = {
@@ -431,6 +437,8 @@ def execute(args, table, row, seed):
         entry["eval_seconds"] = run_logged(command, log)
         entry["commands"].append(shlex.join(command))
         entry.update(read_robustness(out, args.pgd_steps), eps=args.eval_eps)
+    if row.keep:
+        keep(os.path.join(wd, row.keep[0]), row.keep[1].format(seed=seed))
     entry["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return entry
 
@@ -458,16 +466,33 @@ def read_certified(command, sigma):
     }
 
 
+def keep(path, destination):
+    """Copies a run's product beside the results, atomically (a half-written copy never looks kept)."""
+    if not os.path.exists(path):
+        raise StudyError(f"the run finished without writing {path}, which a later row needs")
+    os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+    shutil.copyfile(path, destination + ".tmp")
+    os.replace(destination + ".tmp", destination)
+
+
 def execute_budget(args, row, seed):
+    """Evaluates the `activations` run of this row and seed at every eps. Its checkpoint lives in the runs
+    directory, which does not outlive the machine: where it is gone, the run is trained again (same command,
+    same seed; the trainer is not bitwise deterministic, so a sibling model, flagged `retrained`); where it is
+    there, the train command only resumes at its last step."""
     wd = workdir(args, ("activations", row.name), seed)
     log = os.path.join(wd, "study_log.txt")
+    retrained = not os.path.exists(os.path.join(wd, "checkpoints", "checkpoint"))
+    train = train_command(args, row, seed, wd)
+    train_seconds = run_logged(train, log)
     entry = {
         "row": row.name,
         "seed": seed,
         "workdir": wd,
         "config": args.config,
-        "commands": [],
-        "train_seconds": 0.0,
+        "commands": [shlex.join(train)],
+        "retrained": retrained,
+        "train_seconds": train_seconds if retrained else 0.0,
         "eval_seconds": 0.0,
         "curve": [],
     }
@@ -536,8 +561,7 @@ def run_table(args):
         for row, seed, record in pending:
             wd = workdir(args, record if row.kind != "budget" else ("activations", row.name), seed)
             print(f"# {record[0]}/{record[1]} seed {seed}")
-            if row.kind != "budget":
-                print(shlex.join(train_command(args, row, seed, wd)))
+            print(shlex.join(train_command(args, row, seed, wd)))  # budget: only resumes a run that is there
             if row.kind == "certified":
                 print(shlex.join(certify_command(args, wd, float(dict(row.overrides)["objective.noise_sd"]))))
             elif row.kind == "budget":
@@ -807,9 +831,16 @@ def _summarize_budget(args, pngs):
         runs = [[p["autoattack"] for p in e["curve"]] for e in mine]
         curves[name] = (xs, runs)
         table.append((name, xs, runs))
+    retrained = [f"{e['row']} seed {e['seed']}" for e in entries if e.get("retrained")]
     lines += [
         f"AutoAttack standard (eps 0: clean accuracy) on the first {_images(entries)} test images, "
-        f"the `activations` runs re-evaluated; wall time {study_lib.clock(study_lib.wall_seconds(entries))}.",
+        f"the `activations` runs re-evaluated; wall time {study_lib.clock(study_lib.wall_seconds(entries))}."
+        + (
+            f" Trained again for this table (the run's checkpoint was gone; same command and seed, a sibling "
+            f"model, not bitwise the same): {', '.join(retrained)}."
+            if retrained
+            else ""
+        ),
         "",
         "Command:",
         "",

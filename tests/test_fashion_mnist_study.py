@@ -407,3 +407,66 @@ def test_one_tiny_real_run_on_digits_end_to_end(tmp_path, capsys):
     assert "clean logits equal the trained model's" in log
     assert study.main(argv) == 0  # resumed: recorded, so skipped
     assert "1 recorded, 0 to do" in capsys.readouterr().out
+
+
+def fake_runs(monkeypatch, products=()):
+    """Stands in for train.py / evaluate.py: records the commands; a train command writes `products` into its
+    workdir and a checkpoint, as the trainer would."""
+    commands = []
+
+    def run_logged(command, log_path):
+        commands.append(command)
+        wd = next(c.split("=", 1)[1] for c in command if c.startswith("--workdir="))
+        if "launch/train.py" in command[1]:
+            os.makedirs(os.path.join(wd, "checkpoints"), exist_ok=True)
+            for name in ("checkpoints/checkpoint", *products):
+                open(os.path.join(wd, name), "w").write("trained")
+        return 5.0
+
+    monkeypatch.setattr(study, "run_logged", run_logged)
+    monkeypatch.setattr(study, "training_speed", lambda wd: {})
+    monkeypatch.setattr(study, "read_robustness", lambda out, steps: {"clean": 0.8, "autoattack": 0.5})
+    return commands
+
+
+def test_sparta_is_kept_beside_the_results_for_the_transfer_row(tmp_path, monkeypatch, capsys):
+    args = study.parse_args(args_for(tmp_path, "--table=sparta", "--seeds=1"))
+    rows = {row.name: row for row in study.TABLES["sparta"](args, study.load_config(DIGITS))}
+    kept = str(tmp_path / "results" / "sparta_seed0.npz")
+    assert rows["sparta_transfer"].needs.format(seed=0) == kept
+    assert f"--config.model.load_sparta={kept}" in study.train_command(args, rows["sparta_transfer"], 0, "wd")
+    with pytest.raises(study.StudyError, match="sparta_seed0.npz, written by an earlier"):
+        study.execute(args, "sparta", rows["sparta_transfer"], 0)
+    fake_runs(monkeypatch)  # a run that did not write sparta.npz: said, nothing kept
+    with pytest.raises(study.StudyError, match="without writing .*sparta.npz"):
+        study.execute(args, "sparta", rows["sparta"], 0)
+    assert not os.path.exists(kept)
+    fake_runs(monkeypatch, products=["sparta.npz"])
+    study.execute(args, "sparta", rows["sparta"], 0)
+    assert open(kept).read() == "trained" and not os.path.exists(kept + ".tmp")
+    study.execute(args, "sparta", rows["sparta_transfer"], 0)  # its need is met now
+
+
+def test_budget_trains_again_only_a_run_whose_checkpoint_is_gone(tmp_path, monkeypatch):
+    runs = [entry(a, 0, 0.8, 0.4 + 0.1 * (a == "mish")) for a in ("relu", *study.SMOOTH_ACTIVATIONS)]
+    write_table(str(tmp_path / "results"), "activations", runs)
+    args = study.parse_args(args_for(tmp_path, "--table=budget", "--seeds=1", "--budget_eps=0,0.1"))
+    config = study.load_config(DIGITS)
+    budget = {row.name: row for row in study.TABLES["budget"](args, config)}
+    activations = {row.name: row for row in study.TABLES["activations"](args, config)}
+    assert set(budget) == {"relu", "mish"}
+    commands = fake_runs(monkeypatch)
+    for name, row in budget.items():
+        wd = study.workdir(args, ("activations", name), 0)
+        first = study.execute(args, "budget", row, 0)  # nothing on disk: trained again
+        assert first["retrained"] and first["train_seconds"] == 5.0
+        assert commands[0] == study.train_command(args, activations[name], 0, wd)  # the activations run's own
+        assert [c[1] for c in commands[1:]] == ["launch/evaluate.py"] * 2 and len(first["curve"]) == 2
+        commands.clear()
+        again = study.execute(args, "budget", row, 0)  # its checkpoint is there: resumed, not trained
+        assert not again["retrained"] and again["train_seconds"] == 0.0
+        commands.clear()
+    write_table(str(tmp_path / "results"), "budget", [{**first, "row": "relu"}, {**again, "row": "mish"}])
+    assert study.main(args_for(tmp_path, "--summarize", "--seeds=1")) == 0
+    budget_md = (tmp_path / "results" / "TABLES.md").read_text().split("### budget")[1]
+    assert "Trained again for this table" in budget_md and "relu seed 0" in budget_md and "mish seed" not in budget_md
