@@ -196,8 +196,9 @@ def _budget(args, config):
             f"`python benchmarks/fashion_mnist_study.py --table=activations --seeds={args.seeds}`"
         )
     print(f"budget: relu and {best}, the smooth activation with the best mean AutoAttack accuracy", flush=True)
-    # With the activations row's overrides: a run whose checkpoint is gone (another machine) is trained again.
-    return [Row("relu", RELU.overrides, kind="budget"), Row(best, (("model.activation", best),), kind="budget")]
+    # The activations rows themselves, so a run whose checkpoint is gone (another machine) trains again as it did.
+    rows = {row.name: row for row in _activations(args, config)}
+    return [dataclasses.replace(rows[name], kind="budget") for name in ("relu", best)]
 
 
 TABLES = {
