@@ -294,51 +294,7 @@ def test_plot_only_draws_several_tsvs(certified, tmp_path):
     assert "r = 0.50 |" in proc.stdout
 
 
-@pytest.fixture(scope="module")
-def bad_flag_runs(noise_run, tmp_path_factory):
-    """All bad-flag launches at once (each pays a TensorFlow start-up)."""
-    plain = str(tmp_path_factory.mktemp("plain_run"))
-    config = json.load(open(os.path.join(noise_run, "run_config.json")))
-    config["objective"].update(name="adversarial", noise_sd=0.0)  # a run without randomized smoothing
-    json.dump(config, open(os.path.join(plain, "run_config.json"), "w"))
-    cases = {
-        "N": [f"--workdir={noise_run}", "--N=0"],
-        "alpha": [f"--workdir={noise_run}", "--alpha=1.5"],
-        "skip": [f"--workdir={noise_run}", "--skip=0"],
-        "sigma": [f"--workdir={plain}"],
-        "workdir": ["--workdir=/nonexistent/sat_tf_run"],
-    }
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "launch", "certify.py"), *flags],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, flags in cases.items()
-    }
-    return {name: (p.wait(timeout=300), p.communicate()[1]) for name, p in procs.items()}
-
-
-@pytest.mark.parametrize(
-    "name,needle",
-    [
-        ("N", "error: --N must be >= 1, got 0"),
-        ("alpha", "error: --alpha must be in (0, 1), got 1.5"),
-        ("skip", "error: --skip must be >= 1, got 0"),
-        ("sigma", "error: --sigma is required"),
-        ("workdir", "--workdir must be a directory written by launch/train.py"),
-    ],
-)
-def test_bad_flags_fail_with_one_line(bad_flag_runs, name, needle):
-    code, stderr = bad_flag_runs[name]
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert code == 2, stderr[-2000:]
-    assert lines[-1].startswith("error:") and needle in lines[-1], stderr[-2000:]
-    assert "Traceback" not in stderr
+# Bad flags and a run without smoothing (one `error:` line, exit code 2): tests/test_bad_flags.py.
 
 
 # === benchmarks/certify_throughput.py ===

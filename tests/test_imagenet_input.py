@@ -520,8 +520,4 @@ def test_build_tool_converts_class_folders(tmp_path):
         assert abs(key - value) <= 3 and expected[key] == int(yi)
 
 
-def test_build_tool_errors_are_one_line(tmp_path):
-    result = _run_tool(f"--input_dir={tmp_path / 'missing'}", f"--output_dir={tmp_path}")
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert lines == [f"error: --input_dir={tmp_path / 'missing'} is not a directory"]
+# The tool's bad flags and absent input (one `error:` line, exit code 2): tests/test_bad_flags.py.

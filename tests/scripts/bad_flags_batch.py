@@ -8,7 +8,11 @@ real entry point, `common.run(main)` (flag parsing, validation, the one-line
 `error:` handler), with `absl.app.run` replaced by a direct call, so a process
 pays the TensorFlow import once for every launcher. Re-parsing uses
 `FLAGS.unparse_flags(); FLAGS(argv)`; between launchers their flags are deleted
-and their modules forgotten, so the next launcher defines its own.
+and their modules forgotten, so the next launcher defines its own. The trainers
+(launch/train.py, launch/train_imagenet.py) run their whole file as `__main__`
+for each case, with `sys.argv` set: ml_collections reads the `--config.*`
+overrides while it defines the flags, so each case defines them anew (and they
+are deleted after it).
 
 Expensive work is replaced by sentinels: a case that gets as far as building a
 model, reading data, training, evaluating, loading a .keras file or writing
@@ -21,6 +25,7 @@ import importlib
 import io
 import json
 import os
+import runpy
 import sys
 import time
 import traceback
@@ -39,7 +44,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 from launch import common  # noqa: E402
 from sat_tf import data, distribute, evaluation, models, training, zoo  # noqa: E402
-from sat_tf.data import imagenet_input
+from sat_tf.data import imagenet_input  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -69,6 +74,19 @@ for owner, name in SENTINELS:
     setattr(owner, name, _sentinel(name))
 ARGV = []  # the running case's command line
 app.run = lambda main, argv=None, flags_parser=None: main(flags_parser(ARGV))
+TRAINERS = ("train", "train_imagenet")  # run as __main__, case by case
+
+
+def run_trainer(path):
+    """The trainer file as `python <path>` runs it; then its flags are forgotten (the next case defines its own)."""
+    baseline, saved_argv = set(FLAGS), sys.argv
+    sys.argv = list(ARGV)  # ml_collections reads the --config.* overrides from sys.argv
+    try:
+        runpy.run_path(path, run_name="__main__")
+    finally:
+        sys.argv = saved_argv
+        for name in set(FLAGS) - baseline:
+            delattr(FLAGS, name)
 
 
 def run_case(module, case):
@@ -81,7 +99,10 @@ def run_case(module, case):
     start = time.perf_counter()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
-            common.run(module.main)
+            if module is None:
+                run_trainer(ARGV[0])
+            else:
+                common.run(module.main)
     except SystemExit as exit_:
         code = exit_.code
     except Reached as reached:
@@ -103,11 +124,13 @@ def main():
     results = {}
     for launcher in dict.fromkeys(case["launcher"] for case in cases):
         start = time.perf_counter()
-        module = importlib.import_module(f"launch.{launcher}")
+        module = None if launcher in TRAINERS else importlib.import_module(f"launch.{launcher}")
         import_seconds = time.perf_counter() - start
         for case in (c for c in cases if c["launcher"] == launcher):
             results[case["id"]] = run_case(module, case)
         results[f"{launcher}:import"] = {"seconds": round(import_seconds, 3)}
+        if module is None:
+            continue
         for module_name in (f"launch.{launcher}",):
             defined = FLAGS.flags_by_module_dict().get(module_name, [])
             for flag in list(defined):
