@@ -336,36 +336,38 @@ def eval_attacks(iters, *, epsilon, step_size, norm="linf", loss="ce", restarts=
     return table
 
 
-def autoattack_options(items):
-    """`["square.queries=1000", "apgd-ce.steps=50"]` -> `{"square": {"queries": 1000}, ...}` (FlagError if malformed)."""
+def autoattack_options(items, *, options_flag="autoattack_options"):
+    """`["square.queries=1000", "apgd-ce.steps=50"]` -> `{"square": {"queries": 1000}, ...}` (FlagError if malformed).
+
+    `options_flag` is the setting the errors name (the trainers': config.eval.autoattack_options)."""
     from sat_tf.attacks.autoattack import ATTACK_NAMES
 
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
         attack, dot, name = key.strip().partition(".")
-        require(sep and dot and name, f"--autoattack_options entries must be attack.key=value, got {item!r}")
-        choice("autoattack_options", attack, set(ATTACK_NAMES))
+        require(sep and dot and name, f"--{options_flag} entries must be attack.key=value, got {item!r}")
+        choice(options_flag, attack, set(ATTACK_NAMES))
         options.setdefault(attack, {})[name] = parse_value(value.strip())
     return options
 
 
-def check_autoattack(version, items, *, version_flag):
+def check_autoattack(version, items, *, version_flag, options_flag="autoattack_options"):
     """--autoattack_options parse and fit the AutoAttack `version` (None: AutoAttack is off)."""
-    options = autoattack_options(items)
+    options = autoattack_options(items, options_flag=options_flag)
     if not options:
         return options
     from sat_tf.attacks.autoattack import plan
 
-    require(version is not None, f"--autoattack_options needs AutoAttack; drop --{version_flag}=none")
+    require(version is not None, f"--{options_flag} needs AutoAttack; drop --{version_flag}=none")
     try:
         plan(version, options=options)
     except ValueError as err:
-        raise FlagError(f"--autoattack_options={','.join(items)}: {err}") from None
+        raise FlagError(f"--{options_flag}={','.join(items)}: {err}") from None
     return options
 
 
-def check_autoattack_classes(version, items, num_classes, *, version_flag):
+def check_autoattack_classes(version, items, num_classes, *, version_flag, options_flag="autoattack_options"):
     """AutoAttack options for `version` that fit a model of `num_classes` classes.
 
     The targeted attacks default to 9 targets (ranks 2...10 of the clean
@@ -379,7 +381,7 @@ def check_autoattack_classes(version, items, num_classes, *, version_flag):
         return None, []
     from sat_tf.attacks.autoattack import plan, validate_classes
 
-    options = autoattack_options(items)
+    options = autoattack_options(items, options_flag=options_flag)
     notes = []
     for spec in plan(version, options=options or None):
         targets = spec.kwargs.get("n_target_classes")
@@ -395,7 +397,7 @@ def check_autoattack_classes(version, items, num_classes, *, version_flag):
     except ValueError as err:
         raise FlagError(
             f"--{version_flag}={version} on {num_classes} classes: {err} "
-            "(e.g. --autoattack_options=apgd-t.n_target_classes=3,fab-t.n_target_classes=3)"
+            f"(e.g. --{options_flag}=apgd-t.n_target_classes=3,fab-t.n_target_classes=3)"
         ) from None
     return options or None, notes
 

@@ -36,6 +36,8 @@ from sat_tf import config as config_lib  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 FLAGS = flags.FLAGS
+# The settings AutoAttack errors name: the config's fields, not evaluate.py's flags.
+AUTOATTACK_FLAGS = {"version_flag": "config.eval.autoattack", "options_flag": "config.eval.autoattack_options"}
 
 
 class FractionParser(flags.ArgumentParser):
@@ -229,11 +231,9 @@ def main(argv):
     smoothing = config.objective.name in config_lib.SMOOTHING_OBJECTIVES
     autoattack = None if config.eval.autoattack == "none" or smoothing else config.eval.autoattack
     try:
-        common.check_autoattack(autoattack, config.eval.autoattack_options, version_flag="config.eval.autoattack")
+        common.check_autoattack(autoattack, config.eval.autoattack_options, **AUTOATTACK_FLAGS)
     except common.FlagError as err:
-        raise config_lib.ConfigError(
-            f"config.eval.autoattack_options={tuple(config.eval.autoattack_options)}: {err}"
-        ) from None
+        raise config_lib.ConfigError(str(err)) from None
     activation = config_lib.activation_spec(config.model.activation, config.model.activation_options)
     check_precision(config)
     from sat_tf import data
@@ -295,7 +295,7 @@ def main(argv):
     if autoattack and config.mode != "train":
         try:
             aa_options, aa_notes = common.check_autoattack_classes(
-                autoattack, config.eval.autoattack_options, num_classes, version_flag="config.eval.autoattack"
+                autoattack, config.eval.autoattack_options, num_classes, **AUTOATTACK_FLAGS
             )
         except common.FlagError as err:
             raise config_lib.ConfigError(str(err)) from None

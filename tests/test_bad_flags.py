@@ -340,6 +340,15 @@ TRAIN = [
         [SMOOTHADV, "--config.objective.smoothadv.attack=fgsm"],
         "error: config.objective.smoothadv.attack='fgsm' is invalid; allowed: one of ['ddn', 'pgd']",
     ),
+    # AutoAttack options name the config's field, not evaluate.py's --autoattack_options.
+    (
+        ["--config.eval.autoattack_options=('pgd.steps=3',)"],
+        "--config.eval.autoattack_options='pgd' is unknown; choose one of ['apgd-ce'",
+    ),
+    (
+        ["--config.eval.autoattack_options=('square.quries=3',)"],
+        "--config.eval.autoattack_options=square.quries=3: options for 'square'",
+    ),
     ([], "reached:build_model"),
     ([GAUSSIAN], "reached:build_model"),
     ([SMOOTHADV], "reached:build_model"),
