@@ -53,7 +53,15 @@ def test_standard_agrees_with_the_reference(robust_mlp):
     twin = aa_reference.torch_twin(model)
     runner = reference.AutoAttack(twin, eps=0.1, norm="Linf", seed=0, version="standard", device="cpu")
     runner.logger.setLevel(logging.WARNING)
-    x_ref, _ = runner.run_standard_evaluation(aa_reference.to_nchw(x), torch.from_numpy(y), batch_size=250)
+    # One intra-op thread for the reference: on a small MLP torch's thread pool only spins, and next to TF's
+    # threads on a 2-core CI box that cost ~110 CPU-s where one thread takes ~6 (the same attack and checks).
+    # Restored afterwards: other torch tests may share this pytest process.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x_ref, _ = runner.run_standard_evaluation(aa_reference.to_nchw(x), torch.from_numpy(y), batch_size=250)
+    finally:
+        torch.set_num_threads(threads)
     with torch.no_grad():
         theirs_robust = twin(x_ref).argmax(1).numpy() == y
     ours_acc, theirs_acc = ours_robust.mean(), theirs_robust.mean()

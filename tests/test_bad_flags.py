@@ -349,6 +349,14 @@ TRAIN = [
         ["--config.eval.autoattack_options=('square.quries=3',)"],
         "--config.eval.autoattack_options=square.quries=3: options for 'square'",
     ),
+    (
+        ["--config.model.activation=silu", "--config.model.load_sparta={missing}/sparta.npz"],
+        "config.model.activation='silu' is invalid; allowed: 'sparta' with model.load_sparta",
+    ),
+    (
+        ["--config.model.activation=sparta", "--config.model.load_sparta={missing}/sparta.npz"],
+        "config.model.load_sparta='{missing}/sparta.npz' is invalid; allowed: an existing sparta.npz",
+    ),
     ([], "reached:build_model"),
     ([GAUSSIAN], "reached:build_model"),
     ([SMOOTHADV], "reached:build_model"),

@@ -216,8 +216,8 @@ def workdir(tmp_path_factory):
         "--config.eval.autoattack=none",
         "--config.optimizer.learning_rate=2",
         "--config.schedule.warmup_epochs=0",
-        "--config.eval.steps=1",
         "--config.system.deterministic",
+        "--config.mode=train",  # no end-of-training evaluation: the tests evaluate with launch/evaluate.py
         f"--workdir={path}",
     )
     return path
@@ -230,7 +230,15 @@ def report(directory):
 
 def test_rat_cifar_end_to_end(workdir, tmp_path):
     proc = run_launcher(
-        "evaluate.py", f"--workdir={workdir}", "--protocol=rat_cifar", "--limit=32", f"--output_dir={tmp_path}"
+        "evaluate.py",
+        f"--workdir={workdir}",
+        "--protocol=rat_cifar",
+        "--limit=32",
+        # A short AutoAttack (same attacks, version and budget; fewer steps, targets and queries): nothing below
+        # depends on its strength, and the full one is tests/test_autoattack.py's.
+        "--autoattack_options=apgd-ce.steps=10,apgd-t.steps=10,apgd-t.n_target_classes=2,fab-t.steps=10,"
+        "fab-t.n_target_classes=2,square.queries=100",
+        f"--output_dir={tmp_path}",
     )
     out = report(tmp_path)
     results, meta = out["results"], out["meta"]
@@ -244,6 +252,7 @@ def test_rat_cifar_end_to_end(workdir, tmp_path):
     assert meta["steps"] == [20] and "cw_kappa=50" in meta["attacks"]["cw20"]
     # RAT's AutoAttack: standard at 8/255 (not the PGD rows' 0.031), and the worst case over every row.
     assert meta["autoattack"]["version"] == "standard" and meta["autoattack"]["epsilon"] == 8 / 255
+    assert meta["autoattack"]["options"]["square"] == {"queries": 100}  # the short one ran
     assert results["worst case"]["top1"] == min(row["top1"] for row in results.values())
     assert "| cw20 |" in proc.stdout and "| worst case |" in proc.stdout
 
@@ -267,16 +276,4 @@ def test_flags_override_the_protocol_end_to_end(workdir, tmp_path):
     assert "restarts=2" in meta["attacks"]["cw3"] and "restarts" not in meta["attacks"]["fgsm"]
 
 
-@pytest.mark.parametrize(
-    "flags,needle",
-    [
-        (["--protocol=foo"], f"--protocol='foo' is unknown; choose one of {protocols.list_protocols()}"),
-        (["--protocol=rat_cifar", "--loss=cw"], "--loss is fixed by --protocol=rat_cifar"),
-    ],
-)
-def test_bad_protocol_flags_fail_with_one_line(flags, needle):
-    proc = run_launcher("evaluate.py", "--workdir=/tmp/sat_tf_never_written", *flags, check=False)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
-    assert errors[0].startswith(f"error: {needle}"), errors
-    assert "Traceback" not in proc.stderr
+# The bad --protocol flags (one `error:` line) are tests/test_bad_flags.py's EVALUATE cases.

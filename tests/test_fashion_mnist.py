@@ -298,9 +298,16 @@ def test_the_debian_files():
 @needs_debian
 @pytest.mark.slow
 def test_smoke_run_on_the_real_data(tmp_path):
-    """The study's config, shrunk (1 seed, 1 epoch, 1 000 training and 200 test images, AutoAttack standard on
-    them), end to end in its own process, as CI runs it. 50 steps of batch 20 at a higher learning rate and no
-    warm-up: the recipe's half-epoch warm-up and LR left 1 000 images near chance (17 % clean)."""
+    """The study's config, shrunk (1 seed, 1 epoch, 1 000 training images; 100 test images evaluated with every
+    row, AutoAttack standard included), end to end in its own process, as CI runs it. 50 steps of batch 20 at a
+    higher learning rate and no warm-up: the recipe's half-epoch warm-up and LR left 1 000 images near chance
+    (17 % clean).
+
+    The evaluation is most of the run's cost, nearly all of it AutoAttack on the images still robust after
+    APGD-CE (measured at load ~8: 200 test images, 192 s of a 234 s run, 112 CPU-s in all; 100 images, 129 s
+    of 168 s, 82 CPU-s), so it runs on 100 images, where APGD-T, FAB-T and Square still each get ~30 robust
+    images. Whether training learned anything is checked on 1 000 test images with the saved model instead,
+    a tighter check than the report's 200 images gave."""
     workdir = str(tmp_path / "fmnist")
     cmd = [
         sys.executable,
@@ -309,7 +316,7 @@ def test_smoke_run_on_the_real_data(tmp_path):
         f"--workdir={workdir}",
         "--config.schedule.epochs=1",
         "--config.data.limit_train=1000",
-        "--config.data.limit_test=200",
+        "--config.data.limit_test=100",
         "--config.schedule.batch_size=20",
         "--config.schedule.warmup_epochs=0",
         "--config.optimizer.learning_rate=1.0",
@@ -325,11 +332,23 @@ def test_smoke_run_on_the_real_data(tmp_path):
     results = report["results"]
     aa = [f"autoattack/{name}" for name in ("apgd-ce", "apgd-t", "fab-t", "square")]
     assert list(results) == ["clean", "pgd10", "pgd20", *aa, "autoattack", "worst case"]
-    assert all(r["count"] == 200 for r in results.values())
+    assert all(r["count"] == 100 for r in results.values())
     top1 = {name: row["top1"] for name, row in results.items()}
-    # 50 steps of PGD-5 training on 1 000 images (measured: 41 % clean, 25 % AutoAttack, ~3 min at load ~3.5):
-    # clean well above chance (10 %; 25 % is 7 standard errors above it on 200 images), attacks only lower it.
-    assert top1["clean"] > 0.25, top1
+    # 50 steps of PGD-5 training on 1 000 images (measured: 41-55 % clean on the first 200 test images, 48 % on
+    # the first 1 000; 25-30 % AutoAttack): clean well above chance on 1 000 test images (10 %; 25 % is 16
+    # standard errors above it, and ~15 below the measured 48 %), with the saved model in this process.
+    import keras
+
+    import sat_tf.models  # noqa: F401  registers the custom layers
+
+    model = keras.saving.load_model(os.path.join(workdir, "model.keras"), safe_mode=True)
+    x, y = data.get_dataset("fashion_mnist").eval_arrays(limit=1000)
+    correct = model(x, training=False).numpy().argmax(1) == y
+    assert correct.mean() > 0.25, (correct.mean(), top1)
+    # The report's clean row is that model on the first 100 of those images (one image of slack: another
+    # process and batch may flip a near-tie in float32).
+    assert abs(top1["clean"] - correct[:100].mean()) <= 0.01 + 1e-9, (correct[:100].mean(), top1)
+    # Attacks only lower it.
     assert top1["autoattack"] <= top1["pgd20"] + 0.02 and top1["worst case"] == min(top1.values())
     assert top1["pgd20"] <= top1["clean"]
     assert 0 < results["autoattack/apgd-ce"]["max_norm"] <= 0.1 + 1e-6

@@ -34,6 +34,7 @@ FLAGS = [
     "--config.schedule.decay=constant",
     "--config.schedule.warmup_epochs=0",
     "--config.system.deterministic",
+    "--config.mode=train",  # no end-of-training evaluation: the test reads checkpoints and stdout
 ]
 EPOCH = 256 // 16  # steps; checkpoints at epoch ends
 
@@ -135,6 +136,7 @@ def test_two_workers_evaluate_as_one_device(tmp_path):
             "--config.eval.steps=1",
             "--config.eval.autoattack=none",
             "--config.export.enabled=false",
+            "--config.mode=train",  # no end-of-training evaluation: launch/evaluate.py evaluates it below
             f"--workdir={workdir}",
         ],
         check=True,
