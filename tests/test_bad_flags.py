@@ -374,6 +374,10 @@ TRAIN_IMAGENET = [
         [*TINY_IMAGENET, "--config.eval.autoattack_options=apgd-t.n_target_classes=9"],
         "config.eval.autoattack=standard on 4 classes: apgd-t with 9 target classes needs >= 10 classes",
     ),
+    (
+        [*TINY_IMAGENET, "--config.objective.name=gaussian", "--config.objective.noise_sd=0.5"],
+        f"error: {GAUSSIAN_ATTACK}objective.smoothadv)",
+    ),
     (TINY_IMAGENET, "reached:build_model"),
 ]
 CASES = (

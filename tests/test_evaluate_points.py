@@ -56,10 +56,22 @@ def test_mirrored_over_two_replicas_equals_one_device():
     assert 0.2 < float(match.group(3)) < 0.9  # points broken and points kept: the comparison means something
 
 
-def test_chunking_does_not_change_a_result(robust_mlp):
+# 120 points in chunks of 32: three full chunks and a padded one. Every stage runs chunk by chunk (the attacks'
+# loops cost per chunk, not per point), so a few chunks test the chunking as well as many, for less work.
+CHUNK = 32
+
+
+@pytest.fixture(scope="module")
+def chunked(robust_mlp):
+    """The rows on the 120 points in chunks (seed 3): the reference of the chunking and resume tests."""
+    model, x, y = robust_mlp
+    return evaluation.evaluate_points(lambda z: model(z, training=False), x, y, rows(), batch_size=CHUNK, seed=3)
+
+
+def test_chunking_does_not_change_a_result(robust_mlp, chunked):
     model, x, y = robust_mlp
     logits_fn = lambda z: model(z, training=False)  # noqa: E731
-    small = evaluation.evaluate_points(logits_fn, x, y, rows(), batch_size=16, seed=3)
+    small = chunked
     large = evaluation.evaluate_points(logits_fn, x, y, rows(), batch_size=120, seed=3)
     for name in small["flags"]:
         np.testing.assert_array_equal(small["flags"][name], large["flags"][name], err_msg=name)
@@ -80,22 +92,25 @@ def test_chunking_does_not_change_a_result(robust_mlp):
     assert table["autoattack"]["top5"] is None and table["pgd5"]["top5"] >= table["pgd5"]["top1"]
 
 
-def test_an_interrupted_evaluation_resumes_to_the_same_result(robust_mlp, tmp_path):
+def test_an_interrupted_evaluation_resumes_to_the_same_result(robust_mlp, chunked, tmp_path):
     """Interrupted in the middle of an AutoAttack stage (an exception after a few chunks), rerun with the same
-    state file: it skips the finished rows and chunks and ends with the uninterrupted result."""
+    state file: it skips the finished rows and chunks and ends with the uninterrupted result (`chunked`: the
+    same points, chunks and seed)."""
     model, x, y = robust_mlp
     logits_fn = lambda z: model(z, training=False)  # noqa: E731
-    whole = evaluation.evaluate_points(logits_fn, x, y, rows(), batch_size=16, seed=4)
+    whole = chunked
     state = str(tmp_path / "state.json")
     seen = []
 
     def interrupt(row, done, total, seconds):
         seen.append((row, done))
-        if row == "autoattack/apgd-t" and done >= 32:
+        if row == "autoattack/apgd-t" and done >= CHUNK:  # after its first chunk, of the ~80 points it attacks
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        evaluation.evaluate_points(logits_fn, x, y, rows(), batch_size=16, seed=4, state_path=state, progress=interrupt)
+        evaluation.evaluate_points(
+            logits_fn, x, y, rows(), batch_size=CHUNK, seed=3, state_path=state, progress=interrupt
+        )
     saved = json.load(open(state))
     assert saved["rows"]["autoattack/apgd-ce"]["finished"] and not saved["rows"]["autoattack/apgd-t"]["finished"]
     again = []
@@ -104,13 +119,13 @@ def test_an_interrupted_evaluation_resumes_to_the_same_result(robust_mlp, tmp_pa
         x,
         y,
         rows(),
-        batch_size=16,
-        seed=4,
+        batch_size=CHUNK,
+        seed=3,
         state_path=state,
         progress=lambda row, done, total, s: again.append((row, done)),
     )
     assert {row for row, _ in again} == {"autoattack/apgd-t", "autoattack/fab-t", "autoattack/square"}
-    assert again[0][1] > 32  # continued after the chunks already done
+    assert again[0][1] > CHUNK  # continued after the chunk already done
     for name in whole["flags"]:
         np.testing.assert_array_equal(resumed["flags"][name], whole["flags"][name], err_msg=name)
     assert {n: r["top1"] for n, r in resumed["rows"].items()} == {n: r["top1"] for n, r in whole["rows"].items()}

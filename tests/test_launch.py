@@ -1,8 +1,10 @@
 """The launchers end to end, each in its own process, as a user runs them.
 
-One tiny training run (module fixture) feeds the evaluate/export/serving tests;
-kill-and-resume and the flag errors run their own processes (multi-worker:
-tests/test_multiworker_restart.py).
+One tiny training run (module fixture) feeds the evaluate/export/serving tests, and one
+evaluate.py --workdir of it (module fixture) is the reference every evaluate test compares
+with; one small EMA run (module fixture) is both the periodic-evaluation run and the
+uninterrupted reference of kill-and-resume (multi-worker: tests/test_multiworker_restart.py;
+the launchers' flag errors: tests/test_bad_flags.py).
 """
 
 import json
@@ -19,14 +21,17 @@ from conftest import ROOT, checkpoint_weights, free_port, run_launcher
 TINY = [
     "--config.schedule.epochs=3",
     "--config.data.limit_train=512",
-    "--config.data.limit_test=96",
+    "--config.data.limit_test=48",  # the evaluate tests' 48 images: their reference is this run's report
     "--config.schedule.batch_size=32",
     "--config.attack.steps=1",
     "--config.eval.steps=2,3",
     "--config.schedule.warmup_epochs=0",
     "--config.optimizer.learning_rate=1.0",
 ]
-TINY_STEPS = 3 * 512 // 32
+EVAL_IMAGES = 48
+# evaluate.py on the tiny run with its own eps and seed (the training evaluation's seed is system.seed + 1):
+# the clean and PGD rows of the training report.
+EVALUATE = ["--steps=2,3", f"--limit={EVAL_IMAGES}", "--seed=1"]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def test_main_job_tiny_writes_everything(tiny_run):
     results = report["results"]
     aa = [f"autoattack/{name}" for name in ("apgd-ce", "apgd-t", "fab-t", "square")]
     assert list(results) == ["clean", "pgd2", "pgd3", *aa, "autoattack", "worst case"]
-    assert all(r["count"] == 96 for r in results.values())
+    assert all(r["count"] == EVAL_IMAGES for r in results.values())
     # Attacks can only lower accuracy, AutoAttack (standard, the eval budget) is at most PGD's, the worst case at
     # most every row, and a trained net beats chance (10 %).
     top1 = {name: row["top1"] for name, row in results.items()}
@@ -67,40 +72,41 @@ def test_main_job_tiny_writes_everything(tiny_run):
     assert "img/s" in proc.stdout and "| pgd3 |" in proc.stdout and "| autoattack |" in proc.stdout
 
 
-def test_evaluate_reproduces_the_training_report(tiny_run, tmp_path):
+@pytest.fixture(scope="module")
+def workdir_evaluation(tiny_run, tmp_path_factory):
+    """evaluate.py --workdir on the tiny run (no AutoAttack): (its report directory, its robustness.json)."""
     workdir, _ = tiny_run
-    out = str(tmp_path / "report")
-    run_launcher(
-        "evaluate.py",
-        f"--workdir={workdir}",
-        "--steps=2,3",
-        "--limit=96",
-        f"--output_dir={out}",
-        "--seed=1",
-        "--autoattack=none",
-    )
-    ours = json.load(open(os.path.join(out, "robustness.json")))["results"]
+    out = str(tmp_path_factory.mktemp("evaluate") / "workdir")
+    run_launcher("evaluate.py", f"--workdir={workdir}", *EVALUATE, f"--output_dir={out}", "--autoattack=none")
+    return out, json.load(open(os.path.join(out, "robustness.json")))
+
+
+def test_evaluate_reproduces_the_training_report(tiny_run, workdir_evaluation):
+    workdir, _ = tiny_run
+    out, report = workdir_evaluation
+    ours = report["results"]
+    assert list(ours) == ["clean", "pgd2", "pgd3", "worst case"]
     train_report = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
     same = ("top1", "top5", "count", "max_norm", "nan")
-    for row in ("clean", "pgd3"):  # same seed, same attack: same numbers
+    for row in ("clean", "pgd2", "pgd3"):  # same seed, same attack: same numbers
         assert {k: ours[row][k] for k in same} == {k: train_report[row][k] for k in same}
     assert os.path.getsize(os.path.join(out, "robustness.png")) > 1000
 
 
-def test_evaluate_any_model_file_gives_the_runs_numbers(tiny_run, tmp_path):
+def test_evaluate_any_model_file_gives_the_runs_numbers(tiny_run, workdir_evaluation, tmp_path):
     """--model_path: the run's model.keras (safe_mode) and its SavedModel (the differentiable logits_float
     endpoint) give the --workdir evaluation's numbers; --input_range/--std describe a model's input (here
     0..255 pixels divided by 255 again: the same function, so the same numbers). AutoAttack runs through the
     reloaded SavedModel's gradients."""
     workdir, _ = tiny_run
-    common = ["--steps=2", "--limit=48", "--seed=1", "--eps=32/255"]
+    # The run's budget, given explicitly: a model file carries none.
+    common = [*EVALUATE, "--eps=32/255"]
     quick_aa = [
         "--autoattack_options=apgd-ce.steps=10,apgd-t.steps=5,apgd-t.n_target_classes=2,fab-t.steps=5,"
         "fab-t.n_target_classes=2,square.queries=50"
     ]
-    reports = {}
+    reports = {"workdir": workdir_evaluation[1]}
     for name, flags in {
-        "workdir": [f"--workdir={workdir}", "--autoattack=none"],
         "keras": [f"--model_path={workdir}/model.keras", "--dataset=digits", "--autoattack=none"],
         "scaled": [
             f"--model_path={workdir}/model.keras",
@@ -116,11 +122,13 @@ def test_evaluate_any_model_file_gives_the_runs_numbers(tiny_run, tmp_path):
         reports[name] = json.load(open(os.path.join(out, "robustness.json")))
     rows = {name: {row: r["top1"] for row, r in report["results"].items()} for name, report in reports.items()}
     assert rows["keras"] == rows["workdir"] == rows["scaled"]
-    assert list(rows["workdir"]) == ["clean", "pgd2", "worst case"]
+    assert list(rows["workdir"]) == ["clean", "pgd2", "pgd3", "worst case"]
     # The SavedModel's graph may round differently from the Keras call: the same clean predictions, and PGD
-    # within one image of 48.
+    # within one image of the 48.
     saved = rows["saved_model"]
-    assert saved["clean"] == rows["workdir"]["clean"] and abs(saved["pgd2"] - rows["workdir"]["pgd2"]) <= 1 / 48
+    assert saved["clean"] == rows["workdir"]["clean"]
+    for row in ("pgd2", "pgd3"):
+        assert abs(saved[row] - rows["workdir"][row]) <= 1 / EVAL_IMAGES, row
     assert saved["autoattack"] <= saved["autoattack/apgd-ce"] <= saved["clean"] and saved["autoattack"] < 1
     assert reports["saved_model"]["meta"]["model_path"].endswith("saved_model")
 
@@ -159,20 +167,11 @@ assert np.abs(flt["logits"].numpy() - out["logits"].numpy()).max() < 1e-4
     np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
-    flags = [
-        *(f for f in TINY if not f.startswith("--config.eval.steps")),
-        "--config.system.checkpoint_every_steps=2",
-        "--config.system.deterministic",
-        "--config.export.enabled=false",
-        "--config.eval.steps=1",
-        "--config.eval.autoattack=none",
-    ]
-    whole = str(tmp_path / "whole")
-    run_launcher("train.py", *flags, f"--workdir={whole}")
-
+def test_kill_and_resume_equals_uninterrupted_run(ema_run, tmp_path):
+    """SIGKILLed after its first checkpoint (mid-epoch, EMA and periodic evaluation on), then rerun: the
+    final model and optimizer tensors are bit-equal to the uninterrupted run's (the `ema_run` fixture)."""
     killed = str(tmp_path / "killed")
-    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), *flags, f"--workdir={killed}"]
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), *EMA_RUN, f"--workdir={killed}"]
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
@@ -188,12 +187,12 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     proc.wait()
     assert os.path.exists(state), "no checkpoint before the kill"
     first = open(state).read()
-    assert f"ckpt-{TINY_STEPS}" not in first, "the run finished before it could be killed"
+    assert f"ckpt-{EMA_RUN_STEPS}" not in first, "the run finished before it could be killed"
 
-    proc = run_launcher("train.py", *flags, f"--workdir={killed}")
+    proc = run_launcher("train.py", *EMA_RUN, f"--workdir={killed}")
     assert "resumed from" in proc.stdout
     a, b = (
-        checkpoint_weights(os.path.join(whole, "checkpoints")),
+        checkpoint_weights(os.path.join(ema_run, "checkpoints")),
         checkpoint_weights(os.path.join(killed, "checkpoints")),
     )
     assert a.keys() == b.keys() and len(a) > 5
@@ -251,25 +250,37 @@ def test_autoattack_targets_set_too_high_are_one_error():
         common.check_autoattack_classes("standard", ["apgd-t.n_target_classes=9"], 4, version_flag="eval_autoattack")
 
 
-def test_in_memory_data_get_ema_rows_and_periodic_evaluation_like_imagenet(tmp_path):
+# A small run with weight EMA and a periodic evaluation, checkpointed every 2 steps and deterministic: the
+# periodic-evaluation test's run and the uninterrupted reference of kill-and-resume (which reruns these flags).
+EMA_RUN = [
+    "--config.schedule.epochs=2",
+    "--config.data.limit_train=256",
+    "--config.data.limit_test=32",
+    "--config.schedule.batch_size=32",
+    "--config.attack.steps=1",
+    "--config.eval.steps=1",
+    "--config.eval.periodic_steps=1",
+    "--config.eval.every_epochs=1",
+    "--config.optimizer.ema_decay=0.9",
+    "--config.eval.autoattack=none",
+    "--config.export.enabled=false",
+    "--config.system.checkpoint_every_steps=2",
+    "--config.system.deterministic",
+]
+EMA_RUN_STEPS = 2 * 256 // 32
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("ema") / "ema")
+    run_launcher("train.py", *EMA_RUN, f"--workdir={workdir}")
+    return workdir
+
+
+def test_in_memory_data_get_ema_rows_and_periodic_evaluation_like_imagenet(ema_run):
     """One evaluation path for every data set: digits (held in memory, every row per image) with weight EMA
     and a periodic evaluation gets the raw and ema_ rows ImageNet gets, and mode=eval reproduces them."""
-    workdir = str(tmp_path / "ema")
-    flags = [
-        "--config.schedule.epochs=2",
-        "--config.data.limit_train=256",
-        "--config.data.limit_test=32",
-        "--config.schedule.batch_size=32",
-        "--config.attack.steps=1",
-        "--config.eval.steps=1",
-        "--config.eval.periodic_steps=1",
-        "--config.eval.every_epochs=1",
-        "--config.optimizer.ema_decay=0.9",
-        "--config.eval.autoattack=none",
-        "--config.export.enabled=false",
-        f"--workdir={workdir}",
-    ]
-    run_launcher("train.py", *flags)
+    workdir = ema_run
     results = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
     assert list(results) == ["clean", "pgd1", "worst case", "ema_clean", "ema_pgd1", "ema_worst case"]
     assert all(row["count"] == 32 for row in results.values())
@@ -277,9 +288,10 @@ def test_in_memory_data_get_ema_rows_and_periodic_evaluation_like_imagenet(tmp_p
     assert {"eval/clean_top1", "eval/pgd1_top5", "eval/ema_pgd1_top1"} <= set(history[0])
     assert not any(key.startswith("eval/") for key in history[1])  # the last epoch gets the final evaluation
     assert sorted(os.listdir(os.path.join(workdir, "report")))[:2] == [
-        "ema_evaluation_state-step16.json",
-        "evaluation_state-step16.json",
+        f"ema_evaluation_state-step{EMA_RUN_STEPS}.json",
+        f"evaluation_state-step{EMA_RUN_STEPS}.json",
     ]
-    run_launcher("train.py", *flags, "--config.mode=eval")
+    # mode=eval restores the checkpoint (it writes no new one: kill-and-resume still compares the trained one).
+    run_launcher("train.py", *EMA_RUN, f"--workdir={workdir}", "--config.mode=eval")
     again = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
     assert {n: r["top1"] for n, r in again.items()} == {n: r["top1"] for n, r in results.items()}

@@ -94,20 +94,5 @@ def test_predict_base_attack_and_default_outfile(noise_run):
     assert json.load(open(path[:-4] + ".json"))["base_attack"] is True
 
 
-def test_predict_needs_sigma_for_a_run_without_noise(tmp_path):
-    workdir = str(tmp_path / "plain")
-    run_launcher(
-        "train.py",
-        "--config.schedule.epochs=1",
-        "--config.data.limit_train=64",
-        "--config.data.limit_test=16",
-        "--config.schedule.batch_size=32",
-        "--config.attack.name=none",
-        "--config.export.enabled=false",
-        "--config.eval.autoattack=none",
-        f"--workdir={workdir}",
-    )
-    proc = run_launcher("predict.py", f"--workdir={workdir}", "--N=10", check=False)
-    assert proc.returncode == 2 and "--sigma is required" in proc.stderr
-    proc = run_launcher("predict.py", f"--workdir={tmp_path / 'missing'}", check=False)
-    assert proc.returncode == 2 and "run_config.json" in proc.stderr
+# A run without a smoothing objective needs --sigma, and a --workdir without run_config.json is refused: one error
+# line each, tests/test_bad_flags.py (PREDICT).
