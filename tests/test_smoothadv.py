@@ -301,7 +301,7 @@ def test_train_step_uses_the_objective_rows_and_normalises_by_rows():
 # === The training launcher ===
 
 
-def launch_train(tmp_path, *flags, check=True):
+def launch_train(tmp_path, *flags):
     files = [f for f in flags if f.startswith("--config=")]  # the config file comes before its overrides
     return run_launcher(
         "train.py",
@@ -314,7 +314,6 @@ def launch_train(tmp_path, *flags, check=True):
         "--config.eval.autoattack=none",
         f"--workdir={tmp_path}",
         *(f for f in flags if f not in files),
-        check=check,
     )
 
 
