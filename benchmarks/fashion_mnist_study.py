@@ -7,6 +7,7 @@ r"""The Fashion-MNIST study (issue 16): one command per table, resumable, per-se
     python benchmarks/fashion_mnist_study.py --table=sparta
     python benchmarks/fashion_mnist_study.py --table=certified --cert_N=10000
     python benchmarks/fashion_mnist_study.py --table=all --seeds=5  # seed 0 of every table, then seed 1, ...
+    python benchmarks/fashion_mnist_study.py --table=all --jobs=2   # two runs at a time, one core each
     python benchmarks/fashion_mnist_study.py --summarize           # TABLES.md + PNGs from the JSON
     python benchmarks/fashion_mnist_study.py --table=rat --dry_run # the commands, nothing run
 
@@ -17,7 +18,10 @@ or, for `certified`, launch/certify.py. Right after it, the row (clean, PGD, Aut
 wall times, the exact commands) is appended to `<results_dir>/<table>.json`; a recorded (row, seed)
 is skipped, so the study resumes across sessions, and a half-trained run resumes from its checkpoint
 (the trainer does that). Rows shared between tables (ReLU PGD-AT) run once and are recorded in
-`activations`. Subprocess output goes to `<workdir>/study_log.txt`.
+`activations`. Subprocess output goes to `<workdir>/study_log.txt`. With --jobs=N, N runs go side by side
+(TF_NUM_INTRAOP_THREADS = cores / N for each, unless set): on 2 cores two single-threaded runs give more
+throughput than one on both (benchmarks/eval_threads.sh); their entries say `side_by_side`, since each
+run's wall time was measured beside another.
 
 Tables:
   activations  PGD-AT with relu, silu, gelu, softplus, elu, smooth_relu, mish
@@ -57,6 +61,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -529,37 +534,52 @@ def command_line(args):
 SEED_MAJOR_TABLES = ("activations", "gradients", "rat", "sparta", "certified")
 
 
+def pending_runs(args, table):
+    """(runs planned, [(args, table, row, seed, record)] of those not recorded yet) of one table."""
+    config = load_config(args.config)
+    check_fields(config, args.sets, "--set")
+    runs = planned_runs(args, table, config)
+    pending = []
+    for row, seed in runs:
+        record = ("budget", row.name) if row.kind == "budget" else (row.record or (table, row.name))
+        if study_lib.find_entry(study_lib.load_table(args.results_dir, record[0]), record[1], seed) is None:
+            pending.append((args, table, row, seed, record))
+    print(
+        f"table {table}: {len(runs)} runs, {len(runs) - len(pending)} recorded, {len(pending)} to do "
+        f"({args.config}, {args.seeds} seeds)",
+        flush=True,
+    )
+    return runs, pending
+
+
 def run_all(args):
     """Every table, seed-major: seed 0 of each table, then seed 1, ..., so every table has paired
-    results early; `budget` last (it needs every seed of `activations`)."""
+    results early; `budget` last (it needs every seed of `activations`). One queue for all, so `--jobs`
+    runs stay side by side across tables."""
     total = args.seeds
-    for seeds in range(1, total + 1):
+    if args.dry_run:
         for table in SEED_MAJOR_TABLES:
-            status = run_table(argparse.Namespace(**{**vars(args), "table": table, "seeds": seeds, "all_seeds": total}))
-            if status:
-                return status
+            run_table(argparse.Namespace(**{**vars(args), "table": table, "all_seeds": total}))
+        return 0
+    queue, seen, planned = [], set(), 0
+    for table in SEED_MAJOR_TABLES:
+        runs, pending = pending_runs(argparse.Namespace(**{**vars(args), "table": table, "all_seeds": total}), table)
+        planned += len(runs)
+        for item in pending:
+            if (item[4], item[3]) not in seen:  # a shared row (ReLU) runs once, for the table that records it
+                seen.add((item[4], item[3]))
+                queue.append(item)
+    queue.sort(key=lambda item: item[3])  # stable: by seed, then table, then row
+    run_queue(queue, jobs=args.jobs, label="all", total=len(queue))
     return run_table(argparse.Namespace(**{**vars(args), "table": "budget", "seeds": total}))
 
 
 def run_table(args):
     if args.table == "all":
         return run_all(args)
-    config = load_config(args.config)
-    check_fields(config, args.sets, "--set")
-    runs = planned_runs(args, args.table, config)
-    pending = []
-    for row, seed in runs:
-        record = ("budget", row.name) if row.kind == "budget" else (row.record or (args.table, row.name))
-        if study_lib.find_entry(study_lib.load_table(args.results_dir, record[0]), record[1], seed) is None:
-            pending.append((row, seed, record))
-    done = len(runs) - len(pending)
-    print(
-        f"table {args.table}: {len(runs)} runs, {done} recorded, {len(pending)} to do "
-        f"({args.config}, {args.seeds} seeds)",
-        flush=True,
-    )
+    runs, pending = pending_runs(args, args.table)
     if args.dry_run:
-        for row, seed, record in pending:
+        for _, _, row, seed, record in pending:
             wd = workdir(args, record if row.kind != "budget" else ("activations", row.name), seed)
             print(f"# {record[0]}/{record[1]} seed {seed}")
             print(shlex.join(train_command(args, row, seed, wd)))  # budget: only resumes a run that is there
@@ -573,37 +593,108 @@ def run_table(args):
                 out = os.path.join(wd, f"study_eval_eps{args.eval_eps:g}")
                 print(shlex.join(eval_command(args, wd, args.eval_eps, args.eval_limit, out, row.eval_activation)))
         return 0
-    start = time.perf_counter()
-    for k, (row, seed, record) in enumerate(pending):
-        wait_while_paused(args)
-        elapsed = time.perf_counter() - start
-        eta = "?" if k == 0 else study_lib.clock(elapsed / k * (len(pending) - k))
-        print(
-            f"[{args.table} {done + k + 1}/{len(runs)}, {len(pending) - k - 1} left after this] "
-            f"{record[0]}/{record[1]} seed {seed} ... (elapsed {study_lib.clock(elapsed)}, ETA {eta})",
-            flush=True,
-        )
-        entry = execute(args, args.table, row, seed)
-        entry["study_command"] = command_line(args)
-        study_lib.append_entry(args.results_dir, record[0], entry)
-        summary = (
-            f"AutoAttack {100 * entry['autoattack']:.2f}%, clean {100 * entry['clean']:.2f}%"
-            if "autoattack" in entry
-            else f"certified@0 {100 * entry['certified'][0]:.2f}%"
-            if "certified" in entry
-            else f"{len(entry['curve'])} budgets"
-        )
-        print(
-            f"  done: {summary} (train {entry['train_seconds']:.0f} s, eval {entry['eval_seconds']:.0f} s) -> "
-            f"{study_lib.table_path(args.results_dir, record[0])}",
-            flush=True,
-        )
+    run_queue(pending, jobs=args.jobs, label=args.table, total=len(runs), done=len(runs) - len(pending))
     print(
         f"table {args.table}: all {len(runs)} runs recorded; summarize with "
         "`python benchmarks/fashion_mnist_study.py --summarize`",
         flush=True,
     )
     return 0
+
+
+def side_by_side_threads(jobs):
+    """TensorFlow's intra-op threads per run when `jobs` run side by side: the cores shared out (one each on
+    this 2-core machine, where two single-threaded evaluations give 1.21x the throughput of one on both cores:
+    benchmarks/eval_threads.sh). A value already in the environment wins."""
+    if jobs > 1:
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    return os.environ.get("TF_NUM_INTRAOP_THREADS")
+
+
+def run_queue(queue, *, jobs, label, total, done=0):
+    """Runs `queue` ([(args, table, row, seed, record)]) in order, `jobs` at a time, recording each run as it
+    finishes. A run whose `needs` file is not there yet waits for the runs in flight (one of them makes it) while
+    the next ready run takes the free slot. After a failure no new run starts; the runs in flight finish and are
+    recorded, then the first error is raised."""
+    threads = side_by_side_threads(jobs)
+    state = {"queue": list(queue), "started": 0, "running": 0, "finished": 0, "error": None}
+    changed = threading.Condition()
+    start = time.perf_counter()
+
+    def ready(item):
+        row, seed = item[2], item[3]
+        return not row.needs or os.path.exists(row.needs.format(seed=seed))
+
+    def take():
+        with changed:
+            while not state["error"] and state["queue"]:
+                item = next((i for i in state["queue"] if ready(i)), None)
+                if item is None and state["running"] == 0:
+                    item = state["queue"][0]  # nothing in flight can make it ready: execute() says what is missing
+                if item is not None:
+                    state["queue"].remove(item)
+                    state["started"] += 1
+                    state["running"] += 1
+                    return item, state["started"]
+                changed.wait()
+            return None, 0
+
+    def work():
+        while True:
+            item, number = take()
+            if item is None:
+                return
+            args, table, row, seed, record = item
+            try:
+                wait_while_paused(args)
+                elapsed = time.perf_counter() - start
+                finished = state["finished"]
+                eta = "?" if not finished else study_lib.clock(elapsed / finished * (len(queue) - finished))
+                side = f", {jobs} side by side" if jobs > 1 else ""
+                print(
+                    f"[{label} {done + number}/{total}, {len(queue) - number} left after this] "
+                    f"{record[0]}/{record[1]} seed {seed} ... (elapsed {study_lib.clock(elapsed)}, ETA {eta}{side})",
+                    flush=True,
+                )
+                entry = execute(args, table, row, seed)
+                entry["study_command"] = command_line(args)
+                if jobs > 1:  # its wall times were measured beside other runs
+                    entry.update(side_by_side=jobs, tf_intraop_threads=threads)
+                study_lib.append_entry(args.results_dir, record[0], entry)
+                summary = (
+                    f"AutoAttack {100 * entry['autoattack']:.2f}%, clean {100 * entry['clean']:.2f}%"
+                    if "autoattack" in entry
+                    else f"certified@0 {100 * entry['certified'][0]:.2f}%"
+                    if "certified" in entry
+                    else f"{len(entry['curve'])} budgets"
+                )
+                print(
+                    f"  done: {record[0]}/{record[1]} seed {seed}: {summary} (train {entry['train_seconds']:.0f} s, "
+                    f"eval {entry['eval_seconds']:.0f} s) -> {study_lib.table_path(args.results_dir, record[0])}",
+                    flush=True,
+                )
+            except Exception as err:  # recorded for the caller; the runs in flight still finish
+                with changed:
+                    state["error"] = state["error"] or err
+                    if jobs > 1:
+                        print(f"  failed: {record[0]}/{record[1]} seed {seed}: {err}", flush=True)
+            finally:
+                with changed:
+                    state["running"] -= 1
+                    state["finished"] += 1
+                    changed.notify_all()
+
+    if jobs == 1:
+        work()
+    else:
+        workers = [threading.Thread(target=work, name=f"study-job-{k}", daemon=True) for k in range(jobs)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    if state["error"]:
+        raise state["error"]
 
 
 # === Summary ===
@@ -660,8 +751,10 @@ def _progress(args):
         "### progress",
         "",
         f"Planned: {args.seeds} seeds per row. Recorded wall times are as measured (training + evaluation), "
-        "partly on a machine shared with tests and CI; the rest is estimated from them: per missing run, the "
-        "median of its row's recorded runs (of its table's while the row has fewer than 2).",
+        "partly on a machine shared with tests and CI; a run measured beside others (`--jobs`, `side_by_side` "
+        "in its entry) counts its share, its wall time divided by the runs side by side. The rest is estimated "
+        "from them: per missing run, the median of its row's recorded runs (of its table's while the row has "
+        "fewer than 2).",
         "",
         "| table | runs recorded / planned | wall time recorded | estimated rest |",
         "|---|---|---|---|",
@@ -1007,11 +1100,28 @@ def parse_args(argv=None):
     parser.add_argument("--cert_N", type=int, default=10000, help="certify.py --N (estimation samples)")
     parser.add_argument("--cert_N0", type=int, default=100, help="certify.py --N0 (selection samples)")
     parser.add_argument("--cert_batch", type=int, default=1000, help="certify.py --batch")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs side by side, each with its share of the cores (TF_NUM_INTRAOP_THREADS); their recorded wall "
+        "times are marked side_by_side",
+    )
     parser.add_argument("--sparta_target_model", default=None, help="sparta_transfer's network (default: config's)")
     args = parser.parse_args(argv)
     if not args.summarize and not args.table:
         parser.error("give --table=NAME (one of " + ", ".join(TABLES) + ") or --summarize")
-    for name in ("seeds", "eval_limit", "pgd_steps", "budget_images", "cert_images", "cert_N", "cert_N0", "cert_batch"):
+    for name in (
+        "seeds",
+        "jobs",
+        "eval_limit",
+        "pgd_steps",
+        "budget_images",
+        "cert_images",
+        "cert_N",
+        "cert_N0",
+        "cert_batch",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.eval_eps <= 1:

@@ -4,6 +4,8 @@ result store, resuming, --dry_run, and one tiny real run on digits through the r
 import json
 import os
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -97,6 +99,8 @@ def test_wall_time_counts_training_from_the_history_when_a_run_was_resumed():
     resumed = entry("silu", 0, 0.8, 0.6, train_seconds=6.0, train_epoch_seconds=300.0, eval_seconds=500.0)
     old = entry("gelu", 0, 0.8, 0.6, train_seconds=100.0, eval_seconds=50.0)  # recorded before the history field
     assert study_lib.wall_seconds([fresh, resumed, old]) == 700.0 + 800.0 + 150.0
+    beside = entry("elu", 0, 0.8, 0.6, train_seconds=300.0, eval_seconds=900.0, side_by_side=2)  # --jobs=2
+    assert study_lib.wall_seconds([fresh, beside]) == 700.0 + 600.0
 
 
 def test_summary_of_synthetic_json(tmp_path):
@@ -339,6 +343,51 @@ def test_all_tables_run_seed_major_then_budget(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         study.main(args_for(tmp_path, "--table=all", "--rows=relu"))
     assert "--rows needs one table" in capsys.readouterr().err
+
+
+def test_jobs_run_side_by_side_wait_for_their_needs_and_stop_after_a_failure(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    monkeypatch.delenv("TF_NUM_INTEROP_THREADS", raising=False)
+    monkeypatch.setattr(study.os, "cpu_count", lambda: 2)
+    lock, state = threading.Lock(), {"running": 0, "most": 0, "calls": []}
+
+    def fake_execute(args, table, row, seed):
+        if row.needs:  # the transfer row starts only once its seed's Sparta is kept
+            assert os.path.exists(row.needs.format(seed=seed)), row.needs
+        with lock:
+            state["running"] += 1
+            state["most"] = max(state["most"], state["running"])
+            state["calls"].append((table, row.name, seed))
+        if row.name == "fail_me":  # fails while the run beside it is still running
+            with lock:
+                state["running"] -= 1
+            raise study.StudyError("launch/train.py failed (exit 1)")
+        time.sleep(0.2)
+        if row.keep:  # as study.keep(): the results directory may not exist yet
+            os.makedirs(os.path.dirname(row.keep[1]), exist_ok=True)
+            open(row.keep[1].format(seed=seed), "w").write("sparta")
+        with lock:
+            state["running"] -= 1
+        return entry(row.name, seed, 0.7, 0.3)
+
+    monkeypatch.setattr(study, "execute", fake_execute)
+    assert study.main(args_for(tmp_path, "--table=sparta", "--jobs=2")) == 0
+    assert state["most"] == 2 and len(state["calls"]) == 6
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "1" and os.environ["TF_NUM_INTEROP_THREADS"] == "1"
+    runs = study_lib.load_table(str(tmp_path / "results"), "sparta")
+    assert len(runs) == 4 and all(e["side_by_side"] == 2 and e["tf_intraop_threads"] == "1" for e in runs)
+    assert "2 side by side" in capsys.readouterr().out
+
+    # A failure: the run beside it finishes and is recorded, nothing new starts, the error is the answer.
+    rows = study._rat(None, study.load_config(DIGITS))
+    items = [(study.parse_args(args_for(tmp_path, "--table=rat")), "rat", row, 0, ("rat", row.name)) for row in rows]
+    items.insert(1, (items[0][0], "rat", study.Row("fail_me"), 0, ("rat", "fail_me")))
+    state["calls"].clear()
+    with pytest.raises(study.StudyError, match="exit 1"):
+        study.run_queue(items, jobs=2, label="rat", total=len(items))
+    assert sorted(c[1] for c in state["calls"]) == ["fail_me", "pgd_at"]
+    assert [e["row"] for e in study_lib.load_table(str(tmp_path / "results"), "rat")] == ["pgd_at"]
+    assert "failed: rat/fail_me seed 0" in capsys.readouterr().out
 
 
 def test_training_speed_comes_from_the_history_and_pause_waits(tmp_path, monkeypatch, capsys):
