@@ -48,6 +48,21 @@ def pytest_collection_modifyitems(config, items):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The trainer tests' tiny digits run (launch/train.py flags): 2 epochs of 256 images in batches of 32 (8 steps),
+# PGD-1, a 32-image PGD-1 evaluation, no AutoAttack, no export, deterministic kernels.
+TINY_DIGITS_RUN = (
+    "--config.schedule.epochs=2",
+    "--config.data.limit_train=256",
+    "--config.data.limit_test=32",
+    "--config.schedule.batch_size=32",
+    "--config.attack.steps=1",
+    "--config.eval.steps=1",
+    "--config.eval.autoattack=none",
+    "--config.export.enabled=false",
+    "--config.system.deterministic",
+)
+TINY_DIGITS_RUN_STEPS = 2 * 256 // 32
+
 
 def run_launcher(script, *flag_args, env=None, timeout=600, check=True):
     """Runs `python launch/<script> flag_args...` (or `python <script>` for a path with a folder,

@@ -16,24 +16,16 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, checkpoint_weights
+from conftest import ROOT, TINY_DIGITS_RUN, checkpoint_weights
 
 from sat_tf import training
 
 # 2 epochs x 8 steps; checkpoints at steps 3, 6, 8 (epoch end), 9, 12, 15, 16; 3 kept.
 FLAGS = [
-    "--config.eval.autoattack=none",
-    "--config.schedule.epochs=2",
-    "--config.data.limit_train=256",
-    "--config.data.limit_test=32",
-    "--config.schedule.batch_size=32",
-    "--config.attack.steps=1",
-    "--config.eval.steps=1",
+    *TINY_DIGITS_RUN,
     "--config.schedule.warmup_epochs=0",
     "--config.optimizer.learning_rate=1.0",
     "--config.system.checkpoint_every_steps=3",
-    "--config.system.deterministic",
-    "--config.export.enabled=false",
     "--config.mode=train",  # no end-of-training evaluation: the test reads checkpoints, history.json and stdout
 ]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, checkpoint_weights, free_port, run_launcher
+from conftest import ROOT, TINY_DIGITS_RUN, TINY_DIGITS_RUN_STEPS, checkpoint_weights, free_port, run_launcher
 
 TINY = [
     "--config.schedule.epochs=3",
@@ -253,21 +253,13 @@ def test_autoattack_targets_set_too_high_are_one_error():
 # A small run with weight EMA and a periodic evaluation, checkpointed every 2 steps and deterministic: the
 # periodic-evaluation test's run and the uninterrupted reference of kill-and-resume (which reruns these flags).
 EMA_RUN = [
-    "--config.schedule.epochs=2",
-    "--config.data.limit_train=256",
-    "--config.data.limit_test=32",
-    "--config.schedule.batch_size=32",
-    "--config.attack.steps=1",
-    "--config.eval.steps=1",
+    *TINY_DIGITS_RUN,
     "--config.eval.periodic_steps=1",
     "--config.eval.every_epochs=1",
     "--config.optimizer.ema_decay=0.9",
-    "--config.eval.autoattack=none",
-    "--config.export.enabled=false",
     "--config.system.checkpoint_every_steps=2",
-    "--config.system.deterministic",
 ]
-EMA_RUN_STEPS = 2 * 256 // 32
+EMA_RUN_STEPS = TINY_DIGITS_RUN_STEPS
 
 
 @pytest.fixture(scope="module")
