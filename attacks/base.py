@@ -18,6 +18,8 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from sat_tf.checks import is_int, is_number  # noqa: F401 (attacks check their arguments as base.is_int)
+
 # A callable mapping a float32 batch in [0, 1] to logits `[B, num_classes]`.
 # Pass the model in inference mode, e.g. `lambda z: model(z, training=False)`,
 # so BatchNorm uses (and never updates) its moving statistics.
@@ -267,16 +269,6 @@ def as_labels(y):
     if not y.dtype.is_integer:
         raise TypeError(f"`y` must hold integer labels. Received: {y.dtype=}")
     return tf.cast(y, tf.int32)
-
-
-def is_number(value):
-    """A Python/NumPy real number, not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def is_int(value):
-    """A Python/NumPy integer, not a bool (a bool is an int to Python but a mistake as a count)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def as_seed(seed):

@@ -8,13 +8,13 @@ Reference: [Xie et al., 2020](https://arxiv.org/abs/2006.14536)
 
 import functools
 import inspect
-import numbers
 
 import keras
 from keras import ops
 
 from sat_tf.activations import fused
 from sat_tf.activations.sparta import Sparta
+from sat_tf.checks import is_number
 
 RELU_SMOOTH_GRAD_MODES = ("attacker", "optimizer", "both")
 
@@ -173,8 +173,7 @@ def relu_smooth_grad(x, alpha=10.0, smooth=True):
 
 
 def _check_positive(name, value):
-    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not is_number or value <= 0:
+    if not is_number(value) or value <= 0:
         raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
     return float(value)
 

@@ -36,6 +36,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from sat_tf.checks import is_int, is_number
+
 DATA_FORMATS = ("channels_last", "channels_first")
 WEIGHT_NAMES = ("gate_weights", "gate_bias")
 
@@ -74,14 +76,6 @@ def sparta(x, gate_weights, gate_bias, data_format="channels_last"):
 
 
 # === Layer ===
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _centre_kernel(shape, dtype=None, *, beta):
@@ -151,9 +145,9 @@ class Sparta(keras.layers.Layer):
 
     def __init__(self, kernel_size=3, initial_beta=1.0, data_format=None, **kwargs):
         super().__init__(**kwargs)
-        if not _is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
+        if not is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be an odd int >= 1. Received: kernel_size={kernel_size!r}")
-        if not _is_number(initial_beta) or initial_beta <= 0:
+        if not is_number(initial_beta) or initial_beta <= 0:
             raise ValueError(f"`initial_beta` must be a positive number. Received: initial_beta={initial_beta!r}")
         data_format = data_format or keras.config.image_data_format()
         if data_format not in DATA_FORMATS:

@@ -16,7 +16,6 @@ detail: docs/module_notes.md.
 """
 
 import dataclasses
-import numbers
 import os
 import re
 import warnings
@@ -25,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from sat_tf import certification, files
+from sat_tf.checks import is_int
 from sat_tf.data import imagenet_input
 
 # The differentiable endpoint (signature and loaded function) for attacks.
@@ -74,20 +74,16 @@ class SmoothedServing:
     def __post_init__(self):
         if not self.sigma > 0:
             raise ValueError(f"`sigma` must be > 0. Received: sigma={self.sigma}")
-        if not _is_int(self.n) or not 1 <= self.n < 2**31:
+        if not is_int(self.n) or not 1 <= self.n < 2**31:
             raise ValueError(f"`n` must be an integer in [1, 2**31). Received: n={self.n}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"`alpha` must be in (0, 1). Received: alpha={self.alpha}")
         if self.batch_size is None:  # frozen: the default depends on n
             object.__setattr__(self, "batch_size", min(self.n, 1000))
-        if not _is_int(self.batch_size) or self.batch_size < 1:
+        if not is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"`batch_size` must be an integer >= 1. Received: batch_size={self.batch_size}")
-        if self.seed is not None and not _is_int(self.seed):
+        if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"`seed` must be an integer or None (fresh noise per request). Received: seed={self.seed}")
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def jpeg_unsupported_reason(image_shape):
