@@ -19,8 +19,8 @@ wall times, the exact commands) is appended to `<results_dir>/<table>.json`; a r
 is skipped, so the study resumes across sessions, and a half-trained run resumes from its checkpoint
 (the trainer does that). Rows shared between tables (ReLU PGD-AT) run once and are recorded in
 `activations`. Subprocess output goes to `<workdir>/study_log.txt`. With --jobs=N, N runs go side by side
-(TF_NUM_INTRAOP_THREADS = cores / N for each, unless set): on 2 cores two single-threaded runs give more
-throughput than one on both (benchmarks/eval_threads.sh); their entries say `side_by_side`, since each
+(TF_NUM_INTRAOP_THREADS = cores / N for each, unless set): on 2 cores two single-threaded runs give ~1.3x
+the throughput of one on both (RESULTS.md, "Study wall time"); their entries say `side_by_side`, since each
 run's wall time was measured beside another.
 
 Tables:
@@ -604,8 +604,8 @@ def run_table(args):
 
 def side_by_side_threads(jobs):
     """TensorFlow's intra-op threads per run when `jobs` run side by side: the cores shared out (one each on
-    this 2-core machine, where two single-threaded evaluations give 1.21x the throughput of one on both cores:
-    benchmarks/eval_threads.sh). A value already in the environment wins."""
+    this 2-core machine, where two single-threaded runs give ~1.3x the throughput of one on both cores, most of
+    it in training). A value already in the environment wins."""
     if jobs > 1:
         os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
         os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
