@@ -370,3 +370,10 @@ def test_input_gradients_are_finite_and_non_zero():
         y = tf.reduce_sum(layer(z))
     grad = tape.gradient(y, z).numpy()
     assert np.all(np.isfinite(grad)) and np.mean(np.abs(grad) > 0) > 0.99
+
+
+def test_numpy_numbers_pass_the_argument_checks_and_bools_do_not():
+    layer = Sparta(kernel_size=np.int64(3), initial_beta=np.float32(2.0))
+    assert layer.kernel_size == 3
+    with pytest.raises(ValueError, match="kernel_size"):
+        Sparta(kernel_size=True)
