@@ -2,7 +2,7 @@ r"""The Fashion-MNIST study (issue 16): one command per table, resumable, per-se
 
     python benchmarks/fashion_mnist_study.py --table=activations --seeds=5 --eval_limit=2000
     python benchmarks/fashion_mnist_study.py --table=gradients      # relu shared with `activations`
-    python benchmarks/fashion_mnist_study.py --table=budget         # needs `activations` done
+    python benchmarks/fashion_mnist_study.py --table=budget         # re-evaluates recorded `activations` runs
     python benchmarks/fashion_mnist_study.py --table=rat
     python benchmarks/fashion_mnist_study.py --table=sparta
     python benchmarks/fashion_mnist_study.py --table=certified --cert_N=10000
@@ -193,17 +193,20 @@ def _certified(args, config):
 
 
 def _budget(args, config):
-    entries = study_lib.load_table(args.results_dir, "activations")
-    best = best_smooth_activation(entries, args.seeds)
+    """ReLU and the best smooth activation of `activations`, each (row, seed) re-evaluated at every eps once its
+    `activations` run is recorded. ReLU's runs start as soon as theirs are; the best smooth activation is
+    known, and its rows planned, only once every activation has every seed."""
+    best = best_smooth_activation(study_lib.load_table(args.results_dir, "activations"), args.seeds)
     if best is None:
-        raise StudyError(
-            "--table=budget needs the activations table for every seed first: run "
-            f"`python benchmarks/fashion_mnist_study.py --table=activations --seeds={args.seeds}`"
+        print(
+            f"budget: relu; the best smooth activation joins once `activations` has all {args.seeds} seeds",
+            flush=True,
         )
-    print(f"budget: relu and {best}, the smooth activation with the best mean AutoAttack accuracy", flush=True)
+    else:
+        print(f"budget: relu and {best}, the smooth activation with the best mean AutoAttack accuracy", flush=True)
     # The activations rows themselves, so a run whose checkpoint is gone (another machine) trains again as it did.
     rows = {row.name: row for row in _activations(args, config)}
-    return [dataclasses.replace(rows[name], kind="budget") for name in ("relu", best)]
+    return [dataclasses.replace(rows[name], kind="budget") for name in ("relu", best) if name]
 
 
 TABLES = {
@@ -486,6 +489,12 @@ def execute_budget(args, row, seed):
     directory, which does not outlive the machine: where it is gone, the run is trained again (same command,
     same seed; the trainer is not bitwise deterministic, so a sibling model, flagged `retrained`); where it is
     there, the train command only resumes at its last step."""
+    if not activations_recorded(args, row, seed):
+        raise StudyError(
+            f"budget row {row.name} seed {seed} re-evaluates the activations run of {row.name} seed {seed}, which "
+            f"is not recorded yet: run `python benchmarks/fashion_mnist_study.py --table=activations "
+            f"--seeds={seed + 1}` first"
+        )
     wd = workdir(args, ("activations", row.name), seed)
     log = os.path.join(wd, "study_log.txt")
     retrained = not os.path.exists(os.path.join(wd, "checkpoints", "checkpoint"))
@@ -554,17 +563,17 @@ def pending_runs(args, table):
 
 def run_all(args):
     """Every table, seed-major: seed 0 of each table, then seed 1, ..., so every table has paired
-    results early; `budget` last (it needs every seed of `activations`). One queue for all, so `--jobs`
-    runs stay side by side across tables."""
+    results early; a seed's ReLU `budget` run after its other tables, the best smooth activation's `budget`
+    runs last (it is known once `activations` has every seed). One queue for all, so `--jobs` runs stay side
+    by side across tables."""
     total = args.seeds
     if args.dry_run:
-        for table in SEED_MAJOR_TABLES:
+        for table in (*SEED_MAJOR_TABLES, "budget"):
             run_table(argparse.Namespace(**{**vars(args), "table": table, "all_seeds": total}))
         return 0
-    queue, seen, planned = [], set(), 0
-    for table in SEED_MAJOR_TABLES:
-        runs, pending = pending_runs(argparse.Namespace(**{**vars(args), "table": table, "all_seeds": total}), table)
-        planned += len(runs)
+    queue, seen = [], set()
+    for table in (*SEED_MAJOR_TABLES, "budget"):  # budget: ReLU's rows now, the best smooth activation's below
+        _, pending = pending_runs(argparse.Namespace(**{**vars(args), "table": table, "all_seeds": total}), table)
         for item in pending:
             if (item[4], item[3]) not in seen:  # a shared row (ReLU) runs once, for the table that records it
                 seen.add((item[4], item[3]))
@@ -612,24 +621,33 @@ def side_by_side_threads(jobs):
     return os.environ.get("TF_NUM_INTRAOP_THREADS")
 
 
+def activations_recorded(args, row, seed):
+    """Whether the `activations` run a budget row re-evaluates is recorded (trained and evaluated, nothing
+    writing its workdir any more)."""
+    return study_lib.find_entry(study_lib.load_table(args.results_dir, "activations"), row.name, seed) is not None
+
+
+def ready(args, row, seed):
+    """Whether the run can start now: its `needs` file is there, and a budget row's activations run is recorded."""
+    if row.needs and not os.path.exists(row.needs.format(seed=seed)):
+        return False
+    return row.kind != "budget" or activations_recorded(args, row, seed)
+
+
 def run_queue(queue, *, jobs, label, total, done=0):
     """Runs `queue` ([(args, table, row, seed, record)]) in order, `jobs` at a time, recording each run as it
-    finishes. A run whose `needs` file is not there yet waits for the runs in flight (one of them makes it) while
-    the next ready run takes the free slot. After a failure no new run starts; the runs in flight finish and are
+    finishes. A run that is not `ready` yet (its `needs` file, a budget row's activations run) waits for the
+    runs in flight (one of them makes it ready) while the next ready run takes the free slot. After a failure no new run starts; the runs in flight finish and are
     recorded, then the first error is raised."""
     threads = side_by_side_threads(jobs)
     state = {"queue": list(queue), "started": 0, "running": 0, "finished": 0, "error": None}
     changed = threading.Condition()
     start = time.perf_counter()
 
-    def ready(item):
-        row, seed = item[2], item[3]
-        return not row.needs or os.path.exists(row.needs.format(seed=seed))
-
     def take():
         with changed:
             while not state["error"] and state["queue"]:
-                item = next((i for i in state["queue"] if ready(i)), None)
+                item = next((i for i in state["queue"] if ready(i[0], i[2], i[3])), None)
                 if item is None and state["running"] == 0:
                     item = state["queue"][0]  # nothing in flight can make it ready: execute() says what is missing
                 if item is not None:

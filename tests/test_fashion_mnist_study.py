@@ -278,8 +278,11 @@ def test_dry_run_lists_the_commands(tmp_path, capsys):
     assert study.main(args_for(tmp_path, "--table=certified", "--dry_run", "--cert_N=2000")) == 0
     out = capsys.readouterr().out
     assert "--config.objective.smoothadv.attack=ddn" in out and "--N=2000" in out and "--max=500" in out
-    assert study.main(args_for(tmp_path, "--table=budget", "--dry_run")) == 2  # no activations table yet
-    assert "run `python benchmarks/fashion_mnist_study.py --table=activations --seeds=2`" in capsys.readouterr().err
+    # No activations table yet: ReLU's budget runs are planned, the best smooth activation is not known.
+    assert study.main(args_for(tmp_path, "--table=budget", "--dry_run")) == 0
+    out = capsys.readouterr().out
+    assert "budget: relu; the best smooth activation joins once `activations` has all 2 seeds" in out
+    assert "# budget/relu seed 1" in out and not any(f"budget/{a} " in out for a in study.SMOOTH_ACTIVATIONS)
 
 
 def test_trades_rows_use_trades_attack_and_masking_shares_rats_trades(tmp_path, capsys):
@@ -329,15 +332,15 @@ def test_all_tables_run_seed_major_then_budget(tmp_path, monkeypatch, capsys):
         "rat",
         "sparta",
         "certified",
+        "budget",
     }
-    assert calls[-4:] == [
-        (("budget", "relu"), 0),
-        (("budget", "mish"), 0),
-        (("budget", "relu"), 1),
-        (("budget", "mish"), 1),
-    ]
+    # ReLU's budget run of a seed after that seed's tables; the best smooth activation's once all are in.
+    assert calls[first_seed1 - 1] == (("budget", "relu"), 0)
+    assert calls.index((("budget", "relu"), 1)) > calls.index((("activations", "relu"), 1))
+    assert calls[-2:] == [(("budget", "mish"), 0), (("budget", "mish"), 1)]
     assert len(calls) == len(set(calls)) == 2 * (7 + 3 + 3 + 2 + 6) + 4  # shared relu runs once per seed
-    assert "budget: relu and mish" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "budget: relu; the best smooth activation joins" in out and "budget: relu and mish" in out
     recorded = study_lib.load_table(str(tmp_path / "results"), "rat")
     assert {e["study_command"].split()[2:4] == ["--table=rat", "--seeds=2"] for e in recorded} == {True}
     with pytest.raises(SystemExit):
@@ -494,6 +497,32 @@ def test_sparta_is_kept_beside_the_results_for_the_transfer_row(tmp_path, monkey
     study.execute(args, "sparta", rows["sparta"], 0)
     assert open(kept).read() == "trained" and not os.path.exists(kept + ".tmp")
     study.execute(args, "sparta", rows["sparta_transfer"], 0)  # its need is met now
+
+
+def test_budget_runs_wait_for_their_activations_run_to_be_recorded(tmp_path, monkeypatch):
+    """Side by side, ReLU's budget run of a seed starts only once that seed's activations run is recorded (it
+    re-evaluates that run's checkpoint); alone, without it, it stops with the command that makes it."""
+    args = study.parse_args(args_for(tmp_path, "--table=budget", "--seeds=1"))
+    (budget,) = study.TABLES["budget"](args, study.load_config(DIGITS))
+    relu = next(r for r in study.TABLES["activations"](args, study.load_config(DIGITS)) if r.name == "relu")
+    order = []
+
+    def fake_execute(args, table, row, seed):
+        order.append(f"{row.kind} start")
+        if row.kind == "budget":
+            assert study.activations_recorded(args, row, seed)
+            return {"row": row.name, "seed": seed, "curve": [], "train_seconds": 0.0, "eval_seconds": 1.0}
+        time.sleep(0.3)
+        order.append(f"{row.kind} end")
+        return entry(row.name, seed, 0.7, 0.3)
+
+    monkeypatch.setattr(study, "execute", fake_execute)
+    items = [(args, "budget", budget, 0, ("budget", "relu")), (args, "activations", relu, 0, ("activations", "relu"))]
+    study.run_queue(items, jobs=2, label="all", total=2)
+    assert order == ["robust start", "robust end", "budget start"]
+    monkeypatch.undo()
+    with pytest.raises(study.StudyError, match=r"not recorded yet: run `python .* --table=activations --seeds=2`"):
+        study.execute(args, "budget", budget, 1)
 
 
 def test_budget_trains_again_only_a_run_whose_checkpoint_is_gone(tmp_path, monkeypatch):
