@@ -68,6 +68,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, ROOT)  # launch/configs import their siblings as `launch.configs...`
 
+import _report  # noqa: E402
 import study_lib  # noqa: E402
 
 DEFAULT_CONFIG = "launch/configs/fashion_mnist_sat.py"
@@ -677,6 +678,7 @@ def run_queue(queue, *, jobs, label, total, done=0):
                 )
                 entry = execute(args, table, row, seed)
                 entry["study_command"] = command_line(args)
+                entry["machine"] = "{}, {} cores".format(*_report.machine())  # sessions may get other hosts
                 if jobs > 1:  # its wall times were measured beside other runs
                     entry.update(side_by_side=jobs, tf_intraop_threads=threads)
                 study_lib.append_entry(args.results_dir, record[0], entry)

@@ -171,6 +171,19 @@ def test_limit_and_repeat():
     assert len(list(data.load_split("digits", "train", batch_size=4, limit=0))) == 0
 
 
+def test_in_memory_pipelines_run_without_the_autotuner():
+    """The autotuner's thread delays an iterator's destruction (every epoch end) by up to tens of seconds on
+    TF 2.21; an in-memory pipeline turns it off (benchmarks/input_pipeline.py measures both)."""
+    entry = data.get_dataset("digits")
+    for ds in (
+        entry.train_dataset(0, batch_size=32, seed=1),
+        entry.eval_dataset(batch_size=32),
+        data.load_split("digits", "train", batch_size=32, repeat=True),
+    ):
+        assert ds.options().autotune.enabled is False
+        assert ds.options().experimental_distribute.auto_shard_policy != tf.data.experimental.AutoShardPolicy.OFF
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_input_context_shards_are_disjoint_and_cover(shuffle):
     kw = dict(batch_size=16, shuffle=shuffle, seed=7, limit=101)
@@ -181,6 +194,7 @@ def test_input_context_shards_are_disjoint_and_cover(shuffle):
         ds = data.load_split("digits", "train", input_context=_ctx(i), **kw)
         assert int(next(iter(ds))[1].shape[0]) == 8
         assert ds.options().experimental_distribute.auto_shard_policy == (tf.data.experimental.AutoShardPolicy.OFF)
+        assert ds.options().autotune.enabled is False
     whole = collect(data.load_split("digits", "train", **kw))
     union = _rows(*(np.concatenate([shards[0][k], shards[1][k]]) for k in (0, 1)))
     assert union == _rows(*whole)  # disjoint (sizes add up) and covering

@@ -379,6 +379,7 @@ def test_jobs_run_side_by_side_wait_for_their_needs_and_stop_after_a_failure(tmp
     assert os.environ["TF_NUM_INTRAOP_THREADS"] == "1" and os.environ["TF_NUM_INTEROP_THREADS"] == "1"
     runs = study_lib.load_table(str(tmp_path / "results"), "sparta")
     assert len(runs) == 4 and all(e["side_by_side"] == 2 and e["tf_intraop_threads"] == "1" for e in runs)
+    assert all(e["machine"].endswith(", 2 cores") for e in runs)
     assert "2 side by side" in capsys.readouterr().out
 
     # A failure: the run beside it finishes and is recorded, nothing new starts, the error is the answer.

@@ -416,12 +416,16 @@ def load_split(
 
     ds = ds.enumerate().map(example, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(per_pipeline_batch, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    # No autotuner: its background thread holds up the destruction of an iterator, i.e. the end of every
+    # training epoch, for up to tens of seconds (TF 2.21: 12-50 s at about half the epoch ends of the
+    # Fashion-MNIST study), and an in-memory gather needs no tuning (AUTOTUNE then means TF's default
+    # parallelism and the legacy prefetch autotuner: as fast, benchmarks/input_pipeline.py).
+    options.autotune.enabled = False
     if input_context is not None:
         # Already split per input pipeline; do not let tf.distribute shard again.
-        options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        ds = ds.with_options(options)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 # === Helpers ===
