@@ -12,7 +12,9 @@ run, the two pipelines alternating:
 
 - images/s of one full pass over the training split as fast as the pipeline goes (median of --passes);
 - the seconds `del iterator` takes at the end of an epoch consumed at a training step's pace (a TensorFlow
-  matmul chain on the main thread, calibrated to --step_ms; 85 ms is the study's PGD-5 step on one core).
+  matmul chain on the main thread, calibrated to --step_ms; 85 ms is the study's PGD-5 step on one core),
+  `num_train // batch_size` batches, as the trainer takes them (it never asks past an epoch's last batch).
+  The stall is random: it depends on where the autotuner's thread is when the iterator goes.
 """
 
 import argparse
@@ -91,12 +93,14 @@ def measure(name, args, step):
             for x, _ in pipeline(entry, k, args.batch_size, p == PIPELINES[1]):
                 images += int(x.shape[0])
             passes[p].append(images / (time.perf_counter() - start))
+    steps = entry.info().num_train // args.batch_size
     stalls, epoch_seconds = {p: [] for p in PIPELINES}, {p: [] for p in PIPELINES}
     for k in range(args.epochs):
         for p in PIPELINES if k % 2 == 0 else PIPELINES[::-1]:
             iterator = iter(pipeline(entry, k, args.batch_size, p == PIPELINES[1]))
             start = time.perf_counter()
-            for _ in iterator:
+            for _ in range(steps):  # as the trainer: its steps per epoch, never the end of the sequence
+                next(iterator)
                 step()
             dropped = time.perf_counter()
             del iterator
