@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from conftest import ROOT, free_port
+from conftest import ROOT, TINY_DIGITS_RUN, free_port, run_launcher
 
 FLAGS = [
     "--config.system.strategy=multi_worker",
@@ -124,27 +124,8 @@ def test_two_workers_evaluate_as_one_device(tmp_path):
     """launch/evaluate.py with --strategy=multi_worker: the chunks are split over the two workers' replicas and
     gathered to both; the chief's report equals a single-process evaluation, and only the chief writes it."""
     workdir = str(tmp_path / "run")
-    subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "launch", "train.py"),
-            "--config.schedule.epochs=1",
-            "--config.data.limit_train=128",
-            "--config.data.limit_test=32",
-            "--config.schedule.batch_size=32",
-            "--config.attack.steps=1",
-            "--config.eval.steps=1",
-            "--config.eval.autoattack=none",
-            "--config.export.enabled=false",
-            "--config.mode=train",  # no end-of-training evaluation: launch/evaluate.py evaluates it below
-            f"--workdir={workdir}",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=600,
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
+    # The shared tiny digits run, without its end-of-training evaluation: launch/evaluate.py evaluates it below.
+    run_launcher("train.py", *TINY_DIGITS_RUN, "--config.mode=train", f"--workdir={workdir}")
     flags = [
         "--limit=40",
         "--steps=2",
