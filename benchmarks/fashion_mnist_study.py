@@ -51,6 +51,7 @@ every training run, e.g. `--set=schedule.epochs=1` for a smoke run (a digits smo
 """
 
 import argparse
+import collections
 import dataclasses
 import datetime
 import importlib.util
@@ -580,7 +581,8 @@ def run_all(args):
                 seen.add((item[4], item[3]))
                 queue.append(item)
     queue.sort(key=lambda item: item[3])  # stable: by seed, then table, then row
-    run_queue(queue, jobs=args.jobs, label="all", total=len(queue))
+    study = argparse.Namespace(**{**vars(args), "table": "all"})
+    run_queue(queue, jobs=args.jobs, label="all", total=len(queue), rest=lambda: progress(study))
     return run_table(argparse.Namespace(**{**vars(args), "table": "budget", "seeds": total}))
 
 
@@ -603,7 +605,16 @@ def run_table(args):
                 out = os.path.join(wd, f"study_eval_eps{args.eval_eps:g}")
                 print(shlex.join(eval_command(args, wd, args.eval_eps, args.eval_limit, out, row.eval_activation)))
         return 0
-    run_queue(pending, jobs=args.jobs, label=args.table, total=len(runs), done=len(runs) - len(pending))
+    run_queue(
+        pending,
+        jobs=args.jobs,
+        label=args.table,
+        total=len(runs),
+        done=len(runs) - len(pending),
+        rest=(lambda: [r for r in progress(args) if r.table == args.table])
+        if args.table in (*SEED_MAJOR_TABLES, "budget")
+        else None,  # `masking` is outside the plan the progress estimate covers
+    )
     print(
         f"table {args.table}: all {len(runs)} runs recorded; summarize with "
         "`python benchmarks/fashion_mnist_study.py --summarize`",
@@ -635,9 +646,21 @@ def ready(args, row, seed):
     return row.kind != "budget" or activations_recorded(args, row, seed)
 
 
-def run_queue(queue, *, jobs, label, total, done=0):
+def _eta(rest):
+    """'~13h26m by the rows' medians' from `rest()`'s [Progress] (+ 'unknown' where a table has no recorded run
+    yet), or '?' if the estimate fails: a progress line never stops the study."""
+    try:
+        rows = rest()
+    except (OSError, ValueError, StudyError):  # e.g. a results file unreadable this instant
+        return "?"
+    unknown = " + unknown" if any(r.unknown for r in rows) else ""
+    return f"~{study_lib.clock(sum(r.rest for r in rows))}{unknown} by the rows' medians"
+
+
+def run_queue(queue, *, jobs, label, total, done=0, rest=None):
     """Runs `queue` ([(args, table, row, seed, record)]) in order, `jobs` at a time, recording each run as it
-    finishes. A run that is not `ready` yet (its `needs` file, a budget row's activations run) waits for the
+    finishes. `rest()`, if given, estimates the seconds left (the summary's progress estimate, from the rows'
+    recorded times) for the ETA each start prints; without it the ETA extrapolates this queue's own pace. A run that is not `ready` yet (its `needs` file, a budget row's activations run) waits for the
     runs in flight (one of them makes it ready) while the next ready run takes the free slot. After a failure no new run starts; the runs in flight finish and are
     recorded, then the first error is raised."""
     threads = side_by_side_threads(jobs)
@@ -669,7 +692,10 @@ def run_queue(queue, *, jobs, label, total, done=0):
                 wait_while_paused(args)
                 elapsed = time.perf_counter() - start
                 finished = state["finished"]
-                eta = "?" if not finished else study_lib.clock(elapsed / finished * (len(queue) - finished))
+                if rest is not None:
+                    eta = _eta(rest)
+                else:
+                    eta = "?" if not finished else study_lib.clock(elapsed / finished * (len(queue) - finished))
                 side = f", {jobs} side by side" if jobs > 1 else ""
                 print(
                     f"[{label} {done + number}/{total}, {len(queue) - number} left after this] "
@@ -760,27 +786,18 @@ def _shared_source(table, name):
     )
 
 
-def _progress(args):
-    """Markdown: per table, the runs recorded of those planned at --seeds, their recorded wall time, and what the
-    rest should take at the median recorded wall time of the same row (of the table's runs while the row has
-    fewer than 2: one run is too noisy a guess). A shared row (ReLU, PGD-AT) counts once, in the table that records it."""
+Progress = collections.namedtuple("Progress", "table done planned recorded rest unknown")
+
+
+def progress(args):
+    """[Progress] per table, `budget` last: the runs recorded of those planned at --seeds, their recorded wall
+    time, and what the rest should take at the median recorded wall time of the same row (of the table's runs
+    while the row has fewer than 2: one run is too noisy a guess; `unknown` when the table has none). A shared
+    row (ReLU, PGD-AT) counts once, in the table that records it."""
     config = load_config(args.config)
     activations = study_lib.load_table(args.results_dir, "activations")
     best = best_smooth_activation(activations, args.seeds) or "best smooth"
-    lines = [
-        "### progress",
-        "",
-        f"Planned: {args.seeds} seeds per row. Recorded wall times are as measured (training + evaluation), "
-        "partly on a machine shared with tests and CI; a run measured beside others (`--jobs`, `side_by_side` "
-        "in its entry) counts its share, its wall time divided by the runs side by side. The rest is estimated "
-        "from them: per missing run, the median of its row's recorded runs (of its table's while the row has "
-        "fewer than 2).",
-        "",
-        "| table | runs recorded / planned | wall time recorded | estimated rest |",
-        "|---|---|---|---|",
-    ]
-    seen, unknown = set(), []
-    done_all = planned_all = recorded_all = rest_all = 0
+    seen, rows = set(), []
     for table in (*SEED_MAJOR_TABLES, "budget"):
         if table == "budget":
             planned = [(("budget", name), seed) for seed in range(args.seeds) for name in ("relu", best)]
@@ -796,30 +813,40 @@ def _progress(args):
             if e is not None:
                 times.setdefault(record, []).append(study_lib.wall_seconds([e]))
         every = [t for ts in times.values() for t in ts]
-        rest, missing_estimate = 0.0, False
+        rest, unknown = 0.0, False
         for (record, _), e in zip(planned, found):
             if e is None:
                 known = times.get(record) if len(times.get(record, ())) >= 2 else every
                 if known:
                     rest += statistics.median(known)
                 else:
-                    missing_estimate = True
-        done = sum(e is not None for e in found)
-        recorded = sum(every)
-        if missing_estimate:
-            unknown.append(table)
-        lines.append(
-            f"| {table} | {done} / {len(planned)} | {study_lib.clock(recorded)} | "
-            f"{'unknown (no run yet)' if missing_estimate and not rest else study_lib.clock(rest)} |"
-        )
-        done_all, planned_all, recorded_all, rest_all = (
-            done_all + done,
-            planned_all + len(planned),
-            recorded_all + recorded,
-            rest_all + rest,
-        )
+                    unknown = True
+        rows.append(Progress(table, sum(e is not None for e in found), len(planned), sum(every), rest, unknown))
+    return rows
+
+
+def _progress(args):
+    """Markdown of `progress`."""
+    rows = progress(args)
+    lines = [
+        "### progress",
+        "",
+        f"Planned: {args.seeds} seeds per row. Recorded wall times are as measured (training + evaluation), "
+        "partly on a machine shared with tests and CI; a run measured beside others (`--jobs`, `side_by_side` "
+        "in its entry) counts its share, its wall time divided by the runs side by side. The rest is estimated "
+        "from them: per missing run, the median of its row's recorded runs (of its table's while the row has "
+        "fewer than 2).",
+        "",
+        "| table | runs recorded / planned | wall time recorded | estimated rest |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        rest = "unknown (no run yet)" if r.unknown and not r.rest else study_lib.clock(r.rest)
+        lines.append(f"| {r.table} | {r.done} / {r.planned} | {study_lib.clock(r.recorded)} | {rest} |")
+    unknown = [r.table for r in rows if r.unknown]
     lines.append(
-        f"| **all** | {done_all} / {planned_all} | {study_lib.clock(recorded_all)} | {study_lib.clock(rest_all)}"
+        f"| **all** | {sum(r.done for r in rows)} / {sum(r.planned for r in rows)} | "
+        f"{study_lib.clock(sum(r.recorded for r in rows))} | {study_lib.clock(sum(r.rest for r in rows))}"
         + (f" + {', '.join(unknown)}" if unknown else "")
         + " |"
     )

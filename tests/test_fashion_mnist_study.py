@@ -253,12 +253,25 @@ def test_recorded_runs_are_skipped_and_shared_rows_go_to_activations(tmp_path, m
         (("rat", "awp_trades_rat"), 1),
     ]
     out = capsys.readouterr().out
-    assert "table rat: 8 runs, 2 recorded, 6 to do" in out and "[rat 8/8, 0 left after this]" in out and "ETA" in out
+    assert "table rat: 8 runs, 2 recorded, 6 to do" in out and "[rat 8/8, 0 left after this]" in out
+    # The ETA is the summary's estimate, the table's median recorded run (90 s) per run not recorded: 5 of rat's
+    # own at the first start (the shared ReLU run counts in activations), 1 at the last.
+    assert "ETA ~7m30s by the rows' medians" in out and "ETA ~1m30s by the rows' medians" in out
     assert {e["row"] for e in study_lib.load_table(str(tmp_path / "results"), "activations")} == {"relu"}
     assert len(study_lib.load_table(str(tmp_path / "results"), "activations")) == 2
     calls.clear()
     assert study.main(args_for(tmp_path, "--table=rat")) == 0  # everything recorded: nothing runs
     assert calls == [] and "8 recorded, 0 to do" in capsys.readouterr().out
+
+
+def test_eta_is_the_progress_estimate_and_never_stops_the_study():
+    rows = [study.Progress("rat", 1, 4, 90.0, 270.0, False), study.Progress("budget", 0, 2, 0.0, 0.0, True)]
+    assert study._eta(lambda: rows) == "~4m30s + unknown by the rows' medians"
+
+    def unreadable():
+        raise ValueError("Expecting value: line 1 column 1 (char 0)")
+
+    assert study._eta(unreadable) == "?"
 
 
 def test_dry_run_lists_the_commands(tmp_path, capsys):
