@@ -543,6 +543,7 @@ def command_line(args):
 
 
 SEED_MAJOR_TABLES = ("activations", "gradients", "rat", "sparta", "certified")
+PLANNED_TABLES = (*SEED_MAJOR_TABLES, "budget")  # the study's plan (`masking` is a diagnostic outside it)
 
 
 def pending_runs(args, table):
@@ -570,11 +571,11 @@ def run_all(args):
     by side across tables."""
     total = args.seeds
     if args.dry_run:
-        for table in (*SEED_MAJOR_TABLES, "budget"):
+        for table in PLANNED_TABLES:
             run_table(argparse.Namespace(**{**vars(args), "table": table, "all_seeds": total}))
         return 0
     queue, seen = [], set()
-    for table in (*SEED_MAJOR_TABLES, "budget"):  # budget: ReLU's rows now, the best smooth activation's below
+    for table in PLANNED_TABLES:  # budget: ReLU's rows now, the best smooth activation's below
         _, pending = pending_runs(argparse.Namespace(**{**vars(args), "table": table, "all_seeds": total}), table)
         for item in pending:
             if (item[4], item[3]) not in seen:  # a shared row (ReLU) runs once, for the table that records it
@@ -611,9 +612,7 @@ def run_table(args):
         label=args.table,
         total=len(runs),
         done=len(runs) - len(pending),
-        rest=(lambda: [r for r in progress(args) if r.table == args.table])
-        if args.table in (*SEED_MAJOR_TABLES, "budget")
-        else None,  # `masking` is outside the plan the progress estimate covers
+        rest=(lambda: [r for r in progress(args) if r.table == args.table]) if args.table in PLANNED_TABLES else None,
     )
     print(
         f"table {args.table}: all {len(runs)} runs recorded; summarize with "
@@ -659,10 +658,11 @@ def _eta(rest):
 
 def run_queue(queue, *, jobs, label, total, done=0, rest=None):
     """Runs `queue` ([(args, table, row, seed, record)]) in order, `jobs` at a time, recording each run as it
-    finishes. `rest()`, if given, estimates the seconds left (the summary's progress estimate, from the rows'
-    recorded times) for the ETA each start prints; without it the ETA extrapolates this queue's own pace. A run that is not `ready` yet (its `needs` file, a budget row's activations run) waits for the
-    runs in flight (one of them makes it ready) while the next ready run takes the free slot. After a failure no new run starts; the runs in flight finish and are
-    recorded, then the first error is raised."""
+    finishes. A run that is not `ready` yet (its `needs` file, a budget row's activations run) waits for the
+    runs in flight (one of them makes it ready) while the next ready run takes the free slot. After a failure
+    no new run starts; the runs in flight finish and are recorded, then the first error is raised. `rest()`, if
+    given, is the progress estimate for the ETA each start prints; without it the ETA extrapolates this queue's
+    own pace."""
     threads = side_by_side_threads(jobs)
     state = {"queue": list(queue), "started": 0, "running": 0, "finished": 0, "error": None}
     changed = threading.Condition()
@@ -798,7 +798,7 @@ def progress(args):
     activations = study_lib.load_table(args.results_dir, "activations")
     best = best_smooth_activation(activations, args.seeds) or "best smooth"
     seen, rows = set(), []
-    for table in (*SEED_MAJOR_TABLES, "budget"):
+    for table in PLANNED_TABLES:
         if table == "budget":
             planned = [(("budget", name), seed) for seed in range(args.seeds) for name in ("relu", best)]
         else:

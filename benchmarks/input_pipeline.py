@@ -126,8 +126,9 @@ def main(argv=None):
         for p in PIPELINES:
             rows.append((name, p, passes[p], stalls[p], epochs[p]))
     model, cores = _report.machine()
+    defaults = vars(parse_args([]))
     command = "python benchmarks/input_pipeline.py" + "".join(
-        f" --{k}={v}" for k, v in vars(args).items() if k != "output" and v != parse_args([]).__dict__[k]
+        f" --{k}={v}" for k, v in vars(args).items() if k != "output" and v != defaults[k]
     )
     lines = [
         f"## Input pipeline: the autotuner and the epoch-end stall ({datetime.date.today().isoformat()})",
@@ -155,8 +156,8 @@ def main(argv=None):
     print(section)
     _report.update_section(args.output, "## Input pipeline: the autotuner and the epoch-end stall", section)
     print(f"updated {args.output}")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

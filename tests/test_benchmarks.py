@@ -218,3 +218,20 @@ def test_autoattack_time_verdicts_and_busy_machine_warning():
     busy = autoattack_time.contention_warning(types.SimpleNamespace(samples=[9.0] * 3))
     quiet = autoattack_time.contention_warning(types.SimpleNamespace(samples=[0.5] * 3))
     assert quiet == [] and "Warning: the machine was busy" in busy[0]
+
+
+def test_input_pipeline_measures_both_pipelines_and_replaces_its_section(tmp_path):
+    import input_pipeline
+
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# sat_tf benchmarks\n\n## Other section\n\nkept\n")
+    argv = ["--datasets=digits", "--passes=1", "--epochs=2", "--step_ms=1", f"--output={out}"]
+    rows = input_pipeline.main(argv)
+    assert [(name, p) for name, p, *_ in rows] == [("digits", p) for p in input_pipeline.PIPELINES]
+    for _, _, passes, drops, epochs in rows:
+        assert len(passes) == 1 and passes[0] > 0 and len(drops) == len(epochs) == 2 and min(drops) >= 0
+    text = out.read_text()
+    assert "## Other section\n\nkept" in text and "| digits | as built (autotuner off) |" in text
+    assert "--datasets=digits --passes=1 --epochs=2 --step_ms=1.0" in text
+    input_pipeline.main(argv)
+    assert out.read_text().count("## Input pipeline: the autotuner") == 1
