@@ -1,19 +1,22 @@
 r"""The in-memory input pipeline with and without tf.data's autotuner: throughput and the epoch-end stall.
 
-    python benchmarks/input_pipeline.py                      # digits + Fashion-MNIST, ~6 min; updates BENCHMARKS.md
+    python benchmarks/input_pipeline.py                      # digits + Fashion-MNIST, ~9 min; updates BENCHMARKS.md
     python benchmarks/input_pipeline.py --datasets=digits --epochs=2 --output=/tmp/B.md
 
 The trainer builds one iterator per epoch (`sat_tf.training.loop.fit`: an epoch's batches are a pure function
 of the seed and the epoch, so a resumed run replays them exactly) and drops it at the epoch's end. With the
 autotuner on, dropping it waits for the autotuner's background thread, on TF 2.21 for up to tens of seconds
 (12-50 s at about half of the Fashion-MNIST study's epoch ends). `sat_tf.data.load_split` therefore turns the
-autotuner off for the in-memory data sets. This script measures what that costs and saves, side by side in one
-run, the two pipelines alternating:
+autotuner off for the in-memory data sets, and the trainer destroys every epoch's iterator on a thread of its
+own (`sat_tf.training.loop.BackgroundRelease`), for the pipelines that keep the autotuner (streamed TFRecords).
+This script measures both, side by side in one run, the three pipelines alternating (as built; autotuner on;
+autotuner on, released in the background):
 
 - images/s of one full pass over the training split as fast as the pipeline goes (median of --passes);
-- the seconds `del iterator` takes at the end of an epoch consumed at a training step's pace (a TensorFlow
-  matmul chain on the main thread, calibrated to --step_ms; 85 ms is the study's PGD-5 step on one core),
-  `num_train // batch_size` batches, as the trainer takes them (it never asks past an epoch's last batch).
+- the seconds the main thread spends dropping the iterator at the end of an epoch consumed at a training step's
+  pace (a TensorFlow matmul chain on the main thread, calibrated to --step_ms; 85 ms is the study's PGD-5 step
+  on one core), `num_train // batch_size` batches, as the trainer takes them (it never asks past an epoch's
+  last batch); for the background pipeline also the seconds its destruction took on the release thread.
   The stall is random: it depends on where the autotuner's thread is when the iterator goes.
 """
 
@@ -30,7 +33,8 @@ sys.path.insert(0, HERE)
 
 import _report  # noqa: E402
 
-PIPELINES = ("as built (autotuner off)", "autotuner on")
+PIPELINES = ("as built (autotuner off)", "autotuner on", "autotuner on, released in the background")
+BACKGROUND = PIPELINES[2]  # what `fit` does with every epoch's iterator
 
 
 def parse_args(argv=None):
@@ -84,30 +88,38 @@ def simulated_step(step_ms):
 
 def measure(name, args, step):
     from sat_tf import data
+    from sat_tf.training.loop import BackgroundRelease
 
     entry = data.get_dataset(name)
     passes = {p: [] for p in PIPELINES}
     for k in range(args.passes):
         for p in PIPELINES if k % 2 == 0 else PIPELINES[::-1]:
             start, images = time.perf_counter(), 0
-            for x, _ in pipeline(entry, k, args.batch_size, p == PIPELINES[1]):
+            for x, _ in pipeline(entry, k, args.batch_size, p != PIPELINES[0]):
                 images += int(x.shape[0])
             passes[p].append(images / (time.perf_counter() - start))
     steps = entry.info().num_train // args.batch_size
     stalls, epoch_seconds = {p: [] for p in PIPELINES}, {p: [] for p in PIPELINES}
+    release = BackgroundRelease("benchmark-release")
     for k in range(args.epochs):
         for p in PIPELINES if k % 2 == 0 else PIPELINES[::-1]:
-            iterator = iter(pipeline(entry, k, args.batch_size, p == PIPELINES[1]))
+            iterator = iter(pipeline(entry, k, args.batch_size, p != PIPELINES[0]))
             start = time.perf_counter()
             for _ in range(steps):  # as the trainer: its steps per epoch, never the end of the sequence
                 next(iterator)
                 step()
             dropped = time.perf_counter()
-            del iterator
+            if p == BACKGROUND:
+                finished = [iterator]
+                del iterator
+                release.release(finished)
+            else:
+                del iterator
             stalls[p].append(time.perf_counter() - dropped)
             epoch_seconds[p].append(dropped - start)
             print(f"  {name} epoch {k} {p}: {epoch_seconds[p][-1]:.1f} s, drop {stalls[p][-1]:.2f} s", flush=True)
-    return passes, stalls, epoch_seconds
+    release.wait()
+    return passes, stalls, epoch_seconds, release.seconds
 
 
 def main(argv=None):
@@ -122,9 +134,9 @@ def main(argv=None):
         except data.DatasetNotFoundError as err:
             print(f"skipping {name}: {err}", flush=True)
             continue
-        passes, stalls, epochs = measure(name, args, step)
+        passes, stalls, epochs, released = measure(name, args, step)
         for p in PIPELINES:
-            rows.append((name, p, passes[p], stalls[p], epochs[p]))
+            rows.append((name, p, passes[p], stalls[p], epochs[p], released if p == BACKGROUND else None))
     model, cores = _report.machine()
     defaults = vars(parse_args([]))
     command = "python benchmarks/input_pipeline.py" + "".join(
@@ -141,16 +153,21 @@ def main(argv=None):
         "",
         f"The trainer's epoch pipeline (`load_split`, batch {args.batch_size}) as built, with tf.data's "
         "autotuner off, and the same with it on. Throughput: one full pass as fast as the pipeline goes, "
-        f"median (min-max) of {args.passes}. Drop: the seconds `del iterator` takes after an epoch consumed at "
-        f"a simulated {args.step_ms:g} ms training step, over {args.epochs} epochs per pipeline.",
+        f"median (min-max) of {args.passes}. Drop: the seconds the main thread spends dropping the iterator after "
+        f"an epoch consumed at a simulated {args.step_ms:g} ms training step, over {args.epochs} epochs per "
+        "pipeline: `del iterator`, or (released in the background, as `sat_tf.training.loop.fit` does) handing it "
+        "to `BackgroundRelease`, whose thread then destroys it while the next epoch runs (its seconds: last column).",
         "",
-        "| data | pipeline | images/s | drop: median (max) | drop: sum | epoch seconds (median) |",
-        "|---|---|---|---|---|---|",
+        "| data | pipeline | images/s | drop: median (max) | drop: sum | epoch seconds (median) "
+        "| destruction on the release thread: sum (max) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, p, tp, st, ep in rows:
+    for name, p, tp, st, ep, released in rows:
+        behind = "—" if released is None else f"{sum(released):.1f} s ({max(released):.2f} s)"
         lines.append(
             f"| {name} | {p} | {statistics.median(tp):,.0f} ({min(tp):,.0f}-{max(tp):,.0f}) | "
-            f"{statistics.median(st):.2f} s ({max(st):.2f} s) | {sum(st):.1f} s | {statistics.median(ep):.1f} |"
+            f"{statistics.median(st):.2f} s ({max(st):.2f} s) | {sum(st):.1f} s | {statistics.median(ep):.1f} | "
+            f"{behind} |"
         )
     section = "\n".join(lines) + "\n"
     print(section)

@@ -228,8 +228,11 @@ def test_input_pipeline_measures_both_pipelines_and_replaces_its_section(tmp_pat
     argv = ["--datasets=digits", "--passes=1", "--epochs=2", "--step_ms=1", f"--output={out}"]
     rows = input_pipeline.main(argv)
     assert [(name, p) for name, p, *_ in rows] == [("digits", p) for p in input_pipeline.PIPELINES]
-    for _, _, passes, drops, epochs in rows:
+    for _, p, passes, drops, epochs, released in rows:
         assert len(passes) == 1 and passes[0] > 0 and len(drops) == len(epochs) == 2 and min(drops) >= 0
+        # Only the background pipeline's iterators are destroyed on the release thread, one per epoch.
+        assert (released is None) == (p != input_pipeline.BACKGROUND)
+        assert released is None or (len(released) == 2 and min(released) >= 0)
     text = out.read_text()
     assert "## Other section\n\nkept" in text and "| digits | as built (autotuner off) |" in text
     assert "--datasets=digits --passes=1 --epochs=2 --step_ms=1.0" in text

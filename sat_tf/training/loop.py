@@ -85,6 +85,51 @@ class _SigtermFlag:
         return False
 
 
+class BackgroundRelease:
+    """Drops the last reference to an object on a thread of its own.
+
+    The trainer builds one input iterator per epoch. Destroying a tf.data
+    iterator waits for its pipeline's threads, tf.data's autotuner among them:
+    on TF 2.21 seconds to tens of seconds at about half of the epoch ends
+    (BENCHMARKS.md, "Input pipeline"). The destruction releases the GIL, so on
+    a thread of its own it overlaps the next epoch's steps. One release at a
+    time: `release` first waits for the previous one; leaving the `with`
+    block waits for the last, so no destruction outlives its caller.
+    """
+
+    def __init__(self, name="sat_tf-release"):
+        self.name = name
+        self.seconds = []  # how long each finished release took on its thread
+        self._thread = None
+
+    def release(self, holder):
+        """Clears the list `holder` on the release thread; the caller must
+        hold no other reference to its items, or they outlive the clear."""
+        if not isinstance(holder, list):
+            raise TypeError(f"`holder` must be a list holding the only references, got {type(holder).__name__}")
+        self.wait()
+        self._thread = threading.Thread(target=self._clear, args=(holder,), name=self.name, daemon=True)
+        self._thread.start()
+
+    def _clear(self, holder):
+        start = time.perf_counter()
+        holder.clear()
+        self.seconds.append(time.perf_counter() - start)
+
+    def wait(self):
+        """Blocks until the pending release (if any) has finished."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.wait()
+        return False
+
+
 def _accepts_skip(dataset_fn):
     try:
         return "skip_batches" in inspect.signature(dataset_fn).parameters
@@ -238,7 +283,7 @@ def fit(
     def seen():
         return int(batches.numpy())
 
-    with _SigtermFlag() as sigterm:
+    with _SigtermFlag() as sigterm, BackgroundRelease("sat_tf-epoch-iterator") as retired:
         while seen() < total_steps:
             epoch, done_in_epoch = divmod(seen(), steps_per_epoch)
 
@@ -296,6 +341,11 @@ def fit(
                     and done_in_epoch < steps_per_epoch
                 ):
                     manager.save(checkpoint_number=global_step)
+            # Nothing else refers to the epoch's iterator: it is destroyed on
+            # the release thread while the epoch's bookkeeping goes on.
+            finished = [iterator]
+            del iterator
+            retired.release(finished)
             record = {
                 "epoch": epoch + 1,
                 "step": seen(),
