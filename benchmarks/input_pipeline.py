@@ -99,7 +99,7 @@ def measure(name, args, step):
                 images += int(x.shape[0])
             passes[p].append(images / (time.perf_counter() - start))
     steps = entry.info().num_train // args.batch_size
-    stalls, epoch_seconds = {p: [] for p in PIPELINES}, {p: [] for p in PIPELINES}
+    stalls, epoch_seconds, cpu = ({p: [] for p in PIPELINES} for _ in range(3))
     release = BackgroundRelease("benchmark-release")
     for k in range(args.epochs):
         for p in PIPELINES if k % 2 == 0 else PIPELINES[::-1]:
@@ -108,7 +108,7 @@ def measure(name, args, step):
             for _ in range(steps):  # as the trainer: its steps per epoch, never the end of the sequence
                 next(iterator)
                 step()
-            dropped = time.perf_counter()
+            dropped, cpu_dropped = time.perf_counter(), time.process_time()
             if p == BACKGROUND:
                 finished = [iterator]
                 del iterator
@@ -116,10 +116,11 @@ def measure(name, args, step):
             else:
                 del iterator
             stalls[p].append(time.perf_counter() - dropped)
+            cpu[p].append(time.process_time() - cpu_dropped)
             epoch_seconds[p].append(dropped - start)
             print(f"  {name} epoch {k} {p}: {epoch_seconds[p][-1]:.1f} s, drop {stalls[p][-1]:.2f} s", flush=True)
     release.wait()
-    return passes, stalls, epoch_seconds, release.seconds
+    return passes, stalls, epoch_seconds, cpu, release.seconds
 
 
 def main(argv=None):
@@ -134,9 +135,9 @@ def main(argv=None):
         except data.DatasetNotFoundError as err:
             print(f"skipping {name}: {err}", flush=True)
             continue
-        passes, stalls, epochs, released = measure(name, args, step)
+        passes, stalls, epochs, cpu, released = measure(name, args, step)
         for p in PIPELINES:
-            rows.append((name, p, passes[p], stalls[p], epochs[p], released if p == BACKGROUND else None))
+            rows.append((name, p, passes[p], stalls[p], epochs[p], cpu[p], released if p == BACKGROUND else None))
     model, cores = _report.machine()
     defaults = vars(parse_args([]))
     command = "python benchmarks/input_pipeline.py" + "".join(
@@ -156,17 +157,19 @@ def main(argv=None):
         f"median (min-max) of {args.passes}. Drop: the seconds the main thread spends dropping the iterator after "
         f"an epoch consumed at a simulated {args.step_ms:g} ms training step, over {args.epochs} epochs per "
         "pipeline: `del iterator`, or (released in the background, as `sat_tf.training.loop.fit` does) handing it "
-        "to `BackgroundRelease`, whose thread then destroys it while the next epoch runs (its seconds: last column).",
+        "to `BackgroundRelease`, whose thread then destroys it while the next epoch runs (its seconds: last column). "
+        "Drop CPU: the process's CPU seconds (all threads) during the main thread's drop.",
         "",
-        "| data | pipeline | images/s | drop: median (max) | drop: sum | epoch seconds (median) "
+        "| data | pipeline | images/s | drop: median (max) | drop: sum | drop CPU: sum | epoch seconds (median) "
         "| destruction on the release thread: sum (max) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, p, tp, st, ep, released in rows:
+    for name, p, tp, st, ep, cp, released in rows:
         behind = "—" if released is None else f"{sum(released):.1f} s ({max(released):.2f} s)"
         lines.append(
             f"| {name} | {p} | {statistics.median(tp):,.0f} ({min(tp):,.0f}-{max(tp):,.0f}) | "
-            f"{statistics.median(st):.2f} s ({max(st):.2f} s) | {sum(st):.1f} s | {statistics.median(ep):.1f} | "
+            f"{statistics.median(st):.2f} s ({max(st):.2f} s) | {sum(st):.1f} s | {sum(cp):.2f} s | "
+            f"{statistics.median(ep):.1f} | "
             f"{behind} |"
         )
     section = "\n".join(lines) + "\n"

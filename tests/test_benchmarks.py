@@ -228,8 +228,8 @@ def test_input_pipeline_measures_both_pipelines_and_replaces_its_section(tmp_pat
     argv = ["--datasets=digits", "--passes=1", "--epochs=2", "--step_ms=1", f"--output={out}"]
     rows = input_pipeline.main(argv)
     assert [(name, p) for name, p, *_ in rows] == [("digits", p) for p in input_pipeline.PIPELINES]
-    for _, p, passes, drops, epochs, released in rows:
-        assert len(passes) == 1 and passes[0] > 0 and len(drops) == len(epochs) == 2 and min(drops) >= 0
+    for _, p, passes, drops, epochs, cpu, released in rows:
+        assert len(passes) == 1 and passes[0] > 0 and len(drops) == len(epochs) == len(cpu) == 2 and min(drops) >= 0
         # Only the background pipeline's iterators are destroyed on the release thread, one per epoch.
         assert (released is None) == (p != input_pipeline.BACKGROUND)
         assert released is None or (len(released) == 2 and min(released) >= 0)
@@ -238,3 +238,32 @@ def test_input_pipeline_measures_both_pipelines_and_replaces_its_section(tmp_pat
     assert "--datasets=digits --passes=1 --epochs=2 --step_ms=1.0" in text
     input_pipeline.main(argv)
     assert out.read_text().count("## Input pipeline: the autotuner") == 1
+
+
+def test_fab_projection_times_both_projections_and_a_whole_fab_t(tmp_path):
+    import fab_projection
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# sat_tf benchmarks\n\n## Other section\n\nkept\n")
+    argv = ["--quick", f"--workdir={run}", "--dataset=digits", f"--output={out}"]
+    rows, whole = fab_projection.main(argv)
+    ((dim, ours, before, diff, _),) = rows
+    assert dim == 64 and len(ours) == len(before) == 2 and min(ours + before) > 0
+    assert diff < 1e-5  # Newton and the sort find the same projection
+    images, results, _ = whole
+    assert 0 < images <= 16 and sorted(results) == ["ours", "sorted"]
+    assert all(seconds > 0 and len(broken) == images for seconds, broken in results.values())
+    text = out.read_text()
+    assert (
+        "## Other section\n\nkept" in text
+        and "| ours (Newton) |" in text
+        and "python benchmarks/fab_projection.py --quick" in text
+    )
+    fab_projection.main(argv)
+    assert out.read_text().count(fab_projection.HEADING) == 1

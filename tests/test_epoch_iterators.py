@@ -3,9 +3,10 @@
 Dropping a tf.data iterator can wait tens of seconds for tf.data's autotuner
 (BENCHMARKS.md, "Input pipeline"); `training.loop.BackgroundRelease` moves
 that wait off the training thread. These tests check that the release really
-runs elsewhere, that it never outlives its `with` block, and that `fit` hands
-over the only reference to each epoch's iterator (otherwise the release would
-be a no-op and the destruction would land on the training thread again).
+runs elsewhere without blocking the caller, that the pending releases stay
+bounded, and that `fit` hands over the only reference to each epoch's iterator
+(otherwise the release would be a no-op and the destruction would land on the
+training thread again).
 """
 
 import threading
@@ -35,29 +36,40 @@ class _SlowToDestroy:
 
 def test_release_destroys_on_its_own_thread_without_blocking_the_caller():
     record = []
-    with loop.BackgroundRelease("release-under-test") as release:
-        start = time.perf_counter()
-        release.release([_SlowToDestroy(0.5, record)])
-        returned = time.perf_counter() - start
-        assert returned < 0.25  # the caller did not wait for the destruction
-    # Leaving the block waited for it.
-    assert record == ["release-under-test"]
-
-
-def test_a_release_waits_for_the_previous_one():
-    record = []
-    release = loop.BackgroundRelease()
-    release.release([_SlowToDestroy(0.3, record)])
-    release.release([_SlowToDestroy(0.0, record)])  # joins the first before starting
-    assert len(record) == 1
+    release = loop.BackgroundRelease("release-under-test")
+    start = time.perf_counter()
+    release.release([_SlowToDestroy(0.5, record)])
+    assert time.perf_counter() - start < 0.25  # the caller did not wait for the destruction
+    (thread,) = release._threads
+    assert not thread.daemon  # the interpreter joins it at exit, before TensorFlow's runtime goes
     release.wait()
-    assert len(record) == 2
+    assert record == ["release-under-test"] and len(release.seconds) == 1 and release.seconds[0] >= 0.5
+
+
+def test_releases_overlap_up_to_max_pending():
+    record = []
+    release = loop.BackgroundRelease(max_pending=3)
+    start = time.perf_counter()
+    for _ in range(3):
+        release.release([_SlowToDestroy(0.4, record)])
+    assert time.perf_counter() - start < 0.3 and record == []  # three at once: nobody waited
+    release.release([_SlowToDestroy(0.0, record)])  # the fourth waits for the oldest
+    assert len(record) >= 1
+    release.wait()
+    assert len(record) == 4
     release.wait()  # nothing pending: returns at once
 
 
-def test_release_takes_only_a_list_it_can_clear():
-    with pytest.raises(TypeError, match="`holder` must be a list"):
-        loop.BackgroundRelease().release(object())
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: loop.BackgroundRelease().release(object()), TypeError, "`holder` must be a list"),
+        (lambda: loop.BackgroundRelease(max_pending=0), ValueError, "`max_pending` must be >= 1"),
+    ],
+)
+def test_bad_arguments_are_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
 
 
 def test_fit_hands_each_epochs_iterator_to_the_release_thread(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ owns the user-facing parts: progress line, TensorBoard scalars, the NaN/Inf
 policy, SIGTERM (save, then `PreemptedError`) and peer-worker failures.
 """
 
+import collections
 import inspect
 import math
 import os
@@ -86,30 +87,37 @@ class _SigtermFlag:
 
 
 class BackgroundRelease:
-    """Drops the last reference to an object on a thread of its own.
+    """Drops the last references to objects on threads of their own.
 
     The trainer builds one input iterator per epoch. Destroying a tf.data
-    iterator waits for its pipeline's threads, tf.data's autotuner among them:
-    on TF 2.21 seconds to tens of seconds at about half of the epoch ends
-    (BENCHMARKS.md, "Input pipeline"). The destruction releases the GIL, so on
-    a thread of its own it overlaps the next epoch's steps. One release at a
-    time: `release` first waits for the previous one; leaving the `with`
-    block waits for the last, so no destruction outlives its caller.
+    iterator waits for its pipeline's threads, tf.data's autotuner among them,
+    which sleeps between its rounds: on TF 2.21 the destruction idled 5-54 s
+    at about half of the epoch ends, with no CPU used meanwhile (BENCHMARKS.md,
+    "Input pipeline"). On a thread of its own that wait overlaps the next
+    epoch. The threads are not daemons: the interpreter joins them at exit,
+    before TensorFlow's runtime goes. At most `max_pending` releases run at
+    once (each holds an iterator's buffers); `release` waits for the oldest
+    beyond that.
     """
 
-    def __init__(self, name="sat_tf-release"):
-        self.name = name
+    def __init__(self, name="sat_tf-release", max_pending=4):
+        if max_pending < 1:
+            raise ValueError(f"`max_pending` must be >= 1, got {max_pending}")
+        self.name, self.max_pending = name, max_pending
         self.seconds = []  # how long each finished release took on its thread
-        self._thread = None
+        self._threads = collections.deque()
 
     def release(self, holder):
-        """Clears the list `holder` on the release thread; the caller must
-        hold no other reference to its items, or they outlive the clear."""
+        """Clears the list `holder` on a release thread; the caller must hold
+        no other reference to its items, or they outlive the clear."""
         if not isinstance(holder, list):
             raise TypeError(f"`holder` must be a list holding the only references, got {type(holder).__name__}")
-        self.wait()
-        self._thread = threading.Thread(target=self._clear, args=(holder,), name=self.name, daemon=True)
-        self._thread.start()
+        self._threads = collections.deque(t for t in self._threads if t.is_alive())
+        while len(self._threads) >= self.max_pending:
+            self._threads.popleft().join()
+        thread = threading.Thread(target=self._clear, args=(holder,), name=self.name)
+        thread.start()
+        self._threads.append(thread)
 
     def _clear(self, holder):
         start = time.perf_counter()
@@ -117,17 +125,9 @@ class BackgroundRelease:
         self.seconds.append(time.perf_counter() - start)
 
     def wait(self):
-        """Blocks until the pending release (if any) has finished."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.wait()
-        return False
+        """Blocks until every pending release has finished."""
+        while self._threads:
+            self._threads.popleft().join()
 
 
 def _accepts_skip(dataset_fn):
@@ -283,7 +283,8 @@ def fit(
     def seen():
         return int(batches.numpy())
 
-    with _SigtermFlag() as sigterm, BackgroundRelease("sat_tf-epoch-iterator") as retired:
+    retired = BackgroundRelease("sat_tf-epoch-iterator")
+    with _SigtermFlag() as sigterm:
         while seen() < total_steps:
             epoch, done_in_epoch = divmod(seen(), steps_per_epoch)
 
