@@ -145,7 +145,7 @@ def whole_fab_t(args):
     import keras
     import tensorflow as tf
 
-    from sat_tf import data
+    from sat_tf import data, models  # noqa: F401 (models registers the layers model.keras names)
 
     fab = importlib.import_module("sat_tf.attacks.fab")
     model = keras.saving.load_model(os.path.join(args.workdir, "model.keras"), safe_mode=True, compile=False)
