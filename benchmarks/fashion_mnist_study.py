@@ -59,6 +59,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,10 @@ SIGMAS = (0.25, 0.5)
 
 class StudyError(Exception):
     """A bad setting or a missing prerequisite; the message names it and the fix."""
+
+
+class StudyStopped(StudyError):
+    """SIGTERM stopped the study (see stop_runs_on_sigterm); rerunning the same command resumes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +332,13 @@ def certify_command(args, wd, sigma):
     ]
 
 
+# The launch/ subprocesses in flight, so that stopping the study stops them too (see stop_runs_on_sigterm).
+_CHILDREN = set()
+_CHILDREN_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+STOP_TIMEOUT = 300  # seconds a run gets to save and exit after SIGTERM before it is killed
+
+
 def run_logged(command, log_path):
     """Runs `command` from the repository root, output appended to `log_path`; returns the seconds taken."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -335,18 +347,60 @@ def run_logged(command, log_path):
         log.write(f"\n$ {shlex.join(command)}\n")
         log.flush()
         executable = sys.executable if command[0] == "python" else command[0]  # the recorded line says python
-        code = subprocess.call(
-            [executable, *command[1:]],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        )
+        with _CHILDREN_LOCK:
+            if _STOPPING.is_set():  # a stop arrived: start nothing new
+                raise StudyStopped(f"the study is stopping: {command[1]} not started")
+            child = subprocess.Popen(
+                [executable, *command[1:]],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            )
+            _CHILDREN.add(child)
+        try:
+            code = child.wait()
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(child)
+    if code and _STOPPING.is_set():
+        raise StudyStopped(f"SIGTERM stopped {command[1]} (exit {code}); rerun the same command to resume")
     if code:
         with open(log_path) as log:
             last = [line.rstrip() for line in log if line.strip()][-1:]
         raise StudyError(f"{command[1]} failed (exit {code}); see {log_path}; last line: {' '.join(last)}")
     return time.perf_counter() - start
+
+
+def stop_runs_on_sigterm():
+    """Makes SIGTERM to the study (`kill`, `pkill`, a scheduler) reach its runs in flight too.
+
+    Without it the runs went on, orphaned, writing to the run directories a restarted study was using. With it
+    each run gets SIGTERM (the trainer saves a checkpoint and stops; an evaluation keeps its finished chunks)
+    and STOP_TIMEOUT seconds before it is killed; no new run starts, and the study exits with 143 once the runs
+    are gone (`main`); rerunning the same command resumes. The handler only signals: the threads waiting for
+    the runs see them end. Main thread only (Python runs signal handlers there).
+    """
+
+    def handle(signum, frame):
+        del signum, frame
+        with _CHILDREN_LOCK:
+            _STOPPING.set()
+            children = list(_CHILDREN)
+        print(f"SIGTERM: stopping {len(children)} run(s) in flight; rerun the same command to resume", flush=True)
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+
+        def kill_stragglers():
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+
+        timer = threading.Timer(STOP_TIMEOUT, kill_stragglers)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, handle)
 
 
 def training_speed(wd):
@@ -723,7 +777,7 @@ def run_queue(queue, *, jobs, label, total, done=0, rest=None):
             except Exception as err:  # recorded for the caller; the runs in flight still finish
                 with changed:
                     state["error"] = state["error"] or err
-                    if jobs > 1:
+                    if jobs > 1 and not _STOPPING.is_set():  # a stopped run is not a failure
                         print(f"  failed: {record[0]}/{record[1]} seed {seed}: {err}", flush=True)
             finally:
                 with changed:
@@ -1189,8 +1243,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if not args.summarize and threading.current_thread() is threading.main_thread():
+        stop_runs_on_sigterm()
     try:
         return summarize(args) if args.summarize else run_table(args)
+    except StudyStopped as err:
+        print(f"stopped: {err}", file=sys.stderr, flush=True)
+        return 143
     except (StudyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -562,3 +562,66 @@ def test_budget_trains_again_only_a_run_whose_checkpoint_is_gone(tmp_path, monke
     assert study.main(args_for(tmp_path, "--summarize", "--seeds=1")) == 0
     budget_md = (tmp_path / "results" / "TABLES.md").read_text().split("### budget")[1]
     assert "Trained again for this table" in budget_md and "relu seed 0" in budget_md and "mish seed" not in budget_md
+
+
+_STUDY_UNDER_SIGTERM = """
+import sys
+sys.path.insert(0, {benchmarks!r})
+import fashion_mnist_study as study
+
+def execute(args, table, row, seed):  # each run: one child process that saves on SIGTERM
+    study.run_logged(["python", "-c", {child!r}], {log!r})
+    raise AssertionError("the run was not stopped")
+
+study.execute = execute
+sys.exit(study.main({argv!r}))
+"""
+_RUN_THAT_SAVES_ON_SIGTERM = """
+import os, signal, sys, time
+def save(signum, frame):
+    open(os.path.join({saved!r}, str(os.getpid())), "w").close()
+    sys.exit(3)
+signal.signal(signal.SIGTERM, save)
+open(os.path.join({ready!r}, str(os.getpid())), "w").close()
+time.sleep(120)
+"""
+
+
+def test_sigterm_to_the_study_reaches_its_runs_in_flight(tmp_path):
+    import subprocess
+
+    saved, ready = tmp_path / "saved", tmp_path / "ready"
+    saved.mkdir()
+    ready.mkdir()
+    child = _RUN_THAT_SAVES_ON_SIGTERM.format(saved=str(saved), ready=str(ready))
+    argv = args_for(tmp_path, "--table=sparta", "--jobs=2")
+    script = _STUDY_UNDER_SIGTERM.format(
+        benchmarks=os.path.join(ROOT, "benchmarks"), child=child, log=str(tmp_path / "run.log"), argv=argv
+    )
+    runner = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 60
+    while len(os.listdir(ready)) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(os.listdir(ready)) == 2, "two runs side by side never started"
+    runner.terminate()  # SIGTERM to the study only, as kill and pkill send it
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 143, out
+    assert "SIGTERM: stopping 2 run(s) in flight" in out and "stopped: SIGTERM stopped -c (exit 3)" in out
+    assert "failed:" not in out  # a stopped run is not reported as a failure
+    # Both runs got SIGTERM (their handlers saved), no third one started, and none is left running.
+    assert sorted(os.listdir(saved)) == sorted(os.listdir(ready))
+    for pid in os.listdir(saved):
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+    assert not os.path.exists(tmp_path / "results" / "sparta.json")  # nothing recorded
+
+
+def test_no_run_starts_once_the_study_is_stopping(tmp_path, monkeypatch):
+    stopping = threading.Event()
+    stopping.set()
+    monkeypatch.setattr(study, "_STOPPING", stopping)
+    with pytest.raises(study.StudyStopped, match="the study is stopping: -c not started"):
+        study.run_logged(["python", "-c", "print(1)"], str(tmp_path / "log.txt"))
+    assert "print(1)" in open(tmp_path / "log.txt").read() and not study._CHILDREN
