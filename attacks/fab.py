@@ -19,7 +19,7 @@ AutoAttack's `standard` runs FAB-T with 1 restart, 9 targets (the classes of
 the 2nd to 10th highest clean logit) and 100 iterations; `plus` adds
 untargeted FAB with 5 restarts. Everything follows the reference code
 (`fab_base.py`, `fab_pt.py` and `fab_projections.py` of Croce & Hein's
-auto-attack, PyPI `pyautoattack`), including its quirks: the L2 and L1 projections'
+auto-attack, PyPI `pyautoattack`), including its quirks: the L1 projection's
 fixed `ceil(log2(D))` bisection steps (for L1 that can stop one step short),
 the random start only from the second restart on, at half the radius
 (`x + eps / 2 * t / ||t||`), and the untargeted choice of the boundary by
@@ -38,16 +38,16 @@ Where an in-graph version must differ, and why it does not change results:
   instead of torch's global generator, so a point's result does not depend
   on batching, padding, replicas or resumption. The random start has the
   reference's distribution.
-- Prefix sums. torch's CPU `cumsum` accumulates float32 in double; the L2
-  and L1 projections here use a compensated float32 cumulative sum
-  (`_cumsum`) to stay as close, so they agree with the reference to ~1e-6
-  (L1: ~1e-5) where a plain `tf.cumsum` was off by up to 1e-4.
-- Sorting ties: the L2 and L1 projections sort with `tf.argsort`, torch
-  with its own unstable sort; tied values give the same projection either
-  way (except in degenerate L1 cases with exactly equal `|w_i|`).
-- The L-inf projection does not sort: Newton's method on its
+- The L-inf and L2 projections do not sort: Newton's method on their
   one-dimensional equation finds the same minimiser (to float32 rounding)
-  in a few elementwise passes; see `project_linf`.
+  in a few elementwise passes (`_newton_radius`; see `project_linf`).
+- Prefix sums. torch's CPU `cumsum` accumulates float32 in double; the L1
+  projection here uses a compensated float32 cumulative sum (`_cumsum`) to
+  stay as close, so it agrees with the reference to ~1e-5 where a plain
+  `tf.cumsum` was off by up to 1e-4.
+- Sorting ties: the L1 projection sorts with `tf.argsort`, torch with its
+  own unstable sort; tied values give the same projection either way
+  (except in degenerate cases with exactly equal `|w_i|`).
 
 On the reference's test network and points the attack breaks the same
 points and returns the same images (to 1e-4) as the reference for L-inf and
@@ -315,7 +315,7 @@ def _random_start(x0, eps, norm, seed, point_ids, keys):
 # `[0, 1]^D` and `w . (points + d) = b`; if the box does not reach the
 # hyperplane, the box corner closest to it. The reference selects the rows
 # of each case with boolean masks and solves only those; here every row is
-# solved (L-inf: Newton's loop runs until its last row is done, the others
+# solved (L-inf, L2: Newton's loop runs until its last row is done, the others
 # held) and the cases are merged with `tf.where`, so shapes stay fixed.
 
 
@@ -359,31 +359,48 @@ def project_linf(points, w, b):
     fall = tf.reduce_sum(w * t, 1) - b  # the hyperplane is that far below the point (>= 0)
     # The corner falls by sum(slope * p): a hyperplane beyond it is out of the box's reach.
     feasible = fall < tf.reduce_sum(slope * p, 1)
-
-    def newton_step(i, lam, active):
-        moving = p > lam[:, None]
-        g = tf.reduce_sum(slope * tf.minimum(lam[:, None], p), 1)
-        s = tf.reduce_sum(tf.where(moving, slope, 0.0), 1)
-        # Rounding may put `lam` a hair past the root: never step back.
-        new = tf.maximum(lam + tf.math.divide_no_nan(fall - g, s), lam)
-        changed = tf.reduce_any(tf.not_equal(moving, p > new[:, None]), 1)
-        return i + 1, tf.where(active, new, lam), tf.logical_and(active, changed)
-
-    # `lam` only grows, so the moving set only shrinks: the loop ends after at most D + 1 steps.
-    init = (tf.constant(0), tf.zeros_like(fall), feasible)
-    _, lam, _ = tf.while_loop(lambda i, lam, active: tf.reduce_any(active), newton_step, init)
-    lam = lam[:, None]
+    lam = _newton_radius(slope, p, fall, feasible)[:, None]
     d = tf.minimum(lam, corner) * a + tf.maximum(-lam, corner) * (1.0 - a)
     d = tf.where(feasible[:, None], d, corner)
     return tf.where(moves, d, 0.0)
 
 
+def _newton_radius(slope, breaks, fall, active):
+    """Per row the `lam >= 0` with `sum_i slope_i * min(lam, breaks_i) = fall`.
+
+    `slope`, `breaks` `[N, D]` (`>= 0`), `fall` `[N]`; rows outside `active`
+    (bool `[N]`: those whose `fall` is below `sum_i slope_i * breaks_i`, so
+    a root exists) get 0. The left side is increasing, concave and piecewise
+    linear in `lam`; Newton's method from 0 stays below the root and lands
+    on it exactly once the set `breaks > lam` stops changing. That set only
+    shrinks, so the loop ends after at most `D + 1` steps; it runs until the
+    last row is done, holding the rows already done.
+    """
+
+    def newton_step(i, lam, active):
+        moving = breaks > lam[:, None]
+        g = tf.reduce_sum(slope * tf.minimum(lam[:, None], breaks), 1)
+        s = tf.reduce_sum(tf.where(moving, slope, 0.0), 1)
+        # Rounding may put `lam` a hair past the root: never step back.
+        new = tf.maximum(lam + tf.math.divide_no_nan(fall - g, s), lam)
+        changed = tf.reduce_any(tf.not_equal(moving, breaks > new[:, None]), 1)
+        return i + 1, tf.where(active, new, lam), tf.logical_and(active, changed)
+
+    init = (tf.constant(0), tf.zeros_like(fall), active)
+    _, lam, _ = tf.while_loop(lambda i, lam, active: tf.reduce_any(active), newton_step, init)
+    return lam
+
+
 def project_l2(points, w, b):
     """Minimal L2 displacement onto `{w . z = b} ∩ [0, 1]^D` per row.
 
-    Equal to the reference `fab_projections.projection_l2`: `d = -lam * w`
-    with each coordinate stopped at the box face, bisecting on how many
-    coordinates have saturated.
+    The reference `fab_projections.projection_l2`'s result (equal to float32
+    rounding, tests/test_fab.py), computed without its sort: `d = -lam * w`
+    with each coordinate stopped at the box face it reaches at `lam = r_i`,
+    so `w . d` falls by `sum_i w_i^2 min(lam, r_i)`; `_newton_radius` finds
+    the `lam` at which that fall reaches the hyperplane (as in
+    `project_linf`). Coordinates with `|w_i| < 1e-8` stay put, as in the
+    reference.
 
     Args:
         points: float32 `[N, D]`.
@@ -394,44 +411,19 @@ def project_l2(points, w, b):
         float32 `[N, D]` displacements `d`.
     """
     t, w, b = _as_rows(points, w, b)
-    c = tf.reduce_sum(w * t, 1) - b
-    sign = tf.where(c >= 0, 1.0, -1.0)
-    w, c = w * sign[:, None], c * sign
+    fall = tf.reduce_sum(w * t, 1) - b
+    sign = tf.where(fall >= 0, 1.0, -1.0)
+    w, fall = w * sign[:, None], fall * sign
     tiny = tf.abs(w) < 1e-8
     safe_w = tf.where(tiny, 1.0, w)
-
-    # r_i: the step lam at which coordinate i of t - lam * w hits the box.
-    r = tf.clip_by_value(tf.maximum(t / safe_w, (t - 1.0) / safe_w), -1e12, 1e12)
-    r = tf.where(tiny, 1e12, r)
-    r = tf.where(tf.equal(r, -1e12), 1e12, r)
-    order = tf.argsort(r, axis=1)
-    rs = tf.gather(r, order, batch_dims=1)
-    rs_next = tf.pad(rs[:, 1:], [[0, 0], [0, 1]])
-    rs = tf.where(tf.equal(rs, 1e12), 0.0, rs)
-    rs_next = tf.where(tf.equal(rs_next, 1e12), 0.0, rs_next)
-
-    w2_sorted = tf.gather(tf.square(w), order, batch_dims=1)
-    w2_total = tf.reduce_sum(w2_sorted, 1, keepdims=True)
-    w2_free = w2_total - _cumsum(w2_sorted)  # still moving after k
-    d = tf.where(tiny, 0.0, -(r * w))  # every coordinate saturated
-    # s[k]: w . d at lam = rs[k].
-    s = tf.concat(
-        [-w2_total * rs[:, :1], _cumsum((rs - rs_next) * w2_free) - w2_total * rs[:, :1]],
-        axis=1,
-    )
-
-    before_box = s[:, 0] + c < 0  # reached before any coordinate saturates
-    unreachable = tf.reduce_sum(d * w, 1) + c > 0
-    feasible = tf.logical_not(tf.logical_or(before_box, unreachable))
-    num = int(w.shape[1])
-    k = _bisect(lambda k: _take(s, k[:, None]) + c > 0, tf.shape(c), low=0, high=num - 1, steps=_bisection_steps(num))
-
-    w2_free_k = _take(w2_free, k[:, None])
-    lam = (_take(s, k[:, None]) + c) / w2_free_k + _take(rs, k[:, None])
-    lam = tf.where(tf.equal(w2_free_k, 0.0), 0.0, lam)[:, None]
-    d_feasible = tf.where(lam > r, d, -lam * w)
-    d_before = -(c / w2_total[:, 0])[:, None] * w
-    d = tf.where(before_box[:, None], d_before, tf.where(feasible[:, None], d_feasible, d))
+    # r_i: the step lam at which coordinate i of t - lam * w hits the box (>= 0 inside the box).
+    r = tf.where(tiny, 0.0, tf.maximum(t / safe_w, (t - 1.0) / safe_w))
+    slope = tf.where(tiny, 0.0, tf.square(w))
+    corner = tf.where(tiny, 0.0, -r * w)  # every coordinate saturated
+    feasible = fall < tf.reduce_sum(slope * r, 1)
+    lam = _newton_radius(slope, r, fall, feasible)[:, None]
+    d = tf.where(lam > r, corner, -lam * w)
+    d = tf.where(feasible[:, None], d, corner)
     return tf.where(tiny, 0.0, d)
 
 
