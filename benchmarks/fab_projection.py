@@ -142,19 +142,15 @@ def projections(args):
 
 def whole_fab_t(args):
     """(images, {name: (seconds, broken)}, clean accuracy) of FAB-T with each projection on the run's model."""
-    import keras
     import tensorflow as tf
 
-    from sat_tf import data, models  # noqa: F401 (models registers the layers model.keras names)
+    from sat_tf import data, export
 
     fab = importlib.import_module("sat_tf.attacks.fab")
-    model = keras.saving.load_model(os.path.join(args.workdir, "model.keras"), safe_mode=True, compile=False)
+    logits, _ = export.load_any_model(os.path.join(args.workdir, "model.keras"))  # safe_mode, inference mode
     x, y = data.get_dataset(args.dataset).eval_arrays(limit=4 * args.images)
-    correct = np.argmax(model.predict(x, verbose=0, batch_size=500), -1) == y
+    correct = np.concatenate([np.argmax(logits(x[i : i + 500]), -1) for i in range(0, len(x), 500)]) == y
     x, y = x[correct][: args.images], y[correct][: args.images]
-
-    def logits(z):
-        return model(z, training=False)
 
     results = {}
     for name, project in (("ours", fab.project_linf), ("sorted", sorted_project_linf)):
