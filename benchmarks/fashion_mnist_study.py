@@ -8,7 +8,7 @@ r"""The Fashion-MNIST study (issue 16): one command per table, resumable, per-se
     python benchmarks/fashion_mnist_study.py --table=certified --cert_N=10000
     python benchmarks/fashion_mnist_study.py --table=all --seeds=5  # seed 0 of every table, then seed 1, ...
     python benchmarks/fashion_mnist_study.py --table=all --jobs=2   # two runs at a time, one core each
-    python benchmarks/fashion_mnist_study.py --summarize           # TABLES.md + PNGs from the JSON
+    python benchmarks/fashion_mnist_study.py --summarize           # TABLES.md + PNGs + RESULTS.md's generated blocks, from the JSON
     python benchmarks/fashion_mnist_study.py --table=rat --dry_run # the commands, nothing run
 
 Every (table, row, seed) is one run in `<runs_dir>/<table>/<row>/seed<k>/`: launch/train.py
@@ -67,6 +67,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results", "fashion_mnist")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, ROOT)  # launch/configs import their siblings as `launch.configs...`
 
@@ -1010,7 +1011,27 @@ def summarize(args):
     with open(path, "w") as f:
         f.write("\n".join(lines).rstrip("\n") + "\n")
     print(f"wrote {path} and {len(pngs)} plots", flush=True)
+    document = results_md(args)
+    if document:
+        image_dir = os.path.relpath(args.results_dir, os.path.dirname(os.path.abspath(document)))
+        filled = study_lib.fill_blocks(document, study_lib.sections(lines), image_dir)
+        print(f"refilled {len(filled)} generated blocks of {document}: {', '.join(filled) or 'none'}", flush=True)
     return 0
+
+
+def results_md(args):
+    """The hand-written document whose generated blocks --summarize refills: --results_md, or by default the
+    repository's RESULTS.md when the results are the repository's own (never when --results_dir points
+    elsewhere, so a scratch study cannot overwrite the published tables)."""
+    if args.results_md is not None:
+        if args.results_md and not os.path.isfile(args.results_md):
+            raise StudyError(
+                f"--results_md={args.results_md}: no such file; give an existing markdown file or --results_md="
+            )
+        return args.results_md
+    if os.path.abspath(args.results_dir) == os.path.abspath(DEFAULT_RESULTS_DIR):
+        return os.path.join(ROOT, "RESULTS.md")
+    return ""
 
 
 def _summarize_budget(args, pngs):
@@ -1194,7 +1215,14 @@ def parse_args(argv=None):
         help="a config override for every training run (repeatable)",
     )
     parser.add_argument("--runs_dir", default="runs/fmnist_study", help="run workdirs (relative to the repo root)")
-    parser.add_argument("--results_dir", default=os.path.join(ROOT, "benchmarks", "results", "fashion_mnist"))
+    parser.add_argument("--results_dir", default=DEFAULT_RESULTS_DIR)
+    parser.add_argument(
+        "--results_md",
+        default=None,
+        help="--summarize: markdown file whose <!-- study:NAME --> ... <!-- /study:NAME --> blocks are refilled with "
+        "TABLES.md's sections (progress, verdicts, a table); default RESULTS.md when --results_dir is the default, "
+        "none otherwise; empty: none",
+    )
     parser.add_argument("--budget_eps", default=",".join(f"{e:g}" for e in BUDGET_EPS), help="budget table's eps")
     parser.add_argument("--budget_images", type=int, default=1000, help="budget table: first N test images")
     parser.add_argument("--cert_images", type=int, default=500, help="certified table: first N test images")

@@ -11,6 +11,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import statistics
 
 import numpy as np
@@ -300,6 +301,72 @@ def speed_text(entries):
         f" Training speed: median {median:,.0f} images/s ({speeds[0]:,.0f}–{speeds[-1]:,.0f}) over "
         f"{len(speeds)} runs, from the trainer's per-epoch seconds."
     )
+
+
+# === Generated blocks in a hand-written document ===
+
+BLOCK = re.compile(r"<!-- study:(?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /study:(?P=name) -->", re.DOTALL)
+BLOCK_START = re.compile(r"<!-- study:(?P<name>[\w-]+) -->")
+
+
+def sections(lines, level=3):
+    """{name: body lines} of a generated markdown document, split at its headings of `level` (`### name`); a
+    section runs to the next heading of that level or a higher one, without its heading and the blank lines
+    around its body. Lines inside ``` fences are never headings."""
+    found, name, fenced = {}, None, False
+    for line in lines:
+        fenced ^= line.startswith("```")
+        depth = len(line) - len(line.lstrip("#"))
+        if fenced or not depth or not line[depth:].startswith(" ") or depth > level:
+            if name is not None:
+                found[name].append(line)
+        elif depth == level:
+            name = line[depth:].strip()
+            found[name] = []
+        else:
+            name = None  # a higher-level heading ends the section
+    return {k: "\n".join(v).strip("\n").split("\n") for k, v in found.items()}
+
+
+def fill_blocks(path, blocks, image_dir=""):
+    """Rewrites every `<!-- study:NAME -->` ... `<!-- /study:NAME -->` block of the markdown file `path` with
+    `blocks[NAME]` (lines), leaving the text around the blocks as it is, so a hand-written document (RESULTS.md)
+    shows the generated tables and never a stale copy of them. Images (`![alt](file.png)`) are rewritten to
+    `image_dir/file.png`. Returns the names filled; a block without its end marker or with an unknown name is
+    an error naming the file and the fix, and the file is then left untouched. Written through a temporary file
+    and a rename, so an interrupted rewrite never leaves half a document."""
+    with open(path) as f:
+        text = f.read()
+    ends = set(re.findall(r"<!-- /study:([\w-]+) -->", text))
+    for m in BLOCK_START.finditer(text):
+        if m.group("name") not in ends:
+            raise ValueError(
+                f"{path}: block <!-- study:{m.group('name')} --> has no <!-- /study:{m.group('name')} -->; add it"
+            )
+    unknown = sorted({m.group("name") for m in BLOCK.finditer(text)} - set(blocks))
+    if unknown:
+        raise ValueError(
+            f"{path}: no generated section named {', '.join(unknown)}; the blocks it can hold: {', '.join(sorted(blocks))}"
+        )
+    filled = []
+
+    def body(m):
+        filled.append(m.group("name"))
+        lines = [
+            re.sub(
+                r"^!\[(.*?)\]\(([^/)]+)\)$", lambda i: f"![{i.group(1)}]({os.path.join(image_dir, i.group(2))})", line
+            )
+            if image_dir
+            else line
+            for line in blocks[m.group("name")]
+        ]
+        return f"<!-- study:{m.group('name')} -->\n" + "\n".join(lines) + f"\n<!-- /study:{m.group('name')} -->"
+
+    text = BLOCK.sub(body, text)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    return filled
 
 
 # === Plots (matplotlib, Agg) ===

@@ -103,8 +103,8 @@ def test_wall_time_counts_training_from_the_history_when_a_run_was_resumed():
     assert study_lib.wall_seconds([fresh, beside]) == 700.0 + 600.0
 
 
-def test_summary_of_synthetic_json(tmp_path):
-    results = str(tmp_path / "results")
+def write_synthetic_results(results):
+    """Every planned table's JSON with a few synthetic runs (the summary's input)."""
     entries = [entry("relu", s, 0.80 + 0.01 * s, aa) for s, aa in enumerate(RELU_AA)]
     entries += [entry("silu", s, 0.80 + 0.01 * s, aa) for s, aa in enumerate(SILU_AA)]
     write_table(results, "activations", entries)
@@ -147,6 +147,11 @@ def test_summary_of_synthetic_json(tmp_path):
             for s in range(3)
         ],
     )
+
+
+def test_summary_of_synthetic_json(tmp_path):
+    results = str(tmp_path / "results")
+    write_synthetic_results(results)
     assert study.main(["--summarize", f"--results_dir={results}"]) == 0
     text = open(os.path.join(results, "TABLES.md")).read()
     mean, std = 100 * np.mean(SILU_AA), 100 * np.std(SILU_AA, ddof=1)
@@ -189,6 +194,74 @@ def test_summary_of_synthetic_json(tmp_path):
     assert "| smoothadv_pgd_s0.25 > gaussian_s0.25 (SmoothAdv) | ACR | 0.009 | 0.009 | 3/3 |" in text
     for png in ("activations", "gradients", "budget", "certified"):
         assert os.path.getsize(os.path.join(results, f"{png}.png")) > 1000
+
+
+def test_summary_refills_the_generated_blocks_of_a_document_and_nothing_else(tmp_path, capsys):
+    results = str(tmp_path / "results")
+    write_synthetic_results(results)
+    doc = tmp_path / "RESULTS.md"
+    hand = "# Results\n\nWritten by hand: 12.34 %.\n\n"
+    doc.write_text(
+        hand + "<!-- study:activations -->\nstale table\n<!-- /study:activations -->\n\nBetween, by hand.\n\n"
+        "<!-- study:verdicts -->\n<!-- /study:verdicts -->\nEnd.\n"
+    )
+    assert study.main(["--summarize", f"--results_dir={results}", f"--results_md={doc}"]) == 0
+    text, tables = doc.read_text(), (tmp_path / "results" / "TABLES.md").read_text()
+    assert text.startswith(hand) and "\n\nBetween, by hand.\n\n" in text and text.endswith("End.\n")
+    assert "stale table" not in text
+    activations = text.split("<!-- study:activations -->\n")[1].split("\n<!-- /study:activations -->")[0]
+    # the section of TABLES.md without its heading; its plot linked from the document's folder
+    section = tables.split("### activations\n\n")[1].split("\n\n### ")[0]
+    assert activations == section.replace("](activations.png)", "](results/activations.png)")
+    assert "| silu | 5 | 82.00 ± 1.58 (80.00–84.00) |" in activations
+    assert "| SAT: A > relu | autoattack | silu |" in text.split("<!-- study:verdicts -->")[1]
+    assert "refilled 2 generated blocks" in capsys.readouterr().out
+    # refilling is idempotent, and the default never touches a document when the results are elsewhere
+    assert study.main(["--summarize", f"--results_dir={results}", f"--results_md={doc}"]) == 0
+    assert doc.read_text() == text
+    assert study.results_md(study.parse_args(["--summarize", f"--results_dir={results}"])) == ""
+    assert study.results_md(study.parse_args(["--summarize"])) == os.path.join(ROOT, "RESULTS.md")
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ("<!-- study:activations -->\nno end\n", "has no <!-- /study:activations -->; add it"),
+        ("<!-- study:nonsense -->\n<!-- /study:nonsense -->\n", "no generated section named nonsense"),
+    ],
+)
+def test_a_bad_block_is_one_clear_error_and_the_document_stays(tmp_path, capsys, block, message):
+    results = str(tmp_path / "results")
+    write_synthetic_results(results)
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("by hand\n" + block)
+    assert study.main(["--summarize", f"--results_dir={results}", f"--results_md={doc}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(doc) in err[0]
+    assert doc.read_text() == "by hand\n" + block
+    assert study.main(["--summarize", f"--results_dir={results}", f"--results_md={tmp_path / 'absent.md'}"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_the_published_results_md_has_every_table_as_a_generated_block(tmp_path):
+    """RESULTS.md's tables come from --summarize, not from hand copies: every block it has is one the summary
+    fills, the study's tables all have one, and filling a copy from the committed JSON works."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(study.DEFAULT_RESULTS_DIR, results, ignore=shutil.ignore_patterns("*.png", "superseded"))
+    doc = tmp_path / "RESULTS.md"
+    shutil.copy(os.path.join(ROOT, "RESULTS.md"), doc)
+    assert study.main(["--summarize", f"--results_dir={results}", f"--results_md={doc}"]) == 0
+    names = {m.group("name") for m in study_lib.BLOCK.finditer(doc.read_text())}
+    assert names >= {"progress", "verdicts", *study.PLANNED_TABLES}
+
+
+def test_sections_of_a_generated_document():
+    lines = ["## top", "intro", "### a", "", "body a", "#### deeper", "```", "### not a heading", "```", "", "### b"]
+    lines += ["body b", "## next", "outside"]
+    got = study_lib.sections(lines)
+    assert got == {"a": ["body a", "#### deeper", "```", "### not a heading", "```"], "b": ["body b"]}
 
 
 def test_certified_reach_and_curve_agree_with_certify():
