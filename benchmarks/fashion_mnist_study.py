@@ -973,7 +973,9 @@ def summarize(args):
         eps = sorted({e.get("eps") for e in entries if e.get("eps") is not None})
         lines += [
             f"L-inf eps {', '.join(f'{e:g}' for e in eps)}; images per run: {_images(entries)}; "
-            f"wall time {study_lib.clock(study_lib.wall_seconds(own))} ({len(own)} runs)." + study_lib.speed_text(own),
+            f"wall time {study_lib.clock(study_lib.wall_seconds(own))} ({len(own)} runs)."
+            + study_lib.provenance_text(own)
+            + study_lib.speed_text(own),
             "",
             "Command:",
             "",
@@ -1051,6 +1053,7 @@ def _summarize_budget(args, pngs):
     lines += [
         f"AutoAttack standard (eps 0: clean accuracy) on the first {_images(entries)} test images, "
         f"the `activations` runs re-evaluated; wall time {study_lib.clock(study_lib.wall_seconds(entries))}."
+        + study_lib.provenance_text(entries)
         + (
             f" Trained again for this table (the run's checkpoint was gone; same command and seed, a sibling "
             f"model, not bitwise the same): {', '.join(retrained)}."
@@ -1108,7 +1111,9 @@ def _summarize_certified(args, pngs, all_tests):
         reach.setdefault(sigma, study_lib.certified_reach(sigma, max(ns), CERT_ALPHA))
     lines += [
         f"Certified accuracy (Cohen et al. CERTIFY, alpha {CERT_ALPHA:g}, N = {', '.join(f'{n:,}' for n in ns)}) "
-        f"on the first {_images(entries)} test images; wall time {study_lib.clock(study_lib.wall_seconds(entries))}. "
+        f"on the first {_images(entries)} test images; wall time {study_lib.clock(study_lib.wall_seconds(entries))}."
+        + study_lib.provenance_text(entries)
+        + " "
         "N caps the radius any model can be certified at to sigma * Phi^-1(alpha^(1/N)): "
         + ", ".join(f"{r:.3f} at sigma {sigma:g}" for sigma, r in sorted(reach.items()))
         + "; cells beyond it read *beyond N*, and the tests stop there. ACR: average certified radius "

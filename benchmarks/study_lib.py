@@ -6,6 +6,7 @@ interrupted study loses at most the run in progress and a resumed one skips ever
 Nothing here imports TensorFlow: summarising needs only the JSON.
 """
 
+import collections
 import contextlib
 import fcntl
 import json
@@ -289,6 +290,22 @@ def wall_seconds(entries):
         / e.get("side_by_side", 1)
         for e in entries
     )
+
+
+def provenance_text(entries):
+    """When the runs finished (the first and last date of their `finished` UTC timestamps) and on which machine
+    (their `machine` records, with how many runs each; older entries have none), or ""."""
+    if not entries:
+        return ""
+    days = sorted(e["finished"][:10] for e in entries if e.get("finished"))
+    parts = [f"runs finished {days[0]}" + (f" to {days[-1]}" if days[-1] != days[0] else "") + " (UTC)"] if days else []
+    machines = collections.Counter(e["machine"] for e in entries if e.get("machine"))
+    unrecorded = sum(not e.get("machine") for e in entries)
+    where = [f"{m} ({n} runs)" for m, n in sorted(machines.items())]
+    where += [f"not recorded for {unrecorded} older runs"] if unrecorded else []
+    parts.append("machine: " + ", ".join(where))
+    text = "; ".join(parts)
+    return f" {text[0].upper()}{text[1:]}."
 
 
 def speed_text(entries):

@@ -257,6 +257,19 @@ def test_the_published_results_md_has_every_table_as_a_generated_block(tmp_path)
     assert names >= {"progress", "verdicts", *study.PLANNED_TABLES}
 
 
+def test_provenance_names_the_dates_and_machines_of_the_runs():
+    runs = [
+        {"finished": "2026-12-05T10:00:00+00:00", "machine": "Xeon, 2 cores"},
+        {"finished": "2026-12-04T23:00:00+00:00"},
+        {"finished": "2026-12-05T11:00:00+00:00", "machine": "Xeon, 2 cores"},
+    ]
+    assert study_lib.provenance_text(runs) == (
+        " Runs finished 2026-12-04 to 2026-12-05 (UTC); machine: Xeon, 2 cores (2 runs), not recorded for 1 older runs."
+    )
+    assert study_lib.provenance_text(runs[:1]) == " Runs finished 2026-12-05 (UTC); machine: Xeon, 2 cores (1 runs)."
+    assert study_lib.provenance_text([]) == ""
+
+
 def test_sections_of_a_generated_document():
     lines = ["## top", "intro", "### a", "", "body a", "#### deeper", "```", "### not a heading", "```", "", "### b"]
     lines += ["body b", "## next", "outside"]
