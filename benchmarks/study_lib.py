@@ -301,8 +301,8 @@ def provenance_text(entries):
     parts = [f"runs finished {days[0]}" + (f" to {days[-1]}" if days[-1] != days[0] else "") + " (UTC)"] if days else []
     machines = collections.Counter(e["machine"] for e in entries if e.get("machine"))
     unrecorded = sum(not e.get("machine") for e in entries)
-    where = [f"{m} ({n} runs)" for m, n in sorted(machines.items())]
-    where += [f"not recorded for {unrecorded} older runs"] if unrecorded else []
+    where = [f"{m} ({n} run{'s' * (n != 1)})" for m, n in sorted(machines.items())]
+    where += [f"not recorded for {unrecorded} older run{'s' * (unrecorded != 1)}"] if unrecorded else []
     parts.append("machine: " + ", ".join(where))
     text = "; ".join(parts)
     return f" {text[0].upper()}{text[1:]}."

@@ -264,9 +264,9 @@ def test_provenance_names_the_dates_and_machines_of_the_runs():
         {"finished": "2026-12-05T11:00:00+00:00", "machine": "Xeon, 2 cores"},
     ]
     assert study_lib.provenance_text(runs) == (
-        " Runs finished 2026-12-04 to 2026-12-05 (UTC); machine: Xeon, 2 cores (2 runs), not recorded for 1 older runs."
+        " Runs finished 2026-12-04 to 2026-12-05 (UTC); machine: Xeon, 2 cores (2 runs), not recorded for 1 older run."
     )
-    assert study_lib.provenance_text(runs[:1]) == " Runs finished 2026-12-05 (UTC); machine: Xeon, 2 cores (1 runs)."
+    assert study_lib.provenance_text(runs[:1]) == " Runs finished 2026-12-05 (UTC); machine: Xeon, 2 cores (1 run)."
     assert study_lib.provenance_text([]) == ""
 
 
