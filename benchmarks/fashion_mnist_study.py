@@ -76,7 +76,9 @@ import study_lib  # noqa: E402
 
 DEFAULT_CONFIG = "launch/configs/fashion_mnist_sat.py"
 SMOOTH_ACTIVATIONS = ("silu", "gelu", "softplus", "elu", "smooth_relu", "mish")
-BUDGET_EPS = tuple(round(0.025 * k, 3) for k in range(13))  # 0, 0.025, ..., 0.3
+# 0, 0.025, ..., 0.3, and 0.1125: the middle of the cliff right past the training eps (0.1), where ReLU's
+# AutoAttack accuracy falls from ~67 % to ~9 % (at 0.125) over one step of the coarse grid.
+BUDGET_EPS = tuple(sorted({round(0.025 * k, 3) for k in range(13)} | {0.1125}))
 CERT_RADII = tuple(round(0.25 * k, 2) for k in range(9))  # 0, 0.25, ..., 2.0
 SIGMAS = (0.25, 0.5)
 
@@ -555,28 +557,56 @@ def execute_budget(args, row, seed):
     wd = workdir(args, ("activations", row.name), seed)
     log = os.path.join(wd, "study_log.txt")
     retrained = not os.path.exists(os.path.join(wd, "checkpoints", "checkpoint"))
-    train = train_command(args, row, seed, wd)
-    train_seconds = run_logged(train, log)
-    entry = {
-        "row": row.name,
-        "seed": seed,
-        "workdir": wd,
-        "config": args.config,
-        "commands": [shlex.join(train)],
-        "retrained": retrained,
-        "train_seconds": train_seconds if retrained else 0.0,
-        "eval_seconds": 0.0,
-        "curve": [],
-    }
-    for eps in args.budget_eps:
+    recorded = study_lib.find_entry(study_lib.load_table(args.results_dir, "budget"), row.name, seed)
+    if recorded is not None and not retrained and same_model(recorded, wd, args.budget_images):
+        entry = {**recorded, "commands": list(recorded["commands"]), "curve": list(recorded["curve"])}
+        todo = missing_eps(recorded, args.budget_eps)  # a top-up: the same model, the eps its curve lacks
+        entry["added_eps"] = sorted({*recorded.get("added_eps", ()), *todo})
+    else:
+        train = train_command(args, row, seed, wd)
+        train_seconds = run_logged(train, log)
+        entry = {
+            "row": row.name,
+            "seed": seed,
+            "workdir": wd,
+            "config": args.config,
+            "commands": [shlex.join(train)],
+            "retrained": retrained,
+            "train_seconds": train_seconds if retrained else 0.0,
+            "eval_seconds": 0.0,
+            "curve": [],
+        }
+        todo = list(args.budget_eps)
+    for eps in todo:
         out = os.path.join(wd, "study_budget", f"eps{eps:g}")
         command = eval_command(args, wd, eps, args.budget_images, out)
         entry["eval_seconds"] += run_logged(command, log)
         entry["commands"].append(shlex.join(command))
         entry["curve"].append({"eps": eps, **read_robustness(out, args.pgd_steps)})
+    entry["curve"].sort(key=lambda point: point["eps"])
     entry["images"] = args.budget_images
     entry["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return entry
+
+
+def missing_eps(entry, grid):
+    """The eps of `grid` that a budget entry's curve lacks."""
+    have = {round(point["eps"], 6) for point in entry["curve"]}
+    return [eps for eps in grid if round(eps, 6) not in have]
+
+
+def same_model(entry, wd, images):
+    """Whether a recorded budget curve came from the model now in `wd`, so new eps may join it: its workdir is
+    this one, on as many images, and every eps it has still has its evaluation report there (a workdir trained
+    again, e.g. on a new machine, has none of them, and then the whole curve is evaluated again)."""
+    return (
+        os.path.abspath(entry.get("workdir", "")) == os.path.abspath(wd)
+        and entry.get("images") == images
+        and all(
+            os.path.exists(os.path.join(wd, "study_budget", f"eps{p['eps']:g}", "robustness.json"))
+            for p in entry["curve"]
+        )
+    )
 
 
 def command_line(args):
@@ -609,8 +639,9 @@ def pending_runs(args, table):
     pending = []
     for row, seed in runs:
         record = ("budget", row.name) if row.kind == "budget" else (row.record or (table, row.name))
-        if study_lib.find_entry(study_lib.load_table(args.results_dir, record[0]), record[1], seed) is None:
-            pending.append((args, table, row, seed, record))
+        found = study_lib.find_entry(study_lib.load_table(args.results_dir, record[0]), record[1], seed)
+        if found is None or (row.kind == "budget" and missing_eps(found, args.budget_eps)):
+            pending.append((args, table, row, seed, record))  # a budget curve without some eps: topped up
     print(
         f"table {table}: {len(runs)} runs, {len(runs) - len(pending)} recorded, {len(pending)} to do "
         f"({args.config}, {args.seeds} seeds)",
@@ -841,7 +872,8 @@ def _shared_source(table, name):
     )
 
 
-Progress = collections.namedtuple("Progress", "table done planned recorded rest unknown")
+# topping_up: recorded budget curves that lack an eps of the grid (not `done`; their missing eps are in `rest`)
+Progress = collections.namedtuple("Progress", "table done planned recorded rest unknown topping_up", defaults=(0,))
 
 
 def progress(args):
@@ -868,15 +900,20 @@ def progress(args):
             if e is not None:
                 times.setdefault(record, []).append(study_lib.wall_seconds([e]))
         every = [t for ts in times.values() for t in ts]
-        rest, unknown = 0.0, False
+        rest, unknown, topping_up = 0.0, False, 0
         for (record, _), e in zip(planned, found):
+            lacking = missing_eps(e, args.budget_eps) if e is not None and record[0] == "budget" else ()
+            if lacking:  # a curve to top up: its own time per eps for each eps it lacks
+                rest += study_lib.wall_seconds([e]) / max(1, len(e["curve"])) * len(lacking)
+                topping_up += 1
             if e is None:
                 known = times.get(record) if len(times.get(record, ())) >= 2 else every
                 if known:
                     rest += statistics.median(known)
                 else:
                     unknown = True
-        rows.append(Progress(table, sum(e is not None for e in found), len(planned), sum(every), rest, unknown))
+        done = sum(e is not None for e in found) - topping_up
+        rows.append(Progress(table, done, len(planned), sum(every), rest, unknown, topping_up))
     return rows
 
 
@@ -897,7 +934,8 @@ def _progress(args):
     ]
     for r in rows:
         rest = "unknown (no run yet)" if r.unknown and not r.rest else study_lib.clock(r.rest)
-        lines.append(f"| {r.table} | {r.done} / {r.planned} | {study_lib.clock(r.recorded)} | {rest} |")
+        topping = f" ({r.topping_up} more lack an eps of the grid)" if r.topping_up else ""
+        lines.append(f"| {r.table} | {r.done} / {r.planned}{topping} | {study_lib.clock(r.recorded)} | {rest} |")
     unknown = [r.table for r in rows if r.unknown]
     lines.append(
         f"| **all** | {sum(r.done for r in rows)} / {sum(r.planned for r in rows)} | "
@@ -1041,15 +1079,19 @@ def _summarize_budget(args, pngs):
     lines = ["### budget", ""]
     if not entries:
         return lines + ["No runs recorded yet.", ""]
-    curves, table = {}, []
+    # Curves recorded on different grids (one topped up with an eps, one not yet): each cell has the runs
+    # that have its eps (with their count where it is not every run of the row), the plot the eps all have.
+    grid = sorted({round(p["eps"], 6) for e in entries for p in e["curve"]})
+    curves, columns = {}, []
     for name in sorted({e["row"] for e in entries}, key=lambda n: n != "relu"):
         mine = [e for e in entries if e["row"] == name]
-        xs = [p["eps"] for p in mine[0]["curve"]]
-        mine = [e for e in mine if [p["eps"] for p in e["curve"]] == xs]
-        runs = [[p["autoattack"] for p in e["curve"]] for e in mine]
-        curves[name] = (xs, runs)
-        table.append((name, xs, runs))
+        by_eps = [{round(p["eps"], 6): p["autoattack"] for p in e["curve"]} for e in mine]
+        common = [x for x in grid if all(x in run for run in by_eps)]
+        curves[name] = (common, [[run[x] for x in common] for run in by_eps])
+        columns.append((name, [[run[x] for run in by_eps if x in run] for x in grid], len(mine)))
     retrained = [f"{e['row']} seed {e['seed']}" for e in entries if e.get("retrained")]
+    added = sorted({eps for e in entries for eps in e.get("added_eps", ())})
+    topped = [f"{e['row']} seed {e['seed']}" for e in entries if e.get("added_eps")]
     lines += [
         f"AutoAttack standard (eps 0: clean accuracy) on the first {_images(entries)} test images, "
         f"the `activations` runs re-evaluated; wall time {study_lib.clock(study_lib.wall_seconds(entries))}."
@@ -1059,6 +1101,12 @@ def _summarize_budget(args, pngs):
             f"model, not bitwise the same): {', '.join(retrained)}."
             if retrained
             else ""
+        )
+        + (
+            f" Eps {', '.join(f'{x:g}' for x in added)} added to the grid after these runs were recorded, evaluated "
+            f"later on the same checkpoints: {', '.join(topped)}."
+            if added
+            else ""
         ),
         "",
         "Command:",
@@ -1066,12 +1114,17 @@ def _summarize_budget(args, pngs):
         _commands(entries),
         "",
     ]
-    xs = table[0][1]
-    lines += ["| eps | " + " | ".join(f"{name} (%)" for name, _, _ in table) + " |", "|---|" + "---|" * len(table)]
-    for i, x in enumerate(xs):
+    lines += [
+        "| eps | " + " | ".join(f"{name} (%)" for name, _, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for i, x in enumerate(grid):
         cells = [
-            study_lib.cell(study_lib.describe([run[i] for run in runs])) if i < len(x_) else "—"
-            for _, x_, runs in table
+            "—"
+            if not values[i]
+            else study_lib.cell(study_lib.describe(values[i]))
+            + ("" if len(values[i]) == n else f" ({len(values[i])} of {n} seeds)")
+            for _, values, n in columns
         ]
         lines.append(f"| {x:g} | " + " | ".join(cells) + " |")
     png = study_lib.plot_curves(

@@ -418,7 +418,8 @@ def test_all_tables_run_seed_major_then_budget(tmp_path, monkeypatch, capsys):
         record = ("budget", row.name) if row.kind == "budget" else (row.record or (table, row.name))
         calls.append((record, seed))
         if row.kind == "budget":
-            return {"row": row.name, "seed": seed, "curve": [], "train_seconds": 0.0, "eval_seconds": 1.0}
+            curve = [{"eps": eps, "autoattack": 0.5} for eps in args.budget_eps]
+            return {"row": row.name, "seed": seed, "curve": curve, "train_seconds": 0.0, "eval_seconds": 1.0}
         return entry(record[1], seed, 0.7, 0.3 + 0.01 * (row.name == "mish"))
 
     monkeypatch.setattr(study, "execute", fake_execute)
@@ -573,6 +574,10 @@ def fake_runs(monkeypatch, products=()):
             os.makedirs(os.path.join(wd, "checkpoints"), exist_ok=True)
             for name in ("checkpoints/checkpoint", *products):
                 open(os.path.join(wd, name), "w").write("trained")
+        out = next((c.split("=", 1)[1] for c in command if c.startswith("--output_dir=")), None)
+        if out:  # evaluate.py's report
+            os.makedirs(out, exist_ok=True)
+            open(os.path.join(out, "robustness.json"), "w").write("{}")
         return 5.0
 
     monkeypatch.setattr(study, "run_logged", run_logged)
@@ -648,6 +653,47 @@ def test_budget_trains_again_only_a_run_whose_checkpoint_is_gone(tmp_path, monke
     assert study.main(args_for(tmp_path, "--summarize", "--seeds=1")) == 0
     budget_md = (tmp_path / "results" / "TABLES.md").read_text().split("### budget")[1]
     assert "Trained again for this table" in budget_md and "relu seed 0" in budget_md and "mish seed" not in budget_md
+
+
+def test_a_budget_curve_is_topped_up_with_new_eps_of_the_same_model(tmp_path, monkeypatch):
+    """A recorded curve that lacks an eps of the grid (the grid grew) is pending again; its run evaluates only
+    the eps it lacks, on the same checkpoint, and keeps the rest; a workdir whose reports are gone (not the
+    model the curve came from) is evaluated again at every eps."""
+    write_table(str(tmp_path / "results"), "activations", [entry("relu", s, 0.8, 0.4) for s in (0, 1)])
+    old = study.parse_args(args_for(tmp_path, "--table=budget", "--seeds=2", "--budget_eps=0,0.1"))
+    (row,) = study.TABLES["budget"](old, study.load_config(DIGITS))
+    commands = fake_runs(monkeypatch)
+    first = {**study.execute(old, "budget", row, 0), "train_seconds": 7.0}
+    second = study.execute(old, "budget", row, 1)
+    write_table(str(tmp_path / "results"), "budget", [first, second])
+    assert study.pending_runs(old, "budget")[1] == []
+    new = study.parse_args(args_for(tmp_path, "--table=budget", "--seeds=2", "--budget_eps=0,0.05,0.1"))
+    assert [item[3] for item in study.pending_runs(new, "budget")[1]] == [0, 1]  # both lack 0.05
+    (budget_progress,) = [r for r in study.progress(new) if r.table == "budget"]
+    assert budget_progress.topping_up == 2 and budget_progress.done == 0
+    assert budget_progress.rest >= 2 * (first["eval_seconds"] / 2)  # at least each one's own time per eps
+
+    commands.clear()
+    topped = study.execute(new, "budget", row, 0)
+    assert [c for c in commands] == [
+        study.eval_command(new, first["workdir"], 0.05, 1000, os.path.join(first["workdir"], "study_budget", "eps0.05"))
+    ]
+    assert [p["eps"] for p in topped["curve"]] == [0, 0.05, 0.1] and topped["added_eps"] == [0.05]
+    assert topped["train_seconds"] == 7.0 and topped["eval_seconds"] == first["eval_seconds"] + 5.0
+    assert len(topped["commands"]) == len(first["commands"]) + 1
+
+    commands.clear()  # seed 1's report at 0.1 is gone: not provably the same model, so its whole curve again
+    os.remove(os.path.join(second["workdir"], "study_budget", "eps0.1", "robustness.json"))
+    again = study.execute(new, "budget", row, 1)
+    assert [c[1] for c in commands] == ["launch/train.py"] + ["launch/evaluate.py"] * 3
+    assert [p["eps"] for p in again["curve"]] == [0, 0.05, 0.1] and "added_eps" not in again
+
+    # the summary reads curves on different grids: each cell from the runs that have its eps
+    write_table(str(tmp_path / "results"), "budget", [topped, second])
+    assert study.main(args_for(tmp_path, "--summarize", "--seeds=2")) == 0
+    budget_md = (tmp_path / "results" / "TABLES.md").read_text().split("### budget")[1]
+    assert "| 0.05 | 50.00 (50.00–50.00) (1 of 2 seeds) |" in budget_md
+    assert "| 0.1 | 50.00 ± 0.00 (50.00–50.00) |" in budget_md
 
 
 _STUDY_UNDER_SIGTERM = """
