@@ -120,7 +120,7 @@ def write_synthetic_results(results):
                 "eval_seconds": 10.0,
                 "images": 1000,
                 "commands": [],
-                "curve": [{"eps": e, "autoattack": max(0.0, top - 2 * e)} for e in (0, 0.1, 0.2)],
+                "curve": [{"eps": e, "autoattack": max(0.0, top - 2 * e), "pgd": top - e} for e in (0, 0.1, 0.2)],
             }
             for row, top in (("relu", 0.8), ("silu", 0.85))
             for s in range(2)
@@ -169,7 +169,10 @@ def test_summary_of_synthetic_json(tmp_path):
     assert (
         "wall time 15m00s (10 runs)" in text and "python benchmarks/fashion_mnist_study.py --table=activations" in text
     )
-    assert "| 0.1 | 60.00 ± 0.00 (60.00–60.00) | 65.00 ± 0.00 (65.00–65.00) |" in text
+    assert "| eps | relu, AutoAttack (%) | relu, PGD-20 (%) | silu, AutoAttack (%) | silu, PGD-20 (%) |" in text
+    assert (
+        "| 0.1 | 60.00 ± 0.00 (60.00–60.00) | 70.00 ± 0.00 (70.00–70.00) | 65.00 ± 0.00 (65.00–65.00) | 75.00" in text
+    )
     assert "| smoothadv_pgd_s0.25 > gaussian_s0.25 (SmoothAdv) | certified r=0 | 73.00 | 71.00 | 3/3 |" in text
     # verdicts: one line per family, rows sorted by verdict (silu > relu: p 0.012, alone in its family's tests)
     others = "gelu, softplus, elu, smooth_relu, mish"  # no runs: untested
