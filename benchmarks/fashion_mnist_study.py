@@ -636,14 +636,17 @@ def pending_runs(args, table):
     config = load_config(args.config)
     check_fields(config, args.sets, "--set")
     runs = planned_runs(args, table, config)
-    pending = []
+    pending, topping_up = [], 0
     for row, seed in runs:
         record = ("budget", row.name) if row.kind == "budget" else (row.record or (table, row.name))
         found = study_lib.find_entry(study_lib.load_table(args.results_dir, record[0]), record[1], seed)
-        if found is None or (row.kind == "budget" and missing_eps(found, args.budget_eps)):
+        lacking = found is not None and row.kind == "budget" and missing_eps(found, args.budget_eps)
+        if found is None or lacking:
             pending.append((args, table, row, seed, record))  # a budget curve without some eps: topped up
+            topping_up += bool(lacking)
+    topping = f" ({topping_up} of them recorded curves to top up with new eps)" if topping_up else ""
     print(
-        f"table {table}: {len(runs)} runs, {len(runs) - len(pending)} recorded, {len(pending)} to do "
+        f"table {table}: {len(runs)} runs, {len(runs) - len(pending)} recorded, {len(pending)} to do{topping} "
         f"({args.config}, {args.seeds} seeds)",
         flush=True,
     )
@@ -680,12 +683,16 @@ def run_table(args):
     if args.dry_run:
         for _, _, row, seed, record in pending:
             wd = workdir(args, record if row.kind != "budget" else ("activations", row.name), seed)
-            print(f"# {record[0]}/{record[1]} seed {seed}")
-            print(shlex.join(train_command(args, row, seed, wd)))  # budget: only resumes a run that is there
+            recorded = row.kind == "budget" and study_lib.find_entry(
+                study_lib.load_table(args.results_dir, "budget"), row.name, seed
+            )
+            print(f"# {record[0]}/{record[1]} seed {seed}" + (" (top-up)" if recorded else ""))
+            if not recorded:  # budget: only resumes a run that is there
+                print(shlex.join(train_command(args, row, seed, wd)))
             if row.kind == "certified":
                 print(shlex.join(certify_command(args, wd, float(dict(row.overrides)["objective.noise_sd"]))))
             elif row.kind == "budget":
-                for eps in args.budget_eps:
+                for eps in missing_eps(recorded, args.budget_eps) if recorded else args.budget_eps:
                     out = os.path.join(wd, "study_budget", f"eps{eps:g}")
                     print(shlex.join(eval_command(args, wd, eps, args.budget_images, out)))
             else:

@@ -658,7 +658,7 @@ def test_budget_trains_again_only_a_run_whose_checkpoint_is_gone(tmp_path, monke
     assert "Trained again for this table" in budget_md and "relu seed 0" in budget_md and "mish seed" not in budget_md
 
 
-def test_a_budget_curve_is_topped_up_with_new_eps_of_the_same_model(tmp_path, monkeypatch):
+def test_a_budget_curve_is_topped_up_with_new_eps_of_the_same_model(tmp_path, monkeypatch, capsys):
     """A recorded curve that lacks an eps of the grid (the grid grew) is pending again; its run evaluates only
     the eps it lacks, on the same checkpoint, and keeps the rest; a workdir whose reports are gone (not the
     model the curve came from) is evaluated again at every eps."""
@@ -672,6 +672,11 @@ def test_a_budget_curve_is_topped_up_with_new_eps_of_the_same_model(tmp_path, mo
     assert study.pending_runs(old, "budget")[1] == []
     new = study.parse_args(args_for(tmp_path, "--table=budget", "--seeds=2", "--budget_eps=0,0.05,0.1"))
     assert [item[3] for item in study.pending_runs(new, "budget")[1]] == [0, 1]  # both lack 0.05
+    assert study.main(args_for(tmp_path, "--table=budget", "--budget_eps=0,0.05,0.1", "--dry_run")) == 0
+    planned = capsys.readouterr().out
+    assert "2 to do (2 of them recorded curves to top up with new eps)" in planned
+    assert "# budget/relu seed 0 (top-up)" in planned and "launch/train.py" not in planned
+    assert planned.count("--eps=0.05 ") == 2 and "--eps=0.1 " not in planned
     (budget_progress,) = [r for r in study.progress(new) if r.table == "budget"]
     assert budget_progress.topping_up == 2 and budget_progress.done == 0
     assert budget_progress.rest >= 2 * (first["eval_seconds"] / 2)  # at least each one's own time per eps
