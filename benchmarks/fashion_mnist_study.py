@@ -66,6 +66,8 @@ import sys
 import threading
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results", "fashion_mnist")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -561,7 +563,8 @@ def execute_budget(args, row, seed):
     if recorded is not None and not retrained and same_model(recorded, wd, args.budget_images):
         entry = {**recorded, "commands": list(recorded["commands"]), "curve": list(recorded["curve"])}
         todo = missing_eps(recorded, args.budget_eps)  # a top-up: the same model, the eps its curve lacks
-        entry["added_eps"] = sorted({*recorded.get("added_eps", ()), *todo})
+        if todo:
+            entry["added_eps"] = sorted({*recorded.get("added_eps", ()), *todo})
     else:
         train = train_command(args, row, seed, wd)
         train_seconds = run_logged(train, log)
@@ -584,15 +587,50 @@ def execute_budget(args, row, seed):
         entry["commands"].append(shlex.join(command))
         entry["curve"].append({"eps": eps, **read_robustness(out, args.pgd_steps)})
     entry["curve"].sort(key=lambda point: point["eps"])
+    for point in entry["curve"]:  # every eps's per-image verdicts, for the summary's monotonicity check
+        if "robust_images" not in point:
+            bits = robust_images(os.path.join(wd, "study_budget", f"eps{point['eps']:g}"))
+            point.update({"robust_images": bits} if bits else {})
     entry["images"] = args.budget_images
     entry["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return entry
+
+
+def robust_images(output_dir):
+    """The per-image worst case of an evaluate.py run (robust under every row: clean, PGD and AutoAttack's
+    attacks), packed as evaluate.py keeps it (base64 of numpy.packbits), from its evaluation state; None when the
+    state is not there or not finished."""
+    path = os.path.join(output_dir, "evaluation_state.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    if not rows or not all(row.get("finished") for row in rows.values()):
+        return None
+    with open(os.path.join(output_dir, "robustness.json")) as f:
+        count = json.load(f)["results"]["clean"]["count"]
+    robust = np.ones(count, bool)
+    for row in rows.values():
+        robust &= study_lib.unpack_bits(row["top1"], count)
+    return study_lib.pack_bits(robust)
 
 
 def missing_eps(entry, grid):
     """The eps of `grid` that a budget entry's curve lacks."""
     have = {round(point["eps"], 6) for point in entry["curve"]}
     return [eps for eps in grid if round(eps, 6) not in have]
+
+
+def needs_top_up(args, entry):
+    """Whether a recorded budget curve lacks an eps of the grid, or per-image verdicts that its reports on this
+    machine still have (filled without evaluating anything; on a machine without them, never)."""
+    if missing_eps(entry, args.budget_eps):
+        return True
+    wd = entry.get("workdir", "")
+    return same_model(entry, wd, entry.get("images")) and any(
+        "robust_images" not in p and robust_images(os.path.join(wd, "study_budget", f"eps{p['eps']:g}"))
+        for p in entry["curve"]
+    )
 
 
 def same_model(entry, wd, images):
@@ -640,7 +678,7 @@ def pending_runs(args, table):
     for row, seed in runs:
         record = ("budget", row.name) if row.kind == "budget" else (row.record or (table, row.name))
         found = study_lib.find_entry(study_lib.load_table(args.results_dir, record[0]), record[1], seed)
-        lacking = found is not None and row.kind == "budget" and missing_eps(found, args.budget_eps)
+        lacking = found is not None and row.kind == "budget" and needs_top_up(args, found)
         if found is None or lacking:
             pending.append((args, table, row, seed, record))  # a budget curve without some eps: topped up
             topping_up += bool(lacking)
@@ -1127,6 +1165,20 @@ def _summarize_budget(args, pngs):
         _commands(entries),
         "",
     ]
+    checked, missed, worst = study_lib.monotonicity(entries)
+    if checked:
+        lines += [
+            f"Per image ({checked} of {len(entries)} curves have every eps's per-image verdicts): "
+            + (
+                "no image counted robust at an eps had been broken at a smaller one (an adversarial example "
+                "within eps is one within any larger eps), so the curves are monotone image by image, as a "
+                "correct evaluation must be."
+                if not missed
+                else f"{missed} images counted robust at an eps had been broken at a smaller one (up to {worst} "
+                "at one eps of one curve): the attacks missed them there, so those cells overstate robustness."
+            ),
+            "",
+        ]
     lines += [
         "| eps | " + " | ".join(f"{name} (%)" for name, _, _ in columns) + " |",
         "|---|" + "---|" * len(columns),

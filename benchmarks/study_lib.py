@@ -6,6 +6,7 @@ interrupted study loses at most the run in progress and a resumed one skips ever
 Nothing here imports TensorFlow: summarising needs only the JSON.
 """
 
+import base64
 import collections
 import contextlib
 import fcntl
@@ -48,6 +49,36 @@ def load_table(results_dir, table):
             raise ValueError(
                 f"{path} is not a study result file ({err}); move it aside to start the table over"
             ) from None
+
+
+def pack_bits(flags):
+    """Per-image booleans as evaluate.py's state keeps them: base64 of numpy.packbits."""
+    return base64.b64encode(np.packbits(np.asarray(flags, bool)).tobytes()).decode("ascii")
+
+
+def unpack_bits(text, count):
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))[:count].astype(bool)
+
+
+def monotonicity(entries):
+    """(curves checked, images robust at an eps after being broken at a smaller one, the largest such count at
+    one eps of one curve) over the budget entries whose every point has its per-image verdicts (`robust_images`).
+    An adversarial example within eps is one within any larger eps, so a correct evaluation never counts an
+    image robust at eps' once it was broken at eps < eps': a violation is an attack that missed."""
+    checked, violations, worst = 0, 0, 0
+    for e in entries:
+        points = sorted(e["curve"], key=lambda p: p["eps"])
+        if not points or not all("robust_images" in p for p in points):
+            continue
+        checked += 1
+        count = e.get("images") or points[0]["images"]
+        still = np.ones(count, bool)
+        for p in points:
+            robust = unpack_bits(p["robust_images"], count)
+            missed = int((robust & ~still).sum())
+            violations, worst = violations + missed, max(worst, missed)
+            still &= robust
+    return checked, violations, worst
 
 
 def find_entry(entries, row, seed):

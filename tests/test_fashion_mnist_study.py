@@ -696,12 +696,76 @@ def test_a_budget_curve_is_topped_up_with_new_eps_of_the_same_model(tmp_path, mo
     assert [c[1] for c in commands] == ["launch/train.py"] + ["launch/evaluate.py"] * 3
     assert [p["eps"] for p in again["curve"]] == [0, 0.05, 0.1] and "added_eps" not in again
 
+    # a recorded curve without per-image verdicts whose evaluation states are here: filled, nothing evaluated
+    for point in topped["curve"]:
+        out = os.path.join(first["workdir"], "study_budget", f"eps{point['eps']:g}")
+        write_evaluation_state(out, {"clean": np.array([1, 1, 0, 1], bool)})
+    assert "robust_images" not in topped["curve"][0]
+    write_table(str(tmp_path / "results"), "budget", [topped])
+    assert [item[3] for item in study.pending_runs(new, "budget")[1]] == [0, 1]  # seed 0: its verdicts
+    commands.clear()
+    filled = study.execute(new, "budget", row, 0)
+    assert commands == [] and filled["eval_seconds"] == topped["eval_seconds"]
+    assert all(study_lib.unpack_bits(p["robust_images"], 4).tolist() == [1, 1, 0, 1] for p in filled["curve"])
+
     # the summary reads curves on different grids: each cell from the runs that have its eps
     write_table(str(tmp_path / "results"), "budget", [topped, second])
     assert study.main(args_for(tmp_path, "--summarize", "--seeds=2")) == 0
     budget_md = (tmp_path / "results" / "TABLES.md").read_text().split("### budget")[1]
     assert "| 0.05 | 50.00 (50.00–50.00) (1 of 2 seeds) |" in budget_md
     assert "| 0.1 | 50.00 ± 0.00 (50.00–50.00) |" in budget_md
+
+
+def write_evaluation_state(output_dir, rows):
+    """An evaluate.py output directory as the evaluator leaves it: its state (written by sat_tf's own writer)
+    with these rows' per-image top-1 flags, and the report's clean count."""
+    from sat_tf.evaluation import _State
+
+    count = len(next(iter(rows.values())))
+    state = _State(os.path.join(output_dir, "evaluation_state.json"), {"test": True}, count)
+    for name, top1 in rows.items():
+        row = state.row(name)
+        row["top1"][:] = top1
+        row["done"][:] = True
+        row["finished"] = True
+    state.save()
+    with open(os.path.join(output_dir, "robustness.json"), "w") as f:
+        json.dump({"results": {"clean": {"count": count, "top1": float(np.mean(rows["clean"]))}}}, f)
+
+
+def test_per_image_verdicts_and_the_monotonicity_check(tmp_path):
+    clean = np.array([1, 1, 1, 1, 0, 1], bool)
+    at = {  # per eps: (pgd20, autoattack) per-image flags
+        0.1: ([1, 1, 1, 0, 0, 1], [1, 1, 0, 1, 0, 1]),
+        0.2: ([1, 0, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1]),
+        0.3: ([0, 0, 1, 0, 0, 1], [0, 0, 1, 0, 0, 1]),  # image 2 was broken at 0.1: an attack missed it here
+    }
+    curve = [{"eps": 0.0, "robust_images": study_lib.pack_bits(clean)}]
+    for eps, (pgd, aa) in at.items():
+        out = tmp_path / f"eps{eps:g}"
+        out.mkdir()
+        write_evaluation_state(
+            str(out), {"clean": clean, "pgd20": np.array(pgd, bool), "autoattack/square": np.array(aa, bool)}
+        )
+        bits = study.robust_images(str(out))
+        want = clean & np.array(pgd, bool) & np.array(aa, bool)  # the worst case over every row
+        assert (study_lib.unpack_bits(bits, 6) == want).all()
+        curve.append({"eps": eps, "robust_images": bits})
+    # by hand: robust so far after 0.1 = {0, 1, 5}; 0.2 = {0, 5}; 0.3 = {2, 5}: image 2 is one miss
+    assert study_lib.monotonicity([{"images": 6, "curve": curve}]) == (1, 1, 1)
+    assert study_lib.monotonicity([{"images": 6, "curve": curve[:3]}]) == (1, 0, 0)
+    assert study_lib.monotonicity([{"images": 6, "curve": [*curve[:3], {"eps": 0.3}]}]) == (
+        0,
+        0,
+        0,
+    )  # no bits: unchecked
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    write_evaluation_state(str(unfinished), {"clean": clean})
+    state = json.loads((unfinished / "evaluation_state.json").read_text())
+    state["rows"]["clean"]["finished"] = False
+    (unfinished / "evaluation_state.json").write_text(json.dumps(state))
+    assert study.robust_images(str(unfinished)) is None and study.robust_images(str(tmp_path)) is None
 
 
 _STUDY_UNDER_SIGTERM = """
