@@ -561,7 +561,12 @@ def execute_budget(args, row, seed):
     retrained = not os.path.exists(os.path.join(wd, "checkpoints", "checkpoint"))
     recorded = study_lib.find_entry(study_lib.load_table(args.results_dir, "budget"), row.name, seed)
     if recorded is not None and not retrained and same_model(recorded, wd, args.budget_images):
-        entry = {**recorded, "commands": list(recorded["commands"]), "curve": list(recorded["curve"])}
+        entry = {
+            **recorded,
+            "commands": list(recorded["commands"]),
+            "curve": list(recorded["curve"]),
+            "topped_up": True,
+        }
         todo = missing_eps(recorded, args.budget_eps)  # a top-up: the same model, the eps its curve lacks
         if todo:
             entry["added_eps"] = sorted({*recorded.get("added_eps", ()), *todo})
@@ -682,7 +687,7 @@ def pending_runs(args, table):
         if found is None or lacking:
             pending.append((args, table, row, seed, record))  # a budget curve without some eps: topped up
             topping_up += bool(lacking)
-    topping = f" ({topping_up} of them recorded curves to top up with new eps)" if topping_up else ""
+    topping = f" ({topping_up} of them recorded curves to top up: new eps or per-image verdicts)" if topping_up else ""
     print(
         f"table {table}: {len(runs)} runs, {len(runs) - len(pending)} recorded, {len(pending)} to do{topping} "
         f"({args.config}, {args.seeds} seeds)",
@@ -834,7 +839,8 @@ def run_queue(queue, *, jobs, label, total, done=0, rest=None):
                     flush=True,
                 )
                 entry = execute(args, table, row, seed)
-                entry["study_command"] = command_line(args)
+                if not entry.pop("topped_up", False):  # a top-up keeps the study command that made its curve
+                    entry["study_command"] = command_line(args)
                 entry["machine"] = "{}, {} cores".format(*_report.machine())  # sessions may get other hosts
                 if jobs > 1:  # its wall times were measured beside other runs
                     entry.update(side_by_side=jobs, tf_intraop_threads=threads)

@@ -674,7 +674,7 @@ def test_a_budget_curve_is_topped_up_with_new_eps_of_the_same_model(tmp_path, mo
     assert [item[3] for item in study.pending_runs(new, "budget")[1]] == [0, 1]  # both lack 0.05
     assert study.main(args_for(tmp_path, "--table=budget", "--budget_eps=0,0.05,0.1", "--dry_run")) == 0
     planned = capsys.readouterr().out
-    assert "2 to do (2 of them recorded curves to top up with new eps)" in planned
+    assert "2 to do (2 of them recorded curves to top up: new eps or per-image verdicts)" in planned
     assert "# budget/relu seed 0 (top-up)" in planned and "launch/train.py" not in planned
     assert planned.count("--eps=0.05 ") == 2 and "--eps=0.1 " not in planned
     (budget_progress,) = [r for r in study.progress(new) if r.table == "budget"]
@@ -705,8 +705,13 @@ def test_a_budget_curve_is_topped_up_with_new_eps_of_the_same_model(tmp_path, mo
     assert [item[3] for item in study.pending_runs(new, "budget")[1]] == [0, 1]  # seed 0: its verdicts
     commands.clear()
     filled = study.execute(new, "budget", row, 0)
-    assert commands == [] and filled["eval_seconds"] == topped["eval_seconds"]
+    assert commands == [] and filled["eval_seconds"] == topped["eval_seconds"] and filled["topped_up"]
     assert all(study_lib.unpack_bits(p["robust_images"], 4).tolist() == [1, 1, 0, 1] for p in filled["curve"])
+    write_table(str(tmp_path / "results"), "budget", [{**topped, "study_command": "the command that made it"}])
+    assert study.main(args_for(tmp_path, "--table=budget", "--seeds=1", "--budget_eps=0,0.05,0.1")) == 0
+    (recorded,) = study_lib.load_table(str(tmp_path / "results"), "budget")  # recorded through the runner
+    assert recorded["study_command"] == "the command that made it" and "topped_up" not in recorded
+    assert "robust_images" in recorded["curve"][0]
 
     # the summary reads curves on different grids: each cell from the runs that have its eps
     write_table(str(tmp_path / "results"), "budget", [topped, second])
