@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 
 import numpy as np
 
@@ -101,15 +102,29 @@ def train_model(workdir, quick):
         raise RuntimeError(f"launch/train.py failed with exit code {done.returncode}")
 
 
-def load_digits_model(workdir, points):
-    """(model, x, y, description, kwargs of the torch port `DigitsCNN`) of a launch/train.py run of digits_cnn."""
+PORTS = {  # our model -> (the torch port's arch in torch_reference, its class name for the report)
+    "digits_cnn": ("digits_cnn", "DigitsCNN"),
+    "mnist_resnet": ("mnist_resnet", "MnistResNet"),
+    "mnist_resnet_fast": ("mnist_resnet", "MnistResNet"),
+}
+
+
+def load_run_model(workdir, points):
+    """The model of a launch/train.py run of a ported model (`PORTS`: the main job's digits_cnn or the
+    Fashion-MNIST study's mnist_resnet_fast), the first `points` test images of the data set it trained on, and
+    what the report says of them: namespace of model, x, y, description, arch and kwargs (the torch port's),
+    data, heading."""
     sys.path.insert(0, ROOT)
     from launch import common
 
     model, config = common.restore_model(workdir)
-    if config["model"] != "digits_cnn":
-        raise ValueError(f"{workdir} trained {config['model']!r}; the torch port is of digits_cnn only")
-    x, y = common.load_arrays("digits", "test", data_dir=None, limit=points)
+    if config["model"] not in PORTS:
+        raise ValueError(
+            f"{workdir} trained {config['model']!r}; the torch ports are of {', '.join(sorted(PORTS))} only"
+        )
+    run = config["config"]
+    dataset = run.data.name
+    x, y = common.load_arrays(dataset, "test", data_dir=run.data.data_dir, limit=points)
     kwargs = {
         "activation": model.activation,
         "filters": list(model.filters),
@@ -118,12 +133,30 @@ def load_digits_model(workdir, points):
         "bn_epsilon": model.bn_epsilon,
         "preprocessing": _preprocessing_pair(model.preprocessing),
     }
-    run = config["config"]
+    if config["model"] != "digits_cnn":
+        kwargs.update(blocks=model.blocks, strides=list(model.strides), stem_stride=model.stem_stride)
     description = (
-        f"digits_cnn {model.activation} trained by `launch/train.py` ({run.schedule.epochs} epochs, "
-        f"{run.attack.name}-{run.attack.steps} at {run.attack.eps * 255:g}/255)"
+        f"{config['model']} {model.activation} trained by `launch/train.py` ({run.schedule.epochs} epochs, "
+        f"{run.attack.name}-{run.attack.steps} at {run.attack.eps * 255:g}/255; `{workdir}`)"
     )
-    return model, x, y, description, kwargs
+    arch, port = PORTS[config["model"]]
+    return types.SimpleNamespace(
+        model=model,
+        x=x,
+        y=y,
+        description=description,
+        arch=arch,
+        kwargs=kwargs,
+        data=f"{len(y)} {dataset} test images ({port} port)",
+        heading=heading_for(config["model"], dataset),
+    )
+
+
+def heading_for(model_name, dataset):
+    """The BENCHMARKS.md section: the main job's digits_cnn has `HEADING`; another model a section of its own."""
+    return (
+        HEADING if model_name == "digits_cnn" else f"## AutoAttack on {dataset}'s {model_name}: ours vs the reference"
+    )
 
 
 def _preprocessing_pair(spec):
@@ -638,7 +671,7 @@ def markdown(results, args, command, machine, load):
     """The BENCHMARKS.md section (`load`: the run's `LoadSampler`)."""
     main, setup = results["digits"], results["setup"]
     lines = [
-        f"{HEADING} ({datetime.date.today().isoformat()})",
+        f"{setup.get('heading', HEADING)} ({datetime.date.today().isoformat()})",
         "",
         f"{machine}. 1-minute load average during the run: {load.describe()}.",
         "",
@@ -647,14 +680,14 @@ def markdown(results, args, command, machine, load):
         command,
         "```",
         "",
-        f"**Setup.** {setup['model']}; {setup['points']} held-out digits, clean accuracy "
+        f"**Setup.** {setup['model']}; {setup['data']}, clean accuracy "
         f"{_pct(main['evaluator']['last']['accuracy']['clean'])} %; AutoAttack `standard`, L-inf eps = "
         f"{setup['eps_255']:g}/255, batch {args.batch_size}, seed {args.seed}"
         + (f", options `{json.dumps(setup['options'])}`" if setup["options"] else "")
         + ". "
         + (
             f"The reference is pyautoattack {setup['reference_version']} on the PyTorch port "
-            f"(benchmarks/torch_reference.py `DigitsCNN`, same weights) in a worker process with "
+            f"(benchmarks/torch_reference.py, same weights) in a worker process with "
             f"{args.torch_threads} torch threads."
             if "reference" in main
             else "The reference did not run (`pip install -e '.[crosscheck]'` for torch and pyautoattack)."
@@ -741,9 +774,13 @@ def parse_args(argv):
     def default(key):
         return f"(default {DEFAULTS[key]}; --quick: {QUICK[key]})"
 
-    parser.add_argument("--workdir", default=None, help="a launch/train.py run of digits_cnn (default: train one)")
     parser.add_argument(
-        "--points", type=int, default=later, help="first N held-out digits (default: all 360; --quick: 16)"
+        "--workdir",
+        default=None,
+        help="a launch/train.py run of digits_cnn or mnist_resnet(_fast) (default: train the main job's digits_cnn)",
+    )
+    parser.add_argument(
+        "--points", type=int, default=later, help="first N test images (default: all 360 digits; --quick: 16)"
     )
     parser.add_argument("--eps", type=float, default=32.0, help="L-inf budget on the 0-255 scale (the main job's)")
     parser.add_argument("--batch_size", type=int, default=250, help="AutoAttack batch (the reference's default)")
@@ -820,7 +857,8 @@ def run(args, tmp):
     if workdir is None:
         workdir = os.path.join(tmp, "train")
         train_model(workdir, args.quick)
-    model, x, y, description, arch_kwargs = load_digits_model(workdir, args.points)
+    run_model = load_run_model(workdir, args.points)
+    model, x, y, arch, arch_kwargs = run_model.model, run_model.x, run_model.y, run_model.arch, run_model.kwargs
     eps = args.eps / 255
     worker = None
     if reference_available():
@@ -850,7 +888,9 @@ def run(args, tmp):
     common = dict(options=args.options, batch_size=args.batch_size, seed=args.seed)
     results = {
         "setup": {
-            "model": description,
+            "model": run_model.description,
+            "data": run_model.data,
+            "heading": run_model.heading,
             "points": len(y),
             "eps_255": args.eps,
             "options": args.options,
@@ -858,15 +898,15 @@ def run(args, tmp):
         }
     }
     try:
-        print("== digits_cnn: ours vs the reference", file=sys.stderr, flush=True)
+        print(f"== {arch}: ours vs the reference", file=sys.stderr, flush=True)
         results["digits"] = compare_sides(
             model,
             x,
             y,
             eps=eps,
             rounds=args.rounds,
-            label="digits_cnn",
-            reference=reference_for("digits_cnn", arch_kwargs),
+            label=arch,
+            reference=reference_for(arch, arch_kwargs),
             breakdown=not args.no_breakdown,
             **common,
         )
@@ -917,7 +957,7 @@ def main(argv=None):
     section = markdown(results, args, command_line(argv), machine_line(), load)
     print(section)
     if args.output:
-        _report.update_section(args.output, HEADING, section)
+        _report.update_section(args.output, results["setup"]["heading"], section)
     results["section"] = section
     return results
 

@@ -199,6 +199,54 @@ def _modules():
                 x = getattr(self, f"act{i}")(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
             return self.fc(x.mean(dim=(2, 3)))
 
+    class MnistResNet(nn.Module):
+        """Our `mnist_resnet` / `mnist_resnet_fast` (the Fashion-MNIST study's network); input NCHW pixels in [0, 1].
+
+        `(x - mean) / std` inside the model (`"sat"`: 0.5 / 0.5), conv3x3(f0, `stem_stride`)-BN-act, one
+        BasicBlock stage per filter count (its first block at the stage's stride), global average pool, `fc`.
+        `padding=1` equals our fixed symmetric padding at stride 2, as in `DigitsCNN`.
+        """
+
+        def __init__(
+            self,
+            activation="relu",
+            filters=(16, 32, 64),
+            blocks=1,
+            strides=(2, 2, 2),
+            stem_stride=2,
+            num_classes=NUM_CLASSES,
+            in_channels=1,
+            preprocessing=(0.5, 0.5),
+            bn_epsilon=1e-5,
+        ):
+            super().__init__()
+            if activation not in activations:
+                raise ValueError(f"Unknown activation {activation!r}. Known: {sorted(activations)}")
+            self.preprocessing = None if preprocessing is None else tuple(float(v) for v in preprocessing)
+            self.conv1 = nn.Conv2d(in_channels, filters[0], 3, stride=stem_stride, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(filters[0], eps=bn_epsilon)
+            self.act1 = activations[activation]()
+            in_planes = filters[0]
+            for s, (planes, stride) in enumerate(zip(filters, strides)):
+                stage = [BasicBlock(in_planes, planes, stride, activation)]
+                stage += [BasicBlock(planes, planes, 1, activation) for _ in range(blocks - 1)]
+                setattr(self, f"layer{s + 1}", nn.Sequential(*stage))
+                in_planes = planes
+            for module in self.modules():  # our bn_epsilon in the blocks too
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eps = bn_epsilon
+            self.stages = len(filters)
+            self.fc = nn.Linear(in_planes, num_classes)
+
+        def forward(self, x):
+            if self.preprocessing is not None:
+                mean, std = self.preprocessing
+                x = (x - mean) / std
+            out = self.act1(self.bn1(self.conv1(x)))
+            for s in range(self.stages):
+                out = getattr(self, f"layer{s + 1}")(out)
+            return self.fc(out.mean(dim=(2, 3)))
+
     class KerasMLP(nn.Module):
         """tests/aa_reference.py's `keras_mlp`: flatten in NHWC order (as Keras), `Linear`-act per hidden layer,
         then a `Linear` of logits; `sizes` = [inputs, hidden..., classes]."""
@@ -218,6 +266,7 @@ def _modules():
         ResNet18Cifar=ResNet18Cifar,
         BasicBlock=BasicBlock,
         DigitsCNN=DigitsCNN,
+        MnistResNet=MnistResNet,
         KerasMLP=KerasMLP,
         SmoothReLU=SmoothReLU,
         ACTIVATIONS=activations,
@@ -225,7 +274,7 @@ def _modules():
 
 
 def __getattr__(name):
-    if name in ("ResNet18Cifar", "BasicBlock", "DigitsCNN", "KerasMLP", "SmoothReLU", "ACTIVATIONS"):
+    if name in ("ResNet18Cifar", "BasicBlock", "DigitsCNN", "MnistResNet", "KerasMLP", "SmoothReLU", "ACTIVATIONS"):
         return getattr(_modules(), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -256,7 +305,7 @@ def load_layer_weights(path):
 
 
 def load_keras_weights(torch_model, keras_model):
-    """Copies a Keras `resnet18_cifar` or `digits_cnn` (or its `keras_layer_weights` dict) into `torch_model`
+    """Copies a Keras `resnet18_cifar`, `digits_cnn` or `mnist_resnet` (or its `keras_layer_weights` dict) into `torch_model`
     (same architecture and activation). Every Keras layer with weights must be consumed, so an architecture
     mismatch raises instead of leaving weights at their init."""
     import torch
@@ -435,15 +484,17 @@ _ACCURACY_LINE = re.compile(r"robust accuracy after ([A-Z-]+): ([0-9.]+)%")
 
 def build_reference_model(arch, layer_weights, **kwargs):
     """A torch module (eval mode) holding Keras weights (a `keras_layer_weights` dict): `arch` is `"digits_cnn"`
-    (`DigitsCNN(**kwargs)`) or `"mlp"` (`KerasMLP`, tests/aa_reference.py's `keras_mlp`; kwargs: `activation`)."""
+    (`DigitsCNN(**kwargs)`), `"mnist_resnet"` (`MnistResNet(**kwargs)`, also `mnist_resnet_fast`'s port) or
+    `"mlp"` (`KerasMLP`, tests/aa_reference.py's `keras_mlp`; kwargs: `activation`)."""
     import torch
 
-    if arch == "digits_cnn":
-        model = _modules().DigitsCNN(**kwargs)
+    ports = {"digits_cnn": _modules().DigitsCNN, "mnist_resnet": _modules().MnistResNet}
+    if arch in ports:
+        model = ports[arch](**kwargs)
         load_keras_weights(model, layer_weights)
         return model.eval()
     if arch != "mlp":
-        raise ValueError(f"`arch` must be 'digits_cnn' or 'mlp'. Received: {arch!r}")
+        raise ValueError(f"`arch` must be 'digits_cnn', 'mnist_resnet' or 'mlp'. Received: {arch!r}")
     names = sorted(n for n in layer_weights if n.startswith("dense")) + ["logits"]
     if set(names) != set(layer_weights):
         raise ValueError(f"mlp: expected layers dense0.. and logits, got {sorted(layer_weights)}")

@@ -126,6 +126,38 @@ def test_ported_digits_cnn_gives_the_same_logits_and_input_gradients(activation,
     assert np.mean(np.sign(their_grad) == np.sign(our_grad)) > 0.999  # what L-inf steps follow
 
 
+@pytest.mark.parametrize("activation", ["relu", "silu", "smooth_relu"])
+@pytest.mark.parametrize("name", ["mnist_resnet_fast", "mnist_resnet"])
+def test_ported_mnist_resnet_gives_the_same_logits_and_input_gradients(name, activation, tmp_path):
+    """The Fashion-MNIST study's network and its port (what benchmarks/autoattack_time.py runs the reference
+    AutoAttack on): strided stem and stages, projection shortcuts, random BN statistics."""
+    keras.utils.set_random_seed(0)
+    model = randomize_statistics(models.build_model(name, activation=activation), np.random.default_rng(1))
+    path = tmp_path / "weights.npz"
+    torch_reference.save_layer_weights(path, torch_reference.keras_layer_weights(model))
+    kwargs = {"activation": activation, "stem_stride": model.stem_stride, "filters": list(model.filters)}
+    torch_model = torch_reference.build_reference_model(
+        "mnist_resnet", torch_reference.load_layer_weights(path), **kwargs
+    )
+    assert torch_reference.count_params(torch_model) == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+    x = np.random.default_rng(2).uniform(size=(16, 28, 28, 1)).astype(np.float32)
+    y = np.arange(16) % 10
+    x_tf = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_tf)
+        ours = model(x_tf, training=False)
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, ours))
+    ours, our_grad = ours.numpy(), tape.gradient(loss, x_tf).numpy()
+    x_t = to_torch(x).contiguous().requires_grad_(True)
+    theirs = torch_model(x_t)
+    (their_grad,) = torch.autograd.grad(F.cross_entropy(theirs, torch.from_numpy(y), reduction="sum"), [x_t])
+    theirs, their_grad = theirs.detach().numpy(), their_grad.permute(0, 2, 3, 1).numpy()
+    assert np.max(np.abs(theirs - ours)) <= 1e-5 * np.max(np.abs(ours))
+    assert np.max(np.abs(their_grad - our_grad)) <= 1e-5 * np.max(np.abs(our_grad))
+    assert np.mean(np.sign(their_grad) == np.sign(our_grad)) > 0.999
+
+
 def test_layer_weights_must_all_be_consumed():
     keras.utils.set_random_seed(0)
     weights = torch_reference.keras_layer_weights(models.build_model("digits_cnn", activation="silu"))
