@@ -54,6 +54,7 @@ import argparse
 import collections
 import dataclasses
 import datetime
+import glob
 import importlib.util
 import json
 import os
@@ -605,9 +606,12 @@ def robust_images(output_dir):
     """The per-image worst case of an evaluate.py run (robust under every row: clean, PGD and AutoAttack's
     attacks), packed as evaluate.py keeps it (base64 of numpy.packbits), from its evaluation state; None when the
     state is not there or not finished."""
-    path = os.path.join(output_dir, "evaluation_state.json")
-    if not os.path.exists(path):
+    # evaluation_state-<checkpoint>.json (evaluation_state.json before evaluate.py named it by checkpoint): the
+    # newest, the one this report came from
+    states = glob.glob(os.path.join(output_dir, "evaluation_state*.json"))
+    if not states:
         return None
+    path = max(states, key=os.path.getmtime)
     with open(path) as f:
         rows = json.load(f)["rows"]
     if not rows or not all(row.get("finished") for row in rows.values()):

@@ -42,9 +42,12 @@ rows of `run` and `sat_imagenet` only (--norm also sets AutoAttack's threat
 model for `run` and `autoattack`); the other protocols fix them, and giving
 them is an error.
 
-Long evaluations resume: per-image results go to <output_dir>/evaluation_state.json
-after every chunk of --batch_size images; rerun the same command after an
-interruption and it continues where it stopped (--noresume starts over).
+Long evaluations resume: per-image results go to
+<output_dir>/evaluation_state-<checkpoint>.json (evaluation_state.json for
+--model_path) after every chunk of --batch_size images; rerun the same command
+after an interruption and it continues where it stopped (--noresume starts
+over). The restored checkpoint names the file, so evaluating again after more
+training starts afresh instead of reusing the older weights' results.
 The points are sharded over the replicas of --strategy; the result does not
 depend on the strategy, batch size or resumption (random draws are keyed by
 image index and seed).
@@ -111,9 +114,17 @@ flags.DEFINE_string(
     "AutoAttack standard (sat_tf.evaluation.robustbench_record).",
 )
 flags.DEFINE_string("architecture", None, "The record's architecture, e.g. WideResNet-28-10 (default: the model name).")
-flags.DEFINE_bool("resume", True, "Continue an interrupted evaluation from <output_dir>/evaluation_state.json.")
+flags.DEFINE_bool(
+    "resume", True, "Continue an interrupted evaluation from its per-image state in <output_dir> (see above)."
+)
 
 STATE_FILE = "evaluation_state.json"
+
+
+def state_file(checkpoint):
+    """The per-image state's file name: per restored checkpoint for a --workdir run (`evaluation_state-ckpt-7.json`),
+    so that an evaluation after more training never resumes the older weights' finished rows."""
+    return STATE_FILE if checkpoint is None else f"evaluation_state-{os.path.basename(checkpoint)}.json"
 
 
 def natural_budget(text):
@@ -466,7 +477,10 @@ def main(argv):
         )
     x, y = load_points(config, dataset, data_dir)
     out = FLAGS.output_dir or (os.path.join(FLAGS.workdir, "report") if FLAGS.model_path is None else "report")
-    state_path = os.path.join(out, STATE_FILE)
+    restored = None
+    if FLAGS.model_path is None:  # the checkpoint model_logits restored (the latest unless --checkpoint)
+        restored = FLAGS.checkpoint or tf.train.latest_checkpoint(os.path.join(FLAGS.workdir, "checkpoints"))
+    state_path = os.path.join(out, state_file(restored))
     if not FLAGS.resume and tf.io.gfile.exists(state_path):
         tf.io.gfile.remove(state_path)
     jit = distribute.jit_default(strategy) if FLAGS.jit == "auto" else FLAGS.jit == "true"

@@ -205,22 +205,23 @@ def workdir(tmp_path_factory):
     # Clean training for 3 short epochs: accurate enough (~70 %) that the
     # attacks have something to lower, in about 10 s.
     path = str(tmp_path_factory.mktemp("protocols") / "digits")
-    run_launcher(
-        "train.py",
-        "--config.schedule.epochs=3",
-        "--config.data.limit_train=512",
-        "--config.data.limit_test=32",
-        "--config.schedule.batch_size=32",
-        "--config.export.enabled=false",
-        "--config.attack.name=none",
-        "--config.eval.autoattack=none",
-        "--config.optimizer.learning_rate=2",
-        "--config.schedule.warmup_epochs=0",
-        "--config.system.deterministic",
-        "--config.mode=train",  # no end-of-training evaluation: the tests evaluate with launch/evaluate.py
-        f"--workdir={path}",
-    )
+    run_launcher("train.py", *TRAIN_FLAGS, f"--workdir={path}")
     return path
+
+
+TRAIN_FLAGS = (
+    "--config.schedule.epochs=3",
+    "--config.data.limit_train=512",
+    "--config.data.limit_test=32",
+    "--config.schedule.batch_size=32",
+    "--config.export.enabled=false",
+    "--config.attack.name=none",
+    "--config.eval.autoattack=none",
+    "--config.optimizer.learning_rate=2",
+    "--config.schedule.warmup_epochs=0",
+    "--config.system.deterministic",
+    "--config.mode=train",  # no end-of-training evaluation: the tests evaluate with launch/evaluate.py
+)
 
 
 def report(directory):
@@ -274,6 +275,28 @@ def test_flags_override_the_protocol_end_to_end(workdir, tmp_path):
     meta = out["meta"]
     assert meta["epsilon"] == 8 / 255 and meta["step"] == 1 / 255 and meta["steps"] == [3]
     assert "restarts=2" in meta["attacks"]["cw3"] and "restarts" not in meta["attacks"]["fgsm"]
+
+
+def test_an_evaluation_after_more_training_does_not_resume_the_older_weights(workdir, tmp_path):
+    """The per-image state is named by the checkpoint restored: the same command after more training in the same
+    workdir evaluates the new weights (before, it resumed the finished rows of the old ones)."""
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(workdir, run)  # the module's run stays as it is for the other tests
+    out = tmp_path / "report"
+    command = ("evaluate.py", f"--workdir={run}", "--limit=32", "--steps=2", "--autoattack=none", f"--output_dir={out}")
+    run_launcher(*command)
+    first = sorted(p.name for p in out.glob("evaluation_state*.json"))
+    with open(os.path.join(run, "checkpoints", "checkpoint")) as f:
+        latest = f.readline().split('"')[1]  # model_checkpoint_path: "ckpt-N"
+    assert first == [f"evaluation_state-{latest}.json"]
+    # One more epoch in the same workdir (resumed from its checkpoint), then the same command again.
+    flags = [f for f in TRAIN_FLAGS if not f.startswith("--config.schedule.epochs")] + ["--config.schedule.epochs=4"]
+    run_launcher("train.py", *flags, f"--workdir={run}")
+    run_launcher(*command)
+    second = sorted(p.name for p in out.glob("evaluation_state*.json"))
+    assert len(second) == 2 and set(first) < set(second)  # a new state: nothing resumed from the old weights
 
 
 # The bad --protocol flags (one `error:` line) are tests/test_bad_flags.py's EVALUATE cases.
