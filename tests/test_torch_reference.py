@@ -96,6 +96,24 @@ def randomize_statistics(model, rng):
     return model
 
 
+def assert_same_logits_and_input_gradients(model, torch_model, x, y):
+    """The Keras model and its torch port: the same logits and cross-entropy input gradients (1e-5 relative), and
+    the same gradient signs, which is what L-inf steps follow."""
+    x_tf = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_tf)
+        ours = model(x_tf, training=False)
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, ours))
+    ours, our_grad = ours.numpy(), tape.gradient(loss, x_tf).numpy()
+    x_t = to_torch(x).contiguous().requires_grad_(True)
+    theirs = torch_model(x_t)
+    (their_grad,) = torch.autograd.grad(F.cross_entropy(theirs, torch.from_numpy(y), reduction="sum"), [x_t])
+    theirs, their_grad = theirs.detach().numpy(), their_grad.permute(0, 2, 3, 1).numpy()
+    assert np.max(np.abs(theirs - ours)) <= 1e-5 * np.max(np.abs(ours))
+    assert np.max(np.abs(their_grad - our_grad)) <= 1e-5 * np.max(np.abs(our_grad))
+    assert np.mean(np.sign(their_grad) == np.sign(our_grad)) > 0.999
+
+
 @pytest.mark.parametrize("activation", ["silu", "relu", "smooth_relu"])
 def test_ported_digits_cnn_gives_the_same_logits_and_input_gradients(activation, tmp_path):
     """The AutoAttack benchmark's model pair: random BN statistics (so eval-mode BN is not the identity) and the
@@ -111,19 +129,7 @@ def test_ported_digits_cnn_gives_the_same_logits_and_input_gradients(activation,
 
     x = np.random.default_rng(2).uniform(size=(16, 8, 8, 1)).astype(np.float32)
     y = np.arange(16) % 10
-    x_tf = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x_tf)
-        ours = model(x_tf, training=False)
-        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, ours))
-    ours, our_grad = ours.numpy(), tape.gradient(loss, x_tf).numpy()
-    x_t = to_torch(x).contiguous().requires_grad_(True)
-    theirs = torch_model(x_t)
-    (their_grad,) = torch.autograd.grad(F.cross_entropy(theirs, torch.from_numpy(y), reduction="sum"), [x_t])
-    theirs, their_grad = theirs.detach().numpy(), their_grad.permute(0, 2, 3, 1).numpy()
-    assert np.max(np.abs(theirs - ours)) <= 1e-5 * np.max(np.abs(ours))
-    assert np.max(np.abs(their_grad - our_grad)) <= 1e-5 * np.max(np.abs(our_grad))
-    assert np.mean(np.sign(their_grad) == np.sign(our_grad)) > 0.999  # what L-inf steps follow
+    assert_same_logits_and_input_gradients(model, torch_model, x, y)
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu", "smooth_relu"])
@@ -143,19 +149,7 @@ def test_ported_mnist_resnet_gives_the_same_logits_and_input_gradients(name, act
 
     x = np.random.default_rng(2).uniform(size=(16, 28, 28, 1)).astype(np.float32)
     y = np.arange(16) % 10
-    x_tf = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x_tf)
-        ours = model(x_tf, training=False)
-        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, ours))
-    ours, our_grad = ours.numpy(), tape.gradient(loss, x_tf).numpy()
-    x_t = to_torch(x).contiguous().requires_grad_(True)
-    theirs = torch_model(x_t)
-    (their_grad,) = torch.autograd.grad(F.cross_entropy(theirs, torch.from_numpy(y), reduction="sum"), [x_t])
-    theirs, their_grad = theirs.detach().numpy(), their_grad.permute(0, 2, 3, 1).numpy()
-    assert np.max(np.abs(theirs - ours)) <= 1e-5 * np.max(np.abs(ours))
-    assert np.max(np.abs(their_grad - our_grad)) <= 1e-5 * np.max(np.abs(our_grad))
-    assert np.mean(np.sign(their_grad) == np.sign(our_grad)) > 0.999
+    assert_same_logits_and_input_gradients(model, torch_model, x, y)
 
 
 def test_layer_weights_must_all_be_consumed():
