@@ -43,11 +43,12 @@ model for `run` and `autoattack`); the other protocols fix them, and giving
 them is an error.
 
 Long evaluations resume: per-image results go to
-<output_dir>/evaluation_state-<checkpoint>.json (evaluation_state.json for
---model_path) after every chunk of --batch_size images; rerun the same command
-after an interruption and it continues where it stopped (--noresume starts
-over). The restored checkpoint names the file, so evaluating again after more
-training starts afresh instead of reusing the older weights' results.
+<output_dir>/evaluation_state-<checkpoint>.json (evaluation_state-model-<digest>.json
+for --model_path, named by the sha256 of the model's files) after every chunk of
+--batch_size images; rerun the same command after an interruption and it
+continues where it stopped (--noresume starts over). The weights name the file,
+so evaluating again after more training, or a model saved again in place,
+starts afresh instead of reusing the older weights' results.
 The points are sharded over the replicas of --strategy; the result does not
 depend on the strategy, batch size or resumption (random draws are keyed by
 image index and seed).
@@ -121,9 +122,14 @@ flags.DEFINE_bool(
 STATE_FILE = "evaluation_state.json"
 
 
-def state_file(checkpoint):
-    """The per-image state's file name: per restored checkpoint for a --workdir run (`evaluation_state-ckpt-7.json`),
-    so that an evaluation after more training never resumes the older weights' finished rows."""
+def state_file(checkpoint=None, model_path=None):
+    """The per-image state's file name, named by the weights evaluated: the restored checkpoint of a --workdir run
+    (`evaluation_state-ckpt-7.json`), the content digest of a --model_path model
+    (`evaluation_state-model-<sha256[:12]>.json`), so that evaluating other weights never resumes older rows."""
+    if model_path is not None:
+        from sat_tf import files
+
+        return f"evaluation_state-model-{files.content_digest(model_path)[:12]}.json"
     return STATE_FILE if checkpoint is None else f"evaluation_state-{os.path.basename(checkpoint)}.json"
 
 
@@ -480,7 +486,7 @@ def main(argv):
     restored = None
     if FLAGS.model_path is None:  # the checkpoint model_logits restored (the latest unless --checkpoint)
         restored = FLAGS.checkpoint or tf.train.latest_checkpoint(os.path.join(FLAGS.workdir, "checkpoints"))
-    state_path = os.path.join(out, state_file(restored))
+    state_path = os.path.join(out, state_file(restored, FLAGS.model_path))
     if not FLAGS.resume and tf.io.gfile.exists(state_path):
         tf.io.gfile.remove(state_path)
     jit = distribute.jit_default(strategy) if FLAGS.jit == "auto" else FLAGS.jit == "true"

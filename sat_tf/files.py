@@ -5,6 +5,7 @@ folder named `gs:`; these helpers are the few file operations the library and
 the launchers need, each on any path `tf.io.gfile` understands.
 """
 
+import hashlib
 import io
 import json
 import os
@@ -49,6 +50,28 @@ def read_json(path):
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"No such file: {path}")
     return json.loads(read_text(path))
+
+
+def content_digest(path, chunk_bytes=1 << 24):
+    """sha256 hex digest of a file's bytes, or of a directory's files (relative names and bytes, sorted), so
+    that a model saved again in place (a `.keras` file or a SavedModel directory) gets a new digest."""
+    path = os.fspath(path).rstrip("/")
+    digest = hashlib.sha256()
+    if tf.io.gfile.isdir(path):
+        names = sorted(
+            os.path.relpath(os.path.join(root, name), path)
+            for root, _, filenames in tf.io.gfile.walk(path)
+            for name in filenames
+        )
+    else:
+        names = [None]
+    for name in names:
+        if name is not None:
+            digest.update(name.encode() + b"\0")
+        with tf.io.gfile.GFile(path if name is None else os.path.join(path, name), "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_figure(fig, path, **savefig_kwargs):

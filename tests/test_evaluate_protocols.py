@@ -299,4 +299,39 @@ def test_an_evaluation_after_more_training_does_not_resume_the_older_weights(wor
     assert len(second) == 2 and set(first) < set(second)  # a new state: nothing resumed from the old weights
 
 
+def test_a_model_file_saved_again_in_place_is_evaluated_afresh(workdir, tmp_path):
+    """--model_path: the per-image state is named by the model's content digest; the same command on a file
+    saved again with other weights starts a new state, and on the same file it resumes the one it wrote."""
+    import shutil
+
+    import keras
+
+    from sat_tf import models  # noqa: F401  (registers the model classes for loading)
+
+    model_path = str(tmp_path / "model.keras")
+    shutil.copy(os.path.join(workdir, "model.keras"), model_path)
+    out = tmp_path / "report"
+    command = (
+        "evaluate.py",
+        f"--model_path={model_path}",
+        "--dataset=digits",
+        "--eps=32/255",
+        "--limit=32",
+        "--steps=2",
+        "--autoattack=none",
+        f"--output_dir={out}",
+    )
+    run_launcher(*command)
+    first = sorted(p.name for p in out.glob("evaluation_state*.json"))
+    assert len(first) == 1 and first[0].startswith("evaluation_state-model-")
+    run_launcher(*command)  # the same file: resumed, no new state
+    assert sorted(p.name for p in out.glob("evaluation_state*.json")) == first
+    model = keras.saving.load_model(model_path)
+    model.set_weights([w * 0.5 for w in model.get_weights()])
+    model.save(model_path)
+    run_launcher(*command)
+    second = sorted(p.name for p in out.glob("evaluation_state*.json"))
+    assert len(second) == 2 and set(first) < set(second)
+
+
 # The bad --protocol flags (one `error:` line) are tests/test_bad_flags.py's EVALUATE cases.
