@@ -739,7 +739,11 @@ def run_table(args):
             if row.kind == "certified":
                 print(shlex.join(certify_command(args, wd, float(dict(row.overrides)["objective.noise_sd"]))))
             elif row.kind == "budget":
-                for eps in missing_eps(recorded, args.budget_eps) if recorded else args.budget_eps:
+                missing = missing_eps(recorded, args.budget_eps) if recorded else args.budget_eps
+                if not missing:  # a top-up of per-image verdicts only
+                    states = os.path.join(wd, "study_budget", "eps*", "evaluation_state*.json")
+                    print(f"# nothing to run: the per-image verdicts are read from {states}")
+                for eps in missing:
                     out = os.path.join(wd, "study_budget", f"eps{eps:g}")
                     print(shlex.join(eval_command(args, wd, eps, args.budget_images, out)))
             else:

@@ -703,6 +703,11 @@ def test_a_budget_curve_is_topped_up_with_new_eps_of_the_same_model(tmp_path, mo
     assert "robust_images" not in topped["curve"][0]
     write_table(str(tmp_path / "results"), "budget", [topped])
     assert [item[3] for item in study.pending_runs(new, "budget")[1]] == [0, 1]  # seed 0: its verdicts
+    capsys.readouterr()
+    assert study.main(args_for(tmp_path, "--table=budget", "--seeds=1", "--budget_eps=0,0.05,0.1", "--dry_run")) == 0
+    planned = capsys.readouterr().out
+    assert "# budget/relu seed 0 (top-up)\n# nothing to run: the per-image verdicts are read from " in planned
+    assert "launch/train.py" not in planned and "launch/evaluate.py" not in planned
     commands.clear()
     filled = study.execute(new, "budget", row, 0)
     assert commands == [] and filled["eval_seconds"] == topped["eval_seconds"] and filled["topped_up"]
