@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import uuid
 
 import tensorflow as tf
 
@@ -30,10 +31,19 @@ def makedirs_for(path):
         tf.io.gfile.makedirs(directory)
 
 
-def write_text(path, text):
+def write_bytes(path, data):
+    """Replaces the file `path` with `data` through a temporary file and a rename: a reader never sees half a
+    file, and TensorFlow's `ram://` (which appends to an existing file opened with "w") gets the new content."""
+    path = os.fspath(path)
     makedirs_for(path)
-    with tf.io.gfile.GFile(os.fspath(path), "w") as f:
-        f.write(text)
+    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with tf.io.gfile.GFile(temporary, "wb") as f:
+        f.write(data)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def write_text(path, text):
+    write_bytes(path, text.encode("utf-8"))
 
 
 def read_text(path):
@@ -79,7 +89,5 @@ def save_figure(fig, path, **savefig_kwargs):
     buffer = io.BytesIO()
     fmt = savefig_kwargs.pop("format", None) or os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
     fig.savefig(buffer, format=fmt, **savefig_kwargs)
-    makedirs_for(path)
-    with tf.io.gfile.GFile(os.fspath(path), "wb") as f:
-        f.write(buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
     return path

@@ -51,3 +51,26 @@ def test_content_digest_of_a_directory_follows_its_files_and_their_names(root):
     # Names and bytes are delimited: moving bytes from a file's end to the next name changes the digest.
     assert saved_model("e", {"ab": b"c"}) != saved_model("f", {"a": b"bc"})
     assert os.path.basename(base) == base and len(base) == 64
+
+
+def test_writing_again_replaces_the_file_and_leaves_no_temporary(root):
+    """On ram://, a GFile opened with "w" appends to an existing file (TF 2.21): the writers go through a
+    temporary file and a rename, so the second write replaces the first everywhere."""
+    files.write_json(f"{root}/run/history.json", {"epochs": [1, 2, 3]})
+    files.write_json(f"{root}/run/history.json", {"epochs": [1]})
+    assert files.read_json(f"{root}/run/history.json") == {"epochs": [1]}
+    files.write_bytes(f"{root}/run/blob", b"longer first content")
+    files.write_bytes(f"{root}/run/blob", b"short")
+    with tf.io.gfile.GFile(f"{root}/run/blob", "rb") as f:
+        assert f.read() == b"short"
+    assert sorted(tf.io.gfile.listdir(f"{root}/run")) == ["blob", "history.json"]
+
+
+def test_a_report_written_again_is_the_new_report(root):
+    from sat_tf.evaluation import report
+
+    rows = {"clean": {"top1": 0.9, "count": 10}, "pgd2": {"top1": 0.5, "count": 10}}
+    report.write_report(rows, f"{root}/report", meta={"run": 1})
+    paths = report.write_report({"clean": rows["clean"]}, f"{root}/report", meta={"run": 2})
+    assert files.read_json(paths["json"])["meta"] == {"run": 2}
+    assert "pgd2" not in files.read_text(paths["markdown"])

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from sat_tf import files
 from sat_tf.checks import is_int, is_number
 
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -325,8 +326,7 @@ def save_sparta(path, model):
         path += ".npz"
     buffer = io.BytesIO()
     np.savez(buffer, **sparta_weights(model))
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(buffer.getvalue())
+    files.write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -71,7 +71,8 @@ def robustness_curve(results, path, title="robustness"):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import tensorflow as tf
+
+    from sat_tf import files
 
     key = _topk(results)
     points = []
@@ -118,30 +119,21 @@ def robustness_curve(results, path, title="robustness"):
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(buffer.getvalue())
+    files.write_bytes(path, buffer.getvalue())
     return path
 
 
 def write_report(results, directory, *, meta=None, title="robustness", warnings=()):
     """Writes `robustness.json`, `robustness.md` and `robustness.png` (atomically each)."""
-    import tensorflow as tf
+    from sat_tf import files
 
-    tf.io.gfile.makedirs(directory)
     paths = {key: os.path.join(directory, name) for key, name in ROBUSTNESS_FILES.items()}
-    _write(paths["json"], json.dumps({"results": results, "warnings": list(warnings), "meta": meta or {}}, indent=2))
+    files.write_text(
+        paths["json"], json.dumps({"results": results, "warnings": list(warnings), "meta": meta or {}}, indent=2)
+    )
     text = markdown_table(results, title=title, warnings=warnings)
     if meta:
         text += "\n" + "\n".join(f"- {k}: {v}" for k, v in meta.items()) + "\n"
-    _write(paths["markdown"], text)
+    files.write_text(paths["markdown"], text)
     robustness_curve(results, paths["png"], title=title)
     return paths
-
-
-def _write(path, text):
-    import tensorflow as tf
-
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -21,7 +21,6 @@ other report is refused.
 
 import datetime
 import json
-import os
 
 AUTOATTACK_ROW = "autoattack"
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
@@ -147,14 +146,12 @@ def write_robustbench_record(report_path, record_path, **kwargs):
     """Reads `report_path` (a robustness.json), writes the entry to `record_path` (gs:// works); returns it."""
     import tensorflow as tf
 
+    from sat_tf import files
+
     if not tf.io.gfile.exists(report_path):
         raise RecordError(f"{report_path} does not exist: run an evaluation first (launch/evaluate.py)")
     with tf.io.gfile.GFile(report_path) as f:
         report = json.load(f)
     record = robustbench_record(report, source=report_path, **kwargs)
-    parent = os.path.dirname(record_path)
-    if parent:
-        tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(record_path, "w") as f:
-        f.write(json.dumps(record, indent=2) + "\n")
+    files.write_text(record_path, json.dumps(record, indent=2) + "\n")
     return record
