@@ -233,7 +233,9 @@ def test_launcher_error_mode_exits_2_naming_the_shard(tiny_imagenet, tmp_path):
     assert code == 2, stderr[-2000:]
     assert last.startswith("error: ") and f"{bad_path}: record {RECORD}: unreadable" in last
     print(f"time to error after TF import: {seconds:.1f} s")
-    assert seconds < 30
+    # Seconds on an idle 2-core machine; a retry loop or a hang would take minutes. 60 s leaves room for a
+    # loaded one (30.5 s measured beside a 2-job study and the test suite's other worker).
+    assert seconds < 60
 
 
 def test_launcher_skip_mode_trains_and_reports_the_count(tiny_imagenet, tmp_path):

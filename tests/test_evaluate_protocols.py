@@ -326,7 +326,7 @@ def test_a_model_file_saved_again_in_place_is_evaluated_afresh(workdir, tmp_path
     assert len(first) == 1 and first[0].startswith("evaluation_state-model-")
     run_launcher(*command)  # the same file: resumed, no new state
     assert sorted(p.name for p in out.glob("evaluation_state*.json")) == first
-    model = keras.saving.load_model(model_path)
+    model = keras.saving.load_model(model_path, safe_mode=True)
     model.set_weights([w * 0.5 for w in model.get_weights()])
     model.save(model_path)
     run_launcher(*command)
