@@ -107,6 +107,13 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("batch_size", 256, "Images per chunk (over all replicas).")
 flags.DEFINE_enum("jit", "auto", ["auto", "true", "false"], "XLA for the attacks (auto: on for TPU/GPU, off on CPU).")
+flags.DEFINE_bool(
+    "fused_kernels",
+    True,
+    "Smooth activations and batch norm as one XLA kernel each way (sat_tf.activations.fused) in a model built here "
+    "(--workdir, .keras); --nofused_kernels uses the plain ops, the same function to float rounding, faster on "
+    "small networks on some CPUs (BENCHMARKS.md).",
+)
 flags.DEFINE_string("output_dir", None, "Report directory (default: <workdir>/report, or ./report for --model_path).")
 flags.DEFINE_string(
     "robustbench_record",
@@ -438,6 +445,15 @@ def report_text(description, dataset, budget, rows, protocol_name):
 
 def main(argv):
     del argv
+    if FLAGS.fused_kernels:
+        return evaluate()
+    from sat_tf.activations import fused
+
+    with fused.disabled():  # the model's activations and batch norms are traced inside
+        return evaluate()
+
+
+def evaluate():
     name, protocol, overrides = validate()
     start = time.perf_counter()
     import tensorflow as tf
@@ -525,6 +541,7 @@ def main(argv):
         "model_path": FLAGS.model_path,
         **({"activation override": FLAGS.activation} if FLAGS.activation else {}),
         **meta,
+        **({} if FLAGS.fused_kernels else {"kernels": "plain ops (--nofused_kernels)"}),
         "images": len(y),
         "minutes": round((time.perf_counter() - start) / 60, 2),
     }

@@ -3,6 +3,7 @@
 import os
 import sys
 
+import pytest
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -267,3 +268,16 @@ def test_fab_projection_times_both_projections_and_a_whole_fab_t(tmp_path):
     )
     fab_projection.main(argv)
     assert out.read_text().count(fab_projection.HEADING) == 1
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_fused_kernels_times_both_kernels_of_every_activation(train, capsys):
+    import fused_kernels
+
+    argv = ["--arch=digits_cnn", "--shape=8,8,1", "--batch=8", "--activations=relu,smooth_relu", "--reps=1"]
+    assert fused_kernels.main(argv + (["--train"] if train else [])) == 0
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| relu") or line.startswith("| smooth")]
+    assert [r[0] for r in rows] == ["| relu", "| smooth_relu"]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+    assert ("training mode" in out) == train

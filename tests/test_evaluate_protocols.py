@@ -334,4 +334,27 @@ def test_a_model_file_saved_again_in_place_is_evaluated_afresh(workdir, tmp_path
     assert len(second) == 2 and set(first) < set(second)
 
 
+def test_nofused_kernels_evaluates_through_the_plain_ops_to_the_same_numbers(workdir, tmp_path, monkeypatch):
+    """--nofused_kernels traces the model's activations as plain ops (the XLA kernels are never asked for) and
+    gives the fused evaluation's numbers; without it, the fused kernels are used (the control)."""
+    from conftest import run_launcher_in_process
+
+    import sat_tf.activations as activations
+
+    command = ("--limit=32", "--steps=2", "--autoattack=none", f"--workdir={workdir}")
+    run_launcher_in_process("evaluate.py", *command, f"--output_dir={tmp_path / 'fused'}")
+
+    def no_fused_kernels():
+        raise AssertionError("a fused kernel was traced")
+
+    monkeypatch.setattr(activations, "_fused_kernels", no_fused_kernels)
+    with pytest.raises(AssertionError, match="a fused kernel was traced"):  # the control: the default fuses
+        run_launcher_in_process("evaluate.py", *command, f"--output_dir={tmp_path / 'control'}")
+    run_launcher_in_process("evaluate.py", *command, "--nofused_kernels", f"--output_dir={tmp_path / 'plain'}")
+    fused, plain = report(tmp_path / "fused"), report(tmp_path / "plain")
+    assert plain["meta"]["kernels"] == "plain ops (--nofused_kernels)" and "kernels" not in fused["meta"]
+    counts = {name: {row: r["top1"] for row, r in out["results"].items()} for name, out in (("f", fused), ("p", plain))}
+    assert counts["f"] == counts["p"] and list(counts["p"]) == ["clean", "pgd2", "worst case"]
+
+
 # The bad --protocol flags (one `error:` line) are tests/test_bad_flags.py's EVALUATE cases.
