@@ -505,14 +505,10 @@ def to_json(config):
 
 def save(config, workdir):
     """Writes `<workdir>/run_config.json` through a temporary file and a rename (gs:// and ram:// work)."""
-    import tensorflow as tf
+    from sat_tf import files  # imports TensorFlow: only when a config is written
 
-    tf.io.gfile.makedirs(workdir)
     path = os.path.join(workdir, RUN_CONFIG)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(to_json(config))
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    files.write_text(path, to_json(config))
     return path
 
 

@@ -17,12 +17,12 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import os
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from sat_tf import files
 from sat_tf.evaluation.report import topk_key, topk_name  # noqa: F401  (public here too)
 from sat_tf.seeds import make_seed
 
@@ -316,13 +316,7 @@ class _State:
         text = json.dumps(
             {"version": STATE_VERSION, "fingerprint": self.fingerprint, "rows": rows, "extra": self.extra}
         )
-        directory = os.path.dirname(self.path)
-        if directory:
-            tf.io.gfile.makedirs(directory)
-        tmp = f"{self.path}.tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(tmp, self.path, overwrite=True)
+        files.write_text(self.path, text)
 
 
 class _Engine:

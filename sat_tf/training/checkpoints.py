@@ -9,7 +9,7 @@ import os
 
 import tensorflow as tf
 
-from sat_tf import distribute
+from sat_tf import distribute, files
 from sat_tf.training.errors import CheckpointError
 
 
@@ -75,10 +75,7 @@ def restore_latest(checkpoint, directory, log=print):
 def write_json(path, value):
     """Writes JSON through a temporary file and a rename, so a crash leaves
     either the old or the new file (also on gs://, via tf.io.gfile)."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        json.dump(value, f, indent=1)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    files.write_json(path, value, indent=1)
 
 
 def read_history(path, step):
