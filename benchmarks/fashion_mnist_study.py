@@ -8,6 +8,7 @@ r"""The Fashion-MNIST study (issue 16): one command per table, resumable, per-se
     python benchmarks/fashion_mnist_study.py --table=certified --cert_N=10000
     python benchmarks/fashion_mnist_study.py --table=all --seeds=5  # seed 0 of every table, then seed 1, ...
     python benchmarks/fashion_mnist_study.py --table=all --jobs=2   # two runs at a time, one core each
+    python benchmarks/fashion_mnist_study.py --table=all --order=table  # table by table instead
     python benchmarks/fashion_mnist_study.py --summarize           # TABLES.md + PNGs + RESULTS.md's generated blocks, from the JSON
     python benchmarks/fashion_mnist_study.py --table=rat --dry_run # the commands, nothing run
 
@@ -705,8 +706,9 @@ def pending_runs(args, table):
 def run_all(args):
     """Every table, seed-major: seed 0 of each table, then seed 1, ..., so every table has paired
     results early; a seed's ReLU `budget` run after its other tables, the best smooth activation's `budget`
-    runs last (it is known once `activations` has every seed). One queue for all, so `--jobs` runs stay side
-    by side across tables."""
+    runs once it is known (`activations` has every seed), by seed among the rest. --order=table: table by
+    table in PLANNED_TABLES order instead, seeds in turn within each. One queue for all, so `--jobs` runs stay
+    side by side across tables."""
     total = args.seeds
     if args.dry_run:
         for table in PLANNED_TABLES:
@@ -719,7 +721,8 @@ def run_all(args):
             if (item[4], item[3]) not in seen:  # a shared row (ReLU) runs once, for the table that records it
                 seen.add((item[4], item[3]))
                 queue.append(item)
-    queue.sort(key=lambda item: item[3])  # stable: by seed, then table, then row
+    if args.order == "seed":
+        queue.sort(key=lambda item: item[3])  # stable: by seed, then table, then row
     study = argparse.Namespace(**{**vars(args), "table": "all"})
     run_queue(queue, jobs=args.jobs, label="all", total=len(queue), rest=lambda: progress(study))
     return run_table(argparse.Namespace(**{**vars(args), "table": "budget", "seeds": total}))
@@ -1332,6 +1335,13 @@ def parse_args(argv=None):
     parser.add_argument(
         "--table", choices=sorted(TABLES) + ["all"], help="the table to run (all: every table, seed-major)"
     )
+    parser.add_argument(
+        "--order",
+        choices=("seed", "table"),
+        default="seed",
+        help="--table=all's queue: seed-major (every table gets paired seeds early) or table-major (finishes the "
+        "tables in turn, e.g. the small ones left before the budget curves)",
+    )
     parser.add_argument("--summarize", action="store_true", help="write TABLES.md and the plots from the JSON")
     parser.add_argument("--dry_run", action="store_true", help="list the commands of the runs still to do")
     parser.add_argument("--rows", default=None, help="only these rows of the table (comma-separated)")
@@ -1402,6 +1412,8 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.eval_eps <= 1:
         parser.error(f"--eval_eps must be in (0, 1] (L-inf, [0, 1] pixels), got {args.eval_eps}")
+    if args.order != "seed" and args.table != "all":
+        parser.error("--order orders --table=all's queue; give --table=all or leave --order out")
     if args.table == "all" and args.rows:
         parser.error("--rows needs one table (--table=NAME), not --table=all")
     args.rows = args.rows.split(",") if args.rows else None

@@ -844,3 +844,21 @@ def test_no_run_starts_once_the_study_is_stopping(tmp_path, monkeypatch):
     with pytest.raises(study.StudyStopped, match="the study is stopping: -c not started"):
         study.run_logged(["python", "-c", "print(1)"], str(tmp_path / "log.txt"))
     assert "print(1)" in open(tmp_path / "log.txt").read() and not study._CHILDREN
+
+
+@pytest.mark.parametrize("order", ["seed", "table"])
+def test_all_queues_seed_major_or_table_by_table(tmp_path, monkeypatch, order):
+    queues = []
+    monkeypatch.setattr(study, "run_queue", lambda queue, **kwargs: queues.append(list(queue)))
+    assert study.main(args_for(tmp_path, "--table=all", f"--order={order}")) == 0
+    tables = [study.PLANNED_TABLES.index(item[1]) for item in queues[0]]
+    seeds = [item[3] for item in queues[0]]
+    assert len(set(tables)) > 2 and set(seeds) == {0, 1}
+    major, minor = (seeds, tables) if order == "seed" else (tables, seeds)
+    assert major == sorted(major) and minor != sorted(minor)  # the other key restarts within each block
+
+
+def test_order_needs_table_all(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        study.parse_args(args_for(tmp_path, "--table=rat", "--order=table"))
+    assert "--order orders --table=all's queue" in capsys.readouterr().err
