@@ -132,6 +132,19 @@ GROUPS = {
         128,
         cases=tuple(Case("tf", a, k) for a in ("relu", "silu") for k in (0, 5)),
     ),
+    "fashion_kernels": Group(
+        "Fashion-MNIST study model, fused kernels on vs off (mnist_resnet_fast, 28x28x1, batch 128, float32)",
+        "mnist_resnet_fast",
+        (28, 28, 1),
+        10,
+        128,
+        cases=tuple(
+            Case("tf", a, k, fused=f)
+            for a in ("relu", "smooth_relu", "silu", "gelu")
+            for k in (0, 5)
+            for f in (True, False)
+        ),
+    ),
     "quick": Group(
         "Smoke run (digits CNN, batch 16)",
         "digits_cnn",
@@ -146,7 +159,19 @@ GROUPS = {
         ),
     ),
 }
-FULL = ("ksweep", "activations", "fusion", "xla", "bf16", "resnet50", "host", "certify", "fashion", "memory")
+FULL = (
+    "ksweep",
+    "activations",
+    "fusion",
+    "xla",
+    "bf16",
+    "resnet50",
+    "host",
+    "certify",
+    "fashion",
+    "fashion_kernels",
+    "memory",
+)
 
 
 # === TensorFlow cases ===

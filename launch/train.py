@@ -215,7 +215,25 @@ def noise_attack(sigma):
     return add_noise
 
 
+def kernels(config):
+    """The context the run traces its functions in: the plain ops with `config.system.fused_kernels=False`."""
+    try:
+        fused_kernels = config.system.fused_kernels
+    except OSError:  # a config file that failed to load: train() reports it
+        return contextlib.nullcontext()
+    if fused_kernels is not False:  # True, or a bad value validate() reports
+        return contextlib.nullcontext()
+    from sat_tf.activations import fused
+
+    return fused.disabled()
+
+
 def main(argv):
+    with kernels(FLAGS.config):
+        return train(argv)
+
+
+def train(argv):
     del argv
     config = FLAGS.config
     try:  # ml_collections reports a config file that failed to load on first use
@@ -585,6 +603,8 @@ def write_report(
         else f"eps={eval_eps * 255:g}/255"
     )
     meta = {"workdir": workdir, "weights": weights_tag, "init_checkpoint": config.model.init_checkpoint}
+    if not config.system.fused_kernels:
+        meta["kernels"] = "plain ops (config.system.fused_kernels=false)"
     if o.name in config_lib.SMOOTHING_OBJECTIVES:
         meta.update({"noise_sd": o.noise_sd, "objective": o.name, "smoothadv epsilon": o.smoothadv.eps})
     else:

@@ -174,6 +174,10 @@ def base():
     c.system.max_skipped_steps = 100
     c.system.seed = 0
     c.system.deterministic = False
+    # False: the model's activations and batch norms run as plain TensorFlow ops, not the fused XLA kernels
+    # (`sat_tf.activations.fused`): the same function to float rounding; faster on small nets, where the
+    # elementwise passes dominate (PGD-5 step on mnist_resnet_fast: SmoothReLU 1.48x; BENCHMARKS.md).
+    c.system.fused_kernels = True
 
     c.eval = config_dict.ConfigDict()
     c.eval.eps = placeholder(float)  # None: attack.eps
@@ -444,6 +448,8 @@ def validate(config):
     _choice(config, "system.on_nonfinite", {"stop", "skip"})
     _number(config, "system.max_skipped_steps", 0, integer=True)
     _number(config, "system.seed", 0, 2**32, high_open=True, integer=True)
+    if not isinstance(_get(config, "system.fused_kernels"), bool):
+        _fail("system.fused_kernels", _get(config, "system.fused_kernels"), "true or false")
     # Evaluation.
     _number(config, "eval.eps", 0, 1, optional=True)
     _number(config, "eval.step_size", 0, 1, low_open=True, optional=True)

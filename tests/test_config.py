@@ -84,6 +84,7 @@ def test_each_objective_config_carries_its_papers_label_smoothing(name, smoothin
         ("system.seed", 2**32, "[0, 4294967296)"),
         ("system.strategy", "horovod", "one of ["),
         ("system.on_nonfinite", "ignore", "one of ['skip', 'stop']"),
+        ("system.fused_kernels", None, "true or false"),
         ("eval.step_size", 0.5, "at most 2 x the eval eps"),
         ("eval.autoattack", "fast", "one of ["),
         ("data.limit_train", 0, "an integer in [1, inf] or None"),

@@ -287,3 +287,36 @@ def test_in_memory_data_get_ema_rows_and_periodic_evaluation_like_imagenet(ema_r
     run_launcher("train.py", *EMA_RUN, f"--workdir={workdir}", "--config.mode=eval")
     again = json.load(open(os.path.join(workdir, "report/robustness.json")))["results"]
     assert {n: r["top1"] for n, r in again.items()} == {n: r["top1"] for n, r in results.items()}
+
+
+def test_fused_kernels_false_trains_through_the_plain_ops_to_the_same_run(tmp_path, monkeypatch):
+    """config.system.fused_kernels=false traces the trainer's functions (attack, step, evaluation) with the plain
+    ops: the XLA kernels are never asked for, and the deterministic run matches the fused one to float rounding;
+    by default they are used (the control)."""
+    from conftest import run_launcher_in_process
+
+    import sat_tf.activations as activations
+
+    def run(name, *extra):
+        workdir = tmp_path / name
+        assert run_launcher_in_process("train.py", *TINY_DIGITS_RUN, *extra, f"--workdir={workdir}") == 0
+        history = json.loads((workdir / "history.json").read_text())
+        return history, json.loads((workdir / "report" / "robustness.json").read_text())
+
+    fused_history, fused_report = run("fused")
+
+    def no_fused_kernels():
+        raise AssertionError("a fused kernel was traced")
+
+    monkeypatch.setattr(activations, "_fused_kernels", no_fused_kernels)
+    with pytest.raises(AssertionError, match="a fused kernel was traced"):
+        run("control")
+    plain_history, plain_report = run("plain", "--config.system.fused_kernels=false")
+    assert plain_report["meta"]["kernels"] == "plain ops (config.system.fused_kernels=false)"
+    assert "kernels" not in fused_report["meta"]
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in plain_history], [r["train_loss"] for r in fused_history], rtol=1e-4
+    )
+    assert {k: r["top1"] for k, r in plain_report["results"].items()} == {
+        k: r["top1"] for k, r in fused_report["results"].items()
+    }
