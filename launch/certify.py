@@ -235,7 +235,6 @@ def main(argv):
     if FLAGS.plot_only:
         return plot_only(table_radii)
     start = time.perf_counter()
-    import tensorflow as tf
 
     from sat_tf import data, distribute, files
     from sat_tf.certification import logs as certify_logs
@@ -277,7 +276,7 @@ def main(argv):
             f"(skip={FLAGS.skip}, max={FLAGS.max}), {meta['replicas']} replica(s) -> {outfile}",
             flush=True,
         )
-    with tf.io.gfile.GFile(outfile, "w") if chief else open(os.devnull, "w") as out:  # only the chief writes
+    with files.open_to_stream(outfile) if chief else open(os.devnull, "w") as out:  # only the chief writes
         images = images_to_certify(split, indices)
         rows, seconds = certify_rows(smooth, images, out, len(indices), chief)
     if not chief:

@@ -154,7 +154,7 @@ def main(argv):
         flush=True,
     )
     correct, done, start = 0, 0, time.perf_counter()
-    with tf.io.gfile.GFile(outfile, "w") as f:
+    with files.open_to_stream(outfile) as f:
         print(HEADER, file=f, flush=True)
         for index, (x, y) in enumerate(images):
             if index == last:

@@ -42,6 +42,16 @@ def write_bytes(path, data):
     tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
+def open_to_stream(path):
+    """A text GFile that writes `path` afresh row by row (a reader sees the rows so far): an existing file is
+    removed first, since TensorFlow's `ram://` appends to a file opened with "w"."""
+    path = os.fspath(path)
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+    makedirs_for(path)
+    return tf.io.gfile.GFile(path, "w")
+
+
 def write_text(path, text):
     write_bytes(path, text.encode("utf-8"))
 

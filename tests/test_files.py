@@ -66,6 +66,15 @@ def test_writing_again_replaces_the_file_and_leaves_no_temporary(root):
     assert sorted(tf.io.gfile.listdir(f"{root}/run")) == ["blob", "history.json"]
 
 
+def test_a_streamed_file_written_again_holds_only_the_new_rows(root):
+    path = f"{root}/certify/sigma_0.25.tsv"
+    for rows in (["idx\tlabel", "0\t3", "1\t7"], ["idx\tlabel"]):
+        with files.open_to_stream(path) as f:
+            for row in rows:
+                print(row, file=f, flush=True)
+    assert files.read_text(path) == "idx\tlabel\n"
+
+
 def test_a_report_written_again_is_the_new_report(root):
     from sat_tf.evaluation import report
 
