@@ -46,8 +46,10 @@ def open_to_stream(path):
     """A text GFile that writes `path` afresh row by row (a reader sees the rows so far): an existing file is
     removed first, since TensorFlow's `ram://` appends to a file opened with "w"."""
     path = os.fspath(path)
-    if tf.io.gfile.exists(path):
+    try:  # not `exists()` first: on ram:// it is true for a prefix of another file's name (x.tsv of x.tsv.json)
         tf.io.gfile.remove(path)
+    except tf.errors.NotFoundError:
+        pass
     makedirs_for(path)
     return tf.io.gfile.GFile(path, "w")
 

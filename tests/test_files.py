@@ -68,6 +68,7 @@ def test_writing_again_replaces_the_file_and_leaves_no_temporary(root):
 
 def test_a_streamed_file_written_again_holds_only_the_new_rows(root):
     path = f"{root}/certify/sigma_0.25.tsv"
+    files.write_json(path + ".json", {"sigma": 0.25})  # its sidecar, written first: on ram:// `path` "exists" now
     for rows in (["idx\tlabel", "0\t3", "1\t7"], ["idx\tlabel"]):
         with files.open_to_stream(path) as f:
             for row in rows:
