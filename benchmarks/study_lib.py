@@ -172,6 +172,12 @@ def compare(entries, a, b, metric, alternative="greater"):
     }
 
 
+def curve_mean(xs, ys):
+    """The mean of a curve sampled at increasing `xs` (possibly uneven): its trapezoid area divided by its width."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    return float(np.sum((ys[1:] + ys[:-1]) / 2 * np.diff(xs)) / (xs[-1] - xs[0]))
+
+
 def certified_reach(sigma, n, alpha):
     """The largest L2 radius CERTIFY can return with `n` samples at level `alpha`: sigma * Phi^-1(alpha^(1/n))
     (every sample votes for the class; Clopper-Pearson's lower bound is then alpha^(1/n)). Beyond it every

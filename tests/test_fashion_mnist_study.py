@@ -748,6 +748,42 @@ def write_evaluation_state(output_dir, rows):
         json.dump({"results": {"clean": {"count": count, "top1": float(np.mean(rows["clean"]))}}}, f)
 
 
+def test_budget_curves_are_compared_with_relus_per_eps_and_as_a_whole(tmp_path):
+    results = str(tmp_path / "results")
+    eps = [0.0, 0.05, 0.1, 0.2]  # uneven: the whole-curve mean weighs each stretch by its width
+    relu = [[0.80, 0.70, 0.60, 0.05], [0.81, 0.72, 0.58, 0.02], [0.79, 0.69, 0.62, 0.04]]
+    smooth = [[0.80, 0.74, 0.66, 0.10], [0.80, 0.75, 0.67, 0.09], [0.79, 0.73, 0.60, 0.11]]
+    runs = [
+        {"row": row, "seed": s, "train_seconds": 0.0, "eval_seconds": 10.0, "images": 1000, "commands": [],
+         "curve": [{"eps": e, "autoattack": a, "pgd": a} for e, a in zip(eps, curve)]}
+        for row, curves in (("relu", relu), ("smooth_relu", smooth)) for s, curve in enumerate(curves)
+    ]  # fmt: skip
+    write_table(results, "budget", runs)
+    assert study.main(["--summarize", f"--results_dir={results}"]) == 0
+    text = open(os.path.join(results, "TABLES.md")).read()
+    for i, x in enumerate(eps[1:], 1):
+        a, b = [c[i] for c in smooth], [c[i] for c in relu]
+        p = stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+        signs = (
+            f"{sum(u > v for u, v in zip(a, b))}/{sum(u == v for u, v in zip(a, b))}/{sum(u < v for u, v in zip(a, b))}"
+        )
+        assert (
+            f"| smooth_relu > relu (SAT across eps) | AutoAttack eps={x:g} | {100 * np.mean(a):.2f} | "
+            f"{100 * np.mean(b):.2f} | 3/3 | {p:.3g} | {p:.3g} | {signs} |" in text
+        )
+    area = [np.trapezoid(c, eps) / 0.2 for c in smooth], [np.trapezoid(c, eps) / 0.2 for c in relu]
+    p = stats.ttest_ind(*area, equal_var=False, alternative="greater").pvalue
+    whole = f"| smooth_relu > relu (SAT across eps) | AutoAttack, mean over eps 0–0.2 | {100 * np.mean(area[0]):.2f} | "
+    assert whole + f"{100 * np.mean(area[1]):.2f} | 3/3 | {p:.3g} | {p:.3g} | 3/0/0 |" in text
+    # only the whole-curve test reaches the verdicts (the smooth curve is above at every seed: it holds)
+    assert p < 0.05 and "| SAT across eps: A > relu | AutoAttack, mean over eps 0–0.2 | smooth_relu | — |" in text
+    assert "| SAT across eps: A > relu | AutoAttack eps=" not in text
+    # one row alone (no smooth curve yet): no test
+    write_table(results, "budget", [r for r in runs if r["row"] == "relu"])
+    assert study.main(["--summarize", f"--results_dir={results}"]) == 0
+    assert "SAT across eps" not in open(os.path.join(results, "TABLES.md")).read()
+
+
 def test_per_image_verdicts_and_the_monotonicity_check(tmp_path):
     clean = np.array([1, 1, 1, 1, 0, 1], bool)
     at = {  # per eps: (pgd20, autoattack) per-image flags
