@@ -510,7 +510,9 @@ def execute(args, table, row, seed):
         command = eval_command(args, wd, args.eval_eps, args.eval_limit, out, row.eval_activation)
         entry["eval_seconds"] = run_logged(command, log)
         entry["commands"].append(shlex.join(command))
-        entry.update(read_robustness(out, args.pgd_steps), eps=args.eval_eps)
+        entry.update(
+            read_robustness(out, args.pgd_steps), eps=args.eval_eps, eval_state_seconds=evaluation_seconds([out])
+        )
     if row.keep:
         keep(os.path.join(wd, row.keep[0]), row.keep[1].format(seed=seed))
     entry["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -549,6 +551,9 @@ def keep(path, destination):
     os.replace(destination + ".tmp", destination)
 
 
+RETRAINED_MARK = "study_retrained"  # in an activations workdir whose model a budget run trained again
+
+
 def execute_budget(args, row, seed):
     """Evaluates the `activations` run of this row and seed at every eps. Its checkpoint lives in the runs
     directory, which does not outlive the machine: where it is gone, the run is trained again (same command,
@@ -562,9 +567,9 @@ def execute_budget(args, row, seed):
         )
     wd = workdir(args, ("activations", row.name), seed)
     log = os.path.join(wd, "study_log.txt")
-    retrained = not os.path.exists(os.path.join(wd, "checkpoints", "checkpoint"))
+    checkpoint = os.path.exists(os.path.join(wd, "checkpoints", "checkpoint"))
     recorded = study_lib.find_entry(study_lib.load_table(args.results_dir, "budget"), row.name, seed)
-    if recorded is not None and not retrained and same_model(recorded, wd, args.budget_images):
+    if recorded is not None and checkpoint and same_model(recorded, wd, args.budget_images):
         entry = {
             **recorded,
             "commands": list(recorded["commands"]),
@@ -575,6 +580,14 @@ def execute_budget(args, row, seed):
         if todo:
             entry["added_eps"] = sorted({*recorded.get("added_eps", ()), *todo})
     else:
+        # A retraining stopped with its session leaves a checkpoint: the mark, written before it starts, keeps
+        # the resumed run flagged (and its training counted) where the checkpoint alone would say "the original".
+        mark = os.path.join(wd, RETRAINED_MARK)
+        retrained = os.path.exists(mark) or not checkpoint
+        if retrained and not os.path.exists(mark):
+            os.makedirs(wd, exist_ok=True)
+            with open(mark, "w") as f:
+                f.write("this workdir's model was trained again by a budget run: not the recorded activations run\n")
         train = train_command(args, row, seed, wd)
         train_seconds = run_logged(train, log)
         entry = {
@@ -588,6 +601,8 @@ def execute_budget(args, row, seed):
             "eval_seconds": 0.0,
             "curve": [],
         }
+        if retrained:  # its epochs' seconds: a retraining resumed in a later session counts its first part too
+            entry["train_epoch_seconds"] = training_speed(wd).get("train_epoch_seconds")
         todo = list(args.budget_eps)
     for eps in todo:
         out = os.path.join(wd, "study_budget", f"eps{eps:g}")
@@ -601,20 +616,40 @@ def execute_budget(args, row, seed):
             bits = robust_images(os.path.join(wd, "study_budget", f"eps{point['eps']:g}"))
             point.update({"robust_images": bits} if bits else {})
     entry["images"] = args.budget_images
+    entry["eval_state_seconds"] = evaluation_seconds(
+        os.path.join(wd, "study_budget", f"eps{point['eps']:g}") for point in entry["curve"]
+    )
     entry["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return entry
+
+
+def _newest_state(output_dir):
+    """The path of an evaluate.py output directory's newest evaluation state (evaluation_state-<checkpoint>.json,
+    evaluation_state.json before evaluate.py named it by checkpoint), or None."""
+    states = glob.glob(os.path.join(output_dir, "evaluation_state*.json"))
+    return max(states, key=os.path.getmtime) if states else None
+
+
+def evaluation_seconds(output_dirs):
+    """The attacks' seconds that evaluate.py's states record in `output_dirs`, summed over their rows. A state
+    keeps adding to them across restarts, so an evaluation stopped with its session and resumed in the next
+    counts its first part too, which the last process's wall time does not (start-up excluded: a lower bound)."""
+    total = 0.0
+    for output_dir in output_dirs:
+        path = _newest_state(output_dir)
+        if path:
+            with open(path) as f:
+                total += sum(row.get("seconds", 0.0) for row in json.load(f)["rows"].values())
+    return total
 
 
 def robust_images(output_dir):
     """The per-image worst case of an evaluate.py run (robust under every row: clean, PGD and AutoAttack's
     attacks), packed as evaluate.py keeps it (base64 of numpy.packbits), from its evaluation state; None when the
     state is not there or not finished."""
-    # evaluation_state-<checkpoint>.json (evaluation_state.json before evaluate.py named it by checkpoint): the
-    # newest, the one this report came from
-    states = glob.glob(os.path.join(output_dir, "evaluation_state*.json"))
-    if not states:
+    path = _newest_state(output_dir)  # the one this report came from
+    if path is None:
         return None
-    path = max(states, key=os.path.getmtime)
     with open(path) as f:
         rows = json.load(f)["rows"]
     if not rows or not all(row.get("finished") for row in rows.values()):

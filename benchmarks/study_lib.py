@@ -319,11 +319,15 @@ def clock(seconds):
 
 def wall_seconds(entries):
     """Training + evaluation seconds of the machine. Training counts its epochs' seconds from the trainer's
-    history when that is more than the runner waited: a run resumed in a later session (or found finished) took
-    longer than the last training process did. A run measured beside others (`side_by_side`: N, from --jobs)
-    counts 1/N of its wall time, so that a sum over runs stays the time the study took."""
+    history, evaluation its attacks' seconds from the evaluator's state, when that is more than the runner
+    waited: a run resumed in a later session (or found finished) took longer than its last process did. A run
+    measured beside others (`side_by_side`: N, from --jobs) counts 1/N of its wall time, so that a sum over runs
+    stays the time the study took."""
     return sum(
-        (max(e.get("train_seconds", 0.0), e.get("train_epoch_seconds") or 0.0) + e.get("eval_seconds", 0.0))
+        (
+            max(e.get("train_seconds", 0.0), e.get("train_epoch_seconds") or 0.0)
+            + max(e.get("eval_seconds", 0.0), e.get("eval_state_seconds") or 0.0)
+        )
         / e.get("side_by_side", 1)
         for e in entries
     )

@@ -101,6 +101,26 @@ def test_wall_time_counts_training_from_the_history_when_a_run_was_resumed():
     assert study_lib.wall_seconds([fresh, resumed, old]) == 700.0 + 800.0 + 150.0
     beside = entry("elu", 0, 0.8, 0.6, train_seconds=300.0, eval_seconds=900.0, side_by_side=2)  # --jobs=2
     assert study_lib.wall_seconds([fresh, beside]) == 700.0 + 600.0
+    # an evaluation stopped with its session and resumed: its state's attack seconds count the first part too
+    stopped = entry("mish", 0, 0.8, 0.6, train_seconds=0.0, eval_seconds=400.0, eval_state_seconds=1500.0)
+    whole = entry("mish", 1, 0.8, 0.6, train_seconds=0.0, eval_seconds=400.0, eval_state_seconds=380.0)
+    assert study_lib.wall_seconds([stopped, whole]) == 1500.0 + 400.0
+
+
+def test_evaluation_seconds_sum_the_states_rows_across_output_dirs(tmp_path):
+    dirs = [str(tmp_path / f"eps{k}") for k in range(3)]
+    for d, seconds in zip(dirs[:2], ([1.5, 20.0], [3.0, 0.25])):
+        os.makedirs(d)
+        write_evaluation_state(d, {"clean": np.array([1, 0], bool), "autoattack": np.array([1, 0], bool)})
+        path = os.path.join(d, "evaluation_state.json")
+        with open(path) as f:
+            state = json.load(f)
+        for row, value in zip(state["rows"].values(), seconds):
+            row["seconds"] = value
+        with open(path, "w") as f:
+            json.dump(state, f)
+    assert study.evaluation_seconds(dirs) == pytest.approx(1.5 + 20.0 + 3.0 + 0.25)  # the third: no state, 0
+    assert study.evaluation_seconds([]) == 0.0
 
 
 def write_synthetic_results(results):
@@ -647,15 +667,22 @@ def test_budget_trains_again_only_a_run_whose_checkpoint_is_gone(tmp_path, monke
     activations = {row.name: row for row in study.TABLES["activations"](args, config)}
     assert set(budget) == {"relu", "mish"}
     commands = fake_runs(monkeypatch)
+    monkeypatch.setattr(study, "training_speed", lambda wd: {"train_epoch_seconds": 300.0})  # the history's
     for name, row in budget.items():
         wd = study.workdir(args, ("activations", name), 0)
         first = study.execute(args, "budget", row, 0)  # nothing on disk: trained again
-        assert first["retrained"] and first["train_seconds"] == 5.0
+        assert first["retrained"] and first["train_seconds"] == 5.0 and first["train_epoch_seconds"] == 300.0
         assert commands[0] == study.train_command(args, activations[name], 0, wd)  # the activations run's own
         assert [c[1] for c in commands[1:]] == ["launch/evaluate.py"] * 2 and len(first["curve"]) == 2
         commands.clear()
-        again = study.execute(args, "budget", row, 0)  # its checkpoint is there: resumed, not trained
-        assert not again["retrained"] and again["train_seconds"] == 0.0
+        # stopped with its session after the retraining wrote a checkpoint: resumed, and still a retrained model
+        resumed = study.execute(args, "budget", row, 0)
+        assert resumed["retrained"] and resumed["train_seconds"] == 5.0 and resumed["train_epoch_seconds"] == 300.0
+        assert study_lib.wall_seconds([resumed]) == 300.0 + 10.0
+        commands.clear()
+        os.remove(os.path.join(wd, study.RETRAINED_MARK))  # the activations run's own checkpoint: resumed only
+        again = study.execute(args, "budget", row, 0)
+        assert not again["retrained"] and again["train_seconds"] == 0.0 and "train_epoch_seconds" not in again
         commands.clear()
     write_table(str(tmp_path / "results"), "budget", [{**first, "row": "relu"}, {**again, "row": "mish"}])
     assert study.main(args_for(tmp_path, "--summarize", "--seeds=1")) == 0
@@ -716,6 +743,7 @@ def test_a_budget_curve_is_topped_up_with_new_eps_of_the_same_model(tmp_path, mo
     commands.clear()
     filled = study.execute(new, "budget", row, 0)
     assert commands == [] and filled["eval_seconds"] == topped["eval_seconds"] and filled["topped_up"]
+    assert filled["eval_state_seconds"] == 0.0  # the states above record no attack time
     assert all(study_lib.unpack_bits(p["robust_images"], 4).tolist() == [1, 1, 0, 1] for p in filled["curve"])
     write_table(str(tmp_path / "results"), "budget", [{**topped, "study_command": "the command that made it"}])
     assert study.main(args_for(tmp_path, "--table=budget", "--seeds=1", "--budget_eps=0,0.05,0.1")) == 0
