@@ -607,7 +607,8 @@ def execute_budget(args, row, seed):
     for eps in todo:
         out = os.path.join(wd, "study_budget", f"eps{eps:g}")
         command = eval_command(args, wd, eps, args.budget_images, out)
-        entry["eval_seconds"] += run_logged(command, log)
+        if not finished_report(out, wd, eps, args.budget_images, args.pgd_steps):  # else: a resumed run's, kept
+            entry["eval_seconds"] += run_logged(command, log)
         entry["commands"].append(shlex.join(command))
         entry["curve"].append({"eps": eps, **read_robustness(out, args.pgd_steps)})
     entry["curve"].sort(key=lambda point: point["eps"])
@@ -621,6 +622,44 @@ def execute_budget(args, row, seed):
     )
     entry["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return entry
+
+
+def latest_checkpoint(wd):
+    """The name of the newest checkpoint in a trainer's workdir (`ckpt-2340`), from tf.train.Checkpoint's
+    index file, without importing TensorFlow; None when there is none."""
+    try:
+        with open(os.path.join(wd, "checkpoints", "checkpoint")) as f:
+            first = f.readline()
+    except OSError:
+        return None
+    key, _, value = first.partition(":")
+    return os.path.basename(value.strip().strip('"')) if key == "model_checkpoint_path" else None
+
+
+def finished_report(output_dir, wd, eps, images, pgd_steps):
+    """Whether `output_dir` holds a finished evaluate.py report of the workdir's newest checkpoint at this eps,
+    on these images, written after that checkpoint: a budget run stopped with its session then goes on at the
+    first eps it had not finished, instead of running evaluate.py again for each finished one (20 s to 2 min
+    each, to reload the state and rewrite the same report)."""
+    checkpoint = latest_checkpoint(wd)
+    state = os.path.join(output_dir, f"evaluation_state-{checkpoint}.json")
+    report = os.path.join(output_dir, "robustness.json")
+    if checkpoint is None or not (os.path.exists(state) and os.path.exists(report)):
+        return False
+    weights = os.path.join(wd, "checkpoints", f"{checkpoint}.index")
+    if not os.path.exists(weights) or os.path.getmtime(report) < os.path.getmtime(weights):
+        return False  # a report older than the model: from weights trained before these
+    with open(state) as f:
+        rows = json.load(f)["rows"]
+    with open(report) as f:
+        meta = json.load(f).get("meta", {})
+    return (
+        bool(rows)
+        and all(row.get("finished") for row in rows.values())
+        and abs(meta.get("epsilon", -1.0) - eps) < 1e-9
+        and meta.get("images") == images
+        and meta.get("steps") == [pgd_steps if eps > 0 else 0]
+    )
 
 
 def _newest_state(output_dir):

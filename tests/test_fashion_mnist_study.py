@@ -599,13 +599,17 @@ def fake_runs(monkeypatch, products=()):
         commands.append(command)
         wd = next(c.split("=", 1)[1] for c in command if c.startswith("--workdir="))
         if "launch/train.py" in command[1]:
-            os.makedirs(os.path.join(wd, "checkpoints"), exist_ok=True)
-            for name in ("checkpoints/checkpoint", *products):
+            checkpoints = os.path.join(wd, "checkpoints")
+            if not os.path.exists(os.path.join(checkpoints, "checkpoint")):  # resumed at its last step: nothing
+                os.makedirs(checkpoints, exist_ok=True)
+                open(os.path.join(checkpoints, "ckpt-5.index"), "w").write("trained")
+                open(os.path.join(checkpoints, "checkpoint"), "w").write('model_checkpoint_path: "ckpt-5"\n')
+            for name in products:
                 open(os.path.join(wd, name), "w").write("trained")
         out = next((c.split("=", 1)[1] for c in command if c.startswith("--output_dir=")), None)
         if out:  # evaluate.py's report
             os.makedirs(out, exist_ok=True)
-            open(os.path.join(out, "robustness.json"), "w").write("{}")
+            open(os.path.join(out, "robustness.json"), "w").write('{"results": {"clean": {"count": 4}}}')
         return 5.0
 
     monkeypatch.setattr(study, "run_logged", run_logged)
@@ -688,6 +692,61 @@ def test_budget_trains_again_only_a_run_whose_checkpoint_is_gone(tmp_path, monke
     assert study.main(args_for(tmp_path, "--summarize", "--seeds=1")) == 0
     budget_md = (tmp_path / "results" / "TABLES.md").read_text().split("### budget")[1]
     assert "Trained again for this table" in budget_md and "relu seed 0" in budget_md and "mish seed" not in budget_md
+
+
+def test_a_budget_run_stopped_with_its_session_goes_on_at_its_first_unfinished_eps(tmp_path, monkeypatch):
+    """Resumed, a budget run keeps each eps whose report of this checkpoint is finished (evaluate.py is not run
+    again for it) and evaluates the rest; a report older than the checkpoint, unfinished, or of other images or
+    another eps is evaluated again."""
+    write_table(str(tmp_path / "results"), "activations", [entry("relu", 0, 0.8, 0.4)])
+    args = study.parse_args(args_for(tmp_path, "--table=budget", "--seeds=1", "--budget_eps=0,0.05,0.1"))
+    (row,) = study.TABLES["budget"](args, study.load_config(DIGITS))
+    commands = fake_runs(monkeypatch)
+    wd = study.workdir(args, ("activations", "relu"), 0)
+    assert study.latest_checkpoint(wd) is None
+    study.execute(args, "budget", row, 0)  # trains (a checkpoint ckpt-5), evaluates every eps
+    assert study.latest_checkpoint(wd) == "ckpt-5"
+
+    def report(eps, *, images=1000, finished=True, steps=None):
+        out = os.path.join(wd, "study_budget", f"eps{eps:g}")
+        bits = study_lib.pack_bits(np.ones(4, bool))
+        rows = {
+            "clean": {"finished": True, "seconds": 3.0, "top1": bits},
+            "autoattack": {"finished": finished, "seconds": 4.0, "top1": bits},
+        }
+        with open(os.path.join(out, "evaluation_state-ckpt-5.json"), "w") as f:
+            json.dump({"rows": rows}, f)
+        meta = {"epsilon": eps, "images": images, "steps": steps or [args.pgd_steps if eps else 0]}
+        with open(os.path.join(out, "robustness.json"), "w") as f:
+            json.dump({"results": {"clean": {"count": 4}}, "meta": meta}, f)
+        return out
+
+    def evaluated():
+        done = [float(c.split("=", 1)[1]) for command in commands for c in command if c.startswith("--eps=")]
+        commands.clear()
+        return done
+
+    commands.clear()
+    report(0)
+    report(0.05)
+    resumed = study.execute(args, "budget", row, 0)
+    assert evaluated() == [0.1] and resumed["eval_seconds"] == 5.0
+    assert [p["eps"] for p in resumed["curve"]] == [0, 0.05, 0.1] and len(resumed["commands"]) == 1 + 3
+    assert resumed["eval_state_seconds"] == 2 * 7.0  # the two finished states' rows (fake_runs writes none)
+
+    report(0.05, finished=False)
+    report(0.1, images=500)
+    assert evaluated() == [] and study.execute(args, "budget", row, 0) and evaluated() == [0.05, 0.1]
+    report(0.05)
+    report(0.1, steps=[10])
+    study.execute(args, "budget", row, 0)
+    assert evaluated() == [0.1]
+    for eps in (0, 0.05, 0.1):
+        report(eps)
+    index = os.path.join(wd, "checkpoints", "ckpt-5.index")
+    os.utime(index, (time.time() + 60, time.time() + 60))  # weights newer than the reports: not theirs
+    study.execute(args, "budget", row, 0)
+    assert evaluated() == [0, 0.05, 0.1]
 
 
 def test_a_budget_curve_is_topped_up_with_new_eps_of_the_same_model(tmp_path, monkeypatch, capsys):
