@@ -649,17 +649,21 @@ def finished_report(output_dir, wd, eps, images, pgd_steps):
     weights = os.path.join(wd, "checkpoints", f"{checkpoint}.index")
     if not os.path.exists(weights) or os.path.getmtime(report) < os.path.getmtime(weights):
         return False  # a report older than the model: from weights trained before these
-    with open(state) as f:
-        rows = json.load(f)["rows"]
     with open(report) as f:
         meta = json.load(f).get("meta", {})
     return (
-        bool(rows)
-        and all(row.get("finished") for row in rows.values())
+        _finished_rows(state) is not None
         and abs(meta.get("epsilon", -1.0) - eps) < 1e-9
         and meta.get("images") == images
         and meta.get("steps") == [pgd_steps if eps > 0 else 0]
     )
+
+
+def _finished_rows(state_path):
+    """The rows of an evaluate.py evaluation state when every one of them finished, else None."""
+    with open(state_path) as f:
+        rows = json.load(f)["rows"]
+    return rows if rows and all(row.get("finished") for row in rows.values()) else None
 
 
 def _newest_state(output_dir):
@@ -687,11 +691,8 @@ def robust_images(output_dir):
     attacks), packed as evaluate.py keeps it (base64 of numpy.packbits), from its evaluation state; None when the
     state is not there or not finished."""
     path = _newest_state(output_dir)  # the one this report came from
-    if path is None:
-        return None
-    with open(path) as f:
-        rows = json.load(f)["rows"]
-    if not rows or not all(row.get("finished") for row in rows.values()):
+    rows = None if path is None else _finished_rows(path)
+    if rows is None:
         return None
     with open(os.path.join(output_dir, "robustness.json")) as f:
         count = json.load(f)["results"]["clean"]["count"]
@@ -1232,7 +1233,11 @@ def _summarize_budget(args, pngs, all_tests):
                 styles[key] = {"color": f"C{k}", "linestyle": "-" if metric == "autoattack" else ":"}
             if any(by_eps):  # (runs recorded without PGD: no column)
                 columns.append((f"{name}, {label}", [[run[x] for run in by_eps if x in run] for x in grid], len(mine)))
-    retrained = [f"{e['row']} seed {e['seed']}" for e in entries if e.get("retrained")]
+    retrained = [
+        f"{e['row']} seed {e['seed']}"
+        for e in sorted(entries, key=lambda e: (e["row"] != "relu", e["row"], e["seed"]))
+        if e.get("retrained")
+    ]
     added = sorted({eps for e in entries for eps in e.get("added_eps", ())})
     topped = [f"{e['row']} seed {e['seed']}" for e in entries if e.get("added_eps")]
     lines += [
