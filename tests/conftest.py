@@ -130,6 +130,11 @@ def run_launcher_in_process(script, *flag_args, default_config="digits_sat.py"):
         for name in set(flags.FLAGS) - baseline:
             delattr(flags.FLAGS, name)
         sys.modules.pop(module_name, None)
+        # `--config.system.deterministic` turns on op determinism for the whole process; a new process starts
+        # without it, and with it every later test's unseeded random op (a served model's fresh noise) fails.
+        from tensorflow.python.framework import config as tf_config  # no public switch back off
+
+        tf_config.disable_op_determinism()
 
 
 # === Tiny ImageNet in the tensorflow/tpu TFRecord format ===
